@@ -1,0 +1,30 @@
+/**
+ * The one catalogue of API errors. Codes are stable: clients and tests match on them,
+ * never on message text.
+ */
+export const errorCatalogue = {
+  VIGIL_ERR_VALIDATION: 400,
+  VIGIL_ERR_BAD_CURSOR: 400,
+  VIGIL_ERR_UNAUTHENTICATED: 401,
+  VIGIL_ERR_FORBIDDEN: 403,
+  VIGIL_ERR_NOT_FOUND: 404,
+  VIGIL_ERR_UNKNOWN_DEVICE: 404,
+  VIGIL_ERR_UNKNOWN_PATIENT: 404,
+  VIGIL_ERR_DUPLICATE_MAC: 409,
+  VIGIL_ERR_CONFLICT: 409,
+  VIGIL_ERR_PAYLOAD_TOO_LARGE: 413,
+  VIGIL_ERR_RATE_LIMITED: 429,
+  VIGIL_ERR_INTERNAL: 500,
+  VIGIL_ERR_UNAVAILABLE: 503
+} as const
+
+export type ErrorCode = keyof typeof errorCatalogue
+
+export class VigilError extends Error {
+  readonly statusCode: number
+  constructor (readonly code: ErrorCode, message: string, readonly details?: unknown) {
+    super(message)
+    this.name = 'VigilError'
+    this.statusCode = errorCatalogue[code]
+  }
+}

@@ -1,0 +1,23 @@
+import type { ApiDeps, ApiInstance } from '../app.ts'
+import { VigilError } from '../errors.ts'
+import { IdParams, PageQuery, Rejection, decodeSerialCursor, errorResponses, page, pageOf } from '../schemas.ts'
+
+export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections }: Pick<ApiDeps, 'devices' | 'rejections'>): void {
+  app.get('/devices/:id/rejections', {
+    config: { permission: 'devices:read' },
+    schema: {
+      tags: ['devices'],
+      summary: 'Payloads ingest refused from this device, newest first',
+      description: 'Each with its reason; payload is the first 4096 bytes and may hold PHI.',
+      params: IdParams,
+      querystring: PageQuery,
+      response: { 200: page(Rejection), ...errorResponses(404) }
+    }
+  }, async (request) => {
+    const id = request.params.id
+    if (await devices.get(id) === null) throw new VigilError('VIGIL_ERR_UNKNOWN_DEVICE', 'no device with this id')
+    const { limit, cursor } = request.query
+    const rows = await rejections.list(id, { limit: limit + 1, beforeId: decodeSerialCursor(cursor) })
+    return pageOf(rows, limit, (last) => last.id)
+  })
+}

@@ -1,0 +1,97 @@
+import type { ApiDeps, ApiInstance } from '../app.ts'
+import { VigilError } from '../errors.ts'
+import {
+  Device, DeviceDetail, DevicePatch, IdParams, NewDevice, PageQuery,
+  decodeIdCursor, errorResponses, normalizeMac, page, pageOf, parseDateOrDateTime
+} from '../schemas.ts'
+
+// Clocks of the caller and the server disagree a little; "today, now" must not be refused.
+const FUTURE_SKEW_MS = 5 * 60_000
+
+export function deviceRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devices'>): void {
+  app.post('/devices', {
+    config: { permission: 'devices:write' },
+    schema: {
+      tags: ['devices'],
+      summary: 'Register a device',
+      description: 'The MAC is stored lower-case and colon-separated; a MAC registered already gives 409 VIGIL_ERR_DUPLICATE_MAC.',
+      body: NewDevice,
+      response: { 201: Device, ...errorResponses(409, 413) }
+    }
+  }, async (request, reply) => {
+    const body = request.body
+    const mac = normalizeMac(body.mac)
+    if (mac === null) {
+      throw new VigilError('VIGIL_ERR_VALIDATION', 'body/mac is not a MAC address', [{
+        path: 'body/mac',
+        message: 'must be 6 or 8 hex octets: AA:BB:CC:DD:EE:FF, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff or aabbccddeeff'
+      }])
+    }
+    const startedAt = parseDateOrDateTime(body.startedAt)
+    if (startedAt === null) {
+      throw new VigilError('VIGIL_ERR_VALIDATION', 'body/startedAt is not a date', [{
+        path: 'body/startedAt', message: 'must be an ISO 8601 date (2025-11-01) or an RFC 3339 date-time with offset'
+      }])
+    }
+    if (startedAt > Date.now() + FUTURE_SKEW_MS) {
+      throw new VigilError('VIGIL_ERR_VALIDATION', 'body/startedAt is in the future', [{
+        path: 'body/startedAt', message: 'must not be in the future'
+      }])
+    }
+    // Actor ids are user ids; API tokens are not users yet, so changes are recorded without one.
+    const device = await devices.create({
+      name: body.name.trim(),
+      mac,
+      firmwareVersion: body.firmwareVersion,
+      softwareVersion: body.softwareVersion,
+      startedAt: new Date(startedAt).toISOString(),
+      ownerUserId: body.ownerUserId ?? null
+    }, null)
+    reply.code(201)
+    return device
+  })
+
+  app.get('/devices', {
+    config: { permission: 'devices:read' },
+    schema: {
+      tags: ['devices'],
+      summary: 'List devices (ordered by id)',
+      querystring: PageQuery,
+      response: { 200: page(Device), ...errorResponses() }
+    }
+  }, async (request) => {
+    const { limit, cursor } = request.query
+    const rows = await devices.list({ limit: limit + 1, afterId: decodeIdCursor(cursor) })
+    return pageOf(rows, limit, (last) => last.id)
+  })
+
+  app.get('/devices/:id', {
+    config: { permission: 'devices:read' },
+    schema: {
+      tags: ['devices'],
+      summary: 'One device, with its version and assignment history',
+      params: IdParams,
+      response: { 200: DeviceDetail, ...errorResponses(404) }
+    }
+  }, async (request) => {
+    const id = request.params.id
+    const [device, versions, assignments] = await Promise.all([devices.get(id), devices.versions(id), devices.assignments(id)])
+    if (device === null) throw new VigilError('VIGIL_ERR_UNKNOWN_DEVICE', 'no device with this id')
+    return { ...device, versions, assignments }
+  })
+
+  app.patch('/devices/:id', {
+    config: { permission: 'devices:write' },
+    schema: {
+      tags: ['devices'],
+      summary: 'Change a device',
+      description: 'At least one field. A firmware or software change is added to the version history.',
+      params: IdParams,
+      body: DevicePatch,
+      response: { 200: Device, ...errorResponses(404, 413) }
+    }
+  }, async (request) => {
+    const { name, ...rest } = request.body
+    return await devices.update(request.params.id, name === undefined ? rest : { ...rest, name: name.trim() }, null)
+  })
+}

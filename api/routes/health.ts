@@ -1,0 +1,57 @@
+import { Type } from '@fastify/type-provider-typebox'
+import type { FastifyBaseLogger } from 'fastify'
+import type { ApiDeps, ApiInstance } from '../app.ts'
+
+const CHECK_TIMEOUT_MS = 2000
+
+const CheckStatus = Type.Union([Type.Literal('ok'), Type.Literal('failed')])
+const Health = Type.Object({
+  status: Type.Union([Type.Literal('ok'), Type.Literal('unavailable')]),
+  checks: Type.Record(Type.String(), CheckStatus)
+})
+
+async function runCheck (name: string, check: () => Promise<void>, log: FastifyBaseLogger): Promise<'ok' | 'failed'> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${CHECK_TIMEOUT_MS} ms`)), CHECK_TIMEOUT_MS)
+  })
+  try {
+    await Promise.race([check(), timeout])
+    return 'ok'
+  } catch (err) {
+    // Details go to the log only: /healthz is public.
+    log.warn({ check: name, err }, 'health check failed')
+    return 'failed'
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+export function healthRoutes (app: ApiInstance, { db, readings, healthChecks = {} }: Pick<ApiDeps, 'db' | 'readings' | 'healthChecks'>): void {
+  const checks: Record<string, () => Promise<void>> = {
+    postgres: async () => { await db.pool.query('SELECT 1') },
+    readings: () => readings.ping()
+  }
+  for (const [name, check] of Object.entries(healthChecks)) {
+    if (Object.hasOwn(checks, name)) throw new Error(`health check name ${name} is taken`)
+    checks[name] = check
+  }
+
+  app.get('/healthz', {
+    schema: {
+      tags: ['operations'],
+      summary: 'Liveness and dependencies (no auth)',
+      description: `Each check has ${CHECK_TIMEOUT_MS} ms. 503 when any fails; reasons are logged, not returned.`,
+      security: [],
+      response: { 200: Health, 503: Health }
+    }
+  }, async (request, reply) => {
+    const names = Object.keys(checks)
+    const results = await Promise.all(names.map((name) => runCheck(name, checks[name]!, request.log)))
+    const report: Record<string, 'ok' | 'failed'> = {}
+    names.forEach((name, i) => { report[name] = results[i]! })
+    const healthy = results.every((r) => r === 'ok')
+    reply.code(healthy ? 200 : 503).header('cache-control', 'no-store')
+    return { status: healthy ? 'ok' as const : 'unavailable' as const, checks: report }
+  })
+}

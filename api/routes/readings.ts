@@ -1,0 +1,99 @@
+import { Type } from '@fastify/type-provider-typebox'
+import type { StoredReading } from '../../ingest/reading.ts'
+import type { ApiDeps, ApiInstance } from '../app.ts'
+import { VigilError } from '../errors.ts'
+import {
+  AggregateQuery, AggregateResult, IdParams, Reading, ReadingsQuery,
+  bucketCount, decodeReadingCursor, encodeReadingCursor, errorResponses, page, pageOf, parseEvery, suggestEvery
+} from '../schemas.ts'
+
+/** Beyond this an aggregate is a bulk export, not a chart. */
+export const MAX_BUCKETS = 10_000
+
+function toReading (r: StoredReading) {
+  return { metric: r.metric, value: r.value, unit: r.unit, ts: new Date(r.ts).toISOString(), deviceId: r.deviceId, seq: r.seq }
+}
+
+function invalid (path: string, message: string): VigilError {
+  return new VigilError('VIGIL_ERR_VALIDATION', `${path} ${message}`, [{ path, message }])
+}
+
+/** RFC 3339 allows a leap second (…:60) that Date cannot represent: refuse it rather than guess. */
+function instantMs (value: string, path: string): number {
+  const ms = Date.parse(value)
+  if (Number.isNaN(ms)) throw invalid(path, 'must be a date-time JavaScript can represent')
+  return ms
+}
+
+function range (from: string | undefined, to: string | undefined): { from?: number, to?: number } {
+  const fromMs = from === undefined ? undefined : instantMs(from, 'querystring/from')
+  const toMs = to === undefined ? undefined : instantMs(to, 'querystring/to')
+  if (fromMs !== undefined && toMs !== undefined && fromMs >= toMs) throw invalid('querystring/to', 'must be after from')
+  return { from: fromMs, to: toMs }
+}
+
+export function readingRoutes (app: ApiInstance, { patients, readings }: Pick<ApiDeps, 'patients' | 'readings'>): void {
+  async function requirePatient (id: string): Promise<void> {
+    if (await patients.get(id) === null) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
+  }
+
+  app.get('/patients/:id/readings', {
+    config: { permission: 'readings:read' },
+    schema: {
+      tags: ['readings'],
+      summary: 'A patient\'s readings, newest first',
+      description: 'Times are RFC 3339 date-times (from inclusive, to exclusive). Pass the response\'s nextCursor ' +
+        'as cursor for the next page (with the same filters); it is null on the last page. ' +
+        'A cursor this API did not return gives 400 VIGIL_ERR_BAD_CURSOR.',
+      params: IdParams,
+      querystring: ReadingsQuery,
+      response: { 200: page(Reading), ...errorResponses(404) }
+    }
+  }, async (request) => {
+    const { metric, limit, cursor } = request.query
+    const { from, to } = range(request.query.from, request.query.to)
+    const after = cursor === undefined ? undefined : decodeReadingCursor(cursor)
+    await requirePatient(request.params.id)
+    const rows = await readings.query({ patientId: request.params.id, metric, from, to, limit: limit + 1, after })
+    const { items, nextCursor } = pageOf(rows, limit, (last) => encodeReadingCursor(last))
+    return { items: items.map(toReading), nextCursor }
+  })
+
+  app.get('/patients/:id/readings/latest', {
+    config: { permission: 'readings:read' },
+    schema: {
+      tags: ['readings'],
+      summary: 'The latest reading of each metric',
+      params: IdParams,
+      response: { 200: Type.Object({ items: Type.Array(Reading) }), ...errorResponses(404) }
+    }
+  }, async (request) => {
+    await requirePatient(request.params.id)
+    return { items: (await readings.latest(request.params.id)).map(toReading) }
+  })
+
+  app.get('/patients/:id/readings/aggregate', {
+    config: { permission: 'readings:read' },
+    schema: {
+      tags: ['readings'],
+      summary: 'One metric in time buckets',
+      description: `Buckets of width \`every\`, aligned to the Unix epoch, over [from, to); at most ${MAX_BUCKETS} buckets.`,
+      params: IdParams,
+      querystring: AggregateQuery,
+      response: { 200: AggregateResult, ...errorResponses(404) }
+    }
+  }, async (request) => {
+    const { metric, every, fn } = request.query
+    const { from, to } = range(request.query.from, request.query.to) as { from: number, to: number }
+    const everyMs = parseEvery(every)
+    if (everyMs === null) throw invalid('querystring/every', 'must be <n>s, <n>m, <n>h or <n>d')
+    const buckets = bucketCount(from, to, everyMs)
+    if (buckets > MAX_BUCKETS) {
+      throw invalid('querystring/every',
+        `gives ${buckets} buckets over from–to; at most ${MAX_BUCKETS} are allowed: use every=${suggestEvery(to - from, MAX_BUCKETS)} or more, or a shorter range`)
+    }
+    await requirePatient(request.params.id)
+    const rows = await readings.aggregate({ patientId: request.params.id, metric, from, to, everyMs, fn })
+    return { metric, fn, every, items: rows.map((b) => ({ ts: new Date(b.ts).toISOString(), value: b.value })) }
+  })
+}

@@ -1,0 +1,101 @@
+import type { Logger } from 'pino'
+import type { Metrics } from '../observability/metrics.ts'
+import type { ReadingStore } from '../store/readings-store.ts'
+import type { DeviceRegistry } from '../store/device-registry.ts'
+import type { RejectionLog } from '../store/rejections.ts'
+import { decodeSenml } from './decode-senml.ts'
+import { decodeTelemetry } from './decode-telemetry.ts'
+import { PayloadRejection, type NormalizedReading, type StoredReading } from './reading.ts'
+import { createWriteBatcher } from './write-batcher.ts'
+
+export type TopicKind = 'telemetry' | 'senml'
+
+/** Where accepted readings go before the PUBACK: the store itself, or a durable spool in front of it. */
+export interface DurableSink {
+  append (readings: StoredReading[]): Promise<void>
+}
+
+export interface IngestDeps {
+  devices: DeviceRegistry
+  rejections: RejectionLog
+  /** Used directly when no spool is given (Postgres readings: a commit is durable). */
+  readings: ReadingStore
+  /** When set (InfluxDB), accepted readings go here and are delivered to the store later. */
+  spool?: DurableSink | null
+  metrics: Metrics
+  log: Logger
+  now?: () => number
+}
+
+export type IngestOutcome = { outcome: 'accepted', count: number } | { outcome: 'rejected', reason: PayloadRejection['reason'] }
+
+const decoders: Record<TopicKind, (payload: Buffer, nowMs: number) => { seq: number | null, readings: NormalizedReading[] }> = {
+  telemetry: decodeTelemetry,
+  senml: decodeSenml
+}
+
+/**
+ * The ingest pipeline for one device message: decode, validate, resolve the patient at each
+ * reading's time, then make it durable. accept() resolves only when the outcome is durable —
+ * readings stored (or spooled), or the rejection recorded — so the broker may PUBACK. It throws
+ * when neither could be made durable; the broker then drops the connection without PUBACK and
+ * the device keeps the message.
+ */
+export async function startIngest (deps: IngestDeps) {
+  const log = deps.log.child({ component: 'ingest' })
+  const now = deps.now ?? Date.now
+  const direct = createWriteBatcher(async (batch) => {
+    const end = deps.metrics.storeWriteSeconds.startTimer()
+    try {
+      await deps.readings.write(batch)
+    } catch (err) {
+      deps.metrics.storeWriteFailures.inc()
+      throw err
+    }
+    end()
+    deps.metrics.readingsStored.inc(batch.length)
+  })
+  const sink: DurableSink = deps.spool ?? { append: (r) => direct.write(r) }
+
+  async function toStored (deviceId: string, kind: TopicKind, payload: Buffer): Promise<StoredReading[]> {
+    const { seq, readings } = decoders[kind](payload, now())
+    const stored: StoredReading[] = []
+    for (const r of readings) {
+      const patientId = await deps.devices.patientAt(deviceId, r.ts)
+      if (patientId === null) {
+        throw new PayloadRejection('device_unassigned',
+          `device was not assigned to a patient at ${new Date(r.ts).toISOString()}`)
+      }
+      stored.push({ ...r, patientId, deviceId, seq })
+    }
+    return stored
+  }
+
+  return {
+    async accept (deviceId: string, kind: TopicKind, topic: string, payload: Buffer): Promise<IngestOutcome> {
+      const started = process.hrtime.bigint()
+      deps.metrics.messagesReceived.inc({ kind })
+      let stored: StoredReading[]
+      try {
+        stored = await toStored(deviceId, kind, payload)
+      } catch (err) {
+        if (!(err instanceof PayloadRejection)) throw err
+        await deps.rejections.record(deviceId, topic, err.reason, err.message, payload)
+        deps.metrics.rejections.inc({ reason: err.reason })
+        // The message may quote values (PHI); the reason and device id are enough to find it.
+        log.info({ deviceId, reason: err.reason }, 'payload rejected')
+        return { outcome: 'rejected', reason: err.reason }
+      }
+      await sink.append(stored)
+      deps.metrics.readingsAccepted.inc(stored.length)
+      deps.metrics.durableSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
+      return { outcome: 'accepted', count: stored.length }
+    },
+
+    async close (): Promise<void> {
+      await direct.flush()
+    }
+  }
+}
+
+export type Ingest = Awaited<ReturnType<typeof startIngest>>

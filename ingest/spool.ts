@@ -1,0 +1,580 @@
+import { EventEmitter } from 'node:events'
+import type { FileHandle } from 'node:fs/promises'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import zlib from 'node:zlib'
+import type { Logger } from 'pino'
+import type { ReadingStore } from '../store/readings-store.ts'
+import type { StoredReading } from './reading.ts'
+
+/*
+ * A write-ahead log in front of InfluxDB. append() resolves once the readings are fsync'd, so
+ * the broker may PUBACK; a delivery loop copies them to the store in order and advances a
+ * durable checkpoint only after the store answered 2xx. Nothing is dropped: undelivered data
+ * stays on disk across store outages and restarts (re-delivery is harmless, writes are
+ * idempotent).
+ *
+ * Layout of `dir`:
+ *   0000000000000001.wal …  segments, appended in order, rotated at `segmentBytes`
+ *   checkpoint.json          {"segment": n, "offset": bytes}: everything before it is delivered
+ *
+ * Record: u32le bodyLength | u32le crc32(body) | body
+ * body:   u8 version (1) | u32le readingCount | f64le appendedAtMs | JSON [[patientId, deviceId, metric, value, unit, ts, seq], …]
+ */
+
+export class SpoolFullError extends Error {
+  constructor (readonly depthBytes: number, readonly maxBytes: number) {
+    super(`spool is full (${depthBytes} of ${maxBytes} bytes undelivered)`)
+    this.name = 'SpoolFullError'
+  }
+}
+
+export interface OpenSpoolOptions {
+  dir: string
+  /** Cap on undelivered bytes on disk; an append beyond it throws SpoolFullError. */
+  maxBytes: number
+  log: Logger
+  /** Rotate to a new segment file past this size. */
+  segmentBytes?: number
+}
+
+export interface DeliveryOptions {
+  /** Readings per store.write (records are never split across batches unless one is larger). */
+  maxBatchReadings?: number
+  minBackoffMs?: number
+  maxBackoffMs?: number
+}
+
+export interface SpoolStats {
+  depthReadings: number
+  depthBytes: number
+  /** Age of the oldest undelivered record; 0 when empty. */
+  oldestUnwrittenAgeMs: number
+  /** fdatasync calls made by append() so far (group commit makes this far fewer than appends). */
+  appendSyncs: number
+}
+
+export interface SpoolEvents {
+  /** A batch reached the store; latencyMs is the store.write time for the batch. */
+  delivered: [count: number, latencyMs: number]
+  /** A delivery attempt failed; it will be retried. */
+  deliveryFailed: [err: Error]
+}
+
+export interface Spool extends EventEmitter<SpoolEvents> {
+  append (readings: StoredReading[]): Promise<void>
+  startDelivery (store: ReadingStore, options?: DeliveryOptions): void
+  stats (): SpoolStats
+  /** Waits for pending appends and the in-flight delivery, then stops. Undelivered data stays on disk. */
+  close (): Promise<void>
+}
+
+// --- record encoding (pure) -------------------------------------------------------------
+
+const recordVersion = 1
+const headerBytes = 8
+const bodyFixedBytes = 13
+/** No legitimate record comes near this; a larger length prefix is garbage. */
+const maxRecordBytes = 256 * 1024 * 1024
+
+const crcTable = (() => {
+  const table = new Uint32Array(256)
+  for (let n = 0; n < 256; n++) {
+    let c = n
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1
+    table[n] = c >>> 0
+  }
+  return table
+})()
+
+/** CRC-32 (IEEE 802.3, as zlib); fallback for Node 20 before 20.15, which lacks zlib.crc32. */
+export function crc32Fallback (data: Uint8Array): number {
+  let crc = 0xffffffff
+  for (let i = 0; i < data.length; i++) crc = crcTable[(crc ^ data[i]!) & 0xff]! ^ (crc >>> 8)
+  return (crc ^ 0xffffffff) >>> 0
+}
+
+export const crc32: (data: Uint8Array) => number = typeof zlib.crc32 === 'function' ? (data) => zlib.crc32(data) : crc32Fallback
+
+type ReadingTuple = [string, string, string, number, string, number, number | null]
+
+export function encodeRecord (readings: readonly StoredReading[], appendedAt: number): Buffer {
+  const tuples: ReadingTuple[] = readings.map((r) => [r.patientId, r.deviceId, r.metric, r.value, r.unit, r.ts, r.seq])
+  const json = Buffer.from(JSON.stringify(tuples), 'utf8')
+  const record = Buffer.allocUnsafe(headerBytes + bodyFixedBytes + json.length)
+  const bodyLength = bodyFixedBytes + json.length
+  if (bodyLength > maxRecordBytes) throw new RangeError(`spool record too large (${bodyLength} bytes)`)
+  record.writeUInt32LE(bodyLength, 0)
+  record.writeUInt8(recordVersion, headerBytes)
+  record.writeUInt32LE(readings.length, headerBytes + 1)
+  record.writeDoubleLE(appendedAt, headerBytes + 5)
+  json.copy(record, headerBytes + bodyFixedBytes)
+  record.writeUInt32LE(crc32(record.subarray(headerBytes)), 4)
+  return record
+}
+
+export type RecordScan =
+  | { kind: 'record', length: number, count: number, appendedAt: number, body: Buffer }
+  | { kind: 'incomplete' }
+  | { kind: 'corrupt', reason: string }
+
+/**
+ * Reads the record at `offset` of `buf`. `incomplete` means the buffer ends inside it (a torn
+ * tail when the buffer is the whole file); `corrupt` means the bytes are not a record.
+ */
+export function scanRecord (buf: Buffer, offset: number): RecordScan {
+  if (buf.length - offset < headerBytes) return { kind: 'incomplete' }
+  const bodyLength = buf.readUInt32LE(offset)
+  if (bodyLength < bodyFixedBytes || bodyLength > maxRecordBytes) return { kind: 'corrupt', reason: 'bad length' }
+  if (buf.length - offset - headerBytes < bodyLength) return { kind: 'incomplete' }
+  const body = buf.subarray(offset + headerBytes, offset + headerBytes + bodyLength)
+  if (crc32(body) !== buf.readUInt32LE(offset + 4)) return { kind: 'corrupt', reason: 'checksum mismatch' }
+  if (body.readUInt8(0) !== recordVersion) return { kind: 'corrupt', reason: 'unknown record version' }
+  return { kind: 'record', length: headerBytes + bodyLength, count: body.readUInt32LE(1), appendedAt: body.readDoubleLE(5), body }
+}
+
+export function decodeRecordBody (body: Buffer): StoredReading[] {
+  const tuples = JSON.parse(body.subarray(bodyFixedBytes).toString('utf8')) as ReadingTuple[]
+  return tuples.map(([patientId, deviceId, metric, value, unit, ts, seq]) => ({ patientId, deviceId, metric, value, unit, ts, seq }))
+}
+
+// --- files ------------------------------------------------------------------------------
+
+const segmentPattern = /^(\d{16})\.wal$/
+const segmentName = (seq: number): string => `${String(seq).padStart(16, '0')}.wal`
+const checkpointName = 'checkpoint.json'
+
+interface Position { segment: number, offset: number }
+interface Segment { seq: number, size: number }
+
+async function fsyncDir (dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r')
+  try {
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+}
+
+async function writeAll (handle: FileHandle, buf: Buffer, position: number): Promise<void> {
+  let written = 0
+  while (written < buf.length) {
+    const { bytesWritten } = await handle.write(buf, written, buf.length - written, position + written)
+    written += bytesWritten
+  }
+}
+
+async function readAt (handle: FileHandle, position: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length)
+  let read = 0
+  while (read < length) {
+    const { bytesRead } = await handle.read(buf, read, length - read, position + read)
+    if (bytesRead === 0) break
+    read += bytesRead
+  }
+  return buf.subarray(0, read)
+}
+
+function ioCode (err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' ? code : 'I/O error'
+}
+
+async function readCheckpoint (dir: string): Promise<Position | null> {
+  let text: string
+  try {
+    text = await fs.readFile(path.join(dir, checkpointName), 'utf8')
+  } catch (err) {
+    if (ioCode(err) === 'ENOENT') return null
+    throw err
+  }
+  // Written by rename of an fsync'd temp file, so it is whole or absent: garbage is corruption.
+  const parsed = JSON.parse(text) as Partial<Position>
+  if (!Number.isSafeInteger(parsed.segment) || !Number.isSafeInteger(parsed.offset)) {
+    throw new Error(`spool checkpoint ${path.join(dir, checkpointName)} is invalid`)
+  }
+  return { segment: parsed.segment!, offset: parsed.offset! }
+}
+
+// --- the spool --------------------------------------------------------------------------
+
+interface PendingAppend {
+  record: Buffer
+  count: number
+  appendedAt: number
+  resolve: () => void
+  reject: (err: Error) => void
+}
+
+interface Batch {
+  readings: StoredReading[]
+  bytes: number
+  end: Position
+}
+
+const readChunkBytes = 4 * 1024 * 1024
+
+export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
+  const dir = path.resolve(options.dir)
+  const log = options.log.child({ component: 'spool' })
+  const segmentBytes = options.segmentBytes ?? 16 * 1024 * 1024
+  await fs.mkdir(dir, { recursive: true })
+  await fs.rm(path.join(dir, `${checkpointName}.tmp`), { force: true })
+
+  const names = await fs.readdir(dir)
+  let seqs = names.map((n) => segmentPattern.exec(n)?.[1]).filter((s) => s !== undefined).map(Number).sort((a, b) => a - b)
+  let head: Position = (await readCheckpoint(dir)) ?? { segment: seqs[0] ?? 1, offset: 0 }
+
+  // Segments wholly before the checkpoint were delivered; their deletion may not have happened.
+  for (const seq of seqs.filter((s) => s < head.segment)) await fs.rm(path.join(dir, segmentName(seq)), { force: true })
+  seqs = seqs.filter((s) => s >= head.segment)
+  if (seqs[0] !== head.segment) {
+    if (head.offset !== 0) log.warn({ segment: head.segment }, 'checkpointed spool segment is missing; continuing with the next one')
+    head = { segment: seqs[0] ?? head.segment + (head.offset === 0 ? 0 : 1), offset: 0 }
+  }
+
+  const segments: Segment[] = []
+  let depthBytes = 0
+  let depthReadings = 0
+  let oldestAppendedAt: number | null = null
+  for (const [i, seq] of seqs.entries()) {
+    const file = path.join(dir, segmentName(seq))
+    const buf = await fs.readFile(file)
+    const last = i === seqs.length - 1
+    let offset = seq === head.segment ? head.offset : 0
+    if (offset > buf.length) throw new Error(`spool checkpoint points past the end of ${file}`)
+    while (offset < buf.length) {
+      const scan = scanRecord(buf, offset)
+      if (scan.kind === 'record') {
+        depthBytes += scan.length
+        depthReadings += scan.count
+        oldestAppendedAt ??= scan.appendedAt
+        offset += scan.length
+        continue
+      }
+      // A crash mid-append leaves a partial record at the end of the newest segment; appends
+      // were never acknowledged for it, so dropping it loses nothing that was promised.
+      if (!last) throw new Error(`spool segment ${file} is corrupt at byte ${offset} (${scan.kind === 'corrupt' ? scan.reason : 'truncated'}); it is not the newest segment, so this is not a torn write`)
+      log.warn({ segment: segmentName(seq), offset, droppedBytes: buf.length - offset, reason: scan.kind === 'corrupt' ? scan.reason : 'incomplete record' }, 'spool: torn tail truncated')
+      await fs.truncate(file, offset)
+      const handle = await fs.open(file, 'r+')
+      try {
+        await handle.datasync()
+      } finally {
+        await handle.close()
+      }
+      break
+    }
+    segments.push({ seq, size: Math.min(offset, buf.length) })
+  }
+  if (segments.length === 0) {
+    const handle = await fs.open(path.join(dir, segmentName(head.segment)), 'w+')
+    await handle.close()
+    await fsyncDir(dir)
+    segments.push({ seq: head.segment, size: 0 })
+  }
+  let active = segments[segments.length - 1]!
+  let writeHandle = await fs.open(path.join(dir, segmentName(active.seq)), 'r+')
+  log.info({ dir, segments: segments.length, depthReadings, depthBytes }, 'spool opened')
+
+  const emitter = new EventEmitter<SpoolEvents>()
+  let closed = false
+  let broken: Error | null = null
+  let queue: PendingAppend[] = []
+  let pendingBytes = 0
+  let writing: Promise<void> | null = null
+  let appendSyncs = 0
+  let generation = 0
+  let wakeDelivery: (() => void) | null = null
+  let delivery: Promise<void> | null = null
+  let stopping = false
+  let stopBackoff: (() => void) | null = null
+
+  function signalDelivery (): void {
+    generation++
+    const wake = wakeDelivery
+    wakeDelivery = null
+    wake?.()
+  }
+
+  async function rotate (): Promise<void> {
+    const seq = active.seq + 1
+    const file = path.join(dir, segmentName(seq))
+    const handle = await fs.open(file, 'w+')
+    try {
+      // The new name must survive a crash before any record in it is acknowledged.
+      await fsyncDir(dir)
+    } catch (err) {
+      await handle.close().catch(() => {})
+      await fs.rm(file, { force: true }).catch(() => {})
+      throw err
+    }
+    await writeHandle.close().catch((err: unknown) => log.warn({ code: ioCode(err) }, 'spool: closing a full segment failed'))
+    writeHandle = handle
+    active = { seq, size: 0 }
+    segments.push(active)
+  }
+
+  async function writeBatch (batch: PendingAppend[]): Promise<void> {
+    if (active.size >= segmentBytes) await rotate()
+    const buf = Buffer.concat(batch.map((p) => p.record))
+    const start = active.size
+    try {
+      await writeAll(writeHandle, buf, start)
+      appendSyncs++
+      await writeHandle.datasync()
+    } catch (err) {
+      // Cut the partial batch off so the segment stays a sequence of whole records; if even
+      // that fails, refuse further appends (reopening truncates the torn tail).
+      try {
+        await writeHandle.truncate(start)
+        await writeHandle.datasync()
+      } catch (undoErr) {
+        broken = new Error(`spool is unusable after a failed write (${ioCode(undoErr)}); reopen it`, { cause: undoErr })
+        log.error({ code: ioCode(undoErr) }, 'spool: could not undo a failed write')
+      }
+      throw err
+    }
+    active.size += buf.length
+    depthBytes += buf.length
+    depthReadings += batch.reduce((n, p) => n + p.count, 0)
+    oldestAppendedAt ??= batch[0]!.appendedAt
+    signalDelivery()
+  }
+
+  /** Group commit: whatever queued while one write+fdatasync ran goes out in the next. */
+  async function drainQueue (): Promise<void> {
+    try {
+      while (queue.length > 0) {
+        const batch = queue
+        queue = []
+        const bytes = batch.reduce((n, p) => n + p.record.length, 0)
+        try {
+          if (broken !== null) throw broken
+          await writeBatch(batch)
+          for (const p of batch) p.resolve()
+        } catch (err) {
+          const error = err instanceof Error ? err : new Error(String(err))
+          log.error({ code: ioCode(err), count: batch.length }, 'spool append failed')
+          for (const p of batch) p.reject(error)
+        } finally {
+          pendingBytes -= bytes
+        }
+      }
+    } finally {
+      // Cleared synchronously with the loop's last empty-queue check (no await in between),
+      // so an append queued after that check always starts a new drain.
+      writing = null
+    }
+  }
+
+  async function append (readings: StoredReading[]): Promise<void> {
+    if (closed) throw new Error('spool is closed')
+    if (broken !== null) throw broken
+    if (readings.length === 0) return
+    const appendedAt = Date.now()
+    const record = encodeRecord(readings, appendedAt)
+    if (depthBytes + pendingBytes + record.length > options.maxBytes) throw new SpoolFullError(depthBytes + pendingBytes, options.maxBytes)
+    pendingBytes += record.length
+    const done = new Promise<void>((resolve, reject) => {
+      queue.push({ record, count: readings.length, appendedAt, resolve, reject })
+    })
+    // Started on the next microtask so `writing` is set before drainQueue can clear it.
+    writing ??= Promise.resolve().then(drainQueue)
+    await done
+  }
+
+  // --- delivery -------------------------------------------------------------------------
+
+  const readHandles = new Map<number, FileHandle>()
+
+  async function readHandle (seq: number): Promise<FileHandle> {
+    let handle = readHandles.get(seq)
+    if (handle === undefined) {
+      handle = await fs.open(path.join(dir, segmentName(seq)), 'r')
+      readHandles.set(seq, handle)
+    }
+    return handle
+  }
+
+  async function closeReadHandle (seq: number): Promise<void> {
+    const handle = readHandles.get(seq)
+    readHandles.delete(seq)
+    await handle?.close().catch(() => {})
+  }
+
+  function segmentAt (seq: number): { segment: Segment, next: Segment | undefined } | null {
+    const i = segments.findIndex((s) => s.seq === seq)
+    return i < 0 ? null : { segment: segments[i]!, next: segments[i + 1] }
+  }
+
+  /** Undelivered records from `from` up to maxReadings (at least one record), or null when none. */
+  async function readBatch (from: Position, maxReadings: number): Promise<Batch | null> {
+    const readings: StoredReading[] = []
+    let bytes = 0
+    let pos = { ...from }
+    while (readings.length < maxReadings) {
+      const at = segmentAt(pos.segment)
+      if (at === null) throw new Error(`spool segment ${segmentName(pos.segment)} is missing`)
+      if (pos.offset >= at.segment.size) {
+        if (at.next === undefined) break
+        pos = { segment: at.next.seq, offset: 0 }
+        continue
+      }
+      const handle = await readHandle(pos.segment)
+      let chunk = await readAt(handle, pos.offset, Math.min(at.segment.size - pos.offset, readChunkBytes))
+      let offset = 0
+      let progressed = false
+      while (readings.length < maxReadings) {
+        let scan = scanRecord(chunk, offset)
+        if (scan.kind === 'incomplete' && !progressed && chunk.length >= headerBytes) {
+          // One record larger than the read chunk: read exactly that record.
+          chunk = await readAt(handle, pos.offset, headerBytes + chunk.readUInt32LE(0))
+          scan = scanRecord(chunk, 0)
+        }
+        if (scan.kind === 'incomplete') break
+        if (scan.kind === 'corrupt') throw new Error(`spool segment ${segmentName(pos.segment)} is corrupt at byte ${pos.offset + offset} (${scan.reason})`)
+        readings.push(...decodeRecordBody(scan.body))
+        bytes += scan.length
+        offset += scan.length
+        progressed = true
+      }
+      pos = { segment: pos.segment, offset: pos.offset + offset }
+      if (!progressed) throw new Error(`spool segment ${segmentName(pos.segment)} ends inside a record at byte ${pos.offset}`)
+    }
+    if (bytes === 0 && pos.segment === from.segment && pos.offset === from.offset) return null
+    return { readings, bytes, end: pos }
+  }
+
+  /** appendedAt of the first undelivered record, for stats. */
+  async function appendedAtOf (pos: Position): Promise<number | null> {
+    let at = segmentAt(pos.segment)
+    let offset = pos.offset
+    while (at !== null && offset >= at.segment.size) {
+      if (at.next === undefined) return null
+      offset = 0
+      at = segmentAt(at.next.seq)
+    }
+    if (at === null) return null
+    const handle = await readHandle(at.segment.seq)
+    const header = await readAt(handle, offset, headerBytes + bodyFixedBytes)
+    return header.length === headerBytes + bodyFixedBytes ? header.readDoubleLE(headerBytes + 5) : null
+  }
+
+  async function commitCheckpoint (pos: Position): Promise<void> {
+    // write temp + fsync + rename + fsync dir: the checkpoint is the old one or the new one.
+    const tmp = path.join(dir, `${checkpointName}.tmp`)
+    const handle = await fs.open(tmp, 'w')
+    try {
+      await handle.writeFile(JSON.stringify(pos))
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
+    await fs.rename(tmp, path.join(dir, checkpointName))
+    await fsyncDir(dir)
+    head = pos
+    for (const s of segments.filter((s) => s.seq < pos.segment)) {
+      await closeReadHandle(s.seq)
+      await fs.rm(path.join(dir, segmentName(s.seq)), { force: true })
+      segments.splice(segments.indexOf(s), 1)
+    }
+  }
+
+  async function runDelivery (store: ReadingStore, deliveryOptions: DeliveryOptions): Promise<void> {
+    const maxBatch = deliveryOptions.maxBatchReadings ?? 5000
+    const minBackoff = deliveryOptions.minBackoffMs ?? 100
+    const maxBackoff = deliveryOptions.maxBackoffMs ?? 10_000
+    let backoff = minBackoff
+    // Kept across retries so a failing batch is retried as it was, not re-read.
+    let batch: Batch | null = null
+    while (!stopping) {
+      try {
+        const seen = generation
+        batch ??= await readBatch(head, maxBatch)
+        if (batch === null) {
+          if (generation === seen && !stopping) await new Promise<void>((resolve) => { wakeDelivery = resolve })
+          continue
+        }
+        let latencyMs = 0
+        let complete = true
+        for (let i = 0; i < batch.readings.length; i += maxBatch) {
+          if (stopping && i > 0) { complete = false; break }
+          const started = performance.now()
+          await store.write(batch.readings.slice(i, i + maxBatch))
+          latencyMs += performance.now() - started
+        }
+        if (!complete) break
+        await commitCheckpoint(batch.end)
+        depthBytes -= batch.bytes
+        depthReadings -= batch.readings.length
+        oldestAppendedAt = depthBytes === 0 ? null : await appendedAtOf(head).catch(() => oldestAppendedAt)
+        const count = batch.readings.length
+        batch = null
+        backoff = minBackoff
+        if (count > 0) safeEmit('delivered', count, latencyMs)
+      } catch (err) {
+        const error = err instanceof Error ? err : new Error(String(err))
+        // Store errors never carry reading values (see store/influx-readings.ts); log the message only.
+        if ((err as { retriable?: unknown }).retriable === false) {
+          // e.g. a field type conflict: retrying cannot fix it, but dropping would lose readings.
+          log.error({ error: error.message, retryInMs: backoff }, 'spool delivery blocked by a permanent store error; readings are kept until it is fixed')
+        } else {
+          log.warn({ error: error.message, retryInMs: backoff }, 'spool delivery failed; retrying')
+        }
+        safeEmit('deliveryFailed', error)
+        if (stopping) break
+        await new Promise<void>((resolve) => {
+          stopBackoff = resolve
+          sleep(backoff).then(resolve, resolve)
+        })
+        stopBackoff = null
+        backoff = Math.min(backoff * 2, maxBackoff)
+      }
+    }
+  }
+
+  function safeEmit<K extends keyof SpoolEvents> (event: K, ...args: SpoolEvents[K]): void {
+    try {
+      (emitter.emit as (e: K, ...a: SpoolEvents[K]) => boolean)(event, ...args)
+    } catch (err) {
+      log.error({ err }, `spool ${event} listener threw`)
+    }
+  }
+
+  function startDelivery (store: ReadingStore, deliveryOptions: DeliveryOptions = {}): void {
+    if (closed) throw new Error('spool is closed')
+    if (delivery !== null) throw new Error('spool delivery already started')
+    delivery = runDelivery(store, deliveryOptions).catch((err: unknown) => {
+      log.error({ err }, 'spool delivery stopped unexpectedly')
+    })
+  }
+
+  async function close (): Promise<void> {
+    if (closed) return
+    closed = true
+    while (writing !== null) await writing
+    stopping = true
+    const wake = wakeDelivery
+    wakeDelivery = null
+    wake?.()
+    stopBackoff?.()
+    await delivery
+    for (const seq of [...readHandles.keys()]) await closeReadHandle(seq)
+    await writeHandle.close()
+    log.info({ depthReadings, depthBytes }, 'spool closed')
+  }
+
+  return Object.assign(emitter, {
+    append,
+    startDelivery,
+    stats: (): SpoolStats => ({
+      depthReadings,
+      depthBytes,
+      oldestUnwrittenAgeMs: oldestAppendedAt === null ? 0 : Math.max(0, Date.now() - oldestAppendedAt),
+      appendSyncs
+    }),
+    close
+  })
+}

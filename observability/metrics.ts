@@ -1,0 +1,89 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+
+/**
+ * Vigil's Prometheus metrics, one registry per running instance (no global default registry,
+ * so tests can run several instances in one process). Labels never carry PHI or ids:
+ * only reasons, topic kinds and outcomes.
+ */
+export interface SpoolStats { depthReadings: number, depthBytes: number, oldestUnwrittenAgeMs: number }
+
+export function createMetrics () {
+  const registry = new Registry()
+  // Set when a spool exists (InfluxDB mode); the spool gauges read it at scrape time.
+  let spoolStats: (() => SpoolStats) | null = null
+  collectDefaultMetrics({ register: registry, prefix: 'vigil_process_' })
+  return {
+    registry,
+    watchSpool (stats: () => SpoolStats): void { spoolStats = stats },
+    messagesReceived: new Counter({
+      name: 'vigil_mqtt_messages_received_total',
+      help: 'MQTT PUBLISH packets received from authenticated devices, by topic kind',
+      labelNames: ['kind'] as const,
+      registers: [registry]
+    }),
+    mqttRefused: new Counter({
+      name: 'vigil_mqtt_refused_total',
+      help: 'MQTT connections, publishes and subscriptions refused by the broker, by reason',
+      labelNames: ['reason'] as const,
+      registers: [registry]
+    }),
+    connectedDevices: new Gauge({
+      name: 'vigil_mqtt_connected_clients',
+      help: 'Authenticated MQTT clients connected now',
+      registers: [registry]
+    }),
+    readingsAccepted: new Counter({
+      name: 'vigil_readings_accepted_total',
+      help: 'Readings made durable and acknowledged (stored, or appended to the spool when InfluxDB is the store)',
+      registers: [registry]
+    }),
+    readingsStored: new Counter({
+      name: 'vigil_readings_stored_total',
+      help: 'Readings confirmed written by the reading store',
+      registers: [registry]
+    }),
+    rejections: new Counter({
+      name: 'vigil_rejections_total',
+      help: 'Payloads refused by ingest (acknowledged, kept in the rejection log), by reason',
+      labelNames: ['reason'] as const,
+      registers: [registry]
+    }),
+    storeWriteSeconds: new Histogram({
+      name: 'vigil_store_write_seconds',
+      help: 'Latency of one batch write to the reading store',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry]
+    }),
+    storeWriteFailures: new Counter({
+      name: 'vigil_store_write_failures_total',
+      help: 'Failed batch writes to the reading store (retried; nothing acknowledged is dropped)',
+      registers: [registry]
+    }),
+    durableSeconds: new Histogram({
+      name: 'vigil_ingest_durable_seconds',
+      help: 'From PUBLISH received to reading durable (the moment PUBACK may be sent)',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5],
+      registers: [registry]
+    }),
+    spoolDepthReadings: new Gauge({
+      name: 'vigil_spool_depth_readings',
+      help: 'Readings in the on-disk spool not yet confirmed by InfluxDB',
+      registers: [registry],
+      collect () { if (spoolStats !== null) this.set(spoolStats().depthReadings) }
+    }),
+    spoolDepthBytes: new Gauge({
+      name: 'vigil_spool_depth_bytes',
+      help: 'Bytes in the on-disk spool not yet confirmed by InfluxDB',
+      registers: [registry],
+      collect () { if (spoolStats !== null) this.set(spoolStats().depthBytes) }
+    }),
+    spoolOldestAgeSeconds: new Gauge({
+      name: 'vigil_spool_oldest_unwritten_age_seconds',
+      help: 'Age of the oldest reading in the spool not yet confirmed by InfluxDB (0 when empty)',
+      registers: [registry],
+      collect () { if (spoolStats !== null) this.set(spoolStats().oldestUnwrittenAgeMs / 1000) }
+    })
+  }
+}
+
+export type Metrics = ReturnType<typeof createMetrics>

@@ -1,0 +1,48 @@
+import { randomUUID } from 'node:crypto'
+import type pg from 'pg'
+import { newSecret, sha256 } from './secrets.ts'
+
+/** Roles known so far; the people/roles work replaces this with role definitions in the database. */
+export type TokenRole = 'admin'
+
+export interface TokenPrincipal { tokenId: string, name: string, role: TokenRole }
+
+export function createApiTokenStore (pool: pg.Pool) {
+  return {
+    /** Creates a token; returns the secret, which is never stored or shown again. */
+    async create (name: string, role: TokenRole): Promise<{ id: string, token: string }> {
+      const token = newSecret('vgt')
+      const id = randomUUID()
+      await pool.query('INSERT INTO api_tokens (id, name, role, token_hash) VALUES ($1, $2, $3, $4)', [id, name, role, sha256(token)])
+      return { id, token }
+    },
+
+    /** Stores a token chosen by the operator (VIGIL_ADMIN_TOKEN) once; later starts leave it alone. */
+    async ensure (name: string, role: TokenRole, token: string): Promise<boolean> {
+      const r = await pool.query(
+        'INSERT INTO api_tokens (id, name, role, token_hash) VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO NOTHING',
+        [randomUUID(), name, role, sha256(token)])
+      return (r.rowCount ?? 0) > 0
+    },
+
+    async authenticate (token: string): Promise<TokenPrincipal | null> {
+      const { rows } = await pool.query(
+        'SELECT id, name, role, last_used_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL',
+        [sha256(token)])
+      const row = rows[0]
+      if (row === undefined) return null
+      // last_used_at is for audits of idle tokens: minute resolution saves a write per request.
+      if (row.last_used_at === null || Date.now() - (row.last_used_at as Date).getTime() > 60_000) {
+        await pool.query('UPDATE api_tokens SET last_used_at = now() WHERE id = $1', [row.id])
+      }
+      return { tokenId: row.id, name: row.name, role: row.role }
+    },
+
+    async count (): Promise<number> {
+      const { rows } = await pool.query('SELECT count(*)::int AS n FROM api_tokens WHERE revoked_at IS NULL')
+      return rows[0].n as number
+    }
+  }
+}
+
+export type ApiTokenStore = ReturnType<typeof createApiTokenStore>

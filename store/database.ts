@@ -1,0 +1,105 @@
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import pg from 'pg'
+import type { Logger } from 'pino'
+
+export interface Database {
+  readonly pool: pg.Pool
+  /** `postgres` when DATABASE_URL points at a server, `pglite` for the embedded default. */
+  readonly kind: 'postgres' | 'pglite'
+  /** Connection string of the embedded server (tests and tools may connect to it). */
+  readonly url: string
+  close (): Promise<void>
+}
+
+export interface OpenDatabaseOptions {
+  databaseUrl: string | null
+  dataDir: string
+  log: Logger
+  /** Pool size against a real server. PGlite always gets one connection. */
+  poolSize?: number
+}
+
+const migrationsDir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations')
+
+/**
+ * Opens Postgres (DATABASE_URL) or starts the embedded PGlite, served over the wire with
+ * pglite-socket so the rest of Vigil speaks plain `pg` either way, then applies migrations.
+ */
+export async function openDatabase (options: OpenDatabaseOptions): Promise<Database> {
+  const log = options.log.child({ component: 'database' })
+  if (options.databaseUrl !== null) {
+    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10 })
+    pool.on('error', (err) => log.error({ err }, 'idle database connection failed'))
+    try {
+      await migrate(pool, log)
+    } catch (err) {
+      await pool.end()
+      throw err
+    }
+    return { pool, kind: 'postgres', url: options.databaseUrl, close: () => pool.end() }
+  }
+  return await openEmbedded(options.dataDir, log)
+}
+
+async function openEmbedded (dataDir: string, log: Logger): Promise<Database> {
+  const { PGlite } = await import('@electric-sql/pglite')
+  const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
+  const dir = path.join(dataDir, 'pglite')
+  await fs.mkdir(dir, { recursive: true })
+  const db = await PGlite.create({ dataDir: dir })
+  // PGlite has one backend: pglite-socket multiplexes connections at the query level, so two
+  // connections' transactions would interleave. One connection, one pool slot.
+  const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections: 1 })
+  try {
+    await server.start()
+  } catch (err) {
+    await db.close()
+    throw err
+  }
+  const url = `postgres://postgres@${server.getServerConn()}/postgres?sslmode=disable`
+  const pool = new pg.Pool({ connectionString: url, max: 1 })
+  pool.on('error', (err) => log.error({ err }, 'idle database connection failed'))
+  const close = async (): Promise<void> => {
+    await pool.end()
+    await server.stop()
+    await db.close()
+  }
+  try {
+    await migrate(pool, log)
+  } catch (err) {
+    await close()
+    throw err
+  }
+  log.info({ dataDir: dir }, 'embedded PGlite started')
+  return { pool, kind: 'pglite', url, close }
+}
+
+/** Applies store/migrations/*.sql in name order, each once, each in its own transaction. */
+export async function migrate (pool: pg.Pool, log: Logger): Promise<void> {
+  const files = (await fs.readdir(migrationsDir)).filter((f) => f.endsWith('.sql')).sort()
+  const client = await pool.connect()
+  try {
+    await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())')
+    for (const name of files) {
+      await client.query('BEGIN')
+      try {
+        // Serializes concurrent starts against one database; released at COMMIT.
+        await client.query('SELECT pg_advisory_xact_lock(7415001)')
+        const done = await client.query('SELECT 1 FROM schema_migrations WHERE name = $1', [name])
+        if (done.rowCount === 0) {
+          await client.query(await fs.readFile(path.join(migrationsDir, name), 'utf8'))
+          await client.query('INSERT INTO schema_migrations (name) VALUES ($1)', [name])
+          log.info({ migration: name }, 'migration applied')
+        }
+        await client.query('COMMIT')
+      } catch (err) {
+        await client.query('ROLLBACK')
+        throw new Error(`migration ${name} failed: ${(err as Error).message}`, { cause: err })
+      }
+    }
+  } finally {
+    client.release()
+  }
+}

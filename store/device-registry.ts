@@ -1,0 +1,304 @@
+import { randomUUID, timingSafeEqual } from 'node:crypto'
+import { EventEmitter } from 'node:events'
+import type pg from 'pg'
+import { hashSecret, newSecret, sha256, verifySecret } from './secrets.ts'
+
+export interface Device {
+  id: string
+  name: string
+  mac: string
+  ownerUserId: string | null
+  assignedByUserId: string | null
+  firmwareVersion: string
+  softwareVersion: string
+  startedAt: string
+  createdAt: string
+  updatedAt: string
+  /** Current assignment, if any. */
+  patientId: string | null
+}
+
+export interface DeviceVersion { firmwareVersion: string, softwareVersion: string, changedAt: string }
+
+export interface Assignment { patientId: string, validFrom: string, validTo: string | null }
+
+export interface NewDevice {
+  name: string
+  mac: string
+  firmwareVersion: string
+  softwareVersion: string
+  startedAt: string
+  ownerUserId?: string | null
+}
+
+export interface DevicePatch {
+  name?: string
+  firmwareVersion?: string
+  softwareVersion?: string
+  ownerUserId?: string | null
+}
+
+export class DuplicateMacError extends Error {
+  constructor (readonly mac: string) { super(`a device with MAC ${mac} is already registered`) }
+}
+export class UnknownDeviceError extends Error {
+  constructor () { super('no device with this id') }
+}
+export class UnknownPatientError extends Error {
+  constructor () { super('no patient with this id') }
+}
+export class AssignmentOrderError extends Error {
+  constructor (readonly currentFrom: string) {
+    super(`validFrom must not be before the current assignment's start (${currentFrom})`)
+  }
+}
+
+interface Period { from: number, to: number, patientId: string }
+interface VerifiedSecret { credentialId: string, digest: Buffer }
+
+const ASSIGNMENT_CACHE_MS = 30_000
+
+/**
+ * Devices, their assignment history and their MQTT credentials. Owns two in-process caches that
+ * sit on the ingest hot path: assignment periods per device, and the digest of the last secret
+ * that passed scrypt per device (so reconnect storms do not cost 65 ms of scrypt each).
+ * Emits `credentials-revoked` (deviceId) when a device's sessions must end.
+ */
+export function createDeviceRegistry (pool: pg.Pool) {
+  const events = new EventEmitter()
+  const periods = new Map<string, { loadedAt: number, periods: Period[] }>()
+  const verified = new Map<string, VerifiedSecret>()
+
+  const columns = `d.id, d.name, d.mac, d.owner_user_id, d.assigned_by_user_id, d.firmware_version, d.software_version,
+    d.started_at, d.created_at, d.updated_at, a.patient_id`
+  const fromDevices = 'devices d LEFT JOIN device_assignments a ON a.device_id = d.id AND a.valid_to IS NULL'
+
+  function toDevice (row: Record<string, unknown>): Device {
+    return {
+      id: row.id as string,
+      name: row.name as string,
+      mac: row.mac as string,
+      ownerUserId: row.owner_user_id as string | null,
+      assignedByUserId: row.assigned_by_user_id as string | null,
+      firmwareVersion: row.firmware_version as string,
+      softwareVersion: row.software_version as string,
+      startedAt: (row.started_at as Date).toISOString(),
+      createdAt: (row.created_at as Date).toISOString(),
+      updatedAt: (row.updated_at as Date).toISOString(),
+      patientId: row.patient_id as string | null
+    }
+  }
+
+  async function get (id: string): Promise<Device | null> {
+    const { rows } = await pool.query(`SELECT ${columns} FROM ${fromDevices} WHERE d.id = $1`, [id])
+    return rows[0] === undefined ? null : toDevice(rows[0])
+  }
+
+  async function inTransaction<T> (work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    const client = await pool.connect()
+    try {
+      await client.query('BEGIN')
+      const result = await work(client)
+      await client.query('COMMIT')
+      return result
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {})
+      throw err
+    } finally {
+      client.release()
+    }
+  }
+
+  async function loadPeriods (deviceId: string): Promise<Period[]> {
+    const cached = periods.get(deviceId)
+    if (cached !== undefined && Date.now() - cached.loadedAt < ASSIGNMENT_CACHE_MS) return cached.periods
+    const { rows } = await pool.query(
+      'SELECT patient_id, valid_from, valid_to FROM device_assignments WHERE device_id = $1 ORDER BY valid_from DESC',
+      [deviceId])
+    const loaded = rows.map((r) => ({
+      patientId: r.patient_id as string,
+      from: (r.valid_from as Date).getTime(),
+      to: r.valid_to === null ? Number.POSITIVE_INFINITY : (r.valid_to as Date).getTime()
+    }))
+    periods.set(deviceId, { loadedAt: Date.now(), periods: loaded })
+    return loaded
+  }
+
+  return {
+    events,
+
+    async create (input: NewDevice, actor: string | null): Promise<Device> {
+      const id = randomUUID()
+      try {
+        await inTransaction(async (client) => {
+          await client.query(
+            `INSERT INTO devices (id, name, mac, owner_user_id, firmware_version, software_version, started_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+            [id, input.name, input.mac, input.ownerUserId ?? null, input.firmwareVersion, input.softwareVersion, input.startedAt])
+          await client.query(
+            'INSERT INTO device_versions (device_id, firmware_version, software_version, changed_by) VALUES ($1, $2, $3, $4)',
+            [id, input.firmwareVersion, input.softwareVersion, actor])
+        })
+      } catch (err) {
+        if ((err as { code?: string }).code === '23505') throw new DuplicateMacError(input.mac)
+        throw err
+      }
+      return (await get(id))!
+    },
+
+    get,
+
+    async list (options: { limit: number, afterId?: string }): Promise<Device[]> {
+      const { rows } = await pool.query(
+        `SELECT ${columns} FROM ${fromDevices} WHERE ($1::uuid IS NULL OR d.id > $1::uuid) ORDER BY d.id LIMIT $2`,
+        [options.afterId ?? null, options.limit])
+      return rows.map(toDevice)
+    },
+
+    async update (id: string, patch: DevicePatch, actor: string | null): Promise<Device> {
+      await inTransaction(async (client) => {
+        const { rows } = await client.query('SELECT firmware_version, software_version FROM devices WHERE id = $1 FOR UPDATE', [id])
+        const current = rows[0]
+        if (current === undefined) throw new UnknownDeviceError()
+        await client.query(
+          `UPDATE devices SET name = COALESCE($2, name), firmware_version = COALESCE($3, firmware_version),
+             software_version = COALESCE($4, software_version),
+             owner_user_id = CASE WHEN $5 THEN $6::uuid ELSE owner_user_id END, updated_at = now()
+           WHERE id = $1`,
+          [id, patch.name ?? null, patch.firmwareVersion ?? null, patch.softwareVersion ?? null,
+            patch.ownerUserId !== undefined, patch.ownerUserId ?? null])
+        const firmware = patch.firmwareVersion ?? current.firmware_version
+        const software = patch.softwareVersion ?? current.software_version
+        if (firmware !== current.firmware_version || software !== current.software_version) {
+          await client.query(
+            'INSERT INTO device_versions (device_id, firmware_version, software_version, changed_by) VALUES ($1, $2, $3, $4)',
+            [id, firmware, software, actor])
+        }
+      })
+      return (await get(id))!
+    },
+
+    async versions (id: string): Promise<DeviceVersion[]> {
+      const { rows } = await pool.query(
+        'SELECT firmware_version, software_version, changed_at FROM device_versions WHERE device_id = $1 ORDER BY changed_at, id',
+        [id])
+      return rows.map((r) => ({
+        firmwareVersion: r.firmware_version, softwareVersion: r.software_version, changedAt: (r.changed_at as Date).toISOString()
+      }))
+    },
+
+    /** Ends the current assignment at validFrom and opens a new one. */
+    async assign (deviceId: string, patientId: string, validFrom: Date, actor: string | null): Promise<Assignment> {
+      try {
+        await inTransaction(async (client) => {
+          // The device row lock serializes assignments of one device, so periods never overlap.
+          const device = await client.query('SELECT id FROM devices WHERE id = $1 FOR UPDATE', [deviceId])
+          if (device.rowCount === 0) throw new UnknownDeviceError()
+          const patient = await client.query('SELECT id FROM patients WHERE id = $1', [patientId])
+          if (patient.rowCount === 0) throw new UnknownPatientError()
+          const open = await client.query(
+            'SELECT id, valid_from FROM device_assignments WHERE device_id = $1 AND valid_to IS NULL', [deviceId])
+          const current = open.rows[0]
+          if (current !== undefined) {
+            if ((current.valid_from as Date).getTime() >= validFrom.getTime()) {
+              throw new AssignmentOrderError((current.valid_from as Date).toISOString())
+            }
+            await client.query('UPDATE device_assignments SET valid_to = $2 WHERE id = $1', [current.id, validFrom])
+          }
+          await client.query(
+            'INSERT INTO device_assignments (device_id, patient_id, valid_from, assigned_by) VALUES ($1, $2, $3, $4)',
+            [deviceId, patientId, validFrom, actor])
+          await client.query('UPDATE devices SET assigned_by_user_id = $2, updated_at = now() WHERE id = $1', [deviceId, actor])
+        })
+      } finally {
+        periods.delete(deviceId)
+      }
+      return { patientId, validFrom: validFrom.toISOString(), validTo: null }
+    },
+
+    /** Ends the current assignment now; readings after this are rejected as unassigned. */
+    async unassign (deviceId: string): Promise<boolean> {
+      const { rowCount } = await pool.query(
+        'UPDATE device_assignments SET valid_to = greatest(now(), valid_from + interval \'1 millisecond\') WHERE device_id = $1 AND valid_to IS NULL',
+        [deviceId])
+      periods.delete(deviceId)
+      return (rowCount ?? 0) > 0
+    },
+
+    async assignments (deviceId: string): Promise<Assignment[]> {
+      const { rows } = await pool.query(
+        'SELECT patient_id, valid_from, valid_to FROM device_assignments WHERE device_id = $1 ORDER BY valid_from DESC',
+        [deviceId])
+      return rows.map((r) => ({
+        patientId: r.patient_id,
+        validFrom: (r.valid_from as Date).toISOString(),
+        validTo: r.valid_to === null ? null : (r.valid_to as Date).toISOString()
+      }))
+    },
+
+    /** The patient the device was assigned to at `ts` (ms), or null. */
+    async patientAt (deviceId: string, ts: number): Promise<string | null> {
+      for (const p of await loadPeriods(deviceId)) {
+        if (ts >= p.from && ts < p.to) return p.patientId
+      }
+      return null
+    },
+
+    /** Issues a new MQTT secret, revoking the previous one (whose live sessions are ended). */
+    async rotateCredential (deviceId: string): Promise<{ username: string, password: string }> {
+      const password = newSecret('vgl')
+      const hash = await hashSecret(password)
+      const revoked = await inTransaction(async (client) => {
+        const device = await client.query('SELECT id FROM devices WHERE id = $1 FOR UPDATE', [deviceId])
+        if (device.rowCount === 0) throw new UnknownDeviceError()
+        const r = await client.query(
+          'UPDATE device_credentials SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL', [deviceId])
+        await client.query('INSERT INTO device_credentials (id, device_id, secret_hash) VALUES ($1, $2, $3)',
+          [randomUUID(), deviceId, hash])
+        return (r.rowCount ?? 0) > 0
+      })
+      verified.delete(deviceId)
+      if (revoked) events.emit('credentials-revoked', deviceId)
+      return { username: deviceId, password }
+    },
+
+    /** Revokes the device's credential; returns false when it had none. */
+    async revokeCredential (deviceId: string): Promise<boolean> {
+      const r = await pool.query(
+        'UPDATE device_credentials SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL', [deviceId])
+      verified.delete(deviceId)
+      const revoked = (r.rowCount ?? 0) > 0
+      if (revoked) events.emit('credentials-revoked', deviceId)
+      return revoked
+    },
+
+    /** Checks an MQTT username/password. Returns the credential id, or null. */
+    async authenticate (deviceId: string, password: string): Promise<string | null> {
+      const digest = sha256(password)
+      const known = verified.get(deviceId)
+      if (known !== undefined && timingSafeEqual(known.digest, digest)) {
+        // Revocation clears the cache, but a revocation done by another instance would not:
+        // confirm the credential is still active (one indexed lookup, no scrypt).
+        const still = await pool.query('SELECT 1 FROM device_credentials WHERE id = $1 AND revoked_at IS NULL', [known.credentialId])
+        if (still.rowCount === 1) return known.credentialId
+        verified.delete(deviceId)
+        return null
+      }
+      const { rows } = await pool.query(
+        'SELECT id, secret_hash FROM device_credentials WHERE device_id = $1 AND revoked_at IS NULL', [deviceId])
+      const row = rows[0]
+      if (row === undefined) return null
+      if (!(await verifySecret(password, row.secret_hash))) return null
+      verified.set(deviceId, { credentialId: row.id, digest })
+      return row.id as string
+    },
+
+    /** Whether a credential is still active (for sessions to re-check). */
+    async isCredentialActive (credentialId: string): Promise<boolean> {
+      const r = await pool.query('SELECT 1 FROM device_credentials WHERE id = $1 AND revoked_at IS NULL', [credentialId])
+      return r.rowCount === 1
+    }
+  }
+}
+
+export type DeviceRegistry = ReturnType<typeof createDeviceRegistry>

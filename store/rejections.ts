@@ -1,0 +1,45 @@
+import type pg from 'pg'
+import type { RejectionReason } from '../ingest/reading.ts'
+
+/** Enough of a refused payload to debug a device; bounded so a hostile device cannot fill the database. */
+export const REJECTED_PAYLOAD_KEEP_BYTES = 4096
+
+export interface Rejection {
+  id: string
+  topic: string
+  reason: RejectionReason
+  message: string
+  /** The first REJECTED_PAYLOAD_KEEP_BYTES bytes, as UTF-8 text (invalid bytes replaced). */
+  payload: string
+  payloadBytes: number
+  receivedAt: string
+}
+
+export function createRejectionLog (pool: pg.Pool) {
+  return {
+    async record (deviceId: string, topic: string, reason: RejectionReason, message: string, payload: Buffer): Promise<void> {
+      await pool.query(
+        'INSERT INTO rejections (device_id, topic, reason, message, payload, payload_bytes) VALUES ($1, $2, $3, $4, $5, $6)',
+        [deviceId, topic, reason, message, payload.subarray(0, REJECTED_PAYLOAD_KEEP_BYTES), payload.length])
+    },
+
+    /** Newest first. */
+    async list (deviceId: string, options: { limit: number, beforeId?: string }): Promise<Rejection[]> {
+      const { rows } = await pool.query(
+        `SELECT id, topic, reason, message, payload, payload_bytes, received_at FROM rejections
+         WHERE device_id = $1 AND ($2::bigint IS NULL OR id < $2::bigint) ORDER BY id DESC LIMIT $3`,
+        [deviceId, options.beforeId ?? null, options.limit])
+      return rows.map((r) => ({
+        id: String(r.id),
+        topic: r.topic,
+        reason: r.reason,
+        message: r.message,
+        payload: (r.payload as Buffer).toString('utf8'),
+        payloadBytes: r.payload_bytes,
+        receivedAt: (r.received_at as Date).toISOString()
+      }))
+    }
+  }
+}
+
+export type RejectionLog = ReturnType<typeof createRejectionLog>

@@ -1,0 +1,35 @@
+import { createHash, randomBytes, scrypt, timingSafeEqual } from 'node:crypto'
+import { promisify } from 'node:util'
+
+const scryptAsync = promisify(scrypt) as (password: string, salt: Buffer, keylen: number, options: { N: number, r: number, p: number, maxmem: number }) => Promise<Buffer>
+
+// RFC 7914 §2 / OWASP: N=2^14, r=8, p=1 is the interactive-login floor (≈65 ms here).
+const SCRYPT = { N: 16384, r: 8, p: 1, maxmem: 64 * 1024 * 1024 } as const
+
+/** A 256-bit random secret with a readable prefix (`vgl_…`, `vgt_…`) so leaked ones are greppable. */
+export function newSecret (prefix: string): string {
+  return `${prefix}_${randomBytes(32).toString('base64url')}`
+}
+
+/** `scrypt$N$r$p$salt$hash`, base64url fields. */
+export async function hashSecret (secret: string): Promise<string> {
+  const salt = randomBytes(16)
+  const hash = await scryptAsync(secret, salt, 32, SCRYPT)
+  return `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64url')}$${hash.toString('base64url')}`
+}
+
+export async function verifySecret (secret: string, stored: string): Promise<boolean> {
+  const parts = stored.split('$')
+  if (parts.length !== 6 || parts[0] !== 'scrypt') return false
+  const [, n, r, p, salt, hash] = parts as [string, string, string, string, string, string]
+  const expected = Buffer.from(hash, 'base64url')
+  const actual = await scryptAsync(secret, Buffer.from(salt, 'base64url'), expected.length, {
+    N: Number(n), r: Number(r), p: Number(p), maxmem: SCRYPT.maxmem
+  })
+  return timingSafeEqual(actual, expected)
+}
+
+/** For high-entropy tokens only: a fast digest is enough when guessing is hopeless. */
+export function sha256 (value: string): Buffer {
+  return createHash('sha256').update(value).digest()
+}

@@ -1,0 +1,71 @@
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import mqtt from 'mqtt'
+import { loadConfig } from '../../config/config.ts'
+import { createLogger } from '../../observability/logger.ts'
+import { startVigil, type Vigil } from '../../vigil.ts'
+
+export const adminToken = 'test-admin-token-0123456789abcdef'
+
+export interface TestVigil extends Vigil {
+  dataDir: string
+  api<T = any> (method: string, route: string, body?: unknown, token?: string): Promise<{ status: number, body: T }>
+  /** Creates a patient and a device assigned to it (from an hour ago) with a fresh credential. */
+  provision (): Promise<{ patientId: string, deviceId: string, password: string }>
+  connect (deviceId: string, password: string, options?: mqtt.IClientOptions): Promise<mqtt.MqttClient>
+}
+
+/** Starts the whole service in-process on free ports. env adds to the test defaults. */
+export async function startTestVigil (env: Record<string, string> = {}, dataDir?: string): Promise<TestVigil> {
+  const dir = dataDir ?? await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-test-'))
+  const config = loadConfig({
+    HTTP_PORT: '0', MQTT_PORT: '0', VIGIL_DATA_DIR: dir, VIGIL_ADMIN_TOKEN: adminToken, LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent', ...env
+  })
+  const vigil = await startVigil(config, createLogger(config.logLevel))
+  const base = `http://127.0.0.1:${vigil.httpPort}`
+
+  async function api<T> (method: string, route: string, body?: unknown, token = adminToken): Promise<{ status: number, body: T }> {
+    const res = await fetch(base + route, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body)
+    })
+    const text = await res.text()
+    return { status: res.status, body: (text === '' ? undefined : JSON.parse(text)) as T }
+  }
+
+  async function must<T> (method: string, route: string, body?: unknown): Promise<T> {
+    const res = await api<T>(method, route, body)
+    if (res.status >= 300) throw new Error(`${method} ${route} → ${res.status} ${JSON.stringify(res.body)}`)
+    return res.body
+  }
+
+  let macCounter = Math.floor(Math.random() * 0xffff) * 0x10000
+  return {
+    ...vigil,
+    dataDir: dir,
+    api,
+    async provision () {
+      const patient = await must<{ id: string }>('POST', '/v1/patients', { displayName: 'Test Patient' })
+      macCounter++
+      const mac = `02:00:${macCounter.toString(16).padStart(8, '0').replace(/(..)(?!$)/g, '$1:')}`
+      const device = await must<{ id: string }>('POST', '/v1/devices', {
+        name: 'Test oximeter', mac, firmwareVersion: '1.0', softwareVersion: '1.0', startedAt: '2026-01-01T00:00:00Z'
+      })
+      await must('PUT', `/v1/devices/${device.id}/assignment`, { patientId: patient.id, validFrom: new Date(Date.now() - 3_600_000).toISOString() })
+      const cred = await must<{ password: string }>('POST', `/v1/devices/${device.id}/credentials`)
+      return { patientId: patient.id, deviceId: device.id, password: cred.password }
+    },
+    async connect (deviceId, password, options = {}) {
+      return await mqtt.connectAsync(`mqtt://127.0.0.1:${vigil.mqttPort}`, {
+        clientId: deviceId, username: deviceId, password, reconnectPeriod: 0, protocolVersion: 4, connectTimeout: 5000, ...options
+      })
+    }
+  }
+}
+
+/** A telemetry payload in the documented JSON format. */
+export function telemetry (seq: number, readings: Array<{ metric: string, value: number, unit: string, ts?: number }>): string {
+  return JSON.stringify({ seq, readings: readings.map((r) => ({ ...r, ts: r.ts ?? Date.now() })) })
+}

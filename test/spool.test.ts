@@ -1,0 +1,362 @@
+import { randomUUID } from 'node:crypto'
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import zlib from 'node:zlib'
+import pino from 'pino'
+import t from 'tap'
+import type { Test } from 'tap'
+import type { StoredReading } from '../ingest/reading.ts'
+import { crc32Fallback, decodeRecordBody, encodeRecord, openSpool, scanRecord, SpoolFullError } from '../ingest/spool.ts'
+import type { OpenSpoolOptions, Spool } from '../ingest/spool.ts'
+import { createInfluxReadingStore } from '../store/influx-readings.ts'
+import type { ReadingStore } from '../store/readings-store.ts'
+import { startInfluxd } from './helpers/influxd.ts'
+
+const log = pino({ level: 'silent' })
+const patientId = '11111111-1111-4111-8111-111111111111'
+const deviceId = '22222222-2222-4222-8222-222222222222'
+let nextTs = Date.UTC(2025, 10, 26)
+
+/** `count` distinct readings (distinct ts), so duplicates and gaps are visible. */
+function readings (count: number, patient = patientId): StoredReading[] {
+  return Array.from({ length: count }, () => {
+    const ts = nextTs++
+    return { patientId: patient, deviceId, metric: 'heart_rate', value: 60 + (ts % 40) + 0.5, unit: '/min', ts, seq: ts % 1000 }
+  })
+}
+
+/** A ReadingStore double that records writes (unit tests of the spool only). */
+function recordingStore (fail: (call: number) => Promise<void> | void = () => {}): ReadingStore & { writes: StoredReading[][], all: () => StoredReading[] } {
+  const writes: StoredReading[][] = []
+  let calls = 0
+  const unused = async (): Promise<never> => { throw new Error('not used by the spool') }
+  return {
+    kind: 'influxdb',
+    writes,
+    all: () => writes.flat(),
+    write: async (batch) => {
+      await fail(++calls)
+      writes.push([...batch])
+    },
+    query: unused,
+    latest: unused,
+    aggregate: unused,
+    ping: async () => {},
+    close: async () => {}
+  }
+}
+
+async function waitFor (what: string, predicate: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(10)
+  }
+}
+
+async function tempDir (t: Test): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-spool-'))
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+async function open (t: Test, dir: string, options: Partial<OpenSpoolOptions> = {}): Promise<Spool> {
+  const spool = await openSpool({ dir, maxBytes: 64 * 1024 * 1024, log, ...options })
+  t.teardown(() => spool.close())
+  return spool
+}
+
+async function segmentFiles (dir: string): Promise<string[]> {
+  return (await fs.readdir(dir)).filter((f) => f.endsWith('.wal')).sort()
+}
+
+t.test('records: encode, scan, decode, and CRC-32 matches zlib', async (t) => {
+  const batch = readings(3)
+  const record = encodeRecord(batch, 1234.5)
+  const scan = scanRecord(record, 0)
+  if (scan.kind !== 'record') throw new Error(`expected a record, got ${scan.kind}`)
+  t.equal(scan.length, record.length)
+  t.equal(scan.count, 3)
+  t.equal(scan.appendedAt, 1234.5)
+  t.strictSame(decodeRecordBody(scan.body), batch)
+  t.equal(scanRecord(record.subarray(0, record.length - 1), 0).kind, 'incomplete')
+  t.equal(scanRecord(record.subarray(0, 5), 0).kind, 'incomplete')
+  const flipped = Buffer.from(record)
+  flipped.writeUInt8(flipped.readUInt8(record.length - 2) ^ 1, record.length - 2)
+  t.equal(scanRecord(flipped, 0).kind, 'corrupt')
+  t.equal(scanRecord(Buffer.alloc(16, 0xff), 0).kind, 'corrupt', 'absurd length')
+  for (const data of [Buffer.alloc(0), Buffer.from('123456789'), record]) {
+    t.equal(crc32Fallback(data), zlib.crc32(data))
+  }
+  t.equal(crc32Fallback(Buffer.from('123456789')), 0xcbf43926, 'CRC-32 check value')
+})
+
+t.test('append, deliver in order, checkpoint, delete delivered segments', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir, { segmentBytes: 1024 })
+  const store = recordingStore()
+  const delivered: number[] = []
+  const latencies: number[] = []
+  spool.on('delivered', (count, latencyMs) => {
+    delivered.push(count)
+    latencies.push(latencyMs)
+  })
+  const written: StoredReading[] = []
+  for (let i = 0; i < 20; i++) {
+    const batch = readings(1 + (i % 4))
+    written.push(...batch)
+    await spool.append(batch)
+  }
+  t.equal(spool.stats().depthReadings, written.length)
+  t.ok(spool.stats().depthBytes > 0)
+  t.ok((await segmentFiles(dir)).length > 1, 'rotated into several segments')
+
+  spool.startDelivery(store)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  t.strictSame(store.all(), written, 'every reading once, in order')
+  t.equal(delivered.reduce((a, b) => a + b, 0), written.length)
+  t.ok(latencies.every((ms) => ms >= 0))
+  t.strictSame(spool.stats(), { depthReadings: 0, depthBytes: 0, oldestUnwrittenAgeMs: 0, appendSyncs: 20 })
+  t.equal((await segmentFiles(dir)).length, 1, 'delivered segments are deleted')
+  const checkpoint = JSON.parse(await fs.readFile(path.join(dir, 'checkpoint.json'), 'utf8')) as { segment: number, offset: number }
+  t.equal(`${String(checkpoint.segment).padStart(16, '0')}.wal`, (await segmentFiles(dir))[0])
+
+  // An idle delivery loop wakes on the next append without polling.
+  const more = readings(2)
+  const started = Date.now()
+  await spool.append(more)
+  await waitFor('prompt delivery', () => spool.stats().depthReadings === 0)
+  t.ok(Date.now() - started < 1000, 'woken promptly')
+  t.strictSame(store.all().slice(-2), more)
+})
+
+t.test('group commit: concurrent appends share fdatasyncs', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const batches = Array.from({ length: 200 }, () => readings(2))
+  await Promise.all(batches.map((b) => spool.append(b)))
+  const { appendSyncs, depthReadings } = spool.stats()
+  t.equal(depthReadings, 400)
+  t.ok(appendSyncs < 50, `${appendSyncs} fdatasyncs for 200 appends`)
+  const store = recordingStore()
+  spool.startDelivery(store, { maxBatchReadings: 64 })
+  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  t.strictSame(store.all(), batches.flat())
+  t.ok(store.writes.every((w) => w.length <= 64), 'batches capped at maxBatchReadings')
+})
+
+t.test('a restart replays exactly the undelivered records', async (t) => {
+  const dir = await tempDir(t)
+  const first = await openSpool({ dir, maxBytes: 1 << 20, log, segmentBytes: 512 })
+  const written: StoredReading[] = []
+  for (let i = 0; i < 12; i++) {
+    const batch = readings(5)
+    written.push(...batch)
+    await first.append(batch)
+  }
+  // Two batches of 10 get through, then the store fails until we close.
+  const failing = recordingStore((call) => { if (call > 2) throw new Error('store down') })
+  let failures = 0
+  first.on('deliveryFailed', () => { failures++ })
+  first.startDelivery(failing, { maxBatchReadings: 10, minBackoffMs: 5, maxBackoffMs: 20 })
+  await waitFor('failures', () => failures >= 3)
+  t.equal(first.stats().depthReadings, 40)
+  t.ok(first.stats().oldestUnwrittenAgeMs >= 0)
+  await first.close()
+  t.strictSame(failing.all(), written.slice(0, 20))
+
+  const second = await open(t, dir, { segmentBytes: 512 })
+  t.equal(second.stats().depthReadings, 40, 'depth survives the restart')
+  const store = recordingStore()
+  second.startDelivery(store)
+  await waitFor('replay', () => second.stats().depthReadings === 0)
+  t.strictSame(store.all(), written.slice(20), 'the rest, each once, in order')
+  await second.close()
+
+  const third = await open(t, dir)
+  t.equal(third.stats().depthReadings, 0, 'nothing left to replay')
+})
+
+t.test('close waits for the in-flight write and drops nothing', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await openSpool({ dir, maxBytes: 1 << 20, log })
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  const store = recordingStore(async (call) => { if (call === 1) await gate })
+  const batch = readings(3)
+  await spool.append(batch)
+  spool.startDelivery(store)
+  await sleep(50)
+  let closed = false
+  const closing = spool.close().then(() => { closed = true })
+  await sleep(50)
+  t.notOk(closed, 'close waits for the store write')
+  await t.rejects(spool.append(readings(1)), /closed/, 'no appends while closing')
+  release()
+  await closing
+  t.strictSame(store.all(), batch)
+  const reopened = await open(t, dir)
+  t.equal(reopened.stats().depthReadings, 0, 'the finished write was checkpointed')
+})
+
+t.test('a torn final record is truncated on open; earlier records survive', async (t) => {
+  const dir = await tempDir(t)
+  const written: StoredReading[] = []
+  const first = await openSpool({ dir, maxBytes: 1 << 20, log })
+  for (let i = 0; i < 5; i++) {
+    const batch = readings(3)
+    written.push(...batch)
+    await first.append(batch)
+  }
+  const depthBytes = first.stats().depthBytes
+  await first.close()
+  const [segment] = await segmentFiles(dir)
+  const file = path.join(dir, segment!)
+  const validSize = (await fs.stat(file)).size
+
+  // A crash mid-write: the start of a record (valid length prefix) whose body never made it.
+  const torn = encodeRecord(readings(4), Date.now())
+  await fs.appendFile(file, torn.subarray(0, torn.length - 7))
+  let spool = await openSpool({ dir, maxBytes: 1 << 20, log })
+  t.equal(spool.stats().depthReadings, 15)
+  t.equal(spool.stats().depthBytes, depthBytes)
+  t.equal((await fs.stat(file)).size, validSize, 'torn tail truncated')
+  await spool.close()
+
+  // Garbage after the last record (length prefix and CRC that do not match anything).
+  await fs.appendFile(file, Buffer.from('\x20\x00\x00\x00garbage-garbage-garbage-garbage-garbage'))
+  spool = await open(t, dir)
+  t.equal(spool.stats().depthReadings, 15)
+  t.equal((await fs.stat(file)).size, validSize)
+
+  const after = readings(2)
+  await spool.append(after)
+  const store = recordingStore()
+  spool.startDelivery(store)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  t.strictSame(store.all(), [...written, ...after])
+})
+
+t.test('SpoolFullError at the cap; room again once delivered', async (t) => {
+  const dir = await tempDir(t)
+  const recordBytes = encodeRecord(readings(10), 0).length
+  const spool = await open(t, dir, { maxBytes: recordBytes * 5 + 10 })
+  for (let i = 0; i < 5; i++) await spool.append(readings(10))
+  const err = await spool.append(readings(10)).then(() => null, (e: unknown) => e)
+  t.type(err, SpoolFullError)
+  t.equal((err as Error).name, 'SpoolFullError')
+  t.equal(spool.stats().depthReadings, 50, 'the refused append left nothing behind')
+  // Concurrent appends are counted against the cap before they are written.
+  await t.rejects(Promise.all([spool.append(readings(1)), spool.append(readings(1))]), SpoolFullError)
+  const store = recordingStore()
+  spool.startDelivery(store)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  t.equal(store.all().length, 50)
+  await spool.append(readings(10))
+  t.pass('appends accepted again')
+})
+
+t.test('append rejects when the spool directory is unwritable, and recovers', async (t) => {
+  const dir = await tempDir(t)
+  const spoolDir = path.join(dir, 'spool')
+  // segmentBytes 1: every append rotates, i.e. creates a file in the directory.
+  const spool = await open(t, spoolDir, { segmentBytes: 1 })
+  const ok = readings(2)
+  await spool.append(ok)
+  const before = spool.stats()
+  const moved = path.join(dir, 'moved')
+  const root = process.getuid?.() === 0
+  // root ignores permission bits: put a file where the directory was instead.
+  if (root) {
+    await fs.rename(spoolDir, moved)
+    await fs.writeFile(spoolDir, 'not a directory')
+  } else {
+    await fs.chmod(spoolDir, 0o500)
+  }
+  const err = await spool.append(readings(2)).then(() => null, (e: unknown) => e as NodeJS.ErrnoException)
+  t.ok(err !== null, 'append rejected')
+  t.match(err?.code, /^(ENOTDIR|EACCES|EPERM)$/)
+  t.strictSame(spool.stats().depthBytes, before.depthBytes, 'nothing half-written')
+  if (root) {
+    await fs.rm(spoolDir)
+    await fs.rename(moved, spoolDir)
+  } else {
+    await fs.chmod(spoolDir, 0o700)
+  }
+  const later = readings(2)
+  await spool.append(later)
+  const store = recordingStore()
+  spool.startDelivery(store)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  t.strictSame(store.all(), [...ok, ...later], 'the rejected append was not stored, the others were')
+})
+
+t.test('a failed write (ENOSPC) rejects the append and earlier records survive', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await openSpool({ dir, maxBytes: 1 << 20, log, segmentBytes: 1 })
+  const ok = readings(2)
+  await spool.append(ok)
+  // The next append rotates into segment 2, which we make a disk that is always full.
+  const full = path.join(dir, '0000000000000002.wal')
+  await fs.symlink('/dev/full', full)
+  const err = await spool.append(readings(2)).then(() => null, (e: unknown) => e as NodeJS.ErrnoException)
+  t.equal(err?.code, 'ENOSPC')
+  t.equal(spool.stats().depthReadings, 2, 'the failed append is not counted')
+  // /dev/full cannot be truncated back either, so the spool refuses further appends rather
+  // than risk a torn record in the middle of the log.
+  await t.rejects(spool.append(readings(1)), /unusable/)
+  await spool.close()
+  await fs.rm(full)
+  const reopened = await open(t, dir)
+  t.equal(reopened.stats().depthReadings, 2)
+  const store = recordingStore()
+  reopened.startDelivery(store)
+  await waitFor('delivery', () => reopened.stats().depthReadings === 0)
+  t.strictSame(store.all(), ok)
+})
+
+t.test('openSpool fails when the directory cannot be created', async (t) => {
+  const dir = await tempDir(t)
+  await fs.writeFile(path.join(dir, 'file'), '')
+  await t.rejects(openSpool({ dir: path.join(dir, 'file', 'spool'), maxBytes: 1 << 20, log }))
+})
+
+t.test('with a real InfluxDB: outage grows the spool, recovery drains it exactly once', async (t) => {
+  const influxd = await startInfluxd()
+  t.teardown(() => influxd.close())
+  const store = await createInfluxReadingStore({ url: influxd.url, token: '', org: 'vigil', bucket: 'spool', api: 'auto' }, log, { timeoutMs: 2000 })
+  t.teardown(() => store.close())
+  const dir = await tempDir(t)
+  const spool = await openSpool({ dir, maxBytes: 1 << 24, log, segmentBytes: 4096 })
+  t.teardown(() => spool.close())
+  let failures = 0
+  spool.on('deliveryFailed', () => { failures++ })
+  spool.startDelivery(store, { minBackoffMs: 20, maxBackoffMs: 200, maxBatchReadings: 100 })
+
+  const patient = randomUUID()
+  const warmup = readings(5, patient)
+  await spool.append(warmup)
+  await waitFor('warm-up delivery', () => spool.stats().depthReadings === 0)
+
+  await influxd.stop()
+  const outage: StoredReading[] = []
+  for (let i = 0; i < 30; i++) {
+    const batch = readings(10, patient)
+    outage.push(...batch)
+    await spool.append(batch)
+  }
+  await waitFor('failed deliveries', () => failures >= 2)
+  t.equal(spool.stats().depthReadings, 300, 'depth grows while InfluxDB is down')
+  t.ok(spool.stats().oldestUnwrittenAgeMs >= 0)
+
+  await influxd.start()
+  await waitFor('drain', () => spool.stats().depthReadings === 0, 30_000)
+  const stored = await store.query({ patientId: patient, limit: 1000 })
+  const expected = [...warmup, ...outage].sort((a, b) => b.ts - a.ts)
+  t.equal(stored.length, expected.length, 'each reading stored exactly once')
+  t.strictSame(stored, expected)
+  const count = await store.aggregate({ patientId: patient, metric: 'heart_rate', from: expected.at(-1)!.ts, to: expected[0]!.ts + 1, everyMs: 3_600_000, fn: 'count' })
+  t.equal(count.reduce((n, b) => n + (b.value ?? 0), 0), 305)
+})
