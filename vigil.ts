@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import { buildApi } from './api/app.ts'
 import { createBroker } from './broker/broker.ts'
 import type { Config } from './config/config.ts'
+import { listen } from './config/listen.ts'
 import { startIngest } from './ingest/ingest.ts'
 import { openSpool, type Spool } from './ingest/spool.ts'
 import { createMetrics } from './observability/metrics.ts'
@@ -68,7 +69,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     closers.push(() => ingest.close())
 
     const broker = await createBroker({
-      host: config.mqttHost, port: config.mqttPort, maxPacketBytes: config.mqttMaxPacketBytes, devices, ingest, metrics, log
+      host: config.mqttHost, port: config.mqttPort, portFallback: config.defaultPorts.mqtt, maxPacketBytes: config.mqttMaxPacketBytes, devices, ingest, metrics, log
     })
     closers.push(() => broker.close())
 
@@ -77,15 +78,17 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       healthChecks: spool === null ? {} : { spool: async () => { /* open spool = healthy; depth is a metric */ } }
     })
     closers.push(() => api.close())
-    await api.listen({ host: config.httpHost, port: config.httpPort })
-    const httpPort = (api.server.address() as { port: number }).port
+    await api.ready()
+    const httpPort = await listen(api.server, config.httpHost, config.httpPort, config.defaultPorts.http, 'HTTP_PORT', log)
 
+    // Where a local tool (the simulator) finds the ports actually bound, when they were 0 or fell back.
+    await fs.writeFile(path.join(config.dataDir, 'listening.json'), JSON.stringify({ pid: process.pid, httpPort, mqttPort: broker.port }) + '\n')
     log.info({
       http: `http://${config.httpHost}:${httpPort}`,
       mqtt: `mqtt://${config.mqttHost}:${broker.port}`,
       docs: `http://${config.httpHost}:${httpPort}/docs`,
       database: db.kind,
-      readings: readings.kind
+      readingStore: readings.kind
     }, 'vigil started')
     return { httpPort, mqttPort: broker.port, readings, close }
   } catch (err) {

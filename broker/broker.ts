@@ -1,15 +1,17 @@
 import net from 'node:net'
-import { once } from 'node:events'
 import { Aedes, type AuthenticateError, type Client } from 'aedes'
 import type { Logger } from 'pino'
 import type { Ingest, TopicKind } from '../ingest/ingest.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { DeviceRegistry } from '../store/device-registry.ts'
+import { listen } from '../config/listen.ts'
 import { limitFrames } from './frame-limit.ts'
 
 export interface BrokerDeps {
   host: string
   port: number
+  /** When the port is taken, listen on a free one instead (with a warning) rather than fail. */
+  portFallback?: boolean
   maxPacketBytes: number
   devices: DeviceRegistry
   ingest: Ingest
@@ -141,9 +143,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
       refuse('packet_too_large', { remoteAddress: socket.remoteAddress, err: err.message })
     }))
   })
-  server.listen(deps.port, deps.host)
-  await once(server, 'listening')
-  const port = (server.address() as net.AddressInfo).port
+  const port = await listen(server, deps.host, deps.port, deps.portFallback === true, 'MQTT_PORT', log)
 
   return {
     port,

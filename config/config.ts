@@ -9,6 +9,11 @@ export interface Config {
   httpPort: number
   mqttHost: string
   mqttPort: number
+  /**
+   * Ports left at their defaults (HTTP_PORT/MQTT_PORT unset) may fall back to a free port when
+   * the default is taken (a Mosquitto on 1883 is common); ports that were set never do.
+   */
+  defaultPorts: { http: boolean, mqtt: boolean }
   mqttTlsPort: number | null
   mqttWsPort: number | null
   mqttMaxPacketBytes: number
@@ -110,6 +115,7 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     httpPort: integer(env, 'HTTP_PORT', 3000, 0, 65535),
     mqttHost: read(env, 'MQTT_HOST') ?? httpHost,
     mqttPort: integer(env, 'MQTT_PORT', 1883, 0, 65535),
+    defaultPorts: { http: read(env, 'HTTP_PORT') === undefined, mqtt: read(env, 'MQTT_PORT') === undefined },
     mqttTlsPort: optionalPort(env, 'MQTT_TLS_PORT'),
     mqttWsPort: optionalPort(env, 'MQTT_WS_PORT'),
     mqttMaxPacketBytes: integer(env, 'MQTT_MAX_PACKET_BYTES', 256 * 1024, 1024, 256 * 1024 * 1024),

@@ -1,5 +1,5 @@
-import { Type } from '@sinclair/typebox'
-import { TypeCompiler } from '@sinclair/typebox/compiler'
+import { Type } from 'typebox'
+import { Compile } from 'typebox/compile'
 import { PayloadRejection } from './reading.ts'
 import type { NormalizedReading } from './reading.ts'
 import { lookupMetric, lookupMetricByLoinc, normalizeValue } from './vitals-catalogue.ts'
@@ -38,7 +38,7 @@ export const SenmlRecordSchema = Type.Object({
 
 export const SenmlPackSchema = Type.Array(SenmlRecordSchema, { minItems: 1, maxItems: 500 })
 
-const packChecker = TypeCompiler.Compile(SenmlPackSchema)
+const packChecker = Compile(SenmlPackSchema)
 
 /**
  * Decodes a `devices/{deviceId}/senml` payload: an RFC 8428 SenML JSON pack of numeric

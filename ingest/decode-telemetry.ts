@@ -1,7 +1,8 @@
-import { Type } from '@sinclair/typebox'
-import type { Static, TSchema } from '@sinclair/typebox'
-import { TypeCompiler } from '@sinclair/typebox/compiler'
-import type { TypeCheck } from '@sinclair/typebox/compiler'
+import { Type } from 'typebox'
+import type { Static } from 'typebox'
+import { Compile } from 'typebox/compile'
+import type { Validator } from 'typebox/compile'
+import type { TLocalizedValidationError } from 'typebox/error'
 import { PayloadRejection } from './reading.ts'
 import type { NormalizedReading } from './reading.ts'
 import { normalizeValue } from './vitals-catalogue.ts'
@@ -26,7 +27,7 @@ export const TelemetryPayloadSchema = Type.Object({
 
 export type TelemetryPayload = Static<typeof TelemetryPayloadSchema>
 
-const telemetryChecker = TypeCompiler.Compile(TelemetryPayloadSchema)
+const telemetryChecker = Compile(TelemetryPayloadSchema)
 
 export interface DecodedPayload {
   seq: number | null
@@ -92,10 +93,36 @@ export function withLocation<T> (where: string, convert: () => T): T {
 }
 
 /** `<JSON Pointer (RFC 6901)>: <problem>` for the first schema violation in `document`. */
-export function describeFirstError<T extends TSchema> (checker: TypeCheck<T>, document: unknown): string {
-  const problem = checker.Errors(document).First()
+export function describeFirstError (checker: Pick<Validator, 'Errors'>, document: unknown): string {
+  // TypeBox reports errors depth first, each object's required and unknown keys before its values.
+  const problem = checker.Errors(document)[0]
   if (problem === undefined) return 'payload does not match the schema'
+  const { pointer, message } = locateProblem(problem)
   // Keys in the pointer are device-supplied: keep the message bounded.
-  const pointer = problem.path === '' ? '(root)' : problem.path
-  return `${pointer.length > 100 ? `${pointer.slice(0, 100)}…` : pointer}: ${problem.message}`
+  const shown = pointer === '' ? '(root)' : pointer
+  return `${shown.length > 100 ? `${shown.slice(0, 100)}…` : shown}: ${message}`
+}
+
+/**
+ * Points at the offending property itself: TypeBox reports a missing property at its parent
+ * object and an unknown one as the `false` schema of `additionalProperties`.
+ */
+function locateProblem (problem: TLocalizedValidationError): { pointer: string, message: string } {
+  if (problem.keyword === 'required') {
+    const [missing] = problem.params.requiredProperties
+    if (missing !== undefined) return { pointer: `${problem.instancePath}/${escapePointerToken(missing)}`, message: 'required property is missing' }
+  }
+  if (problem.keyword === 'boolean' && problem.schemaPath.endsWith('/additionalProperties')) {
+    return { pointer: problem.instancePath, message: 'property is not allowed' }
+  }
+  if (problem.keyword === 'additionalProperties') {
+    const [unknown] = problem.params.additionalProperties
+    if (unknown !== undefined) return { pointer: `${problem.instancePath}/${escapePointerToken(unknown)}`, message: 'property is not allowed' }
+  }
+  return { pointer: problem.instancePath, message: problem.message }
+}
+
+/** RFC 6901 §3: `~` and `/` in a key are written `~0` and `~1`. */
+function escapePointerToken (key: string): string {
+  return key.replaceAll('~', '~0').replaceAll('/', '~1')
 }

@@ -9,15 +9,24 @@ import { createVitalsModel } from './vitals-model.ts'
  * Provisions (or reuses) patients and devices through the API, then publishes vitals from each
  * device over its own MQTT connection at QoS 1 with increasing seq, printing what it sends.
  */
+// Ports of a Vigil started from this checkout (it writes them at start), else the defaults.
+const dataDir = process.env.VIGIL_DATA_DIR ?? './data'
+let listening: { httpPort?: number, mqttPort?: number } = {}
+try {
+  listening = JSON.parse(await fs.readFile(path.join(dataDir, 'listening.json'), 'utf8'))
+} catch { /* not started from here */ }
+const httpPort = process.env.HTTP_PORT ?? String(listening.httpPort ?? 3000)
+const mqttPort = process.env.MQTT_PORT ?? String(listening.mqttPort ?? 1883)
+
 const { values: args } = parseArgs({
   options: {
     devices: { type: 'string', default: '20' },
     rate: { type: 'string', default: '1' },
     duration: { type: 'string', default: '0' },
-    api: { type: 'string', default: process.env.VIGIL_API_URL ?? `http://127.0.0.1:${process.env.HTTP_PORT ?? '3000'}` },
-    mqtt: { type: 'string', default: process.env.VIGIL_MQTT_URL ?? `mqtt://127.0.0.1:${process.env.MQTT_PORT ?? '1883'}` },
+    api: { type: 'string', default: process.env.VIGIL_API_URL ?? `http://127.0.0.1:${httpPort}` },
+    mqtt: { type: 'string', default: process.env.VIGIL_MQTT_URL ?? `mqtt://127.0.0.1:${mqttPort}` },
     token: { type: 'string', default: process.env.VIGIL_ADMIN_TOKEN ?? '' },
-    state: { type: 'string', default: path.join(process.env.VIGIL_DATA_DIR ?? './data', 'simulator-devices.json') },
+    state: { type: 'string', default: path.join(dataDir, 'simulator-devices.json') },
     quiet: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false }
   }
@@ -28,8 +37,8 @@ if (args.help) {
   --devices N     simulated devices, one patient each (default 20)
   --rate R        messages per second per device, each with 6 vitals (default 1)
   --duration S    stop after S seconds (default 0: until Ctrl-C)
-  --api URL       Vigil API (default http://127.0.0.1:$HTTP_PORT or :3000)
-  --mqtt URL      Vigil MQTT (default mqtt://127.0.0.1:$MQTT_PORT or :1883)
+  --api URL       Vigil API (default: the port in $VIGIL_DATA_DIR/listening.json, $HTTP_PORT, or 3000)
+  --mqtt URL      Vigil MQTT (default: the port in $VIGIL_DATA_DIR/listening.json, $MQTT_PORT, or 1883)
   --token T       admin API token (default $VIGIL_ADMIN_TOKEN)
   --state FILE    where provisioned devices and their credentials are kept for reuse
   --quiet         print a summary every 5 s instead of every message
