@@ -65,7 +65,9 @@ export function encodeReading (reading: StoredReading): string {
   // A bare number is a float field: every value is written as float so the field's type never
   // conflicts between an integral and a fractional reading.
   let fields = `value=${String(reading.value)},unit=${escapeStringField(reading.unit)}`
-  if (reading.seq !== null) fields += `,seq=${reading.seq}i`
+  // Always written: InfluxDB merges the fields of a rewritten point, so omitting seq would
+  // keep an older write's value. -1 stands for "no seq" (device seqs are non-negative).
+  fields += `,seq=${reading.seq ?? -1}i`
   return `${measurement},${tags} ${fields} ${reading.ts}`
 }
 
@@ -142,6 +144,10 @@ function rowsOf (series: InfluxqlSeries): Row[] {
 
 function num (value: unknown): number | null {
   return typeof value === 'number' ? value : null
+}
+
+function seqOf (value: unknown): number | null {
+  return typeof value === 'number' && value >= 0 ? value : null
 }
 
 function str (value: unknown): string {
@@ -271,6 +277,7 @@ export async function createInfluxReadingStore (config: InfluxConfig, log: Logge
   async function write (readings: readonly StoredReading[]): Promise<void> {
     if (closed) throw new InfluxStoreError('InfluxDB store is closed', null, false)
     if (readings.length === 0) return
+    await ensureReady()
     const body = encodeReadings(readings)
     const path = api === 'v1'
       ? `/write?${new URLSearchParams({ db: config.bucket, precision: 'ms' }).toString()}`
@@ -296,7 +303,7 @@ export async function createInfluxReadingStore (config: InfluxConfig, log: Logge
       value: num(row[valueColumn]) ?? Number.NaN,
       unit: str(row.unit),
       ts: num(row.time) ?? Number.NaN,
-      seq: num(row.seq)
+      seq: seqOf(row.seq)
     }
   }
 
@@ -317,6 +324,7 @@ export async function createInfluxReadingStore (config: InfluxConfig, log: Logge
    * tie group neither skips nor repeats. The cursor's own timestamp is handled the same way.
    */
   async function query (q: ReadingQuery): Promise<StoredReading[]> {
+    await ensureReady()
     if (!Number.isSafeInteger(q.limit) || q.limit < 1) throw new RangeError('limit must be a positive integer')
     const page: StoredReading[] = []
     let to = q.to
@@ -343,6 +351,7 @@ export async function createInfluxReadingStore (config: InfluxConfig, log: Logge
   }
 
   async function latest (patientId: string): Promise<StoredReading[]> {
+    await ensureReady()
     // last() is a selector: the other fields selected with it come from the same point, and
     // the row's time is that point's. One row per (metric, device); the newest wins per metric.
     const series = await influxql(`SELECT last("value"), "unit", "seq" FROM "${measurement}" WHERE ${readingsWhere({ patientId })} GROUP BY "metric", "device_id"`)
@@ -358,6 +367,7 @@ export async function createInfluxReadingStore (config: InfluxConfig, log: Logge
   }
 
   async function aggregate (q: AggregateQuery): Promise<AggregateBucket[]> {
+    await ensureReady()
     const buckets = aggregateBuckets(q)
     if (buckets.length === 0) return buckets
     const fn = { mean: 'mean', min: 'min', max: 'max', count: 'count' }[q.fn]
@@ -375,20 +385,31 @@ export async function createInfluxReadingStore (config: InfluxConfig, log: Logge
     return buckets
   }
 
-  try {
-    version = await ping()
-    api = config.api === 'auto' ? apiForVersion(version) : config.api
-    if (api === 'v1') {
-      // InfluxDB 1.x has no buckets: the bucket name is the database. CREATE DATABASE is a
-      // no-op when it exists.
-      await influxql(`CREATE DATABASE ${influxqlIdentifier(config.bucket)}`, 'POST')
-    }
-  } catch (err) {
-    agent.destroy()
-    throw err
+  // Detection (and, for v1, CREATE DATABASE) needs InfluxDB to answer. Vigil must start while
+  // it is down — the spool holds readings meanwhile — so a failed attempt is retried by the
+  // next write, query or ping.
+  let ready: Promise<void> | null = null
+  function ensureReady (): Promise<void> {
+    ready ??= (async () => {
+      version = await ping()
+      api = config.api === 'auto' ? apiForVersion(version) : config.api
+      if (api === 'v1') {
+        // InfluxDB 1.x has no buckets: the bucket name is the database. CREATE DATABASE is a
+        // no-op when it exists.
+        await influxql(`CREATE DATABASE ${influxqlIdentifier(config.bucket)}`, 'POST')
+      }
+      storeLog.info({ api, version: version ?? null, host: base.host, bucket: config.bucket }, 'InfluxDB readings store ready')
+    })().catch((err: unknown) => {
+      ready = null
+      throw err
+    })
+    return ready
   }
-  storeLog.info({ api, version: version ?? null, host: base.host, bucket: config.bucket }, 'InfluxDB readings store ready')
-
+  try {
+    await ensureReady()
+  } catch (err) {
+    storeLog.warn({ err: (err as Error).message, host: base.host }, 'InfluxDB unreachable at start: readings are spooled until it answers')
+  }
   return {
     kind: 'influxdb',
     write,
@@ -397,6 +418,7 @@ export async function createInfluxReadingStore (config: InfluxConfig, log: Logge
     aggregate,
     ping: async () => {
       if (closed) throw new InfluxStoreError('InfluxDB store is closed', null, false)
+      await ensureReady()
       await ping()
       // /ping answers even when the bucket is missing or the token cannot read it.
       await influxql(`SELECT "value" FROM "${measurement}" WHERE time >= now() - 1m LIMIT 1`)

@@ -312,7 +312,18 @@ t.test('influx store: write and ping reject while InfluxDB is down', async (t) =
   await own.start()
   await store.ping()
   t.strictSame(await store.query({ patientId: p, limit: 10 }), [reading(p)], 'data written before the restart is there')
-  await t.rejects(createInfluxReadingStore({ url: 'http://127.0.0.1:1', token: '', org: 'vigil', bucket: 'x', api: 'auto' }, log), InfluxStoreError, 'open fails when unreachable')
+  // Vigil must start while InfluxDB is down (the spool holds readings): opening succeeds,
+  // and every operation fails until it answers.
+  const unreachable = await createInfluxReadingStore({ url: 'http://127.0.0.1:1', token: '', org: 'vigil', bucket: 'x', api: 'auto' }, log)
+  t.teardown(() => unreachable.close())
+  await t.rejects(unreachable.ping(), InfluxStoreError, 'ping fails when unreachable')
+  await t.rejects(unreachable.write([reading(p)]), InfluxStoreError, 'write fails when unreachable')
+
+  // A rewrite without seq must clear it: InfluxDB merges a rewritten point's fields.
+  await store.write([reading(p, { seq: 5, ts: 1_000_000 })])
+  await store.write([reading(p, { seq: null, ts: 1_000_000 })])
+  const [rewritten] = await store.query({ patientId: p, from: 1_000_000, to: 1_000_001, limit: 10 })
+  t.equal(rewritten?.seq, null, 'seq cleared by the rewrite')
 })
 
 t.test('line protocol and InfluxQL encoding', async (t) => {
@@ -328,7 +339,7 @@ t.test('line protocol and InfluxQL encoding', async (t) => {
   )
   t.equal(
     encodeReading({ patientId: 'p', deviceId: 'd', metric: 'body_temp', value: 36.6, unit: 'Cel', ts: 5, seq: null }),
-    'reading,device_id=d,metric=body_temp,patient_id=p value=36.6,unit="Cel" 5'
+    'reading,device_id=d,metric=body_temp,patient_id=p value=36.6,unit="Cel",seq=-1i 5'
   )
   t.throws(() => encodeReading(reading('p', { value: Number.NaN })), RangeError)
   t.throws(() => encodeReading(reading('p', { value: Number.POSITIVE_INFINITY })), RangeError)
