@@ -9,6 +9,7 @@ import { startIngest } from './ingest/ingest.ts'
 import { openSpool, type Spool } from './ingest/spool.ts'
 import { createMetrics } from './observability/metrics.ts'
 import { createApiTokenStore } from './store/api-tokens.ts'
+import { lockDataDir } from './store/data-dir-lock.ts'
 import { openDatabase } from './store/database.ts'
 import { createDeviceRegistry } from './store/device-registry.ts'
 import { createInfluxReadingStore } from './store/influx-readings.ts'
@@ -36,6 +37,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
   }
   try {
     await fs.mkdir(config.dataDir, { recursive: true })
+    closers.push(await lockDataDir(config.dataDir))
     const metrics = createMetrics()
     const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log })
     closers.push(() => db.close())

@@ -6,7 +6,7 @@ import type { Logger } from 'pino'
 import type { InfluxConfig } from '../config/config.ts'
 import type { StoredReading } from '../ingest/reading.ts'
 import type { AggregateBucket, AggregateQuery, ReadingQuery, ReadingStore } from './readings-store.ts'
-import { aggregateBuckets, canonicalId, compareReadingPositions } from './postgres-readings.ts'
+import { aggregateBuckets, canonicalId, compareReadingPositions } from './readings-store.ts'
 
 /*
  * Data layout: measurement `reading`, tags patient_id/device_id/metric, fields value (float),

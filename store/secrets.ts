@@ -14,8 +14,28 @@ export function newSecret (prefix: string): string {
 /** `scrypt$N$r$p$salt$hash`, base64url fields. */
 export async function hashSecret (secret: string): Promise<string> {
   const salt = randomBytes(16)
-  const hash = await scryptAsync(secret, salt, 32, SCRYPT)
+  const hash = await limitedScrypt(() => scryptAsync(secret, salt, 32, SCRYPT))
   return `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64url')}$${hash.toString('base64url')}`
+}
+
+/*
+ * scrypt runs on libuv's thread pool (4 threads by default), the same pool that serves file
+ * writes and fsync. A reconnect storm of devices would queue the spool's fsyncs behind seconds
+ * of scrypt; capping scrypt at 2 at a time keeps half the pool for durable writes.
+ */
+const maxConcurrentScrypt = 2
+let runningScrypt = 0
+const waitingScrypt: Array<() => void> = []
+
+async function limitedScrypt<T> (work: () => Promise<T>): Promise<T> {
+  if (runningScrypt >= maxConcurrentScrypt) await new Promise<void>((resolve) => waitingScrypt.push(resolve))
+  runningScrypt++
+  try {
+    return await work()
+  } finally {
+    runningScrypt--
+    waitingScrypt.shift()?.()
+  }
 }
 
 export async function verifySecret (secret: string, stored: string): Promise<boolean> {
@@ -23,9 +43,9 @@ export async function verifySecret (secret: string, stored: string): Promise<boo
   if (parts.length !== 6 || parts[0] !== 'scrypt') return false
   const [, n, r, p, salt, hash] = parts as [string, string, string, string, string, string]
   const expected = Buffer.from(hash, 'base64url')
-  const actual = await scryptAsync(secret, Buffer.from(salt, 'base64url'), expected.length, {
+  const actual = await limitedScrypt(() => scryptAsync(secret, Buffer.from(salt, 'base64url'), expected.length, {
     N: Number(n), r: Number(r), p: Number(p), maxmem: SCRYPT.maxmem
-  })
+  }))
   return timingSafeEqual(actual, expected)
 }
 

@@ -11,7 +11,8 @@ import {
   apiForVersion, createInfluxReadingStore, encodeReading, escapeStringField, escapeTagValue,
   influxqlIdentifier, influxqlString, InfluxStoreError, readingsWhere
 } from '../store/influx-readings.ts'
-import { aggregateBuckets, compareReadingPositions, createPostgresReadingStore } from '../store/postgres-readings.ts'
+import { createPostgresReadingStore } from '../store/postgres-readings.ts'
+import { aggregateBuckets, compareReadingPositions } from '../store/readings-store.ts'
 import type { ReadingQuery, ReadingStore } from '../store/readings-store.ts'
 import { startInfluxd } from './helpers/influxd.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
