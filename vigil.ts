@@ -46,8 +46,10 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const tokens = createApiTokenStore(db.pool)
     const rejections = createRejectionLog(db.pool)
 
-    if (config.adminToken !== null && await tokens.ensure('bootstrap admin (VIGIL_ADMIN_TOKEN)', 'admin', config.adminToken)) {
-      log.info('bootstrap admin token created from VIGIL_ADMIN_TOKEN')
+    if (config.adminToken !== null) {
+      const { created, revoked } = await tokens.ensureBootstrap(config.adminToken)
+      if (created) log.info('bootstrap admin token created from VIGIL_ADMIN_TOKEN')
+      if (revoked > 0) log.warn({ revoked }, 'VIGIL_ADMIN_TOKEN changed: the previous bootstrap admin token is revoked')
     }
     if (await tokens.count() === 0) {
       log.warn('no API token exists: set VIGIL_ADMIN_TOKEN (at least 24 characters) and restart to create the first admin token')
@@ -67,7 +69,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       readings = createPostgresReadingStore(db.pool)
     }
 
-    const ingest = await startIngest({ devices, rejections, readings, spool, metrics, log })
+    const ingest = await startIngest({ devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk })
     closers.push(() => ingest.close())
 
     const broker = await createBroker({

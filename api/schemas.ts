@@ -306,3 +306,14 @@ export function decodeSerialCursor (cursor: string | undefined): string | undefi
   if (!/^[1-9][0-9]{0,17}$/.test(cursor)) throw new VigilError('VIGIL_ERR_BAD_CURSOR', 'cursor is not one this API returned; start again without it')
   return cursor
 }
+
+export function invalid (path: string, message: string): VigilError {
+  return new VigilError('VIGIL_ERR_VALIDATION', `${path} ${message}`, [{ path, message }])
+}
+
+/** RFC 3339 allows a leap second (…:60) that Date cannot represent: refuse it rather than guess. */
+export function instantMs (value: string, path: string): number {
+  const ms = Date.parse(value)
+  if (Number.isNaN(ms)) throw invalid(path, 'must be a date-time JavaScript can represent')
+  return ms
+}

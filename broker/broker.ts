@@ -85,7 +85,12 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     },
 
     authorizePublish (client, packet, done) {
-      if (client === null) return done(null) // the broker's own $SYS messages
+      // Aedes passes no client only for Wills left by a broker instance that died (clustering):
+      // no session vouches for them, so they are refused like any unauthenticated publish.
+      if (client === null) {
+        refuse('publisher_unknown', {})
+        return done(new Error('publisher unknown'))
+      }
       const session = sessions.get(client)
       const match = PUBLISH_TOPIC.exec(packet.topic)
       if (session === undefined || match === null || match[1] !== session.deviceId) {
@@ -133,6 +138,9 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     const client = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId]
     if (client !== undefined) {
       log.info({ deviceId }, 'credential revoked: closing session')
+      // Forget the session first: closing publishes the client's Will, which must not be
+      // ingested on the strength of a revoked credential.
+      sessions.delete(client)
       client.close()
     }
   }

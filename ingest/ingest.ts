@@ -24,6 +24,8 @@ export interface IngestDeps {
   spool?: DurableSink | null
   metrics: Metrics
   log: Logger
+  /** Makes committed database writes durable (PGlite needs it; a Postgres server's commit already is). */
+  flushToDisk?: () => Promise<void>
   now?: () => number
 }
 
@@ -44,10 +46,12 @@ const decoders: Record<TopicKind, (payload: Buffer, nowMs: number) => { seq: num
 export async function startIngest (deps: IngestDeps) {
   const log = deps.log.child({ component: 'ingest' })
   const now = deps.now ?? Date.now
+  const flushToDisk = deps.flushToDisk ?? (async () => {})
   const direct = createWriteBatcher(async (batch) => {
     const end = deps.metrics.storeWriteSeconds.startTimer()
     try {
       await deps.readings.write(batch)
+      await flushToDisk()
     } catch (err) {
       deps.metrics.storeWriteFailures.inc()
       throw err
@@ -81,6 +85,7 @@ export async function startIngest (deps: IngestDeps) {
       } catch (err) {
         if (!(err instanceof PayloadRejection)) throw err
         await deps.rejections.record(deviceId, topic, err.reason, err.message, payload)
+        await flushToDisk()
         deps.metrics.rejections.inc({ reason: err.reason })
         // The message may quote values (PHI); the reason and device id are enough to find it.
         log.info({ deviceId, reason: err.reason }, 'payload rejected')

@@ -2,7 +2,6 @@ import { EventEmitter } from 'node:events'
 import type { FileHandle } from 'node:fs/promises'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import zlib from 'node:zlib'
 import type { Logger } from 'pino'
 import type { ReadingStore } from '../store/readings-store.ts'
@@ -13,11 +12,14 @@ import type { StoredReading } from './reading.ts'
  * the broker may PUBACK; a delivery loop copies them to the store in order and advances a
  * durable checkpoint only after the store answered 2xx. Nothing is dropped: undelivered data
  * stays on disk across store outages and restarts (re-delivery is harmless, writes are
- * idempotent).
+ * idempotent). The one exception to "retry until delivered" is a reading the store rejects as
+ * data it will never accept (HTTP 400/422): retrying it would block every reading behind it
+ * forever, so it is isolated by bisecting its batch and moved to a dead-letter file.
  *
  * Layout of `dir`:
  *   0000000000000001.wal …  segments, appended in order, rotated at `segmentBytes`
  *   checkpoint.json          {"segment": n, "offset": bytes}: everything before it is delivered
+ *   dead-letter.ndjson       {"deadAt", "reason", "reading"} per line: readings the store refused
  *
  * Record: u32le bodyLength | u32le crc32(body) | body
  * body:   u8 version (1) | u32le readingCount | f64le appendedAtMs | JSON [[patientId, deviceId, metric, value, unit, ts, seq], …]
@@ -37,6 +39,11 @@ export interface OpenSpoolOptions {
   log: Logger
   /** Rotate to a new segment file past this size. */
   segmentBytes?: number
+  /**
+   * How long close() waits for an in-flight store write (default 2000 ms). Past it the write is
+   * abandoned: its readings stay spooled and are replayed at the next start.
+   */
+  closeTimeoutMs?: number
 }
 
 export interface DeliveryOptions {
@@ -53,6 +60,8 @@ export interface SpoolStats {
   oldestUnwrittenAgeMs: number
   /** fdatasync calls made by append() so far (group commit makes this far fewer than appends). */
   appendSyncs: number
+  /** Readings moved to the dead-letter file since the spool was opened. */
+  deadLettered: number
 }
 
 export interface SpoolEvents {
@@ -60,13 +69,18 @@ export interface SpoolEvents {
   delivered: [count: number, latencyMs: number]
   /** A delivery attempt failed; it will be retried. */
   deliveryFailed: [err: Error]
+  /** Readings the store will never accept were moved to the dead-letter file (reason: the store's error message). */
+  deadLettered: [count: number, reason: string]
 }
 
 export interface Spool extends EventEmitter<SpoolEvents> {
   append (readings: StoredReading[]): Promise<void>
   startDelivery (store: ReadingStore, options?: DeliveryOptions): void
   stats (): SpoolStats
-  /** Waits for pending appends and the in-flight delivery, then stops. Undelivered data stays on disk. */
+  /**
+   * Waits for pending appends and (at most closeTimeoutMs) for the in-flight store write, then
+   * stops. Undelivered data stays on disk; nothing touches the files once this resolves.
+   */
   close (): Promise<void>
 }
 
@@ -144,6 +158,7 @@ export function decodeRecordBody (body: Buffer): StoredReading[] {
 const segmentPattern = /^(\d{16})\.wal$/
 const segmentName = (seq: number): string => `${String(seq).padStart(16, '0')}.wal`
 const checkpointName = 'checkpoint.json'
+export const deadLetterName = 'dead-letter.ndjson'
 
 interface Position { segment: number, offset: number }
 interface Segment { seq: number, size: number }
@@ -207,11 +222,35 @@ interface PendingAppend {
   reject: (err: Error) => void
 }
 
-interface Batch {
+interface DeadReading { reading: StoredReading, reason: string }
+
+interface RecordRun {
   readings: StoredReading[]
   bytes: number
   end: Position
 }
+
+interface Batch extends RecordRun {
+  /** readings[0, done) were delivered or set aside as dead; kept across retries so neither repeats. */
+  done: number
+  /** Set aside, not yet in the dead-letter file: it must be fsync'd there before the checkpoint passes them. */
+  dead: DeadReading[]
+  delivered: number
+  latencyMs: number
+}
+
+/**
+ * Data the store will never accept (InfluxDB: retention policy, field type conflict, unparsable
+ * line). Deliberately narrow: 401/403/404/5xx and network errors are configuration or
+ * availability problems that fixing the setup cures, so those keep every reading and retry.
+ */
+function isPoison (err: unknown): boolean {
+  const status = (err as { statusCode?: unknown } | null)?.statusCode
+  return status === 400 || status === 422
+}
+
+/** close() stopped waiting for the store write this rejects. */
+class WriteAbandoned extends Error {}
 
 const readChunkBytes = 4 * 1024 * 1024
 
@@ -219,6 +258,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
   const dir = path.resolve(options.dir)
   const log = options.log.child({ component: 'spool' })
   const segmentBytes = options.segmentBytes ?? 16 * 1024 * 1024
+  const closeTimeoutMs = options.closeTimeoutMs ?? 2000
   await fs.mkdir(dir, { recursive: true })
   await fs.rm(path.join(dir, `${checkpointName}.tmp`), { force: true })
 
@@ -290,6 +330,11 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
   let delivery: Promise<void> | null = null
   let stopping = false
   let stopBackoff: (() => void) | null = null
+  let abandoned = false
+  let abandonWrite: (() => void) | null = null
+  let closing: Promise<void> | null = null
+  let deadLettered = 0
+  let deadLetterDirSynced = false
 
   function signalDelivery (): void {
     generation++
@@ -410,7 +455,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
   }
 
   /** Undelivered records from `from` up to maxReadings (at least one record), or null when none. */
-  async function readBatch (from: Position, maxReadings: number): Promise<Batch | null> {
+  async function readBatch (from: Position, maxReadings: number): Promise<RecordRun | null> {
     const readings: StoredReading[] = []
     let bytes = 0
     let pos = { ...from }
@@ -482,6 +527,86 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     }
   }
 
+  /** store.write that close() can stop waiting for (the write itself cannot be cancelled). */
+  async function storeWrite (store: ReadingStore, readings: StoredReading[]): Promise<void> {
+    if (abandoned) throw new WriteAbandoned()
+    const write = Promise.resolve().then(async () => { await store.write(readings) })
+    // Once abandoned nobody awaits it; a late rejection must not become an unhandled one.
+    write.catch(() => {})
+    try {
+      await Promise.race([write, new Promise<never>((_resolve, reject) => { abandonWrite = () => reject(new WriteAbandoned()) })])
+    } finally {
+      abandonWrite = null
+    }
+  }
+
+  /**
+   * Writes batch.readings[batch.done …] in slices of maxBatch; false when stopped first. A poison
+   * failure replaces its slice by its two halves, so whatever the store accepts is delivered and
+   * each reading it never will is isolated and set aside. Any other failure throws (retried).
+   */
+  async function deliverBatch (store: ReadingStore, batch: Batch, maxBatch: number): Promise<boolean> {
+    const ranges: Array<[number, number]> = []
+    for (let i = batch.done; i < batch.readings.length; i += maxBatch) ranges.push([i, Math.min(i + maxBatch, batch.readings.length)])
+    for (let range = ranges.shift(); range !== undefined; range = ranges.shift()) {
+      if (stopping) return false
+      const [from, to] = range
+      const started = performance.now()
+      try {
+        await storeWrite(store, batch.readings.slice(from, to))
+      } catch (err) {
+        if (!isPoison(err)) throw err
+        if (to - from > 1) {
+          const mid = from + Math.floor((to - from) / 2)
+          ranges.unshift([from, mid], [mid, to])
+        } else {
+          batch.dead.push({ reading: batch.readings[from]!, reason: err instanceof Error ? err.message : String(err) })
+          batch.done = to
+        }
+        continue
+      }
+      batch.latencyMs += performance.now() - started
+      batch.delivered += to - from
+      batch.done = to
+    }
+    return true
+  }
+
+  /** Appends + fdatasyncs the set-aside readings; only then may the checkpoint move past them. */
+  async function writeDeadLetters (dead: readonly DeadReading[]): Promise<void> {
+    const file = path.join(dir, deadLetterName)
+    const deadAt = new Date().toISOString()
+    const text = dead.map((d) => `${JSON.stringify({ deadAt, reason: d.reason, reading: d.reading })}\n`).join('')
+    const handle = await fs.open(file, 'a')
+    try {
+      // The file's name must survive a crash too, once per process is enough.
+      if (!deadLetterDirSynced) {
+        await fsyncDir(dir)
+        deadLetterDirSynced = true
+      }
+      const size = (await handle.stat()).size
+      try {
+        await handle.appendFile(text)
+        await handle.datasync()
+      } catch (err) {
+        // Cut a partial line so the file stays one JSON object per line; the retry rewrites it.
+        await handle.truncate(size).catch(() => {})
+        throw err
+      }
+    } finally {
+      await handle.close()
+    }
+    deadLettered += dead.length
+    const byReason = new Map<string, number>()
+    for (const { reading, reason } of dead) {
+      // Values and the patient id stay out of logs (PHI); the file holds the whole reading.
+      log.error({ deviceId: reading.deviceId, metric: reading.metric, ts: reading.ts, reason, file: deadLetterName },
+        'spool: the store permanently rejected a reading; moved to the dead-letter file')
+      byReason.set(reason, (byReason.get(reason) ?? 0) + 1)
+    }
+    for (const [reason, count] of byReason) safeEmit('deadLettered', count, reason)
+  }
+
   async function runDelivery (store: ReadingStore, deliveryOptions: DeliveryOptions): Promise<void> {
     const maxBatch = deliveryOptions.maxBatchReadings ?? 5000
     const minBackoff = deliveryOptions.minBackoffMs ?? 100
@@ -492,42 +617,49 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     while (!stopping) {
       try {
         const seen = generation
-        batch ??= await readBatch(head, maxBatch)
+        if (batch === null) {
+          const read = await readBatch(head, maxBatch)
+          batch = read === null ? null : { ...read, done: 0, dead: [], delivered: 0, latencyMs: 0 }
+        }
         if (batch === null) {
           if (generation === seen && !stopping) await new Promise<void>((resolve) => { wakeDelivery = resolve })
           continue
         }
-        let latencyMs = 0
-        let complete = true
-        for (let i = 0; i < batch.readings.length; i += maxBatch) {
-          if (stopping && i > 0) { complete = false; break }
-          const started = performance.now()
-          await store.write(batch.readings.slice(i, i + maxBatch))
-          latencyMs += performance.now() - started
+        if (!(await deliverBatch(store, batch, maxBatch))) break
+        if (batch.dead.length > 0) {
+          await writeDeadLetters(batch.dead)
+          batch.dead = []
         }
-        if (!complete) break
         await commitCheckpoint(batch.end)
         depthBytes -= batch.bytes
         depthReadings -= batch.readings.length
         oldestAppendedAt = depthBytes === 0 ? null : await appendedAtOf(head).catch(() => oldestAppendedAt)
-        const count = batch.readings.length
+        const { delivered, latencyMs } = batch
         batch = null
         backoff = minBackoff
-        if (count > 0) safeEmit('delivered', count, latencyMs)
+        if (delivered > 0) safeEmit('delivered', delivered, latencyMs)
       } catch (err) {
+        // close() gave up on the store write: stop without touching anything (the readings are
+        // replayed at the next start).
+        if (err instanceof WriteAbandoned || abandoned) return
         const error = err instanceof Error ? err : new Error(String(err))
         // Store errors never carry reading values (see store/influx-readings.ts); log the message only.
-        if ((err as { retriable?: unknown }).retriable === false) {
-          // e.g. a field type conflict: retrying cannot fix it, but dropping would lose readings.
+        if ((err as { retriable?: unknown } | null)?.retriable === false) {
+          // e.g. unauthorized or a missing database: retrying cannot fix it, but the setup can,
+          // and dropping would lose readings.
           log.error({ error: error.message, retryInMs: backoff }, 'spool delivery blocked by a permanent store error; readings are kept until it is fixed')
         } else {
           log.warn({ error: error.message, retryInMs: backoff }, 'spool delivery failed; retrying')
         }
         safeEmit('deliveryFailed', error)
         if (stopping) break
+        // A cleared timer, not a sleep left pending: close() must leave no timer behind.
         await new Promise<void>((resolve) => {
-          stopBackoff = resolve
-          sleep(backoff).then(resolve, resolve)
+          const timer = setTimeout(resolve, backoff)
+          stopBackoff = () => {
+            clearTimeout(timer)
+            resolve()
+          }
         })
         stopBackoff = null
         backoff = Math.min(backoff * 2, maxBackoff)
@@ -551,8 +683,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     })
   }
 
-  async function close (): Promise<void> {
-    if (closed) return
+  async function shutdown (): Promise<void> {
     closed = true
     while (writing !== null) await writing
     stopping = true
@@ -560,10 +691,30 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     wakeDelivery = null
     wake?.()
     stopBackoff?.()
-    await delivery
+    if (delivery !== null) {
+      // The store's own request timeout can exceed the supervisor's shutdown budget. Only the
+      // store write is given up on: local file work always finishes before close resolves.
+      const timer = setTimeout(() => {
+        abandoned = true
+        if (abandonWrite === null) return
+        log.warn({ closeTimeoutMs }, 'spool: stopped waiting for the in-flight store write; its readings stay spooled for the next start')
+        abandonWrite()
+      }, closeTimeoutMs)
+      try {
+        await delivery
+      } finally {
+        clearTimeout(timer)
+      }
+    }
     for (const seq of [...readHandles.keys()]) await closeReadHandle(seq)
     await writeHandle.close()
     log.info({ depthReadings, depthBytes }, 'spool closed')
+  }
+
+  function close (): Promise<void> {
+    // A second caller waits for the same shutdown rather than returning while it runs.
+    closing ??= shutdown()
+    return closing
   }
 
   return Object.assign(emitter, {
@@ -573,7 +724,8 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
       depthReadings,
       depthBytes,
       oldestUnwrittenAgeMs: oldestAppendedAt === null ? 0 : Math.max(0, Date.now() - oldestAppendedAt),
-      appendSyncs
+      appendSyncs,
+      deadLettered
     }),
     close
   })

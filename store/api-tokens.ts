@@ -17,12 +17,20 @@ export function createApiTokenStore (pool: pg.Pool) {
       return { id, token }
     },
 
-    /** Stores a token chosen by the operator (VIGIL_ADMIN_TOKEN) once; later starts leave it alone. */
-    async ensure (name: string, role: TokenRole, token: string): Promise<boolean> {
-      const r = await pool.query(
+    /**
+     * The operator's bootstrap token (VIGIL_ADMIN_TOKEN): created at the first start that sets
+     * it; when the variable changes, the previous bootstrap token is revoked, so rotating the
+     * variable rotates the credential.
+     */
+    async ensureBootstrap (token: string): Promise<{ created: boolean, revoked: number }> {
+      const name = 'bootstrap admin (VIGIL_ADMIN_TOKEN)'
+      const hash = sha256(token)
+      const revoked = await pool.query(
+        'UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND token_hash <> $2 AND revoked_at IS NULL', [name, hash])
+      const created = await pool.query(
         'INSERT INTO api_tokens (id, name, role, token_hash) VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO NOTHING',
-        [randomUUID(), name, role, sha256(token)])
-      return (r.rowCount ?? 0) > 0
+        [randomUUID(), name, 'admin', hash])
+      return { created: (created.rowCount ?? 0) > 0, revoked: revoked.rowCount ?? 0 }
     },
 
     async authenticate (token: string): Promise<TokenPrincipal | null> {

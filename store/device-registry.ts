@@ -48,8 +48,8 @@ export class UnknownPatientError extends Error {
   constructor () { super('no patient with this id') }
 }
 export class AssignmentOrderError extends Error {
-  constructor (readonly currentFrom: string) {
-    super(`validFrom must not be before the current assignment's start (${currentFrom})`)
+  constructor (readonly notBefore: string, what = "the current assignment's start") {
+    super(`validFrom must be after ${what} (${notBefore}): assignment periods of a device never overlap`)
   }
 }
 
@@ -109,9 +109,18 @@ export function createDeviceRegistry (pool: pg.Pool) {
     }
   }
 
+  // Bumped on every invalidation: a load that started before an assignment committed must not
+  // put its stale snapshot into the cache after the invalidation.
+  let generation = 0
+  function invalidate (deviceId: string): void {
+    generation++
+    periods.delete(deviceId)
+  }
+
   async function loadPeriods (deviceId: string): Promise<Period[]> {
     const cached = periods.get(deviceId)
     if (cached !== undefined && Date.now() - cached.loadedAt < ASSIGNMENT_CACHE_MS) return cached.periods
+    const startedAt = generation
     const { rows } = await pool.query(
       'SELECT patient_id, valid_from, valid_to FROM device_assignments WHERE device_id = $1 ORDER BY valid_from DESC',
       [deviceId])
@@ -120,7 +129,7 @@ export function createDeviceRegistry (pool: pg.Pool) {
       from: (r.valid_from as Date).getTime(),
       to: r.valid_to === null ? Number.POSITIVE_INFINITY : (r.valid_to as Date).getTime()
     }))
-    periods.set(deviceId, { loadedAt: Date.now(), periods: loaded })
+    if (generation === startedAt) periods.set(deviceId, { loadedAt: Date.now(), periods: loaded })
     return loaded
   }
 
@@ -199,10 +208,16 @@ export function createDeviceRegistry (pool: pg.Pool) {
           const open = await client.query(
             'SELECT id, valid_from FROM device_assignments WHERE device_id = $1 AND valid_to IS NULL', [deviceId])
           const current = open.rows[0]
+          if (current !== undefined && (current.valid_from as Date).getTime() >= validFrom.getTime()) {
+            throw new AssignmentOrderError((current.valid_from as Date).toISOString())
+          }
+          // A closed period ending after validFrom would overlap the new one: a reading in the
+          // overlap would belong to two patients.
+          const later = await client.query(
+            'SELECT max(valid_to) AS until FROM device_assignments WHERE device_id = $1 AND valid_to > $2', [deviceId, validFrom])
+          const until = later.rows[0]?.until as Date | null | undefined
+          if (until !== null && until !== undefined) throw new AssignmentOrderError(until.toISOString(), 'the end of an earlier assignment')
           if (current !== undefined) {
-            if ((current.valid_from as Date).getTime() >= validFrom.getTime()) {
-              throw new AssignmentOrderError((current.valid_from as Date).toISOString())
-            }
             await client.query('UPDATE device_assignments SET valid_to = $2 WHERE id = $1', [current.id, validFrom])
           }
           await client.query(
@@ -211,7 +226,7 @@ export function createDeviceRegistry (pool: pg.Pool) {
           await client.query('UPDATE devices SET assigned_by_user_id = $2, updated_at = now() WHERE id = $1', [deviceId, actor])
         })
       } finally {
-        periods.delete(deviceId)
+        invalidate(deviceId)
       }
       return { patientId, validFrom: validFrom.toISOString(), validTo: null }
     },
@@ -221,7 +236,7 @@ export function createDeviceRegistry (pool: pg.Pool) {
       const { rowCount } = await pool.query(
         'UPDATE device_assignments SET valid_to = greatest(now(), valid_from + interval \'1 millisecond\') WHERE device_id = $1 AND valid_to IS NULL',
         [deviceId])
-      periods.delete(deviceId)
+      invalidate(deviceId)
       return (rowCount ?? 0) > 0
     },
 

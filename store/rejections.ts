@@ -4,12 +4,23 @@ import type { RejectionReason } from '../ingest/reading.ts'
 /** Enough of a refused payload to debug a device; bounded so a hostile device cannot fill the database. */
 export const REJECTED_PAYLOAD_KEEP_BYTES = 4096
 
+/**
+ * Reasons whose payload holds valid readings that can be recovered later (assign the device
+ * for that period, replay the payload): kept whole — the broker's packet cap bounds them.
+ */
+const keepWhole: ReadonlySet<RejectionReason> = new Set(['device_unassigned'])
+
+/** Postgres text cannot hold NUL; other control characters make logs and UIs lie. */
+function printable (text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+}
+
 export interface Rejection {
   id: string
   topic: string
   reason: RejectionReason
   message: string
-  /** The first REJECTED_PAYLOAD_KEEP_BYTES bytes, as UTF-8 text (invalid bytes replaced). */
+  /** As UTF-8 text (invalid bytes replaced): whole for device_unassigned, else the first REJECTED_PAYLOAD_KEEP_BYTES bytes. */
   payload: string
   payloadBytes: number
   receivedAt: string
@@ -20,7 +31,7 @@ export function createRejectionLog (pool: pg.Pool) {
     async record (deviceId: string, topic: string, reason: RejectionReason, message: string, payload: Buffer): Promise<void> {
       await pool.query(
         'INSERT INTO rejections (device_id, topic, reason, message, payload, payload_bytes) VALUES ($1, $2, $3, $4, $5, $6)',
-        [deviceId, topic, reason, message, payload.subarray(0, REJECTED_PAYLOAD_KEEP_BYTES), payload.length])
+        [deviceId, topic, reason, printable(message), keepWhole.has(reason) ? payload : payload.subarray(0, REJECTED_PAYLOAD_KEEP_BYTES), payload.length])
     },
 
     /** Newest first. */

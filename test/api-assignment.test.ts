@@ -81,7 +81,9 @@ t.test('unknown patient, unknown device, invalid bodies', async (t) => {
   t.equal(noDevice.statusCode, 404)
   t.equal(noDevice.json().code, 'VIGIL_ERR_UNKNOWN_DEVICE')
 
-  for (const payload of [{}, { patientId: 'alice' }, { patientId: alice.id, validFrom: 'tomorrow' }, { patientId: alice.id, validFrom: '2025-02-01T00:00:00' }]) {
+  for (const payload of [{}, { patientId: 'alice' }, { patientId: alice.id, validFrom: 'tomorrow' }, { patientId: alice.id, validFrom: '2025-02-01T00:00:00' },
+    // RFC 3339 allows a leap second that Date cannot represent.
+    { patientId: alice.id, validFrom: '2030-12-31T23:59:60Z' }]) {
     const res = await app.inject({ method: 'PUT', url, headers, payload })
     t.equal(res.statusCode, 400, JSON.stringify(payload))
     t.equal(res.json().code, 'VIGIL_ERR_VALIDATION', JSON.stringify(payload))
@@ -97,6 +99,12 @@ t.test('DELETE ends the current assignment; a second DELETE is 404', async (t) =
   t.equal(detail.patientId, null)
   t.equal(detail.assignments.length, 3, 'history kept')
   t.ok(detail.assignments.every((a: { validTo: string | null }) => a.validTo !== null), 'every period closed')
+
+  // After the DELETE, a new period may not start inside the one that just ended: a reading in
+  // the overlap would belong to two patients.
+  const overlapping = await app.inject({ method: 'PUT', url, headers, payload: { patientId: bob.id, validFrom: new Date(Date.now() - 3_600_000).toISOString() } })
+  t.equal(overlapping.statusCode, 409)
+  t.equal(overlapping.json().code, 'VIGIL_ERR_CONFLICT')
 
   const again = await app.inject({ method: 'DELETE', url, headers })
   t.equal(again.statusCode, 404)

@@ -35,7 +35,7 @@ t.teardown(async () => {
 
 t.test('core flow on embedded PGlite', async (t) => {
   t.equal(db.kind, 'pglite')
-  await deps.tokens.ensure('bootstrap admin', 'admin', 'vgt_embedded-test-admin-token-0123456789')
+  await deps.tokens.ensureBootstrap('vgt_embedded-test-admin-token-0123456789')
   const headers = { authorization: 'Bearer vgt_embedded-test-admin-token-0123456789' }
 
   const health = await app.inject({ method: 'GET', url: '/healthz' })

@@ -97,3 +97,17 @@ t.test('rotating a credential: the new one works, the old one does not', async (
   t.equal(await refused({ clientId: c.deviceId, username: c.deviceId, password: c.password }), 5)
   t.equal(await refused({ clientId: c.deviceId, username: c.deviceId, password: rotated.body.password }), undefined)
 })
+
+t.test("a revoked device's Will message is not ingested", async (t) => {
+  const c = await vigil.provision()
+  const client = await vigil.connect(c.deviceId, c.password, {
+    will: { topic: `devices/${c.deviceId}/telemetry`, payload: Buffer.from(telemetry(99, [{ metric: 'heart_rate', value: 199, unit: '/min' }])), qos: 1, retain: false }
+  })
+  t.teardown(() => client.endAsync(true))
+  const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+  await vigil.api('DELETE', `/v1/devices/${c.deviceId}/credentials`)
+  await closed
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  const r = await vigil.api('GET', `/v1/patients/${c.patientId}/readings`)
+  t.equal(r.body.items.length, 0)
+})

@@ -71,3 +71,22 @@ t.test('valid readings after rejections are stored, converted to canonical units
   const readings = await vigil.api('GET', `/v1/patients/${device.patientId}/readings`)
   t.same(readings.body.items.map((r: any) => [r.metric, r.value, r.unit]).sort(), [['body_temp', 37, 'Cel'], ['glucose', 99.1, 'mg/dL']])
 })
+
+t.test('control characters in a payload cannot block its rejection from being recorded', async (t) => {
+  // A NUL in a JSON key ends up quoted in the message; Postgres text cannot hold U+0000.
+  await client.publishAsync(topic, '{"seq": 1, "readings": [], "a\\u0000b": 1}', { qos: 1 })
+  const res = await vigil.api('GET', `/v1/devices/${device.deviceId}/rejections?limit=1`)
+  t.equal(res.body.items[0].reason, 'payload_schema')
+  t.notMatch(res.body.items[0].message, /\u0000/)
+})
+
+t.test('an unassigned backlog is kept whole in the rejection log, so it can be recovered', async (t) => {
+  const old = Date.now() - 7_200_000
+  const readings = Array.from({ length: 400 }, (_, i) => ({ metric: 'heart_rate', value: 60 + (i % 40), unit: '/min', ts: old + i * 1000 }))
+  const payload = telemetry(77, readings)
+  t.ok(payload.length > 4096)
+  await client.publishAsync(topic, payload, { qos: 1 })
+  const res = await vigil.api('GET', `/v1/devices/${device.deviceId}/rejections?limit=1`)
+  t.equal(res.body.items[0].reason, 'device_unassigned')
+  t.equal(res.body.items[0].payload, payload)
+})

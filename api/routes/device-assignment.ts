@@ -1,7 +1,7 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { ApiDeps, ApiInstance } from '../app.ts'
 import { VigilError } from '../errors.ts'
-import { Assignment, AssignmentRequest, IdParams, errorResponses } from '../schemas.ts'
+import { Assignment, AssignmentRequest, IdParams, errorResponses, instantMs } from '../schemas.ts'
 
 export function deviceAssignmentRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devices'>): void {
   app.put('/devices/:id/assignment', {
@@ -17,7 +17,7 @@ export function deviceAssignmentRoutes (app: ApiInstance, { devices }: Pick<ApiD
       response: { 200: Assignment, ...errorResponses(404, 409, 413) }
     }
   }, async (request) => {
-    const validFrom = request.body.validFrom === undefined ? new Date() : new Date(request.body.validFrom)
+    const validFrom = request.body.validFrom === undefined ? new Date() : new Date(instantMs(request.body.validFrom, 'body/validFrom'))
     return await devices.assign(request.params.id, request.body.patientId, validFrom, null)
   })
 

@@ -3,6 +3,8 @@ import type { StoredReading } from '../../ingest/reading.ts'
 import type { ApiDeps, ApiInstance } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import {
+  instantMs,
+  invalid,
   AggregateQuery, AggregateResult, IdParams, Reading, ReadingsQuery,
   bucketCount, decodeReadingCursor, encodeReadingCursor, errorResponses, page, pageOf, parseEvery, suggestEvery
 } from '../schemas.ts'
@@ -12,17 +14,6 @@ export const MAX_BUCKETS = 10_000
 
 function toReading (r: StoredReading) {
   return { metric: r.metric, value: r.value, unit: r.unit, ts: new Date(r.ts).toISOString(), deviceId: r.deviceId, seq: r.seq }
-}
-
-function invalid (path: string, message: string): VigilError {
-  return new VigilError('VIGIL_ERR_VALIDATION', `${path} ${message}`, [{ path, message }])
-}
-
-/** RFC 3339 allows a leap second (…:60) that Date cannot represent: refuse it rather than guess. */
-function instantMs (value: string, path: string): number {
-  const ms = Date.parse(value)
-  if (Number.isNaN(ms)) throw invalid(path, 'must be a date-time JavaScript can represent')
-  return ms
 }
 
 function range (from: string | undefined, to: string | undefined): { from?: number, to?: number } {
