@@ -61,7 +61,7 @@ const ASSIGNMENT_CACHE_MS = 30_000
 /**
  * Devices, their assignment history and their MQTT credentials. Owns two in-process caches that
  * sit on the ingest hot path: assignment periods per device, and the digest of the last secret
- * that passed scrypt per device (so reconnect storms do not cost 65 ms of scrypt each).
+ * that passed scrypt per device (so a reconnecting device skips scrypt).
  * Emits `credentials-revoked` (deviceId) when a device's sessions must end.
  */
 export function createDeviceRegistry (pool: pg.Pool) {

@@ -8,7 +8,7 @@ import pino from 'pino'
 import t from 'tap'
 import type { Test } from 'tap'
 import type { StoredReading } from '../ingest/reading.ts'
-import { crc32Fallback, decodeRecordBody, encodeRecord, openSpool, scanRecord, SpoolFullError } from '../ingest/spool.ts'
+import { crc32Fallback, deadLetterName, decodeRecordBody, encodeRecord, openSpool, scanRecord, SpoolFullError } from '../ingest/spool.ts'
 import type { OpenSpoolOptions, Spool } from '../ingest/spool.ts'
 import { createInfluxReadingStore } from '../store/influx-readings.ts'
 import type { ReadingStore } from '../store/readings-store.ts'
@@ -28,7 +28,7 @@ function readings (count: number, patient = patientId): StoredReading[] {
 }
 
 /** A ReadingStore double that records writes (unit tests of the spool only). */
-function recordingStore (fail: (call: number) => Promise<void> | void = () => {}): ReadingStore & { writes: StoredReading[][], all: () => StoredReading[] } {
+function recordingStore (fail: (call: number, batch: readonly StoredReading[]) => Promise<void> | void = () => {}): ReadingStore & { writes: StoredReading[][], all: () => StoredReading[] } {
   const writes: StoredReading[][] = []
   let calls = 0
   const unused = async (): Promise<never> => { throw new Error('not used by the spool') }
@@ -37,7 +37,7 @@ function recordingStore (fail: (call: number) => Promise<void> | void = () => {}
     writes,
     all: () => writes.flat(),
     write: async (batch) => {
-      await fail(++calls)
+      await fail(++calls, batch)
       writes.push([...batch])
     },
     query: unused,
@@ -70,6 +70,28 @@ async function open (t: Test, dir: string, options: Partial<OpenSpoolOptions> = 
 
 async function segmentFiles (dir: string): Promise<string[]> {
   return (await fs.readdir(dir)).filter((f) => f.endsWith('.wal')).sort()
+}
+
+interface DeadLetter { deadAt: string, reason: string, reading: StoredReading }
+
+async function deadLetters (dir: string): Promise<DeadLetter[]> {
+  const text = await fs.readFile(path.join(dir, deadLetterName), 'utf8').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return ''
+    throw err
+  })
+  return text.split('\n').filter((line) => line !== '').map((line) => JSON.parse(line) as DeadLetter)
+}
+
+/** An error shaped like InfluxStoreError (statusCode null: a network error). */
+function storeError (statusCode: number | null, message = `InfluxDB write failed: HTTP ${statusCode ?? 'ECONNREFUSED'}`): Error {
+  return Object.assign(new Error(message), { statusCode, retriable: statusCode === null || statusCode >= 500 })
+}
+
+/** Whether the checkpoint sits at the end of the newest segment, i.e. everything was passed. */
+async function checkpointAtEnd (dir: string): Promise<boolean> {
+  const checkpoint = JSON.parse(await fs.readFile(path.join(dir, 'checkpoint.json'), 'utf8')) as { segment: number, offset: number }
+  const last = (await segmentFiles(dir)).at(-1)!
+  return `${String(checkpoint.segment).padStart(16, '0')}.wal` === last && checkpoint.offset === (await fs.stat(path.join(dir, last))).size
 }
 
 t.test('records: encode, scan, decode, and CRC-32 matches zlib', async (t) => {
@@ -118,7 +140,7 @@ t.test('append, deliver in order, checkpoint, delete delivered segments', async 
   t.strictSame(store.all(), written, 'every reading once, in order')
   t.equal(delivered.reduce((a, b) => a + b, 0), written.length)
   t.ok(latencies.every((ms) => ms >= 0))
-  t.strictSame(spool.stats(), { depthReadings: 0, depthBytes: 0, oldestUnwrittenAgeMs: 0, appendSyncs: 20 })
+  t.strictSame(spool.stats(), { depthReadings: 0, depthBytes: 0, oldestUnwrittenAgeMs: 0, appendSyncs: 20, deadLettered: 0 })
   t.equal((await segmentFiles(dir)).length, 1, 'delivered segments are deleted')
   const checkpoint = JSON.parse(await fs.readFile(path.join(dir, 'checkpoint.json'), 'utf8')) as { segment: number, offset: number }
   t.equal(`${String(checkpoint.segment).padStart(16, '0')}.wal`, (await segmentFiles(dir))[0])
@@ -199,6 +221,179 @@ t.test('close waits for the in-flight write and drops nothing', async (t) => {
   t.strictSame(store.all(), batch)
   const reopened = await open(t, dir)
   t.equal(reopened.stats().depthReadings, 0, 'the finished write was checkpointed')
+})
+
+t.test('poison: a reading the store never accepts is dead-lettered, the rest are delivered', async (t) => {
+  const dir = await tempDir(t)
+  const lines: string[] = []
+  const capture = pino({ level: 'info' }, { write: (line: string) => { lines.push(line) } })
+  const spool = await open(t, dir, { log: capture })
+  const batch = readings(10)
+  // A distinctive value, to prove it is not logged.
+  const poison = { ...batch[6]!, value: 123.456 }
+  batch[6] = poison
+  const rejected = storeError(400, 'InfluxDB write failed: HTTP 400 (points beyond the retention policy)')
+  const store = recordingStore((_call, written) => { if (written.some((r) => r.ts === poison.ts)) throw rejected })
+  const dead: Array<[number, string]> = []
+  let failures = 0
+  spool.on('deadLettered', (count, reason) => { dead.push([count, reason]) })
+  spool.on('deliveryFailed', () => { failures++ })
+  await spool.append(batch)
+  spool.startDelivery(store, { minBackoffMs: 5 })
+  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+
+  t.strictSame(store.all(), batch.filter((r) => r !== poison), 'the 9 others delivered once each, in order')
+  const letters = await deadLetters(dir)
+  t.equal(letters.length, 1, 'one dead letter')
+  t.strictSame(letters[0]!.reading, poison, 'holding the whole reading')
+  t.equal(letters[0]!.reason, rejected.message)
+  t.equal(new Date(letters[0]!.deadAt).toISOString(), letters[0]!.deadAt, 'deadAt is an ISO timestamp')
+  t.strictSame(dead, [[1, rejected.message]], 'deadLettered event')
+  t.equal(spool.stats().deadLettered, 1)
+  t.equal(failures, 0, 'handled poison is not a delivery failure')
+  t.ok(await checkpointAtEnd(dir), 'checkpoint advanced past the record')
+
+  const logged = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => /dead-letter/.test(String(l.msg)))
+  t.equal(logged.length, 1, 'logged once')
+  t.equal(logged[0]?.level, 50, 'at error level')
+  t.match(logged[0], { deviceId, metric: 'heart_rate', ts: poison.ts, reason: rejected.message })
+  t.notOk(lines.some((l) => l.includes(patientId)), 'no patient id in any log line')
+  t.notOk(lines.some((l) => l.includes('123.456')), 'no value in any log line')
+
+  const later = readings(3)
+  await spool.append(later)
+  await waitFor('later delivery', () => spool.stats().depthReadings === 0)
+  t.strictSame(store.all().slice(-3), later, 'delivery continues behind it')
+  t.equal((await deadLetters(dir)).length, 1)
+})
+
+t.test('poison: several per batch across records and slices, with an outage mid-bisection', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const written: StoredReading[] = []
+  for (let i = 0; i < 4; i++) {
+    const batch = readings(5)
+    written.push(...batch)
+    await spool.append(batch)
+  }
+  const poisoned = new Set([written[0]!.ts, written[8]!.ts, written[9]!.ts, written[19]!.ts])
+  let failures = 0
+  spool.on('deliveryFailed', () => { failures++ })
+  const store = recordingStore((call, batch) => {
+    // The store goes away during the bisection: retried with backoff, nothing dropped or repeated.
+    if (call === 4 || call === 5) throw storeError(503)
+    if (batch.some((r) => poisoned.has(r.ts))) throw storeError(422, 'InfluxDB write failed: HTTP 422 (line protocol rejected)')
+  })
+  spool.startDelivery(store, { maxBatchReadings: 7, minBackoffMs: 5, maxBackoffMs: 20 })
+  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  t.equal(failures, 2, 'the 503s were retried')
+  t.strictSame(store.all(), written.filter((r) => !poisoned.has(r.ts)), 'the others, each once, in order')
+  t.strictSame((await deadLetters(dir)).map((d) => d.reading), written.filter((r) => poisoned.has(r.ts)), 'each poison reading dead-lettered once, in order')
+  t.equal(spool.stats().deadLettered, 4)
+  t.ok(await checkpointAtEnd(dir))
+})
+
+t.test('401/403/404/5xx/network errors retry forever and dead-letter nothing', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const batch = readings(10)
+  const statuses = [401, 403, 404, 500, 503, null]
+  let failures = 0
+  spool.on('deliveryFailed', () => { failures++ })
+  let dead = 0
+  spool.on('deadLettered', (count) => { dead += count })
+  // Fails whenever the batch holds reading #7 too, so only the status code tells poison apart.
+  const store = recordingStore((call, written) => {
+    if (call <= statuses.length * 2 && written.some((r) => r.ts === batch[6]!.ts)) throw storeError(statuses[(call - 1) % statuses.length]!)
+  })
+  await spool.append(batch)
+  spool.startDelivery(store, { minBackoffMs: 1, maxBackoffMs: 2 })
+  await waitFor('failures', () => failures >= statuses.length)
+  t.equal(spool.stats().depthReadings, 10, 'nothing dropped while failing')
+  t.strictSame(store.all(), [], 'no half of the batch was written on its own')
+  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  t.equal(failures, statuses.length * 2)
+  t.strictSame(store.all(), batch)
+  t.equal(dead, 0)
+  t.equal(spool.stats().deadLettered, 0)
+  await t.rejects(fs.access(path.join(dir, deadLetterName)), 'no dead-letter file')
+})
+
+t.test('close gives up on a never-settling write after closeTimeoutMs; a reopened spool replays it', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await openSpool({ dir, maxBytes: 1 << 20, log, closeTimeoutMs: 300 })
+  let calls = 0
+  const hung = recordingStore(async () => {
+    calls++
+    await new Promise<never>(() => {})
+  })
+  const batch = readings(5)
+  await spool.append(batch)
+  spool.startDelivery(hung)
+  await waitFor('write in flight', () => calls === 1)
+  const started = performance.now()
+  await spool.close()
+  const elapsed = performance.now() - started
+  t.ok(elapsed >= 250 && elapsed < 1500, `close took ${Math.round(elapsed)} ms`)
+  t.equal(calls, 1, 'no further write was started')
+
+  const reopened = await open(t, dir)
+  t.equal(reopened.stats().depthReadings, 5, 'the records are still spooled')
+  const store = recordingStore()
+  reopened.startDelivery(store)
+  await waitFor('replay', () => reopened.stats().depthReadings === 0)
+  t.strictSame(store.all(), batch)
+})
+
+t.test('an abandoned write that settles after close changes nothing', async (t) => {
+  for (const outcome of ['resolves', 'rejects'] as const) {
+    const dir = await tempDir(t)
+    const spool = await openSpool({ dir, maxBytes: 1 << 20, log, closeTimeoutMs: 100 })
+    let settle!: () => void
+    const gate = new Promise<void>((resolve) => { settle = resolve })
+    let calls = 0
+    const store = recordingStore(async () => {
+      calls++
+      await gate
+      if (outcome === 'rejects') throw storeError(400)
+    })
+    const events: string[] = []
+    spool.on('delivered', () => { events.push('delivered') })
+    spool.on('deliveryFailed', () => { events.push('deliveryFailed') })
+    spool.on('deadLettered', () => { events.push('deadLettered') })
+    await spool.append(readings(4))
+    spool.startDelivery(store)
+    await waitFor('write in flight', () => calls === 1)
+    await spool.close()
+    const files = await fs.readdir(dir)
+    const segment = await fs.readFile(path.join(dir, (await segmentFiles(dir))[0]!))
+    settle()
+    await sleep(100)
+    t.strictSame(await fs.readdir(dir), files, `${outcome}: no file created or removed`)
+    t.notOk(files.includes('checkpoint.json'), `${outcome}: no checkpoint written`)
+    t.ok(segment.equals(await fs.readFile(path.join(dir, (await segmentFiles(dir))[0]!))), `${outcome}: segment untouched`)
+    t.strictSame(events, [], `${outcome}: the loop stayed stopped`)
+    t.equal(calls, 1)
+    const reopened = await openSpool({ dir, maxBytes: 1 << 20, log })
+    t.equal(reopened.stats().depthReadings, 4, `${outcome}: replayed at the next start`)
+    await reopened.close()
+  }
+})
+
+t.test('close during a long backoff leaves no timer behind', async (t) => {
+  const dir = await tempDir(t)
+  const timers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length
+  const before = timers()
+  const spool = await openSpool({ dir, maxBytes: 1 << 20, log })
+  let failures = 0
+  spool.on('deliveryFailed', () => { failures++ })
+  await spool.append(readings(2))
+  spool.startDelivery(recordingStore(() => { throw storeError(503) }), { minBackoffMs: 60_000 })
+  await waitFor('a failure', () => failures === 1)
+  const started = performance.now()
+  await spool.close()
+  t.ok(performance.now() - started < 1000, 'close does not wait out the backoff')
+  t.equal(timers(), before, 'no timer left running')
 })
 
 t.test('a torn final record is truncated on open; earlier records survive', async (t) => {
@@ -359,4 +554,40 @@ t.test('with a real InfluxDB: outage grows the spool, recovery drains it exactly
   t.strictSame(stored, expected)
   const count = await store.aggregate({ patientId: patient, metric: 'heart_rate', from: expected.at(-1)!.ts, to: expected[0]!.ts + 1, everyMs: 3_600_000, fn: 'count' })
   t.equal(count.reduce((n, b) => n + (b.value ?? 0), 0), 305)
+})
+
+t.test('with a real InfluxDB: a reading beyond the retention policy is dead-lettered, current ones arrive', async (t) => {
+  const influxd = await startInfluxd()
+  t.teardown(() => influxd.close())
+  // A 1 h retention policy (InfluxDB's minimum): a point 2 h old is refused with HTTP 400.
+  const created = await fetch(`${influxd.url}/query`, { method: 'POST', body: new URLSearchParams({ q: 'CREATE DATABASE "retention" WITH DURATION 1h' }) })
+  t.equal(created.status, 200)
+  t.notMatch(await created.text(), /"error"/)
+  const store = await createInfluxReadingStore({ url: influxd.url, token: '', org: 'vigil', bucket: 'retention', api: 'auto' }, log, { timeoutMs: 2000 })
+  t.teardown(() => store.close())
+  const dir = await tempDir(t)
+  const spool = await openSpool({ dir, maxBytes: 1 << 24, log })
+  t.teardown(() => spool.close())
+
+  const patient = randomUUID()
+  const now = Date.now()
+  const reading = (ts: number, i: number): StoredReading => ({ patientId: patient, deviceId, metric: 'heart_rate', value: 60 + i, unit: '/min', ts, seq: i })
+  const current = Array.from({ length: 12 }, (_, i) => reading(now - 60_000 + i * 1000, i))
+  const old = reading(now - 2 * 3_600_000, 99)
+  await spool.append([...current.slice(0, 5), old, ...current.slice(5, 9)])
+  await spool.append(current.slice(9))
+  const dead: string[] = []
+  spool.on('deadLettered', (_count, reason) => { dead.push(reason) })
+  spool.startDelivery(store, { minBackoffMs: 20, maxBackoffMs: 200 })
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, 30_000)
+
+  const stored = await store.query({ patientId: patient, from: now - 3 * 3_600_000, limit: 100 })
+  t.strictSame(stored, [...current].reverse(), 'every current reading arrived')
+  const letters = await deadLetters(dir)
+  t.equal(letters.length, 1)
+  t.strictSame(letters[0]?.reading, old, 'the old reading is in the dead-letter file')
+  t.match(letters[0]?.reason, /HTTP 400 \(points beyond the retention policy\)/)
+  t.strictSame(dead, [letters[0]?.reason])
+  t.equal(spool.stats().deadLettered, 1)
+  t.ok(await checkpointAtEnd(dir))
 })
