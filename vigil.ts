@@ -107,5 +107,6 @@ function wireSpoolMetrics (spool: Spool, metrics: ReturnType<typeof createMetric
     metrics.storeWriteSeconds.observe(latencyMs / 1000)
   })
   spool.on('deliveryFailed', () => metrics.storeWriteFailures.inc())
+  spool.on('deadLettered', (count: number) => metrics.readingsDeadLettered.inc(count))
   metrics.watchSpool(() => spool.stats())
 }

@@ -63,9 +63,10 @@ export async function startIngest (deps: IngestDeps) {
 
   async function toStored (deviceId: string, kind: TopicKind, payload: Buffer): Promise<StoredReading[]> {
     const { seq, readings } = decoders[kind](payload, now())
+    const patientAt = await deps.devices.assignmentsOf(deviceId)
     const stored: StoredReading[] = []
     for (const r of readings) {
-      const patientId = await deps.devices.patientAt(deviceId, r.ts)
+      const patientId = patientAt(r.ts)
       if (patientId === null) {
         throw new PayloadRejection('device_unassigned',
           `device was not assigned to a patient at ${new Date(r.ts).toISOString()}`)

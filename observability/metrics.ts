@@ -54,6 +54,11 @@ export function createMetrics () {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry]
     }),
+    readingsDeadLettered: new Counter({
+      name: 'vigil_readings_dead_lettered_total',
+      help: 'Spooled readings the store refused permanently (e.g. beyond its retention), moved to the spool\'s dead-letter file',
+      registers: [registry]
+    }),
     storeWriteFailures: new Counter({
       name: 'vigil_store_write_failures_total',
       help: 'Failed batch writes to the reading store (retried; nothing acknowledged is dropped)',

@@ -54,6 +54,13 @@ export class AssignmentOrderError extends Error {
 }
 
 interface Period { from: number, to: number, patientId: string }
+
+function patientIn (periods: readonly Period[], ts: number): string | null {
+  for (const p of periods) {
+    if (ts >= p.from && ts < p.to) return p.patientId
+  }
+  return null
+}
 interface VerifiedSecret { credentialId: string, digest: Buffer }
 
 const ASSIGNMENT_CACHE_MS = 30_000
@@ -253,10 +260,16 @@ export function createDeviceRegistry (pool: pg.Pool) {
 
     /** The patient the device was assigned to at `ts` (ms), or null. */
     async patientAt (deviceId: string, ts: number): Promise<string | null> {
-      for (const p of await loadPeriods(deviceId)) {
-        if (ts >= p.from && ts < p.to) return p.patientId
-      }
-      return null
+      return patientIn(await loadPeriods(deviceId), ts)
+    },
+
+    /**
+     * A resolver from timestamp to patient for one device, loaded once: a message's readings
+     * are resolved against one consistent snapshot of the assignment history, with one await.
+     */
+    async assignmentsOf (deviceId: string): Promise<(ts: number) => string | null> {
+      const loaded = await loadPeriods(deviceId)
+      return (ts) => patientIn(loaded, ts)
     },
 
     /** Issues a new MQTT secret, revoking the previous one (whose live sessions are ended). */
