@@ -258,11 +258,6 @@ export function createDeviceRegistry (pool: pg.Pool) {
       }))
     },
 
-    /** The patient the device was assigned to at `ts` (ms), or null. */
-    async patientAt (deviceId: string, ts: number): Promise<string | null> {
-      return patientIn(await loadPeriods(deviceId), ts)
-    },
-
     /**
      * A resolver from timestamp to patient for one device, loaded once: a message's readings
      * are resolved against one consistent snapshot of the assignment history, with one await.
