@@ -77,10 +77,9 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     })
     closers.push(() => broker.close())
 
-    const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, readings, metrics,
-      healthChecks: spool === null ? {} : { spool: async () => { /* open spool = healthy; depth is a metric */ } }
-    })
+    // /healthz checks Postgres and the reading store; the spool's state is in the metrics
+    // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
+    const api = await buildApi({ log, db, patients, devices, tokens, rejections, readings, metrics })
     closers.push(() => api.close())
     await api.ready()
     const httpPort = await listen(api.server, config.httpHost, config.httpPort, config.defaultPorts.http, 'HTTP_PORT', log)
