@@ -1,0 +1,294 @@
+import { execFileSync, fork, spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
+import { createWriteStream, readFileSync, readdirSync } from 'node:fs'
+import fs from 'node:fs/promises'
+import net from 'node:net'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+/** The checkout's root: Vigil's main.ts and node_modules (for `--import tsx`) live there. */
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+
+const clockTicksPerSecond = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
+  } catch {
+    return 100
+  }
+})()
+
+export interface ProcessUsage {
+  /** User + system CPU time since the process started, µs. */
+  cpuUs: number
+  rssBytes: number
+}
+
+/** CPU (utime + stime from /proc/<pid>/stat) and RSS (VmRSS) of one process; null when it is gone. */
+export function processUsage (pid: number): ProcessUsage | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    const ticks = Number(fields[11]) + Number(fields[12])
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+    const rssKb = Number(/^VmRSS:\s+(\d+)\s+kB/m.exec(status)?.[1] ?? 0)
+    return { cpuUs: ticks * 1e6 / clockTicksPerSecond, rssBytes: rssKb * 1024 }
+  } catch {
+    return null
+  }
+}
+
+/** Sums processUsage over several processes (a pipeline made of more than one). */
+export function totalUsage (pids: readonly number[]): ProcessUsage {
+  let cpuUs = 0
+  let rssBytes = 0
+  for (const pid of pids) {
+    const u = processUsage(pid)
+    if (u !== null) {
+      cpuUs += u.cpuUs
+      rssBytes += u.rssBytes
+    }
+  }
+  return { cpuUs, rssBytes }
+}
+
+/** Our direct child whose command name is `comm` (e.g. the influxd that test/helpers/influxd.ts spawned). */
+export function findChildPid (comm: string): number | null {
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+      if (name === comm && ppid === process.pid) return Number(entry)
+    } catch { /* exited meanwhile */ }
+  }
+  return null
+}
+
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.unref()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => {
+        if (address !== null && typeof address === 'object') resolve(address.port)
+        else reject(new Error('no port assigned'))
+      })
+    })
+  })
+}
+
+/** A child we started, stopped by signal and awaited. */
+export interface ManagedProcess {
+  readonly name: string
+  readonly pid: number
+  readonly child: ChildProcess
+  readonly exited: Promise<void>
+  /** SIGTERM (or `signal`), then SIGKILL after `graceMs`; resolves once it has exited. */
+  stop (signal?: NodeJS.Signals, graceMs?: number): Promise<void>
+}
+
+const running = new Set<ManagedProcess>()
+
+function manage (name: string, child: ChildProcess): ManagedProcess {
+  if (child.pid === undefined) throw new Error(`${name} could not be started`)
+  let done = child.exitCode !== null || child.signalCode !== null
+  const exited = done ? Promise.resolve() : new Promise<void>((resolve) => child.once('exit', () => { done = true; resolve() }))
+  const managed: ManagedProcess = {
+    name,
+    pid: child.pid,
+    child,
+    exited,
+    async stop (signal = 'SIGTERM', graceMs = 5000) {
+      if (!done) {
+        child.kill(signal)
+        const finished = await Promise.race([exited.then(() => true), sleep(graceMs, false, { ref: false })])
+        if (!finished) {
+          child.kill('SIGKILL')
+          await exited
+        }
+      }
+      running.delete(managed)
+    }
+  }
+  running.add(managed)
+  void exited.then(() => running.delete(managed))
+  return managed
+}
+
+/** Every child still running (for cleanup on exit and Ctrl-C). */
+export function runningProcesses (): ManagedProcess[] {
+  return [...running]
+}
+
+// Whatever happens to this process, no child outlives it (SIGKILL is synchronous to send).
+process.on('exit', () => {
+  for (const p of running) p.child.kill('SIGKILL')
+})
+
+/** Forks a TypeScript file of bench/ under tsx with an IPC channel. */
+export function forkTypeScript (name: string, file: string, args: string[] = [], env: NodeJS.ProcessEnv = process.env): ManagedProcess {
+  const child = fork(path.join(repoRoot, 'bench', file), args, {
+    cwd: repoRoot,
+    execArgv: ['--import', 'tsx'],
+    env,
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc']
+  })
+  return manage(name, child)
+}
+
+function logTail (file: string, lines = 20): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+  } catch {
+    return ''
+  }
+}
+
+export interface VigilProcess extends ManagedProcess {
+  readonly httpPort: number
+  readonly mqttPort: number
+  readonly baseUrl: string
+  readonly logFile: string
+}
+
+export interface StartVigilOptions {
+  dataDir: string
+  databaseUrl: string
+  influxUrl: string
+  influxBucket: string
+  adminToken: string
+  logFile: string
+  /** Extra arguments for node before `--import tsx` (e.g. --cpu-prof). */
+  nodeArgs?: string[]
+}
+
+/**
+ * Starts Vigil as its own process (`node --import tsx main.ts`, the process measured) and waits
+ * for the listening.json it writes once everything is up.
+ */
+export async function startVigil (options: StartVigilOptions): Promise<VigilProcess> {
+  const listeningFile = path.join(options.dataDir, 'listening.json')
+  await fs.mkdir(options.dataDir, { recursive: true })
+  await fs.rm(listeningFile, { force: true })
+  const env: NodeJS.ProcessEnv = { ...process.env }
+  for (const key of Object.keys(env)) {
+    if (/^(HTTP_|MQTT_|INFLUX_|VIGIL_|DATABASE_URL$|LOG_LEVEL$|WORKER_THREADS$)/.test(key)) delete env[key]
+  }
+  Object.assign(env, {
+    DATABASE_URL: options.databaseUrl,
+    INFLUX_URL: options.influxUrl,
+    INFLUX_BUCKET: options.influxBucket,
+    HTTP_PORT: '0',
+    MQTT_PORT: '0',
+    VIGIL_DATA_DIR: options.dataDir,
+    VIGIL_ADMIN_TOKEN: options.adminToken,
+    LOG_LEVEL: 'warn'
+  })
+  const log = createWriteStream(options.logFile, { flags: 'a' })
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), '--import', 'tsx', 'main.ts'], {
+    cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe']
+  })
+  child.stdout!.pipe(log)
+  child.stderr!.pipe(log)
+  const managed = manage('vigil', child)
+  const deadline = Date.now() + 60_000
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`Vigil exited (${child.exitCode ?? child.signalCode}) while starting; its log (${options.logFile}):\n${logTail(options.logFile)}`)
+    }
+    try {
+      const listening = JSON.parse(await fs.readFile(listeningFile, 'utf8')) as { pid: number, httpPort: number, mqttPort: number }
+      if (listening.pid === child.pid) {
+        return Object.assign(managed, {
+          httpPort: listening.httpPort,
+          mqttPort: listening.mqttPort,
+          baseUrl: `http://127.0.0.1:${listening.httpPort}`,
+          logFile: options.logFile
+        })
+      }
+    } catch { /* not written yet */ }
+    await sleep(100)
+  }
+  await managed.stop('SIGKILL')
+  throw new Error(`Vigil did not write ${listeningFile} within 60 s; its log:\n${logTail(options.logFile)}`)
+}
+
+export interface MosquittoProcess extends ManagedProcess {
+  readonly port: number
+}
+
+/**
+ * A private Mosquitto on a free loopback port (the machine's own, on 1883, is left alone).
+ * Queue limits are raised from the defaults (1000 queued, 20 in flight per client) so a
+ * consumer that falls briefly behind is not handed silent drops: the peer gets a fair setup.
+ */
+export async function startMosquitto (dir: string): Promise<MosquittoProcess> {
+  const port = await freePort()
+  const configFile = path.join(dir, 'mosquitto.conf')
+  const logFile = path.join(dir, 'mosquitto.log')
+  await fs.writeFile(configFile, [
+    `listener ${port} 127.0.0.1`,
+    'allow_anonymous true',
+    'persistence false',
+    'max_queued_messages 1000000',
+    'max_inflight_messages 1000',
+    'log_dest stderr',
+    'log_type error',
+    'log_type warning',
+    ''
+  ].join('\n'))
+  await fs.chmod(dir, 0o755)
+  await fs.chmod(configFile, 0o644)
+  const log = createWriteStream(logFile, { flags: 'a' })
+  const child = spawn('/usr/sbin/mosquitto', ['-c', configFile], { stdio: ['ignore', 'pipe', 'pipe'] })
+  child.stdout!.pipe(log)
+  child.stderr!.pipe(log)
+  const managed = manage('mosquitto', child)
+  const deadline = Date.now() + 10_000
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`mosquitto exited (${child.exitCode}) while starting:\n${logTail(logFile)}`)
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = net.connect({ host: '127.0.0.1', port }, () => { socket.destroy(); resolve(true) })
+      socket.on('error', () => resolve(false))
+    })
+    if (open) return Object.assign(managed, { port })
+    await sleep(50)
+  }
+  await managed.stop('SIGKILL')
+  throw new Error(`mosquitto did not listen on ${port} within 10 s:\n${logTail(logFile)}`)
+}
+
+/** Resolves with the next IPC message of `type` from the child (rejects on its `error` report or exit). */
+export function nextMessage<T extends { type: string }> (proc: ManagedProcess, type: T['type'], timeoutMs = 600_000): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onMessage = (message: { type: string, message?: string }): void => {
+      if (message.type === type) {
+        done()
+        resolve(message as unknown as T)
+      } else if (message.type === 'error') {
+        done()
+        reject(new Error(`${proc.name}: ${message.message ?? 'failed'}`))
+      }
+    }
+    const onExit = (code: number | null, signal: string | null): void => {
+      done()
+      reject(new Error(`${proc.name} exited (${code ?? signal}) while the bench waited for '${type}'`))
+    }
+    const timer = setTimeout(() => {
+      done()
+      reject(new Error(`${proc.name}: no '${type}' within ${timeoutMs} ms`))
+    }, timeoutMs)
+    const done = (): void => {
+      clearTimeout(timer)
+      proc.child.off('message', onMessage)
+      proc.child.off('exit', onExit)
+    }
+    proc.child.on('message', onMessage)
+    proc.child.on('exit', onExit)
+  })
+}
