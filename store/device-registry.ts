@@ -128,9 +128,17 @@ export function createDeviceRegistry (pool: pg.Pool) {
     const cached = periods.get(deviceId)
     if (cached !== undefined && Date.now() - cached.loadedAt < ASSIGNMENT_CACHE_MS) return cached.periods
     const startedAt = generation
-    const { rows } = await pool.query(
-      'SELECT patient_id, valid_from, valid_to FROM device_assignments WHERE device_id = $1 ORDER BY valid_from DESC',
-      [deviceId])
+    let rows: Array<Record<string, unknown>>
+    try {
+      rows = (await pool.query(
+        'SELECT patient_id, valid_from, valid_to FROM device_assignments WHERE device_id = $1 ORDER BY valid_from DESC',
+        [deviceId])).rows
+    } catch (err) {
+      // Postgres unreachable: assignments cannot change without it (the API needs it too), so
+      // the last snapshot is still the truth and readings bound for InfluxDB keep flowing.
+      if (cached !== undefined) return cached.periods
+      throw err
+    }
     const loaded = rows.map((r) => ({
       patientId: r.patient_id as string,
       from: (r.valid_from as Date).getTime(),
@@ -301,9 +309,12 @@ export function createDeviceRegistry (pool: pg.Pool) {
       const known = verified.get(deviceId)
       if (known !== undefined && timingSafeEqual(known.digest, digest)) {
         // Revocation clears the cache, but a revocation done by another instance would not:
-        // confirm the credential is still active (one indexed lookup, no scrypt).
+        // confirm the credential is still active (one indexed lookup, no scrypt). With Postgres
+        // unreachable no revocation can happen either, so the verified secret stands and the
+        // device can reconnect through a database outage.
         const still = await pool.query('SELECT 1 FROM device_credentials WHERE id = $1 AND revoked_at IS NULL', [known.credentialId])
-        if (still.rowCount === 1) return known.credentialId
+          .catch(() => null)
+        if (still === null || still.rowCount === 1) return known.credentialId
         verified.delete(deviceId)
         return null
       }

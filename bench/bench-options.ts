@@ -1,0 +1,95 @@
+import { parseArgs } from 'node:util'
+
+export interface BenchOptions {
+  mode: 'quick' | 'full'
+  /** Measured window of each load step, ms. */
+  durationMs: number
+  /** Devices (one MQTT connection each) for the ingest, peer, ceiling and query scenarios. */
+  devices: number
+  /** Offered rates (msg/s) to step through; null: a geometric search from startRate. */
+  rates: number[] | null
+  startRate: number
+  stepFactor: number
+  costDevices: number[]
+  /** Fixed total rate of the cost-growth scenario; null: 1,000 msg/s, or half of Vigil's max if lower. */
+  costRate: number | null
+  generators: number
+  scenarios: Set<number>
+  profile: boolean
+}
+
+export const usage = `Usage: npm run bench -- [options]
+
+Runs Vigil, a Mosquitto + Node consumer peer pipeline, bare Aedes and InfluxDB side by side on
+this machine and prints a table (and writes bench/results/<timestamp>.json).
+
+  --full              longer steps and 5,000 devices in the cost-growth scenario (~10 min)
+  --duration S        seconds per measured load step (quick 5, full 20)
+  --devices N         devices for the ingest, peer, ceiling and query scenarios (default 1000)
+  --rates R1,R2,...   offered rates (msg/s) to step through instead of the geometric search
+                      (default: from 500 msg/s in ×1.5 steps, then one step between the
+                      last rate held and the first not held)
+  --cost-devices A,B  device counts for the cost-growth scenario (quick 100,1000; full 100,1000,5000)
+  --cost-rate R       total msg/s for the cost-growth scenario (default 1000, or half of Vigil's max if lower)
+  --generators K      load-generator processes (default 1)
+  --scenarios 1,2,..  run only these: 1 Vigil ingest, 2 peer pipeline, 3 ceilings, 4 cost growth,
+                      5 query side (5 needs 1)
+  --profile           CPU-profile Vigil during scenarios 1 and 5 and print where its time goes
+  --help
+`
+
+function list (name: string, raw: string, integer: boolean): number[] {
+  const values = raw.split(',').map((s) => Number(s.trim()))
+  if (values.length === 0 || values.some((v) => !Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v)))) {
+    throw new Error(`--${name} must be a comma-separated list of positive ${integer ? 'integers' : 'numbers'} (got "${raw}")`)
+  }
+  return values
+}
+
+function positive (name: string, raw: string | undefined, fallback: number, integer = false): number {
+  if (raw === undefined) return fallback
+  const value = Number(raw)
+  if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
+    throw new Error(`--${name} must be a positive ${integer ? 'integer' : 'number'} (got "${raw}")`)
+  }
+  return value
+}
+
+/** Parses the command line; throws with a message naming the option on a bad value. */
+export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      full: { type: 'boolean', default: false },
+      duration: { type: 'string' },
+      devices: { type: 'string' },
+      rates: { type: 'string' },
+      'start-rate': { type: 'string' },
+      'cost-devices': { type: 'string' },
+      'cost-rate': { type: 'string' },
+      generators: { type: 'string' },
+      scenarios: { type: 'string' },
+      profile: { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false }
+    },
+    strict: true
+  })
+  if (values.help) return 'help'
+  const full = values.full
+  const scenarios = values.scenarios === undefined ? [1, 2, 3, 4, 5] : list('scenarios', values.scenarios, true)
+  if (scenarios.some((s) => s > 5)) throw new Error('--scenarios takes numbers from 1 to 5')
+  if (scenarios.includes(5) && !scenarios.includes(1)) throw new Error('--scenarios: 5 (query side) needs 1 (it runs at half of the maximum 1 finds)')
+  return {
+    mode: full ? 'full' : 'quick',
+    durationMs: positive('duration', values.duration, full ? 20 : 5) * 1000,
+    devices: positive('devices', values.devices, 1000, true),
+    rates: values.rates === undefined ? null : list('rates', values.rates, false).sort((a, b) => a - b),
+    startRate: positive('start-rate', values['start-rate'], 500),
+    stepFactor: 1.5,
+    costDevices: values['cost-devices'] === undefined ? (full ? [100, 1000, 5000] : [100, 1000]) : list('cost-devices', values['cost-devices'], true),
+    costRate: values['cost-rate'] === undefined ? null : positive('cost-rate', values['cost-rate'], 1000),
+    generators: positive('generators', values.generators, 1, true),
+    scenarios: new Set(scenarios),
+    profile: values.profile
+  }
+}

@@ -1,0 +1,268 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import { processUsage, totalUsage } from './child-processes.ts'
+import type { GeneratorPool, LoadSummary } from './generator-pool.ts'
+import { countReadings } from './influx-queries.ts'
+import { QueryableProbe, type QueryableSummary } from './queryable-probe.ts'
+import { metricDeltas, scrapeVigilMetrics } from './vigil-metrics.ts'
+
+/** What a load step is aimed at: Vigil, the peer pipeline, or bare Aedes. */
+export interface PipelineUnderTest {
+  key: 'vigil' | 'peer' | 'aedes'
+  label: string
+  mqttPort: number
+  /** Processes whose CPU and memory are this pipeline's own (not the generator's, not influxd's). */
+  pids: () => number[]
+  /** InfluxDB database its readings land in; null when it stores nothing (bare Aedes). */
+  database: string | null
+  /** Vigil: its base URL, for spool depth and diagnostics from /metrics. */
+  vigilUrl?: string
+}
+
+export interface StepContext {
+  pool: GeneratorPool
+  influxUrl: string
+  influxdPid: number | null
+  progress: (message: string) => void
+}
+
+export interface StepOptions {
+  durationMs: number
+  /** Sample 1 in N messages for publish → queryable (0: none). */
+  sampleEvery: number
+}
+
+export interface VigilDiagnostics {
+  /** Mean PUBLISH received → durable (spool fsync) inside Vigil, ms. */
+  durableMeanMs: number | null
+  /** InfluxDB writes made by the spool's delivery loop, their mean size and latency. */
+  storeWrites: number
+  storeWriteMeanReadings: number | null
+  storeWriteMeanMs: number | null
+  rejections: number
+  refused: number
+}
+
+export interface StepResult {
+  /** Offered rate, messages (= readings) per second. */
+  rate: number
+  held: boolean
+  /** Why the step did not hold (empty when held). */
+  reasons: string[]
+  load: LoadSummary
+  /** Readings counted in InfluxDB for this step; null for a pipeline without storage. */
+  stored: number | null
+  storedPerSecond: number | null
+  /** From the end of the window until everything acknowledged was queryable. */
+  storeCaughtUpMs: number | null
+  queryable: QueryableSummary | null
+  /** Pipeline CPU from window start until caught up, per reading stored (or message acked). */
+  cpuUsPerReading: number | null
+  /** Pipeline CPU over that time, in cores. */
+  cpuCores: number
+  rssBytes: number
+  influxdCpuUsPerReading: number | null
+  vigil?: VigilDiagnostics
+}
+
+const ackDrainMs = 3000
+const storeTimeoutMs = 30_000
+
+async function spoolDepth (vigilUrl: string): Promise<number> {
+  return (await scrapeVigilMetrics(vigilUrl)).get('vigil_spool_depth_readings') ?? 0
+}
+
+/** Waits until the pipeline has written everything it holds (best effort, bounded). */
+export async function waitForIdle (pipeline: PipelineUnderTest, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  if (pipeline.vigilUrl !== undefined) {
+    while (Date.now() < deadline && await spoolDepth(pipeline.vigilUrl) > 0) await sleep(100)
+  } else {
+    await sleep(1000)
+  }
+}
+
+/**
+ * One measured window at a fixed offered rate, then the checks that decide whether the rate
+ * was held: everything sent on schedule, PUBACKs kept pace (≥ 97 % within the window), every
+ * message acknowledged, no connection lost, and — for a pipeline with storage — every
+ * acknowledged reading counted in InfluxDB, caught up within 1 s + 10 % of the window.
+ */
+export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest, rate: number, options: StepOptions): Promise<StepResult> {
+  const { influxUrl } = ctx
+  const cpuBefore = totalUsage(pipeline.pids())
+  const influxBefore = ctx.influxdPid === null ? null : processUsage(ctx.influxdPid)
+  const metricsBefore = pipeline.vigilUrl === undefined ? null : await scrapeVigilMetrics(pipeline.vigilUrl)
+  const probe = pipeline.database !== null && options.sampleEvery > 0 ? new QueryableProbe(influxUrl, pipeline.database) : null
+  probe?.start()
+  let rssBytes = 0
+  const rssTimer = setTimeout(() => { rssBytes = totalUsage(pipeline.pids()).rssBytes }, Math.max(0, options.durationMs - 100))
+  const started = performance.now()
+  let load: LoadSummary
+  try {
+    load = await ctx.pool.run({
+      rate, durationMs: options.durationMs, drainMs: ackDrainMs, sampleEvery: options.sampleEvery, onSample: (s) => probe?.add(s)
+    })
+  } finally {
+    clearTimeout(rssTimer)
+  }
+  if (rssBytes === 0) rssBytes = totalUsage(pipeline.pids()).rssBytes
+  const windowEnd = started + load.windowMs
+
+  let stored: number | null = null
+  let storeCaughtUpMs: number | null = null
+  if (pipeline.database !== null && load.sent > 0) {
+    const deadline = performance.now() + storeTimeoutMs
+    if (pipeline.vigilUrl !== undefined) {
+      // Vigil tells when its spool is empty; only then is the count final.
+      while (performance.now() < deadline && await spoolDepth(pipeline.vigilUrl) > 0) await sleep(50)
+      storeCaughtUpMs = performance.now() - windowEnd
+    }
+    let lastProgress = performance.now()
+    while (true) {
+      const count = await countReadings(influxUrl, pipeline.database, load.firstTs, load.lastTs)
+      const now = performance.now()
+      if (stored === null || count > stored) lastProgress = now
+      stored = count
+      if (count >= load.acked) {
+        if (pipeline.vigilUrl === undefined) storeCaughtUpMs = now - windowEnd
+        break
+      }
+      // The peer gives no signal of being done: stop once nothing more arrives for 3 s.
+      if (now > deadline || now - lastProgress > 3000) break
+      await sleep(100)
+    }
+  }
+  const cpuAfter = totalUsage(pipeline.pids())
+  const influxAfter = ctx.influxdPid === null ? null : processUsage(ctx.influxdPid)
+  const elapsedMs = performance.now() - started
+  const queryable = probe === null ? null : await probe.finish(5000)
+  const denominator = stored ?? load.acked
+  const cpuUs = cpuAfter.cpuUs - cpuBefore.cpuUs
+
+  let vigil: VigilDiagnostics | undefined
+  if (metricsBefore !== null && pipeline.vigilUrl !== undefined) {
+    const d = metricDeltas(metricsBefore, await scrapeVigilMetrics(pipeline.vigilUrl))
+    const durableCount = d.get('vigil_ingest_durable_seconds_count') ?? 0
+    const writes = d.get('vigil_store_write_seconds_count') ?? 0
+    vigil = {
+      durableMeanMs: durableCount > 0 ? (d.get('vigil_ingest_durable_seconds_sum') ?? 0) * 1000 / durableCount : null,
+      storeWrites: writes,
+      storeWriteMeanReadings: writes > 0 ? (d.get('vigil_readings_stored_total') ?? 0) / writes : null,
+      storeWriteMeanMs: writes > 0 ? (d.get('vigil_store_write_seconds_sum') ?? 0) * 1000 / writes : null,
+      rejections: d.get('vigil_rejections_total') ?? 0,
+      refused: d.get('vigil_mqtt_refused_total') ?? 0
+    }
+  }
+
+  const reasons: string[] = []
+  if (load.sent < 0.97 * load.offered) reasons.push(`generator sent ${load.sent} of ${load.offered} due (${load.behind} skipped behind schedule)`)
+  if (load.disconnects > 0 || load.lost > 0) reasons.push(`${load.disconnects} connections closed, ${load.lost} messages lost with them`)
+  if (load.ackedInWindow < 0.97 * load.sent) reasons.push(`PUBACKs fell behind (${load.ackedInWindow} of ${load.sent} within the window)`)
+  if (load.unacked > 0) reasons.push(`${load.unacked} never acknowledged within ${ackDrainMs / 1000} s`)
+  if (stored !== null && stored < load.acked) reasons.push(`stored ${stored} of ${load.acked} acknowledged (loss)`)
+  if (stored !== null && stored > load.acked) reasons.push(`stored ${stored} > ${load.acked} acknowledged (unacknowledged messages were stored)`)
+  if (storeCaughtUpMs !== null && storeCaughtUpMs > 1000 + 0.1 * options.durationMs) {
+    reasons.push(`storage fell behind (caught up ${(storeCaughtUpMs / 1000).toFixed(1)} s after the window)`)
+  }
+  if (vigil !== undefined && vigil.rejections > 0) reasons.push(`${vigil.rejections} payloads rejected by Vigil`)
+
+  return {
+    rate,
+    held: reasons.length === 0,
+    reasons,
+    load,
+    stored,
+    storedPerSecond: stored === null ? null : stored / (load.windowMs / 1000),
+    storeCaughtUpMs,
+    queryable,
+    cpuUsPerReading: denominator > 0 ? cpuUs / denominator : null,
+    cpuCores: cpuUs / 1000 / elapsedMs,
+    rssBytes,
+    influxdCpuUsPerReading: influxBefore !== null && influxAfter !== null && stored !== null && stored > 0
+      ? (influxAfter.cpuUs - influxBefore.cpuUs) / stored
+      : null,
+    vigil
+  }
+}
+
+export interface SearchOptions extends StepOptions {
+  /** Offered rates to try, ascending. */
+  grid: number[]
+  /** Index into grid of the first step; below it is tried only if that step fails. */
+  startIndex: number
+  /** After the last held and first failed grid rate, try their geometric mean. */
+  refine: boolean
+  label: string
+}
+
+export interface SearchResult {
+  steps: StepResult[]
+  /** The highest rate held, or null when none was. */
+  best: StepResult | null
+}
+
+function describeStep (s: StepResult): string {
+  const pub = s.load.puback
+  const parts = [
+    `${s.held ? 'held' : 'NOT held'}`,
+    `acked ${s.load.acked}/${s.load.sent}`,
+    s.stored === null ? null : `stored ${s.stored}`,
+    `PUBACK p50 ${fmtMs(pub.p50Ms)} p99 ${fmtMs(pub.p99Ms)}`,
+    s.queryable === null || s.queryable.count === 0 ? null : `queryable p50 ${fmtMs(s.queryable.p50Ms)} p99 ${fmtMs(s.queryable.p99Ms)}`,
+    s.cpuUsPerReading === null ? null : `${s.cpuUsPerReading.toFixed(0)} µs CPU/reading`,
+    `generator CPU ${s.load.generatorCpu.map((c) => `${Math.round(c * 100)} %`).join(', ')}`
+  ].filter((p) => p !== null)
+  return parts.join(', ') + (s.held ? '' : ` — ${s.reasons.join('; ')}`)
+}
+
+export function fmtMs (ms: number | null): string {
+  if (ms === null) return '–'
+  return ms < 10 ? `${ms.toFixed(2)} ms` : ms < 100 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`
+}
+
+/**
+ * Steps the offered rate up the grid from startIndex until a step fails (or down until one
+ * holds, when the first fails), then optionally tries one rate between the last held and first
+ * failed. Connections stay open across steps.
+ */
+export async function findMaxRate (ctx: StepContext, pipeline: PipelineUnderTest, options: SearchOptions): Promise<SearchResult> {
+  const steps: StepResult[] = []
+  let best: StepResult | null = null
+  let firstFailedRate: number | null = null
+  const step = async (rate: number): Promise<StepResult> => {
+    ctx.progress(`${options.label}: ${Math.round(rate)} msg/s for ${options.durationMs / 1000} s`)
+    const result = await measureStep(ctx, pipeline, rate, options)
+    steps.push(result)
+    ctx.progress(`${options.label}: ${Math.round(rate)} msg/s ${describeStep(result)}`)
+    if (!result.held) await waitForIdle(pipeline)
+    return result
+  }
+  let i = Math.min(Math.max(0, options.startIndex), options.grid.length - 1)
+  const first = await step(options.grid[i]!)
+  if (first.held) {
+    best = first
+    for (i++; i < options.grid.length; i++) {
+      const r = await step(options.grid[i]!)
+      if (!r.held) {
+        firstFailedRate = r.rate
+        break
+      }
+      best = r
+    }
+  } else {
+    firstFailedRate = first.rate
+    for (i--; i >= 0; i--) {
+      const r = await step(options.grid[i]!)
+      if (r.held) {
+        best = r
+        break
+      }
+      firstFailedRate = r.rate
+    }
+  }
+  if (options.refine && best !== null && firstFailedRate !== null) {
+    const r = await step(Math.round(Math.sqrt(best.rate * firstFailedRate)))
+    if (r.held) best = r
+  }
+  return { steps, best }
+}

@@ -1,0 +1,246 @@
+import type { WriteCeilingResult } from './influx-write-ceiling.ts'
+import type { QueryLoadResult } from './query-load.ts'
+import { fmtMs, type SearchResult, type StepResult } from './rate-search.ts'
+
+export interface MachineInfo {
+  cores: number
+  cpuModel: string
+  memoryGb: number
+  kernel: string
+  node: string
+  influxd: string | null
+  mosquitto: string | null
+  postgres: string | null
+  openFilesLimit: string | null
+}
+
+export interface CostGrowthRow {
+  devices: number
+  rate: number
+  connectMs: number
+  connected: number
+  rssBeforeBytes: number
+  rssConnectedBytes: number
+  rssPerDeviceBytes: number
+  step: StepResult
+}
+
+export interface QuerySide {
+  rate: number
+  ingestOnly: StepResult
+  withQueries: StepResult
+  queries: QueryLoadResult
+}
+
+export interface Target {
+  name: string
+  status: 'met' | 'not met' | 'n/a'
+  value: string
+}
+
+export interface ProfileSummary {
+  file: string
+  totalMs: number
+  byFunction: Array<{ name: string, where: string, selfMs: number, share: number }>
+  byArea: Array<{ area: string, selfMs: number, share: number }>
+}
+
+export interface BenchResults {
+  startedAt: string
+  finishedAt: string
+  elapsedSeconds: number
+  mode: 'quick' | 'full'
+  options: Record<string, unknown>
+  machine: MachineInfo
+  caveats: string[]
+  setup: { provisionedDevices: number, provisionMs: number | null }
+  ingest: {
+    devices: number
+    vigil: SearchResult | null
+    peer: SearchResult | null
+    aedes: SearchResult | null
+  }
+  influxCeiling: WriteCeilingResult | null
+  querySide: QuerySide | null
+  costGrowth: CostGrowthRow[] | null
+  targets: Target[]
+  profile: ProfileSummary | null
+}
+
+const mb = (bytes: number): string => `${(bytes / 1048576).toFixed(0)} MB`
+const kb = (bytes: number): string => `${(bytes / 1024).toFixed(1)} KB`
+const int = (n: number | null | undefined): string => n === null || n === undefined ? '–' : Math.round(n).toLocaleString('en-US')
+const pair = (a: number | null, b: number | null): string => `${fmtMs(a)} / ${fmtMs(b)}`
+const ratio = (a: number | null | undefined, b: number | null | undefined): string =>
+  a === null || a === undefined || b === null || b === undefined || b === 0 ? '–' : `${(a / b).toFixed(2)}×`
+
+function table (rows: string[][], indent = '  '): string {
+  const widths: number[] = []
+  for (const row of rows) row.forEach((cell, i) => { widths[i] = Math.max(widths[i] ?? 0, cell.length) })
+  return rows.map((row) => indent + row.map((cell, i) => i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!)).join('   ').trimEnd()).join('\n')
+}
+
+function stepsLines (label: string, search: SearchResult | null): string[] {
+  if (search === null) return []
+  const steps = search.steps.map((s) => `${int(s.rate)} ${s.held ? 'held' : `not held (${s.reasons[0] ?? ''})`}`)
+  return [`  ${label} steps (msg/s): ${steps.join('; ')}`]
+}
+
+function generatorNote (steps: StepResult[]): string[] {
+  const saturated = steps.filter((s) => s.load.generatorSaturated)
+  if (saturated.length === 0) return []
+  return [`  ⚠ generator saturated (> 85 % of a core) at ${saturated.map((s) => `${int(s.rate)} msg/s`).join(', ')}: ` +
+    'figures at those rates measure the generator as much as the target']
+}
+
+/** The human-readable report printed at the end of a run. */
+export function renderReport (r: BenchResults): string {
+  const out: string[] = []
+  const m = r.machine
+  out.push('', `Vigil benchmark — ${r.startedAt} — ${r.mode} mode, ${Math.round(r.elapsedSeconds)} s`)
+  out.push(`machine: ${m.cores} cores (${m.cpuModel}), ${m.memoryGb.toFixed(0)} GB, Linux ${m.kernel}, Node ${m.node}, ` +
+    `influxd ${m.influxd ?? '?'}, ${m.mosquitto ?? 'mosquitto ?'}, ${m.postgres ?? 'PostgreSQL ?'}, open files ${m.openFilesLimit ?? '?'}`)
+  for (const c of r.caveats) out.push(`note: ${c}`)
+
+  const { vigil, peer, aedes } = r.ingest
+  if (vigil !== null || peer !== null || aedes !== null) {
+    const v = vigil?.best ?? null
+    const p = peer?.best ?? null
+    const a = aedes?.best ?? null
+    out.push('', `1–3. Ingest: ${int(r.ingest.devices)} devices, one TCP connection each, QoS 1, one reading (~90-byte JSON) per message`)
+    out.push(table([
+      ['', 'Vigil', 'peer', 'Vigil/peer', 'bare Aedes'],
+      ['max rate held with 0 loss (msg/s)', int(v?.rate), int(p?.rate), ratio(v?.rate, p?.rate), int(a?.rate)],
+      ['readings/s stored (counted in InfluxDB)', int(v?.storedPerSecond), int(p?.storedPerSecond), ratio(v?.storedPerSecond, p?.storedPerSecond), '–'],
+      ['publish→PUBACK p50 / p99', pair(v?.load.puback.p50Ms ?? null, v?.load.puback.p99Ms ?? null), pair(p?.load.puback.p50Ms ?? null, p?.load.puback.p99Ms ?? null),
+        ratio(v?.load.puback.p99Ms, p?.load.puback.p99Ms), pair(a?.load.puback.p50Ms ?? null, a?.load.puback.p99Ms ?? null)],
+      ['publish→queryable p50 / p99', pair(v?.queryable?.p50Ms ?? null, v?.queryable?.p99Ms ?? null), pair(p?.queryable?.p50Ms ?? null, p?.queryable?.p99Ms ?? null),
+        ratio(v?.queryable?.p99Ms, p?.queryable?.p99Ms), '–'],
+      ['CPU µs per reading (pipeline processes)', int(v?.cpuUsPerReading), int(p?.cpuUsPerReading), ratio(v?.cpuUsPerReading, p?.cpuUsPerReading), int(a?.cpuUsPerReading)],
+      ['CPU cores used at that rate', v?.cpuCores.toFixed(2) ?? '–', p?.cpuCores.toFixed(2) ?? '–', ratio(v?.cpuCores, p?.cpuCores), a?.cpuCores.toFixed(2) ?? '–'],
+      ['influxd CPU µs per reading', int(v?.influxdCpuUsPerReading), int(p?.influxdCpuUsPerReading), ratio(v?.influxdCpuUsPerReading, p?.influxdCpuUsPerReading), '–'],
+      ['RSS', v === null ? '–' : mb(v.rssBytes), p === null ? '–' : mb(p.rssBytes), ratio(v?.rssBytes, p?.rssBytes), a === null ? '–' : mb(a.rssBytes)],
+      ['generator CPU (share of one core)', genCpu(v), genCpu(p), '', genCpu(a)]
+    ]))
+    out.push('  peer = Mosquitto 2 (private, queues raised) + bench/peer-consumer.ts (mqtt.js → @influxdata/influxdb-client WriteApi, 5,000-line')
+    out.push('  batches / 100 ms, v1 /write). The peer PUBACKs on receipt; Vigil PUBACKs after an fsync of the reading into its spool.')
+    out.push('  Queryable latency is polled (1 in 50 messages); its resolution is the poll interval ' +
+      `(~${Math.round(v?.queryable?.pollIntervalMs ?? p?.queryable?.pollIntervalMs ?? 20)} ms).`)
+    if (v?.vigil !== undefined) {
+      out.push(`  Vigil at max: PUBLISH→durable mean ${fmtMs(v.vigil.durableMeanMs)} inside Vigil; ${int(v.vigil.storeWrites)} InfluxDB writes of ` +
+        `${int(v.vigil.storeWriteMeanReadings)} readings on average, ${fmtMs(v.vigil.storeWriteMeanMs)} each.`)
+    }
+    out.push(...stepsLines('Vigil', vigil), ...stepsLines('peer', peer), ...stepsLines('bare Aedes', aedes))
+    out.push(...generatorNote([...(vigil?.steps ?? []), ...(peer?.steps ?? []), ...(aedes?.steps ?? [])]))
+  }
+
+  const c = r.influxCeiling
+  if (c !== null) {
+    out.push('', `3b. InfluxDB raw write ceiling: ${int(c.linesPerSecond)} lines/s (${int(c.batchLines)}-line batches to /write, ${c.concurrency} concurrent, ` +
+      `${(c.durationMs / 1000).toFixed(1)} s; batch p50 ${fmtMs(c.batchP50Ms)}, p99 ${fmtMs(c.batchP99Ms)}; influxd ${c.influxdCores?.toFixed(2) ?? '?'} cores, ` +
+      `${c.influxdCpuUsPerLine?.toFixed(1) ?? '?'} µs/line)`)
+    const v = r.ingest.vigil?.best
+    const a = r.ingest.aedes?.best
+    if (v !== undefined && v !== null) {
+      out.push(`    Vigil's max is ${(100 * v.rate / c.linesPerSecond).toFixed(1)} % of InfluxDB's write ceiling` +
+        (a === undefined || a === null ? '' : ` and ${(100 * v.rate / a.rate).toFixed(0)} % of bare Aedes's`) + '.')
+    }
+  }
+
+  const g = r.costGrowth
+  if (g !== null && g.length > 0) {
+    const base = g[0]!.step.cpuUsPerReading
+    out.push('', `4. Cost growth: fixed total rate ${int(g[0]!.rate)} msg/s, Vigil restarted for each device count`)
+    out.push(table([
+      ['devices', 'connected', 'connect time', 'held', 'CPU µs/reading', `vs ${int(g[0]!.devices)}`, 'RSS idle', 'RSS connected', 'RSS/device', 'PUBACK p99'],
+      ...g.map((row) => [
+        int(row.devices), int(row.connected), `${(row.connectMs / 1000).toFixed(1)} s`, row.step.held ? 'yes' : 'no',
+        int(row.step.cpuUsPerReading), ratio(row.step.cpuUsPerReading, base), mb(row.rssBeforeBytes), mb(row.rssConnectedBytes),
+        kb(row.rssPerDeviceBytes), fmtMs(row.step.load.puback.p99Ms)
+      ])
+    ]))
+    const unheld = g.filter((row) => !row.step.held)
+    for (const row of unheld) out.push(`  ${int(row.devices)} devices not held: ${row.step.reasons.join('; ')}`)
+  }
+
+  const q = r.querySide
+  if (q !== null) {
+    out.push('', `5. Query side: ingest at ${int(q.rate)} msg/s (half of Vigil's max), ${q.queries.patients} patients, ${q.queries.concurrency} clients in a closed loop`)
+    out.push(table([
+      ['', 'p50 / p99', 'per second'],
+      ['publish→PUBACK, ingest only', pair(q.ingestOnly.load.puback.p50Ms, q.ingestOnly.load.puback.p99Ms), ''],
+      ['publish→queryable, ingest only', pair(q.ingestOnly.queryable?.p50Ms ?? null, q.ingestOnly.queryable?.p99Ms ?? null), ''],
+      ['publish→PUBACK, with queries', pair(q.withQueries.load.puback.p50Ms, q.withQueries.load.puback.p99Ms), ''],
+      ['GET …/readings/latest', pair(q.queries.latest.p50Ms, q.queries.latest.p99Ms), q.queries.latest.perSecond.toFixed(0)],
+      ['GET …/readings/aggregate (24 h, 1 h mean)', pair(q.queries.aggregate24h.p50Ms, q.queries.aggregate24h.p99Ms), q.queries.aggregate24h.perSecond.toFixed(0)]
+    ]))
+    if (q.queries.errors > 0) out.push(`  ${q.queries.errors} query errors, first: ${q.queries.firstError}`)
+    if (!q.ingestOnly.held || !q.withQueries.held) {
+      out.push(`  half-max ingest ${q.ingestOnly.held ? 'held' : 'NOT held'} alone and ${q.withQueries.held ? 'held' : 'NOT held'} with queries` +
+        `: ${[...q.ingestOnly.reasons, ...q.withQueries.reasons].join('; ')}`)
+    }
+  }
+
+  if (r.targets.length > 0) {
+    out.push('', 'Targets (issue 7)')
+    out.push(table(r.targets.map((t) => [t.status, t.name, t.value])))
+  }
+
+  const pr = r.profile
+  if (pr !== null) {
+    out.push('', `Vigil CPU profile (${(pr.totalMs / 1000).toFixed(1)} s of samples, scenarios 1 and 5; ${pr.file})`)
+    out.push(table([['area', 'self time', 'share'], ...pr.byArea.map((a) => [a.area, `${Math.round(a.selfMs)} ms`, `${(100 * a.share).toFixed(1)} %`])]))
+    out.push('')
+    out.push(table([['function', 'where', 'self time', 'share'], ...pr.byFunction.map((f) => [f.name, f.where, `${Math.round(f.selfMs)} ms`, `${(100 * f.share).toFixed(1)} %`])]))
+  }
+  return out.join('\n') + '\n'
+}
+
+function genCpu (s: StepResult | null): string {
+  if (s === null) return '–'
+  return s.load.generatorCpu.map((c) => `${Math.round(c * 100)} %`).join(', ')
+}
+
+/** Evaluates the issue's targets against what the run measured. */
+export function evaluateTargets (r: BenchResults): Target[] {
+  const targets: Target[] = []
+  const v = r.ingest.vigil?.best ?? null
+  const p = r.ingest.peer?.best ?? null
+  if (r.ingest.vigil !== null && r.ingest.peer !== null) {
+    targets.push(v === null || p === null
+      ? { name: 'Vigil ≥ 0.6× the peer pipeline\'s sustained rate', status: 'n/a', value: `no rate held by ${v === null ? 'Vigil' : 'the peer'}` }
+      : {
+          name: 'Vigil ≥ 0.6× the peer pipeline\'s sustained rate',
+          status: v.rate >= 0.6 * p.rate ? 'met' : 'not met',
+          value: `${(v.rate / p.rate).toFixed(2)}× (${int(v.rate)} vs ${int(p.rate)} msg/s), every Vigil reading fsync'd before PUBACK`
+        })
+  }
+  if (r.querySide !== null) {
+    const p99 = r.querySide.ingestOnly.load.puback.p99Ms
+    targets.push({
+      name: 'p99 publish→PUBACK ≤ 20 ms at half of Vigil\'s max',
+      status: p99 !== null && p99 <= 20 ? 'met' : 'not met',
+      value: `${fmtMs(p99)} at ${int(r.querySide.rate)} msg/s (${fmtMs(r.querySide.withQueries.load.puback.p99Ms)} with queries running)`
+    })
+  }
+  const g = r.costGrowth
+  if (g !== null && g.length > 0) {
+    const largest = g[g.length - 1]!
+    targets.push({
+      name: 'RSS per connected device ≤ 32 KB',
+      status: largest.rssPerDeviceBytes <= 32 * 1024 ? 'met' : 'not met',
+      value: `${kb(largest.rssPerDeviceBytes)} (${int(largest.devices)} devices)`
+    })
+    const first = g[0]!
+    const growth = first.step.cpuUsPerReading !== null && largest.step.cpuUsPerReading !== null ? largest.step.cpuUsPerReading / first.step.cpuUsPerReading : null
+    const reaches5000 = first.devices <= 100 && largest.devices >= 5000
+    targets.push({
+      name: 'CPU per reading grows ≤ 1.35× from 100 to 5,000 devices',
+      status: growth === null || !reaches5000 ? 'n/a' : growth <= 1.35 ? 'met' : 'not met',
+      value: growth === null
+        ? 'not measured'
+        : `${growth.toFixed(2)}× from ${int(first.devices)} to ${int(largest.devices)} devices` + (reaches5000 ? '' : ' (run --full for 5,000)')
+    })
+  }
+  return targets
+}
