@@ -1,0 +1,42 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+
+export interface VigilProcess {
+  readonly child: ChildProcess
+  readonly httpPort: number
+  readonly mqttPort: number
+  /** Resolves with the exit code (null when killed by a signal). */
+  readonly exited: Promise<number | null>
+  output (): string
+}
+
+/** Runs the real entry point (`node --import tsx main.ts`) and waits until it listens. */
+export async function spawnVigil (env: Record<string, string>, dataDir: string): Promise<VigilProcess> {
+  const listeningFile = path.join(dataDir, 'listening.json')
+  await fs.rm(listeningFile, { force: true })
+  const child = spawn(process.execPath, ['--import', 'tsx', 'main.ts'], {
+    cwd: root,
+    env: { ...process.env, HTTP_PORT: '0', MQTT_PORT: '0', LOG_LEVEL: 'warn', VIGIL_DATA_DIR: dataDir, ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let out = ''
+  child.stdout!.on('data', (d: Buffer) => { out += d.toString() })
+  child.stderr!.on('data', (d: Buffer) => { out += d.toString() })
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  const deadline = Date.now() + 60_000
+  for (;;) {
+    const ports = await fs.readFile(listeningFile, 'utf8').then((t) => JSON.parse(t) as { pid: number, httpPort: number, mqttPort: number }, () => undefined)
+    if (ports !== undefined && ports.pid === child.pid) {
+      return { child, httpPort: ports.httpPort, mqttPort: ports.mqttPort, exited, output: () => out }
+    }
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill('SIGKILL')
+      throw new Error(`vigil did not start (exit ${child.exitCode}):\n${out}`)
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
