@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { startInfluxd } from './helpers/influxd.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
 import { provisionDevice } from './helpers/provision.ts'
@@ -30,7 +30,7 @@ async function storedSeqs (p: VigilProcess, patientId: string): Promise<number[]
   }
 }
 
-async function verify (t: Tap.Test, p: VigilProcess, fleet: Fleet, devices: Array<{ deviceId: string, patientId: string }>): Promise<void> {
+async function verify (t: Test, p: VigilProcess, fleet: Fleet, devices: Array<{ deviceId: string, patientId: string }>): Promise<void> {
   const deadline = Date.now() + 30_000
   while (await spoolDepth(p) > 0 && Date.now() < deadline) await sleep(200)
   let acked = 0
