@@ -1,9 +1,11 @@
 import fs from 'node:fs/promises'
+import type http from 'node:http'
+import https from 'node:https'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import { buildApi } from './api/app.ts'
 import { createBroker } from './broker/broker.ts'
-import type { Config } from './config/config.ts'
+import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './config/listen.ts'
 import { startIngest } from './ingest/ingest.ts'
 import { openSpool, type Spool } from './ingest/spool.ts'
@@ -20,7 +22,13 @@ import { createRejectionLog } from './store/rejections.ts'
 
 export interface Vigil {
   readonly httpPort: number
+  /** Whether the API speaks HTTPS (HTTP_TLS_CERT_FILE and HTTP_TLS_KEY_FILE set). */
+  readonly httpTls: boolean
   readonly mqttPort: number
+  /** MQTT over TLS, when MQTT_TLS_PORT is set. */
+  readonly mqttTlsPort: number | null
+  /** MQTT over WebSocket (path /mqtt), when MQTT_WS_PORT is set. */
+  readonly mqttWsPort: number | null
   readonly readings: ReadingStore
   close (): Promise<void>
 }
@@ -72,8 +80,36 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const ingest = await startIngest({ devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk })
     closers.push(() => ingest.close())
 
+    const mqttTls = config.mqttTls
     const broker = await createBroker({
-      host: config.mqttHost, port: config.mqttPort, portFallback: config.defaultPorts.mqtt, maxPacketBytes: config.mqttMaxPacketBytes, devices, ingest, metrics, log
+      host: config.mqttHost,
+      port: config.mqttPort,
+      portFallback: config.defaultPorts.mqtt,
+      tls: mqttTls === null
+        ? null
+        : {
+            port: mqttTls.port,
+            cert: await fs.readFile(mqttTls.certFile),
+            key: await fs.readFile(mqttTls.keyFile),
+            ca: mqttTls.caFile === null ? null : await fs.readFile(mqttTls.caFile)
+          },
+      wsPort: config.mqttWsPort,
+      limits: {
+        maxPacketBytes: config.mqttMaxPacketBytes,
+        maxOutgoingBytes: config.mqttMaxOutgoingBytes,
+        maxTopicLevels: config.mqttMaxTopicLevels,
+        keepaliveLimitSeconds: config.mqttKeepaliveLimitSeconds,
+        connectTimeoutMs: config.mqttConnectTimeoutSeconds * 1000,
+        maxInflightQos2: config.mqttMaxInflightQos2,
+        connectRatePerAddress: config.mqttConnectRatePerAddress,
+        authFailuresBeforeLockout: config.mqttAuthFailuresBeforeLockout,
+        authFailureWindowMs: config.mqttAuthFailureWindowSeconds * 1000,
+        lockoutMs: config.mqttLockoutSeconds * 1000
+      },
+      devices,
+      ingest,
+      metrics,
+      log
     })
     closers.push(() => broker.close())
 
@@ -82,22 +118,53 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const api = await buildApi({ log, db, patients, devices, tokens, rejections, readings, metrics })
     closers.push(() => api.close())
     await api.ready()
-    const httpPort = await listen(api.server, config.httpHost, config.httpPort, config.defaultPorts.http, 'HTTP_PORT', log)
+    let server: http.Server = api.server
+    if (config.httpTls !== null) {
+      server = await httpsServerFor(api.server, api.routing, config.httpTls)
+      const s = server
+      // Closed before the API (closers run in reverse), so no request arrives at a closing app.
+      closers.push(() => new Promise<void>((resolve) => s.close(() => resolve())))
+    }
+    const httpPort = await listen(server, config.httpHost, config.httpPort, config.defaultPorts.http, 'HTTP_PORT', log)
+    const scheme = config.httpTls === null ? 'http' : 'https'
 
     // Where a local tool (the simulator) finds the ports actually bound, when they were 0 or fell back.
-    await fs.writeFile(path.join(config.dataDir, 'listening.json'), JSON.stringify({ pid: process.pid, httpPort, mqttPort: broker.port }) + '\n')
+    await fs.writeFile(path.join(config.dataDir, 'listening.json'), JSON.stringify({
+      pid: process.pid, httpPort, httpTls: config.httpTls !== null, mqttPort: broker.port, mqttTlsPort: broker.tlsPort, mqttWsPort: broker.wsPort
+    }) + '\n')
     log.info({
-      http: `http://${config.httpHost}:${httpPort}`,
+      http: `${scheme}://${config.httpHost}:${httpPort}`,
       mqtt: `mqtt://${config.mqttHost}:${broker.port}`,
-      docs: `http://${config.httpHost}:${httpPort}/docs`,
+      ...(broker.tlsPort === null ? {} : { mqtts: `mqtts://${config.mqttHost}:${broker.tlsPort}`, mqttMutualTls: mqttTls?.caFile !== null }),
+      ...(broker.wsPort === null ? {} : { mqttWs: `ws://${config.mqttHost}:${broker.wsPort}/mqtt` }),
+      docs: `${scheme}://${config.httpHost}:${httpPort}/docs`,
       database: db.kind,
       readingStore: readings.kind
     }, 'vigil started')
-    return { httpPort, mqttPort: broker.port, readings, close }
+    return { httpPort, httpTls: config.httpTls !== null, mqttPort: broker.port, mqttTlsPort: broker.tlsPort, mqttWsPort: broker.wsPort, readings, close }
   } catch (err) {
     await close().catch((closeErr) => log.error({ err: closeErr }, 'cleanup after failed start failed'))
     throw err
   }
+}
+
+/**
+ * HTTPS for the API without changing buildApi: the server is given `fastify.routing`, the same
+ * request handler Fastify hands the server it creates itself, and the timeouts Fastify set on
+ * that one. TLS 1.2 or later, as for MQTT.
+ */
+async function httpsServerFor (plain: http.Server, routing: (req: http.IncomingMessage, res: http.ServerResponse) => void, files: TlsFiles): Promise<https.Server> {
+  const server = https.createServer({
+    cert: await fs.readFile(files.certFile),
+    key: await fs.readFile(files.keyFile),
+    minVersion: 'TLSv1.2'
+  }, routing)
+  server.keepAliveTimeout = plain.keepAliveTimeout
+  server.headersTimeout = plain.headersTimeout
+  server.requestTimeout = plain.requestTimeout
+  server.maxRequestsPerSocket = plain.maxRequestsPerSocket
+  server.setTimeout(plain.timeout)
+  return server
 }
 
 function wireSpoolMetrics (spool: Spool, metrics: ReturnType<typeof createMetrics>): void {

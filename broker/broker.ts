@@ -1,18 +1,44 @@
-import net from 'node:net'
+import type { Duplex } from 'node:stream'
 import { Aedes, type AuthenticateError, type Client } from 'aedes'
 import type { Logger } from 'pino'
 import type { Ingest, TopicKind } from '../ingest/ingest.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { DeviceRegistry } from '../store/device-registry.ts'
-import { listen } from '../config/listen.ts'
-import { limitFrames } from './frame-limit.ts'
+import { createAddressGuard } from './address-guard.ts'
+import { FrameTooLargeError, SlowSubscriberError, UnexpectedPacketTypeError, limitFrames } from './frame-limit.ts'
+import { listenTcp, listenTls, listenWebSocket, type MqttConnection, type MqttListener, type TlsMaterial, type Transport } from './listeners.ts'
+import { reasonOfAedesError, reasonOfTlsError, type RefusalReason } from './refusal-reasons.ts'
+
+export interface BrokerLimits {
+  /** Largest MQTT packet accepted; a larger one closes the connection before it is read. */
+  maxPacketBytes: number
+  /** Unsent bytes past which a connection that is not reading is dropped. */
+  maxOutgoingBytes: number
+  maxTopicLevels: number
+  /** Largest keepalive a client may ask for (seconds); 0: no limit. */
+  keepaliveLimitSeconds: number
+  /** Time allowed from accepting a socket to a complete CONNECT (and for the TLS handshake). */
+  connectTimeoutMs: number
+  /** Inbound QoS 2 messages one client may hold awaiting PUBREL. */
+  maxInflightQos2: number
+  /** New connections per minute from one address; 0: no limit. */
+  connectRatePerAddress: number
+  /** Refused credentials within the window that lock an address out; 0: never. */
+  authFailuresBeforeLockout: number
+  authFailureWindowMs: number
+  lockoutMs: number
+}
 
 export interface BrokerDeps {
   host: string
   port: number
   /** When the port is taken, listen on a free one instead (with a warning) rather than fail. */
   portFallback?: boolean
-  maxPacketBytes: number
+  /** MQTT over TLS; with `ca`, clients must present a certificate whose common name is their device id. */
+  tls?: (TlsMaterial & { port: number }) | null
+  /** MQTT over WebSocket on `/mqtt`. */
+  wsPort?: number | null
+  limits: BrokerLimits
   devices: DeviceRegistry
   ingest: Ingest
   metrics: Metrics
@@ -22,6 +48,10 @@ export interface BrokerDeps {
 export interface BrokerHandle {
   /** The TCP port actually bound (differs from the configured one when that was 0). */
   readonly port: number
+  /** The TLS port bound, or null without TLS. */
+  readonly tlsPort: number | null
+  /** The WebSocket port bound, or null without WebSocket. */
+  readonly wsPort: number | null
   readonly aedes: Aedes
   close (): Promise<void>
 }
@@ -29,83 +59,166 @@ export interface BrokerHandle {
 // Device ids are UUIDs (store/device-registry.ts). Checked before any lookup so a hostile
 // client id never reaches SQL, a topic comparison or a map key.
 const DEVICE_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+// What any client id must look like before anything else reads it: no wildcards (+ #), no
+// topic separator (/), no control characters, nothing a topic or log could misread.
+const CLIENT_ID = /^[A-Za-z0-9_-]{1,64}$/
 const PUBLISH_TOPIC = /^devices\/([0-9a-f-]{36})\/(telemetry|senml)$/
 
-function authError (returnCode: 3 | 4 | 5, message: string): AuthenticateError {
-  return Object.assign(new Error(message), { returnCode }) as AuthenticateError
+/** A refusal already counted and logged: Aedes reports it again as a client error. */
+class Refusal extends Error {
+  constructor (readonly reason: RefusalReason, message: string, readonly returnCode?: 2 | 3 | 4 | 5) {
+    super(message)
+    this.name = 'Refusal'
+  }
+}
+
+function connack (refusal: Refusal): AuthenticateError {
+  return refusal as unknown as AuthenticateError
+}
+
+// Credentials refused for these reasons count towards an address's lockout: each is a guess at
+// a device id or secret. Anonymous and malformed CONNECTs cost no credential check; the
+// connection rate limit bounds them.
+const CREDENTIAL_FAILURES: ReadonlySet<RefusalReason> = new Set(['username_invalid', 'client_id_mismatch', 'certificate_mismatch', 'bad_credentials'])
+
+// Refusals that come in floods: only the first of a run is logged at warn, the rest at debug.
+const FLOOD_REASONS: ReadonlySet<RefusalReason> = new Set(['connect_rate_limited', 'locked_out'])
+
+interface ConnectionInfo {
+  transport: Transport
+  /** The address limits are kept by (see addressKey). */
+  remoteAddress: string | undefined
+  certificateCommonName?: string | string[]
 }
 
 /**
- * The embedded Aedes broker with device authentication, per-device topic ACLs, a frame size cap
- * ahead of Aedes, and the durable-before-PUBACK hook: Aedes 1.2 writes the QoS 1 PUBACK right
- * after authorizePublish calls back, so ingest runs inside authorizePublish.
+ * The embedded Aedes broker with device authentication, per-device topic ACLs, limits on what one
+ * connection or address may cost (frame size, unsent bytes, connect rate, credential guessing,
+ * in-flight QoS 2), and the durable-before-PUBACK hook: Aedes 1.2 writes the QoS 1 PUBACK right
+ * after authorizePublish calls back, so ingest runs inside authorizePublish. Serves MQTT over
+ * TCP, and over TLS and WebSocket when configured; every transport goes through the same limits.
  */
 export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   const log = deps.log.child({ component: 'broker' })
-  const { metrics, devices, ingest } = deps
+  const { metrics, devices, ingest, limits } = deps
   // Credential each session authenticated with; WeakMap so closed clients leave nothing behind.
   const sessions = new WeakMap<Client, { deviceId: string, credentialId: string }>()
+  // What the transport established, keyed by the stream Aedes reads (client.conn).
+  const connections = new WeakMap<Duplex, ConnectionInfo>()
+  // The client id and clean flag as sent: Aedes swaps an empty client id for a generated one
+  // before authenticate runs.
+  const connectPackets = new WeakMap<Client, { clientId: string, clean: boolean }>()
+  // Clients whose refusal is already counted: Aedes may report more errors as the socket dies.
+  const refusedClients = new WeakSet<Client>()
+  // Errors handed to Aedes after being counted (ingest failures): Aedes reports them back.
+  const countedErrors = new WeakSet<Error>()
+  const guard = createAddressGuard({
+    connectsPerMinute: limits.connectRatePerAddress,
+    failuresBeforeLockout: limits.authFailuresBeforeLockout,
+    failureWindowMs: limits.authFailureWindowMs,
+    lockoutMs: limits.lockoutMs
+  })
 
-  function refuse (reason: string, fields: Record<string, unknown>): void {
+  function refuse (reason: RefusalReason, fields: Record<string, unknown>, level: 'error' | 'warn' | 'debug' = 'warn'): void {
     metrics.mqttRefused.inc({ reason })
-    log.warn({ ...fields, reason }, 'mqtt refused')
+    log[level]({ ...fields, reason }, 'mqtt refused')
+  }
+
+  function infoOf (client: Client): ConnectionInfo | undefined {
+    return connections.get(client.conn as Duplex)
   }
 
   const aedes = await Aedes.createBroker({
-    connectTimeout: 10_000,
+    connectTimeout: limits.connectTimeoutMs,
+    keepaliveLimit: limits.keepaliveLimitSeconds,
+    maxInflightInbound: limits.maxInflightQos2,
     maxClientsIdLength: 64,
-    maxTopicLevels: 8,
+    maxTopicLevels: limits.maxTopicLevels,
+    // limitFrames never reports backpressure to Aedes (a slow reader is dropped there instead),
+    // so this is only a backstop for a transport that bypasses it.
+    drainTimeout: 30_000,
+
+    preConnect (client, packet, done) {
+      const clientId = typeof packet.clientId === 'string' ? packet.clientId : ''
+      connectPackets.set(client, { clientId, clean: packet.clean !== false })
+      // MQTT-1.5.3-2: a UTF-8 string holding U+0000 makes the receiver close the connection.
+      const nulIn = clientId.includes('\u0000')
+        ? 'client_id_invalid'
+        : typeof packet.username === 'string' && packet.username.includes('\u0000') ? 'username_invalid' : null
+      if (nulIn !== null) {
+        const info = infoOf(client)
+        refuse(nulIn, { remoteAddress: info?.remoteAddress, transport: info?.transport, detail: 'U+0000 in a string (MQTT-1.5.3-2)' })
+        refusedClients.add(client)
+        return done(new Refusal(nulIn, 'U+0000 in a UTF-8 string'), false)
+      }
+      done(null, true)
+    },
 
     authenticate (client, username, password, done) {
-      const clientId = typeof client.id === 'string' ? client.id : ''
-      if (username === undefined || password === undefined) {
-        refuse('anonymous', { remoteAddress: (client.conn as { remoteAddress?: string } | undefined)?.remoteAddress })
-        return done(authError(5, 'not authorized'), false)
+      const info = infoOf(client)
+      const remoteAddress = info?.remoteAddress
+      const sent = connectPackets.get(client) ?? { clientId: client.id, clean: client.clean }
+      const fail = (reason: RefusalReason, returnCode: 2 | 3 | 5, fields: Record<string, unknown> = {}): void => {
+        const level = reason === 'auth_unavailable' ? 'error' : FLOOD_REASONS.has(reason) ? 'debug' : 'warn'
+        refuse(reason, { remoteAddress, transport: info?.transport, ...fields }, level)
+        refusedClients.add(client)
+        if (CREDENTIAL_FAILURES.has(reason) && guard.recordAuthFailure(remoteAddress ?? '')) {
+          log.warn({ remoteAddress, lockoutSeconds: limits.lockoutMs / 1000 }, 'address locked out after repeated refused credentials')
+        }
+        done(connack(new Refusal(reason, returnCode === 2 ? 'identifier rejected' : returnCode === 3 ? 'server unavailable' : 'not authorized', returnCode)), false)
       }
-      if (!DEVICE_ID.test(username)) {
-        refuse('username_invalid', {})
-        return done(authError(5, 'not authorized'), false)
-      }
-      if (clientId !== username) {
-        refuse('client_id_mismatch', { deviceId: username })
-        return done(authError(5, 'not authorized'), false)
+
+      // The client id first: nothing else may read it before it is known to be harmless.
+      // MQTT-3.1.3-8: a zero-byte client id with CleanSession 0 gets CONNACK 0x02. With
+      // CleanSession 1 a server may assign one (MQTT-3.1.3-6), but a Vigil client id is the
+      // device id, so it is rejected too (MQTT-3.1.3-9: CONNACK 0x02, then close).
+      if (sent.clientId === '') return fail('client_id_empty', 2, { clean: sent.clean })
+      if (!CLIENT_ID.test(sent.clientId)) return fail('client_id_invalid', 2)
+      // Locked out: refused without looking at the credential (no database query, no scrypt).
+      if (guard.lockedOut(remoteAddress ?? '')) return fail('locked_out', 5)
+      if (username === undefined || password === undefined) return fail('anonymous', 5)
+      if (!DEVICE_ID.test(username)) return fail('username_invalid', 5)
+      if (sent.clientId !== username) return fail('client_id_mismatch', 5, { deviceId: username })
+      // Mutual TLS: the certificate names the device, and must name this one.
+      if (info?.certificateCommonName !== undefined && info.certificateCommonName !== username) {
+        return fail('certificate_mismatch', 5, { deviceId: username })
       }
       devices.authenticate(username, password.toString('utf8')).then((credentialId) => {
-        if (credentialId === null) {
-          refuse('bad_credentials', { deviceId: username })
-          return done(authError(5, 'not authorized'), false)
-        }
+        if (credentialId === null) return fail('bad_credentials', 5, { deviceId: username })
         sessions.set(client, { deviceId: username, credentialId })
         done(null, true)
       }, (err: Error) => {
-        log.error({ err, deviceId: username }, 'device authentication failed: database unavailable')
-        metrics.mqttRefused.inc({ reason: 'auth_unavailable' })
-        done(authError(3, 'server unavailable'), false)
+        // CONNACK 3: the device should retry later; its credential was not judged.
+        fail('auth_unavailable', 3, { deviceId: username, err })
       })
     },
 
     authorizePublish (client, packet, done) {
+      const refused = (reason: RefusalReason, message: string, deviceId?: string): void => {
+        refuse(reason, { deviceId })
+        done(new Refusal(reason, message))
+      }
       // Aedes passes no client only for Wills left by a broker instance that died (clustering):
       // no session vouches for them, so they are refused like any unauthenticated publish.
-      if (client === null) {
-        refuse('publisher_unknown', {})
-        return done(new Error('publisher unknown'))
-      }
+      if (client === null) return refused('publisher_unknown', 'publisher unknown')
       const session = sessions.get(client)
+      // Also keeps $SYS/ read-only: no device topic starts with it.
       const match = PUBLISH_TOPIC.exec(packet.topic)
       if (session === undefined || match === null || match[1] !== session.deviceId) {
-        refuse('topic_not_allowed', { deviceId: session?.deviceId })
-        return done(new Error('topic not allowed'))
+        refusedClients.add(client)
+        return refused('topic_not_allowed', 'topic not allowed', session?.deviceId)
       }
       if (packet.retain) {
-        refuse('retain_not_allowed', { deviceId: session.deviceId })
-        return done(new Error('retained messages are not allowed'))
+        refusedClients.add(client)
+        return refused('retain_not_allowed', 'retained messages are not allowed', session.deviceId)
       }
       const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload)
       ingest.accept(session.deviceId, match[2] as TopicKind, packet.topic, payload).then(() => done(null), (err: Error) => {
         const reason = err.name === 'SpoolFullError' ? 'spool_full' : 'store_unavailable'
         metrics.mqttRefused.inc({ reason })
         log.error({ err, deviceId: session.deviceId, reason }, 'reading not made durable: closing connection without PUBACK')
+        countedErrors.add(err)
+        refusedClients.add(client)
         done(err)
       })
     },
@@ -113,6 +226,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     authorizeSubscribe (client, subscription, done) {
       const session = sessions.get(client)
       const prefix = `devices/${session?.deviceId ?? ''}/`
+      // Also keeps $SYS/ out of reach: a device subscribes under its own prefix only.
       if (session === undefined || !subscription.topic.startsWith(prefix)) {
         refuse('subscribe_not_allowed', { deviceId: session?.deviceId })
         return done(null, null) // SUBACK 0x80 for this filter; the session goes on
@@ -131,8 +245,25 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     }, () => {})
   })
   aedes.on('clientDisconnect', () => metrics.connectedDevices.dec())
-  aedes.on('clientError', (client, err) => log.debug({ deviceId: sessions.get(client)?.deviceId, err: err.message }, 'client error'))
-  aedes.on('connectionError', (_client, err) => log.debug({ err: err.message }, 'connection error'))
+  // Limits Aedes enforces itself (connect timeout, keepalive limit, topic depth, QoS 2 window,
+  // malformed packets) surface only as errors: count and log each connection's first.
+  const onAedesError = (client: Client, err: Error): void => {
+    const deviceId = sessions.get(client)?.deviceId
+    if (err instanceof Refusal || countedErrors.has(err) || refusedClients.has(client)) {
+      log.debug({ deviceId, err: err.message }, 'client error after refusal')
+      return
+    }
+    const reason = reasonOfAedesError(err)
+    if (reason === null) {
+      log.debug({ deviceId, err: err.message }, 'client error')
+      return
+    }
+    refusedClients.add(client)
+    const info = infoOf(client)
+    refuse(reason, { deviceId, remoteAddress: info?.remoteAddress, transport: info?.transport, detail: err.message })
+  }
+  aedes.on('clientError', onAedesError)
+  aedes.on('connectionError', onAedesError)
 
   const onRevoked = (deviceId: string): void => {
     const client = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId]
@@ -146,21 +277,70 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   }
   devices.events.on('credentials-revoked', onRevoked)
 
-  const server = net.createServer((socket) => {
-    aedes.handle(limitFrames(socket, deps.maxPacketBytes, (err) => {
-      refuse('packet_too_large', { remoteAddress: socket.remoteAddress, err: err.message })
-    }))
-  })
-  const port = await listen(server, deps.host, deps.port, deps.portFallback === true, 'MQTT_PORT', log)
+  const hooks = {
+    admit (socket: { remoteAddress?: string }, transport: Transport): boolean {
+      const admission = guard.admitConnection(socket.remoteAddress ?? '')
+      if (admission === 'admitted') return true
+      refuse('connect_rate_limited', { remoteAddress: socket.remoteAddress, transport }, admission === 'refused_first' ? 'warn' : 'debug')
+      return false
+    },
+    connection ({ transport, stream, remoteAddress, certificateCommonName, request }: MqttConnection): void {
+      const limited = limitFrames(stream, limits, remoteAddress, (err) => {
+        const client = (limited as Duplex & { client?: Client }).client
+        if (client !== undefined) refusedClients.add(client)
+        const reason: RefusalReason = err instanceof FrameTooLargeError
+          ? 'packet_too_large'
+          : err instanceof SlowSubscriberError
+            ? 'slow_subscriber'
+            : err instanceof UnexpectedPacketTypeError ? 'protocol_violation' : 'malformed_packet'
+        refuse(reason, { deviceId: client === undefined ? undefined : sessions.get(client)?.deviceId, remoteAddress, transport, detail: err.message })
+      })
+      connections.set(limited, { transport, remoteAddress, certificateCommonName })
+      aedes.handle(limited, request)
+    },
+    tlsError (err: Error, remoteAddress: string | undefined): void {
+      const reason = reasonOfTlsError(err)
+      if (reason === null) {
+        log.debug({ remoteAddress, err: err.message }, 'TLS connection dropped during handshake')
+        return
+      }
+      refuse(reason, { remoteAddress, transport: 'tls', detail: err.message })
+    }
+  }
+
+  const listeners: MqttListener[] = []
+  const closeListeners = async (): Promise<void> => {
+    await Promise.all(listeners.splice(0).map((l) => l.close()))
+  }
+  const common = { host: deps.host, connectTimeoutMs: limits.connectTimeoutMs, hooks, log }
+  try {
+    listeners.push(await listenTcp({ ...common, port: deps.port, portFallback: deps.portFallback, variable: 'MQTT_PORT' }))
+    if (deps.tls != null) {
+      listeners.push(await listenTls({ ...common, port: deps.tls.port, variable: 'MQTT_TLS_PORT', tls: deps.tls }))
+    }
+    if (deps.wsPort != null) {
+      listeners.push(await listenWebSocket({ ...common, port: deps.wsPort, variable: 'MQTT_WS_PORT', maxPayloadBytes: limits.maxPacketBytes }))
+    }
+  } catch (err) {
+    await closeListeners()
+    await new Promise<void>((resolve) => aedes.close(() => resolve()))
+    guard.close()
+    throw err
+  }
+  const portOf = (transport: Transport): number | null => listeners.find((l) => l.transport === transport)?.port ?? null
 
   return {
-    port,
+    port: portOf('tcp')!,
+    tlsPort: portOf('tls'),
+    wsPort: portOf('ws'),
     aedes,
     async close () {
       devices.events.off('credentials-revoked', onRevoked)
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()))
+      // Stop accepting and drop connections that never became clients; Aedes closes the rest.
+      const listenersClosed = closeListeners()
       await new Promise<void>((resolve) => aedes.close(() => resolve()))
-      await closed
+      await listenersClosed
+      guard.close()
     }
   }
 }

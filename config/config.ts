@@ -1,4 +1,7 @@
+import { X509Certificate } from 'node:crypto'
+import fs from 'node:fs'
 import path from 'node:path'
+import tls from 'node:tls'
 
 /**
  * Every setting Vigil reads, with its default. The defaults are the embedded mode:
@@ -14,9 +17,28 @@ export interface Config {
    * the default is taken (a Mosquitto on 1883 is common); ports that were set never do.
    */
   defaultPorts: { http: boolean, mqtt: boolean }
-  mqttTlsPort: number | null
+  /** MQTT over TLS; null when MQTT_TLS_PORT is unset. */
+  mqttTls: MqttTlsConfig | null
+  /** MQTT over WebSocket (path `/mqtt`); null when unset. */
   mqttWsPort: number | null
   mqttMaxPacketBytes: number
+  /** Bytes queued for one connection's socket past which the connection is dropped (slow reader). */
+  mqttMaxOutgoingBytes: number
+  mqttMaxTopicLevels: number
+  /** Largest keepalive a client may ask for; 0: no limit (and keepalive 0 is allowed). */
+  mqttKeepaliveLimitSeconds: number
+  /** How long a connection may stay open without completing CONNECT (also the TLS handshake). */
+  mqttConnectTimeoutSeconds: number
+  /** Inbound QoS 2 messages one client may hold awaiting PUBREL. */
+  mqttMaxInflightQos2: number
+  /** New connections per minute from one address (IPv6: one /64); 0: no limit. */
+  mqttConnectRatePerAddress: number
+  /** Refused credentials from one address within the window that lock it out; 0: never. */
+  mqttAuthFailuresBeforeLockout: number
+  mqttAuthFailureWindowSeconds: number
+  mqttLockoutSeconds: number
+  /** HTTPS for the API (on HTTP_PORT) when both files are set. */
+  httpTls: TlsFiles | null
   databaseUrl: string | null
   influx: InfluxConfig | null
   dataDir: string
@@ -25,6 +47,17 @@ export interface Config {
   workerThreads: number
   spoolMaxBytes: number
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+}
+
+export interface TlsFiles {
+  certFile: string
+  keyFile: string
+}
+
+export interface MqttTlsConfig extends TlsFiles {
+  port: number
+  /** CA bundle for client certificates: set, every TLS client must present one it signed (mutual TLS). */
+  caFile: string | null
 }
 
 export interface InfluxConfig {
@@ -61,6 +94,67 @@ function integer (env: Env, name: string, fallback: number, min: number, max: nu
 
 function optionalPort (env: Env, name: string): number | null {
   return read(env, name) === undefined ? null : integer(env, name, 0, 0, 65535)
+}
+
+function readableFile (env: Env, name: string): string | null {
+  const raw = read(env, name)
+  if (raw === undefined) return null
+  const file = path.resolve(raw)
+  try {
+    fs.accessSync(file, fs.constants.R_OK)
+    if (!fs.statSync(file).isFile()) throw new Error('not a regular file')
+  } catch (err) {
+    throw new ConfigError(name, `${name} must name a readable file (${file}: ${(err as Error).message})`)
+  }
+  return file
+}
+
+/**
+ * A certificate and key pair checked the way the TLS server will use them, so a wrong file or a
+ * key that does not match its certificate stops start-up here and not at the first handshake.
+ */
+function tlsFiles (env: Env, certName: string, keyName: string): TlsFiles | null {
+  const certFile = readableFile(env, certName)
+  const keyFile = readableFile(env, keyName)
+  if (certFile === null && keyFile === null) return null
+  if (certFile === null) throw new ConfigError(certName, `${certName} must be set with ${keyName} (PEM certificate chain)`)
+  if (keyFile === null) throw new ConfigError(keyName, `${keyName} must be set with ${certName} (PEM private key)`)
+  const cert = fs.readFileSync(certFile)
+  try {
+    new X509Certificate(cert)
+  } catch (err) {
+    throw new ConfigError(certName, `${certName} must hold a PEM certificate (${certFile}: ${(err as Error).message})`)
+  }
+  try {
+    tls.createSecureContext({ cert, key: fs.readFileSync(keyFile) })
+  } catch (err) {
+    throw new ConfigError(keyName, `${keyName} must hold the PEM private key of the certificate in ${certName} (${keyFile}: ${(err as Error).message})`)
+  }
+  return { certFile, keyFile }
+}
+
+function mqttTls (env: Env): MqttTlsConfig | null {
+  const port = optionalPort(env, 'MQTT_TLS_PORT')
+  const names = ['MQTT_TLS_CERT_FILE', 'MQTT_TLS_KEY_FILE', 'MQTT_TLS_CA_FILE']
+  if (port === null) {
+    for (const name of names) {
+      if (read(env, name) !== undefined) throw new ConfigError(name, `${name} is set but MQTT_TLS_PORT is not: set MQTT_TLS_PORT to serve MQTT over TLS`)
+    }
+    return null
+  }
+  const files = tlsFiles(env, 'MQTT_TLS_CERT_FILE', 'MQTT_TLS_KEY_FILE')
+  if (files === null) {
+    throw new ConfigError('MQTT_TLS_CERT_FILE', 'MQTT_TLS_CERT_FILE and MQTT_TLS_KEY_FILE must be set when MQTT_TLS_PORT is (PEM certificate chain and private key)')
+  }
+  const caFile = readableFile(env, 'MQTT_TLS_CA_FILE')
+  if (caFile !== null) {
+    try {
+      new X509Certificate(fs.readFileSync(caFile))
+    } catch (err) {
+      throw new ConfigError('MQTT_TLS_CA_FILE', `MQTT_TLS_CA_FILE must hold PEM CA certificates (${caFile}: ${(err as Error).message})`)
+    }
+  }
+  return { port, ...files, caFile }
 }
 
 function oneOf<T extends string> (env: Env, name: string, allowed: readonly T[], fallback: T): T {
@@ -110,15 +204,30 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     throw new ConfigError('VIGIL_ADMIN_TOKEN', 'VIGIL_ADMIN_TOKEN must be at least 24 characters (use e.g. `openssl rand -hex 24`)')
   }
   const dataDir = path.resolve(read(env, 'VIGIL_DATA_DIR') ?? './data')
+  const mqttMaxPacketBytes = integer(env, 'MQTT_MAX_PACKET_BYTES', 256 * 1024, 1024, 256 * 1024 * 1024)
+  // Room for several packets of the largest size: a subscriber is dropped when it falls this far
+  // behind, so the bound can never be below one packet.
+  const mqttMaxOutgoingBytes = integer(env, 'MQTT_MAX_OUTGOING_BYTES', Math.max(1024 * 1024, 4 * mqttMaxPacketBytes), mqttMaxPacketBytes, 1024 * 1024 * 1024)
   return {
     httpHost,
     httpPort: integer(env, 'HTTP_PORT', 3000, 0, 65535),
     mqttHost: read(env, 'MQTT_HOST') ?? httpHost,
     mqttPort: integer(env, 'MQTT_PORT', 1883, 0, 65535),
     defaultPorts: { http: read(env, 'HTTP_PORT') === undefined, mqtt: read(env, 'MQTT_PORT') === undefined },
-    mqttTlsPort: optionalPort(env, 'MQTT_TLS_PORT'),
+    mqttTls: mqttTls(env),
     mqttWsPort: optionalPort(env, 'MQTT_WS_PORT'),
-    mqttMaxPacketBytes: integer(env, 'MQTT_MAX_PACKET_BYTES', 256 * 1024, 1024, 256 * 1024 * 1024),
+    mqttMaxPacketBytes,
+    mqttMaxOutgoingBytes,
+    // devices/{id}/telemetry and devices/{id}/# have 3 levels; Aedes caps the setting at 100.
+    mqttMaxTopicLevels: integer(env, 'MQTT_MAX_TOPIC_LEVELS', 8, 3, 100),
+    mqttKeepaliveLimitSeconds: integer(env, 'MQTT_KEEPALIVE_LIMIT_SECONDS', 1200, 0, 65535),
+    mqttConnectTimeoutSeconds: integer(env, 'MQTT_CONNECT_TIMEOUT_SECONDS', 10, 1, 300),
+    mqttMaxInflightQos2: integer(env, 'MQTT_MAX_INFLIGHT_QOS2', 100, 1, 65535),
+    mqttConnectRatePerAddress: integer(env, 'MQTT_CONNECT_RATE_PER_ADDRESS', 600, 0, 1_000_000),
+    mqttAuthFailuresBeforeLockout: integer(env, 'MQTT_AUTH_FAILURES_BEFORE_LOCKOUT', 10, 0, 1_000_000),
+    mqttAuthFailureWindowSeconds: integer(env, 'MQTT_AUTH_FAILURE_WINDOW_SECONDS', 60, 1, 86_400),
+    mqttLockoutSeconds: integer(env, 'MQTT_LOCKOUT_SECONDS', 300, 1, 86_400),
+    httpTls: tlsFiles(env, 'HTTP_TLS_CERT_FILE', 'HTTP_TLS_KEY_FILE'),
     databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
     influx,
     dataDir,

@@ -4,7 +4,7 @@ import { PayloadRejection } from './reading.ts'
 import type { NormalizedReading } from './reading.ts'
 import { lookupMetric, lookupMetricByLoinc, normalizeValue } from './vitals-catalogue.ts'
 import type { MetricEntry } from './vitals-catalogue.ts'
-import { checkReadingTime, describeFirstError, parseJsonPayload, withLocation } from './decode-telemetry.ts'
+import { checkReadingTime, describeFirstBadItem, refuseLongArray, describeFirstError, parseJsonPayload, withLocation } from './decode-telemetry.ts'
 import type { DecodedPayload } from './decode-telemetry.ts'
 
 /** RFC 8428 §4.4: the version this decoder implements, and the default when `bver` is absent. */
@@ -39,6 +39,9 @@ export const SenmlRecordSchema = Type.Object({
 export const SenmlPackSchema = Type.Array(SenmlRecordSchema, { minItems: 1, maxItems: 500 })
 
 const packChecker = Compile(SenmlPackSchema)
+// Cheap explanations of a failed Check: see describeFirstBadItem.
+const packEnvelopeChecker = Compile(Type.Array(Type.Unknown(), { minItems: 1, maxItems: 500 }))
+const recordChecker = Compile(SenmlRecordSchema)
 
 /**
  * Decodes a `devices/{deviceId}/senml` payload: an RFC 8428 SenML JSON pack of numeric
@@ -46,8 +49,12 @@ const packChecker = Compile(SenmlPackSchema)
  */
 export function decodeSenml (payload: Buffer, nowMs: number): DecodedPayload {
   const pack = parseJsonPayload(payload)
+  if (Array.isArray(pack)) refuseLongArray(pack, '', 'senml_invalid')
+  if (!packEnvelopeChecker.Check(pack)) {
+    throw new PayloadRejection('senml_invalid', describeFirstError(packEnvelopeChecker, pack))
+  }
   if (!packChecker.Check(pack)) {
-    throw new PayloadRejection('senml_invalid', describeFirstError(packChecker, pack))
+    throw new PayloadRejection('senml_invalid', describeFirstBadItem(pack, recordChecker, ''))
   }
 
   // RFC 8428 §4.1: a base field applies to its record and every later record until the

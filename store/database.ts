@@ -37,7 +37,8 @@ const migrationsDir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'm
 export async function openDatabase (options: OpenDatabaseOptions): Promise<Database> {
   const log = options.log.child({ component: 'database' })
   if (options.databaseUrl !== null) {
-    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10 })
+    // A bounded connect wait: during an outage requests fail fast (503) instead of queueing.
+    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10, connectionTimeoutMillis: 5000 })
     pool.on('error', (err) => log.error({ err }, 'idle database connection failed'))
     try {
       await migrate(pool, log)

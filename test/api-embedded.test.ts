@@ -39,7 +39,7 @@ t.test('core flow on embedded PGlite', async (t) => {
   const headers = { authorization: 'Bearer vgt_embedded-test-admin-token-0123456789' }
 
   const health = await app.inject({ method: 'GET', url: '/healthz' })
-  t.same(health.json(), { status: 'ok', checks: { postgres: 'ok', readings: 'ok' } })
+  t.same(health.json(), { status: 'ok', checks: { postgres: 'ok', readings: 'ok', load: 'ok' } })
 
   const patient = (await app.inject({ method: 'POST', url: '/v1/patients', headers, payload: { displayName: 'Embedded patient' } })).json()
   t.match(patient, { id: String })

@@ -1,6 +1,8 @@
 import t from 'tap'
+import fs from 'node:fs/promises'
 import path from 'node:path'
 import { ConfigError, loadConfig } from '../config/config.ts'
+import { createTestPki } from './helpers/certificates.ts'
 
 t.test('defaults are the embedded mode', async (t) => {
   const c = loadConfig({}, 4)
@@ -11,6 +13,23 @@ t.test('defaults are the embedded mode', async (t) => {
   t.equal(c.dataDir, path.resolve('data'))
   t.equal(c.workerThreads, 4)
   t.equal(c.mqttMaxPacketBytes, 256 * 1024)
+  t.equal(c.mqttMaxOutgoingBytes, 1024 * 1024)
+  t.equal(c.mqttMaxTopicLevels, 8)
+  t.equal(c.mqttKeepaliveLimitSeconds, 1200)
+  t.equal(c.mqttConnectTimeoutSeconds, 10)
+  t.equal(c.mqttMaxInflightQos2, 100)
+  t.equal(c.mqttConnectRatePerAddress, 600)
+  t.equal(c.mqttAuthFailuresBeforeLockout, 10)
+  t.equal(c.mqttAuthFailureWindowSeconds, 60)
+  t.equal(c.mqttLockoutSeconds, 300)
+  t.equal(c.mqttTls, null)
+  t.equal(c.mqttWsPort, null)
+  t.equal(c.httpTls, null)
+})
+
+t.test('the outgoing bound follows a larger packet size unless set', async (t) => {
+  t.equal(loadConfig({ MQTT_MAX_PACKET_BYTES: String(1024 * 1024) }).mqttMaxOutgoingBytes, 4 * 1024 * 1024)
+  t.equal(loadConfig({ MQTT_MAX_PACKET_BYTES: '4096', MQTT_MAX_OUTGOING_BYTES: '4096' }).mqttMaxOutgoingBytes, 4096)
 })
 
 t.test('port 0 is allowed (pick a free port)', async (t) => {
@@ -35,7 +54,26 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ VIGIL_ADMIN_TOKEN: 'short' }, 'VIGIL_ADMIN_TOKEN'],
   [{ WORKER_THREADS: '0' }, 'WORKER_THREADS'],
   [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
-  [{ MQTT_MAX_PACKET_BYTES: '10' }, 'MQTT_MAX_PACKET_BYTES']
+  [{ MQTT_MAX_PACKET_BYTES: '10' }, 'MQTT_MAX_PACKET_BYTES'],
+  [{ MQTT_MAX_OUTGOING_BYTES: '1000' }, 'MQTT_MAX_OUTGOING_BYTES'],
+  [{ MQTT_MAX_PACKET_BYTES: '65536', MQTT_MAX_OUTGOING_BYTES: '65535' }, 'MQTT_MAX_OUTGOING_BYTES'],
+  [{ MQTT_MAX_TOPIC_LEVELS: '2' }, 'MQTT_MAX_TOPIC_LEVELS'],
+  [{ MQTT_MAX_TOPIC_LEVELS: '101' }, 'MQTT_MAX_TOPIC_LEVELS'],
+  [{ MQTT_KEEPALIVE_LIMIT_SECONDS: '65536' }, 'MQTT_KEEPALIVE_LIMIT_SECONDS'],
+  [{ MQTT_CONNECT_TIMEOUT_SECONDS: '0' }, 'MQTT_CONNECT_TIMEOUT_SECONDS'],
+  [{ MQTT_CONNECT_TIMEOUT_SECONDS: '1.5' }, 'MQTT_CONNECT_TIMEOUT_SECONDS'],
+  [{ MQTT_MAX_INFLIGHT_QOS2: '0' }, 'MQTT_MAX_INFLIGHT_QOS2'],
+  [{ MQTT_CONNECT_RATE_PER_ADDRESS: '-1' }, 'MQTT_CONNECT_RATE_PER_ADDRESS'],
+  [{ MQTT_AUTH_FAILURES_BEFORE_LOCKOUT: 'ten' }, 'MQTT_AUTH_FAILURES_BEFORE_LOCKOUT'],
+  [{ MQTT_AUTH_FAILURE_WINDOW_SECONDS: '0' }, 'MQTT_AUTH_FAILURE_WINDOW_SECONDS'],
+  [{ MQTT_LOCKOUT_SECONDS: '0' }, 'MQTT_LOCKOUT_SECONDS'],
+  [{ MQTT_WS_PORT: '65536' }, 'MQTT_WS_PORT'],
+  [{ MQTT_TLS_PORT: '8883' }, 'MQTT_TLS_CERT_FILE'],
+  [{ MQTT_TLS_CERT_FILE: '/etc/hostname' }, 'MQTT_TLS_CERT_FILE'],
+  [{ MQTT_TLS_CA_FILE: '/etc/hostname' }, 'MQTT_TLS_CA_FILE'],
+  [{ MQTT_TLS_PORT: '8883', MQTT_TLS_CERT_FILE: '/nonexistent/cert.pem', MQTT_TLS_KEY_FILE: '/nonexistent/key.pem' }, 'MQTT_TLS_CERT_FILE'],
+  [{ MQTT_TLS_PORT: '8883', MQTT_TLS_CERT_FILE: '/etc', MQTT_TLS_KEY_FILE: '/etc' }, 'MQTT_TLS_CERT_FILE'],
+  [{ HTTP_TLS_CERT_FILE: '/nonexistent/cert.pem' }, 'HTTP_TLS_CERT_FILE']
 ]
 for (const [env, variable] of bad) {
   t.test(`${JSON.stringify(env)} names ${variable}`, async (t) => {
@@ -45,3 +83,37 @@ for (const [env, variable] of bad) {
     t.match((err as ConfigError).message, new RegExp(`^${variable} `), 'the message starts with the variable')
   })
 }
+
+t.test('TLS files are read and checked at start', async (t) => {
+  const pki = await createTestPki()
+  t.teardown(() => pki.remove())
+  const other = await pki.client('someone')
+  const junk = path.join(pki.dir, 'junk.pem')
+  await fs.writeFile(junk, 'not a certificate\n')
+  const server = { MQTT_TLS_CERT_FILE: pki.server.certFile, MQTT_TLS_KEY_FILE: pki.server.keyFile }
+
+  const c = loadConfig({ MQTT_TLS_PORT: '0', ...server, MQTT_TLS_CA_FILE: pki.ca.certFile, MQTT_WS_PORT: '0', HTTP_TLS_CERT_FILE: pki.server.certFile, HTTP_TLS_KEY_FILE: pki.server.keyFile })
+  t.same(c.mqttTls, { port: 0, certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.ca.certFile })
+  t.equal(c.mqttWsPort, 0)
+  t.same(c.httpTls, { certFile: pki.server.certFile, keyFile: pki.server.keyFile })
+
+  const cases: Array<[string, Record<string, string>, string]> = [
+    ['certificate and key without a port', { ...server }, 'MQTT_TLS_CERT_FILE'],
+    ['a port and a certificate without a key', { MQTT_TLS_PORT: '0', MQTT_TLS_CERT_FILE: pki.server.certFile }, 'MQTT_TLS_KEY_FILE'],
+    ['a port and a key without a certificate', { MQTT_TLS_PORT: '0', MQTT_TLS_KEY_FILE: pki.server.keyFile }, 'MQTT_TLS_CERT_FILE'],
+    ['a key that is not the certificate\'s', { MQTT_TLS_PORT: '0', ...server, MQTT_TLS_KEY_FILE: other.keyFile }, 'MQTT_TLS_KEY_FILE'],
+    ['a certificate file that holds no certificate', { MQTT_TLS_PORT: '0', ...server, MQTT_TLS_CERT_FILE: junk }, 'MQTT_TLS_CERT_FILE'],
+    ['a key file that holds no key', { MQTT_TLS_PORT: '0', ...server, MQTT_TLS_KEY_FILE: junk }, 'MQTT_TLS_KEY_FILE'],
+    ['a CA file that holds no certificate', { MQTT_TLS_PORT: '0', ...server, MQTT_TLS_CA_FILE: junk }, 'MQTT_TLS_CA_FILE'],
+    ['a CA file that does not exist', { MQTT_TLS_PORT: '0', ...server, MQTT_TLS_CA_FILE: path.join(pki.dir, 'missing.pem') }, 'MQTT_TLS_CA_FILE'],
+    ['an HTTPS certificate without its key', { HTTP_TLS_CERT_FILE: pki.server.certFile }, 'HTTP_TLS_KEY_FILE'],
+    ['an HTTPS key without its certificate', { HTTP_TLS_KEY_FILE: pki.server.keyFile }, 'HTTP_TLS_CERT_FILE'],
+    ['an HTTPS key that is not the certificate\'s', { HTTP_TLS_CERT_FILE: pki.server.certFile, HTTP_TLS_KEY_FILE: other.keyFile }, 'HTTP_TLS_KEY_FILE']
+  ]
+  for (const [name, env, variable] of cases) {
+    const err = (() => { try { loadConfig(env) } catch (e) { return e } })()
+    t.ok(err instanceof ConfigError, `${name}: a ConfigError`)
+    t.equal((err as ConfigError).variable, variable, `${name}: names ${variable}`)
+    t.match((err as ConfigError).message, new RegExp(`^${variable} `), `${name}: the message starts with the variable`)
+  }
+})

@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises'
+import https from 'node:https'
 import os from 'node:os'
 import path from 'node:path'
 import mqtt from 'mqtt'
@@ -13,19 +14,52 @@ export interface TestVigil extends Vigil {
   api<T = any> (method: string, route: string, body?: unknown, token?: string): Promise<{ status: number, body: T }>
   /** Creates a patient and a device assigned to it (from an hour ago) with a fresh credential. */
   provision (): Promise<{ patientId: string, deviceId: string, password: string }>
-  connect (deviceId: string, password: string, options?: mqtt.IClientOptions): Promise<mqtt.MqttClient>
+  /** The broker's URL for a transport (TLS and WebSocket only when their ports are set). */
+  mqttUrl (transport?: MqttTransport): string
+  connect (deviceId: string, password: string, options?: mqtt.IClientOptions, transport?: MqttTransport): Promise<mqtt.MqttClient>
+  /** `vigil_mqtt_refused_total{reason}` now. */
+  refusedCount (reason: string): Promise<number>
 }
 
-/** Starts the whole service in-process on free ports. env adds to the test defaults. */
-export async function startTestVigil (env: Record<string, string> = {}, dataDir?: string): Promise<TestVigil> {
+export type MqttTransport = 'tcp' | 'tls' | 'ws'
+
+/**
+ * Starts the whole service in-process on free ports. env adds to the test defaults. With
+ * HTTP_TLS_CERT_FILE set, pass the CA that signed it as `httpsCa`: the API helpers then use HTTPS.
+ */
+export async function startTestVigil (env: Record<string, string> = {}, dataDir?: string, options: { httpsCa?: Buffer } = {}): Promise<TestVigil> {
   const dir = dataDir ?? await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-test-'))
   const config = loadConfig({
     HTTP_PORT: '0', MQTT_PORT: '0', VIGIL_DATA_DIR: dir, VIGIL_ADMIN_TOKEN: adminToken, LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent', ...env
   })
   const vigil = await startVigil(config, createLogger(config.logLevel))
-  const base = `http://127.0.0.1:${vigil.httpPort}`
+  const base = `${vigil.httpTls ? 'https' : 'http'}://127.0.0.1:${vigil.httpPort}`
+
+  /** fetch, or node:https with the test CA (fetch cannot be given one without undici). */
+  async function request (method: string, url: string, headers: Record<string, string>, body?: string): Promise<{ status: number, text: string }> {
+    if (!vigil.httpTls) {
+      const res = await fetch(url, { method, headers, body })
+      return { status: res.status, text: await res.text() }
+    }
+    return await new Promise((resolve, reject) => {
+      const req = https.request(url, { method, headers, ca: options.httpsCa }, (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }))
+        res.on('error', reject)
+      })
+      req.on('error', reject)
+      req.end(body)
+    })
+  }
 
   async function api<T> (method: string, route: string, body?: unknown, token = adminToken): Promise<{ status: number, body: T }> {
+    if (vigil.httpTls) {
+      const res = await request(method, base + route, {
+        authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' })
+      }, body === undefined ? undefined : JSON.stringify(body))
+      return { status: res.status, body: (res.text === '' ? undefined : JSON.parse(res.text)) as T }
+    }
     const res = await fetch(base + route, {
       method,
       headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
@@ -57,11 +91,23 @@ export async function startTestVigil (env: Record<string, string> = {}, dataDir?
       const cred = await must<{ password: string }>('POST', `/v1/devices/${device.id}/credentials`)
       return { patientId: patient.id, deviceId: device.id, password: cred.password }
     },
-    async connect (deviceId, password, options = {}) {
-      return await mqtt.connectAsync(`mqtt://127.0.0.1:${vigil.mqttPort}`, {
+    mqttUrl,
+    async connect (deviceId, password, options = {}, transport = 'tcp') {
+      return await mqtt.connectAsync(mqttUrl(transport), {
         clientId: deviceId, username: deviceId, password, reconnectPeriod: 0, protocolVersion: 4, connectTimeout: 5000, ...options
       })
+    },
+    async refusedCount (reason) {
+      const { text } = await request('GET', `${base}/metrics`, {})
+      const line = text.split('\n').find((l) => l.startsWith(`vigil_mqtt_refused_total{reason="${reason}"} `))
+      return line === undefined ? 0 : Number(line.split(' ')[1])
     }
+  }
+
+  function mqttUrl (transport: MqttTransport = 'tcp'): string {
+    const port = transport === 'tcp' ? vigil.mqttPort : transport === 'tls' ? vigil.mqttTlsPort : vigil.mqttWsPort
+    if (port === null) throw new Error(`${transport} is not configured for this test Vigil`)
+    return transport === 'tcp' ? `mqtt://127.0.0.1:${port}` : transport === 'tls' ? `mqtts://127.0.0.1:${port}` : `ws://127.0.0.1:${port}/mqtt`
   }
 }
 
