@@ -115,7 +115,11 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
 
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
-    const api = await buildApi({ log, db, patients, devices, tokens, rejections, readings, metrics })
+    const api = await buildApi({
+      log, db, patients, devices, tokens, rejections, readings, metrics,
+      rateLimitPerMinute: config.apiRateLimitPerMinute,
+      unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
+    })
     closers.push(() => api.close())
     await api.ready()
     let server: http.Server = api.server

@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto'
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
@@ -22,6 +24,9 @@ import type { RejectionLog } from '../store/rejections.ts'
 import { requireAuthentication } from './auth.ts'
 import { VigilError, errorCatalogue } from './errors.ts'
 import type { ErrorCode } from './errors.ts'
+import { registerLoadShedding } from './load-shedding.ts'
+import { registerRequestBudgets } from './rate-limits.ts'
+import { docsContentSecurityPolicy, registerSecurityHeaders } from './security-headers.ts'
 import { deviceAssignmentRoutes } from './routes/device-assignment.ts'
 import { deviceCredentialRoutes } from './routes/device-credentials.ts'
 import { deviceRejectionRoutes } from './routes/device-rejections.ts'
@@ -31,7 +36,45 @@ import { metricsRoutes } from './routes/metrics.ts'
 import { patientRoutes } from './routes/patients.ts'
 import { readingRoutes } from './routes/readings.ts'
 
-export interface ApiDeps {
+/** Abuse and overload limits; each has a default in `apiLimitDefaults`. */
+export interface ApiLimits {
+  /** Requests per minute per API token. */
+  rateLimitPerMinute: number
+  /** Requests per minute per client address for everything without a valid token: public routes, 404s, failed authentication. */
+  unauthenticatedRateLimitPerMinute: number
+  /** Shed load (503) when the mean event-loop delay over a sample exceeds this (ms); 0: off. */
+  maxEventLoopDelayMs: number
+  /** Shed load when event-loop utilization over a sample exceeds this (0–1); 0: off. */
+  maxEventLoopUtilization: number
+  /** Shed load when the V8 heap in use exceeds this (bytes); 0: off. */
+  maxHeapUsedBytes: number
+  /** Shed load when the resident set size exceeds this (bytes); 0: off. */
+  maxRssBytes: number
+  /** How often load is sampled (ms, at least 10). */
+  loadSampleIntervalMs: number
+}
+
+export const apiLimitDefaults: Readonly<ApiLimits> = {
+  // 10 requests/s sustained per token: a dashboard polling 50 patients every 5 s.
+  rateLimitPerMinute: 600,
+  // A person loading /docs makes about ten requests; a script guessing tokens or paths, thousands.
+  unauthenticatedRateLimitPerMinute: 120,
+  // The mean of the loop's 10 ms ticks over a 5 s sample: past 1 s the loop is stalled
+  // nearly throughout (answers and the broker's PUBACKs are late). One long pause, such as
+  // Fastify compiling its serializers at start-up (about a second), stays far below it;
+  // with 1 s samples that pause alone shed the end-to-end tests' first requests.
+  maxEventLoopDelayMs: 1000,
+  // Off: utilization near 1 is normal load here, not overload. Embedded PGlite runs its
+  // queries on this event loop, and at 0.98 (even over 5 s samples) the API refused the
+  // end-to-end tests' provisioning of 100 devices at once and the embedded flow's reads.
+  maxEventLoopUtilization: 0,
+  // Off: what the heap may use depends on the host and --max-old-space-size.
+  maxHeapUsedBytes: 0,
+  maxRssBytes: 0,
+  loadSampleIntervalMs: 5000
+}
+
+export interface ApiDeps extends Partial<ApiLimits> {
   log: Logger
   /** For /healthz. */
   db: Database
@@ -43,6 +86,12 @@ export interface ApiDeps {
   metrics: Metrics
   /** Extra health checks (e.g. spool) -> name: async () => void (throws when unhealthy). */
   healthChecks?: Record<string, () => Promise<void>>
+  /**
+   * Fastify's trustProxy: set it (to the proxy's address, preferably) only when a reverse
+   * proxy fronts the API, so per-address limits see the client's address from
+   * X-Forwarded-For instead of the proxy's. Default false: the socket's address.
+   */
+  trustProxy?: boolean | string | string[]
 }
 
 /** The Fastify instance routes are registered on: TypeBox schemas give handler types. */
@@ -52,6 +101,14 @@ export type ApiInstance = FastifyInstance<
 
 // API bodies are small JSON documents; the largest (a device) is well under 1 KiB.
 const BODY_LIMIT_BYTES = 64 * 1024
+// The longest legitimate URL, a readings query with a 512-character cursor, is under 800
+// characters. RFC 9110 §15.5.15: 414 for a target longer than the server will interpret.
+const MAX_URL_LENGTH = 4096
+// Node's default, stated so a NODE_OPTIONS=--max-http-header-size cannot widen it. Node
+// counts the request line too, so this also caps a URL before the router sees it.
+const MAX_HEADER_BYTES = 16 * 1024
+// Fastify's default is no limit: a client could trickle a request for ever (slowloris).
+const REQUEST_TIMEOUT_MS = 30_000
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/
 
@@ -60,6 +117,7 @@ const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/
  * dependencies; `close()` on the returned instance closes only the HTTP side.
  */
 export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
+  const limits = resolveLimits(deps)
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'api' }, { serializers: logSerializers }),
     // Fastify 5 ignores request-id headers by default; genReqId decides: a caller's id is
@@ -69,15 +127,49 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       const incoming = req.headers['x-request-id']
       return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID()
     },
-    bodyLimit: BODY_LIMIT_BYTES
+    bodyLimit: BODY_LIMIT_BYTES,
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    http: { maxHeaderSize: MAX_HEADER_BYTES },
+    trustProxy: deps.trustProxy ?? false,
+    // The router refuses bad percent-encoding and over-long path parameters before any
+    // hook runs (so before the limits too: these cost nothing); this gives them a code.
+    frameworkErrors: answerRouterError,
+    clientErrorHandler: answerMalformedRequest
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as ApiInstance
 
   app.setValidatorCompiler(createValidatorCompiler())
   app.decorateRequest('principal', null)
+  app.setErrorHandler(handleError)
+
+  // Root onRequest hooks run in this order, for every route and for 404s, and a refusal
+  // ends the chain: security headers first so every answer carries them, then the cheap
+  // refusals (URL length, load shedding, the address budget) before any route work.
+  await registerSecurityHeaders(app)
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
+    // Responses hold PHI (names, vitals): no browser or proxy may keep a copy. Swagger
+    // UI's static files replace this with their own (they hold none).
+    reply.header('cache-control', 'no-store')
+    if (request.url.length > MAX_URL_LENGTH) {
+      throw new VigilError('VIGIL_ERR_URL_TOO_LONG', `the URL is longer than ${MAX_URL_LENGTH} characters`)
+    }
   })
-  app.setErrorHandler(handleError)
+  await registerLoadShedding(app, {
+    maxEventLoopDelayMs: limits.maxEventLoopDelayMs,
+    maxEventLoopUtilization: limits.maxEventLoopUtilization,
+    maxHeapUsedBytes: limits.maxHeapUsedBytes,
+    maxRssBytes: limits.maxRssBytes,
+    sampleIntervalMs: limits.loadSampleIntervalMs
+  })
+  const budgets = await registerRequestBudgets(app, {
+    perTokenPerMinute: limits.rateLimitPerMinute,
+    perAddressPerMinute: limits.unauthenticatedRateLimitPerMinute
+  })
+  // Public routes and unknown paths are charged to the caller's address here; /v1 routes
+  // (which declare a permission) in the auth hook, to their token or, failing that, the address.
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.routeOptions.config.permission === undefined) await budgets.chargeAddress(request, reply)
+  })
   app.setNotFoundHandler(async (_request, reply) => {
     return await reply.code(404).send({ code: 'VIGIL_ERR_NOT_FOUND', message: 'no such route' })
   })
@@ -89,7 +181,10 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
         title: 'Vigil API',
         version: '1',
         description: 'Remote patient monitoring. Every /v1 route needs `Authorization: Bearer <token>`. ' +
-          'Errors are `{code, message}` with a stable code (VIGIL_ERR_…); match on the code, not the message.'
+          'Errors are `{code, message}` with a stable code (VIGIL_ERR_…); match on the code, not the message. ' +
+          `Limits: ${limits.rateLimitPerMinute} requests/min per token, ${limits.unauthenticatedRateLimitPerMinute}/min per address ` +
+          'without a valid token (429 VIGIL_ERR_RATE_LIMITED with Retry-After); 503 VIGIL_ERR_UNAVAILABLE with Retry-After ' +
+          'while overloaded or while the database is unreachable.'
       },
       components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearerAuth: [] }],
@@ -98,10 +193,11 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       ]
     }
   })
-  await app.register(swaggerUi, { routePrefix: '/docs' })
+  // staticCSP replaces the API's CSP on the /docs routes only (the UI's own context).
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: docsContentSecurityPolicy })
 
   await app.register(async (v1) => {
-    requireAuthentication(v1, deps.tokens)
+    requireAuthentication(v1, deps.tokens, budgets)
     patientRoutes(v1, deps)
     deviceRoutes(v1, deps)
     deviceAssignmentRoutes(v1, deps)
@@ -110,10 +206,61 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     readingRoutes(v1, deps)
   }, { prefix: '/v1' })
 
-  healthRoutes(app, deps)
+  healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })
   metricsRoutes(app, deps)
 
   return app as unknown as FastifyInstance
+}
+
+/** The caller's limits over the defaults; a bad value fails here, naming the option. */
+function resolveLimits (deps: Partial<ApiLimits>): ApiLimits {
+  const limits = { ...apiLimitDefaults }
+  for (const name of Object.keys(apiLimitDefaults) as Array<keyof ApiLimits>) {
+    const value = deps[name]
+    if (value !== undefined) limits[name] = value
+  }
+  const check = (name: keyof ApiLimits, ok: (v: number) => boolean, rule: string): void => {
+    const value = limits[name]
+    if (typeof value !== 'number' || !ok(value)) throw new Error(`buildApi: ${name} must be ${rule} (got ${String(value)})`)
+  }
+  const integerFrom = (min: number) => (v: number) => Number.isSafeInteger(v) && v >= min
+  check('rateLimitPerMinute', integerFrom(1), 'an integer of at least 1')
+  check('unauthenticatedRateLimitPerMinute', integerFrom(1), 'an integer of at least 1')
+  check('maxEventLoopDelayMs', (v) => Number.isFinite(v) && v >= 0, 'a number of milliseconds, 0 or more')
+  check('maxEventLoopUtilization', (v) => v >= 0 && v <= 1, 'between 0 and 1')
+  check('maxHeapUsedBytes', integerFrom(0), 'an integer, 0 or more')
+  check('maxRssBytes', integerFrom(0), 'an integer, 0 or more')
+  check('loadSampleIntervalMs', integerFrom(10), 'an integer of at least 10')
+  return limits
+}
+
+function answerRouterError (err: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  const refused = clientError(err) ?? vigil('VIGIL_ERR_VALIDATION', 'the URL is not valid')
+  reply.header('x-request-id', request.id).header('cache-control', 'no-store').header('x-content-type-options', 'nosniff')
+  reply.code(errorCatalogue[refused.code]).send(refused)
+}
+
+// Node refuses these before Fastify sees a request; Fastify's default answer has no code.
+const MALFORMED_REQUESTS: Record<string, { code: ErrorCode, message: string }> = {
+  ERR_HTTP_REQUEST_TIMEOUT: { code: 'VIGIL_ERR_REQUEST_TIMEOUT', message: `the request did not arrive within ${REQUEST_TIMEOUT_MS / 1000} s` },
+  HPE_HEADER_OVERFLOW: { code: 'VIGIL_ERR_HEADERS_TOO_LARGE', message: `the request line and headers are larger than ${MAX_HEADER_BYTES} bytes` }
+}
+
+/** Fastify's clientErrorHandler (Node's 'clientError' event), bound to the instance. */
+function answerMalformedRequest (this: FastifyInstance, err: Error & { code?: string }, socket: Socket): void {
+  // https://nodejs.org/api/http.html#event-clienterror: after a reset there is no one to answer.
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const known = MALFORMED_REQUESTS[err.code ?? '']
+  const { code, message } = known ?? { code: 'VIGIL_ERR_VALIDATION' as const, message: 'malformed HTTP request' }
+  const status = errorCatalogue[code]
+  this.log.debug({ code, err: { code: err.code, message: err.message } }, 'malformed request refused')
+  if (socket.writable) {
+    const body = JSON.stringify({ code, message })
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n` +
+      `Connection: close\r\n\r\n${body}`)
+  }
+  socket.destroy(err)
 }
 
 /**
@@ -195,6 +342,9 @@ export function clientError (err: unknown): ErrorResponse | null {
   if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
     return vigil('VIGIL_ERR_PAYLOAD_TOO_LARGE', `request body is larger than ${BODY_LIMIT_BYTES} bytes`)
   }
+  // Both messages quote the URL: answer with fixed ones.
+  if (e.code === 'FST_ERR_MAX_PARAM_LENGTH') return vigil('VIGIL_ERR_URL_TOO_LONG', 'a path segment is longer than 100 characters')
+  if (e.code === 'FST_ERR_BAD_URL') return vigil('VIGIL_ERR_VALIDATION', 'the URL is not valid (bad percent-encoding)')
   // JSON.parse's message quotes the body, which may hold PHI: never echo it.
   if (e.name === 'SyntaxError' && e.statusCode === 400) return vigil('VIGIL_ERR_VALIDATION', 'request body is not valid JSON')
   // Fastify's own request errors (empty JSON body, unsupported media type, bad URL …) carry
@@ -209,8 +359,16 @@ export function clientError (err: unknown): ErrorResponse | null {
 // PostgreSQL Appendix A: class 08 is connection exception; 57P01–57P03 are shutdowns and
 // "cannot connect now" (starting up, recovery); 53300 is too_many_connections.
 const UNAVAILABLE_CODES = new Set(['57P01', '57P02', '57P03', '53300', 'ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT'])
-// node-postgres reports a dropped connection or a pool wait timeout without a code.
-const UNAVAILABLE_MESSAGES = [/^Connection terminated/, /^timeout exceeded when trying to connect/]
+// node-postgres reports these without a code: a dropped connection (also "… due to
+// connection timeout"), a pool wait timeout, a client whose connection failed, a
+// query_timeout, and a pool already ended (shutdown: another instance may answer).
+const UNAVAILABLE_MESSAGES = [
+  /^Connection terminated/,
+  /^timeout exceeded when trying to connect/,
+  /is not queryable$/,
+  /^Query read timeout$/,
+  /^Cannot use a pool after calling end on the pool$/
+]
 
 /** Whether `err` (or its cause) means the database cannot be reached right now. */
 export function isUnavailable (err: unknown, depth = 0): boolean {

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ApiTokenStore, TokenRole } from '../store/api-tokens.ts'
 import { VigilError } from './errors.ts'
+import type { RequestBudgets } from './rate-limits.ts'
 
 /** Every permission a route can require. Routes name one in `config.permission`. */
 export const permissions = [
@@ -55,9 +56,10 @@ function unauthenticated (reply: FastifyReply): VigilError {
 /**
  * Makes every route registered in `app` (an encapsulated `/v1` context) require a bearer
  * token and the permission in its route config. A route without `config.permission` fails
- * at registration, so a new route cannot be public by accident.
+ * at registration, so a new route cannot be public by accident. Authenticated requests
+ * are charged to their token's budget, failed ones to the caller's address.
  */
-export function requireAuthentication (app: FastifyInstance, tokens: ApiTokenStore): void {
+export function requireAuthentication (app: FastifyInstance, tokens: ApiTokenStore, budgets: RequestBudgets): void {
   app.addHook('onRoute', (route) => {
     const permission = (route.config as { permission?: Permission } | undefined)?.permission
     if (permission === undefined || !permissions.includes(permission)) {
@@ -67,12 +69,17 @@ export function requireAuthentication (app: FastifyInstance, tokens: ApiTokenSto
 
   // onRequest: before the body is read, so unauthenticated callers cannot make us parse it.
   app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
+    await budgets.refuseExhaustedAddress(request, reply)
     const match = BEARER.exec(request.headers.authorization ?? '')
-    if (match === null) throw unauthenticated(reply)
-    const token = await tokens.authenticate(match[1]!)
-    if (token === null) throw unauthenticated(reply)
+    // A database outage throws here and becomes a 503: it is not the caller's failure.
+    const token = match === null ? null : await tokens.authenticate(match[1]!)
+    if (token === null) {
+      await budgets.chargeAddress(request, reply)
+      throw unauthenticated(reply)
+    }
     const granted = rolePermissions[token.role]
     request.principal = { ...token, permissions: granted ?? new Set() }
+    await budgets.chargeToken(request, reply)
     const required = request.routeOptions.config.permission
     if (required === undefined || !request.principal.permissions.has(required)) {
       throw new VigilError('VIGIL_ERR_FORBIDDEN', 'this token is not allowed to do this')

@@ -23,7 +23,7 @@ export const ErrorBody = Type.Object({
 /** Error responses every `/v1` route can give, plus the route's own (404, 409 …). */
 export function errorResponses (...statuses: number[]): Record<number, TSchema> {
   const out: Record<number, TSchema> = {}
-  for (const status of [400, 401, 403, ...statuses, 500, 503]) out[status] = ErrorBody
+  for (const status of [400, 401, 403, ...statuses, 429, 500, 503]) out[status] = ErrorBody
   return out
 }
 

@@ -24,11 +24,12 @@ Runs Vigil, a Mosquitto + Node consumer peer pipeline, bare Aedes and InfluxDB s
 this machine and prints a table (and writes bench/results/<timestamp>.json).
 
   --full              longer steps and 5,000 devices in the cost-growth scenario (~10 min)
-  --duration S        seconds per measured load step (quick 5, full 20)
+  --duration S        seconds per measured load step (quick 4, full 20)
   --devices N         devices for the ingest, peer, ceiling and query scenarios (default 1000)
-  --rates R1,R2,...   offered rates (msg/s) to step through instead of the geometric search
-                      (default: from 500 msg/s in ×1.5 steps, then one step between the
-                      last rate held and the first not held)
+  --rates R1,R2,...   offered rates (msg/s) to step through, lowest first, instead of the search
+                      (default: from 1,000 msg/s up in ×1.5 steps — down if 1,000 is not
+                      held — then one step between the last rate held and the first not held)
+  --start-rate R      where the search starts (default 1000)
   --cost-devices A,B  device counts for the cost-growth scenario (quick 100,1000; full 100,1000,5000)
   --cost-rate R       total msg/s for the cost-growth scenario (default 1000, or half of Vigil's max if lower)
   --generators K      load-generator processes (default 1)
@@ -81,10 +82,10 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
   if (scenarios.includes(5) && !scenarios.includes(1)) throw new Error('--scenarios: 5 (query side) needs 1 (it runs at half of the maximum 1 finds)')
   return {
     mode: full ? 'full' : 'quick',
-    durationMs: positive('duration', values.duration, full ? 20 : 5) * 1000,
+    durationMs: positive('duration', values.duration, full ? 20 : 4) * 1000,
     devices: positive('devices', values.devices, 1000, true),
     rates: values.rates === undefined ? null : list('rates', values.rates, false).sort((a, b) => a - b),
-    startRate: positive('start-rate', values['start-rate'], 500),
+    startRate: positive('start-rate', values['start-rate'], 1000),
     stepFactor: 1.5,
     costDevices: values['cost-devices'] === undefined ? (full ? [100, 1000, 5000] : [100, 1000]) : list('cost-devices', values['cost-devices'], true),
     costRate: values['cost-rate'] === undefined ? null : positive('cost-rate', values['cost-rate'], 1000),

@@ -39,6 +39,32 @@ export function processUsage (pid: number): ProcessUsage | null {
   }
 }
 
+/** CPU time (µs) all cores of the machine spent busy since boot, from /proc/stat. */
+export function machineBusyCpuUs (): number {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!
+  // cpu  user nice system idle iowait irq softirq steal guest guest_nice
+  const [user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number)
+  return ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) * 1e6 / clockTicksPerSecond
+}
+
+/**
+ * Milliseconds the machine's disks have spent with I/O in flight (/proc/diskstats, field 13),
+ * the largest over real disks: its rate of change is the busiest disk's utilization.
+ */
+export function diskBusyMs (): number {
+  let busiest = 0
+  try {
+    for (const line of readFileSync('/proc/diskstats', 'utf8').split('\n')) {
+      const fields = line.trim().split(/\s+/)
+      const name = fields[2] ?? ''
+      // Whole disks only (not partitions, loop or zram devices).
+      if (!/^(vd[a-z]+|sd[a-z]+|xvd[a-z]+|nvme\d+n\d+)$/.test(name)) continue
+      busiest = Math.max(busiest, Number(fields[12]) || 0)
+    }
+  } catch { /* not Linux: reported as 0 */ }
+  return busiest
+}
+
 /** Sums processUsage over several processes (a pipeline made of more than one). */
 export function totalUsage (pids: readonly number[]): ProcessUsage {
   let cpuUs = 0
@@ -187,7 +213,10 @@ export async function startVigil (options: StartVigilOptions): Promise<VigilProc
     MQTT_PORT: '0',
     VIGIL_DATA_DIR: options.dataDir,
     VIGIL_ADMIN_TOKEN: options.adminToken,
-    LOG_LEVEL: 'warn'
+    LOG_LEVEL: 'warn',
+    // Every simulated device connects from 127.0.0.1: a per-address connect rate limit meant for
+    // the internet would throttle the fleet (0 = no limit; ignored by versions without it).
+    MQTT_CONNECT_RATE_PER_ADDRESS: '0'
   })
   const log = createWriteStream(options.logFile, { flags: 'a' })
   const child = spawn(process.execPath, [...(options.nodeArgs ?? []), '--import', 'tsx', 'main.ts'], {

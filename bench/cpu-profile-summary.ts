@@ -9,6 +9,8 @@ interface ProfileNode {
 
 interface CpuProfile {
   nodes: ProfileNode[]
+  /** µs on the system's monotonic clock (CLOCK_MONOTONIC, as process.hrtime). */
+  startTime: number
   samples: number[]
   timeDeltas: number[]
 }
@@ -30,13 +32,23 @@ function areaOf (frame: ProfileNode['callFrame'], repoRoot: string): string {
 
 /**
  * Self time by function and by area from a V8 .cpuprofile (node --cpu-prof), idle excluded:
- * where Vigil's CPU went.
+ * where Vigil's CPU went. Only samples between `fromMonotonicUs` and `toMonotonicUs`
+ * (process.hrtime.bigint() / 1000n; V8 stamps samples with the same system-wide monotonic
+ * clock) count, so start-up, connecting and disconnecting do not dilute the hot path.
  */
-export async function summarizeCpuProfile (file: string, repoRoot: string, top = 20): Promise<ProfileSummary> {
+export async function summarizeCpuProfile (
+  file: string, repoRoot: string, options: { fromMonotonicUs?: number, toMonotonicUs?: number, top?: number } = {}
+): Promise<ProfileSummary> {
+  const top = options.top ?? 20
+  const from = options.fromMonotonicUs ?? 0
+  const to = options.toMonotonicUs ?? Number.POSITIVE_INFINITY
   const profile = JSON.parse(await fs.readFile(file, 'utf8')) as CpuProfile
   const byId = new Map(profile.nodes.map((n) => [n.id, n]))
   const selfUs = new Map<number, number>()
+  let at = profile.startTime
   for (let i = 0; i < profile.samples.length; i++) {
+    at += profile.timeDeltas[i] ?? 0
+    if (at < from || at > to) continue
     // timeDeltas[i + 1] is the time until the next sample, i.e. how long sample i's frame ran.
     const delta = profile.timeDeltas[i + 1] ?? 0
     selfUs.set(profile.samples[i]!, (selfUs.get(profile.samples[i]!) ?? 0) + delta)
@@ -50,7 +62,9 @@ export async function summarizeCpuProfile (file: string, repoRoot: string, top =
     totalUs += us
     const area = areaOf(node.callFrame, repoRoot)
     areas.set(area, (areas.get(area) ?? 0) + us)
-    const where = node.callFrame.url === '' ? '' : `${area.replace(/^npm: |^Node: /, '')}:${node.callFrame.lineNumber + 1}`
+    // Files run through tsx report positions in the transpiled code (often line 1): no line then.
+    const line = node.callFrame.lineNumber > 0 ? `:${node.callFrame.lineNumber + 1}` : ''
+    const where = node.callFrame.url === '' ? '' : `${area.replace(/^npm: |^Node: /, '')}${line}`
     const name = node.callFrame.functionName === '' ? '(anonymous)' : node.callFrame.functionName
     const key = `${name}@${where}`
     const entry = functions.get(key) ?? { name, where, us: 0 }

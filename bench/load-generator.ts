@@ -27,8 +27,8 @@ interface Device {
 }
 
 const tickMs = 2
-/** Falling further behind the schedule than this skips messages rather than bursting them. */
-const maxLagMs = 50
+/** Falling further behind the schedule than this (a descheduled or saturated generator) skips messages rather than bursting them. */
+const maxLagMs = 250
 const keepaliveSeconds = 60
 const pingreq = mqttPacket.generate({ cmd: 'pingreq' })
 const disconnectPacket = mqttPacket.generate({ cmd: 'disconnect' })

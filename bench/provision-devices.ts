@@ -1,21 +1,34 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { DeviceCredential } from './generator-protocol.ts'
 
 export interface ProvisionedDevice extends DeviceCredential {
   patientId: string
 }
 
-/** Calls Vigil's HTTP API with the admin token; throws with the route and status on a non-2xx. */
-export function vigilApi (baseUrl: string, token: string) {
+/**
+ * Calls Vigil's HTTP API with the admin token; throws with the route and status on a non-2xx.
+ * 429 (rate limited) and 503 (load shed) are retried after their Retry-After, and reported to
+ * `onThrottled` so the bench can say why provisioning is slow.
+ */
+export function vigilApi (baseUrl: string, token: string, onThrottled?: (status: number, retryAfterSeconds: number) => void) {
   return async function call<T> (method: string, route: string, body?: unknown): Promise<T> {
-    const res = await fetch(baseUrl + route, {
-      method,
-      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(60_000)
-    })
-    const text = await res.text()
-    if (!res.ok) throw new Error(`${method} ${route} → HTTP ${res.status} ${text.slice(0, 300)}`)
-    return (text === '' ? undefined : JSON.parse(text)) as T
+    for (let attempt = 0; ; attempt++) {
+      const res = await fetch(baseUrl + route, {
+        method,
+        headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(60_000)
+      })
+      const text = await res.text()
+      if ((res.status === 429 || res.status === 503) && attempt < 50) {
+        const retryAfter = Math.min(60, Math.max(0.2, Number(res.headers.get('retry-after') ?? 1) || 1))
+        onThrottled?.(res.status, retryAfter)
+        await sleep(retryAfter * 1000)
+        continue
+      }
+      if (!res.ok) throw new Error(`${method} ${route} → HTTP ${res.status} ${text.slice(0, 300)}`)
+      return (text === '' ? undefined : JSON.parse(text)) as T
+    }
   }
 }
 
@@ -24,9 +37,10 @@ export function vigilApi (baseUrl: string, token: string) {
  * credential, through the public API (as an integrator would), `concurrency` devices at a time.
  */
 export async function provisionDevices (
-  baseUrl: string, token: string, count: number, options: { concurrency?: number, onProgress?: (done: number) => void } = {}
+  baseUrl: string, token: string, count: number,
+  options: { concurrency?: number, onProgress?: (done: number) => void, onThrottled?: (status: number, retryAfterSeconds: number) => void } = {}
 ): Promise<ProvisionedDevice[]> {
-  const api = vigilApi(baseUrl, token)
+  const api = vigilApi(baseUrl, token, options.onThrottled)
   const validFrom = new Date(Date.now() - 3_600_000).toISOString()
   const startedAt = new Date().toISOString()
   // Locally administered MACs (0x02 first octet), unique within the run.

@@ -6,6 +6,8 @@ export interface QueryLoadResult {
   durationMs: number
   latest: LatencySummary & { perSecond: number }
   aggregate24h: LatencySummary & { perSecond: number }
+  /** Answered 429 (rate limited) or 503 (load shed): Vigil protecting itself, not failing. */
+  refused: number
   errors: number
   firstError: string | null
 }
@@ -22,6 +24,7 @@ export async function runQueryLoad (
   const latest = new LatencyHistogram()
   const aggregate = new LatencyHistogram()
   let errors = 0
+  let refused = 0
   let firstError: string | null = null
   const headers = { authorization: `Bearer ${token}` }
   const started = performance.now()
@@ -32,6 +35,10 @@ export async function runQueryLoad (
     try {
       const res = await fetch(baseUrl + route, { headers, signal: AbortSignal.timeout(30_000) })
       await res.arrayBuffer()
+      if (res.status === 429 || res.status === 503) {
+        refused++
+        return
+      }
       if (!res.ok) throw new Error(`GET ${route.split('?')[0]} → HTTP ${res.status}`)
       into.recordMs(performance.now() - t0)
     } catch (err) {
@@ -62,6 +69,7 @@ export async function runQueryLoad (
     durationMs: seconds * 1000,
     latest: { ...latest.summary(), perSecond: latest.count / seconds },
     aggregate24h: { ...aggregate.summary(), perSecond: aggregate.count / seconds },
+    refused,
     errors,
     firstError
   }

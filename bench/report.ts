@@ -12,6 +12,8 @@ export interface MachineInfo {
   mosquitto: string | null
   postgres: string | null
   openFilesLimit: string | null
+  /** fdatasync of a 200-byte append in the bench's temp dir, measured before anything started. */
+  fdatasync: { p50Ms: number, p99Ms: number } | null
 }
 
 export interface CostGrowthRow {
@@ -19,6 +21,8 @@ export interface CostGrowthRow {
   rate: number
   connectMs: number
   connected: number
+  /** Vigil's CPU (cores) with the devices connected and silent. */
+  idleCores: number
   rssBeforeBytes: number
   rssConnectedBytes: number
   rssPerDeviceBytes: number
@@ -74,10 +78,11 @@ const pair = (a: number | null, b: number | null): string => `${fmtMs(a)} / ${fm
 const ratio = (a: number | null | undefined, b: number | null | undefined): string =>
   a === null || a === undefined || b === null || b === undefined || b === 0 ? '–' : `${(a / b).toFixed(2)}×`
 
-function table (rows: string[][], indent = '  '): string {
+/** Columns padded to their widest cell; the first `leftColumns` left-aligned, the rest right-aligned. */
+function table (rows: string[][], leftColumns = 1, indent = '  '): string {
   const widths: number[] = []
   for (const row of rows) row.forEach((cell, i) => { widths[i] = Math.max(widths[i] ?? 0, cell.length) })
-  return rows.map((row) => indent + row.map((cell, i) => i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!)).join('   ').trimEnd()).join('\n')
+  return rows.map((row) => indent + row.map((cell, i) => i < leftColumns ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!)).join('   ').trimEnd()).join('\n')
 }
 
 function stepsLines (label: string, search: SearchResult | null): string[] {
@@ -99,8 +104,25 @@ export function renderReport (r: BenchResults): string {
   const m = r.machine
   out.push('', `Vigil benchmark — ${r.startedAt} — ${r.mode} mode, ${Math.round(r.elapsedSeconds)} s`)
   out.push(`machine: ${m.cores} cores (${m.cpuModel}), ${m.memoryGb.toFixed(0)} GB, Linux ${m.kernel}, Node ${m.node}, ` +
-    `influxd ${m.influxd ?? '?'}, ${m.mosquitto ?? 'mosquitto ?'}, ${m.postgres ?? 'PostgreSQL ?'}, open files ${m.openFilesLimit ?? '?'}`)
+    `influxd ${m.influxd ?? '?'}, ${m.mosquitto ?? 'mosquitto ?'}, ${m.postgres ?? 'PostgreSQL ?'}, open files ${m.openFilesLimit ?? '?'}` +
+    (m.fdatasync === null ? '' : `, fdatasync p50 ${fmtMs(m.fdatasync.p50Ms)} / p99 ${fmtMs(m.fdatasync.p99Ms)} (before the run)`))
+  if (r.setup.provisionMs !== null) {
+    out.push(`setup: ${int(r.setup.provisionedDevices)} patients + devices provisioned through the HTTP API in ${(r.setup.provisionMs / 1000).toFixed(1)} s ` +
+      '(4 calls each, 8 devices at a time)')
+  }
   for (const c of r.caveats) out.push(`note: ${c}`)
+  const steps = allSteps(r)
+  const busiest = steps.reduce<StepResult | null>((max, s) => max === null || s.otherCores > max.otherCores ? s : max, null)
+  if (busiest !== null && busiest.otherCores >= 0.1) {
+    const mean = steps.reduce((n, s) => n + s.otherCores, 0) / steps.length
+    out.push(`⚠ other processes on this machine used ${mean.toFixed(2)} cores on average during measured steps (up to ${busiest.otherCores.toFixed(2)}): ` +
+      'the figures are lower than on a quiet machine')
+  }
+  const diskBusiest = steps.reduce((max, s) => Math.max(max, s.diskBusy ?? 0), 0)
+  if (diskBusiest >= 0.5) {
+    out.push(`⚠ the disk was busy up to ${Math.round(diskBusiest * 100)} % of the time during measured steps (everyone's I/O, ours included): ` +
+      'fsync latency, the floor of Vigil\'s PUBACK latency, suffers')
+  }
 
   const { vigil, peer, aedes } = r.ingest
   if (vigil !== null || peer !== null || aedes !== null) {
@@ -108,7 +130,7 @@ export function renderReport (r: BenchResults): string {
     const p = peer?.best ?? null
     const a = aedes?.best ?? null
     out.push('', `1–3. Ingest: ${int(r.ingest.devices)} devices, one TCP connection each, QoS 1, one reading (~90-byte JSON) per message`)
-    out.push(table([
+    const rows: string[][] = [
       ['', 'Vigil', 'peer', 'Vigil/peer', 'bare Aedes'],
       ['max rate held with 0 loss (msg/s)', int(v?.rate), int(p?.rate), ratio(v?.rate, p?.rate), int(a?.rate)],
       ['readings/s stored (counted in InfluxDB)', int(v?.storedPerSecond), int(p?.storedPerSecond), ratio(v?.storedPerSecond, p?.storedPerSecond), '–'],
@@ -120,12 +142,32 @@ export function renderReport (r: BenchResults): string {
       ['CPU cores used at that rate', v?.cpuCores.toFixed(2) ?? '–', p?.cpuCores.toFixed(2) ?? '–', ratio(v?.cpuCores, p?.cpuCores), a?.cpuCores.toFixed(2) ?? '–'],
       ['influxd CPU µs per reading', int(v?.influxdCpuUsPerReading), int(p?.influxdCpuUsPerReading), ratio(v?.influxdCpuUsPerReading, p?.influxdCpuUsPerReading), '–'],
       ['RSS', v === null ? '–' : mb(v.rssBytes), p === null ? '–' : mb(p.rssBytes), ratio(v?.rssBytes, p?.rssBytes), a === null ? '–' : mb(a.rssBytes)],
-      ['generator CPU (share of one core)', genCpu(v), genCpu(p), '', genCpu(a)]
-    ]))
-    out.push('  peer = Mosquitto 2 (private, queues raised) + bench/peer-consumer.ts (mqtt.js → @influxdata/influxdb-client WriteApi, 5,000-line')
-    out.push('  batches / 100 ms, v1 /write). The peer PUBACKs on receipt; Vigil PUBACKs after an fsync of the reading into its spool.')
-    out.push('  Queryable latency is polled (1 in 50 messages); its resolution is the poll interval ' +
-      `(~${Math.round(v?.queryable?.pollIntervalMs ?? p?.queryable?.pollIntervalMs ?? 20)} ms).`)
+      ['generator CPU (share of one core)', genCpu(v), genCpu(p), '', genCpu(a)],
+      ['other processes\' CPU meanwhile (cores)', v?.otherCores.toFixed(2) ?? '–', p?.otherCores.toFixed(2) ?? '–', '', a?.otherCores.toFixed(2) ?? '–'],
+      ['fdatasync probe meanwhile p50 / p99', pair(v?.fsync.p50Ms ?? null, v?.fsync.p99Ms ?? null), pair(p?.fsync.p50Ms ?? null, p?.fsync.p99Ms ?? null), '',
+        pair(a?.fsync.p50Ms ?? null, a?.fsync.p99Ms ?? null)]
+    ]
+    const same = v === null ? undefined : peer?.steps.find((s) => s.rate === v.rate && s.held)
+    if (v !== null && same !== undefined && same !== p) {
+      rows.push(
+        [`same rate as Vigil's max (${int(v.rate)} msg/s):`, '', '', '', ''],
+        ['  publish→PUBACK p50 / p99', pair(v.load.puback.p50Ms, v.load.puback.p99Ms), pair(same.load.puback.p50Ms, same.load.puback.p99Ms), ratio(v.load.puback.p99Ms, same.load.puback.p99Ms), ''],
+        ['  publish→queryable p50 / p99', pair(v.queryable?.p50Ms ?? null, v.queryable?.p99Ms ?? null), pair(same.queryable?.p50Ms ?? null, same.queryable?.p99Ms ?? null),
+          ratio(v.queryable?.p99Ms, same.queryable?.p99Ms), ''],
+        ['  CPU µs per reading (pipeline processes)', int(v.cpuUsPerReading), int(same.cpuUsPerReading), ratio(v.cpuUsPerReading, same.cpuUsPerReading), ''],
+        ['  influxd CPU µs per reading', int(v.influxdCpuUsPerReading), int(same.influxdCpuUsPerReading), ratio(v.influxdCpuUsPerReading, same.influxdCpuUsPerReading), ''],
+        ['  RSS', mb(v.rssBytes), mb(same.rssBytes), ratio(v.rssBytes, same.rssBytes), '']
+      )
+    }
+    out.push(table(rows))
+    if (peer !== null) {
+      out.push('  peer = Mosquitto 2 (private, queues raised) + bench/peer-consumer.ts (mqtt.js → @influxdata/influxdb-client WriteApi, 5,000-line')
+      out.push('  batches / 100 ms, v1 /write). The peer PUBACKs on receipt; Vigil PUBACKs after an fsync of the reading into its spool.')
+    }
+    if (vigil !== null || peer !== null) {
+      out.push('  Queryable latency is polled (1 in 50 messages); its resolution is the poll interval ' +
+        `(~${Math.round(v?.queryable?.pollIntervalMs ?? p?.queryable?.pollIntervalMs ?? 20)} ms).`)
+    }
     if (v?.vigil !== undefined) {
       out.push(`  Vigil at max: PUBLISH→durable mean ${fmtMs(v.vigil.durableMeanMs)} inside Vigil; ${int(v.vigil.storeWrites)} InfluxDB writes of ` +
         `${int(v.vigil.storeWriteMeanReadings)} readings on average, ${fmtMs(v.vigil.storeWriteMeanMs)} each.`)
@@ -150,11 +192,12 @@ export function renderReport (r: BenchResults): string {
   const g = r.costGrowth
   if (g !== null && g.length > 0) {
     const base = g[0]!.step.cpuUsPerReading
-    out.push('', `4. Cost growth: fixed total rate ${int(g[0]!.rate)} msg/s, Vigil restarted for each device count`)
+    out.push('', `4. Cost growth: fixed total rate ${int(g[0]!.rate)} msg/s, Vigil restarted for each device count` +
+      ' (RSS idle: before connecting; idle CPU: connected, not publishing)')
     out.push(table([
-      ['devices', 'connected', 'connect time', 'held', 'CPU µs/reading', `vs ${int(g[0]!.devices)}`, 'RSS idle', 'RSS connected', 'RSS/device', 'PUBACK p99'],
+      ['devices', 'connected', 'connect time', 'idle CPU', 'held', 'CPU µs/reading', `vs ${int(g[0]!.devices)}`, 'RSS idle', 'RSS connected', 'RSS/device', 'PUBACK p99'],
       ...g.map((row) => [
-        int(row.devices), int(row.connected), `${(row.connectMs / 1000).toFixed(1)} s`, row.step.held ? 'yes' : 'no',
+        int(row.devices), int(row.connected), `${(row.connectMs / 1000).toFixed(1)} s`, `${row.idleCores.toFixed(3)} cores`, row.step.held ? 'yes' : 'no',
         int(row.step.cpuUsPerReading), ratio(row.step.cpuUsPerReading, base), mb(row.rssBeforeBytes), mb(row.rssConnectedBytes),
         kb(row.rssPerDeviceBytes), fmtMs(row.step.load.puback.p99Ms)
       ])
@@ -171,9 +214,11 @@ export function renderReport (r: BenchResults): string {
       ['publish→PUBACK, ingest only', pair(q.ingestOnly.load.puback.p50Ms, q.ingestOnly.load.puback.p99Ms), ''],
       ['publish→queryable, ingest only', pair(q.ingestOnly.queryable?.p50Ms ?? null, q.ingestOnly.queryable?.p99Ms ?? null), ''],
       ['publish→PUBACK, with queries', pair(q.withQueries.load.puback.p50Ms, q.withQueries.load.puback.p99Ms), ''],
+      ['fdatasync probe, ingest only / with queries (p99)', pair(q.ingestOnly.fsync.p99Ms, q.withQueries.fsync.p99Ms), ''],
       ['GET …/readings/latest', pair(q.queries.latest.p50Ms, q.queries.latest.p99Ms), q.queries.latest.perSecond.toFixed(0)],
       ['GET …/readings/aggregate (24 h, 1 h mean)', pair(q.queries.aggregate24h.p50Ms, q.queries.aggregate24h.p99Ms), q.queries.aggregate24h.perSecond.toFixed(0)]
     ]))
+    if (q.queries.refused > 0) out.push(`  ${q.queries.refused} queries refused with 429/503 (Vigil's rate limit or load shedding)`)
     if (q.queries.errors > 0) out.push(`  ${q.queries.errors} query errors, first: ${q.queries.firstError}`)
     if (!q.ingestOnly.held || !q.withQueries.held) {
       out.push(`  half-max ingest ${q.ingestOnly.held ? 'held' : 'NOT held'} alone and ${q.withQueries.held ? 'held' : 'NOT held'} with queries` +
@@ -183,17 +228,25 @@ export function renderReport (r: BenchResults): string {
 
   if (r.targets.length > 0) {
     out.push('', 'Targets (issue 7)')
-    out.push(table(r.targets.map((t) => [t.status, t.name, t.value])))
+    out.push(table(r.targets.map((t) => [t.status, t.name, t.value]), 3))
   }
 
   const pr = r.profile
   if (pr !== null) {
-    out.push('', `Vigil CPU profile (${(pr.totalMs / 1000).toFixed(1)} s of samples, scenarios 1 and 5; ${pr.file})`)
+    out.push('', `Vigil CPU profile (${(pr.totalMs / 1000).toFixed(1)} s of samples over the measured steps of scenarios 1 and 5; ${pr.file})`)
     out.push(table([['area', 'self time', 'share'], ...pr.byArea.map((a) => [a.area, `${Math.round(a.selfMs)} ms`, `${(100 * a.share).toFixed(1)} %`])]))
     out.push('')
-    out.push(table([['function', 'where', 'self time', 'share'], ...pr.byFunction.map((f) => [f.name, f.where, `${Math.round(f.selfMs)} ms`, `${(100 * f.share).toFixed(1)} %`])]))
+    out.push(table([['function', 'where', 'self time', 'share'], ...pr.byFunction.map((f) => [f.name, f.where, `${Math.round(f.selfMs)} ms`, `${(100 * f.share).toFixed(1)} %`])], 2))
   }
   return out.join('\n') + '\n'
+}
+
+function allSteps (r: BenchResults): StepResult[] {
+  return [
+    ...(r.ingest.vigil?.steps ?? []), ...(r.ingest.peer?.steps ?? []), ...(r.ingest.aedes?.steps ?? []),
+    ...(r.querySide === null ? [] : [r.querySide.ingestOnly, r.querySide.withQueries]),
+    ...(r.costGrowth ?? []).map((row) => row.step)
+  ]
 }
 
 function genCpu (s: StepResult | null): string {

@@ -1,9 +1,17 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+
 /**
  * Vigil's /metrics (Prometheus text) as name → value, labelled series summed per name: enough
  * for the bench's spool-depth polling and per-step deltas.
  */
 export async function scrapeVigilMetrics (baseUrl: string): Promise<Map<string, number>> {
-  const res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(10_000) })
+  let res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(10_000) })
+  // Under full load Vigil may shed HTTP requests (503) or rate-limit them (429): ask again soon.
+  for (let attempt = 0; (res.status === 503 || res.status === 429) && attempt < 100; attempt++) {
+    await res.arrayBuffer()
+    await sleep(200)
+    res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(10_000) })
+  }
   if (!res.ok) throw new Error(`GET /metrics → HTTP ${res.status}`)
   const values = new Map<string, number>()
   for (const line of (await res.text()).split('\n')) {

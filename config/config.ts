@@ -46,6 +46,9 @@ export interface Config {
   alertRulesPath: string
   workerThreads: number
   spoolMaxBytes: number
+  /** API requests per minute per token, and per address without a valid token. */
+  apiRateLimitPerMinute: number
+  apiUnauthenticatedRateLimitPerMinute: number
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
 }
 
@@ -235,6 +238,10 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     alertRulesPath: path.resolve(read(env, 'VIGIL_ALERT_RULES') ?? './config/alert-rules.yaml'),
     workerThreads: integer(env, 'WORKER_THREADS', Math.max(1, cpuCount), 1, 256),
     spoolMaxBytes: integer(env, 'VIGIL_SPOOL_MAX_BYTES', 1024 * 1024 * 1024, 64 * 1024, Number.MAX_SAFE_INTEGER),
+    // 100 requests/s per token: room for provisioning tools and dashboards; per address
+    // without a token, enough for a person browsing /docs, not for a guessing script.
+    apiRateLimitPerMinute: integer(env, 'API_RATE_LIMIT_PER_MINUTE', 6000, 1, 10_000_000),
+    apiUnauthenticatedRateLimitPerMinute: integer(env, 'API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE', 120, 1, 10_000_000),
     logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info')
   }
 }

@@ -98,7 +98,8 @@ t.test('a /v1 route without a declared permission cannot be registered', async (
   const bare = Fastify()
   t.teardown(() => bare.close())
   await bare.register(async (v1) => {
-    requireAuthentication(v1, deps.tokens)
+    const budgets = { chargeAddress: async () => {}, chargeToken: async () => {}, refuseExhaustedAddress: async () => {} }
+    requireAuthentication(v1, deps.tokens, budgets)
     t.throws(() => v1.get('/open', async () => ({})), /must declare config\.permission/)
   })
 })

@@ -36,7 +36,7 @@ t.test('healthz is 200 when every check passes', async (t) => {
   t.teardown(() => healthy.close())
   const res = await healthy.inject({ method: 'GET', url: '/healthz' })
   t.equal(res.statusCode, 200)
-  t.same(res.json(), { status: 'ok', checks: { postgres: 'ok', readings: 'ok', spool: 'ok' } })
+  t.same(res.json(), { status: 'ok', checks: { postgres: 'ok', readings: 'ok', load: 'ok', spool: 'ok' } })
   t.equal(res.headers['cache-control'], 'no-store')
 })
 
@@ -56,7 +56,7 @@ t.test('healthz is 503 when a check throws or hangs, without the reasons', async
   const res = await sick.inject({ method: 'GET', url: '/healthz' })
   t.ok(Date.now() - started < 5000, 'a hanging check times out')
   t.equal(res.statusCode, 503)
-  t.same(res.json(), { status: 'unavailable', checks: { postgres: 'ok', readings: 'ok', spool: 'failed', hangs: 'failed' } })
+  t.same(res.json(), { status: 'unavailable', checks: { postgres: 'ok', readings: 'ok', load: 'ok', spool: 'failed', hangs: 'failed' } })
   t.notMatch(res.body, /secret|read-only/)
   t.match(lines.join(''), /read-only/, 'the reason is logged')
   t.match(lines.join(''), /timed out/)
@@ -67,7 +67,7 @@ t.test('healthz is 503 when the reading store is down', async (t) => {
   t.teardown(() => down.close())
   const res = await down.inject({ method: 'GET', url: '/healthz' })
   t.equal(res.statusCode, 503)
-  t.same(res.json().checks, { postgres: 'ok', readings: 'failed' })
+  t.same(res.json().checks, { postgres: 'ok', readings: 'failed', load: 'ok' })
 })
 
 t.test('a health check cannot shadow a built-in one', async (t) => {

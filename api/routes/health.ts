@@ -27,10 +27,17 @@ async function runCheck (name: string, check: () => Promise<void>, log: FastifyB
   }
 }
 
-export function healthRoutes (app: ApiInstance, { db, readings, healthChecks = {} }: Pick<ApiDeps, 'db' | 'readings' | 'healthChecks'>): void {
+export interface HealthDeps extends Pick<ApiDeps, 'db' | 'readings' | 'healthChecks'> {
+  /** True while the API sheds load (event loop or memory past its limit). */
+  isUnderPressure: () => boolean
+}
+
+export function healthRoutes (app: ApiInstance, { db, readings, healthChecks = {}, isUnderPressure }: HealthDeps): void {
   const checks: Record<string, () => Promise<void>> = {
     postgres: async () => { await db.pool.query('SELECT 1') },
-    readings: () => readings.ping()
+    readings: () => readings.ping(),
+    // /healthz itself is never shed: while other routes answer 503 it says why, here.
+    load: async () => { if (isUnderPressure()) throw new Error('shedding load: event loop or memory past its limit') }
   }
   for (const [name, check] of Object.entries(healthChecks)) {
     if (Object.hasOwn(checks, name)) throw new Error(`health check name ${name} is taken`)
@@ -38,10 +45,12 @@ export function healthRoutes (app: ApiInstance, { db, readings, healthChecks = {
   }
 
   app.get('/healthz', {
+    config: { shed: false },
     schema: {
       tags: ['operations'],
       summary: 'Liveness and dependencies (no auth)',
-      description: `Each check has ${CHECK_TIMEOUT_MS} ms. 503 when any fails; reasons are logged, not returned.`,
+      description: `Each check has ${CHECK_TIMEOUT_MS} ms. 503 when any fails; reasons are logged, not returned. ` +
+        '`load` fails while the API sheds load (other routes answer 503); this route is never shed.',
       security: [],
       response: { 200: Health, 503: Health }
     }

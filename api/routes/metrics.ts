@@ -8,6 +8,8 @@ import type { ApiDeps, ApiInstance } from '../app.ts'
  */
 export function metricsRoutes (app: ApiInstance, { metrics }: Pick<ApiDeps, 'metrics'>): void {
   app.get('/metrics', {
+    // Never shed: an overloaded process is exactly when its metrics are needed.
+    config: { shed: false },
     schema: {
       tags: ['operations'],
       summary: 'Prometheus metrics (text exposition format; no auth, restrict by network)',

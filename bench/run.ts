@@ -1,0 +1,469 @@
+import { spawnSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { readFileSync, rmSync } from 'node:fs'
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
+import { startInfluxd, type Influxd } from '../test/helpers/influxd.ts'
+import { createTestDatabase, serverUrl as postgresServerUrl } from '../test/helpers/postgres.ts'
+import { parseBenchOptions, usage, type BenchOptions } from './bench-options.ts'
+import {
+  findChildPid, forkTypeScript, nextMessage, processUsage, repoRoot, runningProcesses, startMosquitto, startVigil,
+  type ManagedProcess, type VigilProcess
+} from './child-processes.ts'
+import { findCpuProfile, summarizeCpuProfile } from './cpu-profile-summary.ts'
+import { GeneratorPool } from './generator-pool.ts'
+import { createDatabase } from './influx-queries.ts'
+import { measureInfluxWriteCeiling } from './influx-write-ceiling.ts'
+import { provisionDevices, type ProvisionedDevice } from './provision-devices.ts'
+import { runQueryLoad } from './query-load.ts'
+import { findMaxRate, measureStep, waitForIdle, type PipelineUnderTest, type SearchResult, type StepContext } from './rate-search.ts'
+import { evaluateTargets, renderReport, type BenchResults, type CostGrowthRow, type MachineInfo } from './report.ts'
+
+/*
+ * npm run bench [-- --full | --duration S | --devices N | --rates R1,R2 | --help]
+ *
+ * Starts everything it measures — a private influxd, a throwaway Postgres database, Vigil as a
+ * child process, a private Mosquitto with a Node consumer (the peer pipeline), bare Aedes — and
+ * drives them with the same raw-MQTT load generator, then prints a table and writes it as JSON
+ * to bench/results/. Every child process and temp dir is removed on exit and on Ctrl-C.
+ */
+
+let options: BenchOptions
+try {
+  const parsed = parseBenchOptions(process.argv.slice(2))
+  if (parsed === 'help') {
+    process.stdout.write(usage)
+    process.exit(0)
+  }
+  options = parsed
+} catch (err) {
+  process.stderr.write(`bench: ${(err as Error).message}\n\n${usage}`)
+  process.exit(2)
+}
+
+const benchStarted = performance.now()
+function progress (message: string): void {
+  const s = (performance.now() - benchStarted) / 1000
+  process.stdout.write(`[${s.toFixed(1).padStart(6)} s] ${message}\n`)
+}
+
+// --- cleanup: LIFO, once, also on Ctrl-C --------------------------------------------------
+
+const cleanups: Array<{ name: string, run: () => Promise<void> }> = []
+const tempDirs: string[] = []
+let cleaning: Promise<void> | null = null
+
+function onCleanup (name: string, run: () => Promise<void>): void {
+  cleanups.push({ name, run })
+}
+
+function cleanup (): Promise<void> {
+  cleaning ??= (async () => {
+    for (const c of cleanups.reverse()) {
+      try {
+        await c.run()
+      } catch (err) {
+        process.stderr.write(`bench: cleanup of ${c.name} failed: ${(err as Error).message}\n`)
+      }
+    }
+    for (const p of runningProcesses()) await p.stop('SIGKILL', 2000)
+    for (const dir of tempDirs) await fs.rm(dir, { recursive: true, force: true }).catch(() => {})
+  })()
+  return cleaning
+}
+
+let interrupted = false
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    if (interrupted) {
+      process.stderr.write('bench: second interrupt: killing children and exiting now\n')
+      process.exit(130)
+    }
+    interrupted = true
+    process.stderr.write(`\nbench: ${signal}: stopping every child process and removing temp dirs…\n`)
+    void cleanup().finally(() => process.exit(130))
+  })
+}
+// Last resort (an exit without cleanup): child processes are SIGKILLed by child-processes.ts;
+// temp dirs go here.
+process.on('exit', () => {
+  for (const dir of tempDirs) {
+    try { rmSync(dir, { recursive: true, force: true }) } catch { /* best effort */ }
+  }
+})
+
+// --- machine ------------------------------------------------------------------------------
+
+/** fdatasync latency of small appends in `dir`: the floor under any durable-before-ack design. */
+async function measureFdatasync (dir: string, count = 50): Promise<{ p50Ms: number, p99Ms: number }> {
+  const file = path.join(dir, 'fdatasync-probe')
+  const handle = await fs.open(file, 'w')
+  const times: number[] = []
+  try {
+    const record = Buffer.alloc(200, 1)
+    for (let i = 0; i < count; i++) {
+      await handle.write(record)
+      const started = performance.now()
+      await handle.datasync()
+      times.push(performance.now() - started)
+    }
+  } finally {
+    await handle.close()
+    await fs.rm(file, { force: true })
+  }
+  times.sort((a, b) => a - b)
+  return { p50Ms: times[Math.floor(count / 2)]!, p99Ms: times[Math.min(count - 1, Math.ceil(count * 0.99) - 1)]! }
+}
+
+async function machineInfo (influxUrl: string, databaseUrl: string, tempDir: string): Promise<MachineInfo> {
+  const tryRun = (fn: () => string | null): string | null => {
+    try { return fn() } catch { return null }
+  }
+  let influxdVersion: string | null = null
+  try {
+    influxdVersion = (await fetch(`${influxUrl}/ping`)).headers.get('x-influxdb-version')
+  } catch { /* reported as unknown */ }
+  let postgres: string | null = null
+  const client = new pg.Client({ connectionString: databaseUrl })
+  try {
+    await client.connect()
+    postgres = ((await client.query('SHOW server_version')).rows[0]?.server_version as string | undefined) ?? null
+    if (postgres !== null) postgres = `PostgreSQL ${postgres.split(' ')[0]}`
+  } catch { /* unknown */ } finally {
+    await client.end().catch(() => {})
+  }
+  return {
+    cores: os.availableParallelism(),
+    cpuModel: os.cpus()[0]?.model.trim() ?? 'unknown',
+    memoryGb: os.totalmem() / 1024 ** 3,
+    kernel: os.release(),
+    node: process.version,
+    influxd: influxdVersion,
+    // `mosquitto -h` prints its version and exits 3.
+    mosquitto: tryRun(() => spawnSync('/usr/sbin/mosquitto', ['-h'], { encoding: 'utf8' }).stdout.split('\n')[0]?.trim() || null),
+    postgres,
+    openFilesLimit: tryRun(() => /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1] ?? null),
+    fdatasync: await measureFdatasync(tempDir).catch(() => null)
+  }
+}
+
+// --- the run ------------------------------------------------------------------------------
+
+const startedAt = new Date()
+const results: BenchResults = {
+  startedAt: startedAt.toISOString(),
+  finishedAt: '',
+  elapsedSeconds: 0,
+  mode: options.mode,
+  options: { ...options, scenarios: [...options.scenarios] },
+  machine: {
+    cores: os.availableParallelism(), cpuModel: '', memoryGb: 0, kernel: '', node: process.version, influxd: null, mosquitto: null, postgres: null, openFilesLimit: null, fdatasync: null
+  },
+  caveats: [],
+  setup: { provisionedDevices: 0, provisionMs: null },
+  ingest: { devices: options.devices, vigil: null, peer: null, aedes: null },
+  influxCeiling: null,
+  querySide: null,
+  costGrowth: null,
+  targets: [],
+  profile: null
+}
+
+const adminToken = `bench-${randomBytes(24).toString('hex')}`
+const quick = options.mode === 'quick'
+/** Unmeasured load before a pipeline's first step: JIT, caches and connections warm. */
+const warmupMs = 2000
+
+/** Offered rates to search: --rates, or ×1.5 steps around the start rate (lower ones are tried only if it fails). */
+function rateGrid (): number[] {
+  if (options.rates !== null) return options.rates
+  const grid: number[] = []
+  for (let k = -5; k < 20; k++) grid.push(Math.round(options.startRate * Math.pow(options.stepFactor, k)))
+  return grid
+}
+
+/** The first grid rate above `rate` (or rate × step factor past the grid's end). */
+function gridRateAbove (grid: number[], rate: number): number {
+  return grid.find((r) => r > rate) ?? Math.round(rate * options.stepFactor)
+}
+
+/** The running Vigil's log, shown when the run fails. */
+let vigilLogFile: string | null = null
+
+async function main (): Promise<void> {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-bench-'))
+  tempDirs.push(root)
+  progress(`setup: temp dir ${root}`)
+
+  progress('setup: starting a private influxd')
+  const influxd: Influxd = await startInfluxd()
+  tempDirs.push(influxd.dir)
+  onCleanup('influxd', () => influxd.close())
+  const influxdPid = findChildPid('influxd')
+  await createDatabase(influxd.url, 'peer')
+
+  progress(`setup: creating a throwaway database on ${new URL(postgresServerUrl).host}`)
+  const database = await createTestDatabase()
+  onCleanup('postgres database', () => database.drop())
+
+  results.machine = await machineInfo(influxd.url, database.url, root)
+  results.caveats.push(
+    `all processes (load generator, Vigil, influxd, PostgreSQL, Mosquitto, the peer consumer) share these ${results.machine.cores} cores: ` +
+    'each figure is for the whole machine under that load, not for the component alone',
+    'one reading per message; a "held" rate had every message sent on schedule, at most 0.5 s of load (or 3 %) un-PUBACKed when the ' +
+    'window ended and all PUBACKed within 3 s, none lost, and every acknowledged reading counted in InfluxDB within 1 s + 10 % of the window after it')
+  if (options.profile) results.caveats.push('--profile: Vigil ran under the V8 sampling profiler in scenarios 1 and 5, which costs it some CPU')
+
+  const vigilDataDir = path.join(root, 'vigil-data')
+  let vigilInstance = 0
+  let vigil: VigilProcess | null = null
+  const startVigilProcess = async (profileDir?: string): Promise<VigilProcess> => {
+    vigilInstance++
+    const started = await startVigil({
+      dataDir: vigilDataDir,
+      databaseUrl: database.url,
+      influxUrl: influxd.url,
+      influxBucket: 'vigil',
+      adminToken,
+      logFile: path.join(root, `vigil-${vigilInstance}.log`),
+      nodeArgs: profileDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir]
+    })
+    vigil = started
+    vigilLogFile = started.logFile
+    return started
+  }
+  const stopVigil = async (): Promise<void> => {
+    const v = vigil
+    vigil = null
+    await v?.stop('SIGTERM', 15_000)
+  }
+  onCleanup('vigil', stopVigil)
+
+  progress('setup: starting Vigil (node --import tsx main.ts)')
+  let current = await startVigilProcess()
+  progress(`setup: Vigil pid ${current.pid}, HTTP ${current.httpPort}, MQTT ${current.mqttPort}`)
+
+  const deviceCount = Math.max(
+    options.scenarios.has(1) || options.scenarios.has(2) || options.scenarios.has(3) ? options.devices : 0,
+    options.scenarios.has(4) ? Math.max(...options.costDevices) : 0,
+    options.scenarios.has(5) ? 100 : 0,
+    100)
+  progress(`setup: provisioning ${deviceCount} patients and devices through the HTTP API`)
+  const provisionStarted = performance.now()
+  let lastReport = 0
+  let warnedThrottled = false
+  const devices: ProvisionedDevice[] = await provisionDevices(current.baseUrl, adminToken, deviceCount, {
+    concurrency: 8,
+    onThrottled: (status, retryAfter) => {
+      if (warnedThrottled) return
+      warnedThrottled = true
+      progress(`setup: ⚠ Vigil answered HTTP ${status} (${status === 429 ? 'rate limited' : 'load shed'}); retrying after ${retryAfter} s — provisioning will be slow`)
+      results.caveats.push(`provisioning was throttled by Vigil (HTTP ${status}): its time is not the API's speed`)
+    },
+    onProgress: (done) => {
+      if (done === deviceCount || performance.now() - lastReport > 5000) {
+        lastReport = performance.now()
+        progress(`setup: provisioned ${done}/${deviceCount}`)
+      }
+    }
+  })
+  results.setup = { provisionedDevices: devices.length, provisionMs: performance.now() - provisionStarted }
+  progress(`setup: provisioned ${devices.length} devices in ${((results.setup.provisionMs ?? 0) / 1000).toFixed(1)} s`)
+
+  const pool = await GeneratorPool.start(options.generators)
+  onCleanup('load generators', () => pool.close())
+  const ctx: StepContext = { pool, influxUrl: influxd.url, influxdPid, probeDir: root, progress }
+  const grid = rateGrid()
+  const firstRate = options.rates?.[0] ?? options.startRate
+  const searchBase = { durationMs: options.durationMs, sampleEvery: 50, refine: options.rates === null }
+  const loadDevices = devices.slice(0, options.devices)
+
+  const vigilPipeline = (v: VigilProcess): PipelineUnderTest => ({
+    key: 'vigil', label: 'Vigil', mqttPort: v.mqttPort, pids: () => [v.pid], database: 'vigil', vigilUrl: v.baseUrl
+  })
+
+  const connect = async (label: string, port: number, which: ProvisionedDevice[]): Promise<{ connected: number, elapsedMs: number }> => {
+    progress(`${label}: connecting ${which.length} devices`)
+    const c = await pool.connect('127.0.0.1', port, which)
+    progress(`${label}: ${c.connected} connected in ${(c.elapsedMs / 1000).toFixed(1)} s` +
+      (c.refused + c.failed > 0 ? ` (${c.refused} refused, ${c.failed} failed${c.firstError === null ? '' : `: ${c.firstError}`})` : ''))
+    if (c.connected === 0) throw new Error(`${label}: no device could connect`)
+    return c
+  }
+
+  const warmup = async (label: string, pipeline: PipelineUnderTest, rate: number, ms = warmupMs): Promise<void> => {
+    progress(`${label}: warm-up, ${Math.round(rate)} msg/s for ${(ms / 1000).toFixed(1)} s (not measured)`)
+    await pool.run({ rate, durationMs: ms, drainMs: 3000, sampleEvery: 0 })
+    await waitForIdle(pipeline)
+  }
+
+  const profileDir = path.join(root, 'cpu-profile')
+
+  // 1 (and 5): Vigil end to end
+  if (options.scenarios.has(1)) {
+    if (options.profile) {
+      // A fresh Vigil under the profiler, so provisioning is not part of the profile.
+      progress('scenario 1: restarting Vigil under the CPU profiler')
+      await stopVigil()
+      current = await startVigilProcess(profileDir)
+    }
+    const pipeline = vigilPipeline(current)
+    await connect('scenario 1 · Vigil', current.mqttPort, loadDevices)
+    await warmup('scenario 1 · Vigil', pipeline, firstRate / 2)
+    // The profile summary covers the measured steps only (not start-up, connecting, disconnecting).
+    const profileFrom = Number(process.hrtime.bigint() / 1000n)
+    results.ingest.vigil = await findMaxRate(ctx, pipeline, { ...searchBase, grid, startRate: firstRate, label: 'scenario 1 · Vigil' })
+    const best = results.ingest.vigil.best
+    progress(`scenario 1 · Vigil: max held ${best === null ? 'none' : `${best.rate} msg/s`}`)
+
+    if (options.scenarios.has(5) && best !== null) {
+      const rate = Math.round(best.rate / 2)
+      progress(`scenario 5 · query side: ingest alone at ${rate} msg/s (half of max)`)
+      const ingestOnly = await measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 50 })
+      progress(`scenario 5 · query side: ingest at ${rate} msg/s with readings/latest and 24 h aggregate queries on 100 patients`)
+      const patientIds = devices.slice(0, 100).map((d) => d.patientId)
+      const [withQueries, queries] = await Promise.all([
+        measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 50 }),
+        runQueryLoad(current.baseUrl, adminToken, patientIds, { durationMs: options.durationMs, concurrency: 2 })
+      ])
+      results.querySide = { rate, ingestOnly, withQueries, queries }
+      progress(`scenario 5 · query side: latest p99 ${queries.latest.p99Ms?.toFixed(1)} ms, aggregate p99 ${queries.aggregate24h.p99Ms?.toFixed(1)} ms, ` +
+        `PUBACK p99 ${ingestOnly.load.puback.p99Ms?.toFixed(1)} ms alone, ${withQueries.load.puback.p99Ms?.toFixed(1)} ms with queries`)
+    }
+    const profileTo = Number(process.hrtime.bigint() / 1000n)
+    await pool.disconnect()
+    if (options.profile) {
+      progress('profile: stopping the profiled Vigil')
+      await stopVigil()
+      const file = await findCpuProfile(profileDir)
+      if (file !== null) {
+        results.profile = await summarizeCpuProfile(file, repoRoot, { fromMonotonicUs: profileFrom, toMonotonicUs: profileTo })
+        const kept = path.join(repoRoot, 'bench', 'results', `vigil-${startedAt.toISOString().replace(/:/g, '-')}.cpuprofile`)
+        await fs.mkdir(path.dirname(kept), { recursive: true })
+        await fs.copyFile(file, kept)
+        results.profile.file = path.relative(repoRoot, kept)
+      }
+      // Scenarios 2 and 3 do not need Vigil; scenario 4 starts its own.
+    }
+  }
+  const vigilBestRate = results.ingest.vigil?.best?.rate
+
+  // 2: the peer pipeline (Mosquitto + Node consumer → InfluxDB)
+  if (options.scenarios.has(2)) {
+    const mosquittoDir = path.join(root, 'mosquitto')
+    await fs.mkdir(mosquittoDir, { recursive: true })
+    progress('scenario 2 · peer: starting Mosquitto on a free port and the peer consumer')
+    const mosquitto = await startMosquitto(mosquittoDir)
+    onCleanup('mosquitto', () => mosquitto.stop())
+    const consumer = forkTypeScript('peer-consumer', 'peer-consumer.ts', [`mqtt://127.0.0.1:${mosquitto.port}`, influxd.url, 'peer'])
+    onCleanup('peer consumer', () => consumer.stop())
+    await nextMessage(consumer, 'ready', 60_000)
+    const pipeline: PipelineUnderTest = {
+      key: 'peer', label: 'peer', mqttPort: mosquitto.port, pids: () => [mosquitto.pid, consumer.pid], database: 'peer'
+    }
+    await connect('scenario 2 · peer', mosquitto.port, loadDevices)
+    await warmup('scenario 2 · peer', pipeline, firstRate / 2)
+    results.ingest.peer = await findMaxRate(ctx, pipeline, {
+      ...searchBase, grid, startRate: vigilBestRate ?? firstRate, label: 'scenario 2 · peer'
+    })
+    progress(`scenario 2 · peer: max held ${results.ingest.peer.best === null ? 'none' : `${results.ingest.peer.best.rate} msg/s`}`)
+    await pool.disconnect()
+    await consumer.stop()
+    await mosquitto.stop()
+  }
+
+  // 3: ceilings — bare Aedes with the same generator, InfluxDB's raw write rate
+  if (options.scenarios.has(3)) {
+    progress('scenario 3 · ceilings: starting bare Aedes (no auth, no ingest)')
+    const aedes: ManagedProcess = forkTypeScript('raw-aedes', 'raw-aedes.ts')
+    onCleanup('bare aedes', () => aedes.stop())
+    const { port } = await nextMessage<{ type: 'ready', port: number }>(aedes, 'ready', 60_000)
+    const pipeline: PipelineUnderTest = { key: 'aedes', label: 'bare Aedes', mqttPort: port, pids: () => [aedes.pid], database: null }
+    await connect('scenario 3 · bare Aedes', port, loadDevices)
+    await warmup('scenario 3 · bare Aedes', pipeline, firstRate / 2)
+    const floor = Math.max(vigilBestRate ?? 0, results.ingest.peer?.best?.rate ?? 0)
+    results.ingest.aedes = await findMaxRate(ctx, pipeline, {
+      ...searchBase, sampleEvery: 0, grid, startRate: floor === 0 ? firstRate : gridRateAbove(grid, floor), label: 'scenario 3 · bare Aedes'
+    })
+    progress(`scenario 3 · bare Aedes: max held ${results.ingest.aedes.best === null ? 'none' : `${results.ingest.aedes.best.rate} msg/s`}`)
+    await pool.disconnect()
+    await aedes.stop()
+
+    const ceilingMs = quick ? 4000 : 10_000
+    progress(`scenario 3 · ceilings: InfluxDB /write with 5,000-line batches, 2 concurrent, ${ceilingMs / 1000} s`)
+    results.influxCeiling = await measureInfluxWriteCeiling(influxd.url, influxdPid, devices.slice(0, 1000), { durationMs: ceilingMs })
+    progress(`scenario 3 · ceilings: InfluxDB took ${Math.round(results.influxCeiling.linesPerSecond)} lines/s`)
+  }
+
+  // 4: cost growth with the number of devices, at a fixed total rate
+  if (options.scenarios.has(4)) {
+    const rate = options.costRate ?? (vigilBestRate === undefined ? 1000 : Math.min(1000, Math.round(vigilBestRate / 2)))
+    const rows: CostGrowthRow[] = []
+    results.costGrowth = rows
+    for (const n of options.costDevices) {
+      const label = `scenario 4 · ${n} devices`
+      progress(`${label}: restarting Vigil so memory is measured from a fresh process`)
+      await stopVigil()
+      current = await startVigilProcess()
+      const pipeline = vigilPipeline(current)
+      await sleep(1000)
+      const rssBeforeBytes = processUsage(current.pid)?.rssBytes ?? 0
+      const c = await connect(label, current.mqttPort, devices.slice(0, n))
+      // Idle but connected: what holding the sessions costs in memory and CPU.
+      await sleep(1000)
+      const idleFrom = processUsage(current.pid)?.cpuUs ?? 0
+      await sleep(2000)
+      const idleCores = ((processUsage(current.pid)?.cpuUs ?? 0) - idleFrom) / 2e6
+      const rssConnectedBytes = processUsage(current.pid)?.rssBytes ?? 0
+      // Every device publishes at least once before measuring (its assignment is then cached).
+      await warmup(label, pipeline, rate, Math.max(warmupMs, 1.2 * n / rate * 1000))
+      progress(`${label}: ${rate} msg/s for ${options.durationMs / 1000} s`)
+      const step = await measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 0 })
+      await pool.disconnect()
+      rows.push({
+        devices: n, rate, connectMs: c.elapsedMs, connected: c.connected, idleCores, rssBeforeBytes, rssConnectedBytes,
+        rssPerDeviceBytes: (rssConnectedBytes - rssBeforeBytes) / Math.max(1, c.connected), step
+      })
+      progress(`${label}: ${step.held ? 'held' : `NOT held (${step.reasons.join('; ')})`}, ${step.cpuUsPerReading?.toFixed(0)} µs CPU/reading, ` +
+        `RSS ${(rssBeforeBytes / 1048576).toFixed(0)} → ${(rssConnectedBytes / 1048576).toFixed(0)} MB connected ` +
+        `(${((rssConnectedBytes - rssBeforeBytes) / Math.max(1, c.connected) / 1024).toFixed(1)} KB/device)`)
+    }
+  }
+}
+
+let failed = false
+try {
+  await main()
+} catch (err) {
+  failed = true
+  if (!interrupted) {
+    process.stderr.write(`\nbench failed: ${(err as Error).stack ?? String(err)}\n`)
+    if (vigilLogFile !== null) {
+      const tail = await fs.readFile(vigilLogFile, 'utf8').then((t) => t.trimEnd().split('\n').slice(-15).join('\n'), () => '')
+      if (tail !== '') process.stderr.write(`\nlast lines of Vigil's log (${vigilLogFile}):\n${tail}\n`)
+    }
+  }
+}
+if (!interrupted) {
+  const finished = new Date()
+  results.finishedAt = finished.toISOString()
+  results.elapsedSeconds = (performance.now() - benchStarted) / 1000
+  results.targets = evaluateTargets(results)
+  const hasData = results.ingest.vigil !== null || results.ingest.peer !== null || results.ingest.aedes !== null ||
+    results.influxCeiling !== null || results.costGrowth !== null
+  if (hasData) {
+    process.stdout.write(renderReport(results))
+    const dir = path.join(repoRoot, 'bench', 'results')
+    await fs.mkdir(dir, { recursive: true })
+    // Colons are not portable in file names; the timestamp is otherwise ISO 8601.
+    const file = path.join(dir, `${startedAt.toISOString().replace(/:/g, '-')}.json`)
+    await fs.writeFile(file, JSON.stringify(results, null, 2) + '\n')
+    process.stdout.write(`\nresults: ${path.relative(process.cwd(), file)}${failed ? ' (partial: the run failed)' : ''}\n`)
+  }
+  progress('cleaning up')
+  await cleanup()
+  process.exit(failed ? 1 : 0)
+}
