@@ -132,10 +132,13 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const httpPort = await listen(server, config.httpHost, config.httpPort, config.defaultPorts.http, 'HTTP_PORT', log)
     const scheme = config.httpTls === null ? 'http' : 'https'
 
-    // Where a local tool (the simulator) finds the ports actually bound, when they were 0 or fell back.
-    await fs.writeFile(path.join(config.dataDir, 'listening.json'), JSON.stringify({
+    // Where a local tool (the simulator) finds the ports actually bound, when they were 0 or fell
+    // back. Written to a temp file and renamed, so a reader never sees half of it.
+    const listeningFile = path.join(config.dataDir, 'listening.json')
+    await fs.writeFile(`${listeningFile}.tmp`, JSON.stringify({
       pid: process.pid, httpPort, httpTls: config.httpTls !== null, mqttPort: broker.port, mqttTlsPort: broker.tlsPort, mqttWsPort: broker.wsPort
     }) + '\n')
+    await fs.rename(`${listeningFile}.tmp`, listeningFile)
     log.info({
       http: `${scheme}://${config.httpHost}:${httpPort}`,
       mqtt: `mqtt://${config.mqttHost}:${broker.port}`,
@@ -161,8 +164,12 @@ async function httpsServerFor (plain: http.Server, routing: (req: http.IncomingM
   const server = https.createServer({
     cert: await fs.readFile(files.certFile),
     key: await fs.readFile(files.keyFile),
-    minVersion: 'TLSv1.2'
+    minVersion: 'TLSv1.2',
+    // The API's header cap (16 KiB, as buildApi sets for the plain server): HTTPS refuses the same requests.
+    maxHeaderSize: 16 * 1024
   }, routing)
+  // Malformed requests and oversized headers get the API's JSON answers (431, 400) over HTTPS too.
+  server.on('clientError', (err, socket) => plain.emit('clientError', err, socket))
   server.keepAliveTimeout = plain.keepAliveTimeout
   server.headersTimeout = plain.headersTimeout
   server.requestTimeout = plain.requestTimeout

@@ -344,7 +344,7 @@ t.test('limits are validated when the API is built, naming the option', async (t
   ]
   for (const [options, message] of bad) await t.rejects(buildApi({ ...deps, ...options }), message, JSON.stringify(options))
   const unset = await buildWith(t, { rateLimitPerMinute: undefined })
-  t.equal((await unset.inject({ method: 'GET', url: '/v1/patients', headers })).headers['x-ratelimit-limit'], '600', 'undefined means the default')
+  t.equal((await unset.inject({ method: 'GET', url: '/v1/patients', headers })).headers['x-ratelimit-limit'], '6000', 'undefined means the default')
 })
 
 // ---------------------------------------------------------------------------------------
