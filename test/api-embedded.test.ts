@@ -4,28 +4,14 @@ import path from 'node:path'
 import pino from 'pino'
 import t from 'tap'
 import { buildApi } from '../api/app.ts'
-import { createMetrics } from '../observability/metrics.ts'
-import { createApiTokenStore } from '../store/api-tokens.ts'
 import { openDatabase } from '../store/database.ts'
-import { createDeviceRegistry } from '../store/device-registry.ts'
-import { createPatientStore } from '../store/patients.ts'
-import { createPostgresReadingStore } from '../store/postgres-readings.ts'
-import { createRejectionLog } from '../store/rejections.ts'
+import { apiDepsFor } from './helpers/api-deps.ts'
 
 // The embedded default (`npm start` on a fresh clone): PGlite behind pglite-socket, one connection.
 const log = pino({ level: 'silent' })
 const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-api-embedded-'))
 const db = await openDatabase({ databaseUrl: null, dataDir, log })
-const deps = {
-  log,
-  db,
-  patients: createPatientStore(db.pool),
-  devices: createDeviceRegistry(db.pool),
-  tokens: createApiTokenStore(db.pool),
-  rejections: createRejectionLog(db.pool),
-  readings: createPostgresReadingStore(db.pool),
-  metrics: createMetrics()
-}
+const deps = apiDepsFor(db, log)
 const app = await buildApi(deps)
 t.teardown(async () => {
   await app.close()

@@ -2,28 +2,14 @@ import pino from 'pino'
 import t from 'tap'
 import { buildApi } from '../api/app.ts'
 import type { ApiDeps } from '../api/app.ts'
-import { createMetrics } from '../observability/metrics.ts'
-import { createApiTokenStore } from '../store/api-tokens.ts'
 import { openDatabase } from '../store/database.ts'
-import { createDeviceRegistry } from '../store/device-registry.ts'
-import { createPatientStore } from '../store/patients.ts'
-import { createPostgresReadingStore } from '../store/postgres-readings.ts'
-import { createRejectionLog } from '../store/rejections.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
+import { apiDepsFor } from './helpers/api-deps.ts'
 
 const log = pino({ level: 'silent' })
 const testDb = await createTestDatabase()
 const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-const deps: ApiDeps = {
-  log,
-  db,
-  patients: createPatientStore(db.pool),
-  devices: createDeviceRegistry(db.pool),
-  tokens: createApiTokenStore(db.pool),
-  rejections: createRejectionLog(db.pool),
-  readings: createPostgresReadingStore(db.pool),
-  metrics: createMetrics()
-}
+const deps: ApiDeps = apiDepsFor(db, log)
 const app = await buildApi(deps)
 t.teardown(async () => {
   await app.close()
