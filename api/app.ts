@@ -21,7 +21,10 @@ import type { DeviceRegistry } from '../store/device-registry.ts'
 import type { PatientStore } from '../store/patients.ts'
 import type { ReadingStore } from '../store/readings-store.ts'
 import type { RejectionLog } from '../store/rejections.ts'
-import { requireAuthentication } from './auth.ts'
+import { authenticateApiTokens, requireAuthentication } from './auth.ts'
+import type { Authenticate } from './auth.ts'
+import { everyPatientVisible } from './patient-access.ts'
+import type { PatientAccessPolicy } from './patient-access.ts'
 import { VigilError, errorCatalogue } from './errors.ts'
 import type { ErrorCode } from './errors.ts'
 import { registerLoadShedding } from './load-shedding.ts'
@@ -75,6 +78,9 @@ export const apiLimitDefaults: Readonly<ApiLimits> = {
   loadSampleIntervalMs: 5000
 }
 
+/** What routes receive: ApiDeps with the defaults filled in. */
+export type RouteDeps = ApiDeps & { authenticate: Authenticate, patientAccess: PatientAccessPolicy }
+
 export interface ApiDeps extends Partial<ApiLimits> {
   log: Logger
   /** For /healthz. */
@@ -82,6 +88,10 @@ export interface ApiDeps extends Partial<ApiLimits> {
   patients: PatientStore
   devices: DeviceRegistry
   tokens: ApiTokenStore
+  /** Bearer secret → principal; default: API tokens only (`authenticateApiTokens(tokens)`). */
+  authenticate?: Authenticate
+  /** Who may see which patient; default: any principal holding the route's permission sees every patient. */
+  patientAccess?: PatientAccessPolicy
   rejections: RejectionLog
   readings: ReadingStore
   metrics: Metrics
@@ -197,14 +207,19 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
   // staticCSP replaces the API's CSP on the /docs routes only (the UI's own context).
   await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: docsContentSecurityPolicy })
 
+  const routeDeps: RouteDeps = {
+    ...deps,
+    authenticate: deps.authenticate ?? authenticateApiTokens(deps.tokens),
+    patientAccess: deps.patientAccess ?? everyPatientVisible(deps.patients)
+  }
   await app.register(async (v1) => {
-    requireAuthentication(v1, deps.tokens, budgets)
-    patientRoutes(v1, deps)
-    deviceRoutes(v1, deps)
-    deviceAssignmentRoutes(v1, deps)
-    deviceCredentialRoutes(v1, deps)
-    deviceRejectionRoutes(v1, deps)
-    readingRoutes(v1, deps)
+    requireAuthentication(v1, routeDeps.authenticate, budgets)
+    patientRoutes(v1, routeDeps)
+    deviceRoutes(v1, routeDeps)
+    deviceAssignmentRoutes(v1, routeDeps)
+    deviceCredentialRoutes(v1, routeDeps)
+    deviceRejectionRoutes(v1, routeDeps)
+    readingRoutes(v1, routeDeps)
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })

@@ -10,7 +10,29 @@ export const permissions = [
   'devices:write',
   'patients:read',
   'patients:write',
-  'credentials:write'
+  'credentials:write',
+  // People, roles and PHI (issue 3)
+  'phi:read',
+  'phi:write',
+  'users:admin',
+  'roles:admin',
+  'care-teams:write',
+  'audit:read',
+  'break-glass',
+  'export:deidentified',
+  'tokens:write',
+  // Alerting (issue 4)
+  'alerts:read',
+  'alerts:ack',
+  'alerts:write',
+  'rules:read',
+  'rules:write',
+  'overrides:write',
+  // Jobs and voice notes (issue 5)
+  'jobs:read',
+  'jobs:write',
+  'voice-notes:read',
+  'voice-notes:write'
 ] as const
 
 export type Permission = typeof permissions[number]
@@ -27,7 +49,24 @@ export interface Principal {
   tokenId: string
   name: string
   role: TokenRole
+  /** The person behind the request (a user's session); null for service/API tokens. */
+  userId: string | null
   permissions: ReadonlySet<Permission>
+}
+
+/**
+ * Turns a bearer secret into a principal, or null when it is not valid. The API's auth hook,
+ * the alert stream and MQTT subscribers for alerts all authenticate people through this.
+ */
+export type Authenticate = (bearer: string) => Promise<Principal | null>
+
+/** The default authenticator: API tokens from the token store. */
+export function authenticateApiTokens (tokens: ApiTokenStore): Authenticate {
+  return async (bearer) => {
+    const token = await tokens.authenticate(bearer)
+    if (token === null) return null
+    return { ...token, userId: null, permissions: rolePermissions[token.role] ?? new Set() }
+  }
 }
 
 declare module 'fastify' {
@@ -59,7 +98,7 @@ function unauthenticated (reply: FastifyReply): VigilError {
  * at registration, so a new route cannot be public by accident. Authenticated requests
  * are charged to their token's budget, failed ones to the caller's address.
  */
-export function requireAuthentication (app: FastifyInstance, tokens: ApiTokenStore, budgets: RequestBudgets): void {
+export function requireAuthentication (app: FastifyInstance, authenticate: Authenticate, budgets: RequestBudgets): void {
   app.addHook('onRoute', (route) => {
     const permission = (route.config as { permission?: Permission } | undefined)?.permission
     if (permission === undefined || !permissions.includes(permission)) {
@@ -72,13 +111,12 @@ export function requireAuthentication (app: FastifyInstance, tokens: ApiTokenSto
     await budgets.refuseExhaustedAddress(request, reply)
     const match = BEARER.exec(request.headers.authorization ?? '')
     // A database outage throws here and becomes a 503: it is not the caller's failure.
-    const token = match === null ? null : await tokens.authenticate(match[1]!)
-    if (token === null) {
+    const principal = match === null ? null : await authenticate(match[1]!)
+    if (principal === null) {
       await budgets.chargeAddress(request, reply)
       throw unauthenticated(reply)
     }
-    const granted = rolePermissions[token.role]
-    request.principal = { ...token, permissions: granted ?? new Set() }
+    request.principal = principal
     await budgets.chargeToken(request, reply)
     const required = request.routeOptions.config.permission
     if (required === undefined || !request.principal.permissions.has(required)) {

@@ -27,6 +27,11 @@ export interface IngestDeps {
   /** Makes committed database writes durable (PGlite needs it; a Postgres server's commit already is). */
   flushToDisk?: () => Promise<void>
   now?: () => number
+  /**
+   * Called with each message's readings once they are durable (before the PUBACK is sent),
+   * e.g. to queue alert evaluation. Must not throw or block: it runs on the publish path.
+   */
+  onAccepted?: (readings: readonly StoredReading[]) => void
 }
 
 export type IngestOutcome = { outcome: 'accepted', count: number } | { outcome: 'rejected', reason: PayloadRejection['reason'] }
@@ -94,6 +99,13 @@ export async function startIngest (deps: IngestDeps) {
       }
       await sink.append(stored)
       deps.metrics.readingsAccepted.inc(stored.length)
+      if (deps.onAccepted !== undefined) {
+        try {
+          deps.onAccepted(stored)
+        } catch (err) {
+          log.error({ err, deviceId }, 'onAccepted listener failed')
+        }
+      }
       deps.metrics.durableSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
       return { outcome: 'accepted', count: stored.length }
     },

@@ -79,13 +79,13 @@ t.test('public routes need no token', async (t) => {
 })
 
 t.test('a /v1 route without a declared permission cannot be registered', async (t) => {
-  const { requireAuthentication } = await import('../api/auth.ts')
+  const { authenticateApiTokens, requireAuthentication } = await import('../api/auth.ts')
   const Fastify = (await import('fastify')).default
   const bare = Fastify()
   t.teardown(() => bare.close())
   await bare.register(async (v1) => {
     const budgets = { chargeAddress: async () => {}, chargeToken: async () => {}, refuseExhaustedAddress: async () => {} }
-    requireAuthentication(v1, deps.tokens, budgets)
+    requireAuthentication(v1, authenticateApiTokens(deps.tokens), budgets)
     t.throws(() => v1.get('/open', async () => ({})), /must declare config\.permission/)
   })
 })

@@ -1,7 +1,6 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { StoredReading } from '../../ingest/reading.ts'
-import type { ApiDeps, ApiInstance } from '../app.ts'
-import { VigilError } from '../errors.ts'
+import type { ApiInstance, RouteDeps } from '../app.ts'
 import {
   instantMs,
   invalid,
@@ -23,10 +22,7 @@ function range (from: string | undefined, to: string | undefined): { from?: numb
   return { from: fromMs, to: toMs }
 }
 
-export function readingRoutes (app: ApiInstance, { patients, readings }: Pick<ApiDeps, 'patients' | 'readings'>): void {
-  async function requirePatient (id: string): Promise<void> {
-    if (await patients.get(id) === null) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
-  }
+export function readingRoutes (app: ApiInstance, { patientAccess, readings }: Pick<RouteDeps, 'patientAccess' | 'readings'>): void {
 
   app.get('/patients/:id/readings', {
     config: { permission: 'readings:read' },
@@ -44,7 +40,7 @@ export function readingRoutes (app: ApiInstance, { patients, readings }: Pick<Ap
     const { metric, limit, cursor } = request.query
     const { from, to } = range(request.query.from, request.query.to)
     const after = cursor === undefined ? undefined : decodeReadingCursor(cursor)
-    await requirePatient(request.params.id)
+    await patientAccess.require(request, request.params.id, { action: 'readings:read' })
     const rows = await readings.query({ patientId: request.params.id, metric, from, to, limit: limit + 1, after })
     const { items, nextCursor } = pageOf(rows, limit, (last) => encodeReadingCursor(last))
     return { items: items.map(toReading), nextCursor }
@@ -59,7 +55,7 @@ export function readingRoutes (app: ApiInstance, { patients, readings }: Pick<Ap
       response: { 200: Type.Object({ items: Type.Array(Reading) }), ...errorResponses(404) }
     }
   }, async (request) => {
-    await requirePatient(request.params.id)
+    await patientAccess.require(request, request.params.id, { action: 'readings:read' })
     return { items: (await readings.latest(request.params.id)).map(toReading) }
   })
 
@@ -83,7 +79,7 @@ export function readingRoutes (app: ApiInstance, { patients, readings }: Pick<Ap
       throw invalid('querystring/every',
         `gives ${buckets} buckets over from–to; at most ${MAX_BUCKETS} are allowed: use every=${suggestEvery(to - from, MAX_BUCKETS)} or more, or a shorter range`)
     }
-    await requirePatient(request.params.id)
+    await patientAccess.require(request, request.params.id, { action: 'readings:read' })
     const rows = await readings.aggregate({ patientId: request.params.id, metric, from, to, everyMs, fn })
     return { metric, fn, every, items: rows.map((b) => ({ ts: new Date(b.ts).toISOString(), value: b.value })) }
   })
