@@ -51,6 +51,20 @@ export interface DeliveryOptions {
   maxBatchReadings?: number
   minBackoffMs?: number
   maxBackoffMs?: number
+  /**
+   * While fewer than `lingerReadings` are waiting, the first of them waits up to this long
+   * (ms, default 20) for company, so a steady stream goes out in few large writes instead of
+   * many tiny ones: each write costs an HTTP request whatever its size. 0: no wait.
+   */
+  lingerMs?: number
+  /** Backlog at which delivery starts at once, without lingering (default 1000). */
+  lingerReadings?: number
+  /**
+   * The checkpoint (three fsyncs and a rename) moves at most this often (ms, default 250)
+   * while delivery keeps up; a crash re-delivers at most this much, which is harmless
+   * (writes are idempotent). 0: after every write.
+   */
+  checkpointIntervalMs?: number
 }
 
 export interface SpoolStats {
@@ -335,6 +349,9 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
   let closing: Promise<void> | null = null
   let deadLettered = 0
   let deadLetterDirSynced = false
+  // Delivered up to here; the checkpoint (head) follows it at checkpointIntervalMs.
+  let cursor: Position = head
+  let lastCheckpointAt = 0
 
   function signalDelivery (): void {
     generation++
@@ -607,10 +624,37 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     for (const [reason, count] of byReason) safeEmit('deadLettered', count, reason)
   }
 
+  /** Resolves after `ms`, or at once when delivery stops; leaves no timer behind. */
+  async function pause (ms: number, wakeOnAppend: boolean): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms)
+      function done (): void {
+        clearTimeout(timer)
+        stopBackoff = null
+        if (wakeDelivery === done) wakeDelivery = null
+        resolve()
+      }
+      stopBackoff = done
+      if (wakeOnAppend) wakeDelivery = done
+    })
+  }
+
+  async function checkpointIfDue (force: boolean): Promise<void> {
+    if (cursor === head) return
+    if (!force && performance.now() - lastCheckpointAt < checkpointInterval) return
+    await commitCheckpoint(cursor)
+    lastCheckpointAt = performance.now()
+  }
+
+  let checkpointInterval = 250
+
   async function runDelivery (store: ReadingStore, deliveryOptions: DeliveryOptions): Promise<void> {
     const maxBatch = deliveryOptions.maxBatchReadings ?? 5000
     const minBackoff = deliveryOptions.minBackoffMs ?? 100
     const maxBackoff = deliveryOptions.maxBackoffMs ?? 10_000
+    const lingerMs = deliveryOptions.lingerMs ?? 20
+    const lingerReadings = deliveryOptions.lingerReadings ?? 1000
+    checkpointInterval = deliveryOptions.checkpointIntervalMs ?? 250
     let backoff = minBackoff
     // Kept across retries so a failing batch is retried as it was, not re-read.
     let batch: Batch | null = null
@@ -618,26 +662,41 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
       try {
         const seen = generation
         if (batch === null) {
-          const read = await readBatch(head, maxBatch)
+          // Linger: a small backlog waits (from its first append) for more to share one write.
+          const waited = oldestAppendedAt === null ? 0 : Date.now() - oldestAppendedAt
+          if (lingerMs > 0 && depthReadings > 0 && depthReadings < lingerReadings && waited < lingerMs) {
+            await pause(lingerMs - waited, false)
+            if (stopping) break
+          }
+          const read = await readBatch(cursor, maxBatch)
           batch = read === null ? null : { ...read, done: 0, dead: [], delivered: 0, latencyMs: 0 }
         }
         if (batch === null) {
+          // Caught up: move the checkpoint once it is due, then sleep until the next append.
+          if (cursor !== head) {
+            const due = checkpointInterval - (performance.now() - lastCheckpointAt)
+            if (due > 0 && generation === seen) await pause(due, true)
+            if (generation === seen || stopping) await checkpointIfDue(true)
+            continue
+          }
           if (generation === seen && !stopping) await new Promise<void>((resolve) => { wakeDelivery = resolve })
           continue
         }
         if (!(await deliverBatch(store, batch, maxBatch))) break
         if (batch.dead.length > 0) {
+          // Before the checkpoint can pass them (checkpointIfDue below or later).
           await writeDeadLetters(batch.dead)
           batch.dead = []
         }
-        await commitCheckpoint(batch.end)
+        cursor = batch.end
         depthBytes -= batch.bytes
         depthReadings -= batch.readings.length
-        oldestAppendedAt = depthBytes === 0 ? null : await appendedAtOf(head).catch(() => oldestAppendedAt)
+        oldestAppendedAt = depthBytes === 0 ? null : await appendedAtOf(cursor).catch(() => oldestAppendedAt)
         const { delivered, latencyMs } = batch
         batch = null
         backoff = minBackoff
         if (delivered > 0) safeEmit('delivered', delivered, latencyMs)
+        await checkpointIfDue(false)
       } catch (err) {
         // close() gave up on the store write: stop without touching anything (the readings are
         // replayed at the next start).
@@ -664,6 +723,10 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
         stopBackoff = null
         backoff = Math.min(backoff * 2, maxBackoff)
       }
+    }
+    // Stopping: what was delivered need not be delivered again at the next start.
+    if (!abandoned) {
+      await checkpointIfDue(true).catch((err: unknown) => log.warn({ code: ioCode(err) }, 'spool: final checkpoint failed; the next start re-delivers a little'))
     }
   }
 
