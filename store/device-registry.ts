@@ -73,7 +73,7 @@ const ASSIGNMENT_CACHE_MS = 30_000
  */
 export function createDeviceRegistry (pool: pg.Pool) {
   const events = new EventEmitter()
-  const periods = new Map<string, { loadedAt: number, periods: Period[] }>()
+  const periods = new Map<string, { expiresAt: number, periods: Period[] }>()
   const verified = new Map<string, VerifiedSecret>()
 
   const columns = `d.id, d.name, d.mac, d.owner_user_id, d.assigned_by_user_id, d.firmware_version, d.software_version,
@@ -124,9 +124,28 @@ export function createDeviceRegistry (pool: pg.Pool) {
     periods.delete(deviceId)
   }
 
+  // Devices whose expired snapshot is being reloaded in the background.
+  const refreshing = new Set<string>()
+
   async function loadPeriods (deviceId: string): Promise<Period[]> {
     const cached = periods.get(deviceId)
-    if (cached !== undefined && Date.now() - cached.loadedAt < ASSIGNMENT_CACHE_MS) return cached.periods
+    if (cached !== undefined) {
+      if (Date.now() < cached.expiresAt) return cached.periods
+      // Expired: serve it and reload behind. Every change made through this registry
+      // invalidates at once (the next read waits for the database), so an expired snapshot
+      // only misses edits made elsewhere, which the refresh picks up. Publishers never wait for
+      // it: when the whole fleet's entries expired together, each publish waited for a query
+      // (the p99 PUBACK spike every 30 s in the benchmark).
+      if (!refreshing.has(deviceId)) {
+        refreshing.add(deviceId)
+        fetchPeriods(deviceId, cached).catch(() => {}).finally(() => refreshing.delete(deviceId))
+      }
+      return cached.periods
+    }
+    return await fetchPeriods(deviceId, undefined)
+  }
+
+  async function fetchPeriods (deviceId: string, cached: { periods: Period[] } | undefined): Promise<Period[]> {
     const startedAt = generation
     let rows: Array<Record<string, unknown>>
     try {
@@ -144,7 +163,9 @@ export function createDeviceRegistry (pool: pg.Pool) {
       from: (r.valid_from as Date).getTime(),
       to: r.valid_to === null ? Number.POSITIVE_INFINITY : (r.valid_to as Date).getTime()
     }))
-    if (generation === startedAt) periods.set(deviceId, { loadedAt: Date.now(), periods: loaded })
+    // Expiry spread over 75–100 % of the lifetime so entries loaded
+    // together (a fleet reconnecting) do not all expire in the same second.
+    if (generation === startedAt) periods.set(deviceId, { expiresAt: Date.now() + ASSIGNMENT_CACHE_MS * (0.75 + Math.random() * 0.25), periods: loaded })
     return loaded
   }
 
