@@ -17,16 +17,22 @@ import type { Keyring } from '../store/field-encryption.ts'
  */
 
 /** A key's parse failure, phrased to follow the variable's name ("VIGIL_SECRET_KEY …"). Never quotes key material. */
-export class SecretKeyFormatError extends Error {}
+export class SecretKeyFormatError extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'SecretKeyFormatError'
+  }
+}
 
 // Standard or URL-safe alphabet, optional padding.
 const BASE64 = /^[A-Za-z0-9+/_-]+={0,2}$/
 
-function key (text: string, what: string): Buffer {
+/** `subject` prefixes the message ('' for the variable itself, `key "k2" ` for an entry). */
+function key (text: string, subject: string): Buffer {
   const trimmed = text.trim()
-  if (!BASE64.test(trimmed)) throw new SecretKeyFormatError(`${what} is not base64 (generate one with \`openssl rand -base64 32\`)`)
+  if (!BASE64.test(trimmed)) throw new SecretKeyFormatError(`${subject}is not base64 (generate one with \`openssl rand -base64 32\`)`)
   const bytes = Buffer.from(trimmed.replace(/-/g, '+').replace(/_/g, '/'), 'base64')
-  if (bytes.length !== 32) throw new SecretKeyFormatError(`${what} must be 32 bytes of base64 (got ${bytes.length} bytes; generate one with \`openssl rand -base64 32\`)`)
+  if (bytes.length !== 32) throw new SecretKeyFormatError(`${subject}must be 32 bytes of base64 (got ${bytes.length} bytes; generate one with \`openssl rand -base64 32\`)`)
   return bytes
 }
 
@@ -53,14 +59,14 @@ function build (entries: Array<[string, Buffer]>, active: string, index: Buffer 
 
 /** VIGIL_SECRET_KEY's value. */
 export function parseSecretKeyValue (value: string): Keyring {
-  if (!value.includes(':')) return build([['k1', key(value, 'is')]], 'k1', null)
+  if (!value.includes(':')) return build([['k1', key(value, '')]], 'k1', null)
   const entries: Array<[string, Buffer]> = []
   let index: Buffer | null = null
   for (const part of value.split(',')) {
     const at = part.indexOf(':')
     if (at <= 0) throw new SecretKeyFormatError('must be base64 of 32 bytes, or a list id:<base64>,id:<base64> with the active key first')
     const id = part.slice(0, at).trim()
-    const bytes = key(part.slice(at + 1), `key "${id.slice(0, 40)}"`)
+    const bytes = key(part.slice(at + 1), `key "${id.slice(0, 40)}" `)
     if (id === 'index') {
       if (index !== null) throw new SecretKeyFormatError('names the index key twice')
       index = bytes
@@ -87,12 +93,12 @@ export function parseSecretKeyFile (text: string): Keyring {
   const entries: Array<[string, Buffer]> = []
   for (const [id, value] of Object.entries(d.keys as Record<string, unknown>)) {
     if (typeof value !== 'string') throw new SecretKeyFormatError(`key "${id.slice(0, 40)}" must be a base64 string`)
-    entries.push([id, key(value, `key "${id.slice(0, 40)}"`)])
+    entries.push([id, key(value, `key "${id.slice(0, 40)}" `)])
   }
   let index: Buffer | null = null
   if (d.blindIndexKey !== undefined) {
     if (typeof d.blindIndexKey !== 'string') throw new SecretKeyFormatError('blindIndexKey must be a base64 string')
-    index = key(d.blindIndexKey, 'blindIndexKey')
+    index = key(d.blindIndexKey, 'blindIndexKey ')
   }
   return build(entries, d.activeKeyId, index)
 }
