@@ -7,27 +7,7 @@ import { buildApi } from '../api/app.ts'
 import { openDatabase } from '../store/database.ts'
 import { apiDepsFor } from './helpers/api-deps.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
-
-/** A full record; `tag` makes its values unique (and findable) per test. */
-export function fullRecord (tag = 'X') {
-  return {
-    dateOfBirth: '1984-02-29',
-    addresses: [{ kind: 'home', line1: `1 ${tag} Street`, line2: 'Flat 2', city: 'Berlin', region: 'BE', postalCode: '10115', country: 'DE' }],
-    primaryCareProvider: { name: `Dr ${tag}`, organization: 'Praxis Mitte', phone: '+49 30 1234567', email: 'gp@example.org' },
-    billing: { accountHolder: `Holder ${tag}`, email: 'billing@example.org', paymentMethod: 'insurance', accountReference: `ACC-${tag}` },
-    insurance: [{ payer: 'AOK', memberId: `M-${tag}`, groupNumber: 'G1', validUntil: '2030-12-31' }],
-    medicalCard: { number: `CARD-${tag}`, issuer: 'AOK', validUntil: '2029-01-31' },
-    familyMembers: [{ name: `Sibling ${tag}`, relationship: 'sister', phone: '+49 170 000000' }],
-    emergencyContacts: [{ name: `Contact ${tag}`, relationship: 'spouse', phone: '+49 171 000000', email: 'contact@example.org' }],
-    medicalHistory: {
-      heightCm: 172,
-      weightKg: 68.5,
-      gender: 'female',
-      medications: [{ name: `Drug ${tag}`, dose: '5 mg', frequency: 'twice daily', route: 'oral', since: '2020-01-01' }],
-      allergies: [{ substance: `Allergen ${tag}`, reaction: 'hives', severity: 'severe' }]
-    }
-  }
-}
+import { fullRecord } from './helpers/records.ts'
 
 for (const kind of ['postgres', 'pglite'] as const) {
   t.test(`patient records on ${kind}`, async (t) => {
@@ -93,7 +73,7 @@ for (const kind of ['postgres', 'pglite'] as const) {
 
     t.test('what the database holds: envelopes for sensitive groups, plain height and weight, a blind index', async (t) => {
       const id = await newPatient()
-      await app.inject({ method: 'PUT', url: record(id), headers, payload: fullRecord('DB') })
+      await app.inject({ method: 'PUT', url: record(id), headers, payload: fullRecord('ROWCHECK') })
       const { rows: [row] } = await db.pool.query('SELECT * FROM patient_records WHERE patient_id = $1', [id])
       for (const column of ['date_of_birth_enc', 'addresses_enc', 'primary_care_provider_enc', 'billing_enc', 'insurance_enc', 'medical_card_enc',
         'family_members_enc', 'emergency_contacts_enc', 'gender_enc', 'medications_enc', 'allergies_enc']) {
@@ -102,7 +82,7 @@ for (const kind of ['postgres', 'pglite'] as const) {
       t.equal(row.height_cm, 172)
       t.equal(row.weight_kg, 68.5)
       t.equal(row.medical_card_index.length, 32)
-      t.notMatch(JSON.stringify(row), /DB|1984|female|hives|Berlin/, 'no plaintext in the row')
+      t.notMatch(JSON.stringify(row), /ROWCHECK|1984-02-29|female|hives|Berlin/, 'no plaintext in the row')
     })
 
     t.test('a ciphertext copied to another patient\'s row is refused, not shown', async (t) => {
