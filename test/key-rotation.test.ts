@@ -108,7 +108,8 @@ for (const kind of ['postgres', 'pglite'] as const) {
         await expectAllReadable(t, vigil, 'k2 active, k1 kept')
         const progress = await vigil.reencryption
         t.equal(progress?.failed, 0, 'no record failed')
-        t.ok((progress?.done ?? 0) + 1 >= PATIENTS - 1, 'the pass (with reads racing it) covered the rest')
+        // Reads racing the pass may move records first (lazily); the counts below are what matters.
+        t.ok(progress !== null && progress.total <= PATIENTS - 1 && progress.done <= progress.total, 'the pass saw only the records still under k1')
         t.same(await keyCounts(vigil), { k1: 0, k2: PATIENTS }, 'k1 holds 0 records: it may be retired')
         t.ok(logs.find('re-encryption finished').length >= 1, 'the pass logged its end')
         t.ok(logs.find('re-encryption progress').every((l) => typeof l.done === 'number' && typeof l.total === 'number'), 'progress lines count rows')
