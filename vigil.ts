@@ -14,10 +14,14 @@ import { createApiTokenStore } from './store/api-tokens.ts'
 import { lockDataDir } from './store/data-dir-lock.ts'
 import { openDatabase } from './store/database.ts'
 import { createDeviceRegistry } from './store/device-registry.ts'
+import { openEmbeddedKeyring } from './store/embedded-keyring.ts'
 import { createInfluxReadingStore } from './store/influx-readings.ts'
+import { createPatientRecordStore } from './store/patient-records.ts'
+import type { ReencryptionProgress } from './store/patient-records.ts'
 import { createPatientStore } from './store/patients.ts'
 import { createPostgresReadingStore } from './store/postgres-readings.ts'
 import type { ReadingStore } from './store/readings-store.ts'
+import { startReencryption } from './store/reencryption.ts'
 import { createRejectionLog } from './store/rejections.ts'
 
 export interface Vigil {
@@ -30,6 +34,8 @@ export interface Vigil {
   /** MQTT over WebSocket (path /mqtt), when MQTT_WS_PORT is set. */
   readonly mqttWsPort: number | null
   readonly readings: ReadingStore
+  /** The start-up re-encryption of patient records under the active key; null when there was nothing to do. */
+  readonly reencryption: Promise<ReencryptionProgress | null>
   close (): Promise<void>
 }
 
@@ -53,6 +59,11 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const devices = createDeviceRegistry(db.pool)
     const tokens = createApiTokenStore(db.pool)
     const rejections = createRejectionLog(db.pool)
+    const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
+    if (config.secretKeys !== null) log.info({ source: config.secretKeys.source, activeKeyId: keyring.activeKeyId, keyIds: [...keyring.keys.keys()] }, 'PHI encryption keys loaded')
+    const patientRecords = createPatientRecordStore(db.pool, keyring, log.child({ component: 'patient-records' }))
+    const reencryption = startReencryption(patientRecords, log)
+    closers.push(() => reencryption.close())
 
     if (config.adminToken !== null) {
       const { created, revoked } = await tokens.ensureBootstrap(config.adminToken)
@@ -116,7 +127,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, readings, metrics,
+      log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords,
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
     })
@@ -148,7 +159,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       database: db.kind,
       readingStore: readings.kind
     }, 'vigil started')
-    return { httpPort, httpTls: config.httpTls !== null, mqttPort: broker.port, mqttTlsPort: broker.tlsPort, mqttWsPort: broker.wsPort, readings, close }
+    return { httpPort, httpTls: config.httpTls !== null, mqttPort: broker.port, mqttTlsPort: broker.tlsPort, mqttWsPort: broker.wsPort, readings, reencryption: reencryption.finished, close }
   } catch (err) {
     await close().catch((closeErr) => log.error({ err: closeErr }, 'cleanup after failed start failed'))
     throw err

@@ -18,6 +18,7 @@ import type { ApiTokenStore } from '../store/api-tokens.ts'
 import type { Database } from '../store/database.ts'
 import { AssignmentOrderError, DuplicateMacError, UnknownDeviceError, UnknownPatientError } from '../store/device-registry.ts'
 import type { DeviceRegistry } from '../store/device-registry.ts'
+import type { PatientRecordStore } from '../store/patient-records.ts'
 import type { PatientStore } from '../store/patients.ts'
 import type { ReadingStore } from '../store/readings-store.ts'
 import type { RejectionLog } from '../store/rejections.ts'
@@ -36,6 +37,7 @@ import { deviceRejectionRoutes } from './routes/device-rejections.ts'
 import { deviceRoutes } from './routes/devices.ts'
 import { healthRoutes } from './routes/health.ts'
 import { metricsRoutes } from './routes/metrics.ts'
+import { patientRecordRoutes } from './routes/patient-records.ts'
 import { patientRoutes } from './routes/patients.ts'
 import { readingRoutes } from './routes/readings.ts'
 
@@ -95,6 +97,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
   rejections: RejectionLog
   readings: ReadingStore
   metrics: Metrics
+  /** Patients' encrypted records (PHI); the /record, lookup and /admin/keys routes exist when set. */
+  patientRecords?: PatientRecordStore
   /** Extra health checks (e.g. spool) -> name: async () => void (throws when unhealthy). */
   healthChecks?: Record<string, () => Promise<void>>
   /**
@@ -200,7 +204,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearerAuth: [] }],
       tags: [
-        { name: 'patients' }, { name: 'devices' }, { name: 'readings' }, { name: 'operations' }
+        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'operations' }
       ]
     }
   })
@@ -220,6 +224,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     deviceCredentialRoutes(v1, routeDeps)
     deviceRejectionRoutes(v1, routeDeps)
     readingRoutes(v1, routeDeps)
+    if (routeDeps.patientRecords !== undefined) patientRecordRoutes(v1, { ...routeDeps, patientRecords: routeDeps.patientRecords })
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })

@@ -18,6 +18,9 @@ export const errorCatalogue = {
   VIGIL_ERR_RATE_LIMITED: 429,
   VIGIL_ERR_HEADERS_TOO_LARGE: 431,
   VIGIL_ERR_INTERNAL: 500,
+  // PHI at rest: a stored record names a key the configuration lacks, or fails authentication.
+  VIGIL_ERR_KEY_UNAVAILABLE: 500,
+  VIGIL_ERR_DECRYPTION_FAILED: 500,
   VIGIL_ERR_UNAVAILABLE: 503
 } as const
 

@@ -2,6 +2,8 @@ import { X509Certificate } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import tls from 'node:tls'
+import type { Keyring } from '../store/field-encryption.ts'
+import { SecretKeyFormatError, parseSecretKeyFile, parseSecretKeyValue } from './secret-keys.ts'
 
 /**
  * Every setting Vigil reads, with its default. The defaults are the embedded mode:
@@ -50,6 +52,11 @@ export interface Config {
   apiRateLimitPerMinute: number
   apiUnauthenticatedRateLimitPerMinute: number
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+  /**
+   * Field-encryption keys for PHI at rest (VIGIL_SECRET_KEY or VIGIL_SECRET_KEY_FILE); null:
+   * the embedded default, a key file Vigil creates in dataDir (with a warning).
+   */
+  secretKeys: { source: 'VIGIL_SECRET_KEY' | 'VIGIL_SECRET_KEY_FILE', keyring: Keyring } | null
 }
 
 export interface TlsFiles {
@@ -184,6 +191,23 @@ function url (env: Env, name: string, protocols: readonly string[]): string | nu
   return raw
 }
 
+function secretKeys (env: Env): Config['secretKeys'] {
+  const value = read(env, 'VIGIL_SECRET_KEY')
+  const file = readableFile(env, 'VIGIL_SECRET_KEY_FILE')
+  if (value !== undefined && file !== null) {
+    throw new ConfigError('VIGIL_SECRET_KEY', 'VIGIL_SECRET_KEY and VIGIL_SECRET_KEY_FILE are both set: set one')
+  }
+  try {
+    if (value !== undefined) return { source: 'VIGIL_SECRET_KEY', keyring: parseSecretKeyValue(value) }
+    if (file !== null) return { source: 'VIGIL_SECRET_KEY_FILE', keyring: parseSecretKeyFile(fs.readFileSync(file, 'utf8')) }
+  } catch (err) {
+    if (!(err instanceof SecretKeyFormatError)) throw err
+    const name = value !== undefined ? 'VIGIL_SECRET_KEY' : 'VIGIL_SECRET_KEY_FILE'
+    throw new ConfigError(name, `${name} ${err.message}`)
+  }
+  return null
+}
+
 /** Reads and validates the environment. Throws ConfigError naming the first bad variable. */
 export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
   const httpHost = read(env, 'HTTP_HOST') ?? '127.0.0.1'
@@ -242,6 +266,7 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     // without a token, enough for a person browsing /docs, not for a guessing script.
     apiRateLimitPerMinute: integer(env, 'API_RATE_LIMIT_PER_MINUTE', 6000, 1, 10_000_000),
     apiUnauthenticatedRateLimitPerMinute: integer(env, 'API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE', 120, 1, 10_000_000),
-    logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info')
+    logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
+    secretKeys: secretKeys(env)
   }
 }

@@ -1,5 +1,6 @@
 import t from 'tap'
 import fs from 'node:fs/promises'
+import os from 'node:os'
 import path from 'node:path'
 import { ConfigError, loadConfig } from '../config/config.ts'
 import { createTestPki } from './helpers/certificates.ts'
@@ -73,7 +74,13 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ MQTT_TLS_CA_FILE: '/etc/hostname' }, 'MQTT_TLS_CA_FILE'],
   [{ MQTT_TLS_PORT: '8883', MQTT_TLS_CERT_FILE: '/nonexistent/cert.pem', MQTT_TLS_KEY_FILE: '/nonexistent/key.pem' }, 'MQTT_TLS_CERT_FILE'],
   [{ MQTT_TLS_PORT: '8883', MQTT_TLS_CERT_FILE: '/etc', MQTT_TLS_KEY_FILE: '/etc' }, 'MQTT_TLS_CERT_FILE'],
-  [{ HTTP_TLS_CERT_FILE: '/nonexistent/cert.pem' }, 'HTTP_TLS_CERT_FILE']
+  [{ HTTP_TLS_CERT_FILE: '/nonexistent/cert.pem' }, 'HTTP_TLS_CERT_FILE'],
+  [{ VIGIL_SECRET_KEY: 'not base64!' }, 'VIGIL_SECRET_KEY'],
+  [{ VIGIL_SECRET_KEY: Buffer.alloc(16, 1).toString('base64') }, 'VIGIL_SECRET_KEY'],
+  [{ VIGIL_SECRET_KEY: `k2:${Buffer.alloc(32, 2).toString('base64')},k1:${Buffer.alloc(32, 1).toString('base64')}` }, 'VIGIL_SECRET_KEY'],
+  [{ VIGIL_SECRET_KEY: Buffer.alloc(32, 1).toString('base64'), VIGIL_SECRET_KEY_FILE: '/etc/hostname' }, 'VIGIL_SECRET_KEY'],
+  [{ VIGIL_SECRET_KEY_FILE: '/nonexistent/keys.json' }, 'VIGIL_SECRET_KEY_FILE'],
+  [{ VIGIL_SECRET_KEY_FILE: '/etc/hostname' }, 'VIGIL_SECRET_KEY_FILE']
 ]
 for (const [env, variable] of bad) {
   t.test(`${JSON.stringify(env)} names ${variable}`, async (t) => {
@@ -83,6 +90,22 @@ for (const [env, variable] of bad) {
     t.match((err as ConfigError).message, new RegExp(`^${variable} `), 'the message starts with the variable')
   })
 }
+
+t.test('field-encryption keys: unset is the embedded default; the variable or the file give a keyring', async (t) => {
+  t.equal(loadConfig({}).secretKeys, null)
+  const key = Buffer.alloc(32, 7).toString('base64')
+  const fromEnv = loadConfig({ VIGIL_SECRET_KEY: key }).secretKeys
+  t.equal(fromEnv?.source, 'VIGIL_SECRET_KEY')
+  t.equal(fromEnv?.keyring.activeKeyId, 'k1')
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-config-keys-'))
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'keys.json')
+  await fs.writeFile(file, JSON.stringify({ activeKeyId: 'b', keys: { a: key, b: Buffer.alloc(32, 8).toString('base64') }, blindIndexKey: key }))
+  const fromFile = loadConfig({ VIGIL_SECRET_KEY_FILE: file }).secretKeys
+  t.equal(fromFile?.source, 'VIGIL_SECRET_KEY_FILE')
+  t.equal(fromFile?.keyring.activeKeyId, 'b')
+  t.notMatch(JSON.stringify(loadConfig({ VIGIL_SECRET_KEY: key })), key, 'the config serializes without key material')
+})
 
 t.test('TLS files are read and checked at start', async (t) => {
   const pki = await createTestPki()

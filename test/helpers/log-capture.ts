@@ -70,9 +70,9 @@ export interface CapturedVigil extends Vigil {
  * a fresh database on the machine's PostgreSQL (test/helpers/postgres.ts), or to embedded
  * PGlite with `database: 'pglite'`. Close it with `close()`.
  */
-export async function startVigilWithLogCapture (options: { env?: Record<string, string>, database?: 'postgres' | 'pglite' } = {}): Promise<CapturedVigil> {
+export async function startVigilWithLogCapture (options: { env?: Record<string, string>, database?: 'postgres' | 'pglite', /** kept at close when given */ dataDir?: string } = {}): Promise<CapturedVigil> {
   const logs = createLogCapture()
-  const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-fuzz-'))
+  const dataDir = options.dataDir ?? await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-fuzz-'))
   const database = options.database === 'pglite' ? null : await createTestDatabase()
   const config = loadConfig({
     HTTP_PORT: '0',
@@ -148,7 +148,7 @@ export async function startVigilWithLogCapture (options: { env?: Record<string, 
         await vigil.close()
       } finally {
         await database?.drop()
-        await fs.rm(dataDir, { recursive: true, force: true })
+        if (options.dataDir === undefined) await fs.rm(dataDir, { recursive: true, force: true })
       }
     }
   }

@@ -1,0 +1,46 @@
+import type { Logger } from 'pino'
+import type { PatientRecordStore, ReencryptionProgress } from './patient-records.ts'
+
+export interface Reencryption {
+  /** Resolves when the pass has finished (or stopped at close). Never rejects: failures are logged. */
+  readonly finished: Promise<ReencryptionProgress | null>
+  close (): Promise<void>
+}
+
+/**
+ * The start-up re-encryption pass: when records remain under a key other than the active one
+ * (after VIGIL_SECRET_KEY gained a new first key), rewrites them in the background with
+ * progress logs, so the old key's count in GET /v1/admin/keys reaches 0 and the key can be
+ * removed. Records read or written meanwhile are moved lazily by the store itself.
+ */
+export function startReencryption (records: PatientRecordStore, log: Logger, options: { batchSize?: number } = {}): Reencryption {
+  const rekeyLog = log.child({ component: 'reencryption' })
+  let stopping = false
+  const finished = (async (): Promise<ReencryptionProgress | null> => {
+    try {
+      const usage = await records.keyUsage()
+      // Nothing to do is the common case: one cheap query, no log line.
+      if (usage.every((u) => u.keyId === records.activeKeyId)) return null
+      rekeyLog.info({ keys: usage }, 're-encrypting patient records under the active key')
+      const result = await records.reencryptAll({
+        batchSize: options.batchSize,
+        shouldStop: () => stopping,
+        onProgress: (p) => rekeyLog.info(p, 're-encryption progress')
+      })
+      if (result.failed > 0) rekeyLog.error(result, 're-encryption finished with records it could not read: configure their keys and restart')
+      else rekeyLog.info(result, stopping ? 're-encryption stopped at shutdown; it resumes at the next start' : 're-encryption finished')
+      return result
+    } catch (err) {
+      rekeyLog.error({ err }, 're-encryption failed; it is retried at the next start')
+      return null
+    }
+  })()
+  return {
+    finished,
+    async close () {
+      stopping = true
+      await finished
+    }
+  }
+}
+
