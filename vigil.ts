@@ -2,8 +2,14 @@ import fs from 'node:fs/promises'
 import type http from 'node:http'
 import https from 'node:https'
 import path from 'node:path'
+import cron from 'node-cron'
 import type { Logger } from 'pino'
+import { startAlerting } from './alerts/alerting.ts'
+import type { EscalationPolicy, WebhookTarget } from './alerts/contract.ts'
 import { buildApi } from './api/app.ts'
+import { authenticateApiTokens } from './api/auth.ts'
+import { everyPatientVisible } from './api/patient-access.ts'
+import type { Aedes } from 'aedes'
 import { createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './config/listen.ts'
@@ -77,7 +83,23 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       readings = createPostgresReadingStore(db.pool)
     }
 
-    const ingest = await startIngest({ devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk })
+    // Until the alert engine lands (rules file): no policies, no webhooks, no no-data rules.
+    const noPolicies: ReadonlyMap<string, EscalationPolicy> = new Map()
+    const noWebhooks: readonly WebhookTarget[] = []
+    const alerting = await startAlerting({
+      pool: db.pool, log, metrics, rejections,
+      policies: () => noPolicies,
+      webhooks: () => noWebhooks,
+      schedule: (expression, run) => cron.schedule(expression, run, { noOverlap: true })
+    })
+    closers.push(() => alerting.close())
+    const authenticate = authenticateApiTokens(tokens)
+    const patientAccess = everyPatientVisible(patients)
+
+    const ingest = await startIngest({
+      devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk,
+      onAccepted: (stored) => alerting.presence.readingsAccepted(stored)
+    })
     closers.push(() => ingest.close())
 
     const mqttTls = config.mqttTls
@@ -109,14 +131,17 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       devices,
       ingest,
       metrics,
-      log
+      log,
+      presence: alerting.brokerPresence,
+      alertSubscribers: { authenticate, canSee: patientAccess.canSee }
     })
     closers.push(() => broker.close())
+    alerting.setMqttPublisher(publisherOf(broker.aedes))
 
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, readings, metrics,
+      log, db, patients, devices, tokens, rejections, readings, metrics, authenticate, patientAccess, alerts: alerting.api,
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
     })
@@ -176,6 +201,18 @@ async function httpsServerFor (plain: http.Server, routing: (req: http.IncomingM
   server.maxRequestsPerSocket = plain.maxRequestsPerSocket
   server.setTimeout(plain.timeout)
   return server
+}
+
+/** Alert notifications on alerts/{patientId}: QoS 1, never retained (a late subscriber must not see stale alerts). */
+function publisherOf (aedes: Aedes): (topic: string, payload: string) => Promise<void> {
+  return async (topic, payload) => {
+    await new Promise<void>((resolve, reject) => {
+      aedes.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: false, dup: false }, (err) => {
+        if (err === null || err === undefined) resolve()
+        else reject(err)
+      })
+    })
+  }
 }
 
 function wireSpoolMetrics (spool: Spool, metrics: ReturnType<typeof createMetrics>): void {

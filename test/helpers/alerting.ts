@@ -1,4 +1,9 @@
+import type { AddressInfo } from 'node:net'
+import type { Aedes } from 'aedes'
 import pino from 'pino'
+import { createBroker, type BrokerHandle } from '../../broker/broker.ts'
+import { loadConfig } from '../../config/config.ts'
+import { startIngest } from '../../ingest/ingest.ts'
 import { buildApi, type ApiDeps } from '../../api/app.ts'
 import type { Principal } from '../../api/auth.ts'
 import { rolePermissions } from '../../api/auth.ts'
@@ -65,12 +70,15 @@ export interface AlertingFixture {
   policies: Map<string, EscalationPolicy>
   webhooks: WebhookTarget[]
   clock: ReturnType<typeof manualClock> | null
+  /** With `network: true`: the broker (port 0) and the API listening on 127.0.0.1. */
+  broker: BrokerHandle | null
+  baseUrl: string | null
   createPatient (): Promise<string>
   close (): Promise<void>
 }
 
 /** A fresh database, startAlerting and the API with the alert routes. */
-export async function startAlertingFixture (options: Partial<AlertingDeps> & { manualClock?: boolean, databaseUrl?: string | null, dataDir?: string } = {}): Promise<AlertingFixture> {
+export async function startAlertingFixture (options: Partial<AlertingDeps> & { manualClock?: boolean, databaseUrl?: string | null, dataDir?: string, network?: boolean } = {}): Promise<AlertingFixture> {
   const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
   const testDb = options.databaseUrl === undefined ? await createTestDatabase() : null
   const db = await openDatabase({ databaseUrl: testDb?.url ?? options.databaseUrl ?? null, dataDir: options.dataDir ?? '', log })
@@ -79,6 +87,7 @@ export async function startAlertingFixture (options: Partial<AlertingDeps> & { m
   const policies = new Map<string, EscalationPolicy>()
   const webhooks: WebhookTarget[] = []
   const clock = options.manualClock === true ? manualClock() : null
+  const { manualClock: _m, databaseUrl: _d, dataDir: _dd, network: _n, ...alertingOptions } = options
   const alerting = await startAlerting({
     pool: db.pool,
     log,
@@ -87,18 +96,54 @@ export async function startAlertingFixture (options: Partial<AlertingDeps> & { m
     policies: () => policies,
     webhooks: () => webhooks,
     ...(clock === null ? {} : { now: clock.now }),
-    ...options
+    ...alertingOptions
   })
+  let broker: BrokerHandle | null = null
+  let ingest: Awaited<ReturnType<typeof startIngest>> | null = null
+  if (options.network === true) {
+    const config = loadConfig({ MQTT_PORT: '0', HTTP_PORT: '0' })
+    ingest = await startIngest({ ...deps, spool: null, onAccepted: (r) => alerting.presence.readingsAccepted(r) })
+    broker = await createBroker({
+      host: '127.0.0.1',
+      port: 0,
+      limits: {
+        maxPacketBytes: config.mqttMaxPacketBytes,
+        maxOutgoingBytes: config.mqttMaxOutgoingBytes,
+        maxTopicLevels: config.mqttMaxTopicLevels,
+        keepaliveLimitSeconds: config.mqttKeepaliveLimitSeconds,
+        connectTimeoutMs: config.mqttConnectTimeoutSeconds * 1000,
+        maxInflightQos2: config.mqttMaxInflightQos2,
+        connectRatePerAddress: 0,
+        authFailuresBeforeLockout: 0,
+        authFailureWindowMs: 60_000,
+        lockoutMs: 60_000
+      },
+      devices: deps.devices,
+      ingest,
+      metrics: deps.metrics,
+      log,
+      presence: alerting.brokerPresence,
+      alertSubscribers: { authenticate: access.authenticate, canSee: access.policy.canSee }
+    })
+    alerting.setMqttPublisher(publisherOf(broker.aedes))
+  }
   const app = await buildApi({ ...deps, authenticate: access.authenticate, patientAccess: access.policy, alerts: alerting.api })
+  let baseUrl: string | null = null
+  if (options.network === true) {
+    await app.listen({ host: '127.0.0.1', port: 0 })
+    baseUrl = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+  }
   const { token } = await deps.tokens.create('alerts test', 'admin')
   return {
-    db, deps, alerting, app, access, policies, webhooks, clock,
+    db, deps, alerting, app, access, policies, webhooks, clock, broker, baseUrl,
     adminHeaders: { authorization: `Bearer ${token}` },
     async createPatient () {
       return (await deps.patients.create('Test Patient')).id
     },
     async close () {
       await app.close()
+      await broker?.close()
+      await ingest?.close()
       await alerting.close()
       await db.close()
       await testDb?.drop()
@@ -120,4 +165,24 @@ export function change (patientId: string, overrides: Partial<ConditionChange> =
     details: { metric: 'heart_rate', value: 131, threshold: 120 },
     ...overrides
   }
+}
+
+function publisherOf (aedes: Aedes): (topic: string, payload: string) => Promise<void> {
+  return async (topic, payload) => {
+    await new Promise<void>((resolve, reject) => {
+      aedes.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: false, dup: false }, (err) => {
+        if (err === null || err === undefined) resolve()
+        else reject(err)
+      })
+    })
+  }
+}
+
+/** Creates a device assigned to `patientId` (from an hour ago) with a fresh MQTT credential. */
+export async function provisionDevice (f: AlertingFixture, patientId: string): Promise<{ deviceId: string, password: string }> {
+  const mac = ['02', ...Array.from({ length: 5 }, () => Math.floor(Math.random() * 256).toString(16).padStart(2, '0'))].join(':')
+  const device = await f.deps.devices.create({ name: 'Test monitor', mac, firmwareVersion: '1.0', softwareVersion: '1.0', startedAt: '2026-01-01T00:00:00Z' } as any, null)
+  await f.deps.devices.assign(device.id, patientId, new Date(Date.now() - 3_600_000), null)
+  const cred = await f.deps.devices.rotateCredential(device.id)
+  return { deviceId: device.id, password: cred.password }
 }
