@@ -2,6 +2,7 @@ import type pg from 'pg'
 import type { Logger } from 'pino'
 import type { Metrics } from '../observability/metrics.ts'
 import type { RejectionLog } from '../store/rejections.ts'
+import { createAlertMetrics } from './alert-metrics.ts'
 import { createAlertStore, type AlertStore } from './alert-store.ts'
 import type { ConditionChange, ConditionSink, DevicePresence, EscalationPolicy, WebhookTarget } from './contract.ts'
 import { startEscalation, type Schedule } from './escalation.ts'
@@ -48,6 +49,7 @@ export async function startAlerting (deps: AlertingDeps) {
     now,
     publishMqtt: deps.publishMqtt ?? null,
     webhooks: deps.webhooks,
+    metrics: createAlertMetrics(deps.metrics.registry),
     env: deps.env ?? process.env,
     webhookMaxAttempts: deps.webhookMaxAttempts,
     webhookRetryBaseMs: deps.webhookRetryBaseMs

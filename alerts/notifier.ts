@@ -1,6 +1,7 @@
 import { createHmac } from 'node:crypto'
 import type pg from 'pg'
 import type { Logger } from 'pino'
+import type { AlertMetrics } from './alert-metrics.ts'
 import { notificationPayload, type CommittedEvent } from './alert-store.ts'
 import type { WebhookTarget } from './contract.ts'
 
@@ -22,6 +23,7 @@ export interface NotifierDeps {
   /** Publishes on the embedded broker (QoS 1, not retained); null: no MQTT channel. */
   publishMqtt: ((topic: string, payload: string) => Promise<void>) | null
   webhooks: () => readonly WebhookTarget[]
+  metrics?: AlertMetrics
   /** Where WebhookTarget.secretEnv names are looked up (process.env). */
   env: Readonly<Record<string, string | undefined>>
   /** Attempts per webhook delivery, the first included (5). */
@@ -61,6 +63,7 @@ export function createNotifier (deps: NotifierDeps) {
   let closed = false
 
   async function record (d: DeliveryRecord): Promise<void> {
+    deps.metrics?.notifications.inc({ channel: d.channel, status: d.status })
     await deps.pool.query(
       `INSERT INTO notification_deliveries (event_id, alert_id, channel, target, attempt, status, http_status, error, at)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
@@ -185,6 +188,7 @@ export function createNotifier (deps: NotifierDeps) {
     publish (events: readonly CommittedEvent[]): void {
       if (closed) return
       for (const committed of events) {
+        deps.metrics?.alertEvents.inc({ type: committed.event.type, severity: committed.alert.severity })
         for (const listener of listeners) {
           try {
             listener(committed)

@@ -182,3 +182,13 @@ t.test('burden: alerts per patient-day and time to acknowledge, per rule', async
   // Other test patients have no assignments, so the two patients here are the monitored ones.
   t.ok(Math.abs(rule.alertsPerPatientDay - 1.5) < 0.001, '3 alerts over 2 patient-days')
 })
+
+t.test('the OpenAPI document lists the alert routes; metrics count events without ids', async (t) => {
+  const doc = (await app.inject({ method: 'GET', url: '/docs/json' })).json()
+  for (const route of ['/v1/alerts', '/v1/alerts/stream', '/v1/alerts/burden', '/v1/alerts/{id}', '/v1/alerts/{id}/acknowledge']) {
+    t.ok(doc.paths[route], route)
+  }
+  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /vigil_alert_events_total\{type="opened",severity="high"\} \d+/)
+  t.notMatch(metrics, /hr-high/, 'no rule ids in labels')
+})
