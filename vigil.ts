@@ -4,12 +4,11 @@ import https from 'node:https'
 import path from 'node:path'
 import cron from 'node-cron'
 import type { Logger } from 'pino'
-import { startAlerting } from './alerts/alerting.ts'
+import { aedesPublisher, startAlerting } from './alerts/alerting.ts'
 import type { EscalationPolicy, WebhookTarget } from './alerts/contract.ts'
 import { buildApi } from './api/app.ts'
 import { authenticateApiTokens } from './api/auth.ts'
 import { everyPatientVisible } from './api/patient-access.ts'
-import type { Aedes } from 'aedes'
 import { createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './config/listen.ts'
@@ -136,7 +135,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       alertSubscribers: { authenticate, canSee: patientAccess.canSee }
     })
     closers.push(() => broker.close())
-    alerting.setMqttPublisher(publisherOf(broker.aedes))
+    alerting.setMqttPublisher(aedesPublisher(broker.aedes))
 
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
@@ -201,18 +200,6 @@ async function httpsServerFor (plain: http.Server, routing: (req: http.IncomingM
   server.maxRequestsPerSocket = plain.maxRequestsPerSocket
   server.setTimeout(plain.timeout)
   return server
-}
-
-/** Alert notifications on alerts/{patientId}: QoS 1, never retained (a late subscriber must not see stale alerts). */
-function publisherOf (aedes: Aedes): (topic: string, payload: string) => Promise<void> {
-  return async (topic, payload) => {
-    await new Promise<void>((resolve, reject) => {
-      aedes.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: false, dup: false }, (err) => {
-        if (err === null || err === undefined) resolve()
-        else reject(err)
-      })
-    })
-  }
 }
 
 function wireSpoolMetrics (spool: Spool, metrics: ReturnType<typeof createMetrics>): void {

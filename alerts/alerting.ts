@@ -1,3 +1,4 @@
+import type { Aedes } from 'aedes'
 import type pg from 'pg'
 import type { Logger } from 'pino'
 import type { Metrics } from '../observability/metrics.ts'
@@ -96,3 +97,15 @@ export async function startAlerting (deps: AlertingDeps) {
 }
 
 export type Alerting = Awaited<ReturnType<typeof startAlerting>>
+
+/** Alert notifications on alerts/{patientId}: QoS 1, never retained (a late subscriber must not see stale alerts). */
+export function aedesPublisher (aedes: Aedes): (topic: string, payload: string) => Promise<void> {
+  return async (topic, payload) => {
+    await new Promise<void>((resolve, reject) => {
+      aedes.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: false, dup: false }, (err) => {
+        if (err === null || err === undefined) resolve()
+        else reject(err)
+      })
+    })
+  }
+}

@@ -1,5 +1,4 @@
 import type { AddressInfo } from 'node:net'
-import type { Aedes } from 'aedes'
 import pino from 'pino'
 import { createBroker, type BrokerHandle } from '../../broker/broker.ts'
 import { loadConfig } from '../../config/config.ts'
@@ -9,7 +8,7 @@ import type { Principal } from '../../api/auth.ts'
 import { rolePermissions } from '../../api/auth.ts'
 import type { PatientAccessPolicy } from '../../api/patient-access.ts'
 import { VigilError } from '../../api/errors.ts'
-import { startAlerting, type Alerting, type AlertingDeps } from '../../alerts/alerting.ts'
+import { aedesPublisher, startAlerting, type Alerting, type AlertingDeps } from '../../alerts/alerting.ts'
 import type { ConditionChange, EscalationPolicy, WebhookTarget } from '../../alerts/contract.ts'
 import { openDatabase, type Database } from '../../store/database.ts'
 import { apiDepsFor } from './api-deps.ts'
@@ -125,7 +124,7 @@ export async function startAlertingFixture (options: Partial<AlertingDeps> & { m
       presence: alerting.brokerPresence,
       alertSubscribers: { authenticate: access.authenticate, canSee: access.policy.canSee }
     })
-    alerting.setMqttPublisher(publisherOf(broker.aedes))
+    alerting.setMqttPublisher(aedesPublisher(broker.aedes))
   }
   const app = await buildApi({ ...deps, authenticate: access.authenticate, patientAccess: access.policy, alerts: alerting.api })
   let baseUrl: string | null = null
@@ -164,17 +163,6 @@ export function change (patientId: string, overrides: Partial<ConditionChange> =
     summary: 'heart_rate 131 /min above 120 for 5 min',
     details: { metric: 'heart_rate', value: 131, threshold: 120 },
     ...overrides
-  }
-}
-
-function publisherOf (aedes: Aedes): (topic: string, payload: string) => Promise<void> {
-  return async (topic, payload) => {
-    await new Promise<void>((resolve, reject) => {
-      aedes.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: false, dup: false }, (err) => {
-        if (err === null || err === undefined) resolve()
-        else reject(err)
-      })
-    })
   }
 }
 
