@@ -2,8 +2,13 @@ import fs from 'node:fs/promises'
 import type http from 'node:http'
 import https from 'node:https'
 import path from 'node:path'
+import cron from 'node-cron'
 import type { Logger } from 'pino'
+import { aedesPublisher, startAlerting } from './alerts/alerting.ts'
+import type { EscalationPolicy, WebhookTarget } from './alerts/contract.ts'
 import { buildApi } from './api/app.ts'
+import { authenticateApiTokens } from './api/auth.ts'
+import { everyPatientVisible } from './api/patient-access.ts'
 import { createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './config/listen.ts'
@@ -88,7 +93,23 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       readings = createPostgresReadingStore(db.pool)
     }
 
-    const ingest = await startIngest({ devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk })
+    // Until the alert engine lands (rules file): no policies, no webhooks, no no-data rules.
+    const noPolicies: ReadonlyMap<string, EscalationPolicy> = new Map()
+    const noWebhooks: readonly WebhookTarget[] = []
+    const alerting = await startAlerting({
+      pool: db.pool, log, metrics, rejections,
+      policies: () => noPolicies,
+      webhooks: () => noWebhooks,
+      schedule: (expression, run) => cron.schedule(expression, run, { noOverlap: true })
+    })
+    closers.push(() => alerting.close())
+    const authenticate = authenticateApiTokens(tokens)
+    const patientAccess = everyPatientVisible(patients)
+
+    const ingest = await startIngest({
+      devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk,
+      onAccepted: (stored) => alerting.presence.readingsAccepted(stored)
+    })
     closers.push(() => ingest.close())
 
     const mqttTls = config.mqttTls
@@ -120,14 +141,17 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       devices,
       ingest,
       metrics,
-      log
+      log,
+      presence: alerting.brokerPresence,
+      alertSubscribers: { authenticate, canSee: patientAccess.canSee }
     })
     closers.push(() => broker.close())
+    alerting.setMqttPublisher(aedesPublisher(broker.aedes))
 
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords,
+      log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords, authenticate, patientAccess, alerts: alerting.api,
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
     })

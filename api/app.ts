@@ -26,11 +26,13 @@ import { authenticateApiTokens, requireAuthentication } from './auth.ts'
 import type { Authenticate } from './auth.ts'
 import { everyPatientVisible } from './patient-access.ts'
 import type { PatientAccessPolicy } from './patient-access.ts'
+import type { AlertingApi } from '../alerts/alerting.ts'
 import { VigilError, errorCatalogue } from './errors.ts'
 import type { ErrorCode } from './errors.ts'
 import { registerLoadShedding } from './load-shedding.ts'
 import { registerRequestBudgets } from './rate-limits.ts'
 import { docsContentSecurityPolicy, registerSecurityHeaders } from './security-headers.ts'
+import { alertRoutes } from './routes/alerts.ts'
 import { deviceAssignmentRoutes } from './routes/device-assignment.ts'
 import { deviceCredentialRoutes } from './routes/device-credentials.ts'
 import { deviceRejectionRoutes } from './routes/device-rejections.ts'
@@ -107,6 +109,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
    * X-Forwarded-For instead of the proxy's. Default false: the socket's address.
    */
   trustProxy?: boolean | string | string[]
+  /** Alert lifecycle (startAlerting(...).api); the /v1/alerts routes exist only with it. */
+  alerts?: AlertingApi
 }
 
 /** The Fastify instance routes are registered on: TypeBox schemas give handler types. */
@@ -204,7 +208,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearerAuth: [] }],
       tags: [
-        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'operations' }
+        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'alerts' }, { name: 'operations' }
       ]
     }
   })
@@ -225,6 +229,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     deviceRejectionRoutes(v1, routeDeps)
     readingRoutes(v1, routeDeps)
     if (routeDeps.patientRecords !== undefined) patientRecordRoutes(v1, { ...routeDeps, patientRecords: routeDeps.patientRecords })
+    if (routeDeps.alerts !== undefined) alertRoutes(v1, { ...routeDeps, alerts: routeDeps.alerts })
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })

@@ -1,6 +1,7 @@
 import type { Duplex } from 'node:stream'
 import { Aedes, type AuthenticateError, type Client } from 'aedes'
 import type { Logger } from 'pino'
+import type { Authenticate, Principal } from '../api/auth.ts'
 import type { Ingest, TopicKind } from '../ingest/ingest.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { DeviceRegistry } from '../store/device-registry.ts'
@@ -43,7 +44,26 @@ export interface BrokerDeps {
   ingest: Ingest
   metrics: Metrics
   log: Logger
+  /** Device presence and devices/{id}/status (alerting); without it the status topic is refused. */
+  presence?: BrokerPresenceHooks | null
+  /** People subscribing to alerts/{patientId}: CONNECT with username `bearer`, password an API bearer token. */
+  alertSubscribers?: AlertSubscriberAuth | null
 }
+
+export interface BrokerPresenceHooks {
+  connected (deviceId: string): unknown
+  disconnected (deviceId: string): unknown
+  /** Resolves once the status (or its rejection) is durable; rejects to drop the connection without PUBACK. */
+  status (deviceId: string, topic: string, payload: Buffer): Promise<unknown>
+}
+
+export interface AlertSubscriberAuth {
+  authenticate: Authenticate
+  canSee (principal: Principal, patientId: string): Promise<boolean>
+}
+
+/** The MQTT username a person connects with; the password is their API bearer token. */
+export const BEARER_USERNAME = 'bearer'
 
 export interface BrokerHandle {
   /** The TCP port actually bound (differs from the configured one when that was 0). */
@@ -62,7 +82,8 @@ const DEVICE_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 // What any client id must look like before anything else reads it: no wildcards (+ #), no
 // topic separator (/), no control characters, nothing a topic or log could misread.
 const CLIENT_ID = /^[A-Za-z0-9_-]{1,64}$/
-const PUBLISH_TOPIC = /^devices\/([0-9a-f-]{36})\/(telemetry|senml)$/
+const PUBLISH_TOPIC = /^devices\/([0-9a-f-]{36})\/(telemetry|senml|status)$/
+const ALERT_TOPIC = /^alerts\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/
 
 /** A refusal already counted and logged: Aedes reports it again as a client error. */
 class Refusal extends Error {
@@ -103,6 +124,10 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   const { metrics, devices, ingest, limits } = deps
   // Credential each session authenticated with; WeakMap so closed clients leave nothing behind.
   const sessions = new WeakMap<Client, { deviceId: string, credentialId: string }>()
+  // People's sessions (alert subscribers): they may subscribe to alerts/{patientId}, never publish.
+  const people = new WeakMap<Client, Principal>()
+  // Device sessions whose connect was reported to presence (sessions may be forgotten first on revocation).
+  const presentDevices = new WeakMap<Client, string>()
   // What the transport established, keyed by the stream Aedes reads (client.conn).
   const connections = new WeakMap<Duplex, ConnectionInfo>()
   // The client id and clean flag as sent: Aedes swaps an empty client id for a generated one
@@ -177,6 +202,18 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
       // Locked out: refused without looking at the credential (no database query, no scrypt).
       if (guard.lockedOut(remoteAddress ?? '')) return fail('locked_out', 5)
       if (username === undefined || password === undefined) return fail('anonymous', 5)
+      if (username === BEARER_USERNAME && deps.alertSubscribers != null) {
+        // A person's client id must not look like a device id: taking it over would
+        // disconnect that device (MQTT-3.1.4-2).
+        if (DEVICE_ID.test(sent.clientId)) return fail('client_id_invalid', 2)
+        const subscribers = deps.alertSubscribers
+        subscribers.authenticate(password.toString('utf8')).then((principal) => {
+          if (principal === null || !principal.permissions.has('alerts:read')) return fail('bad_credentials', 5, { person: true })
+          people.set(client, principal)
+          done(null, true)
+        }, (err: Error) => fail('auth_unavailable', 3, { person: true, err }))
+        return
+      }
       if (!DEVICE_ID.test(username)) return fail('username_invalid', 5)
       if (sent.clientId !== username) return fail('client_id_mismatch', 5, { deviceId: username })
       // Mutual TLS: the certificate names the device, and must name this one.
@@ -213,6 +250,20 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         return refused('retain_not_allowed', 'retained messages are not allowed', session.deviceId)
       }
       const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload)
+      if (match[2] === 'status') {
+        if (deps.presence == null) {
+          refusedClients.add(client)
+          return refused('topic_not_allowed', 'topic not allowed', session.deviceId)
+        }
+        deps.presence.status(session.deviceId, packet.topic, payload).then(() => done(null), (err: Error) => {
+          metrics.mqttRefused.inc({ reason: 'store_unavailable' })
+          log.error({ err, deviceId: session.deviceId, reason: 'store_unavailable' }, 'status not made durable: closing connection without PUBACK')
+          countedErrors.add(err)
+          refusedClients.add(client)
+          done(err)
+        })
+        return
+      }
       ingest.accept(session.deviceId, match[2] as TopicKind, packet.topic, payload).then(() => done(null), (err: Error) => {
         const reason = err.name === 'SpoolFullError' ? 'spool_full' : 'store_unavailable'
         metrics.mqttRefused.inc({ reason })
@@ -224,6 +275,20 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     },
 
     authorizeSubscribe (client, subscription, done) {
+      const person = people.get(client)
+      if (person !== undefined) {
+        const alertTopic = ALERT_TOPIC.exec(subscription.topic)
+        const refuseSubscription = (): void => {
+          refuse('subscribe_not_allowed', { person: true })
+          done(null, null)
+        }
+        if (alertTopic === null || deps.alertSubscribers == null) return refuseSubscription()
+        deps.alertSubscribers.canSee(person, alertTopic[1]!).then((allowed) => {
+          if (allowed) done(null, subscription)
+          else refuseSubscription()
+        }, () => refuseSubscription())
+        return
+      }
       const session = sessions.get(client)
       const prefix = `devices/${session?.deviceId ?? ''}/`
       // Also keeps $SYS/ out of reach: a device subscribes under its own prefix only.
@@ -239,12 +304,25 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     metrics.connectedDevices.inc()
     const session = sessions.get(client)
     if (session === undefined) return
+    if (deps.presence != null) {
+      presentDevices.set(client, session.deviceId)
+      deps.presence.connected(session.deviceId)
+    }
     // A revocation that landed while scrypt ran would otherwise miss this session.
     devices.isCredentialActive(session.credentialId).then((active) => {
       if (!active) client.close()
     }, () => {})
   })
-  aedes.on('clientDisconnect', () => metrics.connectedDevices.dec())
+  aedes.on('clientDisconnect', (client) => {
+    metrics.connectedDevices.dec()
+    const deviceId = presentDevices.get(client)
+    if (deviceId === undefined || deps.presence == null) return
+    // A takeover (same client id reconnecting) closes the old session after the new one is
+    // live: that is not a disconnect of the device.
+    const current = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId]
+    if (current !== undefined && current !== client) return
+    deps.presence.disconnected(deviceId)
+  })
   // Limits Aedes enforces itself (connect timeout, keepalive limit, topic depth, QoS 2 window,
   // malformed packets) surface only as errors: count and log each connection's first.
   const onAedesError = (client: Client, err: Error): void => {

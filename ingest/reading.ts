@@ -30,6 +30,8 @@ export type RejectionReason =
   | 'timestamp_invalid'
   | 'device_unassigned'
   | 'payload_too_large'
+  /** devices/{id}/status payload that is not the documented JSON (alerts/presence.ts). */
+  | 'status_invalid'
 
 export class PayloadRejection extends Error {
   constructor (readonly reason: RejectionReason, message: string) {

@@ -1,0 +1,66 @@
+/**
+ * The seam between the alert engine (rules file, pure evaluation, NEWS2, Piscina) and the
+ * alert lifecycle (alerts table, escalation, notifications, API). Both sides code against
+ * these types; change them together.
+ */
+
+export type Severity = 'low' | 'medium' | 'high' | 'critical'
+export type RuleKind = 'threshold' | 'rate_of_change' | 'no_data' | 'news2'
+
+/** A condition a rule watches started (firing) or ended (cleared, after hysteresis). */
+export interface ConditionChange {
+  patientId: string
+  /** The rule's id from the rules file (stable across edits). */
+  ruleId: string
+  kind: RuleKind
+  status: 'firing' | 'cleared'
+  severity: Severity
+  /** Escalation policy named by the rule. */
+  escalationPolicy: string | null
+  /** When the condition changed (reading time or evaluation time), ms since epoch. */
+  at: number
+  /** Short, PHI-free text: metric, value, bound ("heart_rate 131 /min above 120 for 5 min"). */
+  summary: string
+  /** Machine-readable facts: metric, value, threshold, window, NEWS2 sub-scores, no-data cause … */
+  details: Record<string, unknown>
+}
+
+/** What the lifecycle side receives from the engine. */
+export interface ConditionSink {
+  /** Opens/updates/auto-resolves alerts. Resolves once they are stored. */
+  apply (changes: readonly ConditionChange[]): Promise<void>
+}
+
+/** An escalation policy from the rules file: tiers notified in order until acknowledged. */
+export interface EscalationPolicy {
+  id: string
+  tiers: Array<{
+    /** Who is notified at this tier: role names ('nurse', 'doctor', 'rapid_response') or webhook ids. */
+    notify: string[]
+    /** Time to acknowledge before the next tier (ms); the last tier repeats at this interval. */
+    afterMs: number
+  }>
+}
+
+export interface WebhookTarget {
+  id: string
+  url: string
+  /** Name of the environment variable holding the HMAC secret (secrets never live in the file). */
+  secretEnv: string
+  /** Only alerts of at least this severity. */
+  minSeverity: Severity
+}
+
+/** A device's last known state, for no-data causes. */
+export interface DevicePresence {
+  deviceId: string
+  patientId: string | null
+  connected: boolean
+  /** Last connect or disconnect, ms since epoch. */
+  changedAt: number | null
+  /** Last accepted reading, ms since epoch (receive time). */
+  lastReadingAt: number | null
+  /** From devices/{id}/status: battery percentage, when reported. */
+  batteryPercent: number | null
+  lastStatusAt: number | null
+}

@@ -1,0 +1,329 @@
+import { Type } from '@fastify/type-provider-typebox'
+import type { FastifyRequest } from 'fastify'
+import type { ServerResponse } from 'node:http'
+import type { Alert, AlertEvent, Actor, CommittedEvent } from '../../alerts/alert-store.ts'
+import { notificationPayload } from '../../alerts/alert-store.ts'
+import type { AlertingApi } from '../../alerts/alerting.ts'
+import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { Principal } from '../auth.ts'
+import { VigilError } from '../errors.ts'
+import { IdParams, PageLimit, Uuid, decodeSerialCursor, errorResponses, instantMs, invalid, page, pageOf } from '../schemas.ts'
+
+const Severity = Type.Union([Type.Literal('low'), Type.Literal('medium'), Type.Literal('high'), Type.Literal('critical')])
+const Status = Type.Union([Type.Literal('open'), Type.Literal('acknowledged'), Type.Literal('resolved')])
+const Instant = Type.String({ format: 'date-time' })
+const NullableInstant = Type.Union([Instant, Type.Null()])
+const NullableString = Type.Union([Type.String(), Type.Null()])
+
+const AlertBody = Type.Object({
+  id: Uuid,
+  patientId: Uuid,
+  ruleId: Type.String(),
+  kind: Type.String(),
+  severity: Severity,
+  status: Status,
+  summary: Type.String({ description: 'PHI-free: metric, value, bound' }),
+  details: Type.Object({}, { additionalProperties: true, description: 'Facts from the rule: metric, value, threshold, no-data cause …' }),
+  openedAt: Instant,
+  lastFiredAt: Instant,
+  lastChangedAt: Instant,
+  occurrences: Type.Integer({ description: 'Firings folded into this alert' }),
+  acknowledgedBy: NullableString,
+  acknowledgedAt: NullableInstant,
+  assignedTo: NullableString,
+  resolvedBy: NullableString,
+  resolvedAt: NullableInstant,
+  resolution: Type.Union([Type.Literal('auto'), Type.Literal('manual'), Type.Null()]),
+  escalationPolicy: NullableString,
+  escalationTier: Type.Integer(),
+  nextEscalationAt: NullableInstant
+})
+
+const AlertEventBody = Type.Object({
+  id: Type.String({ description: 'Also the SSE event id' }),
+  alertId: Uuid,
+  type: Type.String({ description: 'opened, severity_raised, acknowledged, assigned, commented, escalated, resolved' }),
+  actorKind: Type.String(),
+  actor: NullableString,
+  at: Instant,
+  body: Type.Object({}, { additionalProperties: true, description: 'commented: {text} (a clinical note); escalated: {tier, notify}; resolved: {resolution, reason?}' })
+})
+
+const AlertListQuery = Type.Object({
+  status: Type.Optional(Status),
+  patientId: Type.Optional(Uuid),
+  ruleId: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  severity: Type.Optional(Severity),
+  from: Type.Optional(Type.String({ format: 'date-time', description: 'opened at or after (inclusive)' })),
+  to: Type.Optional(Type.String({ format: 'date-time', description: 'opened before (exclusive)' })),
+  limit: PageLimit,
+  cursor: Type.Optional(Type.String({ maxLength: 64, description: 'nextCursor of the previous page' }))
+}, { additionalProperties: false })
+
+const BurdenQuery = Type.Object({
+  from: Type.Optional(Type.String({ format: 'date-time', description: 'Default: 7 days before `to`' })),
+  to: Type.Optional(Type.String({ format: 'date-time', description: 'Default: now' }))
+}, { additionalProperties: false })
+
+const Burden = Type.Object({
+  from: Instant,
+  to: Instant,
+  rules: Type.Array(Type.Object({
+    ruleId: Type.String(),
+    alerts: Type.Integer(),
+    patients: Type.Integer(),
+    alertsPerPatientDay: Type.Union([Type.Number(), Type.Null()], { description: 'Alerts opened per monitored patient-day (device assignments in the window)' }),
+    acknowledged: Type.Integer(),
+    medianSecondsToAcknowledge: Type.Union([Type.Number(), Type.Null()]),
+    p90SecondsToAcknowledge: Type.Union([Type.Number(), Type.Null()])
+  }))
+})
+
+const AssignBody = Type.Object({ userId: Uuid }, { additionalProperties: false })
+const CommentBody = Type.Object({ text: Type.String({ minLength: 1, maxLength: 4000 }) }, { additionalProperties: false })
+const ResolveBody = Type.Object({ reason: Type.Optional(Type.String({ minLength: 1, maxLength: 1000 })) }, { additionalProperties: false })
+
+const DAY_MS = 86_400_000
+// A clinician's browser tab keeps one stream; a stream that cannot keep up (1 MiB unsent) is
+// closed and resumes with Last-Event-ID instead of growing without bound.
+const MAX_UNSENT_BYTES = 1024 * 1024
+const HEARTBEAT_MS = 15_000
+const BACKLOG_PAGE = 500
+const BACKLOG_MAX = 10_000
+
+function actorOf (principal: Principal): Actor {
+  return principal.userId !== null ? { kind: 'user', id: principal.userId } : { kind: 'token', id: principal.tokenId }
+}
+
+/** Alert routes under /v1 (tag alerts). Every route touching one alert checks its patient. */
+export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAccess'> & { alerts: AlertingApi }): void {
+  const { patientAccess } = deps
+  const { store, notifier } = deps.alerts
+
+  /** The alert, once the principal may `action` its patient; one answer (404) for missing and hidden. */
+  async function alertFor (request: FastifyRequest, id: string, action: string): Promise<Alert> {
+    const alert = await store.get(id)
+    if (alert === null) throw new VigilError('VIGIL_ERR_UNKNOWN_ALERT', 'no alert with this id')
+    try {
+      await patientAccess.require(request, alert.patientId, { action })
+    } catch (err) {
+      if (err instanceof VigilError && err.code === 'VIGIL_ERR_UNKNOWN_PATIENT') throw new VigilError('VIGIL_ERR_UNKNOWN_ALERT', 'no alert with this id')
+      throw err
+    }
+    return alert
+  }
+
+  app.get('/alerts', {
+    config: { permission: 'alerts:read' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'List alerts, newest first (only patients visible to the caller)',
+      querystring: AlertListQuery,
+      response: { 200: page(AlertBody), ...errorResponses(404) }
+    }
+  }, async (request) => {
+    const q = request.query
+    const from = q.from === undefined ? undefined : instantMs(q.from, 'querystring/from')
+    const to = q.to === undefined ? undefined : instantMs(q.to, 'querystring/to')
+    if (from !== undefined && to !== undefined && from >= to) throw invalid('querystring/to', 'must be after from')
+    let patients = await patientAccess.visiblePatients(request.principal!)
+    if (q.patientId !== undefined) {
+      await patientAccess.require(request, q.patientId, { action: 'alerts:read' })
+      patients = null
+    }
+    const rows = await store.list({
+      status: q.status, patientId: q.patientId, ruleId: q.ruleId, severity: q.severity, from, to, patients,
+      limit: q.limit + 1, beforeSeq: decodeSerialCursor(q.cursor)
+    })
+    const { items, nextCursor } = pageOf(rows, q.limit, (last) => last.seq)
+    return { items: items.map(({ seq: _seq, ...alert }) => alert), nextCursor }
+  })
+
+  app.get('/alerts/burden', {
+    config: { permission: 'rules:read' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'Alert burden per rule: alerts per patient-day, time to acknowledge',
+      description: 'Alerts opened in [from, to), all patients (aggregates only, no patient ids).',
+      querystring: BurdenQuery,
+      response: { 200: Burden, ...errorResponses() }
+    }
+  }, async (request) => {
+    const to = request.query.to === undefined ? Date.now() : instantMs(request.query.to, 'querystring/to')
+    const from = request.query.from === undefined ? to - 7 * DAY_MS : instantMs(request.query.from, 'querystring/from')
+    if (from >= to) throw invalid('querystring/to', 'must be after from')
+    if (to - from > 366 * DAY_MS) throw invalid('querystring/from', 'the window may span at most 366 days')
+    return { from: new Date(from).toISOString(), to: new Date(to).toISOString(), rules: await store.burden(from, to) }
+  })
+
+  app.get('/alerts/stream', {
+    config: { permission: 'alerts:read' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'Server-sent events: alert events for the patients visible to the caller',
+      description: 'text/event-stream. Each event: `id:` (the alert event id) and `data:` JSON ' +
+        '{eventId, type, at, alert: {id, patientId, ruleId, severity, status, summary}, tier?, notify?, assignedTo?}. ' +
+        'A `: heartbeat` comment every 15 s. Reconnect with Last-Event-ID to receive what was missed.',
+      headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ pattern: '^[0-9]{1,18}$' })) }),
+      response: { ...errorResponses() }
+    }
+  }, async (request, reply) => {
+    const principal = request.principal!
+    let visible = await patientAccess.visiblePatients(principal)
+    const lastEventId = request.headers['last-event-id']
+    reply.hijack()
+    const res = reply.raw
+    const headers = reply.getHeaders() as Record<string, string>
+    res.writeHead(200, {
+      ...headers,
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-store',
+      connection: 'keep-alive',
+      // Reverse proxies (nginx) must not buffer the stream.
+      'x-accel-buffering': 'no'
+    })
+    res.write('retry: 5000\n\n')
+    await streamAlerts(request, res, principal, typeof lastEventId === 'string' ? lastEventId : null,
+      () => visible, async () => { visible = await patientAccess.visiblePatients(principal) })
+  })
+
+  const streams = new Set<ServerResponse>()
+  // Streams never end on their own: close them before the server waits for its connections.
+  app.addHook('preClose', async () => {
+    for (const res of streams) res.end()
+    streams.clear()
+  })
+
+  async function streamAlerts (request: FastifyRequest, res: ServerResponse, principal: Principal, lastEventId: string | null,
+    visible: () => ReadonlySet<string> | null, refreshVisible: () => Promise<void>): Promise<void> {
+    let lastSent = lastEventId === null ? null : BigInt(lastEventId)
+    let replaying = lastEventId !== null
+    const buffered: CommittedEvent[] = []
+    streams.add(res)
+
+    function send (committed: CommittedEvent): void {
+      const { event, alert } = committed
+      if (lastSent !== null && BigInt(event.id) <= lastSent) return
+      const seen = visible()
+      if (seen !== null && !seen.has(alert.patientId)) return
+      if (res.destroyed || res.writableEnded) return
+      lastSent = BigInt(event.id)
+      res.write(`id: ${event.id}\ndata: ${JSON.stringify(notificationPayload(event, alert))}\n\n`)
+      notifier.recordDelivery({ eventId: event.id, alertId: alert.id, channel: 'sse', target: principal.tokenId, attempt: 1, status: 'delivered' })
+      if (res.writableLength > MAX_UNSENT_BYTES) {
+        request.log.warn({ tokenId: principal.tokenId }, 'alert stream not keeping up: closed (client resumes with Last-Event-ID)')
+        res.destroy()
+      }
+    }
+
+    const unsubscribe = notifier.subscribe((committed) => {
+      if (replaying) buffered.push(committed)
+      else send(committed)
+    })
+    const heartbeat = setInterval(() => {
+      if (!res.writableEnded) res.write(': heartbeat\n\n')
+      refreshVisible().catch((err: Error) => request.log.warn({ err }, 'alert stream could not refresh visible patients'))
+    }, HEARTBEAT_MS)
+    const cleanup = (): void => {
+      clearInterval(heartbeat)
+      unsubscribe()
+      streams.delete(res)
+    }
+    res.on('close', cleanup)
+
+    if (lastEventId !== null) {
+      try {
+        let after = lastEventId
+        for (let total = 0; total < BACKLOG_MAX && !res.destroyed;) {
+          const rows = await store.eventsAfter(after, BACKLOG_PAGE)
+          for (const row of rows) send(row)
+          total += rows.length
+          if (rows.length < BACKLOG_PAGE) break
+          after = rows[rows.length - 1]!.event.id
+        }
+      } catch (err) {
+        request.log.error({ err }, 'alert stream backlog failed')
+        res.destroy()
+        return
+      }
+      replaying = false
+      for (const committed of buffered.splice(0)) send(committed)
+    }
+  }
+
+  app.get('/alerts/:id', {
+    config: { permission: 'alerts:read' },
+    schema: { tags: ['alerts'], summary: 'One alert', params: IdParams, response: { 200: AlertBody, ...errorResponses(404) } }
+  }, async (request) => await alertFor(request, request.params.id, 'alerts:read'))
+
+  app.get('/alerts/:id/events', {
+    config: { permission: 'alerts:read' },
+    schema: {
+      tags: ['alerts'],
+      summary: "An alert's history, oldest first (comments are clinical notes)",
+      params: IdParams,
+      response: { 200: Type.Object({ items: Type.Array(AlertEventBody) }), ...errorResponses(404) }
+    }
+  }, async (request) => {
+    const alert = await alertFor(request, request.params.id, 'alerts:read')
+    const events: AlertEvent[] = await store.events(alert.id)
+    return { items: events.map(({ patientId: _p, ...e }) => e) }
+  })
+
+  app.post('/alerts/:id/acknowledge', {
+    config: { permission: 'alerts:ack' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'Acknowledge an open alert (stops its escalation)',
+      params: IdParams,
+      response: { 200: AlertBody, ...errorResponses(404, 409) }
+    }
+  }, async (request) => {
+    await alertFor(request, request.params.id, 'alerts:ack')
+    return await store.acknowledge(request.params.id, actorOf(request.principal!))
+  })
+
+  app.post('/alerts/:id/assign', {
+    config: { permission: 'alerts:write' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'Assign an unresolved alert to a user',
+      params: IdParams,
+      body: AssignBody,
+      response: { 200: AlertBody, ...errorResponses(404, 409, 413) }
+    }
+  }, async (request) => {
+    await alertFor(request, request.params.id, 'alerts:write')
+    return await store.assign(request.params.id, request.body.userId, actorOf(request.principal!))
+  })
+
+  app.post('/alerts/:id/comments', {
+    config: { permission: 'alerts:write' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'Comment on an alert (a clinical note: never logged, never sent to webhooks or MQTT)',
+      params: IdParams,
+      body: CommentBody,
+      response: { 201: AlertEventBody, ...errorResponses(404, 413) }
+    }
+  }, async (request, reply) => {
+    await alertFor(request, request.params.id, 'alerts:write')
+    const { patientId: _p, ...event } = await store.comment(request.params.id, request.body.text, actorOf(request.principal!))
+    reply.code(201)
+    return event
+  })
+
+  app.post('/alerts/:id/resolve', {
+    config: { permission: 'alerts:write' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'Resolve an alert by hand',
+      params: IdParams,
+      body: Type.Optional(ResolveBody),
+      response: { 200: AlertBody, ...errorResponses(404, 409, 413) }
+    }
+  }, async (request) => {
+    await alertFor(request, request.params.id, 'alerts:write')
+    return await store.resolve(request.params.id, request.body?.reason ?? null, actorOf(request.principal!))
+  })
+}

@@ -1,0 +1,176 @@
+import type { AddressInfo } from 'node:net'
+import pino from 'pino'
+import { createBroker, type BrokerHandle } from '../../broker/broker.ts'
+import { loadConfig } from '../../config/config.ts'
+import { startIngest } from '../../ingest/ingest.ts'
+import { buildApi, type ApiDeps } from '../../api/app.ts'
+import type { Principal } from '../../api/auth.ts'
+import { rolePermissions } from '../../api/auth.ts'
+import type { PatientAccessPolicy } from '../../api/patient-access.ts'
+import { VigilError } from '../../api/errors.ts'
+import { aedesPublisher, startAlerting, type Alerting, type AlertingDeps } from '../../alerts/alerting.ts'
+import type { ConditionChange, EscalationPolicy, WebhookTarget } from '../../alerts/contract.ts'
+import { openDatabase, type Database } from '../../store/database.ts'
+import { apiDepsFor } from './api-deps.ts'
+import { createTestDatabase } from './postgres.ts'
+
+/** A clock tests move by hand. */
+export function manualClock (start = Date.parse('2026-11-20T08:00:00Z')) {
+  let now = start
+  return { now: () => now, advance (ms: number) { now += ms }, set (ms: number) { now = ms } }
+}
+
+/**
+ * Principals by bearer token: the admin token sees everything; `clinicianToken(patients)` makes
+ * a token that sees only those patients (the care-team policy of the people work, in small).
+ */
+export function testAccess (deps: ApiDeps) {
+  const scoped = new Map<string, ReadonlySet<string>>()
+  const admin = rolePermissions.admin
+  let n = 0
+  const policy: PatientAccessPolicy = {
+    async require (request, patientId) {
+      const seen = scoped.get(request.principal!.tokenId)
+      if (seen !== undefined && !seen.has(patientId)) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
+      if (await deps.patients.get(patientId) === null) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
+    },
+    async visiblePatients (principal) { return scoped.get(principal.tokenId) ?? null },
+    async canSee (principal, patientId) { return (scoped.get(principal.tokenId)?.has(patientId) ?? true) && await deps.patients.get(patientId) !== null }
+  }
+  const clinicians = new Map<string, Principal>()
+  return {
+    policy,
+    async authenticate (bearer: string): Promise<Principal | null> {
+      const clinician = clinicians.get(bearer)
+      if (clinician !== undefined) return clinician
+      const token = await deps.tokens.authenticate(bearer)
+      return token === null ? null : { ...token, userId: null, permissions: admin }
+    },
+    /** A bearer token for a clinician (a user) who sees only `patients`. */
+    clinicianToken (patients: string[], permissions: Iterable<string> = ['alerts:read', 'alerts:ack', 'alerts:write']): { token: string, userId: string } {
+      n++
+      const token = `clinician-token-${n}-${Math.random().toString(36).slice(2)}`
+      const userId = `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`
+      const tokenId = `clinician-${n}`
+      scoped.set(tokenId, new Set(patients))
+      clinicians.set(token, { tokenId, name: tokenId, role: 'admin', userId, permissions: new Set(permissions) as Principal['permissions'] })
+      return { token, userId }
+    }
+  }
+}
+
+export interface AlertingFixture {
+  db: Database
+  deps: ApiDeps
+  alerting: Alerting
+  app: Awaited<ReturnType<typeof buildApi>>
+  access: ReturnType<typeof testAccess>
+  adminHeaders: { authorization: string }
+  policies: Map<string, EscalationPolicy>
+  webhooks: WebhookTarget[]
+  clock: ReturnType<typeof manualClock> | null
+  /** With `network: true`: the broker (port 0) and the API listening on 127.0.0.1. */
+  broker: BrokerHandle | null
+  baseUrl: string | null
+  createPatient (): Promise<string>
+  close (): Promise<void>
+}
+
+/** A fresh database, startAlerting and the API with the alert routes. */
+export async function startAlertingFixture (options: Partial<AlertingDeps> & { manualClock?: boolean, databaseUrl?: string | null, dataDir?: string, network?: boolean } = {}): Promise<AlertingFixture> {
+  const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
+  const testDb = options.databaseUrl === undefined ? await createTestDatabase() : null
+  const db = await openDatabase({ databaseUrl: testDb?.url ?? options.databaseUrl ?? null, dataDir: options.dataDir ?? '', log })
+  const deps = apiDepsFor(db, log)
+  const access = testAccess(deps)
+  const policies = new Map<string, EscalationPolicy>()
+  const webhooks: WebhookTarget[] = []
+  const clock = options.manualClock === true ? manualClock() : null
+  const { manualClock: _m, databaseUrl: _d, dataDir: _dd, network: _n, ...alertingOptions } = options
+  const alerting = await startAlerting({
+    pool: db.pool,
+    log,
+    metrics: deps.metrics,
+    rejections: deps.rejections,
+    policies: () => policies,
+    webhooks: () => webhooks,
+    ...(clock === null ? {} : { now: clock.now }),
+    ...alertingOptions
+  })
+  let broker: BrokerHandle | null = null
+  let ingest: Awaited<ReturnType<typeof startIngest>> | null = null
+  if (options.network === true) {
+    const config = loadConfig({ MQTT_PORT: '0', HTTP_PORT: '0' })
+    ingest = await startIngest({ ...deps, spool: null, onAccepted: (r) => alerting.presence.readingsAccepted(r) })
+    broker = await createBroker({
+      host: '127.0.0.1',
+      port: 0,
+      limits: {
+        maxPacketBytes: config.mqttMaxPacketBytes,
+        maxOutgoingBytes: config.mqttMaxOutgoingBytes,
+        maxTopicLevels: config.mqttMaxTopicLevels,
+        keepaliveLimitSeconds: config.mqttKeepaliveLimitSeconds,
+        connectTimeoutMs: config.mqttConnectTimeoutSeconds * 1000,
+        maxInflightQos2: config.mqttMaxInflightQos2,
+        connectRatePerAddress: 0,
+        authFailuresBeforeLockout: 0,
+        authFailureWindowMs: 60_000,
+        lockoutMs: 60_000
+      },
+      devices: deps.devices,
+      ingest,
+      metrics: deps.metrics,
+      log,
+      presence: alerting.brokerPresence,
+      alertSubscribers: { authenticate: access.authenticate, canSee: access.policy.canSee }
+    })
+    alerting.setMqttPublisher(aedesPublisher(broker.aedes))
+  }
+  const app = await buildApi({ ...deps, authenticate: access.authenticate, patientAccess: access.policy, alerts: alerting.api })
+  let baseUrl: string | null = null
+  if (options.network === true) {
+    await app.listen({ host: '127.0.0.1', port: 0 })
+    baseUrl = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+  }
+  const { token } = await deps.tokens.create('alerts test', 'admin')
+  return {
+    db, deps, alerting, app, access, policies, webhooks, clock, broker, baseUrl,
+    adminHeaders: { authorization: `Bearer ${token}` },
+    async createPatient () {
+      return (await deps.patients.create('Test Patient')).id
+    },
+    async close () {
+      await app.close()
+      await broker?.close()
+      await ingest?.close()
+      await alerting.close()
+      await db.close()
+      await testDb?.drop()
+    }
+  }
+}
+
+/** A ConditionChange with test defaults. */
+export function change (patientId: string, overrides: Partial<ConditionChange> = {}): ConditionChange {
+  return {
+    patientId,
+    ruleId: 'hr-high',
+    kind: 'threshold',
+    status: 'firing',
+    severity: 'high',
+    escalationPolicy: null,
+    at: Date.parse('2026-11-20T07:59:00Z'),
+    summary: 'heart_rate 131 /min above 120 for 5 min',
+    details: { metric: 'heart_rate', value: 131, threshold: 120 },
+    ...overrides
+  }
+}
+
+/** Creates a device assigned to `patientId` (from an hour ago) with a fresh MQTT credential. */
+export async function provisionDevice (f: AlertingFixture, patientId: string): Promise<{ deviceId: string, password: string }> {
+  const mac = ['02', ...Array.from({ length: 5 }, () => Math.floor(Math.random() * 256).toString(16).padStart(2, '0'))].join(':')
+  const device = await f.deps.devices.create({ name: 'Test monitor', mac, firmwareVersion: '1.0', softwareVersion: '1.0', startedAt: '2026-01-01T00:00:00Z' } as any, null)
+  await f.deps.devices.assign(device.id, patientId, new Date(Date.now() - 3_600_000), null)
+  const cred = await f.deps.devices.rotateCredential(device.id)
+  return { deviceId: device.id, password: cred.password }
+}
