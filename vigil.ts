@@ -3,6 +3,7 @@ import type http from 'node:http'
 import https from 'node:https'
 import path from 'node:path'
 import type { Logger } from 'pino'
+import { createAccess } from './api/access.ts'
 import { buildApi } from './api/app.ts'
 import { createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
@@ -53,6 +54,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const devices = createDeviceRegistry(db.pool)
     const tokens = createApiTokenStore(db.pool)
     const rejections = createRejectionLog(db.pool)
+    const access = createAccess({ pool: db.pool, patients, tokens, settings: config.access })
 
     if (config.adminToken !== null) {
       const { created, revoked } = await tokens.ensureBootstrap(config.adminToken)
@@ -116,7 +118,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, readings, metrics,
+      log, db, patients, devices, tokens, rejections, readings, metrics, access,
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
     })

@@ -21,6 +21,7 @@ import type { DeviceRegistry } from '../store/device-registry.ts'
 import type { PatientStore } from '../store/patients.ts'
 import type { ReadingStore } from '../store/readings-store.ts'
 import type { RejectionLog } from '../store/rejections.ts'
+import type { Access } from './access.ts'
 import { authenticateApiTokens, requireAuthentication } from './auth.ts'
 import type { Authenticate } from './auth.ts'
 import { everyPatientVisible } from './patient-access.ts'
@@ -37,6 +38,8 @@ import { deviceRoutes } from './routes/devices.ts'
 import { healthRoutes } from './routes/health.ts'
 import { metricsRoutes } from './routes/metrics.ts'
 import { patientRoutes } from './routes/patients.ts'
+import { accessRoutes } from './routes/people.ts'
+import { sessionRoutes } from './routes/sessions.ts'
 import { readingRoutes } from './routes/readings.ts'
 
 /** Abuse and overload limits; each has a default in `apiLimitDefaults`. */
@@ -92,6 +95,12 @@ export interface ApiDeps extends Partial<ApiLimits> {
   authenticate?: Authenticate
   /** Who may see which patient; default: any principal holding the route's permission sees every patient. */
   patientAccess?: PatientAccessPolicy
+  /**
+   * People, roles, sessions and the audit log (createAccess). When set, it authenticates
+   * (unless `authenticate` is given), decides patient access (unless `patientAccess` is given)
+   * and its routes are served: /v1/auth/*, users, roles, care teams, break-glass, audit, tokens.
+   */
+  access?: Access
   rejections: RejectionLog
   readings: ReadingStore
   metrics: Metrics
@@ -200,7 +209,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearerAuth: [] }],
       tags: [
-        { name: 'patients' }, { name: 'devices' }, { name: 'readings' }, { name: 'operations' }
+        { name: 'patients' }, { name: 'devices' }, { name: 'readings' }, { name: 'operations' }, { name: 'auth' }, { name: 'people' }
       ]
     }
   })
@@ -209,9 +218,11 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
 
   const routeDeps: RouteDeps = {
     ...deps,
-    authenticate: deps.authenticate ?? authenticateApiTokens(deps.tokens),
-    patientAccess: deps.patientAccess ?? everyPatientVisible(deps.patients)
+    authenticate: deps.authenticate ?? deps.access?.authenticate ?? authenticateApiTokens(deps.tokens),
+    patientAccess: deps.patientAccess ?? deps.access?.patientAccess ?? everyPatientVisible(deps.patients)
   }
+  const access = deps.access
+  if (access !== undefined) await app.register(async (auth) => { sessionRoutes(auth as ApiInstance, { access }) }, { prefix: '/v1/auth' })
   await app.register(async (v1) => {
     requireAuthentication(v1, routeDeps.authenticate, budgets)
     patientRoutes(v1, routeDeps)
@@ -220,6 +231,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     deviceCredentialRoutes(v1, routeDeps)
     deviceRejectionRoutes(v1, routeDeps)
     readingRoutes(v1, routeDeps)
+    if (access !== undefined) accessRoutes(v1, { ...routeDeps, access })
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })

@@ -8,12 +8,16 @@ export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections }
     schema: {
       tags: ['devices'],
       summary: 'Payloads ingest refused from this device, newest first',
-      description: 'Each with its reason; payload is the first 4096 bytes and may hold PHI.',
+      description: 'Each with its reason; payload is the first 4096 bytes and may hold PHI, so this needs phi:read as well as devices:read.',
       params: IdParams,
       querystring: PageQuery,
       response: { 200: page(Rejection), ...errorResponses(404) }
     }
   }, async (request) => {
+    // Payloads may hold PHI: device integrators (devices:read without phi:read) may not see them.
+    if (request.principal?.permissions.has('phi:read') !== true) {
+      throw new VigilError('VIGIL_ERR_FORBIDDEN', 'rejected payloads may hold PHI: this needs phi:read')
+    }
     const id = request.params.id
     if (await devices.get(id) === null) throw new VigilError('VIGIL_ERR_UNKNOWN_DEVICE', 'no device with this id')
     const { limit, cursor } = request.query

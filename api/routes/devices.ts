@@ -1,3 +1,4 @@
+import type { FastifyRequest } from 'fastify'
 import type { ApiDeps, ApiInstance } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import {
@@ -7,6 +8,15 @@ import {
 
 // Clocks of the caller and the server disagree a little; "today, now" must not be refused.
 const FUTURE_SKEW_MS = 5 * 60_000
+
+/**
+ * "Device data without the patient's identity" (issue 3 §4): a caller without
+ * patients:read (device integrators, developers) sees devices, versions and assignment
+ * periods, but not which patient an assignment names.
+ */
+export function withoutPatientIdentity<T extends { patientId: string | null }> (request: FastifyRequest, item: T): T {
+  return request.principal?.permissions.has('patients:read') === true ? item : { ...item, patientId: null }
+}
 
 export function deviceRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devices'>): void {
   app.post('/devices', {
@@ -62,7 +72,7 @@ export function deviceRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devi
   }, async (request) => {
     const { limit, cursor } = request.query
     const rows = await devices.list({ limit: limit + 1, afterId: decodeIdCursor(cursor) })
-    return pageOf(rows, limit, (last) => last.id)
+    return pageOf(rows.map((d) => withoutPatientIdentity(request, d)), limit, (last) => last.id)
   })
 
   app.get('/devices/:id', {
@@ -77,7 +87,7 @@ export function deviceRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devi
     const id = request.params.id
     const [device, versions, assignments] = await Promise.all([devices.get(id), devices.versions(id), devices.assignments(id)])
     if (device === null) throw new VigilError('VIGIL_ERR_UNKNOWN_DEVICE', 'no device with this id')
-    return { ...device, versions, assignments }
+    return { ...withoutPatientIdentity(request, device), versions, assignments: assignments.map((a) => withoutPatientIdentity(request, a)) }
   })
 
   app.patch('/devices/:id', {
@@ -92,6 +102,6 @@ export function deviceRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devi
     }
   }, async (request) => {
     const { name, ...rest } = request.body
-    return await devices.update(request.params.id, name === undefined ? rest : { ...rest, name: name.trim() }, null)
+    return withoutPatientIdentity(request, await devices.update(request.params.id, name === undefined ? rest : { ...rest, name: name.trim() }, null))
   })
 }
