@@ -26,8 +26,11 @@ export interface Access {
   people: PeopleStore
   sessions: SessionStore
   audit: AuditLogStore
+  /** Bearer secret → principal (sessions and API tokens), on the stores given to createAccess. */
   authenticate: Authenticate
   patientAccess: PatientAccessPolicy
+  /** The same two on other patient/token stores (buildApi binds them to its own deps). */
+  bind (stores: { patients: PatientStore, tokens: ApiTokenStore }): { authenticate: Authenticate, patientAccess: PatientAccessPolicy }
   settings: AccessSettings
   /** The scrypt cost for new passwords (OWASP's minimum; tests lower it). */
   passwordCost: ScryptCost
@@ -65,7 +68,12 @@ export function createAccess (options: AccessOptions): Access {
   const sessions = createSessionStore(options.pool, settings, now)
   const audit = createAuditLog(options.pool)
 
-  const authenticate: Authenticate = async (bearer) => {
+  const bind = (stores: { patients: PatientStore, tokens: ApiTokenStore }) => ({
+    authenticate: authenticateWith(stores.tokens),
+    patientAccess: createPatientAccessPolicy({ people, patients: stores.patients, audit, now })
+  })
+
+  const authenticateWith = (tokens: ApiTokenStore): Authenticate => async (bearer) => {
     if (isAccessToken(bearer)) {
       const session = await sessions.authenticate(bearer)
       if (session === null) return null
@@ -82,7 +90,7 @@ export function createAccess (options: AccessOptions): Access {
         patientScopes: scopesOf(session.roles.map((r) => r.category))
       }
     }
-    const token = await options.tokens.authenticate(bearer)
+    const token = await tokens.authenticate(bearer)
     if (token === null) return null
     const role = await people.getRole(token.role)
     return {
@@ -95,6 +103,6 @@ export function createAccess (options: AccessOptions): Access {
     }
   }
 
-  const patientAccess = createPatientAccessPolicy({ people, patients: options.patients, audit, now })
-  return { people, sessions, audit, authenticate, patientAccess, settings, passwordCost: options.passwordCost ?? PASSWORD_SCRYPT, now }
+  const { authenticate, patientAccess } = bind(options)
+  return { people, sessions, audit, authenticate, patientAccess, bind, settings, passwordCost: options.passwordCost ?? PASSWORD_SCRYPT, now }
 }

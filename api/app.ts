@@ -216,10 +216,12 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
   // staticCSP replaces the API's CSP on the /docs routes only (the UI's own context).
   await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: docsContentSecurityPolicy })
 
+  // The access decisions follow this API's own patient and token stores.
+  const bound = deps.access?.bind({ patients: deps.patients, tokens: deps.tokens })
   const routeDeps: RouteDeps = {
     ...deps,
-    authenticate: deps.authenticate ?? deps.access?.authenticate ?? authenticateApiTokens(deps.tokens),
-    patientAccess: deps.patientAccess ?? deps.access?.patientAccess ?? everyPatientVisible(deps.patients)
+    authenticate: deps.authenticate ?? bound?.authenticate ?? authenticateApiTokens(deps.tokens),
+    patientAccess: deps.patientAccess ?? bound?.patientAccess ?? everyPatientVisible(deps.patients)
   }
   const access = deps.access
   if (access !== undefined) await app.register(async (auth) => { sessionRoutes(auth as ApiInstance, { access }) }, { prefix: '/v1/auth' })
