@@ -6,7 +6,7 @@ const scryptAsync = promisify(scrypt) as (password: string, salt: Buffer, keylen
 
 /**
  * Human passwords get OWASP's scrypt minimum (Password Storage Cheat Sheet: N=2^17, r=8,
- * p=1; 128 MiB and ~0.3 s a hash here), unlike device secrets (store/secrets.ts), which are
+ * p=1; 128 MiB and about 0.65 s a hash on our 2-core machines), unlike device secrets (store/secrets.ts), which are
  * random and need no slow KDF. The cost lives in each hash string, so tests may use a
  * cheaper one and verification works for any mix.
  */
