@@ -121,6 +121,9 @@ export function createPeopleStore (pool: pg.Pool) {
     async createUser (input: { email: string, displayName: string, passwordHash: string, roles: readonly string[], grantedBy: string }): Promise<User> {
       const id = randomUUID()
       return await inTransaction(async (client) => {
+        // Checked first so the common case raises no database error: on embedded PGlite
+        // (pglite-socket 0.2.17) the query after any error loses its connection.
+        await refuseTakenEmail(client, input.email, null)
         try {
           await client.query('INSERT INTO users (id, email, display_name, password_hash) VALUES ($1, $2, $3, $4)',
             [id, input.email, input.displayName, input.passwordHash])
@@ -146,6 +149,7 @@ export function createPeopleStore (pool: pg.Pool) {
     /** Changes a user; deactivating one also revokes every session it holds. */
     async updateUser (id: string, patch: { email?: string, displayName?: string, passwordHash?: string, active?: boolean }): Promise<User> {
       return await inTransaction(async (client) => {
+        if (patch.email !== undefined) await refuseTakenEmail(client, patch.email, id)
         const sets: string[] = []
         const values: unknown[] = [id]
         const set = (column: string, value: unknown): void => { values.push(value); sets.push(`${column} = $${values.length}`) }
@@ -261,6 +265,11 @@ export function createPeopleStore (pool: pg.Pool) {
         [options.from ?? null, options.to ?? null, options.patientId ?? null, options.beforeGrantedAt ?? null, options.limit])
       return rows.map(toGrant)
     }
+  }
+
+  async function refuseTakenEmail (q: pg.PoolClient, email: string, exceptId: string | null): Promise<void> {
+    const { rowCount } = await q.query('SELECT 1 FROM users WHERE lower(email) = lower($1) AND ($2::uuid IS NULL OR id <> $2::uuid)', [email, exceptId])
+    if ((rowCount ?? 0) > 0) throw new DuplicateEmailError()
   }
 
   async function grant (q: pg.Pool | pg.PoolClient, userId: string, roleId: string, grantedBy: string): Promise<void> {

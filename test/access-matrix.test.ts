@@ -119,6 +119,10 @@ async function runMatrix (t: Test, db: Database, only?: readonly Role[]): Promis
     }
     const adminView = (await app.inject({ method: 'GET', url: `/v1/devices/${deviceId}`, headers: headers.admin })).json()
     t.equal(adminView.patientId, patients.own)
+    if (testedRoles.includes('nurse')) {
+      const nurseView = (await app.inject({ method: 'GET', url: `/v1/devices/${deviceId}`, headers: headers.nurse })).json()
+      t.equal(nurseView.patientId, null, 'a nurse sees no patient id outside the care team')
+    }
   })
 
   t.test('a device integrator cannot assign a device to a patient (it sees none)', async (t) => {
@@ -129,6 +133,9 @@ async function runMatrix (t: Test, db: Database, only?: readonly Role[]): Promis
     t.equal(nurse.statusCode, 404, 'a nurse only assigns to care-team patients')
     const ok = await app.inject({ method: 'PUT', url: `/v1/devices/${deviceId}/assignment`, headers: headers.nurse, payload: { patientId: patients.team } })
     t.equal(ok.statusCode, 200)
+    const nurseView = (await app.inject({ method: 'GET', url: `/v1/devices/${deviceId}`, headers: headers.nurse })).json()
+    t.equal(nurseView.patientId, patients.team, 'the care team\'s patient is shown')
+    t.same(nurseView.assignments.map((a: { patientId: string | null }) => a.patientId), [patients.team, null], 'the earlier patient is not')
   })
 
   t.test('API tokens: developers mint only non-PHI tokens; a token never exceeds its creator', async (t) => {

@@ -1,8 +1,8 @@
-import type { ApiDeps, ApiInstance } from '../app.ts'
+import type { ApiInstance, RouteDeps } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import { IdParams, PageQuery, Rejection, decodeSerialCursor, errorResponses, page, pageOf } from '../schemas.ts'
 
-export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections }: Pick<ApiDeps, 'devices' | 'rejections'>): void {
+export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections, access }: Pick<RouteDeps, 'devices' | 'rejections' | 'access'>): void {
   app.get('/devices/:id/rejections', {
     config: { permission: 'devices:read' },
     schema: {
@@ -22,6 +22,14 @@ export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections }
     if (await devices.get(id) === null) throw new VigilError('VIGIL_ERR_UNKNOWN_DEVICE', 'no device with this id')
     const { limit, cursor } = request.query
     const rows = await rejections.list(id, { limit: limit + 1, beforeId: decodeSerialCursor(cursor) })
+    // A payload may hold PHI of a patient no one has resolved: audited with no patient.
+    const p = request.principal
+    if (rows.length > 0) {
+      await access?.audit.record({
+        actorId: p?.userId ?? p?.tokenId ?? null, actorKind: p?.kind ?? 'token', role: p?.role ?? null, patientId: null,
+        action: 'rejections:read', fields: ['payload'], outcome: 'allowed', sourceAddress: request.ip, requestId: request.id
+      })
+    }
     return pageOf(rows, limit, (last) => last.id)
   })
 }
