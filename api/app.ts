@@ -200,7 +200,8 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       info: {
         title: 'Vigil API',
         version: '1',
-        description: 'Remote patient monitoring. Every /v1 route needs `Authorization: Bearer <token>`. ' +
+        description: 'Remote patient monitoring. Every /v1 route needs `Authorization: Bearer <token>` (an API token, or the ' +
+          'access token from POST /v1/auth/login) except /v1/auth/*. ' +
           'Errors are `{code, message}` with a stable code (VIGIL_ERR_…); match on the code, not the message. ' +
           `Limits: ${limits.rateLimitPerMinute} requests/min per token, ${limits.unauthenticatedRateLimitPerMinute}/min per address ` +
           'without a valid token (429 VIGIL_ERR_RATE_LIMITED with Retry-After); 503 VIGIL_ERR_UNAVAILABLE with Retry-After ' +

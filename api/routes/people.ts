@@ -69,6 +69,7 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
     checkPassword(password, 'body/password')
     const passwordHash = await hashPassword(password, access.passwordCost)
     const user = await people.createUser({ email, displayName: displayName.trim(), passwordHash, roles, grantedBy: actorOf(request) }).catch(storeError)
+    request.log.info({ userId: user.id, roles: user.roles, by: actorOf(request) }, 'user created')
     reply.code(201)
     return user
   })
@@ -119,6 +120,7 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
     }
   }, async (request, reply) => {
     await people.updateUser(request.params.id, { active: false }).catch(storeError)
+    request.log.info({ userId: request.params.id, by: actorOf(request) }, 'user deactivated')
     return await reply.code(204).send(null)
   })
 
@@ -150,6 +152,7 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
     schema: { tags: ['people'], summary: 'Grant a role', params: UserRoleParams, response: { 200: User, ...errorResponses(404) } }
   }, async (request) => {
     await people.grantRole(request.params.id, request.params.roleId, actorOf(request)).catch(storeError)
+    request.log.info({ userId: request.params.id, roleId: request.params.roleId, by: actorOf(request) }, 'role granted')
     return (await people.getUser(request.params.id))!
   })
 
@@ -164,6 +167,7 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
     }
   }, async (request, reply) => {
     if (!await people.revokeRole(request.params.id, request.params.roleId)) throw new VigilError('VIGIL_ERR_NOT_FOUND', 'the user does not hold this role')
+    request.log.info({ userId: request.params.id, roleId: request.params.roleId, by: actorOf(request) }, 'role revoked')
     return await reply.code(204).send(null)
   })
 
