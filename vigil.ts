@@ -6,9 +6,8 @@ import cron from 'node-cron'
 import type { Logger } from 'pino'
 import { aedesPublisher, startAlerting } from './alerts/alerting.ts'
 import type { EscalationPolicy, WebhookTarget } from './alerts/contract.ts'
+import { createAccess } from './api/access.ts'
 import { buildApi } from './api/app.ts'
-import { authenticateApiTokens } from './api/auth.ts'
-import { everyPatientVisible } from './api/patient-access.ts'
 import { createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './config/listen.ts'
@@ -69,6 +68,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const patientRecords = createPatientRecordStore(db.pool, keyring, log.child({ component: 'patient-records' }))
     const reencryption = startReencryption(patientRecords, log)
     closers.push(() => reencryption.close())
+    const access = createAccess({ pool: db.pool, patients, tokens, settings: config.access })
 
     if (config.adminToken !== null) {
       const { created, revoked } = await tokens.ensureBootstrap(config.adminToken)
@@ -103,8 +103,9 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       schedule: (expression, run) => cron.schedule(expression, run, { noOverlap: true })
     })
     closers.push(() => alerting.close())
-    const authenticate = authenticateApiTokens(tokens)
-    const patientAccess = everyPatientVisible(patients)
+    // People (users, sessions, API tokens) and who may see which patient: the API, the alert
+    // stream and MQTT alert subscribers all decide through these.
+    const { authenticate, patientAccess } = access
 
     const ingest = await startIngest({
       devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk,
@@ -151,7 +152,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords, authenticate, patientAccess, alerts: alerting.api,
+      log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords, access, alerts: alerting.api,
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
     })

@@ -22,6 +22,7 @@ import type { PatientRecordStore } from '../store/patient-records.ts'
 import type { PatientStore } from '../store/patients.ts'
 import type { ReadingStore } from '../store/readings-store.ts'
 import type { RejectionLog } from '../store/rejections.ts'
+import type { Access } from './access.ts'
 import { authenticateApiTokens, requireAuthentication } from './auth.ts'
 import type { Authenticate } from './auth.ts'
 import { everyPatientVisible } from './patient-access.ts'
@@ -41,6 +42,8 @@ import { healthRoutes } from './routes/health.ts'
 import { metricsRoutes } from './routes/metrics.ts'
 import { patientRecordRoutes } from './routes/patient-records.ts'
 import { patientRoutes } from './routes/patients.ts'
+import { accessRoutes } from './routes/people.ts'
+import { sessionRoutes } from './routes/sessions.ts'
 import { readingRoutes } from './routes/readings.ts'
 
 /** Abuse and overload limits; each has a default in `apiLimitDefaults`. */
@@ -96,6 +99,12 @@ export interface ApiDeps extends Partial<ApiLimits> {
   authenticate?: Authenticate
   /** Who may see which patient; default: any principal holding the route's permission sees every patient. */
   patientAccess?: PatientAccessPolicy
+  /**
+   * People, roles, sessions and the audit log (createAccess). When set, it authenticates
+   * (unless `authenticate` is given), decides patient access (unless `patientAccess` is given)
+   * and its routes are served: /v1/auth/*, users, roles, care teams, break-glass, audit, tokens.
+   */
+  access?: Access
   rejections: RejectionLog
   readings: ReadingStore
   metrics: Metrics
@@ -199,7 +208,8 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       info: {
         title: 'Vigil API',
         version: '1',
-        description: 'Remote patient monitoring. Every /v1 route needs `Authorization: Bearer <token>`. ' +
+        description: 'Remote patient monitoring. Every /v1 route needs `Authorization: Bearer <token>` (an API token, or the ' +
+          'access token from POST /v1/auth/login) except /v1/auth/*. ' +
           'Errors are `{code, message}` with a stable code (VIGIL_ERR_…); match on the code, not the message. ' +
           `Limits: ${limits.rateLimitPerMinute} requests/min per token, ${limits.unauthenticatedRateLimitPerMinute}/min per address ` +
           'without a valid token (429 VIGIL_ERR_RATE_LIMITED with Retry-After); 503 VIGIL_ERR_UNAVAILABLE with Retry-After ' +
@@ -208,18 +218,22 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearerAuth: [] }],
       tags: [
-        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'alerts' }, { name: 'operations' }
+        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'alerts' }, { name: 'operations' }, { name: 'auth' }, { name: 'people' }
       ]
     }
   })
   // staticCSP replaces the API's CSP on the /docs routes only (the UI's own context).
   await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: docsContentSecurityPolicy })
 
+  // The access decisions follow this API's own patient and token stores.
+  const bound = deps.access?.bind({ patients: deps.patients, tokens: deps.tokens })
   const routeDeps: RouteDeps = {
     ...deps,
-    authenticate: deps.authenticate ?? authenticateApiTokens(deps.tokens),
-    patientAccess: deps.patientAccess ?? everyPatientVisible(deps.patients)
+    authenticate: deps.authenticate ?? bound?.authenticate ?? authenticateApiTokens(deps.tokens),
+    patientAccess: deps.patientAccess ?? bound?.patientAccess ?? everyPatientVisible(deps.patients)
   }
+  const access = deps.access
+  if (access !== undefined) await app.register(async (auth) => { sessionRoutes(auth as ApiInstance, { access }) }, { prefix: '/v1/auth' })
   await app.register(async (v1) => {
     requireAuthentication(v1, routeDeps.authenticate, budgets)
     patientRoutes(v1, routeDeps)
@@ -230,6 +244,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     readingRoutes(v1, routeDeps)
     if (routeDeps.patientRecords !== undefined) patientRecordRoutes(v1, { ...routeDeps, patientRecords: routeDeps.patientRecords })
     if (routeDeps.alerts !== undefined) alertRoutes(v1, { ...routeDeps, alerts: routeDeps.alerts })
+    if (access !== undefined) accessRoutes(v1, { ...routeDeps, access })
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })

@@ -38,20 +38,31 @@ export const permissions = [
 export type Permission = typeof permissions[number]
 
 /**
- * What each role may do. The one table to change when roles arrive (clinician, patient,
- * integrator …); the hook below reads it and nothing else does.
+ * API-token permissions when no role definitions are wired (buildApi without `access`).
+ * With `access` (api/access.ts), permissions come from the role_definitions table.
  */
-export const rolePermissions: Readonly<Record<TokenRole, ReadonlySet<Permission>>> = {
+export const rolePermissions: Readonly<{ admin: ReadonlySet<Permission>, [role: TokenRole]: ReadonlySet<Permission> | undefined }> = {
   admin: new Set(permissions)
 }
 
+/** How far a principal reaches into patients; see api/access-policy.ts. */
+export type PatientScope = 'all' | 'care-team' | 'self'
+
 export interface Principal {
+  /** The API token's id, or the login session's id for a user. */
   tokenId: string
   name: string
+  /** The role (API token) or the user's roles joined with ',' (for logs and the audit trail). */
   role: TokenRole
   /** The person behind the request (a user's session); null for service/API tokens. */
   userId: string | null
   permissions: ReadonlySet<Permission>
+  /** 'user' for a login session, 'token' for an API token. Absent: an API token. */
+  kind?: 'user' | 'token'
+  /** Role definition ids held. */
+  roles?: readonly string[]
+  /** Which patients the principal's roles reach; absent: derived from `role` (admin: all). */
+  patientScopes?: ReadonlySet<PatientScope>
 }
 
 /**

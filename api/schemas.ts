@@ -81,11 +81,11 @@ export const Device = Type.Object({
   startedAt: Type.String({ format: 'date-time' }),
   createdAt: Type.String({ format: 'date-time' }),
   updatedAt: Type.String({ format: 'date-time' }),
-  patientId: Type.Union([Uuid, Type.Null()], { description: 'Current assignment' })
+  patientId: Type.Union([Uuid, Type.Null()], { description: 'Current assignment; null for callers without patients:read (device integrators …)' })
 })
 
 export const Assignment = Type.Object({
-  patientId: Uuid,
+  patientId: Type.Union([Uuid, Type.Null()], { description: 'null for callers without patients:read (device integrators …)' }),
   validFrom: Type.String({ format: 'date-time' }),
   validTo: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], { description: 'null while current' })
 })

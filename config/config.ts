@@ -57,6 +57,17 @@ export interface Config {
    * the embedded default, a key file Vigil creates in dataDir (with a warning).
    */
   secretKeys: { source: 'VIGIL_SECRET_KEY' | 'VIGIL_SECRET_KEY_FILE', keyring: Keyring } | null
+  /** People and sessions (issue 3): token lifetimes, lockout, break-glass. */
+  access: AccessConfig
+}
+
+export interface AccessConfig {
+  accessTokenTtlSeconds: number
+  sessionIdleSeconds: number
+  sessionMaxSeconds: number
+  loginMaxFailures: number
+  loginLockoutSeconds: number
+  breakGlassMinutes: number
 }
 
 export interface TlsFiles {
@@ -208,6 +219,25 @@ function secretKeys (env: Env): Config['secretKeys'] {
   return null
 }
 
+function accessConfig (env: Env): AccessConfig {
+  // Short-lived access tokens (15 min) with a refresh path; a session idle 30 min is over
+  // (HIPAA §164.312(a)(2)(iii) automatic logoff); 5 failures lock an account for 15 min.
+  const sessionIdleSeconds = integer(env, 'VIGIL_SESSION_IDLE_SECONDS', 1800, 60, 7 * 86_400)
+  const accessTokenTtlSeconds = integer(env, 'VIGIL_ACCESS_TOKEN_TTL_SECONDS', 900, 30, 86_400)
+  const sessionMaxSeconds = integer(env, 'VIGIL_SESSION_MAX_SECONDS', 12 * 3600, 300, 30 * 86_400)
+  if (sessionMaxSeconds < sessionIdleSeconds) {
+    throw new ConfigError('VIGIL_SESSION_MAX_SECONDS', `VIGIL_SESSION_MAX_SECONDS must be at least VIGIL_SESSION_IDLE_SECONDS (${sessionIdleSeconds})`)
+  }
+  return {
+    accessTokenTtlSeconds,
+    sessionIdleSeconds,
+    sessionMaxSeconds,
+    loginMaxFailures: integer(env, 'VIGIL_LOGIN_MAX_FAILURES', 5, 1, 1000),
+    loginLockoutSeconds: integer(env, 'VIGIL_LOGIN_LOCKOUT_SECONDS', 900, 1, 86_400),
+    breakGlassMinutes: integer(env, 'VIGIL_BREAK_GLASS_MINUTES', 60, 1, 24 * 60)
+  }
+}
+
 /** Reads and validates the environment. Throws ConfigError naming the first bad variable. */
 export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
   const httpHost = read(env, 'HTTP_HOST') ?? '127.0.0.1'
@@ -267,6 +297,7 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     apiRateLimitPerMinute: integer(env, 'API_RATE_LIMIT_PER_MINUTE', 6000, 1, 10_000_000),
     apiUnauthenticatedRateLimitPerMinute: integer(env, 'API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE', 120, 1, 10_000_000),
     logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
-    secretKeys: secretKeys(env)
+    secretKeys: secretKeys(env),
+    access: accessConfig(env)
   }
 }

@@ -8,7 +8,8 @@ export const redactPaths = [
   'password', '*.password', 'token', '*.token', 'authorization', '*.authorization',
   'req.headers.authorization', 'req.headers.cookie', 'headers.authorization',
   'displayName', '*.displayName', 'payload', '*.payload', 'body', '*.body',
-  'value', '*.value', 'readings', '*.readings'
+  'value', '*.value', 'readings', '*.readings',
+  'email', '*.email', 'accessToken', '*.accessToken', 'refreshToken', '*.refreshToken', 'reason', '*.reason'
 ]
 
 export function createLogger (level: string, destination?: pino.DestinationStream): Logger {

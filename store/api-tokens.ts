@@ -2,19 +2,35 @@ import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import { newSecret, sha256 } from './secrets.ts'
 
-/** Roles known so far; the people/roles work replaces this with role definitions in the database. */
-export type TokenRole = 'admin'
+/** A role definition id (role_definitions.id): 'admin', 'developer', 'device-integrator' or a custom role's id. */
+export type TokenRole = string
 
 export interface TokenPrincipal { tokenId: string, name: string, role: TokenRole }
 
 export function createApiTokenStore (pool: pg.Pool) {
   return {
     /** Creates a token; returns the secret, which is never stored or shown again. */
-    async create (name: string, role: TokenRole): Promise<{ id: string, token: string }> {
+    async create (name: string, role: TokenRole, createdBy: string | null = null): Promise<{ id: string, token: string }> {
       const token = newSecret('vgt')
       const id = randomUUID()
-      await pool.query('INSERT INTO api_tokens (id, name, role, token_hash) VALUES ($1, $2, $3, $4)', [id, name, role, sha256(token)])
+      await pool.query('INSERT INTO api_tokens (id, name, role, token_hash, created_by) VALUES ($1, $2, $3, $4, $5)',
+        [id, name, role, sha256(token), createdBy])
       return { id, token }
+    },
+
+    /** Revokes a token; false when there is no live token with this id. */
+    async revoke (id: string): Promise<boolean> {
+      const { rowCount } = await pool.query('UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL', [id])
+      return (rowCount ?? 0) > 0
+    },
+
+    async list (): Promise<Array<{ id: string, name: string, role: string, createdBy: string | null, createdAt: string, lastUsedAt: string | null }>> {
+      const { rows } = await pool.query(
+        'SELECT id, name, role, created_by, created_at, last_used_at FROM api_tokens WHERE revoked_at IS NULL ORDER BY created_at, id')
+      return rows.map((r) => ({
+        id: r.id, name: r.name, role: r.role, createdBy: r.created_by,
+        createdAt: (r.created_at as Date).toISOString(), lastUsedAt: r.last_used_at === null ? null : (r.last_used_at as Date).toISOString()
+      }))
     },
 
     /**

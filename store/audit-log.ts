@@ -1,3 +1,5 @@
+import type pg from 'pg'
+
 /**
  * The audit trail of PHI access (issue 3). Rows are append-only: the table refuses UPDATE and
  * DELETE for the application's role. The people/PHI work owns the implementation
@@ -25,3 +27,69 @@ export interface AuditLog {
   /** Appends one row; resolves once it is committed. */
   record (entry: AuditEntry): Promise<void>
 }
+
+export interface AuditRow extends Required<Omit<AuditEntry, 'fields'>> {
+  id: string
+  at: string
+  fields: string[]
+}
+
+export interface AuditQuery {
+  patientId?: string
+  actorId?: string
+  outcome?: 'allowed' | 'denied'
+  /** Inclusive. */
+  from?: Date
+  /** Exclusive. */
+  to?: Date
+  /** Rows with a smaller id (newest first paging). */
+  beforeId?: string
+  limit: number
+}
+
+function toRow (r: Record<string, unknown>): AuditRow {
+  return {
+    id: String(r.id),
+    at: (r.at as Date).toISOString(),
+    actorId: r.actor_id as string | null,
+    actorKind: r.actor_kind as AuditRow['actorKind'],
+    role: r.role as string | null,
+    patientId: r.patient_id as string | null,
+    action: r.action as string,
+    fields: r.fields as string[],
+    outcome: r.outcome as AuditRow['outcome'],
+    sourceAddress: r.source_address as string | null,
+    requestId: r.request_id as string | null,
+    breakGlassReason: r.break_glass_reason as string | null
+  }
+}
+
+/** The audit log in Postgres (table audit_log, migration 003). */
+export function createAuditLog (pool: pg.Pool) {
+  return {
+    async record (entry: AuditEntry): Promise<void> {
+      await pool.query(
+        `INSERT INTO audit_log (actor_id, actor_kind, role, patient_id, action, fields, outcome, source_address, request_id, break_glass_reason)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+        [entry.actorId, entry.actorKind, entry.role, entry.patientId, entry.action, [...(entry.fields ?? [])], entry.outcome,
+          entry.sourceAddress ?? null, entry.requestId ?? null, entry.breakGlassReason ?? null])
+    },
+
+    /** Newest first. */
+    async query (q: AuditQuery): Promise<AuditRow[]> {
+      const { rows } = await pool.query(
+        `SELECT * FROM audit_log
+          WHERE ($1::uuid IS NULL OR patient_id = $1::uuid)
+            AND ($2::text IS NULL OR actor_id = $2::text)
+            AND ($3::text IS NULL OR outcome = $3::text)
+            AND ($4::timestamptz IS NULL OR at >= $4::timestamptz)
+            AND ($5::timestamptz IS NULL OR at < $5::timestamptz)
+            AND ($6::bigint IS NULL OR id < $6::bigint)
+          ORDER BY id DESC LIMIT $7`,
+        [q.patientId ?? null, q.actorId ?? null, q.outcome ?? null, q.from ?? null, q.to ?? null, q.beforeId ?? null, q.limit])
+      return rows.map(toRow)
+    }
+  }
+}
+
+export type AuditLogStore = ReturnType<typeof createAuditLog>

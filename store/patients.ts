@@ -19,10 +19,12 @@ export function createPatientStore (pool: pg.Pool) {
       const { rows } = await pool.query('SELECT id, display_name, created_at FROM patients WHERE id = $1', [id])
       return rows[0] === undefined ? null : toPatient(rows[0])
     },
-    async list (options: { limit: number, afterId?: string }): Promise<Patient[]> {
+    /** `ids`: only these patients (what the caller may see); absent: every patient. */
+    async list (options: { limit: number, afterId?: string, ids?: readonly string[] }): Promise<Patient[]> {
       const { rows } = await pool.query(
-        'SELECT id, display_name, created_at FROM patients WHERE ($1::uuid IS NULL OR id > $1::uuid) ORDER BY id LIMIT $2',
-        [options.afterId ?? null, options.limit])
+        `SELECT id, display_name, created_at FROM patients
+          WHERE ($1::uuid IS NULL OR id > $1::uuid) AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[])) ORDER BY id LIMIT $2`,
+        [options.afterId ?? null, options.limit, options.ids === undefined ? null : [...options.ids]])
       return rows.map(toPatient)
     }
   }

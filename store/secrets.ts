@@ -34,7 +34,7 @@ const maxConcurrentScrypt = 2
 let runningScrypt = 0
 const waitingScrypt: Array<() => void> = []
 
-async function limitedScrypt<T> (work: () => Promise<T>): Promise<T> {
+export async function limitedScrypt<T> (work: () => Promise<T>): Promise<T> {
   if (runningScrypt >= maxConcurrentScrypt) await new Promise<void>((resolve) => waitingScrypt.push(resolve))
   runningScrypt++
   try {

@@ -53,6 +53,12 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ INFLUX_TOKEN: 'x' }, 'INFLUX_TOKEN'],
   [{ INFLUX_URL: 'http://x', INFLUX_API: 'v3' }, 'INFLUX_API'],
   [{ VIGIL_ADMIN_TOKEN: 'short' }, 'VIGIL_ADMIN_TOKEN'],
+  [{ VIGIL_ACCESS_TOKEN_TTL_SECONDS: '10' }, 'VIGIL_ACCESS_TOKEN_TTL_SECONDS'],
+  [{ VIGIL_SESSION_IDLE_SECONDS: 'soon' }, 'VIGIL_SESSION_IDLE_SECONDS'],
+  [{ VIGIL_SESSION_IDLE_SECONDS: '7200', VIGIL_SESSION_MAX_SECONDS: '3600' }, 'VIGIL_SESSION_MAX_SECONDS'],
+  [{ VIGIL_LOGIN_MAX_FAILURES: '0' }, 'VIGIL_LOGIN_MAX_FAILURES'],
+  [{ VIGIL_LOGIN_LOCKOUT_SECONDS: '-5' }, 'VIGIL_LOGIN_LOCKOUT_SECONDS'],
+  [{ VIGIL_BREAK_GLASS_MINUTES: '100000' }, 'VIGIL_BREAK_GLASS_MINUTES'],
   [{ WORKER_THREADS: '0' }, 'WORKER_THREADS'],
   [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
   [{ MQTT_MAX_PACKET_BYTES: '10' }, 'MQTT_MAX_PACKET_BYTES'],
@@ -139,4 +145,12 @@ t.test('TLS files are read and checked at start', async (t) => {
     t.equal((err as ConfigError).variable, variable, `${name}: names ${variable}`)
     t.match((err as ConfigError).message, new RegExp(`^${variable} `), `${name}: the message starts with the variable`)
   }
+})
+
+t.test('access settings: defaults and overrides', async (t) => {
+  t.same(loadConfig({}).access, {
+    accessTokenTtlSeconds: 900, sessionIdleSeconds: 1800, sessionMaxSeconds: 43200, loginMaxFailures: 5, loginLockoutSeconds: 900, breakGlassMinutes: 60
+  })
+  const c = loadConfig({ VIGIL_ACCESS_TOKEN_TTL_SECONDS: '300', VIGIL_LOGIN_MAX_FAILURES: '3', VIGIL_BREAK_GLASS_MINUTES: '15' })
+  t.match(c.access, { accessTokenTtlSeconds: 300, loginMaxFailures: 3, breakGlassMinutes: 15 })
 })

@@ -1,9 +1,9 @@
 import { Type } from '@fastify/type-provider-typebox'
-import type { ApiDeps, ApiInstance } from '../app.ts'
+import type { ApiInstance, RouteDeps } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import { Assignment, AssignmentRequest, IdParams, errorResponses, instantMs } from '../schemas.ts'
 
-export function deviceAssignmentRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devices'>): void {
+export function deviceAssignmentRoutes (app: ApiInstance, { devices, patientAccess }: Pick<RouteDeps, 'devices' | 'patientAccess'>): void {
   app.put('/devices/:id/assignment', {
     config: { permission: 'devices:write' },
     schema: {
@@ -11,13 +11,16 @@ export function deviceAssignmentRoutes (app: ApiInstance, { devices }: Pick<ApiD
       summary: 'Assign the device to a patient',
       description: 'Ends the current assignment at validFrom (kept in the history) and opens a new one. ' +
         'Readings are attributed to the patient assigned at the reading\'s time. ' +
-        'validFrom before the current assignment\'s start gives 409 VIGIL_ERR_CONFLICT.',
+        'validFrom before the current assignment\'s start gives 409 VIGIL_ERR_CONFLICT. ' +
+        'The caller must be able to see the patient (admins, the patient\'s care team); others get 404 VIGIL_ERR_UNKNOWN_PATIENT.',
       params: IdParams,
       body: AssignmentRequest,
       response: { 200: Assignment, ...errorResponses(404, 409, 413) }
     }
   }, async (request) => {
     const validFrom = request.body.validFrom === undefined ? new Date() : new Date(instantMs(request.body.validFrom, 'body/validFrom'))
+    if (await devices.get(request.params.id) === null) throw new VigilError('VIGIL_ERR_UNKNOWN_DEVICE', 'no device with this id')
+    await patientAccess.require(request, request.body.patientId, { action: 'devices:assign' })
     return await devices.assign(request.params.id, request.body.patientId, validFrom, null)
   })
 

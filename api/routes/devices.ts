@@ -1,4 +1,6 @@
-import type { ApiDeps, ApiInstance } from '../app.ts'
+import type { FastifyRequest } from 'fastify'
+import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { PatientAccessPolicy } from '../patient-access.ts'
 import { VigilError } from '../errors.ts'
 import {
   Device, DeviceDetail, DevicePatch, IdParams, NewDevice, PageQuery,
@@ -8,7 +10,19 @@ import {
 // Clocks of the caller and the server disagree a little; "today, now" must not be refused.
 const FUTURE_SKEW_MS = 5 * 60_000
 
-export function deviceRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devices'>): void {
+/**
+ * "Device data without the patient's identity" (issue 3 §4): a caller without
+ * patients:read (device integrators, developers) sees devices, versions and assignment
+ * periods, but not which patient an assignment names; a clinician sees the ids of the
+ * patients it reaches (care team, break-glass) only. Returns the filter for one request.
+ */
+export async function patientIdentityFilter (request: FastifyRequest, patientAccess: PatientAccessPolicy): Promise<<T extends { patientId: string | null }>(item: T) => T> {
+  const principal = request.principal
+  const visible = principal !== null && principal.permissions.has('patients:read') ? await patientAccess.visiblePatients(principal) : new Set<string>()
+  return (item) => visible === null || (item.patientId !== null && visible.has(item.patientId)) ? item : { ...item, patientId: null }
+}
+
+export function deviceRoutes (app: ApiInstance, { devices, patientAccess }: Pick<RouteDeps, 'devices' | 'patientAccess'>): void {
   app.post('/devices', {
     config: { permission: 'devices:write' },
     schema: {
@@ -62,7 +76,8 @@ export function deviceRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devi
   }, async (request) => {
     const { limit, cursor } = request.query
     const rows = await devices.list({ limit: limit + 1, afterId: decodeIdCursor(cursor) })
-    return pageOf(rows, limit, (last) => last.id)
+    const identify = await patientIdentityFilter(request, patientAccess)
+    return pageOf(rows.map(identify), limit, (last) => last.id)
   })
 
   app.get('/devices/:id', {
@@ -77,7 +92,8 @@ export function deviceRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devi
     const id = request.params.id
     const [device, versions, assignments] = await Promise.all([devices.get(id), devices.versions(id), devices.assignments(id)])
     if (device === null) throw new VigilError('VIGIL_ERR_UNKNOWN_DEVICE', 'no device with this id')
-    return { ...device, versions, assignments }
+    const identify = await patientIdentityFilter(request, patientAccess)
+    return { ...identify(device), versions, assignments: assignments.map(identify) }
   })
 
   app.patch('/devices/:id', {
@@ -92,6 +108,7 @@ export function deviceRoutes (app: ApiInstance, { devices }: Pick<ApiDeps, 'devi
     }
   }, async (request) => {
     const { name, ...rest } = request.body
-    return await devices.update(request.params.id, name === undefined ? rest : { ...rest, name: name.trim() }, null)
+    const device = await devices.update(request.params.id, name === undefined ? rest : { ...rest, name: name.trim() }, null)
+    return (await patientIdentityFilter(request, patientAccess))(device)
   })
 }

@@ -1,8 +1,8 @@
-import type { ApiDeps, ApiInstance } from '../app.ts'
+import type { ApiInstance, RouteDeps } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import { IdParams, NewPatient, PageQuery, Patient, decodeIdCursor, errorResponses, page, pageOf } from '../schemas.ts'
 
-export function patientRoutes (app: ApiInstance, { patients }: Pick<ApiDeps, 'patients'>): void {
+export function patientRoutes (app: ApiInstance, { patients, patientAccess, access }: Pick<RouteDeps, 'patients' | 'patientAccess' | 'access'>): void {
   app.post('/patients', {
     config: { permission: 'patients:write' },
     schema: {
@@ -13,7 +13,14 @@ export function patientRoutes (app: ApiInstance, { patients }: Pick<ApiDeps, 'pa
     }
   }, async (request, reply) => {
     reply.code(201)
-    return await patients.create(request.body.displayName.trim())
+    // The patient is also a user with the patient role (migration 003's trigger, same transaction).
+    const patient = await patients.create(request.body.displayName.trim())
+    const p = request.principal
+    await access?.audit.record({
+      actorId: p?.userId ?? p?.tokenId ?? null, actorKind: p?.kind ?? 'token', role: p?.role ?? null, patientId: patient.id,
+      action: 'patients:write', fields: ['displayName'], outcome: 'allowed', sourceAddress: request.ip, requestId: request.id
+    })
+    return patient
   })
 
   app.get('/patients/:id', {
@@ -25,6 +32,7 @@ export function patientRoutes (app: ApiInstance, { patients }: Pick<ApiDeps, 'pa
       response: { 200: Patient, ...errorResponses(404) }
     }
   }, async (request) => {
+    await patientAccess.require(request, request.params.id, { action: 'patients:read', fields: ['displayName'] })
     const patient = await patients.get(request.params.id)
     if (patient === null) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
     return patient
@@ -34,13 +42,26 @@ export function patientRoutes (app: ApiInstance, { patients }: Pick<ApiDeps, 'pa
     config: { permission: 'patients:read' },
     schema: {
       tags: ['patients'],
-      summary: 'List patients (ordered by id)',
+      summary: 'List the patients you may see (ordered by id)',
+      description: 'Admins: every patient; clinicians: their care team and break-glass grants; a patient: themselves; other roles: none.',
       querystring: PageQuery,
       response: { 200: page(Patient), ...errorResponses() }
     }
   }, async (request) => {
     const { limit, cursor } = request.query
-    const rows = await patients.list({ limit: limit + 1, afterId: decodeIdCursor(cursor) })
-    return pageOf(rows, limit, (last) => last.id)
+    const visible = await patientAccess.visiblePatients(request.principal!)
+    const rows = visible !== null && visible.size === 0
+      ? []
+      : await patients.list({ limit: limit + 1, afterId: decodeIdCursor(cursor), ids: visible === null ? undefined : [...visible] })
+    const result = pageOf(rows, limit, (last) => last.id)
+    // Names are PHI: one audit row per list read, with no single patient.
+    const p = request.principal
+    if (result.items.length > 0) {
+      await access?.audit.record({
+        actorId: p?.userId ?? p?.tokenId ?? null, actorKind: p?.kind ?? 'token', role: p?.role ?? null, patientId: null,
+        action: 'patients:list', fields: ['displayName'], outcome: 'allowed', sourceAddress: request.ip, requestId: request.id
+      })
+    }
+    return result
   })
 }

@@ -1,0 +1,79 @@
+import { Type } from '@fastify/type-provider-typebox'
+import type { Access } from '../access.ts'
+import { LoginRequest, RefreshRequest, TokenPair } from '../access-schemas.ts'
+import type { ApiInstance } from '../app.ts'
+import { VigilError } from '../errors.ts'
+import { errorResponses } from '../schemas.ts'
+
+const BEARER = /^Bearer +([\x21-\x7E]{1,512})$/i
+
+/**
+ * Login, refresh and logout: public routes (no bearer needed to log in), charged to the
+ * caller's address budget like every public route.
+ */
+export function sessionRoutes (app: ApiInstance, { access }: { access: Access }): void {
+  const { sessions } = access
+
+  app.post('/login', {
+    schema: {
+      tags: ['auth'],
+      summary: 'Log in with email + password',
+      description: `Returns an access token (${access.settings.accessTokenTtlSeconds} s) and a single-use refresh token. ` +
+        `${access.settings.loginMaxFailures} wrong passwords in a row lock the account for ${access.settings.loginLockoutSeconds} s. ` +
+        'Every failure is the same 401 VIGIL_ERR_LOGIN_FAILED: it never says whether the email exists or the account is locked.',
+      security: [],
+      body: LoginRequest,
+      response: { 200: TokenPair, ...errorResponses(413) }
+    }
+  }, async (request) => {
+    const outcome = await sessions.login(request.body.email, request.body.password)
+    if (!outcome.ok) {
+      // The reason is for operators; the email is not logged (it identifies a person).
+      request.log.info({ reason: outcome.reason }, 'login refused')
+      if (outcome.reason === 'just-locked') request.log.warn('account locked after repeated failed logins')
+      throw new VigilError('VIGIL_ERR_LOGIN_FAILED', 'the email or password is wrong, or the account is locked or inactive')
+    }
+    request.log.info({ userId: outcome.tokens.userId, sessionId: outcome.tokens.sessionId }, 'login')
+    const { accessToken, refreshToken, expiresIn, userId } = outcome.tokens
+    return { tokenType: 'Bearer' as const, accessToken, refreshToken, expiresIn, userId }
+  })
+
+  app.post('/refresh', {
+    schema: {
+      tags: ['auth'],
+      summary: 'Trade a refresh token for a new token pair',
+      description: 'Each refresh token works once. Presenting a used one again ends the whole session (it was copied). ' +
+        `A session unused for ${access.settings.sessionIdleSeconds} s, or older than ${access.settings.sessionMaxSeconds} s, cannot be refreshed.`,
+      security: [],
+      body: RefreshRequest,
+      response: { 200: TokenPair, ...errorResponses(413) }
+    }
+  }, async (request, reply) => {
+    const tokens = await sessions.refresh(request.body.refreshToken)
+    if (tokens === null) {
+      reply.header('www-authenticate', 'Bearer realm="vigil"')
+      throw new VigilError('VIGIL_ERR_UNAUTHENTICATED', 'the refresh token is not valid: log in again')
+    }
+    const { accessToken, refreshToken, expiresIn, userId } = tokens
+    return { tokenType: 'Bearer' as const, accessToken, refreshToken, expiresIn, userId }
+  })
+
+  app.post('/logout', {
+    schema: {
+      tags: ['auth'],
+      summary: 'End the session',
+      description: 'Send the access token (Authorization: Bearer) or the refresh token in the body; every token of the session stops working. Always 204.',
+      security: [],
+      // No body schema: a logout with only the Authorization header has no body at all.
+      response: { 204: Type.Null({ description: 'Logged out' }), ...errorResponses(413) }
+    }
+  }, async (request, reply) => {
+    const bearer = BEARER.exec(request.headers.authorization ?? '')?.[1]
+    const body = request.body as { refreshToken?: unknown } | null | undefined
+    const refreshToken = typeof body?.refreshToken === 'string' && body.refreshToken.length <= 512 ? body.refreshToken : undefined
+    for (const token of [bearer, refreshToken]) {
+      if (token !== undefined) await sessions.logout(token)
+    }
+    return await reply.code(204).send(null)
+  })
+}

@@ -1,0 +1,82 @@
+import pino from 'pino'
+import t from 'tap'
+import { buildApi } from '../api/app.ts'
+import { openDatabase } from '../store/database.ts'
+import { apiDepsFor } from './helpers/api-deps.ts'
+import { newPatient, patientWithLogin, userWithLogin } from './helpers/people.ts'
+import { createTestDatabase } from './helpers/postgres.ts'
+
+let nowMs = Date.parse('2026-03-01T09:00:00Z')
+const now = (): Date => new Date(nowMs)
+const advance = (seconds: number): void => { nowMs += seconds * 1000 }
+
+const log = pino({ level: 'silent' })
+const testDb = await createTestDatabase()
+const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
+// Long sessions so only the break-glass window expires when the clock moves.
+const deps = apiDepsFor(db, log, { now, settings: { breakGlassMinutes: 30, accessTokenTtlSeconds: 86_400, sessionIdleSeconds: 86_400, sessionMaxSeconds: 86_400 } })
+const app = await buildApi({ ...deps, rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000 })
+t.teardown(async () => {
+  await app.close()
+  await db.close()
+  await testDb.drop()
+})
+const { token } = await deps.tokens.create('break-glass admin', 'admin')
+const admin = { authorization: `Bearer ${token}` }
+const patientId = await newPatient(app, admin, 'Ida Emergency')
+const patient = await patientWithLogin(app, admin, patientId, 'ida@example.org')
+const doctor = await userWithLogin(app, admin, ['doctor'], 'er.doctor@example.org')
+const developer = await userWithLogin(app, admin, ['developer'], 'dev@example.org')
+const reason = 'Unconscious in the ER, no care team reachable'
+
+t.test('break-glass opens a patient outside the care team for a limited time, audited with the reason', async (t) => {
+  t.equal((await app.inject({ method: 'GET', url: `/v1/patients/${patientId}`, headers: doctor.headers })).statusCode, 404, 'closed before')
+
+  const res = await app.inject({ method: 'POST', url: `/v1/patients/${patientId}/break-glass`, headers: doctor.headers, payload: { reason } })
+  t.equal(res.statusCode, 201)
+  t.match(res.json(), { userId: doctor.id, patientId, reason, grantedAt: now().toISOString(), expiresAt: new Date(nowMs + 30 * 60_000).toISOString() })
+
+  const read = await app.inject({ method: 'GET', url: `/v1/patients/${patientId}/readings`, headers: doctor.headers })
+  t.equal(read.statusCode, 200, 'open during the grant')
+  const audit = (await app.inject({ method: 'GET', url: `/v1/audit?actorId=${doctor.id}&limit=2`, headers: admin })).json().items
+  t.match(audit[0], { action: 'readings:read', outcome: 'allowed', breakGlassReason: reason })
+  t.match(audit[1], { action: 'break-glass', outcome: 'allowed', breakGlassReason: reason })
+  const list = await app.inject({ method: 'GET', url: '/v1/patients', headers: doctor.headers })
+  t.same(list.json().items.map((p: { id: string }) => p.id), [patientId], 'listed while granted')
+
+  const review = await app.inject({ method: 'GET', url: `/v1/break-glass?patientId=${patientId}`, headers: admin })
+  t.equal(review.statusCode, 200)
+  t.match(review.json().items, [{ userId: doctor.id, reason }], 'listed for review')
+
+  const log = (await app.inject({ method: 'GET', url: '/v1/me/access-log', headers: patient })).json().items
+  t.ok(log.some((e: { actorId: string, breakGlass: boolean }) => e.actorId === doctor.id && e.breakGlass), 'the patient sees a break-glass access')
+
+  advance(29 * 60)
+  t.equal((await app.inject({ method: 'GET', url: `/v1/patients/${patientId}`, headers: doctor.headers })).statusCode, 200, 'open a minute before expiry')
+  advance(60)
+  t.equal((await app.inject({ method: 'GET', url: `/v1/patients/${patientId}`, headers: doctor.headers })).statusCode, 404, 'closed at expiry')
+  t.same((await app.inject({ method: 'GET', url: '/v1/patients', headers: doctor.headers })).json().items, [], 'no longer listed')
+  const after = (await app.inject({ method: 'GET', url: `/v1/audit?actorId=${doctor.id}&limit=1`, headers: admin })).json().items[0]
+  t.match(after, { outcome: 'denied', breakGlassReason: null })
+})
+
+t.test('break-glass requests that are refused', async (t) => {
+  const cases: Array<[string, Record<string, string>, string, unknown, number, string]> = [
+    ['no reason', doctor.headers, patientId, {}, 400, 'VIGIL_ERR_VALIDATION'],
+    ['a too short reason', doctor.headers, patientId, { reason: 'because' }, 400, 'VIGIL_ERR_VALIDATION'],
+    ['a blank reason', doctor.headers, patientId, { reason: '             ' }, 400, 'VIGIL_ERR_VALIDATION'],
+    ['an unknown patient', doctor.headers, '00000000-0000-4000-8000-000000000000', { reason }, 404, 'VIGIL_ERR_UNKNOWN_PATIENT'],
+    ['a role without break-glass', developer.headers, patientId, { reason }, 403, 'VIGIL_ERR_FORBIDDEN'],
+    ['a patient', patient, patientId, { reason }, 403, 'VIGIL_ERR_FORBIDDEN'],
+    ['an API token (no person to hold it)', admin, patientId, { reason }, 403, 'VIGIL_ERR_FORBIDDEN']
+  ]
+  for (const [name, headers, id, payload, status, code] of cases) {
+    const res = await app.inject({ method: 'POST', url: `/v1/patients/${id}/break-glass`, headers, payload: payload as object })
+    t.equal(res.statusCode, status, name)
+    t.equal(res.json().code, code, name)
+  }
+  const short = await app.inject({ method: 'POST', url: `/v1/patients/${patientId}/break-glass`, headers: doctor.headers, payload: { reason: 'because' } })
+  t.equal(short.json().details[0].path, 'body/reason')
+  const denied = (await app.inject({ method: 'GET', url: '/v1/audit?patientId=00000000-0000-4000-8000-000000000000', headers: admin })).json().items
+  t.match(denied, [{ action: 'break-glass', outcome: 'denied', actorId: doctor.id }], 'the refused attempt is audited')
+})
