@@ -31,7 +31,7 @@ const patientRouteMatrix: Record<Role, [number, number, number]> = {
 }
 const patientRoutes = ['/v1/patients/{id}', '/v1/patients/{id}/readings', '/v1/patients/{id}/readings/latest',
   '/v1/patients/{id}/readings/aggregate?metric=heart_rate&every=1h&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z',
-  '/v1/patients/{id}/care-team']
+  '/v1/patients/{id}/care-team', '/v1/patients/{id}/record']
 
 // Routes about no single patient: role → status.
 const otherRoutes: Array<{ method: 'GET', url: string, expect: Record<Role, number> }> = [
@@ -60,6 +60,10 @@ async function runMatrix (t: Test, db: Database, only?: readonly Role[]): Promis
     own: await newPatient(app, admin, 'Own Patient'),
     team: await newPatient(app, admin, 'Team Patient'),
     other: await newPatient(app, admin, 'Other Patient')
+  }
+  for (const id of Object.values(patients)) {
+    const record = await app.inject({ method: 'PUT', url: `/v1/patients/${id}/record`, headers: admin, payload: { dateOfBirth: '1950-02-03' } })
+    t.equal(record.statusCode, 200, 'admin writes the PHI record')
   }
   const headers = {} as Record<Role, Record<string, string>>
   headers.patient = await patientWithLogin(app, admin, patients.own, 'own.patient@example.org')

@@ -38,7 +38,7 @@ INSERT INTO role_definitions (id, name, category, builtin, permissions) VALUES
           'jobs:read', 'jobs:write', 'voice-notes:read', 'voice-notes:write']),
   ('doctor', 'Doctor', 'clinician', true,
     ARRAY['patients:read', 'patients:write', 'readings:read', 'phi:read', 'phi:write', 'devices:read', 'devices:write',
-          'alerts:read', 'alerts:ack', 'alerts:write', 'rules:read', 'rules:write', 'overrides:write', 'break-glass',
+          'alerts:read', 'alerts:ack', 'alerts:write', 'rules:read', 'overrides:write', 'break-glass',
           'jobs:read', 'jobs:write', 'voice-notes:read', 'voice-notes:write']),
   ('admin', 'Administrator', 'admin', true,
     ARRAY['readings:read', 'devices:read', 'devices:write', 'patients:read', 'patients:write', 'credentials:write',
