@@ -3,6 +3,8 @@ import type http from 'node:http'
 import https from 'node:https'
 import path from 'node:path'
 import type { Logger } from 'pino'
+import { startAlertEngine } from './alerts/alert-engine.ts'
+import { createLoggingSink } from './alerts/logging-sink.ts'
 import { buildApi } from './api/app.ts'
 import { createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
@@ -77,7 +79,29 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       readings = createPostgresReadingStore(db.pool)
     }
 
-    const ingest = await startIngest({ devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk })
+    // Alert evaluation of accepted readings. The sink only logs until the alert lifecycle
+    // (alerts2) supplies the real one. NEWS2 scores go where ingest puts readings.
+    const derivedSpool = spool
+    const alerts = await startAlertEngine({
+      pool: db.pool,
+      rulesPath: config.alertRulesPath,
+      workerThreads: config.workerThreads,
+      sink: createLoggingSink(log),
+      writeDerived: derivedSpool !== null
+        ? (derived) => derivedSpool.append(derived)
+        : async (derived) => {
+          await readings.write(derived)
+          await db.flushToDisk()
+          metrics.readingsStored.inc(derived.length)
+        },
+      log,
+      registry: metrics.registry
+    })
+    closers.push(() => alerts.close())
+
+    const ingest = await startIngest({
+      devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk, onAccepted: (accepted) => alerts.onAccepted(accepted)
+    })
     closers.push(() => ingest.close())
 
     const mqttTls = config.mqttTls
@@ -116,7 +140,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, readings, metrics,
+      log, db, patients, devices, tokens, rejections, readings, metrics, alertRules: alerts,
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
     })

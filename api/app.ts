@@ -38,6 +38,8 @@ import { healthRoutes } from './routes/health.ts'
 import { metricsRoutes } from './routes/metrics.ts'
 import { patientRoutes } from './routes/patients.ts'
 import { readingRoutes } from './routes/readings.ts'
+import { alertRuleRoutes } from './routes/alert-rules.ts'
+import type { AlertRulesApi } from './routes/alert-rules.ts'
 
 /** Abuse and overload limits; each has a default in `apiLimitDefaults`. */
 export interface ApiLimits {
@@ -103,6 +105,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
    * X-Forwarded-For instead of the proxy's. Default false: the socket's address.
    */
   trustProxy?: boolean | string | string[]
+  /** The alert engine (rules file, overrides): /v1/alert-rules and /v1/patients/:id/rule-overrides exist only when set. */
+  alertRules?: AlertRulesApi
 }
 
 /** The Fastify instance routes are registered on: TypeBox schemas give handler types. */
@@ -200,7 +204,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearerAuth: [] }],
       tags: [
-        { name: 'patients' }, { name: 'devices' }, { name: 'readings' }, { name: 'operations' }
+        { name: 'patients' }, { name: 'devices' }, { name: 'readings' }, { name: 'alerts' }, { name: 'operations' }
       ]
     }
   })
@@ -220,6 +224,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     deviceCredentialRoutes(v1, routeDeps)
     deviceRejectionRoutes(v1, routeDeps)
     readingRoutes(v1, routeDeps)
+    alertRuleRoutes(v1, routeDeps)
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })

@@ -1,7 +1,7 @@
 import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { ConfigError, loadConfig } from '../config/config.ts'
+import { ConfigError, defaultAlertRulesPath, loadConfig } from '../config/config.ts'
 import { createTestPki } from './helpers/certificates.ts'
 
 t.test('defaults are the embedded mode', async (t) => {
@@ -25,6 +25,8 @@ t.test('defaults are the embedded mode', async (t) => {
   t.equal(c.mqttTls, null)
   t.equal(c.mqttWsPort, null)
   t.equal(c.httpTls, null)
+  t.equal(c.alertRulesPath, defaultAlertRulesPath)
+  t.ok(defaultAlertRulesPath.endsWith(path.join('config', 'alert-rules.yaml')), 'the rules shipped in config/, whatever the working directory')
 })
 
 t.test('the outgoing bound follows a larger packet size unless set', async (t) => {
@@ -73,7 +75,9 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ MQTT_TLS_CA_FILE: '/etc/hostname' }, 'MQTT_TLS_CA_FILE'],
   [{ MQTT_TLS_PORT: '8883', MQTT_TLS_CERT_FILE: '/nonexistent/cert.pem', MQTT_TLS_KEY_FILE: '/nonexistent/key.pem' }, 'MQTT_TLS_CERT_FILE'],
   [{ MQTT_TLS_PORT: '8883', MQTT_TLS_CERT_FILE: '/etc', MQTT_TLS_KEY_FILE: '/etc' }, 'MQTT_TLS_CERT_FILE'],
-  [{ HTTP_TLS_CERT_FILE: '/nonexistent/cert.pem' }, 'HTTP_TLS_CERT_FILE']
+  [{ HTTP_TLS_CERT_FILE: '/nonexistent/cert.pem' }, 'HTTP_TLS_CERT_FILE'],
+  [{ VIGIL_ALERT_RULES: '/nonexistent/rules.yaml' }, 'VIGIL_ALERT_RULES'],
+  [{ VIGIL_ALERT_RULES: '/etc' }, 'VIGIL_ALERT_RULES']
 ]
 for (const [env, variable] of bad) {
   t.test(`${JSON.stringify(env)} names ${variable}`, async (t) => {
