@@ -85,18 +85,26 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   }
 
   const rulesFile = await startRulesFile({ pool: options.pool, path: options.rulesPath, log, debounceMs: options.rulesDebounceMs, now })
-  let pool: WorkerPool<EvaluateInput, EvaluateOutput>
+  let pool: WorkerPool<EvaluateInput, EvaluateOutput> | null = null
   try {
     pool = createWorkerPool<EvaluateInput, EvaluateOutput>({ filename: taskFile(import.meta.url, '../workers/alert-task'), threads: options.workerThreads })
+    // Loading the task in each thread takes seconds under tsx: do it now (one empty task per
+    // thread, run together), not on the first readings, which would wait for it.
+    const warm = pool
+    await Promise.all(Array.from({ length: warm.threads }, () => warm.run({ rules: [], patients: [], nowMs: 0 })))
   } catch (err) {
+    await pool?.close()
     await rulesFile.close()
     throw err
   }
+  const workers = pool
 
   const states = new Map<string, PatientRuleState>()
   let queue: Queued[] = []
   let timer: NodeJS.Timeout | null = null
   let closed = false
+  // Set once close() has drained the queue: nothing is scheduled after it.
+  let closedHard = false
   let failuresInRow = 0
   let chain: Promise<void> = Promise.resolve()
   const exclusive = <T>(task: () => Promise<T>): Promise<T> => {
@@ -138,9 +146,9 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       patientId: id, state: states.get(id) ?? {}, readings: byPatient.get(id)!, overrides: overrides.get(id) ?? [], spo2Scale: scales.get(id) ?? 1
     }))
     // One task per thread at most: batches, not one task per reading.
-    const chunks: PatientBatch[][] = Array.from({ length: Math.min(pool.threads, patients.length) }, () => [])
+    const chunks: PatientBatch[][] = Array.from({ length: Math.min(workers.threads, patients.length) }, () => [])
     patients.forEach((p, i) => chunks[i % chunks.length]!.push(p))
-    const results = await Promise.all(chunks.map((chunk) => pool.run({ rules, patients: chunk, nowMs })))
+    const results = await Promise.all(chunks.map((chunk) => workers.run({ rules, patients: chunk, nowMs })))
     const derived = results.flatMap((r) => r.derivedReadings)
     // Derived readings and changes before the state: after a failure the batch is evaluated
     // again from the old state, so the sink may see a change twice but never misses one.
@@ -171,10 +179,14 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       }
     }
   }
-  let closedHard = false
 
   function schedule (delayMs: number): void {
-    if (timer !== null || closedHard) return
+    if (closedHard) return
+    if (timer !== null) {
+      // A full batch goes at once, unless a failed batch is backing off.
+      if (delayMs > 0 || failuresInRow > 0) return
+      clearTimeout(timer)
+    }
     timer = setTimeout(() => {
       timer = null
       exclusive(drain).catch((err) => log.error({ err }, 'alert evaluation loop failed'))
@@ -256,7 +268,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       closedHard = true
       await chain
       await rulesFile.close()
-      await pool.close()
+      await workers.close()
     }
   }
 }
