@@ -87,7 +87,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   const rulesFile = await startRulesFile({ pool: options.pool, path: options.rulesPath, log, debounceMs: options.rulesDebounceMs, now })
   let pool: WorkerPool<EvaluateInput, EvaluateOutput> | null = null
   try {
-    pool = createWorkerPool<EvaluateInput, EvaluateOutput>({ filename: taskFile(import.meta.url, '../workers/alert-task'), threads: options.workerThreads })
+    pool = createWorkerPool<EvaluateInput, EvaluateOutput>({ filename: taskFile(import.meta.url, '../workers/alert-task'), threads: options.workerThreads, minThreads: options.workerThreads })
     // Loading the task in each thread takes seconds under tsx: do it now (one empty task per
     // thread, run together), not on the first readings, which would wait for it.
     const warm = pool
@@ -138,6 +138,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       byPatient.set(r.patientId, list)
     }
     const ids = [...byPatient.keys()]
+    const t0 = performance.now()
     await statesFor(ids)
     const [overrides, scales] = await Promise.all([store.overridesOf(ids), store.spo2Scales(ids)])
     const rules = rulesFile.current().ruleSet.rules
@@ -148,7 +149,9 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     // One task per thread at most: batches, not one task per reading.
     const chunks: PatientBatch[][] = Array.from({ length: Math.min(workers.threads, patients.length) }, () => [])
     patients.forEach((p, i) => chunks[i % chunks.length]!.push(p))
+    const t1 = performance.now()
     const results = await Promise.all(chunks.map((chunk) => workers.run({ rules, patients: chunk, nowMs })))
+    const t2 = performance.now()
     const derived = results.flatMap((r) => r.derivedReadings)
     // Derived readings and changes before the state: after a failure the batch is evaluated
     // again from the old state, so the sink may see a change twice but never misses one.
@@ -159,6 +162,10 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     for (const { patientId, state } of newStates) states.set(patientId, state)
     metrics.readingsEvaluated.inc(batch.length)
     end()
+    log.debug({
+      readings: batch.length, patients: ids.length, tasks: chunks.length,
+      loadMs: Math.round(t1 - t0), evaluateMs: Math.round(t2 - t1), storeMs: Math.round(performance.now() - t2)
+    }, 'alert batch evaluated')
   }
 
   async function drain (): Promise<void> {

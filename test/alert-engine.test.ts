@@ -16,7 +16,7 @@ import { createPostgresReadingStore } from '../store/postgres-readings.ts'
 import { parseMetrics } from './helpers/log-capture.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
 
-const log = pino({ level: 'silent' })
+const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-engine-'))
 const rulesPath = path.join(dir, 'alert-rules.yaml')
 await fs.writeFile(rulesPath, `
