@@ -151,6 +151,10 @@ export function evaluatePatient (rules: Rule[], batch: PatientBatch, nowMs: numb
         triggeredAt.push(receivedAt)
       }
     }
+    if (previous !== undefined && previous.kind !== rule.kind && previous.firing) {
+      // The condition the old rule watched is gone with it: end it rather than leave an alert open.
+      emitter.emit('cleared', nowMs, nowMs, `rule ${rule.id} is now a ${rule.kind} rule`, { reason: 'rule_changed_kind', previousKind: previous.kind })
+    }
     if (rule.kind === 'threshold') stepThreshold(rule, st as ThresholdState, readings, emitter)
     else if (rule.kind === 'rate_of_change') stepRate(rule, st as RateState, readings, emitter)
     else if (rule.kind === 'news2') stepNews2(rule, st as News2State, readings, batch, emitter, derivedReadings)

@@ -242,3 +242,15 @@ rules:
   const back = evaluate({ rules, patients: [{ patientId, state: merged, readings: [{ metric: 'spo2', value: 96, ts: now + 2 * MIN, deviceId, receivedAt: now + 2 * MIN }], overrides: [], spo2Scale: 1 }], nowMs: now + 2 * MIN })
   t.match(back.changes, [{ ruleId: 'no-spo2', status: 'cleared' }])
 })
+
+t.test('a rule that changes kind under the same id ends its open condition', async (t) => {
+  const m = monitor(rulesOf('rules: [{ id: hr, kind: threshold, metric: heart_rate, above: 150, severity: high }]'))
+  m.feed([[0, 'heart_rate', 160]])
+  const out = evaluate({
+    rules: rulesOf('rules: [{ id: hr, kind: rate_of_change, metric: heart_rate, window: 10m, riseBy: 30, severity: high }]'),
+    patients: [{ patientId, state: m.state, readings: [], overrides: [], spo2Scale: 1 }],
+    nowMs: T0 + MIN
+  })
+  t.match(out.changes, [{ ruleId: 'hr', status: 'cleared', kind: 'rate_of_change', details: { reason: 'rule_changed_kind', previousKind: 'threshold' } }])
+  t.match(out.states[0]!.state.hr, { kind: 'rate_of_change', firing: false })
+})

@@ -6,7 +6,7 @@ import { Registry } from 'prom-client'
 import t from 'tap'
 import { startAlertEngine } from '../alerts/alert-engine.ts'
 import type { ConditionChange } from '../alerts/contract.ts'
-import { sha256 } from '../alerts/rules-file.ts'
+import { sha256, startRulesFile } from '../alerts/rules-file.ts'
 import { buildApi } from '../api/app.ts'
 import type { StoredReading } from '../ingest/reading.ts'
 import { openDatabase } from '../store/database.ts'
@@ -151,6 +151,33 @@ t.test('PUT /v1/alert-rules: validated, written atomically, recorded with the ca
   t.match(page2.history.items, [{ version: sha256(v1) }])
   t.equal(page2.history.nextCursor, null)
   t.equal((await get('?cursor=abc')).statusCode, 400)
+})
+
+t.test('a rule removed from the file ends its open conditions', async (t) => {
+  t.equal(changes.filter((c) => c.ruleId === 'tachycardia').at(-1)?.status, 'firing', 'tachycardia is firing (115 above 110)')
+  const before = changes.length
+  const res = await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: 'rules:\n  - { id: brady, kind: threshold, metric: heart_rate, below: 40, severity: high }\n' } })
+  t.equal(res.statusCode, 200)
+  await engine.flush()
+  t.match(changes.slice(before), [{ patientId: patient.id, ruleId: 'tachycardia', status: 'cleared', details: { reason: 'rule_removed' } }])
+  const { rows } = await db.pool.query('SELECT rule_id FROM alert_rule_state WHERE patient_id = $1', [patient.id])
+  t.same(rows.map((r) => r.rule_id), [], 'its state is gone')
+  t.equal((await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: rulesAt(130) } })).statusCode, 200)
+})
+
+t.test('an invalid file at start: the last accepted version runs; with none, start-up fails', async (t) => {
+  const bad = path.join(dir, 'bad', 'rules.yaml')
+  await fs.mkdir(path.dirname(bad))
+  await fs.writeFile(bad, 'rules:\n  - { id: x, kind: threshold, metric: heart_rate, severity: high }\n')
+  const fallback = await startRulesFile({ pool: db.pool, path: bad, log })
+  t.teardown(() => fallback.close())
+  t.equal(fallback.current().version, sha256(rulesAt(130)), 'the last accepted version')
+  t.match(fallback.lastError()?.problems, [{ path: 'rules[0].above', message: 'rules[0] (id "x"): above or below must be set' }])
+
+  const empty = await createTestDatabase()
+  const emptyDb = await openDatabase({ databaseUrl: empty.url, dataDir: '', log })
+  t.teardown(async () => { await emptyDb.close(); await empty.drop() })
+  await t.rejects(startRulesFile({ pool: emptyDb.pool, path: bad, log }), /VIGIL_ALERT_RULES .* is invalid: rules\[0\] \(id "x"\): above or below must be set/)
 })
 
 t.test('rule overrides API', async (t) => {
