@@ -178,3 +178,25 @@ t.test('no-data evaluation through the engine fires once and is stored', async (
   await h.engine.flush()
   t.match(h.changes.filter((c) => c.ruleId === 'silent').map((c) => c.status), ['firing', 'cleared'])
 })
+
+t.test('a failed batch is retried: no condition change is lost', async (t) => {
+  const changes: ConditionChange[] = []
+  let failures = 1
+  const engine = await startAlertEngine({
+    pool: postgres.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), writeDerived: async () => {},
+    sink: {
+      async apply (c) {
+        if (failures-- > 0) throw new Error('lifecycle unavailable')
+        changes.push(...c)
+      }
+    }
+  })
+  t.teardown(() => engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Retry Patient')
+  engine.onAccepted([reading(patient.id, 'heart_rate', 165, T0)])
+  await engine.flush()
+  t.same(changes, [], 'the first attempt failed')
+  const deadline = Date.now() + 20_000
+  while (changes.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.match(changes.filter((c) => c.ruleId === 'high-hr'), [{ patientId: patient.id, status: 'firing' }], 'delivered on the retry')
+})
