@@ -7,7 +7,7 @@ import { createWorkerPool, taskFile } from '../workers/pool.ts'
 import type { WorkerPool } from '../workers/pool.ts'
 import { createAlertStore } from './alert-store.ts'
 import type { AlertStore } from './alert-store.ts'
-import type { ConditionChange, ConditionSink, DevicePresence } from './contract.ts'
+import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence } from './contract.ts'
 import type { EvalReading, EvaluateInput, EvaluateOutput, PatientBatch, PatientRuleState } from './evaluate.ts'
 import { evaluateNoData } from './no-data.ts'
 import { startRulesFile } from './rules-file.ts'
@@ -37,11 +37,9 @@ export interface AlertEngineOptions {
   rulesDebounceMs?: number
 }
 
-export interface AlertEngine {
+export interface AlertEngine extends AlertEngineSeam {
   /** ingest's onAccepted hook: queues readings for evaluation; never blocks or throws. */
   onAccepted (readings: readonly StoredReading[]): void
-  /** Runs the no_data rules against the broker's device presence (called by the lifecycle's scheduler). */
-  evaluateNoData (presence: readonly DevicePresence[]): Promise<ConditionChange[]>
   rules (): ActiveRules
   readonly rulesFile: RulesFile
   readonly store: AlertStore
@@ -163,7 +161,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     metrics.readingsEvaluated.inc(batch.length)
     end()
     log.debug({
-      readings: batch.length, patients: ids.length, tasks: chunks.length,
+      readingCount: batch.length, patientCount: ids.length, tasks: chunks.length,
       loadMs: Math.round(t1 - t0), evaluateMs: Math.round(t2 - t1), storeMs: Math.round(performance.now() - t2)
     }, 'alert batch evaluated')
   }
@@ -178,7 +176,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         queue = batch.concat(queue)
         failuresInRow++
         metrics.failures.inc()
-        log.error({ err, readings: batch.length, failuresInRow }, 'alert evaluation failed: retrying')
+        log.error({ err, readingCount: batch.length, failuresInRow }, 'alert evaluation failed: retrying')
         if (closed) return
         const delay = Math.min(30_000, 250 * 2 ** Math.min(failuresInRow, 7))
         schedule(delay)
@@ -225,6 +223,10 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     rulesFile,
     store,
     rules: () => rulesFile.current(),
+    rulesView () {
+      const active = rulesFile.current()
+      return { version: active.version, escalationPolicies: active.ruleSet.escalationPolicies, webhooks: active.ruleSet.webhooks }
+    },
     onAccepted (readings) {
       if (closed || readings.length === 0) return
       const receivedAt = now()

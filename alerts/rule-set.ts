@@ -16,8 +16,12 @@ const DURATION_PATTERN = '^[0-9]{1,9}(ms|s|m|h|d)$'
 const Duration = Type.String({ pattern: DURATION_PATTERN, description: 'e.g. 30s, 5m, 2h, 1d' })
 // An enum, not a union of literals: one error ("must be one of …") instead of one per literal.
 const SeverityName = Type.Unsafe<Severity>({ type: 'string', enum: ['low', 'medium', 'high', 'critical'] })
-const RuleId = Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,63}$', description: 'lower case letters, digits, _ and -' })
-const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$' })
+const RULE_ID_PATTERN = '^[a-z0-9][a-z0-9_-]{0,63}$'
+const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$'
+const ENV_PATTERN = '^[A-Z_][A-Z0-9_]{0,127}$'
+const URL_PATTERN = '^https?://'
+const RuleId = Type.String({ pattern: RULE_ID_PATTERN, description: 'lower case letters, digits, _ and -' })
+const Name = Type.String({ pattern: NAME_PATTERN })
 const Metric = Type.String({ minLength: 1, maxLength: 64 })
 
 const common = {
@@ -84,8 +88,8 @@ const EscalationDocument = Type.Object({
 
 const WebhookDocument = Type.Object({
   id: Name,
-  url: Type.String({ pattern: '^https?://', maxLength: 2048 }),
-  secretEnv: Type.String({ pattern: '^[A-Z_][A-Z0-9_]{0,127}$' }),
+  url: Type.String({ pattern: URL_PATTERN, maxLength: 2048 }),
+  secretEnv: Type.String({ pattern: ENV_PATTERN }),
   minSeverity: Type.Optional(SeverityName)
 }, { additionalProperties: false })
 
@@ -263,8 +267,10 @@ export function parseRuleSet (text: string): ParseResult {
       if (r.above !== undefined && r.below !== undefined && r.below >= r.above) fail('below', 'must be less than above')
       if (r.for !== undefined && r.nOfM !== undefined) fail('nOfM', 'cannot be combined with for')
       if (r.nOfM !== undefined && r.nOfM.n > r.nOfM.m) fail('nOfM.n', 'must not exceed nOfM.m')
-      const hysteresis = r.hysteresis ?? defaultHysteresis(r.metric)
-      if (r.above !== undefined && r.below !== undefined && hysteresis * 2 >= r.above - r.below) fail('hysteresis', 'must be less than half the gap between below and above')
+      // The default never makes a valid rule invalid: at most a quarter of the gap between the bounds.
+      const gap = r.above !== undefined && r.below !== undefined ? r.above - r.below : Infinity
+      const hysteresis = r.hysteresis ?? Math.min(defaultHysteresis(r.metric), gap / 4)
+      if (gap > 0 && gap !== Infinity && hysteresis * 2 >= gap) fail('hysteresis', 'must be less than half the gap between below and above')
       rules.push({
         ...base, kind, severity: r.severity, metric: r.metric, above: r.above ?? null, below: r.below ?? null,
         forMs: r.for === undefined ? 0 : parseDuration(r.for), nOfM: r.nOfM ?? null, hysteresis,
@@ -274,8 +280,8 @@ export function parseRuleSet (text: string): ParseResult {
       if (r.fallBy === undefined && r.riseBy === undefined) fail('fallBy', 'or riseBy must be set')
       const windowMs = parseDuration(r.window)
       if (windowMs < 1000) fail('window', 'must be at least 1s')
-      const hysteresis = r.hysteresis ?? defaultHysteresis(r.metric)
       const smallest = Math.min(r.fallBy ?? Infinity, r.riseBy ?? Infinity)
+      const hysteresis = r.hysteresis ?? Math.min(defaultHysteresis(r.metric), smallest / 4)
       if (hysteresis >= smallest) fail('hysteresis', 'must be less than fallBy and riseBy')
       rules.push({
         ...base, kind, severity: r.severity, metric: r.metric, windowMs, fallBy: r.fallBy ?? null, riseBy: r.riseBy ?? null,
@@ -310,6 +316,15 @@ function check<T extends TSchema> (schema: T, item: unknown, at: string, label: 
   return null
 }
 
+// Messages a person can act on, instead of "must match pattern …".
+const PATTERN_MESSAGES: Record<string, string> = {
+  [DURATION_PATTERN]: 'must be a duration such as 30s, 5m, 2h, 1d',
+  [RULE_ID_PATTERN]: 'must be 1–64 lower-case letters, digits, _ or - (starting with a letter or digit)',
+  [NAME_PATTERN]: 'must be 1–64 letters, digits, _ or - (starting with a letter or digit)',
+  [ENV_PATTERN]: 'must be an environment variable name (upper case, digits, _)',
+  [URL_PATTERN]: 'must be an http:// or https:// URL'
+}
+
 function problem (at: string, label: string, e: ErrorObject): RuleSetProblem {
   const params = e.params as { missingProperty?: string, additionalProperty?: string, type?: string }
   const segments = e.instancePath.split('/').filter((s) => s !== '').map((s) => /^\d+$/.test(s) ? `[${s}]` : `.${s}`)
@@ -323,8 +338,8 @@ function problem (at: string, label: string, e: ErrorObject): RuleSetProblem {
     message = 'is not a known field'
   } else if (e.keyword === 'type') {
     message = `must be ${/^[aeiou]/.test(params.type ?? '') ? 'an' : 'a'} ${params.type}`
-  } else if (e.keyword === 'pattern' && (e.params as { pattern?: string }).pattern === DURATION_PATTERN) {
-    message = 'must be a duration such as 30s, 5m, 2h, 1d'
+  } else if (e.keyword === 'pattern' && PATTERN_MESSAGES[(e.params as { pattern: string }).pattern] !== undefined) {
+    message = PATTERN_MESSAGES[(e.params as { pattern: string }).pattern]!
   } else if (e.keyword === 'enum') {
     message = `must be one of ${((e.params as { allowedValues?: unknown[] }).allowedValues ?? []).join(', ')}`
   }

@@ -173,6 +173,8 @@ t.test('no-data evaluation through the engine fires once and is stored', async (
   const first = await h.engine.evaluateNoData(presence)
   t.match(first, [{ ruleId: 'silent', status: 'firing', details: { cause: 'disconnected', disconnectedSince: T0 + 30 * MIN } }])
   t.same(await h.engine.evaluateNoData(presence), [], 'still silent: no second change')
+  t.same(h.changes.filter((c) => c.ruleId === 'silent').length, 1, 'handed to the sink by evaluateNoData itself')
+  t.match(h.engine.rulesView(), { version: /^[0-9a-f]{64}$/, escalationPolicies: [], webhooks: [] })
   // A reading arrives: the condition ends in the batch.
   h.engine.onAccepted([reading(patient.id, 'heart_rate', 70, T0 + 61 * MIN)])
   await h.engine.flush()

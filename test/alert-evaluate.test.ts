@@ -254,3 +254,45 @@ t.test('a rule that changes kind under the same id ends its open condition', asy
   t.match(out.changes, [{ ruleId: 'hr', status: 'cleared', kind: 'rate_of_change', details: { reason: 'rule_changed_kind', previousKind: 'threshold' } }])
   t.match(out.states[0]!.state.hr, { kind: 'rate_of_change', firing: false })
 })
+
+t.test('rules file validation: defaults and cross-field checks', async (t) => {
+  const [tachy] = rulesOf('rules: [{ id: a, kind: threshold, metric: heart_rate, above: 120, severity: high }]') as [any]
+  t.match(tachy, { hysteresis: 5.6, forMs: 0, clearAfterMs: 0, nOfM: null, below: null, escalationPolicy: null })
+  const [rate] = rulesOf('rules: [{ id: b, kind: rate_of_change, metric: heart_rate, window: 5m, riseBy: 8, severity: low }]') as [any]
+  t.match(rate, { hysteresis: 2, minReadings: 3, windowMs: 300_000 }, 'a default hysteresis never exceeds a quarter of the bound')
+  const [band] = rulesOf('rules: [{ id: c, kind: threshold, metric: spo2, above: 99, below: 97, severity: low }]') as [any]
+  t.equal(band.hysteresis, 0.5)
+
+  const problems = (yaml: string): string[] => {
+    const parsed = parseRuleSet(yaml)
+    return parsed.ok ? [] : parsed.problems.map((p) => p.message)
+  }
+  const cases: Array<[string, string]> = [
+    ['rules: [{ id: a, kind: threshold, metric: heart_rate, severity: high }]', 'rules[0] (id "a"): above or below must be set'],
+    ['rules: [{ id: a, kind: threshold, metric: heart_rate, above: 1, below: 2, severity: high }]', 'rules[0] (id "a"): below must be less than above'],
+    ['rules: [{ id: a, kind: threshold, metric: heart_rate, above: 1, for: 1m, nOfM: { n: 1, m: 2 }, severity: high }]', 'rules[0] (id "a"): nOfM cannot be combined with for'],
+    ['rules: [{ id: a, kind: threshold, metric: heart_rate, above: 1, nOfM: { n: 3, m: 2 }, severity: high }]', 'rules[0] (id "a"): nOfM.n must not exceed nOfM.m'],
+    ['rules: [{ id: a, kind: threshold, metric: heart_rate, above: 1, severity: high, escalation: nobody }]', 'rules[0] (id "a"): escalation names no escalation policy ("nobody")'],
+    ['rules: [{ id: a, kind: threshold, metric: heart_rate, above: 1, severity: high }, { id: a, kind: threshold, metric: spo2, below: 90, severity: high }]', 'rules[1] (id "a"): id is used twice'],
+    ['rules: [{ id: a, kind: rate_of_change, metric: spo2, window: 10m, severity: high }]', 'rules[0] (id "a"): fallBy or riseBy must be set'],
+    ['rules: [{ id: a, kind: rate_of_change, metric: spo2, window: 10m, fallBy: 2, hysteresis: 2, severity: high }]', 'rules[0] (id "a"): hysteresis must be less than fallBy and riseBy'],
+    ['rules: [{ id: a, kind: no_data, after: 10 minutes, severity: high }]', 'rules[0] (id "a"): after must be a duration such as 30s, 5m, 2h, 1d'],
+    ['rules: [{ id: a, kind: news2, freshness: 1h, bands: {} }]', 'rules[0] (id "a"): bands must give a severity for at least one band'],
+    ['rules: [{ id: a, kind: news2, freshness: 1h, bands: { amber: high } }]', 'rules[0] (id "a"): bands.amber is not a known field'],
+    ['rules: [{ id: Bad Id, kind: threshold, metric: heart_rate, above: 1, severity: high }]', 'rules[0] (id "Bad Id"): id must be 1–64 lower-case letters, digits, _ or -'],
+    ['rules: {}', 'rules must be an array'],
+    ['{}', 'rules is required'],
+    ['rules: []\nextra: 1', 'extra is not a known field'],
+    ['rules: []\nescalationPolicies: [{ id: p, tiers: [] }]', 'escalationPolicies[0] (id "p"): tiers must NOT have fewer than 1 items'],
+    ['rules: []\nwebhooks: [{ id: w, url: "ftp://x", secretEnv: S }]', 'webhooks[0] (id "w"): url must be an http:// or https:// URL'],
+    ['rules: []\nwebhooks: [{ id: w, url: "https://x", secretEnv: "lower" }]', 'webhooks[0] (id "w"): secretEnv must be an environment variable name'],
+    ['rules: [a: b', 'YAML']
+  ]
+  for (const [yaml, expected] of cases) {
+    const found = problems(yaml)
+    t.ok(found.some((m) => m.startsWith(expected)), `${expected} (got ${JSON.stringify(found)})`)
+    t.ok(found.length <= 2, `no cascade of follow-on errors for ${yaml}`)
+  }
+  const webhooks = parseRuleSet('rules: []\nwebhooks: [{ id: pager, url: "https://pager.example.org/x", secretEnv: PAGER_SECRET }]')
+  t.match(webhooks, { ok: true, ruleSet: { webhooks: [{ id: 'pager', url: 'https://pager.example.org/x', secretEnv: 'PAGER_SECRET', minSeverity: 'low' }] } })
+})
