@@ -216,3 +216,24 @@ t.test('rule overrides API', async (t) => {
   t.match(scale.json(), { patientId: patient.id, spo2Scale: 2 })
   t.same(await engine.store.spo2Scales([patient.id]), new Map([[patient.id, 2]]))
 })
+
+t.test('GET /v1/patients/{id}/news2: the current score with sub-scores and what is missing', async (t) => {
+  const other = await deps.patients.create('NEWS2 Patient')
+  const url = `/v1/patients/${other.id}/news2`
+  t.same((await app.inject({ method: 'GET', url, headers })).json(), { items: [] }, 'nothing seen yet')
+  const ts = Date.UTC(2026, 0, 1, 8)
+  engine.onAccepted([
+    { patientId: other.id, deviceId, metric: 'heart_rate', value: 135, unit: '/min', ts, seq: null },
+    { patientId: other.id, deviceId, metric: 'spo2', value: 93, unit: '%', ts, seq: null }
+  ])
+  await engine.flush()
+  const res = await app.inject({ method: 'GET', url, headers })
+  t.equal(res.statusCode, 200)
+  t.match(res.json().items, [{
+    ruleId: 'news2', at: new Date(ts).toISOString(), total: 5, band: 'medium', complete: false,
+    missing: ['resp_rate', 'o2_supplemental', 'bp_systolic', 'consciousness', 'body_temp'],
+    subScores: { heart_rate: 3, spo2: 2 }, redScores: ['heart_rate'], spo2Scale: 1,
+    parameters: { heart_rate: { value: 135 }, spo2: { value: 93 } }
+  }])
+  t.equal((await app.inject({ method: 'GET', url: '/v1/patients/00000000-0000-4000-8000-000000000000/news2', headers })).statusCode, 404)
+})

@@ -1,7 +1,9 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
 import type { AlertStore } from '../../alerts/alert-store.ts'
-import type { RuleOverride } from '../../alerts/evaluate.ts'
+import type { News2State, RuleOverride } from '../../alerts/evaluate.ts'
+import { news2Parameters, scoreNews2 } from '../../alerts/news2.ts'
+import type { News2Parameter } from '../../alerts/news2.ts'
 import { RulesInvalidError } from '../../alerts/rules-file.ts'
 import type { RulesFile } from '../../alerts/rules-file.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
@@ -218,6 +220,56 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
     if (!await store.deleteOverride(id, ruleId)) throw new VigilError('VIGIL_ERR_NOT_FOUND', 'this patient has no override of this rule')
     request.log.info({ patientId: id, ruleId }, 'rule override removed')
     return await reply.code(204).send(null)
+  })
+
+  const News2Score = Type.Object({
+    ruleId: Type.String(),
+    at: Type.String({ format: 'date-time', description: 'Time of the newest parameter reading' }),
+    total: Type.Integer(),
+    band: Type.String({ description: 'low, low_medium, medium or high (RCP 2017 chart 2)' }),
+    complete: Type.Boolean({ description: 'false: parameters are missing and total and band are lower bounds' }),
+    missing: Type.Array(Type.String()),
+    subScores: Type.Record(Type.String(), Type.Integer()),
+    redScores: Type.Array(Type.String({ description: 'Parameters scoring 3' })),
+    spo2Scale: Type.Integer(),
+    parameters: Type.Record(Type.String(), Type.Object({ value: Type.Number(), ts: Type.String({ format: 'date-time' }) }))
+  })
+
+  app.get('/patients/:id/news2', {
+    config: { permission: 'readings:read' },
+    schema: {
+      tags: ['alerts'],
+      summary: "The patient's current NEWS2, with sub-scores",
+      description: 'From the latest value of each parameter within the news2 rule\'s freshness window, as the alert engine last evaluated it. ' +
+        'One item per news2 rule; empty when no NEWS2 parameter has been seen.',
+      params: IdParams,
+      response: { 200: Type.Object({ items: Type.Array(News2Score) }), ...errorResponses(404) }
+    }
+  }, async (request) => {
+    const id = request.params.id
+    await deps.patientAccess.require(request, id, { action: 'readings:read' })
+    const [states, scales] = await Promise.all([store.loadStates([id]), store.spo2Scales([id])])
+    const state = states.get(id) ?? {}
+    const items = []
+    for (const rule of rulesFile.current().ruleSet.rules) {
+      if (rule.kind !== 'news2') continue
+      const held = state[rule.id] as News2State | undefined
+      if (held?.kind !== 'news2') continue
+      const times = Object.values(held.latest).map(([ts]) => ts)
+      if (times.length === 0) continue
+      const newest = Math.max(...times)
+      const values: Partial<Record<News2Parameter, number>> = {}
+      const parameters: Record<string, { value: number, ts: string }> = {}
+      for (const parameter of news2Parameters) {
+        const entry = held.latest[parameter]
+        if (entry === undefined || newest - entry[0] > rule.freshnessMs) continue
+        values[parameter] = entry[1]
+        parameters[parameter] = { value: entry[1], ts: iso(entry[0]) }
+      }
+      const result = scoreNews2(values, scales.get(id) ?? 1)
+      items.push({ ruleId: rule.id, at: iso(newest), ...result, parameters })
+    }
+    return { items }
   })
 
   app.put('/patients/:id/news2-scale', {
