@@ -232,7 +232,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const receivedAt = now()
       for (const r of readings) queue.push({ patientId: r.patientId, metric: r.metric, value: r.value, ts: r.ts, deviceId: r.deviceId, receivedAt })
       if (queue.length > maxQueued) {
-        const dropped = queue.length - maxQueued
+        // A tenth at a time: one splice per many messages while evaluation is stalled.
+        const dropped = queue.length - Math.floor(maxQueued * 0.9)
         queue.splice(0, dropped)
         metrics.dropped.inc(dropped)
         log.error({ dropped, queued: queue.length }, 'alert evaluation queue full: oldest readings not evaluated')

@@ -49,6 +49,8 @@ export interface RuleOverride {
 
 interface ConditionState {
   kind: Rule['kind']
+  /** The metric the state describes: a rule edited to watch another metric starts afresh. */
+  metric: string | null
   firing: boolean
   firingSince: number | null
   /** When the value first came back past the hysteresis bound (clearAfter counts from here). */
@@ -132,8 +134,9 @@ export function evaluatePatient (rules: Rule[], batch: PatientBatch, nowMs: numb
   for (const base of rules) {
     const { rule, override } = effectiveRule(base, batch.overrides, nowMs)
     const previous = batch.state[rule.id]
-    // A rule whose kind changed under the same id starts afresh.
-    const st = structuredClone(previous !== undefined && previous.kind === rule.kind ? previous : initialState(rule))
+    // A rule whose kind or metric changed under the same id starts afresh.
+    const same = previous !== undefined && previous.kind === rule.kind && previous.metric === metricOf(rule)
+    const st = structuredClone(same ? previous : initialState(rule))
     const emitter: Emitter = {
       emit (status, at, receivedAt, summary, details, severity) {
         changes.push({
@@ -151,9 +154,11 @@ export function evaluatePatient (rules: Rule[], batch: PatientBatch, nowMs: numb
         triggeredAt.push(receivedAt)
       }
     }
-    if (previous !== undefined && previous.kind !== rule.kind && previous.firing) {
+    if (previous !== undefined && !same && previous.firing) {
       // The condition the old rule watched is gone with it: end it rather than leave an alert open.
-      emitter.emit('cleared', nowMs, nowMs, `rule ${rule.id} is now a ${rule.kind} rule`, { reason: 'rule_changed_kind', previousKind: previous.kind })
+      emitter.emit('cleared', nowMs, nowMs, `rule ${rule.id} now watches something else`, {
+        reason: 'rule_changed', previousKind: previous.kind, previousMetric: previous.metric
+      })
     }
     if (rule.kind === 'threshold') stepThreshold(rule, st as ThresholdState, readings, emitter)
     else if (rule.kind === 'rate_of_change') stepRate(rule, st as RateState, readings, emitter)
@@ -164,8 +169,12 @@ export function evaluatePatient (rules: Rule[], batch: PatientBatch, nowMs: numb
   return { state, changes, triggeredAt, derivedReadings }
 }
 
+function metricOf (rule: Rule): string | null {
+  return rule.kind === 'news2' ? null : rule.metric
+}
+
 export function initialState (rule: Rule): RuleState {
-  const common = { firing: false, firingSince: null, clearSince: null, lastTs: null }
+  const common = { metric: metricOf(rule), firing: false, firingSince: null, clearSince: null, lastTs: null }
   switch (rule.kind) {
     case 'threshold': return { kind: 'threshold', ...common, breachSince: null, recent: [] }
     case 'rate_of_change': return { kind: 'rate_of_change', ...common, points: [] }

@@ -49,13 +49,13 @@ interface Harness {
   clock: { now: number }
 }
 
-async function start (db: Database, clock = { now: T0 }): Promise<Harness> {
+async function start (db: Database, clock = { now: T0 }, workerThreads = 1): Promise<Harness> {
   const changes: ConditionChange[] = []
   const derived: StoredReading[] = []
   const registry = new Registry()
   const readings = createPostgresReadingStore(db.pool)
   const engine = await startAlertEngine({
-    pool: db.pool, rulesPath, workerThreads: 2, log, registry, now: () => clock.now,
+    pool: db.pool, rulesPath, workerThreads, log, registry, now: () => clock.now,
     sink: { apply: async (c) => { changes.push(...c) } },
     writeDerived: async (r) => { derived.push(...r); await readings.write(r) }
   })
@@ -89,7 +89,7 @@ for (const [name, db] of [['postgres', postgres], ['pglite', pglite]] as const) 
 }
 
 t.test('readings are evaluated in batches in worker threads', async (t) => {
-  const h = await start(postgres)
+  const h = await start(postgres, { now: T0 }, 2)
   t.teardown(() => h.engine.close())
   const patients = createPatientStore(postgres.pool)
   const ids: string[] = []
@@ -118,7 +118,7 @@ t.test('reading→condition latency on the real clock', async (t) => {
   const changes: ConditionChange[] = []
   const registry = new Registry()
   const engine = await startAlertEngine({
-    pool: postgres.pool, rulesPath, workerThreads: 2, log, registry, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}
+    pool: postgres.pool, rulesPath, workerThreads: 1, log, registry, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}
   })
   t.teardown(() => engine.close())
   const patients = createPatientStore(postgres.pool)
@@ -201,4 +201,21 @@ t.test('a failed batch is retried: no condition change is lost', async (t) => {
   const deadline = Date.now() + 20_000
   while (changes.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
   t.match(changes.filter((c) => c.ruleId === 'high-hr'), [{ patientId: patient.id, status: 'firing' }], 'delivered on the retry')
+})
+
+t.test('a full evaluation queue drops the oldest readings from evaluation, counted', async (t) => {
+  const registry = new Registry()
+  const engine = await startAlertEngine({
+    pool: postgres.pool, rulesPath, workerThreads: 1, log, registry, writeDerived: async () => {},
+    sink: { apply: async () => {} }, maxQueued: 10, flushIntervalMs: 600_000, batchSize: 1000
+  })
+  t.teardown(() => engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Queue Patient')
+  for (let i = 0; i < 25; i++) engine.onAccepted([reading(patient.id, 'heart_rate', 80, T0 + i * 1000)])
+  await engine.flush()
+  const dropped = await metric(registry, 'vigil_alert_readings_dropped_total')
+  const evaluated = await metric(registry, 'vigil_alert_readings_evaluated_total')
+  t.ok(dropped > 0, `${dropped} dropped`)
+  t.equal(dropped + evaluated, 25, 'every reading either evaluated or counted as dropped')
+  t.ok(evaluated <= 10)
 })

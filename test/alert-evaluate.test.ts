@@ -243,7 +243,7 @@ rules:
   t.match(back.changes, [{ ruleId: 'no-spo2', status: 'cleared' }])
 })
 
-t.test('a rule that changes kind under the same id ends its open condition', async (t) => {
+t.test('a rule that changes kind or metric under the same id ends its open condition', async (t) => {
   const m = monitor(rulesOf('rules: [{ id: hr, kind: threshold, metric: heart_rate, above: 150, severity: high }]'))
   m.feed([[0, 'heart_rate', 160]])
   const out = evaluate({
@@ -251,8 +251,16 @@ t.test('a rule that changes kind under the same id ends its open condition', asy
     patients: [{ patientId, state: m.state, readings: [], overrides: [], spo2Scale: 1 }],
     nowMs: T0 + MIN
   })
-  t.match(out.changes, [{ ruleId: 'hr', status: 'cleared', kind: 'rate_of_change', details: { reason: 'rule_changed_kind', previousKind: 'threshold' } }])
+  t.match(out.changes, [{ ruleId: 'hr', status: 'cleared', kind: 'rate_of_change', details: { reason: 'rule_changed', previousKind: 'threshold' } }])
   t.match(out.states[0]!.state.hr, { kind: 'rate_of_change', firing: false })
+
+  const metricChanged = evaluate({
+    rules: rulesOf('rules: [{ id: hr, kind: threshold, metric: resp_rate, above: 30, severity: high }]'),
+    patients: [{ patientId, state: m.state, readings: [], overrides: [], spo2Scale: 1 }],
+    nowMs: T0 + MIN
+  })
+  t.match(metricChanged.changes, [{ ruleId: 'hr', status: 'cleared', details: { reason: 'rule_changed', previousMetric: 'heart_rate' } }])
+  t.match(metricChanged.states[0]!.state.hr, { metric: 'resp_rate', firing: false, lastTs: null })
 })
 
 t.test('rules file validation: defaults and cross-field checks', async (t) => {
