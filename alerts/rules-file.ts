@@ -35,6 +35,14 @@ export interface RulesVersion {
   changed: string[]
 }
 
+/** The rules file cannot be written (read-only mount, image file owned by another user). */
+export class RulesNotWritableError extends Error {
+  constructor (readonly file: string, readonly code: string) {
+    super(`the rules file cannot be written (${code}): make ${path.basename(file)} writable by Vigil, or edit it on disk`)
+    this.name = 'RulesNotWritableError'
+  }
+}
+
 export class RulesInvalidError extends Error {
   constructor (readonly problems: RuleSetProblem[]) {
     super(`the rules document is invalid: ${problems.slice(0, 3).map((p) => p.message).join('; ')}${problems.length > 3 ? ` (+${problems.length - 3} more)` : ''}`)
@@ -203,6 +211,10 @@ export async function startRulesFile (options: RulesFileOptions): Promise<RulesF
     if (name === null || name === path.basename(file)) schedule()
   })
   watcher.on('error', (err) => log.error({ err }, 'alert rules watcher failed'))
+  // Directory events can be missed (network filesystems, some container bind mounts): a slow
+  // stat poll as well. A reload of an unchanged file is a no-op.
+  const poll = (): void => schedule()
+  fs.watchFile(file, { interval: 5000, persistent: false }, poll)
 
   return {
     current: () => active,
@@ -223,14 +235,28 @@ export async function startRulesFile (options: RulesFileOptions): Promise<RulesF
         if (!parsed.ok) throw new RulesInvalidError(parsed.problems)
         if (sha256(document) === active.version) return active
         const tmp = `${file}.${process.pid}.tmp`
-        const handle = await fsp.open(tmp, 'w', 0o640)
         try {
-          await handle.writeFile(document)
-          await handle.sync()
-        } finally {
-          await handle.close()
+          const handle = await fsp.open(tmp, 'w', 0o640)
+          try {
+            await handle.writeFile(document)
+            await handle.sync()
+          } finally {
+            await handle.close()
+          }
+          await fsp.rename(tmp, file)
+          // The rename itself is durable once the directory is synced.
+          const directory = await fsp.open(path.dirname(file), 'r')
+          try {
+            await directory.sync()
+          } finally {
+            await directory.close()
+          }
+        } catch (err) {
+          await fsp.rm(tmp, { force: true }).catch(() => {})
+          const code = (err as NodeJS.ErrnoException).code
+          if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') throw new RulesNotWritableError(file, code)
+          throw err
         }
-        await fsp.rename(tmp, file)
         const previous = active.ruleSet
         const next = accept(document, parsed.ruleSet, loadedBy)
         await record(next, previous)
@@ -241,6 +267,7 @@ export async function startRulesFile (options: RulesFileOptions): Promise<RulesF
     onChange (listener) { listeners.push(listener) },
     async close () {
       watcher.close()
+      fs.unwatchFile(file, poll)
       if (timer !== null) clearTimeout(timer)
       await chain
     }

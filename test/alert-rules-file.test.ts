@@ -153,6 +153,15 @@ t.test('PUT /v1/alert-rules: validated, written atomically, recorded with the ca
   t.equal((await get('?cursor=abc')).statusCode, 400)
 })
 
+t.test('a rules file Vigil may not write: 409, nothing changes', { skip: process.getuid?.() === 0 ? 'root writes anywhere' : false }, async (t) => {
+  await fs.chmod(dir, 0o555)
+  t.teardown(() => fs.chmod(dir, 0o755))
+  const res = await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: rulesAt(99) } })
+  t.equal(res.statusCode, 409)
+  t.equal(res.json().code, 'VIGIL_ERR_CONFLICT')
+  t.not(engine.rules().version, sha256(rulesAt(99)))
+})
+
 t.test('a rule removed from the file ends its open conditions', async (t) => {
   t.equal(changes.filter((c) => c.ruleId === 'tachycardia').at(-1)?.status, 'firing', 'tachycardia is firing (115 above 110)')
   const before = changes.length

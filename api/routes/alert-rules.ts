@@ -4,7 +4,7 @@ import type { AlertStore } from '../../alerts/alert-store.ts'
 import type { News2State, RuleOverride } from '../../alerts/evaluate.ts'
 import { news2Parameters, scoreNews2 } from '../../alerts/news2.ts'
 import type { News2Parameter } from '../../alerts/news2.ts'
-import { RulesInvalidError } from '../../alerts/rules-file.ts'
+import { RulesInvalidError, RulesNotWritableError } from '../../alerts/rules-file.ts'
 import type { RulesFile } from '../../alerts/rules-file.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
 import { VigilError } from '../errors.ts'
@@ -129,7 +129,8 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
       tags: ['alerts'],
       summary: 'Replace the rules file',
       description: 'Validates the YAML document, writes the rules file atomically and loads it; recorded in the history with the caller as author. ' +
-        'An invalid document gives 400 VIGIL_ERR_RULES_INVALID with one detail per problem, and changes nothing.',
+        'An invalid document gives 400 VIGIL_ERR_RULES_INVALID with one detail per problem, and changes nothing; ' +
+        'a rules file Vigil may not write (read-only mount) gives 409 VIGIL_ERR_CONFLICT.',
       body: Type.Object({ document: Type.String({ minLength: 1, maxLength: 60_000 }) }, { additionalProperties: false }),
       response: { 200: RulesState, ...errorResponses(413) }
     }
@@ -138,6 +139,7 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
       await rulesFile.replace(request.body.document, actor(request))
     } catch (err) {
       if (err instanceof RulesInvalidError) throw new VigilError('VIGIL_ERR_RULES_INVALID', err.message, err.problems)
+      if (err instanceof RulesNotWritableError) throw new VigilError('VIGIL_ERR_CONFLICT', err.message)
       throw err
     }
     return await rulesState(20, undefined)
