@@ -50,6 +50,14 @@ export interface AlertEngine extends AlertEngineSeam {
 
 type Queued = EvalReading & { patientId: string }
 
+/** The pure evaluation (in a worker) threw: not an outage, so not retried. */
+class EvaluationError extends Error {
+  constructor (cause: unknown) {
+    super('alert evaluation failed', { cause })
+    this.name = 'EvaluationError'
+  }
+}
+
 /**
  * The alert engine: queues accepted readings, evaluates them in batches in worker threads
  * (pure rules: alerts/evaluate.ts), hands condition changes to the sink, stores derived NEWS2
@@ -148,7 +156,12 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     const chunks: PatientBatch[][] = Array.from({ length: Math.min(workers.threads, patients.length) }, () => [])
     patients.forEach((p, i) => chunks[i % chunks.length]!.push(p))
     const t1 = performance.now()
-    const results = await Promise.all(chunks.map((chunk) => workers.run({ rules, patients: chunk, nowMs })))
+    let results: EvaluateOutput[]
+    try {
+      results = await Promise.all(chunks.map((chunk) => workers.run({ rules, patients: chunk, nowMs })))
+    } catch (err) {
+      throw new EvaluationError(err)
+    }
     const t2 = performance.now()
     const derived = results.flatMap((r) => r.derivedReadings)
     // Derived readings and changes before the state: after a failure the batch is evaluated
@@ -173,6 +186,14 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         await runBatch(batch)
         failuresInRow = 0
       } catch (err) {
+        if (err instanceof EvaluationError) {
+          // Evaluation is pure: the same batch would fail the same way, and retrying it would
+          // hold up every later reading. Skip it, loudly (a bug in a rule kind, not an outage).
+          metrics.dropped.inc(batch.length)
+          log.error({ err: err.cause, readingCount: batch.length, patientIds: [...new Set(batch.map((r) => r.patientId))].slice(0, 20) },
+            'alert evaluation threw: batch skipped')
+          continue
+        }
         queue = batch.concat(queue)
         failuresInRow++
         metrics.failures.inc()
