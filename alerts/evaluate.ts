@@ -344,6 +344,8 @@ function stepNews2 (rule: News2Rule, st: News2State, readings: EvalReading[], ba
     derived.push({ patientId: batch.patientId, deviceId: DERIVED_DEVICE_ID, metric: 'news2_score', value: result.total, unit: '{score}', ts: at, seq: null })
     st.lastStored = [at, result.total]
   }
+  // Too few parameters to say anything either way: the condition stays as it is.
+  if (7 - result.missing.length < rule.minParameters) return
   const severity = rule.severityByBand[result.band]
   const details = {
     total: result.total, band: result.band, subScores: result.subScores, redScores: result.redScores,

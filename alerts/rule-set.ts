@@ -75,6 +75,7 @@ const News2Document = Type.Object({
     medium: Type.Optional(SeverityName),
     high: Type.Optional(SeverityName)
   }, { additionalProperties: false, description: 'Severity per NEWS2 response band; a band left out does not alert' }),
+  minParameters: Type.Optional(Type.Integer({ minimum: 1, maximum: 7, description: 'Fewer fresh parameters than this: no alert change (default 1)' })),
   clearAfter: Type.Optional(Duration)
 }, { additionalProperties: false })
 
@@ -155,6 +156,8 @@ export interface News2Rule extends RuleCommon {
   kind: 'news2'
   freshnessMs: number
   severityByBand: Partial<Record<News2Band, Severity>>
+  /** A partial score from fewer parameters neither fires nor clears. */
+  minParameters: number
   clearAfterMs: number
 }
 
@@ -297,7 +300,7 @@ export function parseRuleSet (text: string): ParseResult {
       if (alerting.length === 0) fail('bands', 'must give a severity for at least one band')
       rules.push({
         ...base, kind: 'news2', severity: severityByBand[alerting[alerting.length - 1] ?? 'high'] ?? 'high',
-        freshnessMs: parseDuration(r.freshness), severityByBand, clearAfterMs: r.clearAfter === undefined ? 0 : parseDuration(r.clearAfter)
+        freshnessMs: parseDuration(r.freshness), severityByBand, minParameters: r.minParameters ?? 1, clearAfterMs: r.clearAfter === undefined ? 0 : parseDuration(r.clearAfter)
       })
     }
   })

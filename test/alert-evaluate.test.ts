@@ -197,6 +197,10 @@ t.test('NEWS2: missing and stale parameters are named; a partial score is not st
   }])
   t.same(m.derived, [], 'no news2_score reading from a partial score')
 
+  const strict = monitor(rulesOf('rules: [{ id: news2, kind: news2, freshness: 1h, minParameters: 3, bands: { low_medium: medium } }]'))
+  t.same(strict.feed([[0, 'heart_rate', 135], [0, 'spo2', 97]]), [], 'two parameters are fewer than minParameters 3')
+  t.match(strict.feed([[MIN, 'resp_rate', 16]]), [{ status: 'firing', details: { complete: false } }], 'three are enough')
+
   const stale = monitor(news2Rules)
   stale.feed(calm)
   stale.feed([[2 * 60 * MIN, 'heart_rate', 70]])
@@ -303,4 +307,24 @@ t.test('rules file validation: defaults and cross-field checks', async (t) => {
   }
   const webhooks = parseRuleSet('rules: []\nwebhooks: [{ id: pager, url: "https://pager.example.org/x", secretEnv: PAGER_SECRET }]')
   t.match(webhooks, { ok: true, ruleSet: { webhooks: [{ id: 'pager', url: 'https://pager.example.org/x', secretEnv: 'PAGER_SECRET', minSeverity: 'low' }] } })
+})
+
+t.test('the shipped rules file is valid and holds the documented defaults', async (t) => {
+  const { readFileSync } = await import('node:fs')
+  const { defaultAlertRulesPath } = await import('../config/config.ts')
+  const parsed = parseRuleSet(readFileSync(defaultAlertRulesPath, 'utf8'))
+  if (!parsed.ok) return t.fail(parsed.problems.map((p) => p.message).join('; '))
+  t.match(parsed.ruleSet.rules, [
+    { id: 'tachycardia', kind: 'threshold', metric: 'heart_rate', above: 120, forMs: 5 * MIN },
+    { id: 'bradycardia', kind: 'threshold', metric: 'heart_rate', below: 40 },
+    { id: 'hypoxaemia', kind: 'threshold', metric: 'spo2', below: 92, forMs: 2 * MIN },
+    { id: 'spo2-falling', kind: 'rate_of_change', metric: 'spo2', fallBy: 4, windowMs: 10 * MIN },
+    { id: 'fever', kind: 'threshold', metric: 'body_temp', above: 38.5 },
+    { id: 'device-silent', kind: 'no_data', metric: null, afterMs: 15 * MIN },
+    { id: 'news2', kind: 'news2', minParameters: 3 }
+  ])
+  t.match(parsed.ruleSet.escalationPolicies[0], {
+    id: 'standard', tiers: [{ notify: ['nurse'], afterMs: 5 * MIN }, { notify: ['doctor'], afterMs: 10 * MIN }, { notify: ['rapid_response'] }]
+  })
+  t.same(parsed.ruleSet.webhooks, [])
 })
