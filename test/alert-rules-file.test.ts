@@ -246,3 +246,12 @@ t.test('GET /v1/patients/{id}/news2: the current score with sub-scores and what 
   }])
   t.equal((await app.inject({ method: 'GET', url: '/v1/patients/00000000-0000-4000-8000-000000000000/news2', headers })).statusCode, 404)
 })
+
+t.test('the alert routes are in the OpenAPI document, each with its permission checked', async (t) => {
+  const doc = (await app.inject({ method: 'GET', url: '/docs/json' })).json()
+  for (const route of ['/v1/alert-rules', '/v1/patients/{id}/rule-overrides', '/v1/patients/{id}/rule-overrides/{ruleId}', '/v1/patients/{id}/news2', '/v1/patients/{id}/news2-scale']) {
+    t.ok(doc.paths[route], route)
+  }
+  const unauthenticated = await app.inject({ method: 'GET', url: '/v1/alert-rules' })
+  t.equal(unauthenticated.statusCode, 401)
+})
