@@ -169,7 +169,11 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     if (derived.length > 0) await options.writeDerived(derived)
     await deliver(results.flatMap((r) => r.changes), results.flatMap((r) => r.triggeredAt))
     const newStates = results.flatMap((r) => r.states)
-    await store.saveStates(newStates)
+    // Only the rules whose state changed are written (a reading touches few of them).
+    await store.saveStates(newStates.map(({ patientId, state }) => {
+      const old = states.get(patientId) ?? {}
+      return { patientId, state: Object.fromEntries(Object.entries(state).filter(([id, s]) => JSON.stringify(s) !== JSON.stringify(old[id]))) }
+    }))
     for (const { patientId, state } of newStates) states.set(patientId, state)
     metrics.readingsEvaluated.inc(batch.length)
     end()

@@ -142,6 +142,20 @@ t.test('rate of change: SpO2 falling 4 points in 10 minutes', async (t) => {
 
   t.equal(leastSquaresSlope([[0, 1], [1, 3], [2, 5]]), 2)
   t.equal(leastSquaresSlope([[0, 1]]), 0)
+  t.ok(Math.abs(leastSquaresSlope([[0, 1, 3], [1, 3, 1], [2, 5, 1]]) - leastSquaresSlope([[0, 1], [0, 1], [0, 1], [1, 3], [2, 5]])) < 1e-12, 'a weight counts as repeated points')
+})
+
+t.test('rate of change at 1 Hz: the window state stays small, the slope stays right', async (t) => {
+  const m = monitor(rulesOf('rules: [{ id: spo2-falling, kind: rate_of_change, metric: spo2, window: 10m, fallBy: 4, hysteresis: 1, severity: medium }]'))
+  // 97 falling 0.3 per minute, one reading a second, in 1-minute batches, for 12 minutes.
+  for (let minute = 0; minute < 12; minute++) {
+    m.feed(Array.from({ length: 60 }, (_, s) => [minute * MIN + s * 1000, 'spo2', Number((97 - 0.3 * (minute + s / 60)).toFixed(2))] as [number, string, number]))
+  }
+  const points = (m.state['spo2-falling'] as { points: unknown[] }).points
+  t.ok(points.length <= 61, `${points.length} points kept for 600 readings in the window`)
+  t.same(m.changes, [], '3 points in 10 minutes is not 4')
+  m.feed(Array.from({ length: 300 }, (_, s) => [12 * MIN + s * 1000, 'spo2', Number((93.4 - 1.2 * (s / 60)).toFixed(2))] as [number, string, number]))
+  t.match(m.changes, [{ status: 'firing', summary: /^spo2 falling 4(\.\d)? % over 10 min/, details: { method: 'least_squares', readingCount: Number } }], 'a steeper fall fires')
 })
 
 t.test('per-patient overrides apply until they expire', async (t) => {
