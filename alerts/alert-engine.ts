@@ -86,7 +86,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     }),
     readingsEvaluated: new Counter({ name: 'vigil_alert_readings_evaluated_total', help: 'Readings evaluated against the alert rules', registers: [options.registry] }),
     changes: new Counter({ name: 'vigil_alert_condition_changes_total', help: 'Condition changes emitted, by kind and status', labelNames: ['kind', 'status'] as const, registers: [options.registry] }),
-    dropped: new Counter({ name: 'vigil_alert_readings_dropped_total', help: 'Readings dropped from evaluation because the queue was full (still stored)', registers: [options.registry] }),
+    dropped: new Counter({ name: 'vigil_alert_readings_dropped_total', help: 'Readings not evaluated (still stored): the evaluation queue was full, or their batch evaluation threw', registers: [options.registry] }),
     failures: new Counter({ name: 'vigil_alert_batch_failures_total', help: 'Evaluation batches that failed and were retried', registers: [options.registry] })
   }
 
