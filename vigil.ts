@@ -7,6 +7,7 @@ import type { Logger } from 'pino'
 import { aedesPublisher, startAlerting } from './alerts/alerting.ts'
 import type { EscalationPolicy, WebhookTarget } from './alerts/contract.ts'
 import { createAccess } from './api/access.ts'
+import { startAlertEngine } from './alerts/alert-engine.ts'
 import { buildApi } from './api/app.ts'
 import { createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
@@ -93,23 +94,61 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       readings = createPostgresReadingStore(db.pool)
     }
 
-    // Until the alert engine lands (rules file): no policies, no webhooks, no no-data rules.
-    const noPolicies: ReadonlyMap<string, EscalationPolicy> = new Map()
-    const noWebhooks: readonly WebhookTarget[] = []
-    const alerting = await startAlerting({
-      pool: db.pool, log, metrics, rejections,
-      policies: () => noPolicies,
-      webhooks: () => noWebhooks,
-      schedule: (expression, run) => cron.schedule(expression, run, { noOverlap: true })
-    })
-    closers.push(() => alerting.close())
     // People (users, sessions, API tokens) and who may see which patient: the API, the alert
     // stream and MQTT alert subscribers all decide through these.
     const { authenticate, patientAccess } = access
 
+    // Alerting: the engine (rules file, evaluation in worker threads, NEWS2) hands condition
+    // changes to the lifecycle (alerts, escalation, notifications), which runs the engine's
+    // escalation policies and webhooks as the rules file defines them at the time.
+    let engine: Awaited<ReturnType<typeof startAlertEngine>> | null = null
+    let policiesOf: { version: string, policies: ReadonlyMap<string, EscalationPolicy> } | null = null
+    const noWebhooks: readonly WebhookTarget[] = []
+    const alerting = await startAlerting({
+      pool: db.pool, log, metrics, rejections,
+      policies: () => {
+        const view = engine?.rulesView()
+        if (view === undefined) return new Map()
+        if (policiesOf?.version !== view.version) {
+          policiesOf = { version: view.version, policies: new Map(view.escalationPolicies.map((p) => [p.id, p])) }
+        }
+        return policiesOf.policies
+      },
+      webhooks: () => engine?.rulesView().webhooks ?? noWebhooks,
+      // The engine hands its no-data changes to the sink itself.
+      evaluateNoData: async (presence) => {
+        await engine?.evaluateNoData(presence)
+        return []
+      },
+      schedule: (expression, run) => cron.schedule(expression, run, { noOverlap: true })
+    })
+    closers.push(() => alerting.close())
+    // NEWS2 scores go where ingest puts readings.
+    const derivedSpool = spool
+    engine = await startAlertEngine({
+      pool: db.pool,
+      rulesPath: config.alertRulesPath,
+      workerThreads: config.workerThreads,
+      sink: alerting.sink,
+      writeDerived: derivedSpool !== null
+        ? (derived) => derivedSpool.append(derived)
+        : async (derived) => {
+          await readings.write(derived)
+          await db.flushToDisk()
+          metrics.readingsStored.inc(derived.length)
+        },
+      log,
+      registry: metrics.registry
+    })
+    const alertEngine = engine
+    closers.push(() => alertEngine.close())
+
     const ingest = await startIngest({
       devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk,
-      onAccepted: (stored) => alerting.presence.readingsAccepted(stored)
+      onAccepted: (stored) => {
+        alerting.presence.readingsAccepted(stored)
+        alertEngine.onAccepted(stored)
+      }
     })
     closers.push(() => ingest.close())
 
@@ -152,7 +191,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords, access, alerts: alerting.api,
+      log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords, access, alerts: alerting.api, alertRules: alertEngine,
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
     })

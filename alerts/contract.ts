@@ -64,3 +64,26 @@ export interface DevicePresence {
   batteryPercent: number | null
   lastStatusAt: number | null
 }
+
+/** The active rules file as the lifecycle side needs it (escalation and webhook targets). */
+export interface AlertRulesView {
+  /** sha256 of the active rules document. */
+  version: string
+  escalationPolicies: EscalationPolicy[]
+  webhooks: WebhookTarget[]
+}
+
+/**
+ * What the engine offers the lifecycle side; startAlertEngine's handle implements it.
+ * (Added by the engine branch; additive.)
+ */
+export interface AlertEngineSeam {
+  /**
+   * Runs the no_data rules against the broker's device presence (call it from the scheduler,
+   * e.g. every minute). The changes are already handed to the ConditionSink when this
+   * resolves; they are returned for logging and tests, not to be applied again.
+   */
+  evaluateNoData (presence: readonly DevicePresence[]): Promise<ConditionChange[]>
+  /** The current rules' escalation policies and webhooks; changes with hot reloads, so read it each time. */
+  rulesView (): AlertRulesView
+}

@@ -45,6 +45,8 @@ import { patientRoutes } from './routes/patients.ts'
 import { accessRoutes } from './routes/people.ts'
 import { sessionRoutes } from './routes/sessions.ts'
 import { readingRoutes } from './routes/readings.ts'
+import { alertRuleRoutes } from './routes/alert-rules.ts'
+import type { AlertRulesApi } from './routes/alert-rules.ts'
 
 /** Abuse and overload limits; each has a default in `apiLimitDefaults`. */
 export interface ApiLimits {
@@ -120,6 +122,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
   trustProxy?: boolean | string | string[]
   /** Alert lifecycle (startAlerting(...).api); the /v1/alerts routes exist only with it. */
   alerts?: AlertingApi
+  /** The alert engine (rules file, overrides): /v1/alert-rules and /v1/patients/:id/rule-overrides exist only when set. */
+  alertRules?: AlertRulesApi
 }
 
 /** The Fastify instance routes are registered on: TypeBox schemas give handler types. */
@@ -245,6 +249,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     if (routeDeps.patientRecords !== undefined) patientRecordRoutes(v1, { ...routeDeps, patientRecords: routeDeps.patientRecords })
     if (routeDeps.alerts !== undefined) alertRoutes(v1, { ...routeDeps, alerts: routeDeps.alerts })
     if (access !== undefined) accessRoutes(v1, { ...routeDeps, access })
+    alertRuleRoutes(v1, routeDeps)
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })

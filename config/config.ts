@@ -4,6 +4,7 @@ import path from 'node:path'
 import tls from 'node:tls'
 import type { Keyring } from '../store/field-encryption.ts'
 import { SecretKeyFormatError, parseSecretKeyFile, parseSecretKeyValue } from './secret-keys.ts'
+import { fileURLToPath } from 'node:url'
 
 /**
  * Every setting Vigil reads, with its default. The defaults are the embedded mode:
@@ -238,6 +239,9 @@ function accessConfig (env: Env): AccessConfig {
   }
 }
 
+/** The documented default rules shipped next to this file (not relative to the working directory). */
+export const defaultAlertRulesPath = fileURLToPath(new URL('./alert-rules.yaml', import.meta.url))
+
 /** Reads and validates the environment. Throws ConfigError naming the first bad variable. */
 export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
   const httpHost = read(env, 'HTTP_HOST') ?? '127.0.0.1'
@@ -289,7 +293,7 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     influx,
     dataDir,
     adminToken,
-    alertRulesPath: path.resolve(read(env, 'VIGIL_ALERT_RULES') ?? './config/alert-rules.yaml'),
+    alertRulesPath: readableFile(env, 'VIGIL_ALERT_RULES') ?? defaultAlertRulesPath,
     workerThreads: integer(env, 'WORKER_THREADS', Math.max(1, cpuCount), 1, 256),
     spoolMaxBytes: integer(env, 'VIGIL_SPOOL_MAX_BYTES', 1024 * 1024 * 1024, 64 * 1024, Number.MAX_SAFE_INTEGER),
     // 100 requests/s per token: room for provisioning tools and dashboards; per address

@@ -181,6 +181,38 @@ export const vitalsCatalogue = {
       'mmol/L': { scale: 18.0182 },
       'mmol/l': { scale: 18.0182 }
     }
+  },
+  // NEWS2 (RCP 2017) inputs and result. No LOINC code found that fits each exactly (NHS
+  // England's FHIR NEWS2 profile codes them in SNOMED CT), so these are local codes under
+  // `vigil-`: SenML devices can still name them, and an export must map them.
+  o2_supplemental: {
+    loinc: 'vigil-o2-supplemental',
+    unit: '1',
+    displayName: 'Supplemental oxygen (0 air, 1 oxygen)',
+    min: 0,
+    max: 1,
+    decimals: 0,
+    units: { '1': same, '{boolean}': same }
+  },
+  consciousness: {
+    loinc: 'vigil-acvpu',
+    // ACVPU coded in order of severity: A(lert)=0, new C(onfusion)=1, V(oice)=2, P(ain)=3, U(nresponsive)=4.
+    unit: '1',
+    displayName: 'Level of consciousness (ACVPU: A=0 C=1 V=2 P=3 U=4)',
+    min: 0,
+    max: 4,
+    decimals: 0,
+    units: { '1': same, '{ACVPU}': same }
+  },
+  news2_score: {
+    loinc: 'vigil-news2',
+    // Written by the alert engine (device id 00000000-0000-0000-0000-000000000000), only for complete scores.
+    unit: '{score}',
+    displayName: 'NEWS2 aggregate score',
+    min: 0,
+    max: 20,
+    decimals: 0,
+    units: { '{score}': same, '1': same }
   }
 } as const satisfies Record<string, VitalDefinition>
 

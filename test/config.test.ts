@@ -2,7 +2,7 @@ import t from 'tap'
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import { ConfigError, loadConfig } from '../config/config.ts'
+import { ConfigError, defaultAlertRulesPath, loadConfig } from '../config/config.ts'
 import { createTestPki } from './helpers/certificates.ts'
 
 t.test('defaults are the embedded mode', async (t) => {
@@ -26,6 +26,8 @@ t.test('defaults are the embedded mode', async (t) => {
   t.equal(c.mqttTls, null)
   t.equal(c.mqttWsPort, null)
   t.equal(c.httpTls, null)
+  t.equal(c.alertRulesPath, defaultAlertRulesPath)
+  t.ok(defaultAlertRulesPath.endsWith(path.join('config', 'alert-rules.yaml')), 'the rules shipped in config/, whatever the working directory')
 })
 
 t.test('the outgoing bound follows a larger packet size unless set', async (t) => {
@@ -86,7 +88,9 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ VIGIL_SECRET_KEY: `k2:${Buffer.alloc(32, 2).toString('base64')},k1:${Buffer.alloc(32, 1).toString('base64')}` }, 'VIGIL_SECRET_KEY'],
   [{ VIGIL_SECRET_KEY: Buffer.alloc(32, 1).toString('base64'), VIGIL_SECRET_KEY_FILE: '/etc/hostname' }, 'VIGIL_SECRET_KEY'],
   [{ VIGIL_SECRET_KEY_FILE: '/nonexistent/keys.json' }, 'VIGIL_SECRET_KEY_FILE'],
-  [{ VIGIL_SECRET_KEY_FILE: '/etc/hostname' }, 'VIGIL_SECRET_KEY_FILE']
+  [{ VIGIL_SECRET_KEY_FILE: '/etc/hostname' }, 'VIGIL_SECRET_KEY_FILE'],
+  [{ VIGIL_ALERT_RULES: '/nonexistent/rules.yaml' }, 'VIGIL_ALERT_RULES'],
+  [{ VIGIL_ALERT_RULES: '/etc' }, 'VIGIL_ALERT_RULES']
 ]
 for (const [env, variable] of bad) {
   t.test(`${JSON.stringify(env)} names ${variable}`, async (t) => {

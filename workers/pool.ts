@@ -16,6 +16,11 @@ export interface WorkerPoolOptions {
   threads: number
   /** Tasks waiting beyond this are refused at once ('Task queue is at limit') instead of queued without bound. */
   maxQueue?: number
+  /**
+   * Threads kept alive while idle (default 1). Piscina ends idle threads above this at once, and
+   * starting one costs seconds under tsx: latency-bound pools (alert evaluation) keep them all.
+   */
+  minThreads?: number
 }
 
 export interface WorkerPool<Input, Output> {
@@ -31,7 +36,7 @@ export function createWorkerPool<Input, Output> (options: WorkerPoolOptions): Wo
   const threads = Math.max(1, Math.floor(options.threads))
   const pool = new Piscina<Input, Output>({
     filename: options.filename,
-    minThreads: 1,
+    minThreads: Math.min(threads, Math.max(1, Math.floor(options.minThreads ?? 1))),
     maxThreads: threads,
     maxQueue: options.maxQueue ?? threads * 64,
     // One task per thread: the tasks here are CPU-bound.

@@ -1,0 +1,110 @@
+import type pg from 'pg'
+import type { PatientRuleState } from './evaluate.ts'
+import type { OverrideParameters, RuleOverride } from './evaluate.ts'
+import type { Spo2Scale } from './news2.ts'
+
+/** The alert engine's tables (migration 005): rule state, overrides, NEWS2 scale. */
+export function createRuleStateStore (pool: pg.Pool) {
+  return {
+    async loadStates (patientIds: readonly string[]): Promise<Map<string, PatientRuleState>> {
+      const out = new Map<string, PatientRuleState>()
+      if (patientIds.length === 0) return out
+      const { rows } = await pool.query<{ patient_id: string, rule_id: string, state: any }>(
+        'SELECT patient_id, rule_id, state FROM alert_rule_state WHERE patient_id = ANY($1::uuid[])', [patientIds])
+      for (const id of patientIds) out.set(id, {})
+      for (const row of rows) out.get(row.patient_id)![row.rule_id] = row.state
+      return out
+    },
+
+    /** Every stored state of these rules (the no-data scheduler's view). */
+    async statesOfRules (ruleIds: readonly string[]): Promise<Map<string, PatientRuleState>> {
+      const out = new Map<string, PatientRuleState>()
+      if (ruleIds.length === 0) return out
+      const { rows } = await pool.query<{ patient_id: string, rule_id: string, state: any }>(
+        'SELECT patient_id, rule_id, state FROM alert_rule_state WHERE rule_id = ANY($1::text[])', [ruleIds])
+      for (const row of rows) {
+        const s = out.get(row.patient_id) ?? {}
+        s[row.rule_id] = row.state
+        out.set(row.patient_id, s)
+      }
+      return out
+    },
+
+    /** Upserts each (patient, rule) state; one statement. */
+    async saveStates (states: ReadonlyArray<{ patientId: string, state: Record<string, unknown> }>): Promise<void> {
+      const patients: string[] = []; const rules: string[] = []; const values: string[] = []
+      for (const { patientId, state } of states) {
+        for (const [ruleId, s] of Object.entries(state)) {
+          patients.push(patientId); rules.push(ruleId); values.push(JSON.stringify(s))
+        }
+      }
+      if (patients.length === 0) return
+      await pool.query(
+        `INSERT INTO alert_rule_state (patient_id, rule_id, state, updated_at)
+         SELECT p, r, s::jsonb, now() FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(p, r, s)
+         ON CONFLICT (patient_id, rule_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()`,
+        [patients, rules, values])
+    },
+
+    /** Removes the state of rules no longer in the rules file. */
+    async deleteStatesExcept (ruleIds: readonly string[]): Promise<Array<{ patientId: string, ruleId: string, state: any }>> {
+      const { rows } = await pool.query<{ patient_id: string, rule_id: string, state: any }>(
+        'DELETE FROM alert_rule_state WHERE NOT (rule_id = ANY($1::text[])) RETURNING patient_id, rule_id, state', [ruleIds])
+      return rows.map((r) => ({ patientId: r.patient_id, ruleId: r.rule_id, state: r.state }))
+    },
+
+    async overridesOf (patientIds: readonly string[]): Promise<Map<string, RuleOverride[]>> {
+      const out = new Map<string, RuleOverride[]>()
+      if (patientIds.length === 0) return out
+      const { rows } = await pool.query(
+        `SELECT patient_id, rule_id, parameters, reason, set_by, set_at, expires_at FROM patient_rule_overrides
+         WHERE patient_id = ANY($1::uuid[]) ORDER BY rule_id`, [patientIds])
+      for (const row of rows) {
+        const list = out.get(row.patient_id) ?? []
+        list.push(toOverride(row))
+        out.set(row.patient_id, list)
+      }
+      return out
+    },
+
+    async putOverride (o: { patientId: string, ruleId: string, parameters: OverrideParameters, reason: string, setBy: string, expiresAt: number }): Promise<RuleOverride> {
+      const { rows } = await pool.query(
+        `INSERT INTO patient_rule_overrides (patient_id, rule_id, parameters, reason, set_by, set_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, now(), $6)
+         ON CONFLICT (patient_id, rule_id) DO UPDATE SET parameters = EXCLUDED.parameters, reason = EXCLUDED.reason,
+           set_by = EXCLUDED.set_by, set_at = now(), expires_at = EXCLUDED.expires_at
+         RETURNING patient_id, rule_id, parameters, reason, set_by, set_at, expires_at`,
+        [o.patientId, o.ruleId, JSON.stringify(o.parameters), o.reason, o.setBy, new Date(o.expiresAt)])
+      return toOverride(rows[0])
+    },
+
+    async deleteOverride (patientId: string, ruleId: string): Promise<boolean> {
+      const res = await pool.query('DELETE FROM patient_rule_overrides WHERE patient_id = $1 AND rule_id = $2', [patientId, ruleId])
+      return (res.rowCount ?? 0) > 0
+    },
+
+    async spo2Scales (patientIds: readonly string[]): Promise<Map<string, Spo2Scale>> {
+      const out = new Map<string, Spo2Scale>()
+      if (patientIds.length === 0) return out
+      const { rows } = await pool.query('SELECT patient_id, spo2_scale FROM patient_news2_scale WHERE patient_id = ANY($1::uuid[])', [patientIds])
+      for (const row of rows) out.set(row.patient_id, row.spo2_scale === 2 ? 2 : 1)
+      return out
+    },
+
+    async setSpo2Scale (patientId: string, scale: Spo2Scale, setBy: string, reason: string): Promise<void> {
+      await pool.query(
+        `INSERT INTO patient_news2_scale (patient_id, spo2_scale, set_by, reason) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (patient_id) DO UPDATE SET spo2_scale = EXCLUDED.spo2_scale, set_by = EXCLUDED.set_by, reason = EXCLUDED.reason, set_at = now()`,
+        [patientId, scale, setBy, reason])
+    }
+  }
+}
+
+export type RuleStateStore = ReturnType<typeof createRuleStateStore>
+
+function toOverride (row: any): RuleOverride {
+  return {
+    patientId: row.patient_id, ruleId: row.rule_id, parameters: row.parameters, reason: row.reason, setBy: row.set_by,
+    setAt: new Date(row.set_at).getTime(), expiresAt: new Date(row.expires_at).getTime()
+  }
+}
