@@ -13,6 +13,7 @@ import type {
 } from 'fastify'
 import pino from 'pino'
 import type { Logger } from 'pino'
+import type { JobQueue } from '../jobs/job-queue.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { ApiTokenStore } from '../store/api-tokens.ts'
 import type { Database } from '../store/database.ts'
@@ -21,6 +22,7 @@ import type { DeviceRegistry } from '../store/device-registry.ts'
 import type { PatientStore } from '../store/patients.ts'
 import type { ReadingStore } from '../store/readings-store.ts'
 import type { RejectionLog } from '../store/rejections.ts'
+import type { VoiceNoteStore } from '../store/voice-notes.ts'
 import { authenticateApiTokens, requireAuthentication } from './auth.ts'
 import type { Authenticate } from './auth.ts'
 import { everyPatientVisible } from './patient-access.ts'
@@ -35,9 +37,11 @@ import { deviceCredentialRoutes } from './routes/device-credentials.ts'
 import { deviceRejectionRoutes } from './routes/device-rejections.ts'
 import { deviceRoutes } from './routes/devices.ts'
 import { healthRoutes } from './routes/health.ts'
+import { jobRoutes } from './routes/jobs.ts'
 import { metricsRoutes } from './routes/metrics.ts'
 import { patientRoutes } from './routes/patients.ts'
 import { readingRoutes } from './routes/readings.ts'
+import { voiceNoteRoutes } from './routes/voice-notes.ts'
 
 /** Abuse and overload limits; each has a default in `apiLimitDefaults`. */
 export interface ApiLimits {
@@ -95,6 +99,12 @@ export interface ApiDeps extends Partial<ApiLimits> {
   rejections: RejectionLog
   readings: ReadingStore
   metrics: Metrics
+  /** Background jobs (issue 5); default: a queue on `db` (jobs wait for a runner). */
+  jobs?: JobQueue
+  /** Voice notes; default: a store on `db` using `jobs`. */
+  voiceNotes?: VoiceNoteStore
+  /** Voice note upload limits (VOICE_NOTE_MAX_BYTES, VOICE_NOTE_MAX_SECONDS). */
+  voiceNoteLimits?: { maxBytes: number, maxSeconds: number }
   /** Extra health checks (e.g. spool) -> name: async () => void (throws when unhealthy). */
   healthChecks?: Record<string, () => Promise<void>>
   /**
@@ -200,7 +210,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearerAuth: [] }],
       tags: [
-        { name: 'patients' }, { name: 'devices' }, { name: 'readings' }, { name: 'operations' }
+        { name: 'patients' }, { name: 'devices' }, { name: 'readings' }, { name: 'jobs' }, { name: 'voice notes' }, { name: 'operations' }
       ]
     }
   })
@@ -220,6 +230,8 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     deviceCredentialRoutes(v1, routeDeps)
     deviceRejectionRoutes(v1, routeDeps)
     readingRoutes(v1, routeDeps)
+    jobRoutes(v1, routeDeps)
+    voiceNoteRoutes(v1, routeDeps)
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })
