@@ -5,7 +5,7 @@ import type { TranscribedWord, Transcript, TranscriptionEngine } from './engine.
 import { readWavInfo } from './wav.ts'
 import fs from 'node:fs/promises'
 
-/** Debian's pocketsphinx-en-us package. */
+/** Debian's pocketsphinx-en-us package: the acoustic model (en-us/), language model and dictionary. */
 export const defaultModelDir = '/usr/share/pocketsphinx/model/en-us'
 
 // Tokens pocketsphinx prints that are not words: sentence marks, silence, fillers, empty hypotheses.
@@ -59,7 +59,7 @@ export function createPocketsphinxEngine (options: { modelDir?: string, binary?:
       const durationMs = readWavInfo(header).durationMs
       const child = spawn(binary, [
         '-infile', wavPath, '-time', 'yes', '-logfn', '/dev/null',
-        '-hmm', modelDir, '-lm', path.join(modelDir, 'en-us.lm.bin'), '-dict', path.join(modelDir, 'cmudict-en-us.dict')
+        '-hmm', path.join(modelDir, 'en-us'), '-lm', path.join(modelDir, 'en-us.lm.bin'), '-dict', path.join(modelDir, 'cmudict-en-us.dict')
       ], { stdio: ['ignore', 'pipe', 'ignore'] })
       const kill = (): void => { child.kill('SIGKILL') }
       signal?.addEventListener('abort', kill, { once: true })
