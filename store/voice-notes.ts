@@ -65,9 +65,10 @@ export function createVoiceNoteStore (pool: pg.Pool, queue: JobQueue) {
         await client.query('BEGIN')
         job = await queue.enqueue({ type: TRANSCRIPTION_JOB, patientId: note.patientId, payload: { voiceNoteId: id }, createdBy: note.authorTokenId }, client)
         await client.query(
-          `INSERT INTO voice_notes (id, patient_id, author_token_id, author_user_id, job_id, duration_ms, sample_rate, channels, bytes)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-          [id, note.patientId, note.authorTokenId, note.authorUserId, job.id, note.info.durationMs, note.info.sampleRate, note.info.channels, note.audio.length])
+          // created_at from the job (milliseconds, as the API's cursors carry it), not now() (microseconds).
+          `INSERT INTO voice_notes (id, patient_id, author_token_id, author_user_id, job_id, duration_ms, sample_rate, channels, bytes, created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+          [id, note.patientId, note.authorTokenId, note.authorUserId, job.id, note.info.durationMs, note.info.sampleRate, note.info.channels, note.audio.length, job.createdAt])
         await client.query('INSERT INTO voice_note_audio (voice_note_id, audio) VALUES ($1, $2)', [id, note.audio])
         await client.query('COMMIT')
       } catch (err) {
