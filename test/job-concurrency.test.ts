@@ -93,7 +93,10 @@ t.test('WORKER_THREADS=2: real transcriptions, at most two at once, all finish, 
   const jobs = await startJobs({ pool: db.pool, workerThreads: N, engine: { kind: 'pocketsphinx' }, leaseMs: 60_000, maxAttempts: 3, log, pollIntervalMs: 100 })
   t.teardown(() => jobs.close())
   t.equal(jobs.workerPool.threads, N, 'the pool has N threads')
-  await until('all transcriptions to end', async () => (await jobs.queue.counts()).succeeded === 6)
+  const ended = async (): Promise<number> => (await db.pool.query(
+    "SELECT count(*)::int AS n FROM jobs WHERE type = 'transcription' AND state IN ('succeeded', 'failed', 'cancelled')")).rows[0].n
+  await until('all transcriptions to end', async () => await ended() === 6)
+  t.equal((await db.pool.query("SELECT count(*)::int AS n FROM jobs WHERE type = 'transcription' AND state = 'succeeded'")).rows[0].n, 6, 'all succeeded')
   t.equal(await maxRunning('transcription'), N, `at most ${N} ran at once (and ${N} did)`)
   const { rows } = await db.pool.query("SELECT completions, attempts FROM jobs WHERE type = 'transcription'")
   t.ok(rows.every((r) => r.completions === 1 && r.attempts === 1), 'each completed exactly once, first attempt')
