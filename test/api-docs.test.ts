@@ -52,6 +52,10 @@ t.test('/docs/json is an OpenAPI 3 document listing every route', async (t) => {
     '/v1/devices/{id}/assignment': ['delete', 'put'],
     '/v1/devices/{id}/credentials': ['delete', 'post'],
     '/v1/devices/{id}/rejections': ['get'],
+    '/v1/jobs': ['get'],
+    '/v1/jobs/{id}': ['delete', 'get'],
+    '/v1/patients/{id}/voice-notes': ['get', 'post'],
+    '/v1/patients/{id}/voice-notes/{voiceNoteId}': ['get'],
     '/healthz': ['get'],
     '/metrics': ['get']
   }
