@@ -4,7 +4,11 @@ import path from 'node:path'
 import pino from 'pino'
 import t from 'tap'
 import { createJobQueue, retryDelayMs, type JobQueue } from '../jobs/job-queue.ts'
+import { startJobs } from '../jobs/start-jobs.ts'
+import { readWavInfo } from '../jobs/transcription/wav.ts'
+import { wordErrorRate } from '../jobs/transcription/word-error-rate.ts'
 import { openDatabase, type Database } from '../store/database.ts'
+import { sentences, speechDir, synthesize } from './helpers/speech.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
 
 const log = pino({ level: 'silent' })
@@ -178,7 +182,7 @@ t.test('list filters by type and state, newest first, and by visible patients', 
   t.same((await queue.list({ type, limit: 1, before: { createdAt: b.createdAt, id: b.id }, patientIds: null })).map((j) => j.id), [a.id], 'paging')
 })
 
-t.test('embedded PGlite: claim, heartbeat, complete, fail and cancel', async (t) => {
+t.test('embedded PGlite: claim, heartbeat, complete, fail and cancel; a voice note transcribed', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-jobs-pglite-'))
   const lite: Database = await openDatabase({ databaseUrl: null, dataDir: dir, log })
   t.teardown(async () => {
@@ -197,4 +201,20 @@ t.test('embedded PGlite: claim, heartbeat, complete, fail and cancel', async (t)
   t.equal(await queue.complete(claimed.find((j) => j.id === ok.id)!, { n: 1 }), 'done')
   t.match(await queue.fail(claimed.find((j) => j.id === bad.id)!, 'no'), { state: 'failed' })
   t.same(await queue.counts(), { queued: 0, running: 0, succeeded: 1, failed: 1, cancelled: 1 })
+
+  // A voice note end to end on PGlite: audio as bytea through pglite-socket, one connection shared by runner and store.
+  const speech = await speechDir()
+  t.teardown(() => fs.rm(speech, { recursive: true, force: true }))
+  const audio = await fs.readFile(await synthesize(sentences[2]!, speech, 'lite'))
+  const { rows: [p] } = await lite.pool.query("INSERT INTO patients (id, display_name) VALUES (gen_random_uuid(), 'x') RETURNING id")
+  const jobs = await startJobs({ pool: lite.pool, workerThreads: 1, engine: { kind: 'pocketsphinx' }, leaseMs: 60_000, maxAttempts: 1, log, pollIntervalMs: 100 })
+  t.teardown(() => jobs.close())
+  const { voiceNote } = await jobs.voiceNotes.create({ patientId: p.id, authorTokenId: 't', authorUserId: null, audio, info: readWavInfo(audio) })
+  let note = voiceNote
+  for (let i = 0; i < 600 && (note.state === 'queued' || note.state === 'running'); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    note = (await jobs.voiceNotes.get(voiceNote.id))!
+  }
+  t.equal(note.state, 'succeeded')
+  t.ok(wordErrorRate(sentences[2]!, note.transcript!).rate <= 0.5, `transcribed on PGlite: "${note.transcript}"`)
 })
