@@ -205,7 +205,9 @@ t.test('bad uploads get clear 4xx answers with stable codes', async (t) => {
   const badId = await app.inject({ method: 'POST', url: '/v1/patients/nope/voice-notes', headers: wav, payload: silence(1) })
   t.equal(badId.statusCode, 400)
   t.equal((await app.inject({ method: 'GET', url: '/v1/jobs/00000000-0000-4000-8000-000000000000', headers })).json().code, 'VIGIL_ERR_NOT_FOUND')
-  t.equal((await app.inject({ method: 'GET', url: '/v1/jobs?state=done', headers })).statusCode, 400)
+  const badState = await app.inject({ method: 'GET', url: '/v1/jobs?state=done', headers })
+  t.equal(badState.statusCode, 400)
+  t.same(badState.json().details, [{ path: 'querystring/state', message: 'must be equal to one of the allowed values' }])
   t.equal((await app.inject({ method: 'GET', url: '/v1/jobs?cursor=!!', headers })).json().code, 'VIGIL_ERR_BAD_CURSOR')
 })
 
