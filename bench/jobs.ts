@@ -45,7 +45,19 @@ const parts = await Promise.all(sentences.slice(0, Number(args.sentences)).map((
 const audio = await fs.readFile(await concatenate(parts, path.join(dir, 'note.wav')))
 const info = readWavInfo(audio)
 
-interface Row { threads: number, jobs: number, seconds: number, jobsPerMinute: number, audioSecondsPerSecond: number, failed: number }
+/**
+ * CPU seconds used by this process (its threads) and its waited-for children (the recognizers,
+ * sox): /proc/self/stat utime, stime, cutime, cstime (proc(5)), in clock ticks (100 per second
+ * on Linux). Unlike wall time it does not depend on what else the machine runs.
+ */
+async function cpuSeconds (): Promise<number> {
+  const stat = await fs.readFile('/proc/self/stat', 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  // fields[0] is field 3 (state): utime is field 14 → index 11.
+  return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / 100
+}
+
+interface Row { threads: number, jobs: number, seconds: number, jobsPerMinute: number, audioSecondsPerSecond: number, cpuSecondsPerJob: number, failed: number }
 const rows: Row[] = []
 try {
   for (const threads of threadCounts) {
@@ -55,6 +67,7 @@ try {
       const { rows: [patient] } = await db.pool.query("INSERT INTO patients (id, display_name) VALUES (gen_random_uuid(), 'bench') RETURNING id")
       const store = createVoiceNoteStore(db.pool, createJobQueue({ pool: db.pool }))
       for (let i = 0; i < jobCount; i++) await store.create({ patientId: patient.id, authorTokenId: 'bench', authorUserId: null, audio, info })
+      const cpuBefore = await cpuSeconds()
       const started = performance.now()
       const jobs = await startJobs({ pool: db.pool, workerThreads: threads, engine: { kind: 'pocketsphinx' }, leaseMs: 60_000, maxAttempts: 1, log, pollIntervalMs: 100 })
       let ended = { succeeded: 0, failed: 0 }
@@ -66,12 +79,14 @@ try {
       }
       const seconds = (performance.now() - started) / 1000
       await jobs.close()
+      const cpu = await cpuSeconds() - cpuBefore
       const row = {
         threads,
         jobs: jobCount,
         seconds: Number(seconds.toFixed(2)),
         jobsPerMinute: Number((ended.succeeded / seconds * 60).toFixed(1)),
         audioSecondsPerSecond: Number((ended.succeeded * info.durationMs / 1000 / seconds).toFixed(2)),
+        cpuSecondsPerJob: Number((cpu / jobCount).toFixed(2)),
         failed: ended.failed
       }
       rows.push(row)
@@ -87,8 +102,10 @@ try {
 
 const load = os.loadavg()[0]!.toFixed(1)
 process.stdout.write(`\nvoice-note transcription, ${(info.durationMs / 1000).toFixed(1)} s of speech per job, ${cores} cores, load average ${load} at the end\n`)
-process.stdout.write('| WORKER_THREADS | jobs | seconds | jobs/min | speech s per s | failed |\n|---:|---:|---:|---:|---:|---:|\n')
-for (const r of rows) process.stdout.write(`| ${r.threads} | ${r.jobs} | ${r.seconds} | ${r.jobsPerMinute} | ${r.audioSecondsPerSecond} | ${r.failed} |\n`)
+process.stdout.write('| WORKER_THREADS | jobs | seconds | jobs/min | speech s per s | CPU s per job | failed |\n|---:|---:|---:|---:|---:|---:|---:|\n')
+for (const r of rows) process.stdout.write(`| ${r.threads} | ${r.jobs} | ${r.seconds} | ${r.jobsPerMinute} | ${r.audioSecondsPerSecond} | ${r.cpuSecondsPerJob} | ${r.failed} |\n`)
+const perJob = rows.reduce((sum, r) => sum + r.cpuSecondsPerJob, 0) / Math.max(1, rows.length)
+process.stdout.write(`CPU per job ${perJob.toFixed(2)} s: an idle machine's ceiling is about ${(60 / perJob).toFixed(0)} jobs/min per core\n`)
 const outDir = path.join(path.dirname(new URL(import.meta.url).pathname), 'results')
 await fs.mkdir(outDir, { recursive: true })
 const out = path.join(outDir, `jobs-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
