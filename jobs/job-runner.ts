@@ -55,6 +55,15 @@ export interface JobRunner {
   close (): Promise<void>
 }
 
+/**
+ * What a log line may say about an error: pg errors carry `detail` ("Failing row contains …")
+ * that can quote a transcript, so only the name, message and code are kept.
+ */
+function loggable (err: unknown): { type?: string, message: string, code?: unknown } {
+  if (!(err instanceof Error)) return { message: String(err) }
+  return { type: err.name, message: err.message, code: (err as { code?: unknown }).code }
+}
+
 interface Held {
   job: ClaimedJob
   controller: AbortController
@@ -135,7 +144,7 @@ export function startJobRunner (options: JobRunnerOptions): JobRunner {
             permanent,
             onFinal: handler.onFinal === undefined ? undefined : (client) => handler.onFinal!(job, client)
           })
-          jobLog.warn({ err: { message, name: (err as Error)?.name }, state, outcome }, 'job attempt failed')
+          jobLog.warn({ err: loggable(err), state, outcome }, 'job attempt failed')
           return
         }
       }
@@ -150,7 +159,7 @@ export function startJobRunner (options: JobRunnerOptions): JobRunner {
       }
     })().catch((err: unknown) => {
       // The database is unreachable: the lease runs out and the job is claimed again.
-      jobLog.error({ err }, 'job outcome not recorded')
+      jobLog.error({ err: loggable(err) }, 'job outcome not recorded')
     }).finally(() => {
       held.delete(job.id)
       if (!closing) wake()
@@ -164,7 +173,7 @@ export function startJobRunner (options: JobRunnerOptions): JobRunner {
       return
     }
     ticking = tick()
-      .catch((err: unknown) => log.error({ err }, 'job poll failed'))
+      .catch((err: unknown) => log.error({ err: loggable(err) }, 'job poll failed'))
       .finally(() => {
         ticking = null
         if (again) {

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises'
 import pino from 'pino'
 import t from 'tap'
 import { createJobQueue } from '../jobs/job-queue.ts'
-import { startJobRunner } from '../jobs/job-runner.ts'
+import { PermanentJobError, startJobRunner } from '../jobs/job-runner.ts'
 import { startJobs } from '../jobs/start-jobs.ts'
 import { readWavInfo } from '../jobs/transcription/wav.ts'
 import { openDatabase } from '../store/database.ts'
@@ -79,6 +79,38 @@ t.test('the runner never runs more than its workers; each freed slot takes the n
   t.equal(new Set(started).size, 10, 'every job ran once')
   t.equal(await maxRunning('gated'), 3, 'at most three ran at once')
   t.same(await queue.counts(), { queued: 0, running: 0, succeeded: 10, failed: 0, cancelled: 0 })
+})
+
+t.test('the runner retries failing jobs until their attempts are used up', async (t) => {
+  // No backoff wait here: the delays themselves are tested with a manual clock in job-queue.test.ts.
+  const queue = createJobQueue({ pool: db.pool, maxAttempts: 3, retryDelay: () => 0 })
+  const flaky = await queue.enqueue({ type: 'retry', payload: { failures: 2 } })
+  const broken = await queue.enqueue({ type: 'retry', payload: { failures: 99 } })
+  const hopeless = await queue.enqueue({ type: 'retry', payload: { failures: -1 } })
+  const seen = new Map<string, number>()
+  const runner = startJobRunner({
+    queue,
+    workers: 2,
+    pollIntervalMs: 50,
+    log,
+    handlers: {
+      retry: {
+        async run (job) {
+          const n = (seen.get(job.id) ?? 0) + 1
+          seen.set(job.id, n)
+          if (job.payload.failures === -1) throw new PermanentJobError('input can never work')
+          if (n <= (job.payload.failures as number)) throw new Error(`failure ${n}`)
+          return { result: { attempts: n } }
+        }
+      }
+    }
+  })
+  t.teardown(() => runner.close())
+  await until('the three jobs to end', async () =>
+    (await db.pool.query("SELECT count(*)::int AS n FROM jobs WHERE type = 'retry' AND state IN ('succeeded', 'failed')")).rows[0].n === 3)
+  t.match(await queue.get(flaky.id), { state: 'succeeded', attempts: 3, result: { attempts: 3 }, completions: 1 })
+  t.match(await queue.get(broken.id), { state: 'failed', attempts: 3, error: 'failure 3', completions: 0 })
+  t.match(await queue.get(hopeless.id), { state: 'failed', attempts: 1, error: 'input can never work' })
 })
 
 t.test('WORKER_THREADS=2: real transcriptions, at most two at once, all finish, each once', async (t) => {
