@@ -79,6 +79,31 @@ t.test('SIGKILL while jobs run, restart: every job ends once, succeeded or faile
   const res = await api(vigil, `/v1/patients/${patient.id}/voice-notes`)
   t.equal(((await res.json()) as { items: unknown[] }).items.length, 6)
 
+  // SIGTERM while jobs run: they are given back (no attempt spent) and finish after the restart.
+  const before = new Map((await db.query('SELECT id FROM jobs')).rows.map((r) => [r.id as string, true]))
+  for (let i = 0; i < 4; i++) {
+    const res = await api(vigil, `/v1/patients/${patient.id}/voice-notes`, { method: 'POST', headers: { 'content-type': 'audio/wav' }, body: audio })
+    t.equal(res.status, 202)
+  }
+  for (let i = 0; ; i++) {
+    const { rows } = await db.query("SELECT count(*)::int AS n FROM jobs WHERE state = 'running'")
+    if (rows[0].n > 0) break
+    if (i > 600) throw new Error('jobs never ran')
+    await sleep(100)
+  }
+  vigil.child.kill('SIGTERM')
+  t.equal(await vigil.exited, 0, 'stops cleanly while jobs run')
+  const { rows: afterStop } = await db.query('SELECT id, state, attempts FROM jobs')
+  const fresh = afterStop.filter((j) => !before.has(j.id))
+  t.equal(fresh.filter((j) => j.state === 'running').length, 0, 'no job is left running')
+  t.ok(fresh.filter((j) => j.state === 'queued').every((j) => j.attempts === 0), 'jobs given back spent no attempt')
+  vigil = await spawnVigil(env, dataDir)
+  for (let i = 0; i < 1200; i++) {
+    const { rows } = await db.query("SELECT count(*)::int AS n FROM jobs WHERE state = 'succeeded' AND completions = 1")
+    if (rows[0].n === 10) break
+    await sleep(100)
+  }
+  t.same((await db.query('SELECT state, completions, count(*)::int AS n FROM jobs GROUP BY 1, 2')).rows, [{ state: 'succeeded', completions: 1, n: 10 }], 'all ten succeeded, once each')
   vigil.child.kill('SIGTERM')
   t.equal(await vigil.exited, 0, 'stops cleanly')
 })
