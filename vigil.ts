@@ -13,6 +13,8 @@ import { createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './config/listen.ts'
 import { startIngest } from './ingest/ingest.ts'
+import { startJobs } from './jobs/start-jobs.ts'
+import { parseEngineSpec } from './jobs/transcription/engine.ts'
 import { openSpool, type Spool } from './ingest/spool.ts'
 import { createMetrics } from './observability/metrics.ts'
 import { createApiTokenStore } from './store/api-tokens.ts'
@@ -79,6 +81,17 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     if (await tokens.count() === 0) {
       log.warn('no API token exists: set VIGIL_ADMIN_TOKEN (at least 24 characters) and restart to create the first admin token')
     }
+
+    // Background jobs (voice note transcription): after the database, closed before it.
+    const jobs = await startJobs({
+      pool: db.pool,
+      workerThreads: config.workerThreads,
+      engine: parseEngineSpec(config.transcriptionEngine),
+      leaseMs: config.jobLeaseSeconds * 1000,
+      maxAttempts: config.jobMaxAttempts,
+      log
+    })
+    closers.push(() => jobs.close())
 
     let readings: ReadingStore
     let spool: Spool | null = null
@@ -192,6 +205,9 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
       log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords, access, alerts: alerting.api, alertRules: alertEngine,
+      jobs: jobs.queue,
+      voiceNotes: jobs.voiceNotes,
+      voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
     })

@@ -13,6 +13,7 @@ import type {
 } from 'fastify'
 import pino from 'pino'
 import type { Logger } from 'pino'
+import type { JobQueue } from '../jobs/job-queue.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { ApiTokenStore } from '../store/api-tokens.ts'
 import type { Database } from '../store/database.ts'
@@ -23,6 +24,7 @@ import type { PatientStore } from '../store/patients.ts'
 import type { ReadingStore } from '../store/readings-store.ts'
 import type { RejectionLog } from '../store/rejections.ts'
 import type { Access } from './access.ts'
+import type { VoiceNoteStore } from '../store/voice-notes.ts'
 import { authenticateApiTokens, requireAuthentication } from './auth.ts'
 import type { Authenticate } from './auth.ts'
 import { everyPatientVisible } from './patient-access.ts'
@@ -39,6 +41,7 @@ import { deviceCredentialRoutes } from './routes/device-credentials.ts'
 import { deviceRejectionRoutes } from './routes/device-rejections.ts'
 import { deviceRoutes } from './routes/devices.ts'
 import { healthRoutes } from './routes/health.ts'
+import { jobRoutes } from './routes/jobs.ts'
 import { metricsRoutes } from './routes/metrics.ts'
 import { patientRecordRoutes } from './routes/patient-records.ts'
 import { patientRoutes } from './routes/patients.ts'
@@ -47,6 +50,7 @@ import { sessionRoutes } from './routes/sessions.ts'
 import { readingRoutes } from './routes/readings.ts'
 import { alertRuleRoutes } from './routes/alert-rules.ts'
 import type { AlertRulesApi } from './routes/alert-rules.ts'
+import { voiceNoteRoutes } from './routes/voice-notes.ts'
 
 /** Abuse and overload limits; each has a default in `apiLimitDefaults`. */
 export interface ApiLimits {
@@ -112,6 +116,12 @@ export interface ApiDeps extends Partial<ApiLimits> {
   metrics: Metrics
   /** Patients' encrypted records (PHI); the /record, lookup and /admin/keys routes exist when set. */
   patientRecords?: PatientRecordStore
+  /** Background jobs (issue 5); default: a queue on `db` (jobs wait for a runner). */
+  jobs?: JobQueue
+  /** Voice notes; default: a store on `db` using `jobs`. */
+  voiceNotes?: VoiceNoteStore
+  /** Voice note upload limits (VOICE_NOTE_MAX_BYTES, VOICE_NOTE_MAX_SECONDS). */
+  voiceNoteLimits?: { maxBytes: number, maxSeconds: number }
   /** Extra health checks (e.g. spool) -> name: async () => void (throws when unhealthy). */
   healthChecks?: Record<string, () => Promise<void>>
   /**
@@ -222,7 +232,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearerAuth: [] }],
       tags: [
-        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'alerts' }, { name: 'operations' }, { name: 'auth' }, { name: 'people' }
+        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'alerts' }, { name: 'jobs' }, { name: 'voice notes' }, { name: 'operations' }, { name: 'auth' }, { name: 'people' }
       ]
     }
   })
@@ -250,6 +260,8 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     if (routeDeps.alerts !== undefined) alertRoutes(v1, { ...routeDeps, alerts: routeDeps.alerts })
     if (access !== undefined) accessRoutes(v1, { ...routeDeps, access })
     alertRuleRoutes(v1, routeDeps)
+    jobRoutes(v1, routeDeps)
+    voiceNoteRoutes(v1, routeDeps)
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })

@@ -48,6 +48,13 @@ export interface Config {
   adminToken: string | null
   alertRulesPath: string
   workerThreads: number
+  /** Voice notes and jobs (issue 5). */
+  voiceNoteMaxBytes: number
+  voiceNoteMaxSeconds: number
+  /** `pocketsphinx` or the absolute path of an engine module. */
+  transcriptionEngine: string
+  jobLeaseSeconds: number
+  jobMaxAttempts: number
   spoolMaxBytes: number
   /** API requests per minute per token, and per address without a valid token. */
   apiRateLimitPerMinute: number
@@ -153,6 +160,17 @@ function tlsFiles (env: Env, certName: string, keyName: string): TlsFiles | null
     throw new ConfigError(keyName, `${keyName} must hold the PEM private key of the certificate in ${certName} (${keyFile}: ${(err as Error).message})`)
   }
   return { certFile, keyFile }
+}
+
+/** `pocketsphinx` (built in) or a readable ES module file exporting an engine factory. */
+function transcriptionEngine (env: Env): string {
+  const raw = read(env, 'TRANSCRIPTION_ENGINE')
+  if (raw === undefined || raw === 'pocketsphinx') return 'pocketsphinx'
+  if (!/\.(m?js|ts)$/.test(raw)) {
+    throw new ConfigError('TRANSCRIPTION_ENGINE', `TRANSCRIPTION_ENGINE must be "pocketsphinx" or the path of an engine module (.js, .mjs or .ts) (got "${raw}")`)
+  }
+  const file = readableFile(env, 'TRANSCRIPTION_ENGINE')!
+  return file
 }
 
 function mqttTls (env: Env): MqttTlsConfig | null {
@@ -295,6 +313,11 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     adminToken,
     alertRulesPath: readableFile(env, 'VIGIL_ALERT_RULES') ?? defaultAlertRulesPath,
     workerThreads: integer(env, 'WORKER_THREADS', Math.max(1, cpuCount), 1, 256),
+    voiceNoteMaxBytes: integer(env, 'VOICE_NOTE_MAX_BYTES', 25 * 1024 * 1024, 1024, 256 * 1024 * 1024),
+    voiceNoteMaxSeconds: integer(env, 'VOICE_NOTE_MAX_SECONDS', 600, 1, 4 * 3600),
+    transcriptionEngine: transcriptionEngine(env),
+    jobLeaseSeconds: integer(env, 'JOB_LEASE_SECONDS', 60, 2, 3600),
+    jobMaxAttempts: integer(env, 'JOB_MAX_ATTEMPTS', 3, 1, 100),
     spoolMaxBytes: integer(env, 'VIGIL_SPOOL_MAX_BYTES', 1024 * 1024 * 1024, 64 * 1024, Number.MAX_SAFE_INTEGER),
     // 100 requests/s per token: room for provisioning tools and dashboards; per address
     // without a token, enough for a person browsing /docs, not for a guessing script.

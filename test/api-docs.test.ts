@@ -72,6 +72,10 @@ t.test('/docs/json is an OpenAPI 3 document listing every route', async (t) => {
     '/v1/me/access-log': ['get'],
     '/v1/tokens': ['get', 'post'],
     '/v1/tokens/{id}': ['delete'],
+    '/v1/jobs': ['get'],
+    '/v1/jobs/{id}': ['delete', 'get'],
+    '/v1/patients/{id}/voice-notes': ['get', 'post'],
+    '/v1/patients/{id}/voice-notes/{voiceNoteId}': ['get'],
     '/healthz': ['get'],
     '/metrics': ['get']
   }

@@ -30,6 +30,17 @@ t.test('defaults are the embedded mode', async (t) => {
   t.ok(defaultAlertRulesPath.endsWith(path.join('config', 'alert-rules.yaml')), 'the rules shipped in config/, whatever the working directory')
 })
 
+t.test('voice notes and jobs', async (t) => {
+  const c = loadConfig({}, 4)
+  t.equal(c.voiceNoteMaxBytes, 25 * 1024 * 1024)
+  t.equal(c.voiceNoteMaxSeconds, 600)
+  t.equal(c.transcriptionEngine, 'pocketsphinx')
+  t.equal(c.jobLeaseSeconds, 60)
+  t.equal(c.jobMaxAttempts, 3)
+  const engine = path.resolve('jobs/transcription/engine.ts')
+  t.equal(loadConfig({ TRANSCRIPTION_ENGINE: 'jobs/transcription/engine.ts' }).transcriptionEngine, engine, 'a module path, resolved')
+})
+
 t.test('the outgoing bound follows a larger packet size unless set', async (t) => {
   t.equal(loadConfig({ MQTT_MAX_PACKET_BYTES: String(1024 * 1024) }).mqttMaxOutgoingBytes, 4 * 1024 * 1024)
   t.equal(loadConfig({ MQTT_MAX_PACKET_BYTES: '4096', MQTT_MAX_OUTGOING_BYTES: '4096' }).mqttMaxOutgoingBytes, 4096)
@@ -62,6 +73,12 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ VIGIL_LOGIN_LOCKOUT_SECONDS: '-5' }, 'VIGIL_LOGIN_LOCKOUT_SECONDS'],
   [{ VIGIL_BREAK_GLASS_MINUTES: '100000' }, 'VIGIL_BREAK_GLASS_MINUTES'],
   [{ WORKER_THREADS: '0' }, 'WORKER_THREADS'],
+  [{ VOICE_NOTE_MAX_BYTES: '10' }, 'VOICE_NOTE_MAX_BYTES'],
+  [{ VOICE_NOTE_MAX_SECONDS: '0' }, 'VOICE_NOTE_MAX_SECONDS'],
+  [{ TRANSCRIPTION_ENGINE: 'whisper' }, 'TRANSCRIPTION_ENGINE'],
+  [{ TRANSCRIPTION_ENGINE: '/nonexistent/engine.js' }, 'TRANSCRIPTION_ENGINE'],
+  [{ JOB_LEASE_SECONDS: '1' }, 'JOB_LEASE_SECONDS'],
+  [{ JOB_MAX_ATTEMPTS: '0' }, 'JOB_MAX_ATTEMPTS'],
   [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
   [{ MQTT_MAX_PACKET_BYTES: '10' }, 'MQTT_MAX_PACKET_BYTES'],
   [{ MQTT_MAX_OUTGOING_BYTES: '1000' }, 'MQTT_MAX_OUTGOING_BYTES'],
