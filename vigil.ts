@@ -69,8 +69,6 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
     if (config.secretKeys !== null) log.info({ source: config.secretKeys.source, activeKeyId: keyring.activeKeyId, keyIds: [...keyring.keys.keys()] }, 'PHI encryption keys loaded')
     const patientRecords = createPatientRecordStore(db.pool, keyring, log.child({ component: 'patient-records' }))
-    const reencryption = startReencryption(patientRecords, log)
-    closers.push(() => reencryption.close())
     const access = createAccess({ pool: db.pool, patients, tokens, settings: config.access })
 
     if (config.adminToken !== null) {
@@ -89,8 +87,12 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       engine: parseEngineSpec(config.transcriptionEngine),
       leaseMs: config.jobLeaseSeconds * 1000,
       maxAttempts: config.jobMaxAttempts,
-      log
+      log,
+      keyring
     })
+    // Records and transcripts left under a retired key are moved to the active one in the background.
+    const reencryption = startReencryption(patientRecords, log, { voiceNotes: jobs.voiceNotes })
+    closers.push(() => reencryption.close())
     closers.push(() => jobs.close())
 
     let readings: ReadingStore

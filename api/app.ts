@@ -17,6 +17,7 @@ import type { JobQueue } from '../jobs/job-queue.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { ApiTokenStore } from '../store/api-tokens.ts'
 import type { Database } from '../store/database.ts'
+import { DecryptionError, UnknownKeyError } from '../store/field-encryption.ts'
 import { AssignmentOrderError, DuplicateMacError, UnknownDeviceError, UnknownPatientError } from '../store/device-registry.ts'
 import type { DeviceRegistry } from '../store/device-registry.ts'
 import type { PatientRecordStore } from '../store/patient-records.ts'
@@ -118,7 +119,7 @@ export interface ApiDeps extends Partial<ApiLimits> {
   patientRecords?: PatientRecordStore
   /** Background jobs (issue 5); default: a queue on `db` (jobs wait for a runner). */
   jobs?: JobQueue
-  /** Voice notes; default: a store on `db` using `jobs`. */
+  /** Voice notes (encrypted audio and transcripts); the /voice-notes routes exist only with it. */
   voiceNotes?: VoiceNoteStore
   /** Voice note upload limits (VOICE_NOTE_MAX_BYTES, VOICE_NOTE_MAX_SECONDS). */
   voiceNoteLimits?: { maxBytes: number, maxSeconds: number }
@@ -261,7 +262,8 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     if (access !== undefined) accessRoutes(v1, { ...routeDeps, access })
     alertRuleRoutes(v1, routeDeps)
     jobRoutes(v1, routeDeps)
-    voiceNoteRoutes(v1, routeDeps)
+    // Voice notes need the PHI keys (their store encrypts audio and transcripts).
+    if (routeDeps.voiceNotes !== undefined) voiceNoteRoutes(v1, { ...routeDeps, voiceNotes: routeDeps.voiceNotes })
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })
@@ -450,6 +452,17 @@ async function handleError (this: unknown, err: unknown, request: FastifyRequest
     request.log.warn({ err }, 'database unavailable')
     reply.code(503).header('retry-after', '5')
     return { code: 'VIGIL_ERR_UNAVAILABLE', message: 'service temporarily unavailable, retry later', requestId: request.id }
+  }
+  // Stored PHI that cannot be read (voice notes, records): a 500 with its own code, logged by key id only.
+  if (err instanceof UnknownKeyError) {
+    request.log.error({ keyId: err.keyId }, 'stored data is encrypted under a key that is not configured')
+    reply.code(500)
+    return { code: 'VIGIL_ERR_KEY_UNAVAILABLE', message: 'stored data is encrypted under a key the server does not have', requestId: request.id }
+  }
+  if (err instanceof DecryptionError) {
+    request.log.error({ reason: err.reason }, 'stored data failed to decrypt')
+    reply.code(500)
+    return { code: 'VIGIL_ERR_DECRYPTION_FAILED', message: 'stored data could not be decrypted', requestId: request.id }
   }
   // Never echo internals: the id lets an operator find the logged error.
   request.log.error({ err }, 'request failed')

@@ -161,7 +161,8 @@ export const KeyUsage = Type.Object({
     keyId: Type.String(),
     configured: Type.Boolean({ description: 'false: records under a key Vigil no longer has (unreadable until it is configured again)' }),
     active: Type.Boolean(),
-    records: Type.Integer({ description: 'Patient records encrypted under this key; retire a key once this is 0' })
+    records: Type.Integer({ description: 'Patient records encrypted under this key' }),
+    voiceNotes: Type.Integer({ description: 'Voice note transcripts encrypted under this key; retire a key once this and records are 0' })
   }))
 })
 

@@ -7,6 +7,7 @@ import { createJobQueue } from '../jobs/job-queue.ts'
 import { startJobs } from '../jobs/start-jobs.ts'
 import { readWavInfo } from '../jobs/transcription/wav.ts'
 import { openDatabase } from '../store/database.ts'
+import { createKeyring, newKey } from '../store/field-encryption.ts'
 import { createVoiceNoteStore } from '../store/voice-notes.ts'
 import { concatenate, sentences, speechDir, synthesize } from '../test/helpers/speech.ts'
 import { createTestDatabase } from '../test/helpers/postgres.ts'
@@ -65,11 +66,12 @@ try {
     const db = await openDatabase({ databaseUrl: database.url, dataDir: '', log })
     try {
       const { rows: [patient] } = await db.pool.query("INSERT INTO patients (id, display_name) VALUES (gen_random_uuid(), 'bench') RETURNING id")
-      const store = createVoiceNoteStore(db.pool, createJobQueue({ pool: db.pool }))
+      const keyring = createKeyring('k1', new Map([['k1', newKey()]]), newKey())
+      const store = createVoiceNoteStore(db.pool, createJobQueue({ pool: db.pool }), keyring)
       for (let i = 0; i < jobCount; i++) await store.create({ patientId: patient.id, authorTokenId: 'bench', authorUserId: null, audio, info })
       const cpuBefore = await cpuSeconds()
       const started = performance.now()
-      const jobs = await startJobs({ pool: db.pool, workerThreads: threads, engine: { kind: 'pocketsphinx' }, leaseMs: 60_000, maxAttempts: 1, log, pollIntervalMs: 100 })
+      const jobs = await startJobs({ pool: db.pool, workerThreads: threads, engine: { kind: 'pocketsphinx' }, leaseMs: 60_000, maxAttempts: 1, log, keyring, pollIntervalMs: 100 })
       let ended = { succeeded: 0, failed: 0 }
       for (;;) {
         const counts = await jobs.queue.counts()

@@ -1,4 +1,5 @@
 import type pg from 'pg'
+import type { Keyring } from '../store/field-encryption.ts'
 import type { Logger } from 'pino'
 import { createVoiceNoteStore, TRANSCRIPTION_JOB, type VoiceNoteStore } from '../store/voice-notes.ts'
 import { createWorkerPool, taskFile } from '../workers/pool.ts'
@@ -17,6 +18,8 @@ export interface JobsOptions {
   /** JOB_MAX_ATTEMPTS. */
   maxAttempts: number
   log: Logger
+  /** PHI keys: audio and transcripts are encrypted at rest like the patient record. */
+  keyring: Keyring
   pollIntervalMs?: number
   now?: () => Date
 }
@@ -36,7 +39,7 @@ export interface Jobs {
  */
 export async function startJobs (options: JobsOptions): Promise<Jobs> {
   const queue = createJobQueue({ pool: options.pool, leaseMs: options.leaseMs, maxAttempts: options.maxAttempts, now: options.now })
-  const voiceNotes = createVoiceNoteStore(options.pool, queue)
+  const voiceNotes = createVoiceNoteStore(options.pool, queue, options.keyring)
   // Audio of jobs that ended while no handler ran (a runner died on the last attempt).
   const swept = await voiceNotes.deleteAudioOfEndedJobs()
   if (swept > 0) options.log.info({ count: swept }, 'audio of ended voice note jobs deleted')

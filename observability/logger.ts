@@ -9,7 +9,11 @@ export const redactPaths = [
   'req.headers.authorization', 'req.headers.cookie', 'headers.authorization',
   'displayName', '*.displayName', 'payload', '*.payload', 'body', '*.body',
   'value', '*.value', 'readings', '*.readings',
-  'email', '*.email', 'accessToken', '*.accessToken', 'refreshToken', '*.refreshToken', 'reason', '*.reason'
+  'email', '*.email', 'accessToken', '*.accessToken', 'refreshToken', '*.refreshToken',
+  // Free text people write about patients (break-glass and override reasons, comments) and transcripts.
+  // Not 'reason': that is the refusal reason of every MQTT and ingest rejection, which must be logged.
+  'breakGlassReason', '*.breakGlassReason', 'comment', '*.comment', 'text', '*.text',
+  'transcript', '*.transcript', 'words', '*.words'
 ]
 
 export function createLogger (level: string, destination?: pino.DestinationStream): Logger {

@@ -112,6 +112,46 @@ export function decryptField (keyring: Keyring, envelope: string, at: FieldLocat
   }
 }
 
+/**
+ * Binary values (audio): `v1` | u8 key id length | key id | IV | ciphertext‖tag, with the
+ * same key, IV and additional data rules as encryptField.
+ */
+export function encryptBytes (keyring: Keyring, plaintext: Buffer, at: FieldLocation): Buffer {
+  const keyId = keyring.activeKeyId
+  const key = keyring.keys.get(keyId)!
+  const iv = randomBytes(IV_BYTES)
+  const cipher = createCipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
+  cipher.setAAD(additionalData(keyId, at))
+  const id = Buffer.from(keyId, 'utf8')
+  return Buffer.concat([Buffer.from(ENVELOPE_VERSION, 'ascii'), Buffer.from([id.length]), id, iv, cipher.update(plaintext), cipher.final(), cipher.getAuthTag()])
+}
+
+/** The key id a binary envelope was written under (without decrypting it). */
+export function bytesKeyId (envelope: Buffer): string {
+  if (envelope.length < 3 || envelope.toString('ascii', 0, 2) !== ENVELOPE_VERSION) throw new DecryptionError('malformed')
+  const keyId = envelope.toString('utf8', 3, 3 + envelope[2]!)
+  if (!KEY_ID.test(keyId)) throw new DecryptionError('malformed')
+  return keyId
+}
+
+/** The plaintext bytes, or UnknownKeyError / DecryptionError: never wrong bytes. */
+export function decryptBytes (keyring: Keyring, envelope: Buffer, at: FieldLocation): Buffer {
+  const keyId = bytesKeyId(envelope)
+  const key = keyring.keys.get(keyId)
+  if (key === undefined) throw new UnknownKeyError(keyId)
+  const start = 3 + envelope[2]!
+  if (envelope.length < start + IV_BYTES + TAG_BYTES) throw new DecryptionError('malformed')
+  const iv = envelope.subarray(start, start + IV_BYTES)
+  const decipher = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
+  decipher.setAAD(additionalData(keyId, at))
+  decipher.setAuthTag(envelope.subarray(envelope.length - TAG_BYTES))
+  try {
+    return Buffer.concat([decipher.update(envelope.subarray(start + IV_BYTES, envelope.length - TAG_BYTES)), decipher.final()])
+  } catch {
+    throw new DecryptionError('authentication_failed')
+  }
+}
+
 /** Normalizes an identifier before hashing: the lookup must match however it was typed. */
 export function normalizeForIndex (value: string): string {
   // NFKC folds compatibility forms (full-width digits); spaces and dashes are formatting only.

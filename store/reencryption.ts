@@ -13,10 +13,28 @@ export interface Reencryption {
  * progress logs, so the old key's count in GET /v1/admin/keys reaches 0 and the key can be
  * removed. Records read or written meanwhile are moved lazily by the store itself.
  */
-export function startReencryption (records: PatientRecordStore, log: Logger, options: { batchSize?: number } = {}): Reencryption {
+/** What the pass needs of the voice note store (store/voice-notes.ts). */
+export interface ReencryptableVoiceNotes {
+  readonly activeKeyId: string
+  keyUsage (): Promise<Array<{ keyId: string, voiceNotes: number }>>
+  reencryptAll (options: { batchSize?: number, shouldStop?: () => boolean }): Promise<{ done: number, failed: number }>
+}
+
+export function startReencryption (records: PatientRecordStore, log: Logger, options: { batchSize?: number, voiceNotes?: ReencryptableVoiceNotes } = {}): Reencryption {
   const rekeyLog = log.child({ component: 'reencryption' })
   let stopping = false
+  const voiceNotesPass = async (): Promise<void> => {
+    const notes = options.voiceNotes
+    if (notes === undefined) return
+    const usage = await notes.keyUsage()
+    if (usage.every((u) => u.keyId === notes.activeKeyId)) return
+    rekeyLog.info({ keys: usage }, 're-encrypting voice note transcripts under the active key')
+    const result = await notes.reencryptAll({ batchSize: options.batchSize, shouldStop: () => stopping })
+    if (result.failed > 0) rekeyLog.error(result, 'voice note re-encryption finished with transcripts it could not read: configure their keys and restart')
+    else rekeyLog.info(result, 'voice note re-encryption finished')
+  }
   const finished = (async (): Promise<ReencryptionProgress | null> => {
+    await voiceNotesPass().catch((err: unknown) => rekeyLog.error({ err }, 'voice note re-encryption failed; it is retried at the next start'))
     try {
       const usage = await records.keyUsage()
       // Nothing to do is the common case: one cheap query, no log line.

@@ -3,6 +3,8 @@ import type pg from 'pg'
 import type { Job, JobQueue, JobState } from '../jobs/job-queue.ts'
 import type { TranscribedWord } from '../jobs/transcription/engine.ts'
 import type { WavInfo } from '../jobs/transcription/wav.ts'
+import { decryptBytes, decryptField, encryptBytes, encryptField } from './field-encryption.ts'
+import type { Keyring } from './field-encryption.ts'
 
 export const TRANSCRIPTION_JOB = 'transcription'
 
@@ -28,15 +30,22 @@ export interface VoiceNote {
 const SELECT = `SELECT v.id, v.patient_id, v.job_id, j.state, v.duration_ms, v.transcript, v.words_json, v.confidence, v.engine,
   v.author_token_id, v.author_user_id, v.created_at, v.transcribed_at FROM voice_notes v JOIN jobs j ON j.id = v.job_id`
 
-function toVoiceNote (row: Record<string, unknown>): VoiceNote {
+// Where each encrypted value lives: its ciphertext is bound to it (AAD), so a transcript
+// copied to another note fails to decrypt.
+const transcriptAt = (id: string) => ({ table: 'voice_notes', column: 'transcript', rowId: id })
+const wordsAt = (id: string) => ({ table: 'voice_notes', column: 'words_json', rowId: id })
+const audioAt = (id: string) => ({ table: 'voice_note_audio', column: 'audio', rowId: id })
+
+function toVoiceNote (row: Record<string, unknown>, keyring: Keyring): VoiceNote {
+  const id = row.id as string
   return {
     id: row.id as string,
     patientId: row.patient_id as string,
     jobId: row.job_id as string,
     state: row.state as JobState,
     durationMs: row.duration_ms as number,
-    transcript: (row.transcript as string | null) ?? null,
-    words: row.words_json === null ? null : JSON.parse(row.words_json as string) as TranscribedWord[],
+    transcript: row.transcript === null ? null : decryptField(keyring, row.transcript as string, transcriptAt(id)),
+    words: row.words_json === null ? null : JSON.parse(decryptField(keyring, row.words_json as string, wordsAt(id))) as TranscribedWord[],
     confidence: (row.confidence as number | null) ?? null,
     engine: (row.engine as string | null) ?? null,
     authorTokenId: row.author_token_id as string,
@@ -54,8 +63,10 @@ export interface NewVoiceNote {
   info: WavInfo
 }
 
-export function createVoiceNoteStore (pool: pg.Pool, queue: JobQueue) {
+/** Voice notes, their (encrypted) audio until transcribed and their (encrypted) transcripts. */
+export function createVoiceNoteStore (pool: pg.Pool, queue: JobQueue, keyring: Keyring) {
   return {
+    activeKeyId: keyring.activeKeyId,
     /** Stores the note, its audio and its transcription job in one transaction: accepted means queued. */
     async create (note: NewVoiceNote): Promise<{ voiceNote: VoiceNote, job: Job }> {
       const client = await pool.connect()
@@ -69,7 +80,7 @@ export function createVoiceNoteStore (pool: pg.Pool, queue: JobQueue) {
           `INSERT INTO voice_notes (id, patient_id, author_token_id, author_user_id, job_id, duration_ms, sample_rate, channels, bytes, created_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
           [id, note.patientId, note.authorTokenId, note.authorUserId, job.id, note.info.durationMs, note.info.sampleRate, note.info.channels, note.audio.length, job.createdAt])
-        await client.query('INSERT INTO voice_note_audio (voice_note_id, audio) VALUES ($1, $2)', [id, note.audio])
+        await client.query('INSERT INTO voice_note_audio (voice_note_id, audio) VALUES ($1, $2)', [id, encryptBytes(keyring, note.audio, audioAt(id))])
         await client.query('COMMIT')
       } catch (err) {
         await client.query('ROLLBACK').catch(() => {})
@@ -83,7 +94,7 @@ export function createVoiceNoteStore (pool: pg.Pool, queue: JobQueue) {
     },
     async get (id: string): Promise<VoiceNote | null> {
       const { rows } = await pool.query(`${SELECT} WHERE v.id = $1`, [id])
-      return rows[0] === undefined ? null : toVoiceNote(rows[0])
+      return rows[0] === undefined ? null : toVoiceNote(rows[0], keyring)
     },
     /** Newest first. */
     async list (patientId: string, options: { limit: number, before?: { createdAt: string, id: string } }): Promise<VoiceNote[]> {
@@ -91,22 +102,60 @@ export function createVoiceNoteStore (pool: pg.Pool, queue: JobQueue) {
         `${SELECT} WHERE v.patient_id = $1 AND ($2::timestamptz IS NULL OR (v.created_at, v.id) < ($2::timestamptz, $3::uuid))
          ORDER BY v.created_at DESC, v.id DESC LIMIT $4`,
         [patientId, options.before?.createdAt ?? null, options.before?.id ?? null, options.limit])
-      return rows.map(toVoiceNote)
+      return rows.map((row) => toVoiceNote(row, keyring))
     },
     async audioOf (id: string): Promise<Buffer | null> {
       const { rows } = await pool.query('SELECT audio FROM voice_note_audio WHERE voice_note_id = $1', [id])
-      return rows[0] === undefined ? null : rows[0].audio as Buffer
+      return rows[0] === undefined ? null : decryptBytes(keyring, rows[0].audio as Buffer, audioAt(id))
     },
     /** Inside the job's completion transaction. */
     async saveTranscript (client: pg.ClientBase, id: string, t: { text: string, words: TranscribedWord[], confidence?: number, engine: string }): Promise<void> {
       await client.query(
-        `UPDATE voice_notes SET transcript = $2, words_json = $3, confidence = $4, engine = $5, transcribed_at = now() WHERE id = $1`,
-        [id, t.text, JSON.stringify(t.words), t.confidence ?? null, t.engine])
+        `UPDATE voice_notes SET transcript = $2, words_json = $3, key_id = $4, confidence = $5, engine = $6, transcribed_at = now() WHERE id = $1`,
+        [id, encryptField(keyring, t.text, transcriptAt(id)), encryptField(keyring, JSON.stringify(t.words), wordsAt(id)),
+          keyring.activeKeyId, t.confidence ?? null, t.engine])
       await client.query('DELETE FROM voice_note_audio WHERE voice_note_id = $1', [id])
     },
     async deleteAudio (client: pg.ClientBase | pg.Pool, id: string): Promise<void> {
       await client.query('DELETE FROM voice_note_audio WHERE voice_note_id = $1', [id])
     },
+    /** Transcribed notes per key id, for the operator retiring a key. */
+    async keyUsage (): Promise<Array<{ keyId: string, voiceNotes: number }>> {
+      const { rows } = await pool.query('SELECT key_id, count(*)::int AS n FROM voice_notes WHERE key_id IS NOT NULL GROUP BY key_id ORDER BY key_id')
+      return rows.map((r) => ({ keyId: r.key_id as string, voiceNotes: r.n as number }))
+    },
+
+    /**
+     * Re-encrypts transcripts not under the active key (after a key rotation), in id order.
+     * Audio is transient (deleted when its job ends) and is not re-encrypted; a note whose
+     * transcript cannot be decrypted (its key is not configured) is counted as failed and left.
+     */
+    async reencryptAll (options: { batchSize?: number, shouldStop?: () => boolean } = {}): Promise<{ done: number, failed: number }> {
+      const progress = { done: 0, failed: 0 }
+      let after = '00000000-0000-0000-0000-000000000000'
+      while (options.shouldStop?.() !== true) {
+        const { rows } = await pool.query(
+          'SELECT id, transcript, words_json, key_id FROM voice_notes WHERE key_id IS NOT NULL AND key_id <> $1 AND id > $2 ORDER BY id LIMIT $3',
+          [keyring.activeKeyId, after, options.batchSize ?? 200])
+        if (rows.length === 0) break
+        for (const row of rows) {
+          const id = row.id as string
+          after = id
+          try {
+            const transcript = decryptField(keyring, row.transcript as string, transcriptAt(id))
+            const words = decryptField(keyring, row.words_json as string, wordsAt(id))
+            // Only if untouched since it was read (the key id is the version here).
+            await pool.query('UPDATE voice_notes SET transcript = $2, words_json = $3, key_id = $4 WHERE id = $1 AND key_id = $5',
+              [id, encryptField(keyring, transcript, transcriptAt(id)), encryptField(keyring, words, wordsAt(id)), keyring.activeKeyId, row.key_id])
+            progress.done++
+          } catch {
+            progress.failed++
+          }
+        }
+      }
+      return progress
+    },
+
     /** Audio whose job ended some other way (a runner died on the last attempt): deleted. Returns how many. */
     async deleteAudioOfEndedJobs (): Promise<number> {
       const { rowCount } = await pool.query(

@@ -9,6 +9,10 @@ import { openDatabase } from '../store/database.ts'
 import { createVoiceNoteStore } from '../store/voice-notes.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
 import { sentences, speechDir, synthesize } from './helpers/speech.ts'
+import { testKeyring } from './helpers/keys.ts'
+
+// Audio and transcripts are encrypted at rest: one keyring for everything in this file.
+const keyring = testKeyring()
 
 const log = pino({ level: 'silent' })
 const testDb = await createTestDatabase()
@@ -117,12 +121,12 @@ t.test('WORKER_THREADS=2: real transcriptions, at most two at once, all finish, 
   const N = 2
   const { rows: [patient] } = await db.pool.query("INSERT INTO patients (id, display_name) VALUES (gen_random_uuid(), 'p') RETURNING id")
   const enqueuer = createJobQueue({ pool: db.pool })
-  const store = createVoiceNoteStore(db.pool, enqueuer)
+  const store = createVoiceNoteStore(db.pool, enqueuer, keyring)
   const audio = await fs.readFile(await synthesize(sentences[6]!, dir, 'c', { engineNative: true }))
   for (let i = 0; i < 6; i++) {
     await store.create({ patientId: patient.id, authorTokenId: 'test', authorUserId: null, audio, info: readWavInfo(audio) })
   }
-  const jobs = await startJobs({ pool: db.pool, workerThreads: N, engine: { kind: 'pocketsphinx' }, leaseMs: 60_000, maxAttempts: 3, log, pollIntervalMs: 100 })
+  const jobs = await startJobs({ pool: db.pool, workerThreads: N, engine: { kind: 'pocketsphinx' }, leaseMs: 60_000, maxAttempts: 3, log, keyring, pollIntervalMs: 100 })
   t.teardown(() => jobs.close())
   t.equal(jobs.workerPool.threads, N, 'the pool has N threads')
   const ended = async (): Promise<number> => (await db.pool.query(

@@ -10,6 +10,10 @@ import { wordErrorRate } from '../jobs/transcription/word-error-rate.ts'
 import { openDatabase, type Database } from '../store/database.ts'
 import { sentences, speechDir, synthesize } from './helpers/speech.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
+import { testKeyring } from './helpers/keys.ts'
+
+// Audio and transcripts are encrypted at rest.
+const keyring = testKeyring()
 
 const log = pino({ level: 'silent' })
 const testDb = await createTestDatabase()
@@ -207,7 +211,7 @@ t.test('embedded PGlite: claim, heartbeat, complete, fail and cancel; a voice no
   t.teardown(() => fs.rm(speech, { recursive: true, force: true }))
   const audio = await fs.readFile(await synthesize(sentences[2]!, speech, 'lite'))
   const { rows: [p] } = await lite.pool.query("INSERT INTO patients (id, display_name) VALUES (gen_random_uuid(), 'x') RETURNING id")
-  const jobs = await startJobs({ pool: lite.pool, workerThreads: 1, engine: { kind: 'pocketsphinx' }, leaseMs: 60_000, maxAttempts: 1, log, pollIntervalMs: 100 })
+  const jobs = await startJobs({ pool: lite.pool, workerThreads: 1, engine: { kind: 'pocketsphinx' }, leaseMs: 60_000, maxAttempts: 1, log, keyring, pollIntervalMs: 100 })
   t.teardown(() => jobs.close())
   const { voiceNote } = await jobs.voiceNotes.create({ patientId: p.id, authorTokenId: 't', authorUserId: null, audio, info: readWavInfo(audio) })
   let note = voiceNote

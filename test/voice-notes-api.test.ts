@@ -16,6 +16,10 @@ import { apiDepsFor } from './helpers/api-deps.ts'
 import { createLogCapture } from './helpers/log-capture.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
 import { sentences, speechDir, synthesize } from './helpers/speech.ts'
+import { testKeyring } from './helpers/keys.ts'
+
+// Audio and transcripts are encrypted at rest: one keyring for everything in this file.
+const keyring = testKeyring()
 
 const capture = createLogCapture()
 const log = pino({ level: 'debug' }, capture.stream)
@@ -27,7 +31,7 @@ const spoken = sentences[4]!
 const speech = await fs.readFile(await synthesize(spoken, dir, 'note', { engineNative: true }))
 
 const queue = createJobQueue({ pool: db.pool })
-const voiceNotes = createVoiceNoteStore(db.pool, queue)
+const voiceNotes = createVoiceNoteStore(db.pool, queue, keyring)
 const workerPool: TranscriptionPool = createWorkerPool({ filename: taskFile(new URL('../jobs/transcription-job.ts', import.meta.url).href, 'transcription/transcribe-task'), threads: 2 })
 const real = transcriptionJobHandler({ pool: workerPool, voiceNotes, engine: { kind: 'pocketsphinx' } })
 // Jobs wait at this gate until the test opens it, so "the API answered before any job ended"
@@ -148,6 +152,23 @@ t.test('once the jobs run, every other upload is transcribed and listed with the
   }
   const single = await app.inject({ method: 'GET', url: `/v1/patients/${patient.id}/voice-notes/${one.voiceNoteId}`, headers })
   t.match(single.json(), { id: one.voiceNoteId, state: 'succeeded', transcript: String })
+  // At rest: AES-256-GCM envelopes bound to their row; no spoken word in the table.
+  const { rows: stored } = await db.pool.query('SELECT id, transcript, words_json, key_id FROM voice_notes WHERE transcript IS NOT NULL')
+  t.equal(stored.length, 7)
+  for (const row of stored) {
+    t.match(row.transcript, /^v1\.k1\./, 'the transcript is an envelope')
+    t.match(row.words_json, /^v1\.k1\./, 'the word timings too')
+    t.equal(row.key_id, 'k1')
+    for (const word of spoken.toLowerCase().split(/\s+/).filter((w) => w.length > 3)) {
+      t.notOk(`${row.transcript as string}${row.words_json as string}`.toLowerCase().includes(word), `"${word}" not stored in clear`)
+    }
+  }
+  const [first, second] = stored as Array<{ id: string, transcript: string }>
+  await db.pool.query('UPDATE voice_notes SET transcript = $2 WHERE id = $1', [second!.id, first!.transcript])
+  const moved = await app.inject({ method: 'GET', url: `/v1/patients/${patient.id}/voice-notes/${second!.id}`, headers })
+  t.equal(moved.statusCode, 500, 'a transcript copied to another note does not decrypt')
+  t.equal(moved.json().code, 'VIGIL_ERR_DECRYPTION_FAILED')
+  await db.pool.query('UPDATE voice_notes SET transcript = $2 WHERE id = $1', [second!.id, (stored as Array<{ id: string, transcript: string }>)[1]!.transcript])
   t.equal(await voiceNotes.audioOf(one.voiceNoteId), null, 'audio is deleted once transcribed')
   const paged = (await app.inject({ method: 'GET', url: `/v1/patients/${patient.id}/voice-notes?limit=20`, headers })).json()
   const rest = (await app.inject({ method: 'GET', url: `/v1/patients/${patient.id}/voice-notes?limit=20&cursor=${paged.nextCursor as string}`, headers })).json()

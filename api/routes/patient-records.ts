@@ -8,7 +8,7 @@ import { KeyUsage, LookupBody, LookupResult, PatientRecord, RecordBody, RecordPa
 import type { RecordPatch as RecordPatchType } from '../record-schemas.ts'
 import { IdParams, errorResponses } from '../schemas.ts'
 
-export interface PatientRecordRouteDeps extends Pick<RouteDeps, 'patientAccess'> {
+export interface PatientRecordRouteDeps extends Pick<RouteDeps, 'patientAccess' | 'voiceNotes'> {
   patientRecords: PatientRecordStore
   /** Today's date (UTC, YYYY-MM-DD) for "not in the future"; a parameter so tests control the clock. */
   today?: () => string
@@ -135,20 +135,22 @@ export function patientRecordRoutes (app: ApiInstance, deps: PatientRecordRouteD
     config: { permission: 'users:admin' },
     schema: {
       tags: ['records'],
-      summary: 'Patient records per encryption key',
+      summary: 'Patient records and voice note transcripts per encryption key',
       description: 'Retire a key (remove it from VIGIL_SECRET_KEY / the key file) only once its count is 0. Keys are configuration, never API input.',
       response: { 200: KeyUsage, ...errorResponses() }
     }
   }, async () => {
     const usage = new Map((await patientRecords.keyUsage()).map((u) => [u.keyId, u.records]))
-    const ids = new Set([...patientRecords.configuredKeyIds, ...usage.keys()])
+    const notes = new Map((await deps.voiceNotes?.keyUsage() ?? []).map((u) => [u.keyId, u.voiceNotes]))
+    const ids = new Set([...patientRecords.configuredKeyIds, ...usage.keys(), ...notes.keys()])
     return {
       activeKeyId: patientRecords.activeKeyId,
       keys: [...ids].sort().map((keyId) => ({
         keyId,
         configured: patientRecords.configuredKeyIds.includes(keyId),
         active: keyId === patientRecords.activeKeyId,
-        records: usage.get(keyId) ?? 0
+        records: usage.get(keyId) ?? 0,
+        voiceNotes: notes.get(keyId) ?? 0
       }))
     }
   })

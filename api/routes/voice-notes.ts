@@ -1,7 +1,6 @@
 import type { FastifyRequest } from 'fastify'
-import { createJobQueue } from '../../jobs/job-queue.ts'
 import { readWavInfo, WavError } from '../../jobs/transcription/wav.ts'
-import { createVoiceNoteStore } from '../../store/voice-notes.ts'
+import type { VoiceNoteStore } from '../../store/voice-notes.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import { VoiceNoteAccepted, VoiceNoteListQuery, VoiceNoteView, decodeTimeCursor, encodeTimeCursor } from '../job-schemas.ts'
@@ -20,9 +19,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
  * API's 64 KiB JSON limit), answers 202 with the transcription job at once; the runner does the
  * rest. GET lists a patient's notes with their transcripts (PHI).
  */
-export function voiceNoteRoutes (app: ApiInstance, deps: RouteDeps): void {
-  const jobs = deps.jobs ?? createJobQueue({ pool: deps.db.pool })
-  const voiceNotes = deps.voiceNotes ?? createVoiceNoteStore(deps.db.pool, jobs)
+export function voiceNoteRoutes (app: ApiInstance, deps: RouteDeps & { voiceNotes: VoiceNoteStore }): void {
+  const { voiceNotes } = deps
   const limits = { ...voiceNoteLimitDefaults, ...deps.voiceNoteLimits }
   const { patientAccess } = deps
   const tooLarge = (): VigilError => new VigilError('VIGIL_ERR_PAYLOAD_TOO_LARGE', `a voice note is at most ${limits.maxBytes} bytes`)

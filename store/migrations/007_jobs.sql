@@ -31,8 +31,8 @@ CREATE INDEX jobs_by_id ON jobs (created_at, id);
 CREATE INDEX jobs_patient ON jobs (patient_id);
 
 -- Voice notes: dictations and voice messages, transcribed by a 'transcription' job.
--- transcript and words_json are PHI: kept in their own text columns so the PHI work can
--- encrypt them like the other sensitive fields; never logged.
+-- transcript and words_json are PHI: encrypted in the application (AES-256-GCM envelopes,
+-- store/field-encryption.ts, bound to table/column/id) under key_id; never logged.
 CREATE TABLE voice_notes (
   id uuid PRIMARY KEY,
   patient_id uuid NOT NULL REFERENCES patients(id),
@@ -43,18 +43,20 @@ CREATE TABLE voice_notes (
   sample_rate integer NOT NULL,
   channels integer NOT NULL,
   bytes integer NOT NULL,
-  transcript text,
-  words_json text,                           -- [{word, startMs, endMs, confidence?}] as JSON text
+  transcript text,                           -- encrypted envelope
+  words_json text,                           -- encrypted envelope of [{word, startMs, endMs, confidence?}] as JSON
+  key_id text,                               -- the key transcript and words_json are under (rotation)
   confidence real,
   engine text,
   created_at timestamptz NOT NULL DEFAULT now(),
   transcribed_at timestamptz
 );
 CREATE INDEX voice_notes_patient ON voice_notes (patient_id, created_at DESC, id);
+CREATE INDEX voice_notes_key ON voice_notes (key_id) WHERE key_id IS NOT NULL;
 
 -- The uploaded audio until its job ends (then deleted: PHI minimization, see README).
 -- In Postgres rather than on disk so any runner sharing the database can transcribe it.
 CREATE TABLE voice_note_audio (
   voice_note_id uuid PRIMARY KEY REFERENCES voice_notes(id) ON DELETE CASCADE,
-  audio bytea NOT NULL
+  audio bytea NOT NULL                       -- encrypted (binary envelope, store/field-encryption.ts)
 );

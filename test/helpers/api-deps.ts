@@ -6,7 +6,9 @@ import { createMetrics } from '../../observability/metrics.ts'
 import { createApiTokenStore } from '../../store/api-tokens.ts'
 import type { Database } from '../../store/database.ts'
 import { createDeviceRegistry } from '../../store/device-registry.ts'
+import { createJobQueue } from '../../jobs/job-queue.ts'
 import { createPatientRecordStore } from '../../store/patient-records.ts'
+import { createVoiceNoteStore } from '../../store/voice-notes.ts'
 import { createPatientStore } from '../../store/patients.ts'
 import { createPostgresReadingStore } from '../../store/postgres-readings.ts'
 import { createRejectionLog } from '../../store/rejections.ts'
@@ -19,6 +21,8 @@ export const testPasswordCost = { N: 1024, r: 8, p: 1 } as const
 export function apiDepsFor (db: Database, log: Logger, access: Partial<Omit<AccessOptions, 'pool' | 'patients' | 'tokens'>> = {}): ApiDeps {
   const patients = createPatientStore(db.pool)
   const tokens = createApiTokenStore(db.pool)
+  const keyring = testKeyring()
+  const jobs = createJobQueue({ pool: db.pool })
   return {
     log,
     db,
@@ -29,6 +33,8 @@ export function apiDepsFor (db: Database, log: Logger, access: Partial<Omit<Acce
     rejections: createRejectionLog(db.pool),
     readings: createPostgresReadingStore(db.pool),
     metrics: createMetrics(),
-    patientRecords: createPatientRecordStore(db.pool, testKeyring(), log)
+    patientRecords: createPatientRecordStore(db.pool, keyring, log),
+    jobs,
+    voiceNotes: createVoiceNoteStore(db.pool, jobs, keyring)
   }
 }
