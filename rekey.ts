@@ -5,7 +5,9 @@ import { createLogger } from './observability/logger.ts'
 import { lockDataDir } from './store/data-dir-lock.ts'
 import { openDatabase } from './store/database.ts'
 import { openEmbeddedKeyring } from './store/embedded-keyring.ts'
+import { createJobQueue } from './jobs/job-queue.ts'
 import { createPatientRecordStore } from './store/patient-records.ts'
+import { createVoiceNoteStore } from './store/voice-notes.ts'
 
 // `npm run rekey`: re-encrypts every patient record under the active key, with the same
 // configuration as Vigil (VIGIL_SECRET_KEY / VIGIL_SECRET_KEY_FILE, DATABASE_URL). Vigil does the
@@ -30,11 +32,13 @@ const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config
 try {
   const records = createPatientRecordStore(db.pool, keyring, log)
   const result = await records.reencryptAll({ onProgress: (p) => log.info(p, 're-encryption progress') })
+  const voiceNotes = createVoiceNoteStore(db.pool, createJobQueue({ pool: db.pool }), keyring)
+  const notes = await voiceNotes.reencryptAll({})
   // Embedded PGlite has no fsync of its own (store/database.ts): make the rewrites durable.
   await db.flushToDisk()
   const keys = await records.keyUsage()
-  log.info({ ...result, activeKeyId: keyring.activeKeyId, keys }, 're-encryption finished')
-  process.exitCode = result.failed > 0 ? 1 : 0
+  log.info({ ...result, activeKeyId: keyring.activeKeyId, keys, voiceNotes: { ...notes, keys: await voiceNotes.keyUsage() } }, 're-encryption finished')
+  process.exitCode = result.failed + notes.failed > 0 ? 1 : 0
 } finally {
   await db.close()
   await unlock()
