@@ -31,7 +31,7 @@ const patientRouteMatrix: Record<Role, [number, number, number]> = {
 }
 const patientRoutes = ['/v1/patients/{id}', '/v1/patients/{id}/readings', '/v1/patients/{id}/readings/latest',
   '/v1/patients/{id}/readings/aggregate?metric=heart_rate&every=1h&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z',
-  '/v1/patients/{id}/care-team', '/v1/patients/{id}/record']
+  '/v1/patients/{id}/care-team', '/v1/patients/{id}/record', '/v1/patients/{id}/voice-notes']
 
 // Routes about no single patient: role → status.
 const otherRoutes: Array<{ method: 'GET', url: string, expect: Record<Role, number> }> = [
@@ -44,6 +44,8 @@ const otherRoutes: Array<{ method: 'GET', url: string, expect: Record<Role, numb
   { method: 'GET', url: '/v1/users', expect: { patient: 403, nurse: 403, doctor: 403, admin: 200, developer: 403, 'device-integrator': 403, 'ml-scientist': 403 } },
   { method: 'GET', url: '/v1/roles', expect: { patient: 403, nurse: 403, doctor: 403, admin: 200, developer: 403, 'device-integrator': 403, 'ml-scientist': 403 } },
   { method: 'GET', url: '/v1/tokens', expect: { patient: 403, nurse: 403, doctor: 403, admin: 200, developer: 200, 'device-integrator': 403, 'ml-scientist': 403 } },
+  { method: 'GET', url: '/v1/jobs', expect: { patient: 200, nurse: 200, doctor: 200, admin: 200, developer: 403, 'device-integrator': 403, 'ml-scientist': 403 } },
+  { method: 'GET', url: '/v1/admin/keys', expect: { patient: 403, nurse: 403, doctor: 403, admin: 200, developer: 403, 'device-integrator': 403, 'ml-scientist': 403 } },
   { method: 'GET', url: '/v1/me/access-log', expect: { patient: 200, nurse: 200, doctor: 200, admin: 200, developer: 403, 'device-integrator': 403, 'ml-scientist': 403 } }
 ]
 
