@@ -28,6 +28,7 @@ const { values: args } = parseArgs({
     token: { type: 'string', default: process.env.VIGIL_ADMIN_TOKEN ?? '' },
     state: { type: 'string', default: path.join(dataDir, 'simulator-devices.json') },
     quiet: { type: 'boolean', default: false },
+    deteriorating: { type: 'string', default: '0' },
     help: { type: 'boolean', default: false }
   }
 })
@@ -42,6 +43,8 @@ if (args.help) {
   --token T       admin API token (default $VIGIL_ADMIN_TOKEN)
   --state FILE    where provisioned devices and their credentials are kept for reuse
   --quiet         print a summary every 5 s instead of every message
+  --deteriorating N  the first N patients deteriorate over ~2 minutes (tachycardia, falling SpO2,
+                  fever …), so alerts fire, escalate and show on the stream (default 0)
 `)
   process.exit(0)
 }
@@ -57,6 +60,7 @@ function positive (name: string, raw: string, allowZero = false): number {
 const deviceCount = Math.floor(positive('devices', args.devices))
 const rate = positive('rate', args.rate)
 const duration = positive('duration', args.duration, true)
+const deteriorating = Math.floor(positive('deteriorating', args.deteriorating, true))
 if (args.token === '') {
   process.stderr.write('simulate: an admin API token is needed: set VIGIL_ADMIN_TOKEN (the same one Vigil started with) or pass --token\n')
   process.exit(2)
@@ -117,13 +121,13 @@ let acked = 0
 let failed = 0
 const clients: mqtt.MqttClient[] = []
 const timers: NodeJS.Timeout[] = []
-for (const sim of sims) {
+for (const [index, sim] of sims.entries()) {
   const client = mqtt.connect(args.mqtt, {
     clientId: sim.deviceId, username: sim.deviceId, password: sim.password, clean: true, reconnectPeriod: 2000, protocolVersion: 4
   })
   client.on('error', (err) => process.stderr.write(`device ${sim.deviceId}: ${err.message}\n`))
   clients.push(client)
-  const model = createVitalsModel()
+  const model = createVitalsModel(Math.random, { deteriorating: index < deteriorating })
   const publish = (): void => {
     if (!client.connected) return
     sim.seq++
