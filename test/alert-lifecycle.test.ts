@@ -1,5 +1,6 @@
 import t from 'tap'
 import { change, startAlertingFixture } from './helpers/alerting.ts'
+import { userWithLogin } from './helpers/people.ts'
 
 const f = await startAlertingFixture({ manualClock: true })
 t.teardown(() => f.close())
@@ -69,7 +70,10 @@ t.test('acknowledge, assign, comment, resolve through the API; 409s on resolved 
   t.match(acked.json(), { status: 'acknowledged', acknowledgedAt: String, acknowledgedBy: String, nextEscalationAt: null })
   t.equal((await post('acknowledge')).json().code, 'VIGIL_ERR_ALERT_ACKNOWLEDGED')
 
-  const userId = '5a1e0000-0000-4000-8000-000000000001'
+  const unknown = await post('assign', { userId: '5a1e0000-0000-4000-8000-000000000001' })
+  t.equal(unknown.statusCode, 404, 'only to a person who exists')
+  t.equal(unknown.json().code, 'VIGIL_ERR_UNKNOWN_USER')
+  const { id: userId } = await userWithLogin(app, headers, ['nurse'], `nurse-${patientId.slice(0, 8)}@example.org`)
   const assigned = await post('assign', { userId })
   t.equal(assigned.statusCode, 200)
   t.equal(assigned.json().assignedTo, userId)

@@ -96,7 +96,7 @@ function actorOf (principal: Principal): Actor {
 }
 
 /** Alert routes under /v1 (tag alerts). Every route touching one alert checks its patient. */
-export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAccess'> & { alerts: AlertingApi }): void {
+export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAccess' | 'access'> & { alerts: AlertingApi }): void {
   const { patientAccess } = deps
   const { store, notifier } = deps.alerts
 
@@ -294,6 +294,11 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
     }
   }, async (request) => {
     await alertFor(request, request.params.id, 'alerts:write')
+    // Only to an active person (when people exist in this deployment's API: they do in vigil.ts).
+    if (deps.access !== undefined) {
+      const user = await deps.access.people.getUser(request.body.userId)
+      if (user === null || !user.active) throw new VigilError('VIGIL_ERR_UNKNOWN_USER', 'no active user with this id')
+    }
     return await store.assign(request.params.id, request.body.userId, actorOf(request.principal!))
   })
 
