@@ -19,6 +19,8 @@ export interface VitalDefinition {
   readonly max: number
   /** Decimals kept when a value is converted from another unit. */
   readonly decimals: number
+  /** Computed by Vigil (the alert engine's NEWS2), never accepted from a device. */
+  readonly derived?: boolean
   /** Every unit spelling accepted on input, the canonical one included. */
   readonly units: Readonly<Record<string, UnitConversion>>
 }
@@ -209,6 +211,7 @@ export const vitalsCatalogue = {
     // Written by the alert engine (device id 00000000-0000-0000-0000-000000000000), only for complete scores.
     unit: '{score}',
     displayName: 'NEWS2 aggregate score',
+    derived: true,
     min: 0,
     max: 20,
     decimals: 0,
@@ -279,6 +282,10 @@ export function normalizeValue (metric: string, value: number, unit: string): No
   const entry = lookupMetric(metric)
   if (entry === undefined) {
     throw new PayloadRejection('unknown_metric', `unknown metric ${quote(metric)}`)
+  }
+  // A device sending a score Vigil computes could fake a patient's early-warning score.
+  if (entry.derived === true) {
+    throw new PayloadRejection('unknown_metric', `${entry.name} is computed by Vigil, not sent by devices`)
   }
   if (!Object.hasOwn(entry.units, unit)) {
     throw new PayloadRejection('unit_unsupported',

@@ -44,6 +44,7 @@ t.test('every entry is consistent', async (t) => {
     t.ok(row.min < row.max, `${row.metric} range`)
     t.ok(row.acceptedUnits.includes(row.unit), `${row.metric} accepts its canonical unit`)
     t.same(entry?.units[row.unit], { scale: 1 }, `${row.metric} canonical unit is identity`)
+    if (entry?.derived === true) continue
     t.same(normalizeValue(row.metric, row.min, row.unit), { value: row.min, unit: row.unit }, `${row.metric} min inclusive`)
     t.same(normalizeValue(row.metric, row.max, row.unit), { value: row.max, unit: row.unit }, `${row.metric} max inclusive`)
   }
@@ -157,4 +158,14 @@ t.test('prototype names never resolve', async (t) => {
     t.equal(lookupMetric(name), undefined, name)
     t.equal(lookupMetricByLoinc(name), undefined, name)
   }
+})
+
+t.test('derived metrics (the engine\'s NEWS2 score) are never accepted from a device', async (t) => {
+  let refused: unknown = null
+  try {
+    normalizeValue('news2_score', 3, '{score}')
+  } catch (err) {
+    refused = err
+  }
+  t.ok(refused instanceof PayloadRejection && refused.reason === 'unknown_metric', 'refused as a metric devices cannot send')
 })
