@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
+import { inTransaction as runInTransaction } from '../store/database.ts'
 
 export const jobStates = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const
 export type JobState = typeof jobStates[number]
@@ -146,20 +147,7 @@ export function createJobQueue (options: JobQueueOptions): JobQueue {
   const retryDelay = options.retryDelay ?? ((attempt: number) => retryDelayMs(attempt))
   const listeners = new Set<(job: Job) => void>()
 
-  async function transaction<T> (work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await pool.connect()
-    try {
-      await client.query('BEGIN')
-      const value = await work(client)
-      await client.query('COMMIT')
-      return value
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {})
-      throw err
-    } finally {
-      client.release()
-    }
-  }
+  const transaction = async <T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> => await runInTransaction(pool, work)
 
   /** Ends a job this runner holds, in one transaction with `effect`, only while its lease holds. */
   async function finish (job: ClaimedJob, set: string, params: unknown[], effect?: (client: pg.ClientBase) => Promise<void>): Promise<{ outcome: LeaseOutcome, state: JobState }> {

@@ -2,6 +2,7 @@ import { randomUUID, timingSafeEqual } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type pg from 'pg'
 import { hashSecret, newSecret, sha256, verifySecret } from './secrets.ts'
+import { inTransaction as runInTransaction } from './database.ts'
 
 export interface Device {
   id: string
@@ -101,20 +102,7 @@ export function createDeviceRegistry (pool: pg.Pool) {
     return rows[0] === undefined ? null : toDevice(rows[0])
   }
 
-  async function inTransaction<T> (work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await pool.connect()
-    try {
-      await client.query('BEGIN')
-      const result = await work(client)
-      await client.query('COMMIT')
-      return result
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {})
-      throw err
-    } finally {
-      client.release()
-    }
-  }
+  const inTransaction = async <T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> => await runInTransaction(pool, work)
 
   // Bumped on every invalidation: a load that started before an assignment committed must not
   // put its stale snapshot into the cache after the invalidation.

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
+import { inTransaction as runInTransaction } from './database.ts'
 
 export interface User {
   id: string
@@ -95,20 +96,7 @@ function isForeignKeyViolation (err: unknown): boolean { return (err as { code?:
  * Pure storage: who may call what is decided in api/ (permissions, access policy).
  */
 export function createPeopleStore (pool: pg.Pool) {
-  async function inTransaction<T> (work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await pool.connect()
-    try {
-      await client.query('BEGIN')
-      const result = await work(client)
-      await client.query('COMMIT')
-      return result
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {})
-      throw err
-    } finally {
-      client.release()
-    }
-  }
+  const inTransaction = async <T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> => await runInTransaction(pool, work)
 
   async function getUser (id: string, q: pg.Pool | pg.PoolClient = pool): Promise<User | null> {
     const { rows } = await q.query(`SELECT ${USER_COLUMNS} FROM users u WHERE u.id = $1`, [id])

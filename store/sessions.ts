@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import { verifyPassword } from './passwords.ts'
 import { newSecret, sha256 } from './secrets.ts'
+import { inTransaction as runInTransaction } from './database.ts'
 
 export interface SessionSettings {
   /** Lifetime of an access token. */
@@ -57,20 +58,7 @@ export function isAccessToken (bearer: string): boolean {
  * request, which a signed token could not offer. `now` is the clock (tests move it).
  */
 export function createSessionStore (pool: pg.Pool, settings: SessionSettings, now: () => Date = () => new Date()) {
-  async function inTransaction<T> (work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await pool.connect()
-    try {
-      await client.query('BEGIN')
-      const result = await work(client)
-      await client.query('COMMIT')
-      return result
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {})
-      throw err
-    } finally {
-      client.release()
-    }
-  }
+  const inTransaction = async <T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> => await runInTransaction(pool, work)
 
   async function issue (client: pg.PoolClient, sessionId: string, userId: string, at: Date): Promise<IssuedTokens> {
     const accessToken = newSecret(ACCESS_PREFIX)
