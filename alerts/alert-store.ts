@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import { VigilError } from '../api/errors.ts'
 import type { ConditionChange, EscalationPolicy, Severity, WebhookTarget } from './contract.ts'
+import { inTransaction } from '../store/database.ts'
 
 export type AlertStatus = 'open' | 'acknowledged' | 'resolved'
 export type AlertEventType = 'opened' | 'severity_raised' | 'acknowledged' | 'assigned' | 'commented' | 'escalated' | 'resolved'
@@ -107,19 +108,8 @@ export function createAlertStore (deps: AlertStoreDeps) {
   const { pool, now } = deps
 
   async function transaction<T> (fn: (client: pg.PoolClient, events: CommittedEvent[]) => Promise<T>): Promise<T> {
-    const client = await pool.connect()
     const events: CommittedEvent[] = []
-    let result: T
-    try {
-      await client.query('BEGIN')
-      result = await fn(client, events)
-      await client.query('COMMIT')
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {})
-      throw err
-    } finally {
-      client.release()
-    }
+    const result = await inTransaction(pool, async (client) => await fn(client, events))
     if (events.length > 0) deps.onCommitted(events)
     return result
   }

@@ -5,6 +5,7 @@ import type { TranscribedWord } from '../jobs/transcription/engine.ts'
 import type { WavInfo } from '../jobs/transcription/wav.ts'
 import { decryptBytes, decryptField, encryptBytes, encryptField } from './field-encryption.ts'
 import type { Keyring } from './field-encryption.ts'
+import { inTransaction } from './database.ts'
 
 export const TRANSCRIPTION_JOB = 'transcription'
 
@@ -69,25 +70,17 @@ export function createVoiceNoteStore (pool: pg.Pool, queue: JobQueue, keyring: K
     activeKeyId: keyring.activeKeyId,
     /** Stores the note, its audio and its transcription job in one transaction: accepted means queued. */
     async create (note: NewVoiceNote): Promise<{ voiceNote: VoiceNote, job: Job }> {
-      const client = await pool.connect()
-      let job: Job
       const id = randomUUID()
-      try {
-        await client.query('BEGIN')
-        job = await queue.enqueue({ type: TRANSCRIPTION_JOB, patientId: note.patientId, payload: { voiceNoteId: id }, createdBy: note.authorTokenId }, client)
+      const job = await inTransaction(pool, async (client) => {
+        const queued = await queue.enqueue({ type: TRANSCRIPTION_JOB, patientId: note.patientId, payload: { voiceNoteId: id }, createdBy: note.authorTokenId }, client)
         await client.query(
           // created_at from the job (milliseconds, as the API's cursors carry it), not now() (microseconds).
           `INSERT INTO voice_notes (id, patient_id, author_token_id, author_user_id, job_id, duration_ms, sample_rate, channels, bytes, created_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-          [id, note.patientId, note.authorTokenId, note.authorUserId, job.id, note.info.durationMs, note.info.sampleRate, note.info.channels, note.audio.length, job.createdAt])
+          [id, note.patientId, note.authorTokenId, note.authorUserId, queued.id, note.info.durationMs, note.info.sampleRate, note.info.channels, note.audio.length, queued.createdAt])
         await client.query('INSERT INTO voice_note_audio (voice_note_id, audio) VALUES ($1, $2)', [id, encryptBytes(keyring, note.audio, audioAt(id))])
-        await client.query('COMMIT')
-      } catch (err) {
-        await client.query('ROLLBACK').catch(() => {})
-        throw err
-      } finally {
-        client.release()
-      }
+        return queued
+      })
       queue.announce(job)
       const voiceNote = await this.get(id)
       return { voiceNote: voiceNote!, job }
