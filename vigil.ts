@@ -9,7 +9,7 @@ import type { EscalationPolicy, WebhookTarget } from './alerts/contract.ts'
 import { createAccess } from './api/access.ts'
 import { startAlertEngine } from './alerts/alert-engine.ts'
 import { buildApi } from './api/app.ts'
-import { createBroker } from './broker/broker.ts'
+import { brokerLimitsFrom, createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './config/listen.ts'
 import { startIngest } from './ingest/ingest.ts'
@@ -181,18 +181,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
             ca: mqttTls.caFile === null ? null : await fs.readFile(mqttTls.caFile)
           },
       wsPort: config.mqttWsPort,
-      limits: {
-        maxPacketBytes: config.mqttMaxPacketBytes,
-        maxOutgoingBytes: config.mqttMaxOutgoingBytes,
-        maxTopicLevels: config.mqttMaxTopicLevels,
-        keepaliveLimitSeconds: config.mqttKeepaliveLimitSeconds,
-        connectTimeoutMs: config.mqttConnectTimeoutSeconds * 1000,
-        maxInflightQos2: config.mqttMaxInflightQos2,
-        connectRatePerAddress: config.mqttConnectRatePerAddress,
-        authFailuresBeforeLockout: config.mqttAuthFailuresBeforeLockout,
-        authFailureWindowMs: config.mqttAuthFailureWindowSeconds * 1000,
-        lockoutMs: config.mqttLockoutSeconds * 1000
-      },
+      limits: brokerLimitsFrom(config),
       devices,
       ingest,
       metrics,

@@ -2,6 +2,7 @@ import type { Duplex } from 'node:stream'
 import { Aedes, type AuthenticateError, type Client } from 'aedes'
 import type { Logger } from 'pino'
 import type { Authenticate, Principal } from '../api/auth.ts'
+import type { Config } from '../config/config.ts'
 import type { Ingest, TopicKind } from '../ingest/ingest.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { DeviceRegistry } from '../store/device-registry.ts'
@@ -28,6 +29,22 @@ export interface BrokerLimits {
   authFailuresBeforeLockout: number
   authFailureWindowMs: number
   lockoutMs: number
+}
+
+/** The broker's limits as configuration sets them (MQTT_* variables, config/config.ts). */
+export function brokerLimitsFrom (config: Config): BrokerLimits {
+  return {
+    maxPacketBytes: config.mqttMaxPacketBytes,
+    maxOutgoingBytes: config.mqttMaxOutgoingBytes,
+    maxTopicLevels: config.mqttMaxTopicLevels,
+    keepaliveLimitSeconds: config.mqttKeepaliveLimitSeconds,
+    connectTimeoutMs: config.mqttConnectTimeoutSeconds * 1000,
+    maxInflightQos2: config.mqttMaxInflightQos2,
+    connectRatePerAddress: config.mqttConnectRatePerAddress,
+    authFailuresBeforeLockout: config.mqttAuthFailuresBeforeLockout,
+    authFailureWindowMs: config.mqttAuthFailureWindowSeconds * 1000,
+    lockoutMs: config.mqttLockoutSeconds * 1000
+  }
 }
 
 export interface BrokerDeps {

@@ -1,6 +1,6 @@
 import type { AddressInfo } from 'node:net'
 import pino from 'pino'
-import { createBroker, type BrokerHandle } from '../../broker/broker.ts'
+import { brokerLimitsFrom, createBroker, type BrokerHandle } from '../../broker/broker.ts'
 import { loadConfig } from '../../config/config.ts'
 import { startIngest } from '../../ingest/ingest.ts'
 import { buildApi, type ApiDeps } from '../../api/app.ts'
@@ -105,18 +105,8 @@ export async function startAlertingFixture (options: Partial<AlertingDeps> & { m
     broker = await createBroker({
       host: '127.0.0.1',
       port: 0,
-      limits: {
-        maxPacketBytes: config.mqttMaxPacketBytes,
-        maxOutgoingBytes: config.mqttMaxOutgoingBytes,
-        maxTopicLevels: config.mqttMaxTopicLevels,
-        keepaliveLimitSeconds: config.mqttKeepaliveLimitSeconds,
-        connectTimeoutMs: config.mqttConnectTimeoutSeconds * 1000,
-        maxInflightQos2: config.mqttMaxInflightQos2,
-        connectRatePerAddress: 0,
-        authFailuresBeforeLockout: 0,
-        authFailureWindowMs: 60_000,
-        lockoutMs: 60_000
-      },
+      // No per-address limits: every test client connects from 127.0.0.1.
+      limits: { ...brokerLimitsFrom(config), connectRatePerAddress: 0, authFailuresBeforeLockout: 0 },
       devices: deps.devices,
       ingest,
       metrics: deps.metrics,
