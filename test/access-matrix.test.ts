@@ -191,6 +191,18 @@ async function runMatrix (t: Test, db: Database, only?: readonly Role[]): Promis
     t.equal(patientRole.json().code, 'VIGIL_ERR_UNKNOWN_ROLE', 'the patient role comes only with a patient')
   })
 
+  t.test('a PHI write is refused (and audited) for lack of access before its body is judged', async (t) => {
+    if (!testedRoles.includes('nurse')) return
+    const invalid = { dateOfBirth: '2999-01-01' }
+    const other = await app.inject({ method: 'PUT', url: `/v1/patients/${patients.other}/record`, headers: headers.nurse, payload: invalid })
+    t.equal(other.statusCode, 404, 'another patient: refused as unknown, whatever the body')
+    t.equal(other.json().code, 'VIGIL_ERR_UNKNOWN_PATIENT')
+    const team = await app.inject({ method: 'PATCH', url: `/v1/patients/${patients.team}/record`, headers: headers.nurse, payload: invalid })
+    t.equal(team.statusCode, 400, 'a care-team patient: the body is judged')
+    const audit = (await app.inject({ method: 'GET', url: `/v1/audit?patientId=${patients.other}&limit=100`, headers: admin })).json()
+    t.ok(audit.items.some((row: { action: string, outcome: string }) => row.action === 'phi:write' && row.outcome === 'denied'), 'the denied write is in the audit log')
+  })
+
   t.test('an ended care-team assignment ends access', async (t) => {
     const nurse = await userWithLogin(app, headers.admin, ['nurse'], 'shift.nurse@example.org')
     const assigned = await app.inject({ method: 'POST', url: '/v1/care-teams', headers: headers.admin, payload: { clinicianId: nurse.id, patientId: patients.other } })

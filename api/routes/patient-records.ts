@@ -45,6 +45,8 @@ async function readable<T> (request: FastifyRequest, patientId: string | null, w
   }
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
 export function patientRecordRoutes (app: ApiInstance, deps: PatientRecordRouteDeps): void {
   const { patientAccess, patientRecords } = deps
   const today = deps.today ?? (() => new Date().toISOString().slice(0, 10))
@@ -67,8 +69,16 @@ export function patientRecordRoutes (app: ApiInstance, deps: PatientRecordRouteD
     return toResponse(stored)
   })
 
+  // Writes: the access decision (and its audit row) comes before the body is validated, so an
+  // attempt on a patient the caller may not reach is refused and audited as such whatever it sent.
+  const writeAccessFirst = async (request: FastifyRequest): Promise<void> => {
+    const id = (request.params as { id?: unknown }).id
+    if (typeof id === 'string' && UUID.test(id)) await patientAccess.require(request, id, { action: 'phi:write', fields: recordFields })
+  }
+
   app.put('/patients/:id/record', {
     config: { permission: 'phi:write' },
+    preValidation: writeAccessFirst,
     schema: {
       tags: ['records'],
       summary: 'Replace a patient\'s record',
@@ -80,12 +90,12 @@ export function patientRecordRoutes (app: ApiInstance, deps: PatientRecordRouteD
   }, async (request) => {
     const patientId = request.params.id
     validate(request.body, today())
-    await patientAccess.require(request, patientId, { action: 'phi:write', fields: recordFields })
     return toResponse(await readable(request, patientId, () => patientRecords.put(patientId, request.body)))
   })
 
   app.patch('/patients/:id/record', {
     config: { permission: 'phi:write' },
+    preValidation: writeAccessFirst,
     schema: {
       tags: ['records'],
       summary: 'Change some fields of a patient\'s record',
@@ -97,8 +107,8 @@ export function patientRecordRoutes (app: ApiInstance, deps: PatientRecordRouteD
   }, async (request) => {
     const patientId = request.params.id
     validate(request.body, today())
-    // The answer is the whole record, so every field is disclosed, not only those written.
-    await patientAccess.require(request, patientId, { action: 'phi:write', fields: recordFields })
+    // The answer is the whole record, so every field is disclosed, not only those written
+    // (writeAccessFirst passes them all).
     return toResponse(await readable(request, patientId, () => patientRecords.patch(patientId, request.body)))
   })
 
