@@ -77,6 +77,11 @@ export interface BrokerPresenceHooks {
 export interface AlertSubscriberAuth {
   authenticate: Authenticate
   canSee (principal: Principal, patientId: string): Promise<boolean>
+  /**
+   * How often a person's session is checked again (ms, default 30 s): a logged-out, expired or
+   * revoked token, or a patient no longer visible (care team ended), closes the session.
+   */
+  recheckIntervalMs?: number
 }
 
 /** The MQTT username a person connects with; the password is their API bearer token. */
@@ -90,6 +95,8 @@ export interface BrokerHandle {
   /** The WebSocket port bound, or null without WebSocket. */
   readonly wsPort: number | null
   readonly aedes: Aedes
+  /** Checks every person's session again now (the interval does it on its own); resolves with how many were closed. */
+  recheckPeople (): Promise<number>
   close (): Promise<void>
 }
 
@@ -143,6 +150,9 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   const sessions = new WeakMap<Client, { deviceId: string, credentialId: string }>()
   // People's sessions (alert subscribers): they may subscribe to alerts/{patientId}, never publish.
   const people = new WeakMap<Client, Principal>()
+  // Live person sessions: the bearer secret they connected with (memory only, never logged)
+  // and the patients they subscribed to, so access can be checked again while they stay connected.
+  const livePeople = new Map<Client, { bearer: string, patients: Set<string> }>()
   // Device sessions whose connect was reported to presence (sessions may be forgotten first on revocation).
   const presentDevices = new WeakMap<Client, string>()
   // What the transport established, keyed by the stream Aedes reads (client.conn).
@@ -227,6 +237,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         subscribers.authenticate(password.toString('utf8')).then((principal) => {
           if (principal === null || !principal.permissions.has('alerts:read')) return fail('bad_credentials', 5, { person: true })
           people.set(client, principal)
+          livePeople.set(client, { bearer: password.toString('utf8'), patients: new Set() })
           done(null, true)
         }, (err: Error) => fail('auth_unavailable', 3, { person: true, err }))
         return
@@ -301,8 +312,9 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         }
         if (alertTopic === null || deps.alertSubscribers == null) return refuseSubscription()
         deps.alertSubscribers.canSee(person, alertTopic[1]!).then((allowed) => {
-          if (allowed) done(null, subscription)
-          else refuseSubscription()
+          if (!allowed) return refuseSubscription()
+          livePeople.get(client)?.patients.add(alertTopic[1]!)
+          done(null, subscription)
         }, () => refuseSubscription())
         return
       }
@@ -332,6 +344,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   })
   aedes.on('clientDisconnect', (client) => {
     metrics.connectedDevices.dec()
+    livePeople.delete(client)
     const deviceId = presentDevices.get(client)
     if (deviceId === undefined || deps.presence == null) return
     // A takeover (same client id reconnecting) closes the old session after the new one is
@@ -424,12 +437,47 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   }
   const portOf = (transport: Transport): number | null => listeners.find((l) => l.transport === transport)?.port ?? null
 
+  /** A person keeps receiving alerts only while their token is valid and each subscribed patient is still theirs. */
+  async function recheckPeople (): Promise<number> {
+    const subscribers = deps.alertSubscribers
+    if (subscribers == null) return 0
+    let closed = 0
+    for (const [client, live] of [...livePeople]) {
+      let keep: boolean
+      try {
+        const principal = await subscribers.authenticate(live.bearer)
+        keep = principal !== null && principal.permissions.has('alerts:read')
+        for (const patientId of live.patients) {
+          if (!keep || principal === null) break
+          keep = await subscribers.canSee(principal, patientId)
+        }
+        if (keep && principal !== null) people.set(client, principal)
+      } catch {
+        // The database is unreachable: the decision cannot be made now; the next check makes it.
+        continue
+      }
+      if (!keep) {
+        livePeople.delete(client)
+        refuse('access_revoked', { person: true })
+        client.close()
+        closed++
+      }
+    }
+    return closed
+  }
+  const recheckTimer = deps.alertSubscribers == null
+    ? null
+    : setInterval(() => { recheckPeople().catch(() => {}) }, deps.alertSubscribers.recheckIntervalMs ?? 30_000)
+  recheckTimer?.unref()
+
   return {
+    recheckPeople,
     port: portOf('tcp')!,
     tlsPort: portOf('tls'),
     wsPort: portOf('ws'),
     aedes,
     async close () {
+      if (recheckTimer !== null) clearInterval(recheckTimer)
       devices.events.off('credentials-revoked', onRevoked)
       // Stop accepting and drop connections that never became clients; Aedes closes the rest.
       const listenersClosed = closeListeners()

@@ -12,7 +12,9 @@ export const refusalReasons = [
   'locked_out', 'anonymous', 'client_id_mismatch', 'certificate_mismatch', 'bad_credentials', 'auth_unavailable',
   // session
   'topic_invalid', 'topic_too_deep', 'topic_not_allowed', 'retain_not_allowed', 'publisher_unknown',
-  'subscribe_not_allowed', 'qos2_inflight_exceeded', 'slow_subscriber', 'spool_full', 'store_unavailable'
+  'subscribe_not_allowed', 'qos2_inflight_exceeded', 'slow_subscriber', 'spool_full', 'store_unavailable',
+  // A person's MQTT alert session whose token or patient access ended while connected.
+  'access_revoked'
 ] as const
 
 export type RefusalReason = typeof refusalReasons[number]

@@ -262,6 +262,26 @@ t.test('MQTT: a person with a bearer token receives alerts/{patientId} for visib
   const noRead = f.access.clinicianToken([mine], ['alerts:ack'])
   t.equal(await refused({ clientId: 'nurse-3', username: 'bearer', password: noRead.token }), 5, 'token without alerts:read')
 
+  // Sessions are checked again while connected: a revoked token, or a patient taken off the
+  // person's care team, ends the session.
+  const revoked = f.access.clinicianToken([mine])
+  const rescoped = f.access.clinicianToken([mine])
+  const kept = f.access.clinicianToken([mine])
+  const connectPerson = async (clientId: string, password: string): Promise<mqtt.MqttClient> => {
+    const c = await mqtt.connectAsync(url, { clientId, username: 'bearer', password, protocolVersion: 4, reconnectPeriod: 0 })
+    t.teardown(() => c.endAsync(true))
+    t.equal(await granted(c, `alerts/${mine}`), true)
+    return c
+  }
+  const sessions = { revoked: await connectPerson('nurse-4', revoked.token), rescoped: await connectPerson('nurse-5', rescoped.token), kept: await connectPerson('nurse-6', kept.token) }
+  const closedNow = (c: mqtt.MqttClient) => new Promise<void>((resolve) => c.once('close', () => resolve()))
+  const ends = [closedNow(sessions.revoked), closedNow(sessions.rescoped)]
+  f.access.revoke(revoked.token)
+  f.access.rescope(rescoped.token, [theirs])
+  t.equal(await f.broker!.recheckPeople(), 2, 'two sessions ended')
+  await Promise.all(ends)
+  t.ok(sessions.kept.connected, 'a person whose access stands stays connected')
+
   const recorded = await f.db.pool.query("SELECT count(*)::int AS n FROM notification_deliveries WHERE channel = 'mqtt' AND target = $1", [`alerts/${mine}`])
   t.ok(recorded.rows[0].n >= 1, 'MQTT publishes recorded')
 })

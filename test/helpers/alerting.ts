@@ -55,6 +55,15 @@ export function testAccess (deps: ApiDeps) {
       scoped.set(tokenId, new Set(patients))
       clinicians.set(token, { tokenId, name: tokenId, role: 'admin', userId, permissions: new Set(permissions) as Principal['permissions'] })
       return { token, userId }
+    },
+    /** The token stops authenticating (logout, revocation, expiry). */
+    revoke (token: string): void {
+      clinicians.delete(token)
+    },
+    /** The clinician behind `token` now sees only `patients` (a care-team change). */
+    rescope (token: string, patients: string[]): void {
+      const principal = clinicians.get(token)
+      if (principal !== undefined) scoped.set(principal.tokenId, new Set(patients))
     }
   }
 }
