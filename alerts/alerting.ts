@@ -35,6 +35,8 @@ export interface AlertingDeps {
 export interface AlertingApi {
   store: AlertStore
   notifier: Notifier
+  /** SSE heartbeat, and how often a stream re-checks its caller's token and patients (ms; default 15 s). */
+  streamHeartbeatMs?: number
 }
 
 /**

@@ -125,6 +125,20 @@ t.test('SSE: authentication and permission are required; closing the app ends op
   t.equal(await ended, 'ended', 'app.close() ended the stream')
 })
 
+t.test('SSE: a stream ends once its token is revoked (checked at each heartbeat)', async (t) => {
+  const app = await buildApi({
+    ...f.deps, authenticate: f.access.authenticate, patientAccess: f.access.policy, alerts: { ...alerting.api, streamHeartbeatMs: 50 }
+  })
+  t.teardown(() => app.close())
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { token } = f.access.clinicianToken([])
+  const open = await fetch(`http://127.0.0.1:${(app.server.address() as AddressInfo).port}/v1/alerts/stream`, { headers: { authorization: `Bearer ${token}` } })
+  t.equal(open.status, 200)
+  const ended = open.text().then(() => 'ended', () => 'ended')
+  f.access.revoke(token)
+  t.equal(await ended, 'ended', 'the server ended the stream')
+})
+
 t.test('webhooks: signed POST with a minimal payload; failures retried with backoff and every attempt recorded', async (t) => {
   const received: Array<{ headers: http.IncomingHttpHeaders, body: string }> = []
   let failuresLeft = 2

@@ -96,7 +96,7 @@ function actorOf (principal: Principal): Actor {
 }
 
 /** Alert routes under /v1 (tag alerts). Every route touching one alert checks its patient. */
-export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAccess' | 'access'> & { alerts: AlertingApi }): void {
+export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAccess' | 'access'> & Partial<Pick<RouteDeps, 'authenticate'>> & { alerts: AlertingApi }): void {
   const { patientAccess } = deps
   const { store, notifier } = deps.alerts
 
@@ -183,8 +183,19 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       'x-accel-buffering': 'no'
     })
     res.write('retry: 5000\n\n')
+    // At each heartbeat the caller's token is checked again (logout, revocation, expiry end the
+    // stream; a reconnect then gets 401) and the visible patients are recomputed (care teams change).
+    const bearer = /^Bearer +(\S+)$/i.exec(request.headers.authorization ?? '')?.[1]
     await streamAlerts(request, res, principal, typeof lastEventId === 'string' ? lastEventId : null,
-      () => visible, async () => { visible = await patientAccess.visiblePatients(principal) })
+      () => visible, async () => {
+        const current = deps.authenticate === undefined || bearer === undefined ? principal : await deps.authenticate(bearer)
+        if (current === null || !current.permissions.has('alerts:read')) {
+          request.log.info({ tokenId: principal.tokenId }, 'alert stream ended: the token is no longer valid')
+          res.end()
+          return
+        }
+        visible = await patientAccess.visiblePatients(current)
+      })
   })
 
   const streams = new Set<ServerResponse>()
@@ -223,7 +234,7 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
     const heartbeat = setInterval(() => {
       if (!res.writableEnded) res.write(': heartbeat\n\n')
       refreshVisible().catch((err: Error) => request.log.warn({ err }, 'alert stream could not refresh visible patients'))
-    }, HEARTBEAT_MS)
+    }, deps.alerts.streamHeartbeatMs ?? HEARTBEAT_MS)
     const cleanup = (): void => {
       clearInterval(heartbeat)
       unsubscribe()
