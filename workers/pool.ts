@@ -26,8 +26,6 @@ export interface WorkerPoolOptions {
 export interface WorkerPool<Input, Output> {
   run (input: Input, options?: { signal?: AbortSignal }): Promise<Output>
   readonly threads: number
-  /** Tasks waiting for a thread, and running. */
-  stats (): { queued: number, running: number, completed: number }
   close (): Promise<void>
 }
 
@@ -42,20 +40,10 @@ export function createWorkerPool<Input, Output> (options: WorkerPoolOptions): Wo
     // One task per thread: the tasks here are CPU-bound.
     concurrentTasksPerWorker: 1
   })
-  let running = 0
   return {
     threads,
     async run (input, runOptions) {
-      running++
-      try {
-        return await pool.run(input, runOptions?.signal === undefined ? undefined : { signal: runOptions.signal })
-      } finally {
-        running--
-      }
-    },
-    stats () {
-      // `running` counts submitted tasks not yet settled, queued ones included.
-      return { queued: pool.queueSize, running: Math.max(0, running - pool.queueSize), completed: pool.completed }
+      return await pool.run(input, runOptions?.signal === undefined ? undefined : { signal: runOptions.signal })
     },
     async close () {
       await pool.close()
