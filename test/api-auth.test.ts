@@ -1,24 +1,8 @@
-import pino from 'pino'
 import t from 'tap'
-import { buildApi } from '../api/app.ts'
-import type { ApiDeps } from '../api/app.ts'
 import { permissions, rolePermissions } from '../api/auth.ts'
-import { openDatabase } from '../store/database.ts'
-import { createTestDatabase } from './helpers/postgres.ts'
-import { apiDepsFor } from './helpers/api-deps.ts'
+import { startApiFixture } from './helpers/api-deps.ts'
 
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-const deps: ApiDeps = apiDepsFor(db, log)
-const app = await buildApi(deps)
-t.teardown(async () => {
-  await app.close()
-  await db.close()
-  await testDb.drop()
-})
-
-const { token } = await deps.tokens.create('auth test', 'admin')
+const { db, deps, app, token } = await startApiFixture(t, 'auth test')
 
 t.test('every /v1 route refuses a request without a valid token, the same way', async (t) => {
   const cases: Array<[string, Record<string, string>]> = [

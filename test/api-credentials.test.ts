@@ -1,23 +1,9 @@
 import pino from 'pino'
 import t from 'tap'
 import { buildApi } from '../api/app.ts'
-import type { ApiDeps } from '../api/app.ts'
-import { openDatabase } from '../store/database.ts'
-import { createTestDatabase } from './helpers/postgres.ts'
-import { apiDepsFor } from './helpers/api-deps.ts'
+import { startApiFixture } from './helpers/api-deps.ts'
 
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-const deps: ApiDeps = apiDepsFor(db, log)
-const app = await buildApi(deps)
-t.teardown(async () => {
-  await app.close()
-  await db.close()
-  await testDb.drop()
-})
-const { token } = await deps.tokens.create('credentials test', 'admin')
-const headers = { authorization: `Bearer ${token}` }
+const { log, deps, app, token, headers } = await startApiFixture(t, 'credentials test')
 
 const unknownId = '00000000-0000-4000-8000-000000000000'
 const device = await deps.devices.create({

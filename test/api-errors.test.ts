@@ -2,26 +2,12 @@ import pg from 'pg'
 import pino from 'pino'
 import t from 'tap'
 import { buildApi, isUnavailable } from '../api/app.ts'
-import type { ApiDeps } from '../api/app.ts'
 import { createApiTokenStore } from '../store/api-tokens.ts'
-import { openDatabase } from '../store/database.ts'
 import { createPatientStore } from '../store/patients.ts'
 import type { PatientStore } from '../store/patients.ts'
-import { createTestDatabase } from './helpers/postgres.ts'
-import { apiDepsFor } from './helpers/api-deps.ts'
+import { startApiFixture } from './helpers/api-deps.ts'
 
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-const deps: ApiDeps = apiDepsFor(db, log)
-const app = await buildApi(deps)
-t.teardown(async () => {
-  await app.close()
-  await db.close()
-  await testDb.drop()
-})
-const { token } = await deps.tokens.create('errors test', 'admin')
-const headers = { authorization: `Bearer ${token}` }
+const { log, deps, app, token, headers } = await startApiFixture(t, 'errors test')
 
 function capturedLog () {
   const lines: string[] = []

@@ -1,7 +1,6 @@
 import net from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
-import pino from 'pino'
 import t from 'tap'
 import type { Test } from 'tap'
 import { buildApi } from '../api/app.ts'
@@ -12,22 +11,10 @@ import type { ApiTokenStore } from '../store/api-tokens.ts'
 import { openDatabase } from '../store/database.ts'
 import { createPatientStore } from '../store/patients.ts'
 import { createPostgresReadingStore } from '../store/postgres-readings.ts'
-import { createTestDatabase } from './helpers/postgres.ts'
-import { apiDepsFor } from './helpers/api-deps.ts'
+import { startApiFixture } from './helpers/api-deps.ts'
 
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-const deps: ApiDeps = apiDepsFor(db, log)
-const app = await buildApi(deps)
-t.teardown(async () => {
-  await app.close()
-  await db.close()
-  await testDb.drop()
-})
-const { token } = await deps.tokens.create('hardening test', 'admin')
+const { log, testDb, db, deps, app, token, headers } = await startApiFixture(t, 'hardening test')
 const other = await deps.tokens.create('hardening test, second token', 'admin')
-const headers = { authorization: `Bearer ${token}` }
 
 async function buildWith (t: Test, overrides: Partial<ApiDeps>): Promise<FastifyInstance> {
   const built = await buildApi({ ...deps, ...overrides })

@@ -1,21 +1,9 @@
 import pino from 'pino'
 import t from 'tap'
 import { buildApi } from '../api/app.ts'
-import type { ApiDeps } from '../api/app.ts'
-import { openDatabase } from '../store/database.ts'
-import { createTestDatabase } from './helpers/postgres.ts'
-import { apiDepsFor } from './helpers/api-deps.ts'
+import { startApiFixture } from './helpers/api-deps.ts'
 
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-const deps: ApiDeps = apiDepsFor(db, log)
-const app = await buildApi(deps)
-t.teardown(async () => {
-  await app.close()
-  await db.close()
-  await testDb.drop()
-})
+const { log, deps, app } = await startApiFixture(t, 'health test')
 
 t.test('healthz is 200 when every check passes', async (t) => {
   const healthy = await buildApi({ ...deps, healthChecks: { spool: async () => {} } })

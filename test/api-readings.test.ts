@@ -1,25 +1,9 @@
-import pino from 'pino'
 import t from 'tap'
 import type { Test } from 'tap'
-import { buildApi } from '../api/app.ts'
-import type { ApiDeps } from '../api/app.ts'
 import type { StoredReading } from '../ingest/reading.ts'
-import { openDatabase } from '../store/database.ts'
-import { createTestDatabase } from './helpers/postgres.ts'
-import { apiDepsFor } from './helpers/api-deps.ts'
+import { startApiFixture } from './helpers/api-deps.ts'
 
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-const deps: ApiDeps = apiDepsFor(db, log)
-const app = await buildApi(deps)
-t.teardown(async () => {
-  await app.close()
-  await db.close()
-  await testDb.drop()
-})
-const { token } = await deps.tokens.create('readings test', 'admin')
-const headers = { authorization: `Bearer ${token}` }
+const { deps, app, headers } = await startApiFixture(t, 'readings test')
 
 const patient = await deps.patients.create('Readings patient')
 const other = await deps.patients.create('Someone else')

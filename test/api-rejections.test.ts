@@ -1,23 +1,7 @@
-import pino from 'pino'
 import t from 'tap'
-import { buildApi } from '../api/app.ts'
-import type { ApiDeps } from '../api/app.ts'
-import { openDatabase } from '../store/database.ts'
-import { createTestDatabase } from './helpers/postgres.ts'
-import { apiDepsFor } from './helpers/api-deps.ts'
+import { startApiFixture } from './helpers/api-deps.ts'
 
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-const deps: ApiDeps = apiDepsFor(db, log)
-const app = await buildApi(deps)
-t.teardown(async () => {
-  await app.close()
-  await db.close()
-  await testDb.drop()
-})
-const { token } = await deps.tokens.create('rejections test', 'admin')
-const headers = { authorization: `Bearer ${token}` }
+const { deps, app, headers } = await startApiFixture(t, 'rejections test')
 
 const device = await deps.devices.create({
   name: 'Cuff', mac: '02:00:00:00:cc:01', firmwareVersion: '1', softwareVersion: '1', startedAt: '2025-01-01T00:00:00Z'

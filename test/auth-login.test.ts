@@ -1,9 +1,5 @@
-import pino from 'pino'
 import t from 'tap'
-import { buildApi } from '../api/app.ts'
-import { openDatabase } from '../store/database.ts'
-import { apiDepsFor } from './helpers/api-deps.ts'
-import { createTestDatabase } from './helpers/postgres.ts'
+import { startApiFixture } from './helpers/api-deps.ts'
 
 // A controllable clock: expiry, idle timeout and lockout are tested by moving it, not by sleeping.
 let nowMs = Date.parse('2026-03-01T09:00:00Z')
@@ -11,18 +7,10 @@ const now = (): Date => new Date(nowMs)
 const advance = (seconds: number): void => { nowMs += seconds * 1000 }
 
 const settings = { accessTokenTtlSeconds: 900, sessionIdleSeconds: 1800, sessionMaxSeconds: 7200, loginMaxFailures: 5, loginLockoutSeconds: 900 }
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-const deps = apiDepsFor(db, log, { now, settings })
-const app = await buildApi({ ...deps, rateLimitPerMinute: 100_000, unauthenticatedRateLimitPerMinute: 100_000 })
-t.teardown(async () => {
-  await app.close()
-  await db.close()
-  await testDb.drop()
+const { db, deps, app, token: adminToken, headers: admin } = await startApiFixture(t, 'auth test', {
+  access: { now, settings },
+  apiOptions: { rateLimitPerMinute: 100_000, unauthenticatedRateLimitPerMinute: 100_000 }
 })
-const { token: adminToken } = await deps.tokens.create('auth test', 'admin')
-const admin = { authorization: `Bearer ${adminToken}` }
 const password = 'correct horse 42'
 
 let userCount = 0

@@ -1,28 +1,16 @@
-import pino from 'pino'
 import t from 'tap'
-import { buildApi } from '../api/app.ts'
-import { openDatabase } from '../store/database.ts'
-import { apiDepsFor } from './helpers/api-deps.ts'
+import { startApiFixture } from './helpers/api-deps.ts'
 import { newPatient, patientWithLogin, userWithLogin } from './helpers/people.ts'
-import { createTestDatabase } from './helpers/postgres.ts'
 
 let nowMs = Date.parse('2026-03-01T09:00:00Z')
 const now = (): Date => new Date(nowMs)
 const advance = (seconds: number): void => { nowMs += seconds * 1000 }
 
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
 // Long sessions so only the break-glass window expires when the clock moves.
-const deps = apiDepsFor(db, log, { now, settings: { breakGlassMinutes: 30, accessTokenTtlSeconds: 86_400, sessionIdleSeconds: 86_400, sessionMaxSeconds: 86_400 } })
-const app = await buildApi({ ...deps, rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000 })
-t.teardown(async () => {
-  await app.close()
-  await db.close()
-  await testDb.drop()
+const { db, deps, app, headers: admin } = await startApiFixture(t, 'break-glass admin', {
+  access: { now, settings: { breakGlassMinutes: 30, accessTokenTtlSeconds: 86_400, sessionIdleSeconds: 86_400, sessionMaxSeconds: 86_400 } },
+  apiOptions: { rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000 }
 })
-const { token } = await deps.tokens.create('break-glass admin', 'admin')
-const admin = { authorization: `Bearer ${token}` }
 const patientId = await newPatient(app, admin, 'Ida Emergency')
 const patient = await patientWithLogin(app, admin, patientId, 'ida@example.org')
 const doctor = await userWithLogin(app, admin, ['doctor'], 'er.doctor@example.org')

@@ -1,9 +1,13 @@
+import type { FastifyInstance } from 'fastify'
+import pino from 'pino'
 import type { Logger } from 'pino'
+import { buildApi } from '../../api/app.ts'
 import { createAccess } from '../../api/access.ts'
 import type { AccessOptions } from '../../api/access.ts'
 import type { ApiDeps } from '../../api/app.ts'
 import { createMetrics } from '../../observability/metrics.ts'
 import { createApiTokenStore } from '../../store/api-tokens.ts'
+import { openDatabase } from '../../store/database.ts'
 import type { Database } from '../../store/database.ts'
 import { createDeviceRegistry } from '../../store/device-registry.ts'
 import { createJobQueue } from '../../jobs/job-queue.ts'
@@ -13,6 +17,7 @@ import { createPatientStore } from '../../store/patients.ts'
 import { createPostgresReadingStore } from '../../store/postgres-readings.ts'
 import { createRejectionLog } from '../../store/rejections.ts'
 import { testKeyring } from './keys.ts'
+import { createTestDatabase } from './postgres.ts'
 
 /** A cheap scrypt cost for test passwords (OWASP's minimum costs ~0.3 s and 128 MiB each). */
 export const testPasswordCost = { N: 1024, r: 8, p: 1 } as const
@@ -37,4 +42,35 @@ export function apiDepsFor (db: Database, log: Logger, access: Partial<Omit<Acce
     jobs,
     voiceNotes: createVoiceNoteStore(db.pool, jobs, keyring)
   }
+}
+
+export interface ApiFixture {
+  log: Logger
+  testDb: { url: string, drop: () => Promise<void> }
+  db: Database
+  deps: ApiDeps
+  app: FastifyInstance
+  /** An admin API token, and the headers that present it. */
+  token: string
+  headers: { authorization: string }
+}
+
+/**
+ * What most API test files start with: a fresh database on the machine's PostgreSQL, the API on
+ * it (driven with app.inject), and an admin token named `tokenName`; all closed at teardown.
+ */
+export async function startApiFixture (t: { teardown: (fn: () => Promise<void>) => void }, tokenName: string,
+  options: { log?: Logger, apiOptions?: Partial<ApiDeps>, access?: Partial<Omit<AccessOptions, 'pool' | 'patients' | 'tokens'>> } = {}): Promise<ApiFixture> {
+  const log = options.log ?? pino({ level: 'silent' })
+  const testDb = await createTestDatabase()
+  const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
+  const deps = apiDepsFor(db, log, options.access)
+  const app = await buildApi({ ...deps, ...options.apiOptions })
+  t.teardown(async () => {
+    await app.close()
+    await db.close()
+    await testDb.drop()
+  })
+  const { token } = await deps.tokens.create(tokenName, 'admin')
+  return { log, testDb, db, deps, app, token, headers: { authorization: `Bearer ${token}` } }
 }
