@@ -9,6 +9,7 @@ import t from 'tap'
 import { addressKey, createAddressGuard } from '../broker/address-guard.ts'
 import { reasonOfAedesError } from '../broker/refusal-reasons.ts'
 import { startTestVigil, telemetry } from './helpers/vigil.ts'
+import { remainingLength } from './helpers/fuzz.ts'
 
 // Every limit here is small so each test trips it quickly. Tests that must not share an
 // address's allowance or lockout connect from their own loopback address (Linux routes all of
@@ -83,17 +84,6 @@ function lengthPrefixed (s: string | Buffer): Buffer {
   const len = Buffer.alloc(2)
   len.writeUInt16BE(b.length)
   return Buffer.concat([len, b])
-}
-
-function remainingLength (n: number): Buffer {
-  const bytes: number[] = []
-  do {
-    let b = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) b |= 0x80
-    bytes.push(b)
-  } while (n > 0)
-  return Buffer.from(bytes)
 }
 
 /**

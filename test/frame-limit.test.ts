@@ -2,16 +2,11 @@ import net from 'node:net'
 import t from 'tap'
 import { FrameSizeChecker, FrameTooLargeError, MalformedLengthError } from '../broker/frame-limit.ts'
 import { startTestVigil } from './helpers/vigil.ts'
+import { remainingLength } from './helpers/fuzz.ts'
 
+/** A PUBLISH fixed header (0x30) with this remaining length. */
 function header (remaining: number): Buffer {
-  const bytes = [0x30]
-  do {
-    let b = remaining % 128
-    remaining = Math.floor(remaining / 128)
-    if (remaining > 0) b |= 0x80
-    bytes.push(b)
-  } while (remaining > 0)
-  return Buffer.from(bytes)
+  return Buffer.concat([Buffer.from([0x30]), remainingLength(remaining)])
 }
 
 t.test('checker follows frames split across chunks', async (t) => {

@@ -7,21 +7,11 @@ import t from 'tap'
 import WebSocket from 'ws'
 import { createTestPki } from './helpers/certificates.ts'
 import { startTestVigil, telemetry, type TestVigil } from './helpers/vigil.ts'
+import { remainingLength } from './helpers/fuzz.ts'
 
 const pki = await createTestPki()
 t.teardown(() => pki.remove())
 const ca = await fs.readFile(pki.ca.certFile)
-
-function remainingLength (n: number): Buffer {
-  const bytes: number[] = []
-  do {
-    let b = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) b |= 0x80
-    bytes.push(b)
-  } while (n > 0)
-  return Buffer.from(bytes)
-}
 
 /** Publishes one reading at QoS 1 and returns what the API then has for the patient. */
 async function publishAndReadBack (vigil: TestVigil, client: mqtt.MqttClient, deviceId: string, patientId: string, value: number): Promise<number[]> {
