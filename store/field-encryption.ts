@@ -75,14 +75,34 @@ function additionalData (keyId: string, at: FieldLocation): Buffer {
   }))
 }
 
-/** `v1.<keyId>.<iv>.<ciphertext‖tag>` (base64url), encrypted under the active key. */
-export function encryptField (keyring: Keyring, plaintext: string, at: FieldLocation): string {
+/** AES-256-GCM under the active key with a fresh IV; the text and binary envelopes both carry its parts. */
+function seal (keyring: Keyring, plaintext: Buffer, at: FieldLocation): { keyId: string, iv: Buffer, body: Buffer } {
   const keyId = keyring.activeKeyId
   const key = keyring.keys.get(keyId)!
   const iv = randomBytes(IV_BYTES)
   const cipher = createCipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
   cipher.setAAD(additionalData(keyId, at))
-  const body = Buffer.concat([cipher.update(plaintext, 'utf8'), cipher.final(), cipher.getAuthTag()])
+  return { keyId, iv, body: Buffer.concat([cipher.update(plaintext), cipher.final(), cipher.getAuthTag()]) }
+}
+
+/** The plaintext of `body` (ciphertext‖tag), or UnknownKeyError / DecryptionError: never a wrong value. */
+function open (keyring: Keyring, keyId: string, iv: Buffer, body: Buffer, at: FieldLocation): Buffer {
+  const key = keyring.keys.get(keyId)
+  if (key === undefined) throw new UnknownKeyError(keyId)
+  if (iv.length !== IV_BYTES || body.length < TAG_BYTES) throw new DecryptionError('malformed')
+  const decipher = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
+  decipher.setAAD(additionalData(keyId, at))
+  decipher.setAuthTag(body.subarray(body.length - TAG_BYTES))
+  try {
+    return Buffer.concat([decipher.update(body.subarray(0, body.length - TAG_BYTES)), decipher.final()])
+  } catch {
+    throw new DecryptionError('authentication_failed')
+  }
+}
+
+/** `v1.<keyId>.<iv>.<ciphertext‖tag>` (base64url), encrypted under the active key. */
+export function encryptField (keyring: Keyring, plaintext: string, at: FieldLocation): string {
+  const { keyId, iv, body } = seal(keyring, Buffer.from(plaintext, 'utf8'), at)
   return `${ENVELOPE_VERSION}.${keyId}.${iv.toString('base64url')}.${body.toString('base64url')}`
 }
 
@@ -97,19 +117,7 @@ export function envelopeKeyId (envelope: string): string {
 export function decryptField (keyring: Keyring, envelope: string, at: FieldLocation): string {
   const keyId = envelopeKeyId(envelope)
   const [, , ivText, bodyText] = envelope.split('.') as [string, string, string, string]
-  const key = keyring.keys.get(keyId)
-  if (key === undefined) throw new UnknownKeyError(keyId)
-  const iv = Buffer.from(ivText, 'base64url')
-  const body = Buffer.from(bodyText, 'base64url')
-  if (iv.length !== IV_BYTES || body.length < TAG_BYTES) throw new DecryptionError('malformed')
-  const decipher = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
-  decipher.setAAD(additionalData(keyId, at))
-  decipher.setAuthTag(body.subarray(body.length - TAG_BYTES))
-  try {
-    return Buffer.concat([decipher.update(body.subarray(0, body.length - TAG_BYTES)), decipher.final()]).toString('utf8')
-  } catch {
-    throw new DecryptionError('authentication_failed')
-  }
+  return open(keyring, keyId, Buffer.from(ivText, 'base64url'), Buffer.from(bodyText, 'base64url'), at).toString('utf8')
 }
 
 /**
@@ -117,13 +125,9 @@ export function decryptField (keyring: Keyring, envelope: string, at: FieldLocat
  * same key, IV and additional data rules as encryptField.
  */
 export function encryptBytes (keyring: Keyring, plaintext: Buffer, at: FieldLocation): Buffer {
-  const keyId = keyring.activeKeyId
-  const key = keyring.keys.get(keyId)!
-  const iv = randomBytes(IV_BYTES)
-  const cipher = createCipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
-  cipher.setAAD(additionalData(keyId, at))
+  const { keyId, iv, body } = seal(keyring, plaintext, at)
   const id = Buffer.from(keyId, 'utf8')
-  return Buffer.concat([Buffer.from(ENVELOPE_VERSION, 'ascii'), Buffer.from([id.length]), id, iv, cipher.update(plaintext), cipher.final(), cipher.getAuthTag()])
+  return Buffer.concat([Buffer.from(ENVELOPE_VERSION, 'ascii'), Buffer.from([id.length]), id, iv, body])
 }
 
 /** The key id a binary envelope was written under (without decrypting it). */
@@ -137,19 +141,8 @@ export function bytesKeyId (envelope: Buffer): string {
 /** The plaintext bytes, or UnknownKeyError / DecryptionError: never wrong bytes. */
 export function decryptBytes (keyring: Keyring, envelope: Buffer, at: FieldLocation): Buffer {
   const keyId = bytesKeyId(envelope)
-  const key = keyring.keys.get(keyId)
-  if (key === undefined) throw new UnknownKeyError(keyId)
   const start = 3 + envelope[2]!
-  if (envelope.length < start + IV_BYTES + TAG_BYTES) throw new DecryptionError('malformed')
-  const iv = envelope.subarray(start, start + IV_BYTES)
-  const decipher = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
-  decipher.setAAD(additionalData(keyId, at))
-  decipher.setAuthTag(envelope.subarray(envelope.length - TAG_BYTES))
-  try {
-    return Buffer.concat([decipher.update(envelope.subarray(start + IV_BYTES, envelope.length - TAG_BYTES)), decipher.final()])
-  } catch {
-    throw new DecryptionError('authentication_failed')
-  }
+  return open(keyring, keyId, envelope.subarray(start, start + IV_BYTES), envelope.subarray(start + IV_BYTES), at)
 }
 
 /** Normalizes an identifier before hashing: the lookup must match however it was typed. */
