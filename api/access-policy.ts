@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify'
-import type { AuditLog } from '../store/audit-log.ts'
+import type { AuditEntry, AuditLog } from '../store/audit-log.ts'
 import type { PeopleStore } from '../store/people.ts'
 import type { PatientStore } from '../store/patients.ts'
 import type { PatientScope, Principal } from './auth.ts'
@@ -30,9 +30,17 @@ export function scopesOf (categories: Iterable<string>): ReadonlySet<PatientScop
   return scopes
 }
 
-/** Principals built before roles (authenticateApiTokens): an admin token sees everyone. */
-function scopes (principal: Principal): ReadonlySet<PatientScope> {
-  return principal.patientScopes ?? new Set<PatientScope>(principal.role === 'admin' ? ['all'] : [])
+
+/** Who made this request and from where, for its audit row. */
+export function auditActor (request: FastifyRequest): Pick<AuditEntry, 'actorId' | 'actorKind' | 'role' | 'sourceAddress' | 'requestId'> {
+  const p = request.principal
+  return {
+    actorId: p === null ? null : p.userId ?? p.tokenId,
+    actorKind: p === null ? 'system' : p.kind,
+    role: p?.role ?? null,
+    sourceAddress: request.ip,
+    requestId: request.id
+  }
 }
 
 export interface Decision {
@@ -62,7 +70,7 @@ export function createPatientAccessPolicy ({ people, patients, audit, now = () =
 } {
   async function decide (principal: Principal, patientId: string): Promise<Decision> {
     const denied: Decision = { allowed: false, breakGlassReason: null }
-    const s = scopes(principal)
+    const s = principal.patientScopes
     if (s.size === 0) return denied
     if (await patients.get(patientId) === null) return denied
     if (s.has('all')) return { allowed: true, breakGlassReason: null }
@@ -81,21 +89,17 @@ export function createPatientAccessPolicy ({ people, patients, audit, now = () =
       const principal = request.principal
       const decision = principal === null ? { allowed: false, breakGlassReason: null } : await decide(principal, patientId)
       await audit.record({
-        actorId: principal === null ? null : principal.userId ?? principal.tokenId,
-        actorKind: principal === null ? 'system' : principal.kind ?? 'token',
-        role: principal?.role ?? null,
+        ...auditActor(request),
         patientId,
         action: access.action,
         fields: access.fields ?? [],
         outcome: decision.allowed ? 'allowed' : 'denied',
-        sourceAddress: request.ip,
-        requestId: request.id,
         breakGlassReason: decision.breakGlassReason
       })
       if (!decision.allowed) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
     },
     async visiblePatients (principal: Principal): Promise<ReadonlySet<string> | null> {
-      const s = scopes(principal)
+      const s = principal.patientScopes
       if (s.has('all')) return null
       const visible = new Set<string>()
       if (principal.userId !== null) {

@@ -26,9 +26,8 @@ import type { ReadingStore } from '../store/readings-store.ts'
 import type { RejectionLog } from '../store/rejections.ts'
 import type { Access } from './access.ts'
 import type { VoiceNoteStore } from '../store/voice-notes.ts'
-import { authenticateApiTokens, requireAuthentication } from './auth.ts'
+import { requireAuthentication } from './auth.ts'
 import type { Authenticate } from './auth.ts'
-import { everyPatientVisible } from './patient-access.ts'
 import type { PatientAccessPolicy } from './patient-access.ts'
 import type { AlertingApi } from '../alerts/alerting.ts'
 import { VigilError, errorCatalogue } from './errors.ts'
@@ -102,16 +101,16 @@ export interface ApiDeps extends Partial<ApiLimits> {
   patients: PatientStore
   devices: DeviceRegistry
   tokens: ApiTokenStore
-  /** Bearer secret → principal; default: API tokens only (`authenticateApiTokens(tokens)`). */
-  authenticate?: Authenticate
-  /** Who may see which patient; default: any principal holding the route's permission sees every patient. */
-  patientAccess?: PatientAccessPolicy
   /**
-   * People, roles, sessions and the audit log (createAccess). When set, it authenticates
-   * (unless `authenticate` is given), decides patient access (unless `patientAccess` is given)
-   * and its routes are served: /v1/auth/*, users, roles, care teams, break-glass, audit, tokens.
+   * People, roles, sessions and the audit log (createAccess): it authenticates every bearer
+   * token, decides every patient access, and serves /v1/auth/*, users, roles, care teams,
+   * break-glass, audit and tokens.
    */
-  access?: Access
+  access: Access
+  /** Replaces access's authenticator (tests of one component). */
+  authenticate?: Authenticate
+  /** Replaces access's patient access policy (tests of one component). */
+  patientAccess?: PatientAccessPolicy
   rejections: RejectionLog
   readings: ReadingStore
   metrics: Metrics
@@ -241,14 +240,14 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: docsContentSecurityPolicy })
 
   // The access decisions follow this API's own patient and token stores.
-  const bound = deps.access?.bind({ patients: deps.patients, tokens: deps.tokens })
+  const bound = deps.access.bind({ patients: deps.patients, tokens: deps.tokens })
   const routeDeps: RouteDeps = {
     ...deps,
-    authenticate: deps.authenticate ?? bound?.authenticate ?? authenticateApiTokens(deps.tokens),
-    patientAccess: deps.patientAccess ?? bound?.patientAccess ?? everyPatientVisible(deps.patients)
+    authenticate: deps.authenticate ?? bound.authenticate,
+    patientAccess: deps.patientAccess ?? bound.patientAccess
   }
   const access = deps.access
-  if (access !== undefined) await app.register(async (auth) => { sessionRoutes(auth as ApiInstance, { access }) }, { prefix: '/v1/auth' })
+  await app.register(async (auth) => { sessionRoutes(auth as ApiInstance, { access }) }, { prefix: '/v1/auth' })
   await app.register(async (v1) => {
     requireAuthentication(v1, routeDeps.authenticate, budgets)
     patientRoutes(v1, routeDeps)
@@ -259,7 +258,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     readingRoutes(v1, routeDeps)
     if (routeDeps.patientRecords !== undefined) patientRecordRoutes(v1, { ...routeDeps, patientRecords: routeDeps.patientRecords })
     if (routeDeps.alerts !== undefined) alertRoutes(v1, { ...routeDeps, alerts: routeDeps.alerts })
-    if (access !== undefined) accessRoutes(v1, { ...routeDeps, access })
+    accessRoutes(v1, { ...routeDeps, access })
     alertRuleRoutes(v1, routeDeps)
     jobRoutes(v1, routeDeps)
     // Voice notes need the PHI keys (their store encrypts audio and transcripts).

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import type { ApiTokenStore, TokenRole } from '../store/api-tokens.ts'
+import type { TokenRole } from '../store/api-tokens.ts'
 import { VigilError } from './errors.ts'
 import type { RequestBudgets } from './rate-limits.ts'
 
@@ -37,14 +37,6 @@ export const permissions = [
 
 export type Permission = typeof permissions[number]
 
-/**
- * API-token permissions when no role definitions are wired (buildApi without `access`).
- * With `access` (api/access.ts), permissions come from the role_definitions table.
- */
-export const rolePermissions: Readonly<{ admin: ReadonlySet<Permission>, [role: TokenRole]: ReadonlySet<Permission> | undefined }> = {
-  admin: new Set(permissions)
-}
-
 /** How far a principal reaches into patients; see api/access-policy.ts. */
 export type PatientScope = 'all' | 'care-team' | 'self'
 
@@ -57,12 +49,12 @@ export interface Principal {
   /** The person behind the request (a user's session); null for service/API tokens. */
   userId: string | null
   permissions: ReadonlySet<Permission>
-  /** 'user' for a login session, 'token' for an API token. Absent: an API token. */
-  kind?: 'user' | 'token'
+  /** 'user' for a login session, 'token' for an API token. */
+  kind: 'user' | 'token'
   /** Role definition ids held. */
-  roles?: readonly string[]
-  /** Which patients the principal's roles reach; absent: derived from `role` (admin: all). */
-  patientScopes?: ReadonlySet<PatientScope>
+  roles: readonly string[]
+  /** Which patients the principal's roles reach (from the roles' categories). */
+  patientScopes: ReadonlySet<PatientScope>
 }
 
 /**
@@ -70,15 +62,6 @@ export interface Principal {
  * the alert stream and MQTT subscribers for alerts all authenticate people through this.
  */
 export type Authenticate = (bearer: string) => Promise<Principal | null>
-
-/** The default authenticator: API tokens from the token store. */
-export function authenticateApiTokens (tokens: ApiTokenStore): Authenticate {
-  return async (bearer) => {
-    const token = await tokens.authenticate(bearer)
-    if (token === null) return null
-    return { ...token, userId: null, permissions: rolePermissions[token.role] ?? new Set() }
-  }
-}
 
 declare module 'fastify' {
   interface FastifyRequest {

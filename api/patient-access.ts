@@ -1,7 +1,5 @@
 import type { FastifyRequest } from 'fastify'
-import type { PatientStore } from '../store/patients.ts'
 import type { Principal } from './auth.ts'
-import { VigilError } from './errors.ts'
 
 /** What a route does to a patient's data, for the access decision and the audit log. */
 export interface PatientAccessRequest {
@@ -29,22 +27,4 @@ export interface PatientAccessPolicy {
   visiblePatients (principal: Principal): Promise<ReadonlySet<string> | null>
   /** The decision `require` makes, without a request and without an audit row (MQTT, stream fan-out). */
   canSee (principal: Principal, patientId: string): Promise<boolean>
-}
-
-/**
- * The policy before roles existed: a principal holding the route's permission sees every
- * patient. Only an unknown patient is refused.
- */
-export function everyPatientVisible (patients: PatientStore): PatientAccessPolicy {
-  return {
-    async require (_request, patientId) {
-      if (await patients.get(patientId) === null) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
-    },
-    async visiblePatients () {
-      return null
-    },
-    async canSee (_principal, patientId) {
-      return await patients.get(patientId) !== null
-    }
-  }
 }

@@ -1,6 +1,7 @@
 import type { ApiInstance, RouteDeps } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import { IdParams, PageQuery, Rejection, decodeSerialCursor, errorResponses, page, pageOf } from '../schemas.ts'
+import { auditActor } from '../access-policy.ts'
 
 export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections, access }: Pick<RouteDeps, 'devices' | 'rejections' | 'access'>): void {
   app.get('/devices/:id/rejections', {
@@ -23,11 +24,10 @@ export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections, 
     const { limit, cursor } = request.query
     const rows = await rejections.list(id, { limit: limit + 1, beforeId: decodeSerialCursor(cursor) })
     // A payload may hold PHI of a patient no one has resolved: audited with no patient.
-    const p = request.principal
     if (rows.length > 0) {
-      await access?.audit.record({
-        actorId: p?.userId ?? p?.tokenId ?? null, actorKind: p?.kind ?? 'token', role: p?.role ?? null, patientId: null,
-        action: 'rejections:read', fields: ['payload'], outcome: 'allowed', sourceAddress: request.ip, requestId: request.id
+      await access.audit.record({
+        ...auditActor(request), patientId: null,
+        action: 'rejections:read', fields: ['payload'], outcome: 'allowed'
       })
     }
     return pageOf(rows, limit, (last) => last.id)

@@ -1,6 +1,7 @@
 import type { ApiInstance, RouteDeps } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import { IdParams, NewPatient, PageQuery, Patient, decodeIdCursor, errorResponses, page, pageOf } from '../schemas.ts'
+import { auditActor } from '../access-policy.ts'
 
 export function patientRoutes (app: ApiInstance, { patients, patientAccess, access }: Pick<RouteDeps, 'patients' | 'patientAccess' | 'access'>): void {
   app.post('/patients', {
@@ -15,10 +16,9 @@ export function patientRoutes (app: ApiInstance, { patients, patientAccess, acce
     reply.code(201)
     // The patient is also a user with the patient role (migration 003's trigger, same transaction).
     const patient = await patients.create(request.body.displayName.trim())
-    const p = request.principal
-    await access?.audit.record({
-      actorId: p?.userId ?? p?.tokenId ?? null, actorKind: p?.kind ?? 'token', role: p?.role ?? null, patientId: patient.id,
-      action: 'patients:write', fields: ['displayName'], outcome: 'allowed', sourceAddress: request.ip, requestId: request.id
+    await access.audit.record({
+      ...auditActor(request), patientId: patient.id,
+      action: 'patients:write', fields: ['displayName'], outcome: 'allowed'
     })
     return patient
   })
@@ -55,11 +55,10 @@ export function patientRoutes (app: ApiInstance, { patients, patientAccess, acce
       : await patients.list({ limit: limit + 1, afterId: decodeIdCursor(cursor), ids: visible === null ? undefined : [...visible] })
     const result = pageOf(rows, limit, (last) => last.id)
     // Names are PHI: one audit row per list read, with no single patient.
-    const p = request.principal
     if (result.items.length > 0) {
-      await access?.audit.record({
-        actorId: p?.userId ?? p?.tokenId ?? null, actorKind: p?.kind ?? 'token', role: p?.role ?? null, patientId: null,
-        action: 'patients:list', fields: ['displayName'], outcome: 'allowed', sourceAddress: request.ip, requestId: request.id
+      await access.audit.record({
+        ...auditActor(request), patientId: null,
+        action: 'patients:list', fields: ['displayName'], outcome: 'allowed'
       })
     }
     return result

@@ -42,7 +42,7 @@ function actorOf (request: FastifyRequest): string {
 }
 
 function reachesEveryPatient (p: Principal): boolean {
-  return p.patientScopes?.has('all') ?? p.role === 'admin'
+  return p.patientScopes.has('all')
 }
 
 /**
@@ -238,7 +238,7 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
     }
   }, async (request, reply) => {
     const principal = request.principal as Principal
-    if (principal.userId === null || !(principal.patientScopes?.has('care-team') ?? false)) {
+    if (principal.userId === null || !principal.patientScopes.has('care-team')) {
       throw new VigilError('VIGIL_ERR_FORBIDDEN', 'break-glass is for clinicians signed in as themselves')
     }
     const patientId = request.params.id

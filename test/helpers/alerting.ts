@@ -5,7 +5,6 @@ import { loadConfig } from '../../config/config.ts'
 import { startIngest } from '../../ingest/ingest.ts'
 import { buildApi, type ApiDeps } from '../../api/app.ts'
 import type { Principal } from '../../api/auth.ts'
-import { rolePermissions } from '../../api/auth.ts'
 import type { PatientAccessPolicy } from '../../api/patient-access.ts'
 import { VigilError } from '../../api/errors.ts'
 import { aedesPublisher, startAlerting, type Alerting, type AlertingDeps } from '../../alerts/alerting.ts'
@@ -26,7 +25,6 @@ export function manualClock (start = Date.parse('2026-11-20T08:00:00Z')) {
  */
 export function testAccess (deps: ApiDeps) {
   const scoped = new Map<string, ReadonlySet<string>>()
-  const admin = rolePermissions.admin
   let n = 0
   const policy: PatientAccessPolicy = {
     async require (request, patientId) {
@@ -43,8 +41,7 @@ export function testAccess (deps: ApiDeps) {
     async authenticate (bearer: string): Promise<Principal | null> {
       const clinician = clinicians.get(bearer)
       if (clinician !== undefined) return clinician
-      const token = await deps.tokens.authenticate(bearer)
-      return token === null ? null : { ...token, userId: null, permissions: admin }
+      return await deps.access.authenticate(bearer)
     },
     /** A bearer token for a clinician (a user) who sees only `patients`. */
     clinicianToken (patients: string[], permissions: Iterable<string> = ['alerts:read', 'alerts:ack', 'alerts:write']): { token: string, userId: string } {
@@ -53,7 +50,10 @@ export function testAccess (deps: ApiDeps) {
       const userId = `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`
       const tokenId = `clinician-${n}`
       scoped.set(tokenId, new Set(patients))
-      clinicians.set(token, { tokenId, name: tokenId, role: 'admin', userId, permissions: new Set(permissions) as Principal['permissions'] })
+      clinicians.set(token, {
+        tokenId, name: tokenId, role: 'nurse', kind: 'user', roles: ['nurse'], userId,
+        permissions: new Set(permissions) as Principal['permissions'], patientScopes: new Set(['care-team'])
+      })
       return { token, userId }
     },
     /** The token stops authenticating (logout, revocation, expiry). */
