@@ -5,6 +5,7 @@ import type { Authenticate, Principal } from '../api/auth.ts'
 import type { Config } from '../config/config.ts'
 import type { Ingest, TopicKind } from '../ingest/ingest.ts'
 import type { Metrics } from '../observability/metrics.ts'
+import { createLogThrottle } from '../observability/log-throttle.ts'
 import type { DeviceRegistry } from '../store/device-registry.ts'
 import { createAddressGuard } from './address-guard.ts'
 import { FrameTooLargeError, SlowSubscriberError, UnexpectedPacketTypeError, limitFrames } from './frame-limit.ts'
@@ -109,6 +110,12 @@ const CLIENT_ID = /^[A-Za-z0-9_-]{1,64}$/
 const PUBLISH_TOPIC = /^devices\/([0-9a-f-]{36})\/(telemetry|senml|status)$/
 const ALERT_TOPIC = /^alerts\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/
 
+/** What a log line needs of a storage error: no stack (the cause is the same for every publish). */
+function errorSummary (err: Error): { error: string, code?: string } {
+  const code = (err as { code?: unknown }).code
+  return typeof code === 'string' ? { error: err.message, code } : { error: err.message }
+}
+
 /** A refusal already counted and logged: Aedes reports it again as a client error. */
 class Refusal extends Error {
   constructor (readonly reason: RefusalReason, message: string, readonly returnCode?: 2 | 3 | 4 | 5) {
@@ -170,6 +177,9 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     failureWindowMs: limits.authFailureWindowMs,
     lockoutMs: limits.lockoutMs
   })
+  // A full disk or a store outage refuses every publish for one cause: one line per reason per
+  // interval with a count, not a stack trace per publish written onto that same disk.
+  const storeRefusals = createLogThrottle(log)
 
   function refuse (reason: RefusalReason, fields: Record<string, unknown>, level: 'error' | 'warn' | 'debug' = 'warn'): void {
     metrics.mqttRefused.inc({ reason })
@@ -285,7 +295,8 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         }
         deps.presence.status(session.deviceId, packet.topic, payload).then(() => done(null), (err: Error) => {
           metrics.mqttRefused.inc({ reason: 'store_unavailable' })
-          log.error({ err, deviceId: session.deviceId, reason: 'store_unavailable' }, 'status not made durable: closing connection without PUBACK')
+          storeRefusals.log('error', 'status:store_unavailable', { deviceId: session.deviceId, reason: 'store_unavailable', ...errorSummary(err) },
+            'status not made durable: closing connection without PUBACK')
           countedErrors.add(err)
           refusedClients.add(client)
           done(err)
@@ -295,7 +306,8 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
       ingest.accept(session.deviceId, match[2] as TopicKind, packet.topic, payload).then(() => done(null), (err: Error) => {
         const reason = err.name === 'SpoolFullError' ? 'spool_full' : 'store_unavailable'
         metrics.mqttRefused.inc({ reason })
-        log.error({ err, deviceId: session.deviceId, reason }, 'reading not made durable: closing connection without PUBACK')
+        storeRefusals.log('error', reason, { deviceId: session.deviceId, reason, ...errorSummary(err) },
+          'reading not made durable: closing connection without PUBACK')
         countedErrors.add(err)
         refusedClients.add(client)
         done(err)
@@ -433,6 +445,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     await closeListeners()
     await new Promise<void>((resolve) => aedes.close(() => resolve()))
     guard.close()
+    storeRefusals.close()
     throw err
   }
   const portOf = (transport: Transport): number | null => listeners.find((l) => l.transport === transport)?.port ?? null
@@ -484,6 +497,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
       await new Promise<void>((resolve) => aedes.close(() => resolve()))
       await listenersClosed
       guard.close()
+      storeRefusals.close()
     }
   }
 }

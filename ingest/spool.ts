@@ -4,6 +4,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import zlib from 'node:zlib'
 import type { Logger } from 'pino'
+import { createLogThrottle } from '../observability/log-throttle.ts'
 import type { ReadingStore } from '../store/readings-store.ts'
 import type { StoredReading } from './reading.ts'
 
@@ -284,7 +285,9 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
   for (const seq of seqs.filter((s) => s < head.segment)) await fs.rm(path.join(dir, segmentName(seq)), { force: true })
   seqs = seqs.filter((s) => s >= head.segment)
   if (seqs[0] !== head.segment) {
-    if (head.offset !== 0) log.warn({ segment: head.segment }, 'checkpointed spool segment is missing; continuing with the next one')
+    // Delivered segments are deleted before the checkpoint moves past them (commitCheckpoint):
+    // a crash between the two leaves this, and the oldest segment left is where delivery resumes.
+    if (head.offset !== 0) log.info({ segment: head.segment }, 'checkpointed spool segment already deleted; resuming at the next one')
     head = { segment: seqs[0] ?? head.segment + (head.offset === 0 ? 0 : 1), offset: 0 }
   }
 
@@ -352,6 +355,12 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
   // Delivered up to here; the checkpoint (head) follows it at checkpointIntervalMs.
   let cursor: Position = head
   let lastCheckpointAt = 0
+  // An append failed with ENOSPC/EDQUOT: the active segment is rotated as soon as it is delivered.
+  let outOfSpace = false
+  // Delivered bytes worth a new segment when caught up (see reclaimActiveSegment).
+  const reclaimBytes = Math.min(segmentBytes, 1024 * 1024)
+  // Errors that repeat for one cause (a full disk, a store refusing every write): a line per interval.
+  const throttled = createLogThrottle(log)
 
   function signalDelivery (): void {
     generation++
@@ -418,7 +427,13 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
           for (const p of batch) p.resolve()
         } catch (err) {
           const error = err instanceof Error ? err : new Error(String(err))
-          log.error({ code: ioCode(err), count: batch.length }, 'spool append failed')
+          const code = ioCode(err)
+          throttled.log('error', `append:${code}`, { code, count: batch.length }, 'spool append failed')
+          if (code === 'ENOSPC' || code === 'EDQUOT') {
+            // Delivered bytes in the active segment may be what fills the disk: let delivery free them.
+            outOfSpace = true
+            signalDelivery()
+          }
           for (const p of batch) p.reject(error)
         } finally {
           pendingBytes -= bytes
@@ -524,7 +539,25 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     return header.length === headerBytes + bodyFixedBytes ? header.readDoubleLE(headerBytes + 5) : null
   }
 
+  /**
+   * Deletes the segments wholly before `pos`, then records `pos`. Deleting first means a full
+   * disk never keeps delivered data (the checkpoint's temp file needs space; deleting needs
+   * none). A crash between the two leaves a checkpoint naming a deleted segment: openSpool then
+   * starts at the oldest segment left, at offset 0, which re-delivers at most what followed the
+   * old checkpoint there (harmless: writes are idempotent). Oldest first, stopping at the first
+   * failure, so the segments left are always a contiguous run.
+   */
   async function commitCheckpoint (pos: Position): Promise<void> {
+    for (const s of segments.filter((s) => s.seq < pos.segment)) {
+      await closeReadHandle(s.seq)
+      try {
+        await fs.rm(path.join(dir, segmentName(s.seq)), { force: true })
+      } catch (err) {
+        throttled.log('warn', `rm:${ioCode(err)}`, { code: ioCode(err), segment: segmentName(s.seq) }, 'spool: could not delete a delivered segment; retried at the next checkpoint')
+        break
+      }
+      segments.splice(segments.indexOf(s), 1)
+    }
     // write temp + fsync + rename + fsync dir: the checkpoint is the old one or the new one.
     const tmp = path.join(dir, `${checkpointName}.tmp`)
     const handle = await fs.open(tmp, 'w')
@@ -537,10 +570,32 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     await fs.rename(tmp, path.join(dir, checkpointName))
     await fsyncDir(dir)
     head = pos
-    for (const s of segments.filter((s) => s.seq < pos.segment)) {
-      await closeReadHandle(s.seq)
-      await fs.rm(path.join(dir, segmentName(s.seq)), { force: true })
-      segments.splice(segments.indexOf(s), 1)
+  }
+
+  /**
+   * When everything is delivered, the active segment holds only delivered bytes, which no
+   * checkpoint can free while appends still go there: start a new segment so the old one can be
+   * deleted. Done once it holds reclaimBytes, or as soon as an append failed for lack of space.
+   * Runs only while no append is being written, holding `writing` so none starts meanwhile.
+   */
+  async function reclaimActiveSegment (): Promise<boolean> {
+    if (cursor.segment !== active.seq || cursor.offset !== active.size || active.size === 0) return false
+    if (active.size < reclaimBytes && !outOfSpace) return false
+    if (writing !== null || queue.length > 0 || closed) return false
+    let release!: () => void
+    writing = new Promise<void>((resolve) => { release = resolve })
+    try {
+      await rotate()
+      outOfSpace = false
+      cursor = { segment: active.seq, offset: 0 }
+      return true
+    } catch (err) {
+      throttled.log('warn', `rotate:${ioCode(err)}`, { code: ioCode(err) }, 'spool: could not start a new segment to free the delivered one')
+      return false
+    } finally {
+      writing = null
+      release()
+      if (queue.length > 0) writing = Promise.resolve().then(drainQueue)
     }
   }
 
@@ -639,11 +694,19 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     })
   }
 
+  /**
+   * A failed checkpoint (ENOSPC for its temp file) does not stop delivery: it only means a
+   * restart re-delivers more. It is tried again at the next interval.
+   */
   async function checkpointIfDue (force: boolean): Promise<void> {
     if (cursor === head) return
     if (!force && performance.now() - lastCheckpointAt < checkpointInterval) return
-    await commitCheckpoint(cursor)
     lastCheckpointAt = performance.now()
+    try {
+      await commitCheckpoint(cursor)
+    } catch (err) {
+      throttled.log('warn', `checkpoint:${ioCode(err)}`, { code: ioCode(err) }, 'spool: checkpoint failed; delivery goes on and it is retried')
+    }
   }
 
   let checkpointInterval = 250
@@ -672,7 +735,9 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
           batch = read === null ? null : { ...read, done: 0, dead: [], delivered: 0, latencyMs: 0 }
         }
         if (batch === null) {
-          // Caught up: move the checkpoint once it is due, then sleep until the next append.
+          // Caught up: free the active segment if it is worth it, move the checkpoint once it is
+          // due, then sleep until the next append.
+          if (await reclaimActiveSegment()) continue
           if (cursor !== head) {
             const due = checkpointInterval - (performance.now() - lastCheckpointAt)
             if (due > 0 && generation === seen) await pause(due, true)
@@ -706,9 +771,9 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
         if ((err as { retriable?: unknown } | null)?.retriable === false) {
           // e.g. unauthorized or a missing database: retrying cannot fix it, but the setup can,
           // and dropping would lose readings.
-          log.error({ error: error.message, retryInMs: backoff }, 'spool delivery blocked by a permanent store error; readings are kept until it is fixed')
+          throttled.log('error', `deliver:${error.message}`, { error: error.message, retryInMs: backoff }, 'spool delivery blocked by a permanent store error; readings are kept until it is fixed')
         } else {
-          log.warn({ error: error.message, retryInMs: backoff }, 'spool delivery failed; retrying')
+          throttled.log('warn', `deliver:${error.message}`, { error: error.message, retryInMs: backoff }, 'spool delivery failed; retrying')
         }
         safeEmit('deliveryFailed', error)
         if (stopping) break
@@ -771,6 +836,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     }
     for (const seq of [...readHandles.keys()]) await closeReadHandle(seq)
     await writeHandle.close()
+    throttled.close()
     log.info({ depthReadings, depthBytes }, 'spool closed')
   }
 
