@@ -215,12 +215,10 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const scheme = config.httpTls === null ? 'http' : 'https'
 
     // Where a local tool (the simulator) finds the ports actually bound, when they were 0 or fell
-    // back. Written to a temp file and renamed, so a reader never sees half of it.
-    const listeningFile = path.join(config.dataDir, 'listening.json')
-    await fs.writeFile(`${listeningFile}.tmp`, JSON.stringify({
+    // back. Optional: a full disk must not stop start-up (issue 12), so failing is a warning.
+    await writeListeningFile(path.join(config.dataDir, 'listening.json'), {
       pid: process.pid, httpPort, httpTls: config.httpTls !== null, mqttPort: broker.port, mqttTlsPort: broker.tlsPort, mqttWsPort: broker.wsPort
-    }) + '\n')
-    await fs.rename(`${listeningFile}.tmp`, listeningFile)
+    }, log)
     log.info({
       http: `${scheme}://${config.httpHost}:${httpPort}`,
       mqtt: `mqtt://${config.mqttHost}:${broker.port}`,
@@ -234,6 +232,21 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
   } catch (err) {
     await close().catch((closeErr) => log.error({ err: closeErr }, 'cleanup after failed start failed'))
     throw err
+  }
+}
+
+/**
+ * Written to a temp file and renamed, so a reader never sees half of it. On failure (ENOSPC) the
+ * previous run's file is removed, so no tool reads stale ports, and start-up goes on.
+ */
+async function writeListeningFile (file: string, ports: Record<string, unknown>, log: Logger): Promise<void> {
+  try {
+    await fs.writeFile(`${file}.tmp`, JSON.stringify(ports) + '\n')
+    await fs.rename(`${file}.tmp`, file)
+  } catch (err) {
+    await fs.rm(`${file}.tmp`, { force: true }).catch(() => {})
+    await fs.rm(file, { force: true }).catch(() => {})
+    log.warn({ file, code: (err as NodeJS.ErrnoException).code }, 'could not write listening.json (optional: the simulator reads ports from it); starting anyway')
   }
 }
 

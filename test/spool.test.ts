@@ -100,7 +100,10 @@ async function checkpointAtEnd (dir: string): Promise<boolean> {
 }
 
 async function checkpointAtEndNow (dir: string): Promise<boolean> {
-  const checkpoint = JSON.parse(await fs.readFile(path.join(dir, 'checkpoint.json'), 'utf8')) as { segment: number, offset: number }
+  // Delivered segments are deleted before the checkpoint is written: it may not exist yet.
+  const text = await fs.readFile(path.join(dir, 'checkpoint.json'), 'utf8').catch(() => null)
+  if (text === null) return false
+  const checkpoint = JSON.parse(text) as { segment: number, offset: number }
   const last = (await segmentFiles(dir)).at(-1)!
   return `${String(checkpoint.segment).padStart(16, '0')}.wal` === last && checkpoint.offset === (await fs.stat(path.join(dir, last))).size
 }
@@ -155,8 +158,7 @@ t.test('append, deliver in order, checkpoint, delete delivered segments', async 
   // The checkpoint trails delivery by up to checkpointIntervalMs; then the segments go.
   await waitFor('the checkpoint to pass the delivered segments', async () => (await segmentFiles(dir)).length === 1)
   t.pass('delivered segments are deleted')
-  const checkpoint = JSON.parse(await fs.readFile(path.join(dir, 'checkpoint.json'), 'utf8')) as { segment: number, offset: number }
-  t.equal(`${String(checkpoint.segment).padStart(16, '0')}.wal`, (await segmentFiles(dir))[0])
+  t.ok(await checkpointAtEnd(dir), 'the checkpoint names the segment left')
 
   // An idle delivery loop wakes on the next append without polling.
   const more = readings(2)
@@ -212,6 +214,37 @@ t.test('a restart replays exactly the undelivered records', async (t) => {
 
   const third = await open(t, dir)
   t.equal(third.stats().depthReadings, 0, 'nothing left to replay')
+})
+
+t.test('a crash after deleting delivered segments but before the checkpoint: the restart resumes at the oldest segment left', async (t) => {
+  const dir = await tempDir(t)
+  const first = await openSpool({ dir, maxBytes: 1 << 20, log, segmentBytes: 512 })
+  const written: StoredReading[] = []
+  for (let i = 0; i < 12; i++) {
+    const batch = readings(5)
+    written.push(...batch)
+    await first.append(batch)
+  }
+  const segmentsBefore = await segmentFiles(dir)
+  // Only the first two writes (10 readings each) succeed, so delivery stops inside a later segment.
+  const failing = recordingStore((call) => { if (call > 2) throw new Error('store down') })
+  let failures = 0
+  first.on('deliveryFailed', () => { failures++ })
+  first.startDelivery(failing, { maxBatchReadings: 10, minBackoffMs: 5, maxBackoffMs: 20, checkpointIntervalMs: 0 })
+  await waitFor('failures', () => failures >= 3)
+  await first.close()
+  const left = await segmentFiles(dir)
+  t.ok(left.length < segmentsBefore.length, 'delivered segments deleted')
+  // The crash: the segments are gone, but the checkpoint still names the first one, mid-file.
+  await fs.writeFile(path.join(dir, 'checkpoint.json'), JSON.stringify({ segment: Number(segmentsBefore[0]!.slice(0, 16)), offset: 100 }))
+
+  const second = await open(t, dir, { segmentBytes: 512 })
+  const store = recordingStore()
+  second.startDelivery(store)
+  await waitFor('replay', () => second.stats().depthReadings === 0)
+  const delivered = new Set(store.all().map((r) => r.ts))
+  t.strictSame(written.slice(20).filter((r) => !delivered.has(r.ts)), [], 'every undelivered reading delivered after the restart')
+  t.ok(store.all().length >= 40, 're-delivery from the start of the oldest segment left is allowed (writes are idempotent)')
 })
 
 t.test('close waits for the in-flight write and drops nothing', async (t) => {

@@ -14,7 +14,26 @@ export interface VigilProcess {
   output (): string
 }
 
-/** Runs the real entry point (`node --import tsx main.ts`) and waits until it listens. */
+/** Ports from the `vigil started` log line (LOG_LEVEL info or lower), for when listening.json cannot be written (full disk). */
+function portsFromLog (out: string): { httpPort: number, mqttPort: number } | undefined {
+  for (const line of out.split('\n')) {
+    if (!line.includes('"vigil started"')) continue
+    try {
+      const entry = JSON.parse(line) as { http?: string, mqtt?: string }
+      const httpPort = Number(new URL(entry.http ?? '').port)
+      const mqttPort = Number(new URL(entry.mqtt ?? '').port)
+      if (httpPort > 0 && mqttPort > 0) return { httpPort, mqttPort }
+    } catch {
+      // not a JSON log line
+    }
+  }
+  return undefined
+}
+
+/**
+ * Runs the real entry point (`node --import tsx main.ts`) and waits until it listens: until it
+ * wrote listening.json, or logged `vigil started` (LOG_LEVEL info).
+ */
 export async function spawnVigil (env: Record<string, string>, dataDir: string): Promise<VigilProcess> {
   const listeningFile = path.join(dataDir, 'listening.json')
   await fs.rm(listeningFile, { force: true })
@@ -33,6 +52,8 @@ export async function spawnVigil (env: Record<string, string>, dataDir: string):
     if (ports !== undefined && ports.pid === child.pid) {
       return { child, httpPort: ports.httpPort, mqttPort: ports.mqttPort, exited, output: () => out }
     }
+    const logged = portsFromLog(out)
+    if (logged !== undefined) return { child, ...logged, exited, output: () => out }
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill('SIGKILL')
       throw new Error(`vigil did not start (exit ${child.exitCode}):\n${out}`)
