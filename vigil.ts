@@ -198,6 +198,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords, access, alerts: alerting.api, alertRules: alertEngine,
       jobs: jobs.queue,
       voiceNotes: jobs.voiceNotes,
+      spool,
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute

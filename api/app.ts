@@ -51,6 +51,7 @@ import { readingRoutes } from './routes/readings.ts'
 import { alertRuleRoutes } from './routes/alert-rules.ts'
 import type { AlertRulesApi } from './routes/alert-rules.ts'
 import { voiceNoteRoutes } from './routes/voice-notes.ts'
+import { spoolRoutes, type SpoolAdmin } from './routes/spool.ts'
 
 /** Abuse and overload limits; each has a default in `apiLimitDefaults`. */
 export interface ApiLimits {
@@ -134,6 +135,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
   alerts?: AlertingApi
   /** The alert engine (rules file, overrides): /v1/alert-rules and /v1/patients/:id/rule-overrides exist only when set. */
   alertRules?: AlertRulesApi
+  /** The InfluxDB spool: /v1/admin/spool/* exist only when set. */
+  spool?: SpoolAdmin | null
 }
 
 /** The Fastify instance routes are registered on: TypeBox schemas give handler types. */
@@ -263,6 +266,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     jobRoutes(v1, routeDeps)
     // Voice notes need the PHI keys (their store encrypts audio and transcripts).
     if (routeDeps.voiceNotes !== undefined) voiceNoteRoutes(v1, { ...routeDeps, voiceNotes: routeDeps.voiceNotes })
+    if (routeDeps.spool != null) spoolRoutes(v1, { ...routeDeps, spool: routeDeps.spool })
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })

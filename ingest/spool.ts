@@ -77,6 +77,11 @@ export interface SpoolStats {
   appendSyncs: number
   /** Readings moved to the dead-letter file since the spool was opened. */
   deadLettered: number
+  /**
+   * Delivery is held up by an error retrying cannot cure but fixing the store can (auth, a
+   * missing database, a series limit): readings are kept and retried with backoff meanwhile.
+   */
+  deliveryBlocked: boolean
 }
 
 export interface SpoolEvents {
@@ -92,6 +97,13 @@ export interface Spool extends EventEmitter<SpoolEvents> {
   append (readings: StoredReading[]): Promise<void>
   startDelivery (store: ReadingStore, options?: DeliveryOptions): void
   stats (): SpoolStats
+  /**
+   * Appends the readings of the dead-letter file to the spool again (after the store was fixed:
+   * a longer retention policy …) and removes the file. Idempotent: rewriting a point is
+   * harmless, and a crash mid-way leaves `dead-letter.ndjson.replaying`, replayed by the next call.
+   * Whatever the store still refuses is dead-lettered again.
+   */
+  replayDeadLetters (): Promise<{ replayed: number }>
   /**
    * Waits for pending appends and (at most closeTimeoutMs) for the in-flight store write, then
    * stops. Undelivered data stays on disk; nothing touches the files once this resolves.
@@ -255,13 +267,14 @@ interface Batch extends RecordRun {
 }
 
 /**
- * Data the store will never accept (InfluxDB: retention policy, field type conflict, unparsable
- * line). Deliberately narrow: 401/403/404/5xx and network errors are configuration or
- * availability problems that fixing the setup cures, so those keep every reading and retry.
+ * Data the store will never accept as it stands: the store says so (`rejectsData`, see
+ * store/influx-readings.ts: unparsable line, field type conflict, beyond the retention policy).
+ * Deliberately narrow: a 400 is not proof the data is bad — series limits, auth, a missing
+ * database, 5xx and network errors are cured by fixing the store, so those keep every reading
+ * and retry with backoff.
  */
 function isPoison (err: unknown): boolean {
-  const status = (err as { statusCode?: unknown } | null)?.statusCode
-  return status === 400 || status === 422
+  return (err as { rejectsData?: unknown } | null)?.rejectsData === true
 }
 
 /** close() stopped waiting for the store write this rejects. */
@@ -352,6 +365,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
   let closing: Promise<void> | null = null
   let deadLettered = 0
   let deadLetterDirSynced = false
+  let deliveryBlocked = false
   // Delivered up to here; the checkpoint (head) follows it at checkpointIntervalMs.
   let cursor: Position = head
   let lastCheckpointAt = 0
@@ -760,6 +774,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
         const { delivered, latencyMs } = batch
         batch = null
         backoff = minBackoff
+        deliveryBlocked = false
         if (delivered > 0) safeEmit('delivered', delivered, latencyMs)
         await checkpointIfDue(false)
       } catch (err) {
@@ -768,7 +783,8 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
         if (err instanceof WriteAbandoned || abandoned) return
         const error = err instanceof Error ? err : new Error(String(err))
         // Store errors never carry reading values (see store/influx-readings.ts); log the message only.
-        if ((err as { retriable?: unknown } | null)?.retriable === false) {
+        deliveryBlocked = (err as { retriable?: unknown } | null)?.retriable === false
+        if (deliveryBlocked) {
           // e.g. unauthorized or a missing database: retrying cannot fix it, but the setup can,
           // and dropping would lose readings.
           throttled.log('error', `deliver:${error.message}`, { error: error.message, retryInMs: backoff }, 'spool delivery blocked by a permanent store error; readings are kept until it is fixed')
@@ -840,6 +856,44 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     log.info({ depthReadings, depthBytes }, 'spool closed')
   }
 
+  let replaying: Promise<unknown> = Promise.resolve()
+
+  async function replayDeadLetters (): Promise<{ replayed: number }> {
+    const file = path.join(dir, deadLetterName)
+    const claimed = path.join(dir, `${deadLetterName}.replaying`)
+    let replayed = 0
+    // A claimed file left by an interrupted replay first, then the current one.
+    for (const fresh of [false, true]) {
+      if (closed) throw new Error('spool is closed')
+      if (fresh) {
+        try {
+          await fs.rename(file, claimed)
+        } catch (err) {
+          if (ioCode(err) === 'ENOENT') break
+          throw err
+        }
+        await fsyncDir(dir)
+        // The next dead letter starts a new file, whose name must be synced again.
+        deadLetterDirSynced = false
+      }
+      let text: string
+      try {
+        text = await fs.readFile(claimed, 'utf8')
+      } catch (err) {
+        if (ioCode(err) === 'ENOENT') continue
+        throw err
+      }
+      const readings = text.split('\n').filter((line) => line !== '').map((line) => (JSON.parse(line) as { reading: StoredReading }).reading)
+      for (let i = 0; i < readings.length; i += 1000) await append(readings.slice(i, i + 1000))
+      // Only once every reading is back in the spool (fsync'd): a crash before this replays them again.
+      await fs.rm(claimed)
+      await fsyncDir(dir)
+      replayed += readings.length
+    }
+    if (replayed > 0) log.info({ replayed }, 'spool: dead letters appended again for delivery')
+    return { replayed }
+  }
+
   function close (): Promise<void> {
     // A second caller waits for the same shutdown rather than returning while it runs.
     closing ??= shutdown()
@@ -854,8 +908,15 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
       depthBytes,
       oldestUnwrittenAgeMs: oldestAppendedAt === null ? 0 : Math.max(0, Date.now() - oldestAppendedAt),
       appendSyncs,
-      deadLettered
+      deadLettered,
+      deliveryBlocked
     }),
+    replayDeadLetters: () => {
+      // One at a time: two would both read the .replaying file.
+      const run = replaying.then(replayDeadLetters)
+      replaying = run.catch(() => {})
+      return run
+    },
     close
   })
 }

@@ -5,7 +5,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
  * so tests can run several instances in one process). Labels never carry PHI or ids:
  * only reasons, topic kinds and outcomes.
  */
-export interface SpoolStats { depthReadings: number, depthBytes: number, oldestUnwrittenAgeMs: number }
+export interface SpoolStats { depthReadings: number, depthBytes: number, oldestUnwrittenAgeMs: number, deliveryBlocked?: boolean }
 
 export function createMetrics () {
   const registry = new Registry()
@@ -87,6 +87,12 @@ export function createMetrics () {
       help: 'Age of the oldest reading in the spool not yet confirmed by InfluxDB (0 when empty)',
       registers: [registry],
       collect () { if (spoolStats !== null) this.set(spoolStats().oldestUnwrittenAgeMs / 1000) }
+    }),
+    spoolDeliveryBlocked: new Gauge({
+      name: 'vigil_spool_delivery_blocked',
+      help: '1 while InfluxDB refuses writes for a reason only fixing it cures (auth, missing database, series limit): readings are kept and retried with backoff',
+      registers: [registry],
+      collect () { if (spoolStats !== null) this.set(spoolStats().deliveryBlocked === true ? 1 : 0) }
     })
   }
 }

@@ -26,11 +26,18 @@ export const measurement = 'reading'
 
 export type InfluxApi = 'v1' | 'v2'
 
-/** Why a request to InfluxDB failed. The message never carries line protocol or values. */
+/**
+ * Why a request to InfluxDB failed. The message never carries line protocol or values.
+ * `rejectsData`: the store will never take these points as it stands (see dataRejections);
+ * everything else — configuration (series limits, auth, a missing database), availability —
+ * is cured by fixing the store, so the spool keeps the readings and retries.
+ */
 export class InfluxStoreError extends Error {
-  constructor (message: string, readonly statusCode: number | null, readonly retriable: boolean, options?: ErrorOptions) {
+  readonly rejectsData: boolean
+  constructor (message: string, readonly statusCode: number | null, readonly retriable: boolean, options?: ErrorOptions & { rejectsData?: boolean }) {
     super(message, options)
     this.name = 'InfluxStoreError'
+    this.rejectsData = options?.rejectsData ?? false
   }
 }
 
@@ -171,6 +178,29 @@ const errorCategories: Array<[RegExp, string]> = [
   [/timeout/i, 'timeout']
 ]
 
+/*
+ * Which write errors mean "these points, never" (docs/durability.md has the table). InfluxDB
+ * 1.x answers 400 for all of them and for configuration limits alike ("partial write:
+ * max-values-per-tag limit exceeded", "max-series-per-database limit exceeded"), so the status
+ * alone decides nothing:
+ * - line protocol rejected: the line itself is malformed or out of range (a timestamp InfluxDB
+ *   cannot store); no setting changes that.
+ * - field type conflict: the shard holds the field with another type (someone else wrote it);
+ *   only deleting that data, or a later shard, takes the point, and blocking every reading
+ *   behind it until then would be worse.
+ * - beyond the retention policy: the point is older than the policy keeps. Lengthening the
+ *   policy would take it, but holding it blocks every reading behind it, and those age past
+ *   the policy too while they wait; set aside, replayed once the policy is changed.
+ * 2.x answers 422 for such semantic rejections (schema conflicts, retention), so an unknown 422
+ * counts as data too; an unknown 400 does not.
+ */
+const dataRejections = new Set(['field type conflict', 'line protocol rejected', 'points beyond the retention policy'])
+
+function rejectsData (status: number, category: string | null): boolean {
+  if (category !== null) return dataRejections.has(category)
+  return status === 422
+}
+
 function categorize (text: string | undefined): string | null {
   if (text === undefined) return null
   for (const [pattern, category] of errorCategories) if (pattern.test(text)) return category
@@ -188,7 +218,8 @@ function toStoreError (operation: string, err: unknown): InfluxStoreError {
     // 4xx other than rate limiting will fail the same way again; the spool still retries
     // (it never drops), but logs these louder.
     const retriable = status >= 500 || status === 429 || status === 408
-    return new InfluxStoreError(`InfluxDB ${operation} failed: HTTP ${status}${category === null ? '' : ` (${category})`}`, status, retriable)
+    return new InfluxStoreError(`InfluxDB ${operation} failed: HTTP ${status}${category === null ? '' : ` (${category})`}`, status, retriable,
+      { rejectsData: operation === 'write' && rejectsData(status, category) })
   }
   if (e.name === 'RequestTimedOutError') return new InfluxStoreError(`InfluxDB ${operation} failed: request timed out`, null, true)
   if (e.name === 'AbortError') return new InfluxStoreError(`InfluxDB ${operation} failed: request aborted`, null, true)

@@ -84,7 +84,8 @@ async function deadLetters (dir: string): Promise<DeadLetter[]> {
 
 /** An error shaped like InfluxStoreError (statusCode null: a network error). */
 function storeError (statusCode: number | null, message = `InfluxDB write failed: HTTP ${statusCode ?? 'ECONNREFUSED'}`): Error {
-  return Object.assign(new Error(message), { statusCode, retriable: statusCode === null || statusCode >= 500 })
+  // As store/influx-readings.ts says of these tests' 400/422 (retention, line protocol): data it never takes.
+  return Object.assign(new Error(message), { statusCode, retriable: statusCode === null || statusCode >= 500, rejectsData: statusCode === 400 || statusCode === 422 })
 }
 
 /**
@@ -154,7 +155,7 @@ t.test('append, deliver in order, checkpoint, delete delivered segments', async 
   t.strictSame(store.all(), written, 'every reading once, in order')
   t.equal(delivered.reduce((a, b) => a + b, 0), written.length)
   t.ok(latencies.every((ms) => ms >= 0))
-  t.strictSame(spool.stats(), { depthReadings: 0, depthBytes: 0, oldestUnwrittenAgeMs: 0, appendSyncs: 20, deadLettered: 0 })
+  t.strictSame(spool.stats(), { depthReadings: 0, depthBytes: 0, oldestUnwrittenAgeMs: 0, appendSyncs: 20, deadLettered: 0, deliveryBlocked: false })
   // The checkpoint trails delivery by up to checkpointIntervalMs; then the segments go.
   await waitFor('the checkpoint to pass the delivered segments', async () => (await segmentFiles(dir)).length === 1)
   t.pass('delivered segments are deleted')
@@ -363,6 +364,47 @@ t.test('401/403/404/5xx/network errors retry forever and dead-letter nothing', a
   t.equal(dead, 0)
   t.equal(spool.stats().deadLettered, 0)
   await t.rejects(fs.access(path.join(dir, deadLetterName)), 'no dead-letter file')
+})
+
+t.test('a 400 the store does not call bad data (a series limit) keeps the readings, reports delivery blocked, dead-letters nothing', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const batch = readings(10)
+  let failures = 0
+  spool.on('deliveryFailed', () => { failures++ })
+  let limited = true
+  const store = recordingStore(() => {
+    if (limited) throw Object.assign(new Error('InfluxDB write failed: HTTP 400 (series limit reached)'), { statusCode: 400, retriable: false, rejectsData: false })
+  })
+  await spool.append(batch)
+  spool.startDelivery(store, { minBackoffMs: 1, maxBackoffMs: 5 })
+  await waitFor('failures', () => failures >= 3)
+  t.equal(spool.stats().deliveryBlocked, true, 'blocked')
+  t.equal(spool.stats().depthReadings, 10, 'kept')
+  limited = false
+  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  t.strictSame(store.all(), batch, 'delivered once the store was fixed')
+  t.equal(spool.stats().deliveryBlocked, false, 'no longer blocked')
+  t.equal(spool.stats().deadLettered, 0)
+  await t.rejects(fs.access(path.join(dir, deadLetterName)), 'no dead-letter file')
+})
+
+t.test('replayDeadLetters: dead letters go back through the spool, an interrupted replay is finished, the file is removed', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const first = readings(3)
+  const second = readings(2)
+  const line = (r: StoredReading): string => JSON.stringify({ deadAt: new Date().toISOString(), reason: 'x', reading: r }) + '\n'
+  // Left by a replay that crashed after claiming its file, and a newer dead-letter file.
+  await fs.writeFile(path.join(dir, `${deadLetterName}.replaying`), first.map(line).join(''))
+  await fs.writeFile(path.join(dir, deadLetterName), second.map(line).join(''))
+  t.strictSame(await spool.replayDeadLetters(), { replayed: 5 })
+  t.strictSame((await fs.readdir(dir)).filter((f) => f.startsWith('dead-letter')), [], 'both files gone')
+  const store = recordingStore()
+  spool.startDelivery(store)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  t.strictSame(store.all(), [...first, ...second], 'delivered, older first')
+  t.strictSame(await spool.replayDeadLetters(), { replayed: 0 }, 'nothing left')
 })
 
 t.test('close gives up on a never-settling write after closeTimeoutMs; a reopened spool replays it', async (t) => {

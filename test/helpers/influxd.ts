@@ -22,6 +22,13 @@ export interface Influxd {
   kill (): Promise<void>
   /** Stops it and removes its directory. */
   close (): Promise<void>
+  /** Rewrites influxdb.conf with these options; they take effect at the next start(). */
+  configure (options: InfluxdOptions): Promise<void>
+}
+
+export interface InfluxdOptions {
+  /** [data] max-values-per-tag (InfluxDB's default 100000; 0 = unlimited). */
+  maxValuesPerTag?: number
 }
 
 export const influxdBinary = process.env.INFLUXD ?? '/usr/bin/influxd'
@@ -43,7 +50,7 @@ async function freePort (): Promise<number> {
   })
 }
 
-function configFile (dir: string, httpPort: number, rpcPort: number): string {
+function configFile (dir: string, httpPort: number, rpcPort: number, options: InfluxdOptions = {}): string {
   // Everything that listens is either bound to 127.0.0.1 on a free port or disabled, so
   // parallel test files (and a system influxd on 8086/8088) never collide.
   // `reporting-disabled` is upstream's key, `reporting-enabled` Debian's patched one; unknown
@@ -61,7 +68,7 @@ bind-address = "127.0.0.1:${rpcPort}"
   wal-dir = "${path.join(dir, 'wal')}"
   wal-fsync-delay = "0s"
   query-log-enabled = false
-
+${options.maxValuesPerTag === undefined ? '' : `  max-values-per-tag = ${options.maxValuesPerTag}\n`}
 [monitor]
   store-enabled = false
 
@@ -104,7 +111,7 @@ bind-address = "127.0.0.1:${rpcPort}"
  * Starts a private influxd in a temp dir and waits until `/ping` answers. Fails loudly when
  * influxd is missing: these tests must talk to a real InfluxDB, never skip.
  */
-export async function startInfluxd (): Promise<Influxd> {
+export async function startInfluxd (options: InfluxdOptions = {}): Promise<Influxd> {
   try {
     accessSync(influxdBinary, constants.X_OK)
   } catch {
@@ -116,7 +123,7 @@ export async function startInfluxd (): Promise<Influxd> {
   while (rpcPort === port) rpcPort = await freePort()
   const configPath = path.join(dir, 'influxdb.conf')
   const logPath = path.join(dir, 'influxd.log')
-  await fs.writeFile(configPath, configFile(dir, port, rpcPort))
+  await fs.writeFile(configPath, configFile(dir, port, rpcPort, options))
   const url = `http://127.0.0.1:${port}`
 
   let child: ChildProcess | null = null
@@ -191,6 +198,7 @@ export async function startInfluxd (): Promise<Influxd> {
     start,
     stop: async () => { await signal('SIGTERM') },
     kill: async () => { await signal('SIGKILL') },
+    configure: async (next) => { await fs.writeFile(configPath, configFile(dir, port, rpcPort, next)) },
     close: async () => {
       await signal('SIGTERM')
       process.off('exit', killOnExit)
