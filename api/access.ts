@@ -1,5 +1,5 @@
 import type pg from 'pg'
-import type { ApiTokenStore } from '../store/api-tokens.ts'
+import type { ApiTokenStore, TokenPrincipal } from '../store/api-tokens.ts'
 import { createAuditLog } from '../store/audit-log.ts'
 import type { AuditLogStore } from '../store/audit-log.ts'
 import type { PatientStore } from '../store/patients.ts'
@@ -11,7 +11,7 @@ import { createSessionStore, isAccessToken, sessionDefaults } from '../store/ses
 import type { SessionSettings, SessionStore } from '../store/sessions.ts'
 import { createPatientAccessPolicy, scopesOf } from './access-policy.ts'
 import { permissions } from './auth.ts'
-import type { Authenticate, Permission } from './auth.ts'
+import type { Authenticate, PatientScope, Permission } from './auth.ts'
 import type { PatientAccessPolicy } from './patient-access.ts'
 
 export interface AccessSettings extends SessionSettings {
@@ -48,6 +48,10 @@ export interface AccessOptions {
 }
 
 const known = new Set<string>(permissions)
+
+const MAX_CREATOR_CHAIN = 8
+
+interface Limits { permissions: Set<Permission>, patientScopes: ReadonlySet<PatientScope> }
 
 function toPermissions (names: Iterable<string>): Set<Permission> {
   const out = new Set<Permission>()
@@ -92,15 +96,53 @@ export function createAccess (options: AccessOptions): Access {
     }
     const token = await tokens.authenticate(bearer)
     if (token === null) return null
-    const role = await people.getRole(token.role)
+    const limits = await tokenLimits(tokens, token, 0)
+    if (limits === null) return null
     return {
-      ...token,
+      tokenId: token.tokenId,
+      name: token.name,
+      role: token.role,
       kind: 'token',
       roles: [token.role],
       userId: null,
+      permissions: limits.permissions,
+      patientScopes: limits.patientScopes,
+      tokenCreator: token.createdBy
+    }
+  }
+
+  /**
+   * A token's permissions and patient scopes: its role's, cut down to what its creator holds
+   * now (issue 11 §3), following `token:<id>` creators up the chain. Null when a creator is
+   * deactivated, unknown or revoked: the token is then not valid at all (401). A token with no
+   * creator (VIGIL_ADMIN_TOKEN, tokens made before creators were recorded) has its role's.
+   */
+  async function tokenLimits (tokens: ApiTokenStore, token: TokenPrincipal, depth: number): Promise<Limits | null> {
+    const role = await people.getRole(token.role)
+    const own: Limits = {
       permissions: toPermissions(role?.permissions ?? []),
       patientScopes: scopesOf(role === null ? [] : [role.category])
     }
+    if (token.createdBy === null) return own
+    const creator = await creatorLimits(tokens, token.createdBy, depth)
+    if (creator === null) return null
+    return {
+      permissions: new Set([...own.permissions].filter((p) => creator.permissions.has(p))),
+      // 'all' covers every narrower scope; a token has no user id, so only 'all' reaches anyone.
+      patientScopes: new Set([...own.patientScopes].filter((s) => creator.patientScopes.has(s) || creator.patientScopes.has('all')))
+    }
+  }
+
+  async function creatorLimits (tokens: ApiTokenStore, createdBy: string, depth: number): Promise<Limits | null> {
+    // Chains are short (a person's token making a token); the cap only guards against a loop.
+    if (depth >= MAX_CREATOR_CHAIN) return null
+    if (createdBy.startsWith('token:')) {
+      const parent = await tokens.getLive(createdBy.slice('token:'.length))
+      return parent === null ? null : await tokenLimits(tokens, parent, depth + 1)
+    }
+    const grants = await people.currentGrants(createdBy)
+    if (grants === null) return null
+    return { permissions: toPermissions(grants.flatMap((r) => r.permissions)), patientScopes: scopesOf(grants.map((r) => r.category)) }
   }
 
   const { authenticate, patientAccess } = bind(options)

@@ -166,6 +166,19 @@ export function createPeopleStore (pool: pg.Pool) {
       })
     },
 
+    /**
+     * The roles an active user holds now; null when the user is unknown or deactivated. An API
+     * token's permissions are bounded by its creator's, read here at each request.
+     */
+    async currentGrants (userId: string): Promise<Array<Pick<RoleDefinition, 'id' | 'category' | 'permissions'>> | null> {
+      if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(userId)) return null
+      const { rows } = await pool.query(
+        `SELECT d.id, d.category, d.permissions FROM users u LEFT JOIN roles r ON r.user_id = u.id LEFT JOIN role_definitions d ON d.id = r.role_id
+          WHERE u.id = $1 AND u.active`, [userId])
+      if (rows.length === 0) return null
+      return rows.filter((r) => r.id !== null).map((r) => ({ id: r.id as string, category: r.category as RoleCategory, permissions: r.permissions as string[] }))
+    },
+
     async listRoles (): Promise<RoleDefinition[]> {
       const { rows } = await pool.query('SELECT * FROM role_definitions ORDER BY builtin DESC, id')
       return rows.map(toRole)
