@@ -38,7 +38,8 @@ const otherRoutes: Array<{ method: 'GET', url: string, expect: Record<Role, numb
   { method: 'GET', url: '/v1/patients', expect: { patient: 200, nurse: 200, doctor: 200, admin: 200, developer: 403, 'device-integrator': 403, 'ml-scientist': 403 } },
   { method: 'GET', url: '/v1/devices', expect: { patient: 403, nurse: 200, doctor: 200, admin: 200, developer: 200, 'device-integrator': 200, 'ml-scientist': 403 } },
   { method: 'GET', url: '/v1/devices/{device}', expect: { patient: 403, nurse: 200, doctor: 200, admin: 200, developer: 200, 'device-integrator': 200, 'ml-scientist': 403 } },
-  { method: 'GET', url: '/v1/devices/{device}/rejections', expect: { patient: 403, nurse: 200, doctor: 200, admin: 200, developer: 403, 'device-integrator': 403, 'ml-scientist': 403 } },
+  // Roles reaching no patient get the rejections with payloads redacted (api-rejections.test.ts).
+  { method: 'GET', url: '/v1/devices/{device}/rejections', expect: { patient: 403, nurse: 200, doctor: 200, admin: 200, developer: 200, 'device-integrator': 200, 'ml-scientist': 403 } },
   { method: 'GET', url: '/v1/audit', expect: { patient: 403, nurse: 403, doctor: 403, admin: 200, developer: 403, 'device-integrator': 403, 'ml-scientist': 403 } },
   { method: 'GET', url: '/v1/break-glass', expect: { patient: 403, nurse: 403, doctor: 403, admin: 200, developer: 403, 'device-integrator': 403, 'ml-scientist': 403 } },
   { method: 'GET', url: '/v1/users', expect: { patient: 403, nurse: 403, doctor: 403, admin: 200, developer: 403, 'device-integrator': 403, 'ml-scientist': 403 } },
