@@ -17,9 +17,13 @@ import type { PatientAccessPolicy } from './patient-access.ts'
 export interface AccessSettings extends SessionSettings {
   /** How long a break-glass grant lasts. */
   breakGlassMinutes: number
+  /** Break-glass grants one clinician may take in any hour; more are refused (429, audited). */
+  breakGlassGrantsPerHour: number
 }
 
-export const accessDefaults: Readonly<AccessSettings> = { ...sessionDefaults, breakGlassMinutes: 60 }
+// 10 an hour: an emergency shift may open several patients; a clinician browsing records
+// through break-glass meets the limit within minutes, and each refusal is in the audit trail.
+export const accessDefaults: Readonly<AccessSettings> = { ...sessionDefaults, breakGlassMinutes: 60, breakGlassGrantsPerHour: 10 }
 
 /** People, sessions, audit trail and the two decisions built on them; buildApi takes it as `deps.access`. */
 export interface Access {
