@@ -11,7 +11,7 @@ import { createSessionStore, isAccessToken, sessionDefaults } from '../store/ses
 import type { SessionSettings, SessionStore } from '../store/sessions.ts'
 import { createPatientAccessPolicy, scopesOf } from './access-policy.ts'
 import { permissions } from './auth.ts'
-import type { Authenticate, PatientScope, Permission } from './auth.ts'
+import type { Authenticate, PatientScope, Permission, Principal } from './auth.ts'
 import type { PatientAccessPolicy } from './patient-access.ts'
 
 export interface AccessSettings extends SessionSettings {
@@ -35,6 +35,8 @@ export interface Access {
   patientAccess: PatientAccessPolicy
   /** The same two on other patient/token stores (buildApi binds them to its own deps). */
   bind (stores: { patients: PatientStore, tokens: ApiTokenStore }): { authenticate: Authenticate, patientAccess: PatientAccessPolicy }
+  /** The principal a user would be when signed in now (roles as they stand); null when unknown or deactivated. */
+  principalOfUser (userId: string): Promise<Principal | null>
   settings: AccessSettings
   /** The scrypt cost for new passwords (OWASP's minimum; tests lower it). */
   passwordCost: ScryptCost
@@ -149,6 +151,22 @@ export function createAccess (options: AccessOptions): Access {
     return { permissions: toPermissions(grants.flatMap((r) => r.permissions)), patientScopes: scopesOf(grants.map((r) => r.category)) }
   }
 
+  async function principalOfUser (userId: string): Promise<Principal | null> {
+    const grants = await people.currentGrants(userId)
+    if (grants === null) return null
+    const roleIds = grants.map((r) => r.id).sort()
+    return {
+      kind: 'user',
+      tokenId: '',
+      name: `user ${userId}`,
+      role: roleIds.join(','),
+      roles: roleIds,
+      userId,
+      permissions: toPermissions(grants.flatMap((r) => r.permissions)),
+      patientScopes: scopesOf(grants.map((r) => r.category))
+    }
+  }
+
   const { authenticate, patientAccess } = bind(options)
-  return { people, sessions, audit, authenticate, patientAccess, bind, settings, passwordCost: options.passwordCost ?? PASSWORD_SCRYPT, now }
+  return { people, sessions, audit, authenticate, patientAccess, bind, principalOfUser, settings, passwordCost: options.passwordCost ?? PASSWORD_SCRYPT, now }
 }
