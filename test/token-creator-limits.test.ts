@@ -68,4 +68,9 @@ t.test('audit rows for token calls name the token\'s creator', async (t) => {
   t.equal((await app.inject({ method: 'GET', url: `/v1/patients/${patientId}`, headers: byBootstrap.headers })).statusCode, 200, 'tokens of a creatorless token work')
   const last = (await app.inject({ method: 'GET', url: `/v1/audit?actorId=${byBootstrap.id}&limit=1`, headers: bootstrap })).json().items[0]
   t.match(last, { tokenCreator: /^token:/ })
+
+  const grandchild = await adminToken(byBootstrap.headers, 'made by a token')
+  t.equal((await app.inject({ method: 'DELETE', url: `/v1/tokens/${byBootstrap.id}`, headers: bootstrap })).statusCode, 204)
+  t.equal((await app.inject({ method: 'GET', url: `/v1/patients/${patientId}`, headers: grandchild.headers })).statusCode, 401, 'a revoked token\'s tokens stop too')
+  t.equal((await app.inject({ method: 'GET', url: `/v1/patients/${patientId}`, headers: bootstrap })).statusCode, 200, 'the creatorless bootstrap token keeps working')
 })
