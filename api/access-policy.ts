@@ -32,14 +32,16 @@ export function scopesOf (categories: Iterable<string>): ReadonlySet<PatientScop
 
 
 /** Who made this request and from where, for its audit row. */
-export function auditActor (request: FastifyRequest): Pick<AuditEntry, 'actorId' | 'actorKind' | 'role' | 'sourceAddress' | 'requestId'> {
+export function auditActor (request: FastifyRequest): Pick<AuditEntry, 'actorId' | 'actorKind' | 'role' | 'sourceAddress' | 'requestId' | 'tokenCreator' | 'clientRequestId'> {
   const p = request.principal
   return {
     actorId: p === null ? null : p.userId ?? p.tokenId,
     actorKind: p === null ? 'system' : p.kind,
     role: p?.role ?? null,
     sourceAddress: request.ip,
-    requestId: request.id
+    requestId: request.id,
+    tokenCreator: p?.tokenCreator ?? null,
+    clientRequestId: request.clientRequestId
   }
 }
 
@@ -94,7 +96,8 @@ export function createPatientAccessPolicy ({ people, patients, audit, now = () =
         action: access.action,
         fields: access.fields ?? [],
         outcome: decision.allowed ? 'allowed' : 'denied',
-        breakGlassReason: decision.breakGlassReason
+        breakGlassReason: decision.breakGlassReason,
+        details: access.details ?? null
       })
       if (!decision.allowed) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
     },

@@ -18,7 +18,7 @@ import type { Metrics } from '../observability/metrics.ts'
 import type { ApiTokenStore } from '../store/api-tokens.ts'
 import type { Database } from '../store/database.ts'
 import { DecryptionError, UnknownKeyError } from '../store/field-encryption.ts'
-import { AssignmentOrderError, DuplicateMacError, UnknownDeviceError, UnknownPatientError } from '../store/device-registry.ts'
+import { AssignmentChangedError, AssignmentOrderError, DuplicateMacError, UnknownDeviceError, UnknownPatientError } from '../store/device-registry.ts'
 import type { DeviceRegistry } from '../store/device-registry.ts'
 import type { PatientRecordStore } from '../store/patient-records.ts'
 import type { PatientStore } from '../store/patients.ts'
@@ -165,13 +165,11 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
   const limits = resolveLimits(deps)
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'api' }, { serializers: logSerializers }),
-    // Fastify 5 ignores request-id headers by default; genReqId decides: a caller's id is
-    // kept only when it is short and harmless (it ends up in logs and response headers).
+    // Fastify 5 ignores request-id headers by default. The id is always Vigil's own: it is
+    // the audit rows' request id, which a client must not choose (issue 11 §11). A client's
+    // X-Request-Id is kept apart as request.clientRequestId (below).
     requestIdHeader: false,
-    genReqId: (req) => {
-      const incoming = req.headers['x-request-id']
-      return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID()
-    },
+    genReqId: () => randomUUID(),
     bodyLimit: BODY_LIMIT_BYTES,
     requestTimeout: REQUEST_TIMEOUT_MS,
     http: { maxHeaderSize: MAX_HEADER_BYTES },
@@ -184,6 +182,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
 
   app.setValidatorCompiler(createValidatorCompiler())
   app.decorateRequest('principal', null)
+  app.decorateRequest('clientRequestId', null)
   app.setErrorHandler(handleError)
 
   // Root onRequest hooks run in this order, for every route and for 404s, and a refusal
@@ -191,6 +190,14 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
   // refusals (URL length, load shedding, the address budget) before any route work.
   await registerSecurityHeaders(app)
   app.addHook('onRequest', async (request, reply) => {
+    // A caller's id is kept only when short and harmless (it reaches logs and audit rows),
+    // and only as its own label: echoed back, logged beside Vigil's id, never as request.id.
+    const incoming = request.headers['x-request-id']
+    if (typeof incoming === 'string' && REQUEST_ID.test(incoming)) {
+      request.clientRequestId = incoming
+      reply.header('x-client-request-id', incoming)
+      request.log = request.log.child({ clientRequestId: incoming })
+    }
     reply.header('x-request-id', request.id)
     // Responses hold PHI (names, vitals): no browser or proxy may keep a copy. Swagger
     // UI's static files replace this with their own (they hold none).
@@ -391,7 +398,7 @@ export function clientError (err: unknown): ErrorResponse | null {
   if (err instanceof DuplicateMacError) return vigil('VIGIL_ERR_DUPLICATE_MAC', err.message)
   if (err instanceof UnknownDeviceError) return vigil('VIGIL_ERR_UNKNOWN_DEVICE', err.message)
   if (err instanceof UnknownPatientError) return vigil('VIGIL_ERR_UNKNOWN_PATIENT', err.message)
-  if (err instanceof AssignmentOrderError) return vigil('VIGIL_ERR_CONFLICT', err.message)
+  if (err instanceof AssignmentOrderError || err instanceof AssignmentChangedError) return vigil('VIGIL_ERR_CONFLICT', err.message)
   const e = err as Partial<FastifyError> & { name?: string }
   if (Array.isArray(e.validation)) {
     const context = e.validationContext ?? 'request'

@@ -55,6 +55,12 @@ export interface Principal {
   roles: readonly string[]
   /** Which patients the principal's roles reach (from the roles' categories). */
   patientScopes: ReadonlySet<PatientScope>
+  /**
+   * For an API token: who created it (a user id or `token:<id>`), whose current permissions
+   * bound the token's; null for a user's session and for tokens without a creator
+   * (VIGIL_ADMIN_TOKEN, tokens made before creators were recorded).
+   */
+  tokenCreator?: string | null
 }
 
 /**
@@ -67,6 +73,11 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** Set by the auth hook on every authenticated route; null on public routes. */
     principal: Principal | null
+    /**
+     * The X-Request-Id the client sent (when short and harmless), kept apart from request.id,
+     * which Vigil always generates: a client must not choose the id its audit rows carry.
+     */
+    clientRequestId: string | null
   }
   interface FastifyContextConfig {
     /** The permission an authenticated route requires. Mandatory under `/v1`. */

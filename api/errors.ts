@@ -23,9 +23,13 @@ export const errorCatalogue = {
   VIGIL_ERR_UNKNOWN_ROLE: 404,
   VIGIL_ERR_DUPLICATE_EMAIL: 409,
   VIGIL_ERR_PAYLOAD_TOO_LARGE: 413,
+  // An alert assignee who is not a clinician reaching the alert's patient.
+  VIGIL_ERR_INVALID_ASSIGNEE: 422,
   VIGIL_ERR_URL_TOO_LONG: 414,
   VIGIL_ERR_UNSUPPORTED_MEDIA_TYPE: 415,
   VIGIL_ERR_RATE_LIMITED: 429,
+  // Break-glass grants per clinician per hour (VIGIL_BREAK_GLASS_PER_HOUR), with Retry-After.
+  VIGIL_ERR_BREAK_GLASS_LIMIT: 429,
   VIGIL_ERR_HEADERS_TOO_LARGE: 431,
   VIGIL_ERR_INTERNAL: 500,
   // PHI at rest: a stored record names a key the configuration lacks, or fails authentication.

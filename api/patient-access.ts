@@ -7,6 +7,8 @@ export interface PatientAccessRequest {
   action: string
   /** PHI fields read or written, when the route knows them (audit log). */
   fields?: readonly string[]
+  /** Ids the action touches besides the patient, for the audit row (never PHI values). */
+  details?: Record<string, unknown>
 }
 
 /**

@@ -141,7 +141,10 @@ export const Rejection = Type.Object({
   topic: Type.String(),
   reason: Type.String(),
   message: Type.String(),
-  payload: Type.String({ description: 'First 4096 bytes as UTF-8 (may hold PHI)' }),
+  payload: Type.Union([Type.String(), Type.Null()], {
+    description: 'First 4096 bytes as UTF-8 (PHI of the patient the device was assigned to); null when redacted'
+  }),
+  payloadRedacted: Type.Boolean({ description: 'true: the caller does not reach the payload\'s patient (or lacks phi:read)' }),
   payloadBytes: Type.Integer(),
   receivedAt: Type.String({ format: 'date-time' })
 })

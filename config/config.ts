@@ -76,6 +76,7 @@ export interface AccessConfig {
   loginMaxFailures: number
   loginLockoutSeconds: number
   breakGlassMinutes: number
+  breakGlassGrantsPerHour: number
 }
 
 export interface TlsFiles {
@@ -253,7 +254,8 @@ function accessConfig (env: Env): AccessConfig {
     sessionMaxSeconds,
     loginMaxFailures: integer(env, 'VIGIL_LOGIN_MAX_FAILURES', 5, 1, 1000),
     loginLockoutSeconds: integer(env, 'VIGIL_LOGIN_LOCKOUT_SECONDS', 900, 1, 86_400),
-    breakGlassMinutes: integer(env, 'VIGIL_BREAK_GLASS_MINUTES', 60, 1, 24 * 60)
+    breakGlassMinutes: integer(env, 'VIGIL_BREAK_GLASS_MINUTES', 60, 1, 24 * 60),
+    breakGlassGrantsPerHour: integer(env, 'VIGIL_BREAK_GLASS_PER_HOUR', 10, 1, 1000)
   }
 }
 

@@ -5,7 +5,15 @@ import { newSecret, sha256 } from './secrets.ts'
 /** A role definition id (role_definitions.id): 'admin', 'developer', 'device-integrator' or a custom role's id. */
 export type TokenRole = string
 
-export interface TokenPrincipal { tokenId: string, name: string, role: TokenRole }
+export interface TokenPrincipal {
+  tokenId: string
+  name: string
+  role: TokenRole
+  /** Who created it: a user id, `token:<id>`, or null (VIGIL_ADMIN_TOKEN, tokens older than migration 003). */
+  createdBy: string | null
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 export function createApiTokenStore (pool: pg.Pool) {
   return {
@@ -51,7 +59,7 @@ export function createApiTokenStore (pool: pg.Pool) {
 
     async authenticate (token: string): Promise<TokenPrincipal | null> {
       const { rows } = await pool.query(
-        'SELECT id, name, role, last_used_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL',
+        'SELECT id, name, role, created_by, last_used_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL',
         [sha256(token)])
       const row = rows[0]
       if (row === undefined) return null
@@ -59,7 +67,15 @@ export function createApiTokenStore (pool: pg.Pool) {
       if (row.last_used_at === null || Date.now() - (row.last_used_at as Date).getTime() > 60_000) {
         await pool.query('UPDATE api_tokens SET last_used_at = now() WHERE id = $1', [row.id])
       }
-      return { tokenId: row.id, name: row.name, role: row.role }
+      return { tokenId: row.id, name: row.name, role: row.role, createdBy: row.created_by }
+    },
+
+    /** A live (unrevoked) token by id: for following a token's chain of creators. */
+    async getLive (id: string): Promise<TokenPrincipal | null> {
+      if (!UUID.test(id)) return null
+      const { rows } = await pool.query('SELECT id, name, role, created_by FROM api_tokens WHERE id = $1 AND revoked_at IS NULL', [id])
+      const row = rows[0]
+      return row === undefined ? null : { tokenId: row.id, name: row.name, role: row.role, createdBy: row.created_by }
     },
 
     async count (): Promise<number> {

@@ -21,6 +21,12 @@ export interface AuditEntry {
   requestId?: string | null
   /** Set when access came through break-glass. */
   breakGlassReason?: string | null
+  /** For a call with an API token: who created the token (a user id or `token:<id>`). */
+  tokenCreator?: string | null
+  /** An X-Request-Id the client sent (requestId is always Vigil's own). */
+  clientRequestId?: string | null
+  /** Ids the action touched besides the patient (a device, the other patient of a reassignment). Never PHI values. */
+  details?: Record<string, unknown> | null
 }
 
 export interface AuditLog {
@@ -60,7 +66,10 @@ function toRow (r: Record<string, unknown>): AuditRow {
     outcome: r.outcome as AuditRow['outcome'],
     sourceAddress: r.source_address as string | null,
     requestId: r.request_id as string | null,
-    breakGlassReason: r.break_glass_reason as string | null
+    breakGlassReason: r.break_glass_reason as string | null,
+    tokenCreator: r.token_creator as string | null,
+    clientRequestId: r.client_request_id as string | null,
+    details: r.details as Record<string, unknown> | null
   }
 }
 
@@ -69,10 +78,12 @@ export function createAuditLog (pool: pg.Pool) {
   return {
     async record (entry: AuditEntry): Promise<void> {
       await pool.query(
-        `INSERT INTO audit_log (actor_id, actor_kind, role, patient_id, action, fields, outcome, source_address, request_id, break_glass_reason)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+        `INSERT INTO audit_log (actor_id, actor_kind, role, patient_id, action, fields, outcome, source_address, request_id, break_glass_reason,
+                                token_creator, client_request_id, details)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
         [entry.actorId, entry.actorKind, entry.role, entry.patientId, entry.action, [...(entry.fields ?? [])], entry.outcome,
-          entry.sourceAddress ?? null, entry.requestId ?? null, entry.breakGlassReason ?? null])
+          entry.sourceAddress ?? null, entry.requestId ?? null, entry.breakGlassReason ?? null,
+          entry.tokenCreator ?? null, entry.clientRequestId ?? null, entry.details === undefined || entry.details === null ? null : JSON.stringify(entry.details)])
     },
 
     /** Newest first. */
@@ -80,7 +91,7 @@ export function createAuditLog (pool: pg.Pool) {
       const { rows } = await pool.query(
         `SELECT * FROM audit_log
           WHERE ($1::uuid IS NULL OR patient_id = $1::uuid)
-            AND ($2::text IS NULL OR actor_id = $2::text)
+            AND ($2::text IS NULL OR actor_id = $2::text OR token_creator = $2::text)
             AND ($3::text IS NULL OR outcome = $3::text)
             AND ($4::timestamptz IS NULL OR at >= $4::timestamptz)
             AND ($5::timestamptz IS NULL OR at < $5::timestamptz)

@@ -48,6 +48,10 @@ export class UnknownDeviceError extends Error {
 export class UnknownPatientError extends Error {
   constructor () { super('no patient with this id') }
 }
+/** The device's assignment changed between the caller's access check and its change. */
+export class AssignmentChangedError extends Error {
+  constructor () { super('the device\'s assignment changed meanwhile: read it again and retry') }
+}
 export class AssignmentOrderError extends Error {
   constructor (readonly notBefore: string, what = "the current assignment's start") {
     super(`validFrom must be after ${what} (${notBefore}): assignment periods of a device never overlap`)
@@ -220,8 +224,12 @@ export function createDeviceRegistry (pool: pg.Pool) {
       }))
     },
 
-    /** Ends the current assignment at validFrom and opens a new one. */
-    async assign (deviceId: string, patientId: string, validFrom: Date, actor: string | null): Promise<Assignment> {
+    /**
+     * Ends the current assignment at validFrom and opens a new one. With `expectedCurrent`
+     * (a patient id, or null for none), refuses with AssignmentChangedError when the current
+     * assignment is no longer that: the caller's access check was made against it.
+     */
+    async assign (deviceId: string, patientId: string, validFrom: Date, actor: string | null, expectedCurrent?: string | null): Promise<Assignment> {
       try {
         await inTransaction(async (client) => {
           // The device row lock serializes assignments of one device, so periods never overlap.
@@ -230,8 +238,9 @@ export function createDeviceRegistry (pool: pg.Pool) {
           const patient = await client.query('SELECT id FROM patients WHERE id = $1', [patientId])
           if (patient.rowCount === 0) throw new UnknownPatientError()
           const open = await client.query(
-            'SELECT id, valid_from FROM device_assignments WHERE device_id = $1 AND valid_to IS NULL', [deviceId])
+            'SELECT id, valid_from, patient_id FROM device_assignments WHERE device_id = $1 AND valid_to IS NULL', [deviceId])
           const current = open.rows[0]
+          if (expectedCurrent !== undefined && (current?.patient_id ?? null) !== expectedCurrent) throw new AssignmentChangedError()
           if (current !== undefined && (current.valid_from as Date).getTime() >= validFrom.getTime()) {
             throw new AssignmentOrderError((current.valid_from as Date).toISOString())
           }
@@ -255,11 +264,15 @@ export function createDeviceRegistry (pool: pg.Pool) {
       return { patientId, validFrom: validFrom.toISOString(), validTo: null }
     },
 
-    /** Ends the current assignment now; readings after this are rejected as unassigned. */
-    async unassign (deviceId: string): Promise<boolean> {
+    /**
+     * Ends the current assignment now; readings after this are rejected as unassigned. With
+     * `expectedPatient`, only an assignment to that patient (the one the caller's access was checked against).
+     */
+    async unassign (deviceId: string, expectedPatient?: string): Promise<boolean> {
       const { rowCount } = await pool.query(
-        'UPDATE device_assignments SET valid_to = greatest(now(), valid_from + interval \'1 millisecond\') WHERE device_id = $1 AND valid_to IS NULL',
-        [deviceId])
+        `UPDATE device_assignments SET valid_to = greatest(now(), valid_from + interval '1 millisecond')
+          WHERE device_id = $1 AND valid_to IS NULL AND ($2::uuid IS NULL OR patient_id = $2::uuid)`,
+        [deviceId, expectedPatient ?? null])
       invalidate(deviceId)
       return (rowCount ?? 0) > 0
     },

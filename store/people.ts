@@ -166,6 +166,19 @@ export function createPeopleStore (pool: pg.Pool) {
       })
     },
 
+    /**
+     * The roles an active user holds now; null when the user is unknown or deactivated. An API
+     * token's permissions are bounded by its creator's, read here at each request.
+     */
+    async currentGrants (userId: string): Promise<Array<Pick<RoleDefinition, 'id' | 'category' | 'permissions'>> | null> {
+      if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(userId)) return null
+      const { rows } = await pool.query(
+        `SELECT d.id, d.category, d.permissions FROM users u LEFT JOIN roles r ON r.user_id = u.id LEFT JOIN role_definitions d ON d.id = r.role_id
+          WHERE u.id = $1 AND u.active`, [userId])
+      if (rows.length === 0) return null
+      return rows.filter((r) => r.id !== null).map((r) => ({ id: r.id as string, category: r.category as RoleCategory, permissions: r.permissions as string[] }))
+    },
+
     async listRoles (): Promise<RoleDefinition[]> {
       const { rows } = await pool.query('SELECT * FROM role_definitions ORDER BY builtin DESC, id')
       return rows.map(toRole)
@@ -241,6 +254,14 @@ export function createPeopleStore (pool: pg.Pool) {
         'INSERT INTO break_glass_grants (id, user_id, patient_id, reason, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING *',
         [randomUUID(), input.userId, input.patientId, input.reason, input.at, input.expiresAt])
       return toGrant(rows[0])
+    },
+
+    /** How many break-glass grants the user took in [since, at], and when the oldest of them was. */
+    async breakGlassSince (userId: string, since: Date, at: Date): Promise<{ count: number, oldest: Date | null }> {
+      const { rows } = await pool.query(
+        'SELECT count(*)::int AS n, min(granted_at) AS oldest FROM break_glass_grants WHERE user_id = $1 AND granted_at > $2 AND granted_at <= $3',
+        [userId, since, at])
+      return { count: rows[0].n as number, oldest: rows[0].oldest as Date | null }
     },
 
     /** Grants for review, newest first. */

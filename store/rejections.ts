@@ -24,6 +24,11 @@ export interface Rejection {
   payload: string
   payloadBytes: number
   receivedAt: string
+  /**
+   * Whose payload it is: the device's patient when it arrived, else (a device unassigned then)
+   * its current one; null when neither. The payload is that patient's PHI.
+   */
+  patientId: string | null
 }
 
 export function createRejectionLog (pool: pg.Pool) {
@@ -37,8 +42,13 @@ export function createRejectionLog (pool: pg.Pool) {
     /** Newest first. */
     async list (deviceId: string, options: { limit: number, beforeId?: string }): Promise<Rejection[]> {
       const { rows } = await pool.query(
-        `SELECT id, topic, reason, message, payload, payload_bytes, received_at FROM rejections
-         WHERE device_id = $1 AND ($2::bigint IS NULL OR id < $2::bigint) ORDER BY id DESC LIMIT $3`,
+        `SELECT r.id, r.topic, r.reason, r.message, r.payload, r.payload_bytes, r.received_at,
+                coalesce(
+                  (SELECT a.patient_id FROM device_assignments a WHERE a.device_id = r.device_id
+                      AND a.valid_from <= r.received_at AND (a.valid_to IS NULL OR a.valid_to > r.received_at) LIMIT 1),
+                  (SELECT a.patient_id FROM device_assignments a WHERE a.device_id = r.device_id AND a.valid_to IS NULL)) AS patient_id
+           FROM rejections r
+          WHERE r.device_id = $1 AND ($2::bigint IS NULL OR r.id < $2::bigint) ORDER BY r.id DESC LIMIT $3`,
         [deviceId, options.beforeId ?? null, options.limit])
       return rows.map((r) => ({
         id: String(r.id),
@@ -47,7 +57,8 @@ export function createRejectionLog (pool: pg.Pool) {
         message: r.message,
         payload: (r.payload as Buffer).toString('utf8'),
         payloadBytes: r.payload_bytes,
-        receivedAt: (r.received_at as Date).toISOString()
+        receivedAt: (r.received_at as Date).toISOString(),
+        patientId: r.patient_id as string | null
       }))
     }
   }

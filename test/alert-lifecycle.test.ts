@@ -1,6 +1,6 @@
 import t from 'tap'
 import { change, startAlertingFixture } from './helpers/alerting.ts'
-import { userWithLogin } from './helpers/people.ts'
+import { onCareTeam, userWithLogin } from './helpers/people.ts'
 
 const f = await startAlertingFixture({ manualClock: true })
 t.teardown(() => f.close())
@@ -74,6 +74,7 @@ t.test('acknowledge, assign, comment, resolve through the API; 409s on resolved 
   t.equal(unknown.statusCode, 404, 'only to a person who exists')
   t.equal(unknown.json().code, 'VIGIL_ERR_UNKNOWN_USER')
   const { id: userId } = await userWithLogin(app, headers, ['nurse'], `nurse-${patientId.slice(0, 8)}@example.org`)
+  await onCareTeam(app, headers, userId, patientId)
   const assigned = await post('assign', { userId })
   t.equal(assigned.statusCode, 200)
   t.equal(assigned.json().assignedTo, userId)
@@ -95,6 +96,25 @@ t.test('acknowledge, assign, comment, resolve through the API; 409s on resolved 
 
   const events = (await app.inject({ method: 'GET', url: `/v1/alerts/${alert.id}/events`, headers })).json().items
   t.same(events.map((e: any) => e.type), ['opened', 'acknowledged', 'assigned', 'commented', 'resolved', 'commented'])
+})
+
+t.test('alerts are assigned only to clinicians who reach the patient (issue 11)', async (t) => {
+  const patientId = await f.createPatient()
+  await alerting.sink.apply([change(patientId)])
+  const [alert] = await openAlerts(patientId)
+  const assign = async (userId: string) => await app.inject({ method: 'POST', url: `/v1/alerts/${alert.id}/assign`, headers, payload: { userId } })
+  const tag = patientId.slice(0, 8)
+  const integrator = await userWithLogin(app, headers, ['device-integrator'], `integrator-${tag}@example.org`)
+  const offTeam = await userWithLogin(app, headers, ['nurse'], `off-team-${tag}@example.org`)
+  const adminOnly = await userWithLogin(app, headers, ['admin'], `admin-${tag}@example.org`)
+  for (const [who, id] of <Array<[string, string]>>[['a device integrator', integrator.id], ['a nurse off the care team', offTeam.id], ['an admin who is no clinician', adminOnly.id], ['the patient', patientId]]) {
+    const res = await assign(id)
+    t.equal(res.statusCode, 422, `${who}: was 200`)
+    t.equal(res.json().code, 'VIGIL_ERR_INVALID_ASSIGNEE', who)
+  }
+  t.equal((await app.inject({ method: 'GET', url: `/v1/alerts/${alert.id}`, headers })).json().assignedTo, null, 'still unassigned')
+  await onCareTeam(app, headers, offTeam.id, patientId)
+  t.equal((await assign(offTeam.id)).statusCode, 200, 'on the care team now')
 })
 
 t.test('bad requests: unknown alert, validation with field paths, bad cursor', async (t) => {

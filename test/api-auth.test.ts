@@ -75,12 +75,14 @@ t.test('a /v1 route without a declared permission cannot be registered', async (
   })
 })
 
-t.test('request ids: a safe incoming x-request-id is kept, anything else replaced', async (t) => {
-  const kept = await app.inject({ method: 'GET', url: '/healthz', headers: { 'x-request-id': 'trace-1.2_3' } })
-  t.equal(kept.headers['x-request-id'], 'trace-1.2_3')
+t.test('request ids are always generated; a safe incoming x-request-id is echoed as the client\'s own', async (t) => {
+  const client = await app.inject({ method: 'GET', url: '/healthz', headers: { 'x-request-id': 'trace-1.2_3' } })
+  t.match(client.headers['x-request-id'], /^[0-9a-f-]{36}$/, 'issue 11 §11: was the client\'s trace-1.2_3')
+  t.equal(client.headers['x-client-request-id'], 'trace-1.2_3')
   for (const bad of ['has space', 'x'.repeat(65), 'semi;colon', '']) {
     const res = await app.inject({ method: 'GET', url: '/healthz', headers: { 'x-request-id': bad } })
     t.match(res.headers['x-request-id'], /^[0-9a-f-]{36}$/, JSON.stringify(bad))
+    t.equal(res.headers['x-client-request-id'], undefined, `${JSON.stringify(bad)} is not echoed`)
   }
   const none = await app.inject({ method: 'GET', url: '/v1/patients' })
   t.match(none.headers['x-request-id'], /^[0-9a-f-]{36}$/, 'generated on 401 responses too')

@@ -31,11 +31,12 @@ t.test('an unexpected error is a 500 that hides internals and is logged with the
     method: 'GET', url: '/v1/patients/00000000-0000-4000-8000-000000000000', headers: { ...headers, 'x-request-id': 'req-500' }
   })
   t.equal(res.statusCode, 500)
-  t.same(res.json(), { code: 'VIGIL_ERR_INTERNAL', message: 'internal error', requestId: 'req-500' })
-  t.equal(res.headers['x-request-id'], 'req-500')
+  const requestId = res.headers['x-request-id'] as string
+  t.match(requestId, /^[0-9a-f-]{36}$/, 'Vigil\'s own id, not the client\'s')
+  t.same(res.json(), { code: 'VIGIL_ERR_INTERNAL', message: 'internal error', requestId })
 
   const logged = lines.map((l) => JSON.parse(l)).find((l) => l.msg === 'request failed')
-  t.match(logged, { level: 50, reqId: 'req-500', component: 'api', err: { message: /patients_secret_shadow/ } })
+  t.match(logged, { level: 50, reqId: requestId, clientRequestId: 'req-500', component: 'api', err: { message: /patients_secret_shadow/ } })
   t.notMatch(lines.join(''), 'Ada Lovelace', 'pg error details (row values) are not logged')
 })
 

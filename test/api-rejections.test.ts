@@ -1,7 +1,10 @@
 import t from 'tap'
 import { startApiFixture } from './helpers/api-deps.ts'
+import { newPatient, onCareTeam, userWithLogin } from './helpers/people.ts'
 
-const { deps, app, headers } = await startApiFixture(t, 'rejections test')
+const { db, deps, app, headers } = await startApiFixture(t, 'rejections test', {
+  apiOptions: { rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000 }
+})
 
 const device = await deps.devices.create({
   name: 'Cuff', mac: '02:00:00:00:cc:01', firmwareVersion: '1', softwareVersion: '1', startedAt: '2025-01-01T00:00:00Z'
@@ -34,7 +37,7 @@ t.test('lists a device\'s rejections newest first, paged', async (t) => {
     receivedAt: String
   })
   t.equal(page1.items[0].payload.length, 4096, 'payload kept to its first 4 KiB')
-  t.same(Object.keys(page1.items[0]).sort(), ['id', 'message', 'payload', 'payloadBytes', 'reason', 'receivedAt', 'topic'])
+  t.same(Object.keys(page1.items[0]).sort(), ['id', 'message', 'payload', 'payloadBytes', 'payloadRedacted', 'reason', 'receivedAt', 'topic'])
   t.match(page1.items[1], { reason: 'value_out_of_range', payload: /"seq":4/ })
   t.type(page1.nextCursor, 'string')
 
@@ -57,4 +60,44 @@ t.test('unknown device, bad cursor', async (t) => {
     t.equal(res.statusCode, 400, cursor)
     t.equal(res.json().code, 'VIGIL_ERR_BAD_CURSOR', cursor)
   }
+})
+
+t.test('rejected payloads are PHI: only those who reach the patient see them (issue 11 §5)', async (t) => {
+  const p2 = await newPatient(app, headers, 'Patient Two')
+  const worn = await deps.devices.create({
+    name: 'Worn', mac: '02:00:00:00:cc:03', firmwareVersion: '1', softwareVersion: '1', startedAt: '2025-01-01T00:00:00Z'
+  }, null)
+  await deps.devices.assign(worn.id, p2, new Date(Date.now() - 60_000), null)
+  const wornTopic = `devices/${worn.id}/telemetry`
+  await deps.rejections.record(worn.id, wornTopic, 'payload_schema', '/readings/0: property is not allowed',
+    Buffer.from(JSON.stringify({ seq: 1, readings: [{ metric: 'spo2', value: 83, unit: '%', ts: 1, note: 'short of breath at night' }] })))
+  const wornUrl = `/v1/devices/${worn.id}/rejections`
+  const offTeam = await userWithLogin(app, headers, ['doctor'], 'off.team.doctor@example.org')
+  const nurse = await userWithLogin(app, headers, ['nurse'], 'p2.nurse@example.org')
+  await onCareTeam(app, headers, nurse.id, p2)
+  const integrator = await userWithLogin(app, headers, ['device-integrator'], 'rejections.integrator@example.org')
+
+  const doctorView = await app.inject({ method: 'GET', url: wornUrl, headers: offTeam.headers })
+  t.equal(doctorView.statusCode, 200)
+  t.notMatch(doctorView.body, 'short of breath', 'was the whole payload: a doctor on no team read P2\'s vitals and free text')
+  t.match(doctorView.json().items, [{ reason: 'payload_schema', payload: null, payloadRedacted: true }])
+
+  const integratorView = await app.inject({ method: 'GET', url: wornUrl, headers: integrator.headers })
+  t.equal(integratorView.statusCode, 200, 'was 403: integrators debug devices from reason, time, size and topic')
+  t.match(integratorView.json().items, [{ topic: wornTopic, reason: 'payload_schema', payloadBytes: Number, receivedAt: String, payload: null, payloadRedacted: true }])
+  t.notMatch(integratorView.body, 'short of breath')
+
+  const nurseView = await app.inject({ method: 'GET', url: wornUrl, headers: nurse.headers })
+  t.match(nurseView.json().items, [{ payload: /short of breath/, payloadRedacted: false }], 'the care team sees it')
+  const { rows } = await db.pool.query(
+    "SELECT actor_id, outcome FROM audit_log WHERE action = 'rejections:read' AND patient_id = $1 ORDER BY id", [p2])
+  t.same(rows, [{ actor_id: offTeam.id, outcome: 'denied' }, { actor_id: nurse.id, outcome: 'allowed' }],
+    'was patientId null: each read is in P2\'s trail (integrators read no payload: no row)')
+
+  // Readings belong to the assignment at their time: after the device moves on, P2's rejections stay P2's.
+  const p4 = await newPatient(app, headers, 'Patient Four')
+  await onCareTeam(app, headers, offTeam.id, p4)
+  await deps.devices.assign(worn.id, p4, new Date(), null)
+  const laterView = await app.inject({ method: 'GET', url: wornUrl, headers: offTeam.headers })
+  t.notMatch(laterView.body, 'short of breath', 'P4\'s doctor does not see what P2\'s device sent before')
 })

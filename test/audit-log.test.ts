@@ -16,7 +16,8 @@ const log = pino({ level: 'debug' }, new Writable({ write (chunk, _enc, done) { 
 const testDb = await createTestDatabase()
 const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log: pino({ level: 'silent' }) })
 const deps = apiDepsFor(db, log)
-const app = await buildApi({ ...deps, rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000 })
+// No load shedding: the embedded PGlite subtest blocks this process's event loop for seconds.
+const app = await buildApi({ ...deps, rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000, maxEventLoopDelayMs: 0 })
 t.teardown(async () => {
   await app.close()
   await db.close()
@@ -118,6 +119,15 @@ t.test('admins page the audit trail and filter it', async (t) => {
   t.same(future.json().items, [])
   const bad = await app.inject({ method: 'GET', url: '/v1/audit?cursor=abc', headers: admin })
   t.equal(bad.json().code, 'VIGIL_ERR_BAD_CURSOR')
+})
+
+t.test('a client\'s X-Request-Id is not the audit row\'s request id (issue 11 §11)', async (t) => {
+  const res = await app.inject({ method: 'GET', url: `/v1/patients/${mine}`, headers: { ...admin, 'x-request-id': 'forged-request-7' } })
+  t.equal(res.statusCode, 200)
+  const row = (await app.inject({ method: 'GET', url: `/v1/audit?patientId=${mine}&limit=1`, headers: admin })).json().items[0]
+  t.not(row.requestId, 'forged-request-7', 'the client chose the audit row\'s request id')
+  t.equal(row.requestId, res.headers['x-request-id'], 'the id Vigil generated and answered with')
+  t.equal(row.clientRequestId, 'forged-request-7', 'kept as its own label')
 })
 
 t.test('no PHI or credentials in the logs', async (t) => {

@@ -8,7 +8,7 @@ const advance = (seconds: number): void => { nowMs += seconds * 1000 }
 
 // Long sessions so only the break-glass window expires when the clock moves.
 const { db, deps, app, headers: admin } = await startApiFixture(t, 'break-glass admin', {
-  access: { now, settings: { breakGlassMinutes: 30, accessTokenTtlSeconds: 86_400, sessionIdleSeconds: 86_400, sessionMaxSeconds: 86_400 } },
+  access: { now, settings: { breakGlassMinutes: 30, breakGlassGrantsPerHour: 3, accessTokenTtlSeconds: 86_400, sessionIdleSeconds: 86_400, sessionMaxSeconds: 86_400 } },
   apiOptions: { rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000 }
 })
 const patientId = await newPatient(app, admin, 'Ida Emergency')
@@ -53,6 +53,10 @@ t.test('break-glass requests that are refused', async (t) => {
     ['no reason', doctor.headers, patientId, {}, 400, 'VIGIL_ERR_VALIDATION'],
     ['a too short reason', doctor.headers, patientId, { reason: 'because' }, 400, 'VIGIL_ERR_VALIDATION'],
     ['a blank reason', doctor.headers, patientId, { reason: '             ' }, 400, 'VIGIL_ERR_VALIDATION'],
+    // Issue 11 §9: normalized (trimmed, invisible characters removed) before the length check.
+    ['a reason padded to length', doctor.headers, patientId, { reason: '          x' }, 400, 'VIGIL_ERR_VALIDATION'],
+    ['12 zero-width spaces', doctor.headers, patientId, { reason: '\u200b'.repeat(12) }, 400, 'VIGIL_ERR_VALIDATION'],
+    ['a short reason stuffed with invisible characters', doctor.headers, patientId, { reason: 'ok\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e\u2800\u3164\u115f' }, 400, 'VIGIL_ERR_VALIDATION'],
     ['an unknown patient', doctor.headers, '00000000-0000-4000-8000-000000000000', { reason }, 404, 'VIGIL_ERR_UNKNOWN_PATIENT'],
     ['a role without break-glass', developer.headers, patientId, { reason }, 403, 'VIGIL_ERR_FORBIDDEN'],
     ['a patient', patient, patientId, { reason }, 403, 'VIGIL_ERR_FORBIDDEN'],
@@ -67,4 +71,22 @@ t.test('break-glass requests that are refused', async (t) => {
   t.equal(short.json().details[0].path, 'body/reason')
   const denied = (await app.inject({ method: 'GET', url: '/v1/audit?patientId=00000000-0000-4000-8000-000000000000', headers: admin })).json().items
   t.match(denied, [{ action: 'break-glass', outcome: 'denied', actorId: doctor.id }], 'the refused attempt is audited')
+})
+
+t.test('break-glass grants per clinician per hour are limited; refusals are audited (issue 11 §9)', async (t) => {
+  const busy = await userWithLogin(app, admin, ['doctor'], 'busy.doctor@example.org')
+  const open = () => app.inject({ method: 'POST', url: `/v1/patients/${patientId}/break-glass`, headers: busy.headers, payload: { reason: `  ${reason}\u200b ` } })
+  for (let i = 0; i < 3; i++) {
+    const res = await open()
+    t.equal(res.statusCode, 201, `grant ${i + 1} of 3`)
+    t.equal(res.json().reason, reason, 'stored normalized')
+  }
+  const fourth = await open()
+  t.equal(fourth.statusCode, 429, 'was 201: no limit')
+  t.equal(fourth.json().code, 'VIGIL_ERR_BREAK_GLASS_LIMIT')
+  t.ok(Number(fourth.headers['retry-after']) > 0, 'says when to retry')
+  const { rows } = await db.pool.query("SELECT outcome FROM audit_log WHERE actor_id = $1 AND action = 'break-glass' ORDER BY id", [busy.id])
+  t.same(rows.map((r) => r.outcome), ['allowed', 'allowed', 'allowed', 'denied'], 'the refusal is audited')
+  advance(3600)
+  t.equal((await open()).statusCode, 201, 'an hour later it is allowed again')
 })

@@ -72,6 +72,7 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ VIGIL_LOGIN_MAX_FAILURES: '0' }, 'VIGIL_LOGIN_MAX_FAILURES'],
   [{ VIGIL_LOGIN_LOCKOUT_SECONDS: '-5' }, 'VIGIL_LOGIN_LOCKOUT_SECONDS'],
   [{ VIGIL_BREAK_GLASS_MINUTES: '100000' }, 'VIGIL_BREAK_GLASS_MINUTES'],
+  [{ VIGIL_BREAK_GLASS_PER_HOUR: '0' }, 'VIGIL_BREAK_GLASS_PER_HOUR'],
   [{ WORKER_THREADS: '0' }, 'WORKER_THREADS'],
   [{ VOICE_NOTE_MAX_BYTES: '10' }, 'VOICE_NOTE_MAX_BYTES'],
   [{ VOICE_NOTE_MAX_SECONDS: '0' }, 'VOICE_NOTE_MAX_SECONDS'],
@@ -170,8 +171,8 @@ t.test('TLS files are read and checked at start', async (t) => {
 
 t.test('access settings: defaults and overrides', async (t) => {
   t.same(loadConfig({}).access, {
-    accessTokenTtlSeconds: 900, sessionIdleSeconds: 1800, sessionMaxSeconds: 43200, loginMaxFailures: 5, loginLockoutSeconds: 900, breakGlassMinutes: 60
+    accessTokenTtlSeconds: 900, sessionIdleSeconds: 1800, sessionMaxSeconds: 43200, loginMaxFailures: 5, loginLockoutSeconds: 900, breakGlassMinutes: 60, breakGlassGrantsPerHour: 10
   })
-  const c = loadConfig({ VIGIL_ACCESS_TOKEN_TTL_SECONDS: '300', VIGIL_LOGIN_MAX_FAILURES: '3', VIGIL_BREAK_GLASS_MINUTES: '15' })
-  t.match(c.access, { accessTokenTtlSeconds: 300, loginMaxFailures: 3, breakGlassMinutes: 15 })
+  const c = loadConfig({ VIGIL_ACCESS_TOKEN_TTL_SECONDS: '300', VIGIL_LOGIN_MAX_FAILURES: '3', VIGIL_BREAK_GLASS_MINUTES: '15', VIGIL_BREAK_GLASS_PER_HOUR: '4' })
+  t.match(c.access, { accessTokenTtlSeconds: 300, loginMaxFailures: 3, breakGlassMinutes: 15, breakGlassGrantsPerHour: 4 })
 })

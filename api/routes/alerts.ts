@@ -298,17 +298,21 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
     config: { permission: 'alerts:write' },
     schema: {
       tags: ['alerts'],
-      summary: 'Assign an unresolved alert to a user',
+      summary: 'Assign an unresolved alert to a clinician who reaches its patient (422 VIGIL_ERR_INVALID_ASSIGNEE otherwise)',
       params: IdParams,
       body: AssignBody,
-      response: { 200: AlertBody, ...errorResponses(404, 409, 413) }
+      response: { 200: AlertBody, ...errorResponses(404, 409, 413, 422) }
     }
   }, async (request) => {
-    await alertFor(request, request.params.id, 'alerts:write')
-    // Only to an active person (when people exist in this deployment's API: they do in vigil.ts).
-    if (deps.access !== undefined) {
-      const user = await deps.access.people.getUser(request.body.userId)
-      if (user === null || !user.active) throw new VigilError('VIGIL_ERR_UNKNOWN_USER', 'no active user with this id')
+    const alert = await alertFor(request, request.params.id, 'alerts:write')
+    // Only to an active clinician who reaches the alert's patient (issue 11): an alert assigned
+    // to someone who cannot open the patient, or to a device integrator, is an alert no one answers.
+    const assignee = await deps.access.principalOfUser(request.body.userId)
+    if (assignee === null) throw new VigilError('VIGIL_ERR_UNKNOWN_USER', 'no active user with this id')
+    // The care-team scope is the clinician category's (api/access-policy.ts); the assignee's
+    // reach is decided on the people data itself (care team, break-glass), as at their sign-in.
+    if (!assignee.patientScopes.has('care-team') || !assignee.permissions.has('alerts:read') || !await deps.access.patientAccess.canSee(assignee, alert.patientId)) {
+      throw new VigilError('VIGIL_ERR_INVALID_ASSIGNEE', 'alerts are assigned to clinicians who reach the patient (care team or break-glass)')
     }
     return await store.assign(request.params.id, request.body.userId, actorOf(request.principal!))
   })

@@ -3,33 +3,57 @@ import { VigilError } from '../errors.ts'
 import { IdParams, PageQuery, Rejection, decodeSerialCursor, errorResponses, page, pageOf } from '../schemas.ts'
 import { auditActor } from '../access-policy.ts'
 
-export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections, access }: Pick<RouteDeps, 'devices' | 'rejections' | 'access'>): void {
+/**
+ * Rejected payloads are PHI of the patient the device was assigned to when they arrived
+ * (issue 11 §5). Everyone with devices:read gets each rejection's topic, reason, message (never
+ * a value), size and time, which is what debugging a device needs; the payload only goes to a
+ * caller with phi:read who reaches that patient, and each such read is audited against the
+ * patient. A clinician who does not reach the patient is audited as refused; roles that reach no
+ * patient (device integrators, developers) read no PHI and leave no row.
+ */
+export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections, access, patientAccess }: Pick<RouteDeps, 'devices' | 'rejections' | 'access' | 'patientAccess'>): void {
   app.get('/devices/:id/rejections', {
     config: { permission: 'devices:read' },
     schema: {
       tags: ['devices'],
       summary: 'Payloads ingest refused from this device, newest first',
-      description: 'Each with its reason; payload is the first 4096 bytes and may hold PHI, so this needs phi:read as well as devices:read.',
+      description: 'Each with its reason. payload (the first 4096 bytes) is the PHI of the patient the device was assigned to when it ' +
+        'arrived: it is shown only to callers with phi:read who reach that patient (audited), else null with payloadRedacted: true.',
       params: IdParams,
       querystring: PageQuery,
       response: { 200: page(Rejection), ...errorResponses(404) }
     }
   }, async (request) => {
-    // Payloads may hold PHI: device integrators (devices:read without phi:read) may not see them.
-    if (request.principal?.permissions.has('phi:read') !== true) {
-      throw new VigilError('VIGIL_ERR_FORBIDDEN', 'rejected payloads may hold PHI: this needs phi:read')
-    }
+    const principal = request.principal!
     const id = request.params.id
     if (await devices.get(id) === null) throw new VigilError('VIGIL_ERR_UNKNOWN_DEVICE', 'no device with this id')
     const { limit, cursor } = request.query
-    const rows = await rejections.list(id, { limit: limit + 1, beforeId: decodeSerialCursor(cursor) })
-    // A payload may hold PHI of a patient no one has resolved: audited with no patient.
-    if (rows.length > 0) {
-      await access.audit.record({
-        ...auditActor(request), patientId: null,
-        action: 'rejections:read', fields: ['payload'], outcome: 'allowed'
-      })
+    const { items, nextCursor } = pageOf(await rejections.list(id, { limit: limit + 1, beforeId: decodeSerialCursor(cursor) }), limit, (last) => last.id)
+
+    const mayReadPhi = principal.permissions.has('phi:read') && principal.patientScopes.size > 0
+    const revealed = new Set<string | null>()
+    if (mayReadPhi) {
+      for (const patientId of new Set(items.map((r) => r.patientId))) {
+        if (patientId === null) {
+          // Whose it is is unknown: only a principal reaching every patient, audited with no patient.
+          if (!principal.patientScopes.has('all')) continue
+          await access.audit.record({ ...auditActor(request), patientId: null, action: 'rejections:read', fields: ['payload'], outcome: 'allowed', details: { deviceId: id } })
+          revealed.add(null)
+          continue
+        }
+        try {
+          await patientAccess.require(request, patientId, { action: 'rejections:read', fields: ['payload'], details: { deviceId: id } })
+          revealed.add(patientId)
+        } catch (err) {
+          if (!(err instanceof VigilError && err.code === 'VIGIL_ERR_UNKNOWN_PATIENT')) throw err
+        }
+      }
     }
-    return pageOf(rows, limit, (last) => last.id)
+    return {
+      items: items.map(({ patientId, payload, ...rest }) => revealed.has(patientId)
+        ? { ...rest, payload, payloadRedacted: false }
+        : { ...rest, payload: null, payloadRedacted: true }),
+      nextCursor
+    }
   })
 }

@@ -3,7 +3,7 @@ import type { FastifyRequest } from 'fastify'
 import { DuplicateEmailError, UnknownRoleError, UnknownUserError } from '../../store/people.ts'
 import { hashPassword, passwordWeakness } from '../../store/passwords.ts'
 import type { Access } from '../access.ts'
-import { scopesOf } from '../access-policy.ts'
+import { auditActor, scopesOf } from '../access-policy.ts'
 import {
   AccessLogEntry, ApiToken, AuditQuery, AuditRow, BreakGlassGrant, BreakGlassQuery, BreakGlassRequest, CareTeamAssignment,
   CreatedApiToken, NewApiToken, NewCareTeamAssignment, NewRole, NewUser, RoleDefinition, SerialParams, User, UserPatch,
@@ -39,6 +39,19 @@ function checkPassword (password: string, path: string): void {
 function actorOf (request: FastifyRequest): string {
   const p = request.principal as Principal
   return p.userId ?? `token:${p.tokenId}`
+}
+
+const MIN_REASON_LENGTH = 10
+
+// Characters that show nothing: controls, format characters (zero-width space/joiners, word
+// joiner, BOM, soft hyphen, bidi marks; \p{Cf}), line/paragraph separators, and the fillers
+// and blanks Unicode classes as letters or symbols (Hangul fillers, braille blank, Mongolian
+// vowel separator, combining grapheme joiner).
+const INVISIBLE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\u034f\u115f\u1160\u180e\u2800\u3164\uffa0]/gu
+
+/** A break-glass reason as it is checked and kept: invisible characters gone, spaces collapsed, trimmed (issue 11 §9). */
+export function normalizeReason (text: string): string {
+  return text.normalize('NFC').replace(/[\t\n\r\v\f]/g, ' ').replace(INVISIBLE, '').replace(/\s+/gu, ' ').trim()
 }
 
 function reachesEveryPatient (p: Principal): boolean {
@@ -242,14 +255,25 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
       throw new VigilError('VIGIL_ERR_FORBIDDEN', 'break-glass is for clinicians signed in as themselves')
     }
     const patientId = request.params.id
-    const reason = request.body.reason.trim()
+    const reason = normalizeReason(request.body.reason)
+    if ([...reason].length < MIN_REASON_LENGTH) {
+      throw invalid('body/reason', `must have at least ${MIN_REASON_LENGTH} characters besides spaces and invisible characters`)
+    }
     const exists = await patients.get(patientId) !== null
+    const at = access.now()
+    const recent = exists ? await people.breakGlassSince(principal.userId, new Date(at.getTime() - 3_600_000), at) : { count: 0, oldest: null }
+    const overLimit = recent.count >= access.settings.breakGlassGrantsPerHour
     await audit.record({
-      actorId: principal.userId, actorKind: 'user', role: principal.role, patientId, action: 'break-glass', fields: [],
-      outcome: exists ? 'allowed' : 'denied', sourceAddress: request.ip, requestId: request.id, breakGlassReason: reason
+      ...auditActor(request), patientId, action: 'break-glass', fields: [],
+      outcome: exists && !overLimit ? 'allowed' : 'denied', breakGlassReason: reason, details: overLimit ? { refused: 'grants-per-hour' } : null
     })
     if (!exists) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
-    const at = access.now()
+    if (overLimit) {
+      const retryAfterMs = (recent.oldest?.getTime() ?? at.getTime()) + 3_600_000 - at.getTime()
+      reply.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))))
+      request.log.warn({ userId: principal.userId, limit: access.settings.breakGlassGrantsPerHour }, 'break-glass refused: grants per hour')
+      throw new VigilError('VIGIL_ERR_BREAK_GLASS_LIMIT', `at most ${access.settings.breakGlassGrantsPerHour} break-glass grants an hour`)
+    }
     const grant = await people.grantBreakGlass({
       userId: principal.userId, patientId, reason, at, expiresAt: new Date(at.getTime() + access.settings.breakGlassMinutes * 60_000)
     })
