@@ -20,6 +20,7 @@ import { createMetrics } from './observability/metrics.ts'
 import { createApiTokenStore } from './store/api-tokens.ts'
 import { lockDataDir } from './store/data-dir-lock.ts'
 import { openDatabase } from './store/database.ts'
+import { watchDiskReserve } from './store/disk-reserve.ts'
 import { createDeviceRegistry } from './store/device-registry.ts'
 import { openEmbeddedKeyring } from './store/embedded-keyring.ts'
 import { createInfluxReadingStore } from './store/influx-readings.ts'
@@ -60,6 +61,13 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     await fs.mkdir(config.dataDir, { recursive: true })
     closers.push(await lockDataDir(config.dataDir))
     const metrics = createMetrics()
+    // Watched before the database opens: PGlite must never be the one to find the disk full.
+    const diskReserve = config.diskReserveBytes > 0 ? await watchDiskReserve({ dir: config.dataDir, reserveBytes: config.diskReserveBytes, log }) : null
+    if (diskReserve !== null) {
+      closers.push(() => diskReserve.close())
+      metrics.watchDisk(diskReserve)
+    }
+    const diskLow = (): boolean => diskReserve?.low() ?? false
     const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log })
     closers.push(() => db.close())
     const patients = createPatientStore(db.pool)
@@ -187,6 +195,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       metrics,
       log,
       presence: alerting.brokerPresence,
+      diskLow,
       alertSubscribers: { authenticate, canSee: patientAccess.canSee }
     })
     closers.push(() => broker.close())
@@ -200,7 +209,8 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       voiceNotes: jobs.voiceNotes,
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,
-      unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
+      unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,
+      ...(diskReserve === null ? {} : { diskReserve })
     })
     closers.push(() => api.close())
     await api.ready()

@@ -130,6 +130,11 @@ export interface ApiDeps extends Partial<ApiLimits> {
    * X-Forwarded-For instead of the proxy's. Default false: the socket's address.
    */
   trustProxy?: boolean | string | string[]
+  /**
+   * The data directory's free-space reserve (store/disk-reserve.ts): while low, /v1 writes
+   * answer 503 VIGIL_ERR_DISK_LOW and /healthz fails its `disk` check.
+   */
+  diskReserve?: { low: () => boolean }
   /** Alert lifecycle (startAlerting(...).api); the /v1/alerts routes exist only with it. */
   alerts?: AlertingApi
   /** The alert engine (rules file, overrides): /v1/alert-rules and /v1/patients/:id/rule-overrides exist only when set. */
@@ -153,6 +158,10 @@ const MAX_HEADER_BYTES = 16 * 1024
 const REQUEST_TIMEOUT_MS = 30_000
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/
+
+const READ_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS'])
+// Space comes back when an operator frees it or the spool delivers: not within seconds.
+const DISK_LOW_RETRY_AFTER_SECONDS = '30'
 
 /**
  * The HTTP API, ready to `listen()` (or `inject()` in tests). The caller owns the
@@ -250,6 +259,16 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(async (auth) => { sessionRoutes(auth as ApiInstance, { access }) }, { prefix: '/v1/auth' })
   await app.register(async (v1) => {
     requireAuthentication(v1, routeDeps.authenticate, budgets)
+    const diskReserve = deps.diskReserve
+    if (diskReserve !== undefined) {
+      // After authentication, before the body is read. Reads go on: they write only audit
+      // rows, which the reserve's margin holds; so do /v1/auth logins and refreshes.
+      v1.addHook('onRequest', async (request, reply) => {
+        if (READ_METHODS.has(request.method) || !diskReserve.low()) return
+        reply.header('retry-after', DISK_LOW_RETRY_AFTER_SECONDS)
+        throw new VigilError('VIGIL_ERR_DISK_LOW', 'server storage is low: writes are refused until space is freed, retry later')
+      })
+    }
     patientRoutes(v1, routeDeps)
     deviceRoutes(v1, routeDeps)
     deviceAssignmentRoutes(v1, routeDeps)
@@ -429,6 +448,19 @@ const UNAVAILABLE_MESSAGES = [
   /^Cannot use a pool after calling end on the pool$/
 ]
 
+// PostgreSQL Appendix A: 53100 disk_full (also what a failed WAL segment write reports);
+// ENOSPC from a file write of our own (the spool, a voice note).
+const DISK_FULL = /No space left on device/
+
+/** Whether `err` (or its cause) means the disk under the database (or a file Vigil writes) is full. */
+export function isDiskFull (err: unknown, depth = 0): boolean {
+  if (depth > 4 || typeof err !== 'object' || err === null) return false
+  const e = err as { code?: unknown, message?: unknown, cause?: unknown }
+  if (e.code === '53100' || e.code === 'ENOSPC') return true
+  if (typeof e.message === 'string' && DISK_FULL.test(e.message)) return true
+  return isDiskFull(e.cause, depth + 1)
+}
+
 /** Whether `err` (or its cause) means the database cannot be reached right now. */
 export function isUnavailable (err: unknown, depth = 0): boolean {
   if (depth > 4 || typeof err !== 'object' || err === null) return false
@@ -446,6 +478,11 @@ async function handleError (this: unknown, err: unknown, request: FastifyRequest
     request.log.info({ code: client.code }, 'request refused')
     reply.code(errorCatalogue[client.code])
     return client
+  }
+  if (isDiskFull(err)) {
+    request.log.error({ err }, 'disk full')
+    reply.code(503).header('retry-after', DISK_LOW_RETRY_AFTER_SECONDS)
+    return { code: 'VIGIL_ERR_DISK_LOW', message: 'server storage is full, retry later', requestId: request.id }
   }
   if (isUnavailable(err)) {
     request.log.warn({ err }, 'database unavailable')
