@@ -2,8 +2,10 @@ import { execFileSync } from 'node:child_process'
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import pg from 'pg'
 import t from 'tap'
 import type { Test } from 'tap'
+import { createTestDatabase, serverUrl } from './helpers/postgres.ts'
 import { startTestVigil, telemetry, type TestVigil } from './helpers/vigil.ts'
 
 // Issue 12 item 3: PGlite spins in XLogFlush (event loop blocked, SIGTERM ignored) when it
@@ -116,4 +118,48 @@ t.test('embedded default: a data directory down to its reserve refuses writes, a
   const stored = await vigil.api<{ items: Array<{ seq: number | null }> }>('GET', `/v1/patients/${device.patientId}/readings?metric=heart_rate&limit=10`)
   t.equal(stored.status, 200)
   t.same(stored.body.items.map((r) => r.seq).sort(), [1, 3], 'the refused message was not stored; the others were')
+})
+
+// When the database itself reports a full disk (here a real Postgres whose `patients` table
+// lives in a tablespace on a full 4 MB tmpfs), an API write answers 503 with Retry-After
+// (the issue saw 500 VIGIL_ERR_INTERNAL during PGlite's ENOSPC).
+t.test('the database reporting a full disk is a 503 VIGIL_ERR_DISK_LOW with Retry-After, not a 500', async (t) => {
+  const spaceDir = await mountTmpfs(t, 4)
+  execFileSync('chown', ['postgres:postgres', spaceDir])
+  const database = await createTestDatabase()
+  const tablespace = `vigil_full_${path.basename(spaceDir).replace(/[^a-z0-9]/gi, '').toLowerCase()}`
+  const admin = new pg.Client({ connectionString: database.url })
+  await admin.connect()
+  t.teardown(async () => {
+    await admin.end()
+    await database.drop()
+    const server = new pg.Client({ connectionString: serverUrl })
+    await server.connect()
+    await server.query(`DROP TABLESPACE IF EXISTS ${tablespace}`).finally(() => server.end())
+  })
+  await admin.query(`CREATE TABLESPACE ${tablespace} LOCATION '${spaceDir}'`)
+  const vigil = await startTestVigil({ DATABASE_URL: database.url, VIGIL_DISK_RESERVE_MB: '0' })
+  t.teardown(() => vigil.close())
+  await admin.query(`ALTER TABLE patients SET TABLESPACE ${tablespace}`)
+  // Fill the tablespace's filesystem to the last byte (tmpfs allocates pages: ENOSPC at the end).
+  const ballast = await fs.open(path.join(spaceDir, 'ballast'), 'w')
+  const page = Buffer.alloc(4096)
+  for (;;) {
+    try { await ballast.write(page) } catch { break }
+  }
+  await ballast.close()
+
+  let answer: { status: number, body: { code: string } } | null = null
+  for (let i = 0; i < 500 && answer === null; i++) {
+    const res = await vigil.api<{ code: string }>('POST', '/v1/patients', { displayName: `Patient ${i}` })
+    if (res.status !== 201) answer = res
+  }
+  t.ok(answer !== null, 'the table could not grow on the full filesystem')
+  t.equal(answer?.status, 503, 'answered 503')
+  t.equal(answer?.body.code, 'VIGIL_ERR_DISK_LOW')
+  const raw = await fetch(`http://127.0.0.1:${vigil.httpPort}/v1/patients`, {
+    method: 'POST', headers: { authorization: 'Bearer test-admin-token-0123456789abcdef', 'content-type': 'application/json' }, body: JSON.stringify({ displayName: 'x' })
+  })
+  t.equal(raw.status, 503)
+  t.ok(Number(raw.headers.get('retry-after')) > 0, 'with Retry-After')
 })
