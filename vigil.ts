@@ -71,7 +71,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log })
     closers.push(() => db.close())
     const patients = createPatientStore(db.pool)
-    const devices = createDeviceRegistry(db.pool)
+    const devices = createDeviceRegistry(db.pool, { earlyReadingToleranceMs: config.assignmentToleranceMs })
     const tokens = createApiTokenStore(db.pool)
     const rejections = createRejectionLog(db.pool)
     const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
@@ -204,7 +204,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords, access, alerts: alerting.api, alertRules: alertEngine,
+      log, db, patients, devices, tokens, rejections, keptReplay: ingest, readings, metrics, patientRecords, access, alerts: alerting.api, alertRules: alertEngine,
       jobs: jobs.queue,
       voiceNotes: jobs.voiceNotes,
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },

@@ -18,12 +18,13 @@ import type { Metrics } from '../observability/metrics.ts'
 import type { ApiTokenStore } from '../store/api-tokens.ts'
 import type { Database } from '../store/database.ts'
 import { DecryptionError, UnknownKeyError } from '../store/field-encryption.ts'
-import { AssignmentOrderError, DuplicateMacError, UnknownDeviceError, UnknownPatientError } from '../store/device-registry.ts'
+import { AssignmentOrderError, DuplicateMacError, NoCurrentAssignmentError, UnknownDeviceError, UnknownPatientError } from '../store/device-registry.ts'
 import type { DeviceRegistry } from '../store/device-registry.ts'
 import type { PatientRecordStore } from '../store/patient-records.ts'
 import type { PatientStore } from '../store/patients.ts'
 import type { ReadingStore } from '../store/readings-store.ts'
 import type { RejectionLog } from '../store/rejections.ts'
+import type { StoredReading } from '../ingest/reading.ts'
 import type { Access } from './access.ts'
 import type { VoiceNoteStore } from '../store/voice-notes.ts'
 import { requireAuthentication } from './auth.ts'
@@ -37,8 +38,10 @@ import { registerRequestBudgets } from './rate-limits.ts'
 import { docsContentSecurityPolicy, registerSecurityHeaders } from './security-headers.ts'
 import { alertRoutes } from './routes/alerts.ts'
 import { deviceAssignmentRoutes } from './routes/device-assignment.ts'
+import { deviceAssignmentCorrectionRoutes } from './routes/device-assignment-correction.ts'
 import { deviceCredentialRoutes } from './routes/device-credentials.ts'
 import { deviceRejectionRoutes } from './routes/device-rejections.ts'
+import { deviceRejectionReplayRoutes } from './routes/device-rejection-replay.ts'
 import { deviceRoutes } from './routes/devices.ts'
 import { healthRoutes } from './routes/health.ts'
 import { jobRoutes } from './routes/jobs.ts'
@@ -112,6 +115,11 @@ export interface ApiDeps extends Partial<ApiLimits> {
   /** Replaces access's patient access policy (tests of one component). */
   patientAccess?: PatientAccessPolicy
   rejections: RejectionLog
+  /** Ingest's replay of kept device_unassigned payloads; POST /v1/devices/{id}/rejections/replay exists only with it. */
+  keptReplay?: {
+    resolveKept (deviceId: string, topic: string, payload: Buffer, receivedAt: Date): Promise<{ readings: StoredReading[], unassigned: number }>
+    storeKept (readings: StoredReading[]): Promise<void>
+  }
   readings: ReadingStore
   metrics: Metrics
   /** Patients' encrypted records (PHI); the /record, lookup and /admin/keys routes exist when set. */
@@ -272,8 +280,10 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     patientRoutes(v1, routeDeps)
     deviceRoutes(v1, routeDeps)
     deviceAssignmentRoutes(v1, routeDeps)
+    deviceAssignmentCorrectionRoutes(v1, routeDeps)
     deviceCredentialRoutes(v1, routeDeps)
     deviceRejectionRoutes(v1, routeDeps)
+    deviceRejectionReplayRoutes(v1, routeDeps)
     readingRoutes(v1, routeDeps)
     if (routeDeps.patientRecords !== undefined) patientRecordRoutes(v1, { ...routeDeps, patientRecords: routeDeps.patientRecords })
     if (routeDeps.alerts !== undefined) alertRoutes(v1, { ...routeDeps, alerts: routeDeps.alerts })
@@ -407,6 +417,7 @@ export function clientError (err: unknown): ErrorResponse | null {
   if (err instanceof UnknownDeviceError) return vigil('VIGIL_ERR_UNKNOWN_DEVICE', err.message)
   if (err instanceof UnknownPatientError) return vigil('VIGIL_ERR_UNKNOWN_PATIENT', err.message)
   if (err instanceof AssignmentOrderError) return vigil('VIGIL_ERR_CONFLICT', err.message)
+  if (err instanceof NoCurrentAssignmentError) return vigil('VIGIL_ERR_NOT_FOUND', err.message)
   const e = err as Partial<FastifyError> & { name?: string }
   if (Array.isArray(e.validation)) {
     const context = e.validationContext ?? 'request'

@@ -59,6 +59,8 @@ export interface Config {
   spoolMaxBytes: number
   /** Free space kept in the data directory: below it publishes and API writes are refused (VIGIL_DISK_RESERVE_MB). */
   diskReserveBytes: number
+  /** Readings this long before a device's first assignment still belong to it (VIGIL_ASSIGNMENT_TOLERANCE_SECONDS). */
+  assignmentToleranceMs: number
   /** API requests per minute per token, and per address without a valid token. */
   apiRateLimitPerMinute: number
   apiUnauthenticatedRateLimitPerMinute: number
@@ -323,6 +325,9 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     jobMaxAttempts: integer(env, 'JOB_MAX_ATTEMPTS', 3, 1, 100),
     spoolMaxBytes: integer(env, 'VIGIL_SPOOL_MAX_BYTES', 1024 * 1024 * 1024, 64 * 1024, Number.MAX_SAFE_INTEGER),
     // Default: two 16 MB WAL segments and a margin (store/disk-reserve.ts). 0 turns the guard off.
+    // A device clock a little behind the server's stamps its first readings before the
+    // assignment made on the server (issue 12: 1.5 s).
+    assignmentToleranceMs: integer(env, 'VIGIL_ASSIGNMENT_TOLERANCE_SECONDS', 300, 0, 86_400) * 1000,
     diskReserveBytes: integer(env, 'VIGIL_DISK_RESERVE_MB', DEFAULT_DISK_RESERVE_BYTES / (1024 * 1024), 0, 1024 * 1024) * 1024 * 1024,
     // 100 requests/s per token: room for provisioning tools and dashboards; per address
     // without a token, enough for a person browsing /docs, not for a guessing script.
