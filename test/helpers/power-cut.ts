@@ -110,7 +110,12 @@ async function storedSeqs (p: VigilProcess, token: string, patientId: string): P
   const seqs: number[] = []
   let cursor = ''
   for (;;) {
-    const res = await fetch(`http://127.0.0.1:${p.httpPort}/v1/patients/${patientId}/readings?limit=1000${cursor}`, { headers: { authorization: `Bearer ${token}` } })
+    let res = await fetch(`http://127.0.0.1:${p.httpPort}/v1/patients/${patientId}/readings?limit=1000${cursor}`, { headers: { authorization: `Bearer ${token}` } })
+    // A freshly restarted process on a busy machine may shed load: wait as Retry-After asks (bounded).
+    for (let attempt = 1; res.status === 503 && attempt < 10; attempt++) {
+      await new Promise((resolve) => setTimeout(resolve, Number(res.headers.get('retry-after') ?? 1) * 1000))
+      res = await fetch(`http://127.0.0.1:${p.httpPort}/v1/patients/${patientId}/readings?limit=1000${cursor}`, { headers: { authorization: `Bearer ${token}` } })
+    }
     if (res.status !== 200) throw new Error(`readings of ${patientId}: ${res.status} ${await res.text()}`)
     const body = await res.json() as { items: Array<{ seq: number }>, nextCursor: string | null }
     seqs.push(...body.items.map((r) => r.seq))
