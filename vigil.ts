@@ -20,6 +20,7 @@ import { createMetrics } from './observability/metrics.ts'
 import { createApiTokenStore } from './store/api-tokens.ts'
 import { lockDataDir } from './store/data-dir-lock.ts'
 import { openDatabase } from './store/database.ts'
+import { watchDiskReserve } from './store/disk-reserve.ts'
 import { createDeviceRegistry } from './store/device-registry.ts'
 import { openEmbeddedKeyring } from './store/embedded-keyring.ts'
 import { createInfluxReadingStore } from './store/influx-readings.ts'
@@ -60,10 +61,17 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     await fs.mkdir(config.dataDir, { recursive: true })
     closers.push(await lockDataDir(config.dataDir))
     const metrics = createMetrics()
+    // Watched before the database opens: PGlite must never be the one to find the disk full.
+    const diskReserve = config.diskReserveBytes > 0 ? await watchDiskReserve({ dir: config.dataDir, reserveBytes: config.diskReserveBytes, log }) : null
+    if (diskReserve !== null) {
+      closers.push(() => diskReserve.close())
+      metrics.watchDisk(diskReserve)
+    }
+    const diskLow = (): boolean => diskReserve?.low() ?? false
     const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log })
     closers.push(() => db.close())
     const patients = createPatientStore(db.pool)
-    const devices = createDeviceRegistry(db.pool)
+    const devices = createDeviceRegistry(db.pool, { earlyReadingToleranceMs: config.assignmentToleranceMs })
     const tokens = createApiTokenStore(db.pool)
     const rejections = createRejectionLog(db.pool)
     const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
@@ -187,6 +195,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       metrics,
       log,
       presence: alerting.brokerPresence,
+      diskLow,
       alertSubscribers: { authenticate, canSee: patientAccess.canSee }
     })
     closers.push(() => broker.close())
@@ -195,13 +204,14 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, readings, metrics, patientRecords, access, alerts: alerting.api, alertRules: alertEngine,
+      log, db, patients, devices, tokens, rejections, keptReplay: ingest, readings, metrics, patientRecords, access, alerts: alerting.api, alertRules: alertEngine,
       jobs: jobs.queue,
       voiceNotes: jobs.voiceNotes,
       spool,
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,
-      unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute
+      unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,
+      ...(diskReserve === null ? {} : { diskReserve })
     })
     closers.push(() => api.close())
     await api.ready()

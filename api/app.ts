@@ -18,12 +18,13 @@ import type { Metrics } from '../observability/metrics.ts'
 import type { ApiTokenStore } from '../store/api-tokens.ts'
 import type { Database } from '../store/database.ts'
 import { DecryptionError, UnknownKeyError } from '../store/field-encryption.ts'
-import { AssignmentChangedError, AssignmentOrderError, DuplicateMacError, UnknownDeviceError, UnknownPatientError } from '../store/device-registry.ts'
+import { AssignmentChangedError, AssignmentOrderError, DuplicateMacError, NoCurrentAssignmentError, UnknownDeviceError, UnknownPatientError } from '../store/device-registry.ts'
 import type { DeviceRegistry } from '../store/device-registry.ts'
 import type { PatientRecordStore } from '../store/patient-records.ts'
 import type { PatientStore } from '../store/patients.ts'
 import type { ReadingStore } from '../store/readings-store.ts'
 import type { RejectionLog } from '../store/rejections.ts'
+import type { StoredReading } from '../ingest/reading.ts'
 import type { Access } from './access.ts'
 import type { VoiceNoteStore } from '../store/voice-notes.ts'
 import { requireAuthentication } from './auth.ts'
@@ -37,8 +38,10 @@ import { registerRequestBudgets } from './rate-limits.ts'
 import { docsContentSecurityPolicy, registerSecurityHeaders } from './security-headers.ts'
 import { alertRoutes } from './routes/alerts.ts'
 import { deviceAssignmentRoutes } from './routes/device-assignment.ts'
+import { deviceAssignmentCorrectionRoutes } from './routes/device-assignment-correction.ts'
 import { deviceCredentialRoutes } from './routes/device-credentials.ts'
 import { deviceRejectionRoutes } from './routes/device-rejections.ts'
+import { deviceRejectionReplayRoutes } from './routes/device-rejection-replay.ts'
 import { deviceRoutes } from './routes/devices.ts'
 import { healthRoutes } from './routes/health.ts'
 import { jobRoutes } from './routes/jobs.ts'
@@ -113,6 +116,11 @@ export interface ApiDeps extends Partial<ApiLimits> {
   /** Replaces access's patient access policy (tests of one component). */
   patientAccess?: PatientAccessPolicy
   rejections: RejectionLog
+  /** Ingest's replay of kept device_unassigned payloads; POST /v1/devices/{id}/rejections/replay exists only with it. */
+  keptReplay?: {
+    resolveKept (deviceId: string, topic: string, payload: Buffer, receivedAt: Date): Promise<{ readings: StoredReading[], unassigned: number }>
+    storeKept (readings: StoredReading[]): Promise<void>
+  }
   readings: ReadingStore
   metrics: Metrics
   /** Patients' encrypted records (PHI); the /record, lookup and /admin/keys routes exist when set. */
@@ -131,6 +139,11 @@ export interface ApiDeps extends Partial<ApiLimits> {
    * X-Forwarded-For instead of the proxy's. Default false: the socket's address.
    */
   trustProxy?: boolean | string | string[]
+  /**
+   * The data directory's free-space reserve (store/disk-reserve.ts): while low, /v1 writes
+   * answer 503 VIGIL_ERR_DISK_LOW and /healthz fails its `disk` check.
+   */
+  diskReserve?: { low: () => boolean }
   /** Alert lifecycle (startAlerting(...).api); the /v1/alerts routes exist only with it. */
   alerts?: AlertingApi
   /** The alert engine (rules file, overrides): /v1/alert-rules and /v1/patients/:id/rule-overrides exist only when set. */
@@ -156,6 +169,10 @@ const MAX_HEADER_BYTES = 16 * 1024
 const REQUEST_TIMEOUT_MS = 30_000
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/
+
+const READ_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS'])
+// Space comes back when an operator frees it or the spool delivers: not within seconds.
+const DISK_LOW_RETRY_AFTER_SECONDS = '30'
 
 /**
  * The HTTP API, ready to `listen()` (or `inject()` in tests). The caller owns the
@@ -260,11 +277,23 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(async (auth) => { sessionRoutes(auth as ApiInstance, { access }) }, { prefix: '/v1/auth' })
   await app.register(async (v1) => {
     requireAuthentication(v1, routeDeps.authenticate, budgets)
+    const diskReserve = deps.diskReserve
+    if (diskReserve !== undefined) {
+      // After authentication, before the body is read. Reads go on: they write only audit
+      // rows, which the reserve's margin holds; so do /v1/auth logins and refreshes.
+      v1.addHook('onRequest', async (request, reply) => {
+        if (READ_METHODS.has(request.method) || !diskReserve.low()) return
+        reply.header('retry-after', DISK_LOW_RETRY_AFTER_SECONDS)
+        throw new VigilError('VIGIL_ERR_DISK_LOW', 'server storage is low: writes are refused until space is freed, retry later')
+      })
+    }
     patientRoutes(v1, routeDeps)
     deviceRoutes(v1, routeDeps)
     deviceAssignmentRoutes(v1, routeDeps)
+    deviceAssignmentCorrectionRoutes(v1, routeDeps)
     deviceCredentialRoutes(v1, routeDeps)
     deviceRejectionRoutes(v1, routeDeps)
+    deviceRejectionReplayRoutes(v1, routeDeps)
     readingRoutes(v1, routeDeps)
     if (routeDeps.patientRecords !== undefined) patientRecordRoutes(v1, { ...routeDeps, patientRecords: routeDeps.patientRecords })
     if (routeDeps.alerts !== undefined) alertRoutes(v1, { ...routeDeps, alerts: routeDeps.alerts })
@@ -399,6 +428,7 @@ export function clientError (err: unknown): ErrorResponse | null {
   if (err instanceof UnknownDeviceError) return vigil('VIGIL_ERR_UNKNOWN_DEVICE', err.message)
   if (err instanceof UnknownPatientError) return vigil('VIGIL_ERR_UNKNOWN_PATIENT', err.message)
   if (err instanceof AssignmentOrderError || err instanceof AssignmentChangedError) return vigil('VIGIL_ERR_CONFLICT', err.message)
+  if (err instanceof NoCurrentAssignmentError) return vigil('VIGIL_ERR_NOT_FOUND', err.message)
   const e = err as Partial<FastifyError> & { name?: string }
   if (Array.isArray(e.validation)) {
     const context = e.validationContext ?? 'request'
@@ -440,6 +470,19 @@ const UNAVAILABLE_MESSAGES = [
   /^Cannot use a pool after calling end on the pool$/
 ]
 
+// PostgreSQL Appendix A: 53100 disk_full (also what a failed WAL segment write reports);
+// ENOSPC from a file write of our own (the spool, a voice note).
+const DISK_FULL = /No space left on device/
+
+/** Whether `err` (or its cause) means the disk under the database (or a file Vigil writes) is full. */
+export function isDiskFull (err: unknown, depth = 0): boolean {
+  if (depth > 4 || typeof err !== 'object' || err === null) return false
+  const e = err as { code?: unknown, message?: unknown, cause?: unknown }
+  if (e.code === '53100' || e.code === 'ENOSPC') return true
+  if (typeof e.message === 'string' && DISK_FULL.test(e.message)) return true
+  return isDiskFull(e.cause, depth + 1)
+}
+
 /** Whether `err` (or its cause) means the database cannot be reached right now. */
 export function isUnavailable (err: unknown, depth = 0): boolean {
   if (depth > 4 || typeof err !== 'object' || err === null) return false
@@ -457,6 +500,11 @@ async function handleError (this: unknown, err: unknown, request: FastifyRequest
     request.log.info({ code: client.code }, 'request refused')
     reply.code(errorCatalogue[client.code])
     return client
+  }
+  if (isDiskFull(err)) {
+    request.log.error({ err }, 'disk full')
+    reply.code(503).header('retry-after', DISK_LOW_RETRY_AFTER_SECONDS)
+    return { code: 'VIGIL_ERR_DISK_LOW', message: 'server storage is full, retry later', requestId: request.id }
   }
   if (isUnavailable(err)) {
     request.log.warn({ err }, 'database unavailable')

@@ -35,7 +35,9 @@ export const errorCatalogue = {
   // PHI at rest: a stored record names a key the configuration lacks, or fails authentication.
   VIGIL_ERR_KEY_UNAVAILABLE: 500,
   VIGIL_ERR_DECRYPTION_FAILED: 500,
-  VIGIL_ERR_UNAVAILABLE: 503
+  VIGIL_ERR_UNAVAILABLE: 503,
+  // The data directory is below its free-space reserve, or the database reports its disk full.
+  VIGIL_ERR_DISK_LOW: 503
 } as const
 
 export type ErrorCode = keyof typeof errorCatalogue

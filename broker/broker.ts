@@ -66,6 +66,8 @@ export interface BrokerDeps {
   presence?: BrokerPresenceHooks | null
   /** People subscribing to alerts/{patientId}: CONNECT with username `bearer`, password an API bearer token. */
   alertSubscribers?: AlertSubscriberAuth | null
+  /** True while the data directory is below its free-space reserve: publishes are refused (disk_low) without PUBACK. */
+  diskLow?: () => boolean
 }
 
 export interface BrokerPresenceHooks {
@@ -286,6 +288,12 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
       if (packet.retain) {
         refusedClients.add(client)
         return refused('retain_not_allowed', 'retained messages are not allowed', session.deviceId)
+      }
+      // Before anything is written: PGlite hangs rather than fails on a full disk, so the
+      // device keeps the message and resends once there is room again.
+      if (deps.diskLow?.() === true) {
+        refusedClients.add(client)
+        return refused('disk_low', 'server storage is low, retry later', session.deviceId)
       }
       const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload)
       if (match[2] === 'status') {

@@ -13,6 +13,8 @@ export const refusalReasons = [
   // session
   'topic_invalid', 'topic_too_deep', 'topic_not_allowed', 'retain_not_allowed', 'publisher_unknown',
   'subscribe_not_allowed', 'qos2_inflight_exceeded', 'slow_subscriber', 'spool_full', 'store_unavailable',
+  // The data directory is below its free-space reserve (VIGIL_DISK_RESERVE_MB).
+  'disk_low',
   // A person's MQTT alert session whose token or patient access ended while connected.
   'access_revoked'
 ] as const

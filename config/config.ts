@@ -5,6 +5,7 @@ import tls from 'node:tls'
 import type { Keyring } from '../store/field-encryption.ts'
 import { SecretKeyFormatError, parseSecretKeyFile, parseSecretKeyValue } from './secret-keys.ts'
 import { fileURLToPath } from 'node:url'
+import { DEFAULT_DISK_RESERVE_BYTES } from '../store/disk-reserve.ts'
 
 /**
  * Every setting Vigil reads, with its default. The defaults are the embedded mode:
@@ -56,6 +57,10 @@ export interface Config {
   jobLeaseSeconds: number
   jobMaxAttempts: number
   spoolMaxBytes: number
+  /** Free space kept in the data directory: below it publishes and API writes are refused (VIGIL_DISK_RESERVE_MB). */
+  diskReserveBytes: number
+  /** Readings this long before a device's first assignment still belong to it (VIGIL_ASSIGNMENT_TOLERANCE_SECONDS). */
+  assignmentToleranceMs: number
   /** API requests per minute per token, and per address without a valid token. */
   apiRateLimitPerMinute: number
   apiUnauthenticatedRateLimitPerMinute: number
@@ -321,6 +326,11 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     jobLeaseSeconds: integer(env, 'JOB_LEASE_SECONDS', 60, 2, 3600),
     jobMaxAttempts: integer(env, 'JOB_MAX_ATTEMPTS', 3, 1, 100),
     spoolMaxBytes: integer(env, 'VIGIL_SPOOL_MAX_BYTES', 1024 * 1024 * 1024, 64 * 1024, Number.MAX_SAFE_INTEGER),
+    // Default: two 16 MB WAL segments and a margin (store/disk-reserve.ts). 0 turns the guard off.
+    // A device clock a little behind the server's stamps its first readings before the
+    // assignment made on the server (issue 12: 1.5 s).
+    assignmentToleranceMs: integer(env, 'VIGIL_ASSIGNMENT_TOLERANCE_SECONDS', 300, 0, 86_400) * 1000,
+    diskReserveBytes: integer(env, 'VIGIL_DISK_RESERVE_MB', DEFAULT_DISK_RESERVE_BYTES / (1024 * 1024), 0, 1024 * 1024) * 1024 * 1024,
     // 100 requests/s per token: room for provisioning tools and dashboards; per address
     // without a token, enough for a person browsing /docs, not for a guessing script.
     apiRateLimitPerMinute: integer(env, 'API_RATE_LIMIT_PER_MINUTE', 6000, 1, 10_000_000),

@@ -66,19 +66,30 @@ export async function startIngest (deps: IngestDeps) {
   })
   const sink: DurableSink = deps.spool ?? { append: (r) => direct.write(r) }
 
-  async function toStored (deviceId: string, kind: TopicKind, payload: Buffer): Promise<StoredReading[]> {
-    const { seq, readings } = decoders[kind](payload, now())
+  /** Decodes and resolves each reading's patient; readings no assignment covers are returned apart. */
+  async function resolve (deviceId: string, kind: TopicKind, payload: Buffer, nowMs: number): Promise<{ stored: StoredReading[], unassigned: NormalizedReading[] }> {
+    const { seq, readings } = decoders[kind](payload, nowMs)
     const patientAt = await deps.devices.assignmentsOf(deviceId)
     const stored: StoredReading[] = []
+    const unassigned: NormalizedReading[] = []
     for (const r of readings) {
       const patientId = patientAt(r.ts)
-      if (patientId === null) {
-        throw new PayloadRejection('device_unassigned',
-          `device was not assigned to a patient at ${new Date(r.ts).toISOString()}`)
-      }
-      stored.push({ ...r, patientId, deviceId, seq })
+      if (patientId === null) unassigned.push(r)
+      else stored.push({ ...r, patientId, deviceId, seq })
     }
-    return stored
+    return { stored, unassigned }
+  }
+
+  function unassignedMessage (unassigned: readonly NormalizedReading[], total: number): string {
+    return `${unassigned.length} of ${total} readings: device was not assigned to a patient at ${new Date(unassigned[0]!.ts).toISOString()}`
+  }
+
+  async function recordRejection (deviceId: string, topic: string, err: PayloadRejection, payload: Buffer): Promise<void> {
+    await deps.rejections.record(deviceId, topic, err.reason, err.message, payload)
+    await flushToDisk()
+    deps.metrics.rejections.inc({ reason: err.reason })
+    // The message may quote values (PHI); the reason and device id are enough to find it.
+    log.info({ deviceId, reason: err.reason }, 'payload rejected')
   }
 
   return {
@@ -86,18 +97,25 @@ export async function startIngest (deps: IngestDeps) {
       const started = process.hrtime.bigint()
       deps.metrics.messagesReceived.inc({ kind })
       let stored: StoredReading[]
+      let unassigned: NormalizedReading[]
       try {
-        stored = await toStored(deviceId, kind, payload)
+        ({ stored, unassigned } = await resolve(deviceId, kind, payload, now()))
       } catch (err) {
         if (!(err instanceof PayloadRejection)) throw err
-        await deps.rejections.record(deviceId, topic, err.reason, err.message, payload)
-        await flushToDisk()
-        deps.metrics.rejections.inc({ reason: err.reason })
-        // The message may quote values (PHI); the reason and device id are enough to find it.
-        log.info({ deviceId, reason: err.reason }, 'payload rejected')
+        await recordRejection(deviceId, topic, err, payload)
         return { outcome: 'rejected', reason: err.reason }
       }
+      const unassignedRejection = unassigned.length === 0
+        ? null
+        : new PayloadRejection('device_unassigned', unassignedMessage(unassigned, stored.length + unassigned.length))
+      if (stored.length === 0) {
+        await recordRejection(deviceId, topic, unassignedRejection!, payload)
+        return { outcome: 'rejected', reason: 'device_unassigned' }
+      }
       await sink.append(stored)
+      // Readings an assignment covers are stored; the whole payload is kept for the others,
+      // to replay once the assignment is corrected (a replay rewrites the stored ones: idempotent).
+      if (unassignedRejection !== null) await recordRejection(deviceId, topic, unassignedRejection, payload)
       deps.metrics.readingsAccepted.inc(stored.length)
       if (deps.onAccepted !== undefined) {
         try {
@@ -108,6 +126,24 @@ export async function startIngest (deps: IngestDeps) {
       }
       deps.metrics.durableSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
       return { outcome: 'accepted', count: stored.length }
+    },
+
+    /**
+     * A kept payload resolved under today's assignments, validated as when it arrived
+     * (`receivedAt` stands for "now"), for the rejection replay. Nothing is written.
+     */
+    async resolveKept (deviceId: string, topic: string, payload: Buffer, receivedAt: Date): Promise<{ readings: StoredReading[], unassigned: number }> {
+      const kind = topic.slice(topic.lastIndexOf('/') + 1)
+      if (kind !== 'telemetry' && kind !== 'senml') return { readings: [], unassigned: 0 }
+      const { stored, unassigned } = await resolve(deviceId, kind, payload, receivedAt.getTime())
+      return { readings: stored, unassigned: unassigned.length }
+    },
+
+    /** Makes replayed readings durable the way accept() does (spool or commit + flush). */
+    async storeKept (readings: StoredReading[]): Promise<void> {
+      if (readings.length === 0) return
+      await sink.append(readings)
+      deps.metrics.readingsAccepted.inc(readings.length)
     },
 
     async close (): Promise<void> {

@@ -11,10 +11,25 @@ export function createMetrics () {
   const registry = new Registry()
   // Set when a spool exists (InfluxDB mode); the spool gauges read it at scrape time.
   let spoolStats: (() => SpoolStats) | null = null
+  // Set when the data directory's free space is watched (store/disk-reserve.ts).
+  let disk: { low: () => boolean, freeBytes: () => number } | null = null
   collectDefaultMetrics({ register: registry, prefix: 'vigil_process_' })
   return {
     registry,
     watchSpool (stats: () => SpoolStats): void { spoolStats = stats },
+    watchDisk (reserve: { low: () => boolean, freeBytes: () => number }): void { disk = reserve },
+    diskLow: new Gauge({
+      name: 'vigil_disk_low',
+      help: '1 while free space in the data directory is below VIGIL_DISK_RESERVE_MB (publishes and API writes refused), else 0',
+      registers: [registry],
+      collect () { if (disk !== null) this.set(disk.low() ? 1 : 0) }
+    }),
+    diskFreeBytes: new Gauge({
+      name: 'vigil_disk_free_bytes',
+      help: 'Free bytes in the data directory at the last check (once a second)',
+      registers: [registry],
+      collect () { if (disk !== null && Number.isFinite(disk.freeBytes())) this.set(disk.freeBytes()) }
+    }),
     messagesReceived: new Counter({
       name: 'vigil_mqtt_messages_received_total',
       help: 'MQTT PUBLISH packets received from authenticated devices, by topic kind',

@@ -52,6 +52,9 @@ export class UnknownPatientError extends Error {
 export class AssignmentChangedError extends Error {
   constructor () { super('the device\'s assignment changed meanwhile: read it again and retry') }
 }
+export class NoCurrentAssignmentError extends Error {
+  constructor () { super('the device has no current assignment') }
+}
 export class AssignmentOrderError extends Error {
   constructor (readonly notBefore: string, what = "the current assignment's start") {
     super(`validFrom must be after ${what} (${notBefore}): assignment periods of a device never overlap`)
@@ -60,10 +63,18 @@ export class AssignmentOrderError extends Error {
 
 interface Period { from: number, to: number, patientId: string }
 
-function patientIn (periods: readonly Period[], ts: number): string | null {
+/**
+ * The patient assigned at `ts`. A reading up to `earlyToleranceMs` before the device's first
+ * assignment belongs to that assignment: no earlier period can claim it, and a device clock
+ * a little behind the server's stamps its first readings before the assignment was made.
+ */
+function patientIn (periods: readonly Period[], ts: number, earlyToleranceMs: number): string | null {
+  let first: Period | undefined
   for (const p of periods) {
     if (ts >= p.from && ts < p.to) return p.patientId
+    if (first === undefined || p.from < first.from) first = p
   }
+  if (first !== undefined && ts < first.from && ts >= first.from - earlyToleranceMs) return first.patientId
   return null
 }
 interface VerifiedSecret { credentialId: string, digest: Buffer }
@@ -76,7 +87,13 @@ const ASSIGNMENT_CACHE_MS = 30_000
  * that passed scrypt per device (so a reconnecting device skips scrypt).
  * Emits `credentials-revoked` (deviceId) when a device's sessions must end.
  */
-export function createDeviceRegistry (pool: pg.Pool) {
+export interface DeviceRegistryOptions {
+  /** How long before a device's first assignment a reading still belongs to it (ms); default 0. */
+  earlyReadingToleranceMs?: number
+}
+
+export function createDeviceRegistry (pool: pg.Pool, options: DeviceRegistryOptions = {}) {
+  const earlyToleranceMs = options.earlyReadingToleranceMs ?? 0
   const events = new EventEmitter()
   const periods = new Map<string, { expiresAt: number, periods: Period[] }>()
   const verified = new Map<string, VerifiedSecret>()
@@ -265,6 +282,35 @@ export function createDeviceRegistry (pool: pg.Pool) {
     },
 
     /**
+     * Corrects the start of the current assignment (a device in use before it was assigned,
+     * a clock behind). `expectedPatientId` is the patient the caller was allowed to act for:
+     * a reassignment in between makes this a conflict. Refused when the new start would
+     * overlap an earlier period of the device (another patient's readings).
+     */
+    async correctStart (deviceId: string, expectedPatientId: string, validFrom: Date): Promise<Assignment> {
+      try {
+        return await inTransaction(async (client) => {
+          const device = await client.query('SELECT id FROM devices WHERE id = $1 FOR UPDATE', [deviceId])
+          if (device.rowCount === 0) throw new UnknownDeviceError()
+          const open = await client.query(
+            'SELECT id, patient_id FROM device_assignments WHERE device_id = $1 AND valid_to IS NULL', [deviceId])
+          const current = open.rows[0]
+          if (current === undefined) throw new NoCurrentAssignmentError()
+          if (current.patient_id !== expectedPatientId) throw new AssignmentChangedError()
+          const earlier = await client.query(
+            'SELECT max(valid_to) AS until FROM device_assignments WHERE device_id = $1 AND id <> $2 AND valid_to > $3',
+            [deviceId, current.id, validFrom])
+          const until = earlier.rows[0]?.until as Date | null | undefined
+          if (until !== null && until !== undefined) throw new AssignmentOrderError(until.toISOString(), 'the end of an earlier assignment')
+          await client.query('UPDATE device_assignments SET valid_from = $2 WHERE id = $1', [current.id, validFrom])
+          return { patientId: current.patient_id as string, validFrom: validFrom.toISOString(), validTo: null }
+        })
+      } finally {
+        invalidate(deviceId)
+      }
+    },
+
+    /**
      * Ends the current assignment now; readings after this are rejected as unassigned. With
      * `expectedPatient`, only an assignment to that patient (the one the caller's access was checked against).
      */
@@ -294,7 +340,7 @@ export function createDeviceRegistry (pool: pg.Pool) {
      */
     async assignmentsOf (deviceId: string): Promise<(ts: number) => string | null> {
       const loaded = await loadPeriods(deviceId)
-      return (ts) => patientIn(loaded, ts)
+      return (ts) => patientIn(loaded, ts, earlyToleranceMs)
     },
 
     /** Issues a new MQTT secret, revoking the previous one (whose live sessions are ended). */

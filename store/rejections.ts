@@ -31,12 +31,30 @@ export interface Rejection {
   patientId: string | null
 }
 
+/** A kept device_unassigned payload not yet replayed. */
+export interface KeptPayload { id: string, topic: string, payload: Buffer, receivedAt: Date }
+
 export function createRejectionLog (pool: pg.Pool) {
   return {
     async record (deviceId: string, topic: string, reason: RejectionReason, message: string, payload: Buffer): Promise<void> {
       await pool.query(
         'INSERT INTO rejections (device_id, topic, reason, message, payload, payload_bytes) VALUES ($1, $2, $3, $4, $5, $6)',
         [deviceId, topic, reason, printable(message), keepWhole.has(reason) ? payload : payload.subarray(0, REJECTED_PAYLOAD_KEEP_BYTES), payload.length])
+    },
+
+    /** The device's device_unassigned payloads not yet replayed, oldest first. */
+    async keptUnassigned (deviceId: string, limit: number): Promise<KeptPayload[]> {
+      const { rows } = await pool.query(
+        `SELECT id, topic, payload, received_at FROM rejections
+         WHERE device_id = $1 AND reason = 'device_unassigned' AND replayed_at IS NULL ORDER BY id LIMIT $2`,
+        [deviceId, limit])
+      return rows.map((r) => ({ id: String(r.id), topic: r.topic, payload: r.payload as Buffer, receivedAt: r.received_at as Date }))
+    },
+
+    /** Marks payloads whose every reading is now stored; a later replay skips them. */
+    async markReplayed (ids: readonly string[]): Promise<void> {
+      if (ids.length === 0) return
+      await pool.query('UPDATE rejections SET replayed_at = now() WHERE id = ANY($1::bigint[]) AND replayed_at IS NULL', [ids])
     },
 
     /** Newest first. */

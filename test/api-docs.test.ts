@@ -38,7 +38,7 @@ t.test('/docs/json is an OpenAPI 3 document listing every route', async (t) => {
     '/v1/admin/keys': ['get'],
     '/v1/devices': ['get', 'post'],
     '/v1/devices/{id}': ['get', 'patch'],
-    '/v1/devices/{id}/assignment': ['delete', 'put'],
+    '/v1/devices/{id}/assignment': ['delete', 'patch', 'put'],
     '/v1/devices/{id}/credentials': ['delete', 'post'],
     '/v1/devices/{id}/rejections': ['get'],
     // People, roles and access (issue 3)

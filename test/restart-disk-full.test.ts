@@ -84,7 +84,7 @@ t.test('restarted on a full disk, Vigil starts, drains its spool and gives the d
     await disk.close()
   })
   const bucket = 'restart_disk_full'
-  const env = { DATABASE_URL: database.url, INFLUX_URL: influxd.url, INFLUX_BUCKET: bucket, VIGIL_ADMIN_TOKEN: token, LOG_LEVEL: 'info' }
+  const env = { DATABASE_URL: database.url, INFLUX_URL: influxd.url, INFLUX_BUCKET: bucket, VIGIL_ADMIN_TOKEN: token, LOG_LEVEL: 'info', VIGIL_DISK_RESERVE_MB: '0' }
   first = await spawnVigil(env, disk.dir)
   const api = `http://127.0.0.1:${first.httpPort}`
   // The API sheds load (503) while a fresh process is busy starting: ask again.

@@ -27,17 +27,20 @@ async function runCheck (name: string, check: () => Promise<void>, log: FastifyB
   }
 }
 
-export interface HealthDeps extends Pick<ApiDeps, 'db' | 'readings' | 'healthChecks'> {
+export interface HealthDeps extends Pick<ApiDeps, 'db' | 'readings' | 'healthChecks' | 'diskReserve'> {
   /** True while the API sheds load (event loop or memory past its limit). */
   isUnderPressure: () => boolean
 }
 
-export function healthRoutes (app: ApiInstance, { db, readings, healthChecks = {}, isUnderPressure }: HealthDeps): void {
+export function healthRoutes (app: ApiInstance, { db, readings, healthChecks = {}, diskReserve, isUnderPressure }: HealthDeps): void {
   const checks: Record<string, () => Promise<void>> = {
     postgres: async () => { await db.pool.query('SELECT 1') },
     readings: () => readings.ping(),
     // /healthz itself is never shed: while other routes answer 503 it says why, here.
     load: async () => { if (isUnderPressure()) throw new Error('shedding load: event loop or memory past its limit') }
+  }
+  if (diskReserve !== undefined) {
+    checks.disk = async () => { if (diskReserve.low()) throw new Error('data directory below its free-space reserve: writes refused') }
   }
   for (const [name, check] of Object.entries(healthChecks)) {
     if (Object.hasOwn(checks, name)) throw new Error(`health check name ${name} is taken`)
@@ -50,7 +53,8 @@ export function healthRoutes (app: ApiInstance, { db, readings, healthChecks = {
       tags: ['operations'],
       summary: 'Liveness and dependencies (no auth)',
       description: `Each check has ${CHECK_TIMEOUT_MS} ms. 503 when any fails; reasons are logged, not returned. ` +
-        '`load` fails while the API sheds load (other routes answer 503); this route is never shed.',
+        '`load` fails while the API sheds load (other routes answer 503); this route is never shed. ' +
+        '`disk` (when watched) fails while the data directory is below its free-space reserve (publishes and writes refused).',
       security: [],
       response: { 200: Health, 503: Health }
     }

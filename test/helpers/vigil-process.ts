@@ -32,9 +32,10 @@ function portsFromLog (out: string): { httpPort: number, mqttPort: number } | un
 
 /**
  * Runs the real entry point (`node --import tsx main.ts`) and waits until it listens: until it
- * wrote listening.json, or logged `vigil started` (LOG_LEVEL info).
+ * wrote listening.json, or logged `vigil started` (LOG_LEVEL info); 60 s by
+ * default (an embedded first start runs PGlite's initdb, which takes tens of seconds on a busy machine).
  */
-export async function spawnVigil (env: Record<string, string>, dataDir: string): Promise<VigilProcess> {
+export async function spawnVigil (env: Record<string, string>, dataDir: string, options: { startTimeoutMs?: number } = {}): Promise<VigilProcess> {
   const listeningFile = path.join(dataDir, 'listening.json')
   await fs.rm(listeningFile, { force: true })
   const child = spawn(process.execPath, ['--import', 'tsx', 'main.ts'], {
@@ -46,7 +47,7 @@ export async function spawnVigil (env: Record<string, string>, dataDir: string):
   child.stdout!.on('data', (d: Buffer) => { out += d.toString() })
   child.stderr!.on('data', (d: Buffer) => { out += d.toString() })
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
-  const deadline = Date.now() + 60_000
+  const deadline = Date.now() + (options.startTimeoutMs ?? 60_000)
   for (;;) {
     const ports = await fs.readFile(listeningFile, 'utf8').then((t) => JSON.parse(t) as { pid: number, httpPort: number, mqttPort: number }, () => undefined)
     if (ports !== undefined && ports.pid === child.pid) {
@@ -56,7 +57,7 @@ export async function spawnVigil (env: Record<string, string>, dataDir: string):
     if (logged !== undefined) return { child, ...logged, exited, output: () => out }
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill('SIGKILL')
-      throw new Error(`vigil did not start (exit ${child.exitCode}):\n${out}`)
+      throw new Error(`vigil did not start within ${options.startTimeoutMs ?? 60_000} ms (exit ${child.exitCode}):\n${out}`)
     }
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
