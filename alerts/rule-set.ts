@@ -210,7 +210,14 @@ export function parseRuleSet (text: string): ParseResult {
   if (doc.errors.length > 0) {
     return { ok: false, problems: doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })) }
   }
-  const data: unknown = doc.toJS({ maxAliasCount: 100 })
+  let data: unknown
+  try {
+    data = doc.toJS({ maxAliasCount: 100 })
+  } catch (err) {
+    // yaml throws a ReferenceError past maxAliasCount ("billion laughs"): a bad document, not a crash.
+    if (err instanceof ReferenceError) return { ok: false, problems: [{ path: '', message: `YAML: ${err.message.split('\n')[0]}` }] }
+    throw err
+  }
   const problems: RuleSetProblem[] = []
   const top = validatorFor(RuleSetDocument)
   if (!top(data)) {

@@ -153,6 +153,18 @@ t.test('PUT /v1/alert-rules: validated, written atomically, recorded with the ca
   t.equal((await get('?cursor=abc')).statusCode, 400)
 })
 
+t.test('PUT /v1/alert-rules: a YAML alias bomb is a 400 with the reason, not a 500', async (t) => {
+  // "Billion laughs": each level doubles the references to the level before it.
+  const levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+  for (let i = 1; i < 10; i++) levels.push(`${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(9).fill(`*${String.fromCharCode(96 + i)}`).join(',')}]`)
+  const before = (await get('')).json().version
+  const res = await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: levels.join('\n') + '\nrules: []\n' } })
+  t.equal(res.statusCode, 400)
+  t.equal(res.json().code, 'VIGIL_ERR_RULES_INVALID')
+  t.match(res.json().details, [{ path: '', message: /alias/i }])
+  t.equal((await get('')).json().version, before, 'the active rules are unchanged')
+})
+
 t.test('a rules file Vigil may not write: 409, nothing changes', { skip: process.getuid?.() === 0 ? 'root writes anywhere' : false }, async (t) => {
   await fs.chmod(dir, 0o555)
   t.teardown(() => fs.chmod(dir, 0o755))
