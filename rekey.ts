@@ -25,7 +25,8 @@ try {
   throw err
 }
 const log = createLogger(config.logLevel).child({ component: 'rekey' })
-await fs.mkdir(config.dataDir, { recursive: true })
+process.umask(0o077) // as Vigil: nothing under VIGIL_DATA_DIR readable by other users
+await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 })
 const unlock = config.databaseUrl === null ? await lockDataDir(config.dataDir) : async () => {}
 const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
 const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log })

@@ -19,6 +19,7 @@ import { openSpool, type Spool } from './ingest/spool.ts'
 import { createMetrics } from './observability/metrics.ts'
 import { createApiTokenStore } from './store/api-tokens.ts'
 import { lockDataDir } from './store/data-dir-lock.ts'
+import { makePrivate } from './store/data-dir-permissions.ts'
 import { openDatabase } from './store/database.ts'
 import { createDeviceRegistry } from './store/device-registry.ts'
 import { openEmbeddedKeyring } from './store/embedded-keyring.ts'
@@ -57,7 +58,15 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     closers.length = 0
   }
   try {
-    await fs.mkdir(config.dataDir, { recursive: true })
+    // PHI lives under VIGIL_DATA_DIR (the embedded database, the spool, the keyring): files
+    // created from here on are private to Vigil's user, and anything left readable by others
+    // (an older Vigil, PGlite's own 0666 files, a copy) is fixed and reported (docs/security.md).
+    process.umask(0o077)
+    await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 })
+    const loose = await makePrivate(config.dataDir)
+    if (loose.length > 0) {
+      log.warn({ dataDir: config.dataDir, count: loose.length, examples: loose.slice(0, 5) }, 'VIGIL_DATA_DIR held files other users could read or write: made them private (directories 0700, files 0600)')
+    }
     closers.push(await lockDataDir(config.dataDir))
     const metrics = createMetrics()
     const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log })
