@@ -78,7 +78,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
     if (config.secretKeys !== null) log.info({ source: config.secretKeys.source, activeKeyId: keyring.activeKeyId, keyIds: [...keyring.keys.keys()] }, 'PHI encryption keys loaded')
     const patientRecords = createPatientRecordStore(db.pool, keyring, log.child({ component: 'patient-records' }))
-    const access = createAccess({ pool: db.pool, patients, tokens, settings: config.access })
+    const access = createAccess({ pool: db.pool, patients, tokens, settings: config.access, keyring })
 
     if (config.adminToken !== null) {
       const { created, revoked } = await tokens.ensureBootstrap(config.adminToken)
@@ -100,7 +100,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       keyring
     })
     // Records and transcripts left under a retired key are moved to the active one in the background.
-    const reencryption = startReencryption(patientRecords, log, { voiceNotes: jobs.voiceNotes })
+    const reencryption = startReencryption(patientRecords, log, { voiceNotes: jobs.voiceNotes, clinicalText: { pool: db.pool, keyring } })
     closers.push(() => reencryption.close())
     closers.push(() => jobs.close())
 
@@ -129,7 +129,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     let policiesOf: { version: string, policies: ReadonlyMap<string, EscalationPolicy> } | null = null
     const noWebhooks: readonly WebhookTarget[] = []
     const alerting = await startAlerting({
-      pool: db.pool, log, metrics, rejections,
+      pool: db.pool, keyring, log, metrics, rejections,
       policies: () => {
         const view = engine?.rulesView()
         if (view === undefined) return new Map()
@@ -151,6 +151,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const derivedSpool = spool
     engine = await startAlertEngine({
       pool: db.pool,
+      keyring,
       rulesPath: config.alertRulesPath,
       workerThreads: config.workerThreads,
       sink: alerting.sink,

@@ -6,6 +6,10 @@ import t from 'tap'
 import { startAlerting } from '../alerts/alerting.ts'
 import { buildApi } from '../api/app.ts'
 import { change, provisionDevice, startAlertingFixture } from './helpers/alerting.ts'
+import { testKeyring } from './helpers/keys.ts'
+
+// Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
+const clinicalTextKeyring = testKeyring()
 
 const SECRET = 'webhook-secret-for-tests-0123456789'
 const f = await startAlertingFixture({ network: true, env: { TEST_WEBHOOK_SECRET: SECRET }, webhookRetryBaseMs: 20, webhookMaxAttempts: 4 })
@@ -210,7 +214,7 @@ t.test('webhooks: a delivery pending at shutdown is resumed by the next start', 
   const env = { TEST_WEBHOOK_SECRET: SECRET }
   // One lifecycle with a long backoff: the first attempt fails, the retry is far off.
   const first = await startAlerting({
-    pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics, rejections: f.deps.rejections,
+    keyring: clinicalTextKeyring, pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics, rejections: f.deps.rejections,
     policies: () => new Map(), webhooks: () => [target], env, webhookRetryBaseMs: 3_600_000
   })
   const patientId = await f.createPatient()
@@ -224,7 +228,7 @@ t.test('webhooks: a delivery pending at shutdown is resumed by the next start', 
   await f.db.pool.query("UPDATE webhook_outbox SET next_attempt_at = now() WHERE webhook_id = 'restart'")
   up = true
   const second = await startAlerting({
-    pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics, rejections: f.deps.rejections,
+    keyring: clinicalTextKeyring, pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics, rejections: f.deps.rejections,
     policies: () => new Map(), webhooks: () => [target], env
   })
   t.teardown(() => second.close())

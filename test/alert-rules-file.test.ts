@@ -12,6 +12,10 @@ import type { StoredReading } from '../ingest/reading.ts'
 import { openDatabase } from '../store/database.ts'
 import { apiDepsFor } from './helpers/api-deps.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
+import { testKeyring } from './helpers/keys.ts'
+
+// Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
+const clinicalTextKeyring = testKeyring()
 
 const log = pino({ level: 'silent' })
 const testDb = await createTestDatabase()
@@ -40,7 +44,7 @@ await fs.writeFile(rulesPath, v1)
 
 const changes: ConditionChange[] = []
 const engine = await startAlertEngine({
-  pool: db.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), rulesDebounceMs: 20,
+  keyring: clinicalTextKeyring, pool: db.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), rulesDebounceMs: 20,
   sink: { apply: async (c) => { changes.push(...c) } },
   writeDerived: async () => {}
 })
