@@ -35,7 +35,7 @@ t.test('lifecycle, escalation, burden and presence on PGlite', async (t) => {
   await alerting.notifier.drain()
   const attempts = await f.db.pool.query("SELECT status, error FROM notification_deliveries WHERE channel = 'webhook'")
   t.ok(attempts.rows.length >= 1)
-  t.match(attempts.rows[0], { status: 'failed', error: /UNSET_SECRET_FOR_TEST is not set/ })
+  t.match(attempts.rows[0], { status: 'failed', error: /VIGIL_WEBHOOK_UNSET_FOR_TEST is not set/ })
   t.same((await alerting.presence.presence()).length, 0, 'no devices yet')
   f.webhooks.length = 0
 })
