@@ -3,6 +3,7 @@ import os from 'node:os'
 import { ConfigError, loadConfig } from './config/config.ts'
 import { createLogger } from './observability/logger.ts'
 import { lockDataDir } from './store/data-dir-lock.ts'
+import { clinicalTextKeyUsage, reencryptClinicalText } from './store/clinical-text.ts'
 import { openDatabase } from './store/database.ts'
 import { openEmbeddedKeyring } from './store/embedded-keyring.ts'
 import { createJobQueue } from './jobs/job-queue.ts'
@@ -25,7 +26,8 @@ try {
   throw err
 }
 const log = createLogger(config.logLevel).child({ component: 'rekey' })
-await fs.mkdir(config.dataDir, { recursive: true })
+process.umask(0o077) // as Vigil: nothing under VIGIL_DATA_DIR readable by other users
+await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 })
 const unlock = config.databaseUrl === null ? await lockDataDir(config.dataDir) : async () => {}
 const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
 const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log })
@@ -34,11 +36,12 @@ try {
   const result = await records.reencryptAll({ onProgress: (p) => log.info(p, 're-encryption progress') })
   const voiceNotes = createVoiceNoteStore(db.pool, createJobQueue({ pool: db.pool }), keyring)
   const notes = await voiceNotes.reencryptAll({})
+  const clinicalText = await reencryptClinicalText(db.pool, keyring)
   // Embedded PGlite has no fsync of its own (store/database.ts): make the rewrites durable.
   await db.flushToDisk()
   const keys = await records.keyUsage()
-  log.info({ ...result, activeKeyId: keyring.activeKeyId, keys, voiceNotes: { ...notes, keys: await voiceNotes.keyUsage() } }, 're-encryption finished')
-  process.exitCode = result.failed + notes.failed > 0 ? 1 : 0
+  log.info({ ...result, activeKeyId: keyring.activeKeyId, keys, voiceNotes: { ...notes, keys: await voiceNotes.keyUsage() }, clinicalText: { ...clinicalText, keys: await clinicalTextKeyUsage(db.pool) } }, 're-encryption finished')
+  process.exitCode = result.failed + notes.failed + clinicalText.failed > 0 ? 1 : 0
 } finally {
   await db.close()
   await unlock()

@@ -19,6 +19,7 @@ import { openSpool, type Spool } from './ingest/spool.ts'
 import { createMetrics } from './observability/metrics.ts'
 import { createApiTokenStore } from './store/api-tokens.ts'
 import { lockDataDir } from './store/data-dir-lock.ts'
+import { makePrivate } from './store/data-dir-permissions.ts'
 import { openDatabase } from './store/database.ts'
 import { watchDiskReserve } from './store/disk-reserve.ts'
 import { createDeviceRegistry } from './store/device-registry.ts'
@@ -58,7 +59,15 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     closers.length = 0
   }
   try {
-    await fs.mkdir(config.dataDir, { recursive: true })
+    // PHI lives under VIGIL_DATA_DIR (the embedded database, the spool, the keyring): files
+    // created from here on are private to Vigil's user, and anything left readable by others
+    // (an older Vigil, PGlite's own 0666 files, a copy) is fixed and reported (docs/security.md).
+    process.umask(0o077)
+    await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 })
+    const loose = await makePrivate(config.dataDir)
+    if (loose.length > 0) {
+      log.warn({ dataDir: config.dataDir, count: loose.length, examples: loose.slice(0, 5) }, 'VIGIL_DATA_DIR held files other users could read or write: made them private (directories 0700, files 0600)')
+    }
     closers.push(await lockDataDir(config.dataDir))
     const metrics = createMetrics()
     // Watched before the database opens: PGlite must never be the one to find the disk full.
@@ -77,7 +86,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
     if (config.secretKeys !== null) log.info({ source: config.secretKeys.source, activeKeyId: keyring.activeKeyId, keyIds: [...keyring.keys.keys()] }, 'PHI encryption keys loaded')
     const patientRecords = createPatientRecordStore(db.pool, keyring, log.child({ component: 'patient-records' }))
-    const access = createAccess({ pool: db.pool, patients, tokens, settings: config.access })
+    const access = createAccess({ pool: db.pool, patients, tokens, settings: config.access, keyring })
 
     if (config.adminToken !== null) {
       const { created, revoked } = await tokens.ensureBootstrap(config.adminToken)
@@ -99,7 +108,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       keyring
     })
     // Records and transcripts left under a retired key are moved to the active one in the background.
-    const reencryption = startReencryption(patientRecords, log, { voiceNotes: jobs.voiceNotes })
+    const reencryption = startReencryption(patientRecords, log, { voiceNotes: jobs.voiceNotes, clinicalText: { pool: db.pool, keyring } })
     closers.push(() => reencryption.close())
     closers.push(() => jobs.close())
 
@@ -128,7 +137,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     let policiesOf: { version: string, policies: ReadonlyMap<string, EscalationPolicy> } | null = null
     const noWebhooks: readonly WebhookTarget[] = []
     const alerting = await startAlerting({
-      pool: db.pool, log, metrics, rejections,
+      pool: db.pool, keyring, log, metrics, rejections,
       policies: () => {
         const view = engine?.rulesView()
         if (view === undefined) return new Map()
@@ -150,6 +159,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const derivedSpool = spool
     engine = await startAlertEngine({
       pool: db.pool,
+      keyring,
       rulesPath: config.alertRulesPath,
       workerThreads: config.workerThreads,
       sink: alerting.sink,

@@ -1,4 +1,5 @@
 import type pg from 'pg'
+import type { Keyring } from '../store/field-encryption.ts'
 import type { Logger } from 'pino'
 import { Counter, Histogram } from 'prom-client'
 import type { Registry } from 'prom-client'
@@ -16,6 +17,8 @@ import type { ActiveRules, RulesFile } from './rules-file.ts'
 export interface AlertEngineOptions {
   /** The metadata database (migration 005's tables). */
   pool: pg.Pool
+  /** Encrypts rule-override and SpO2-scale reasons (clinical free text). */
+  keyring: Keyring
   /** VIGIL_ALERT_RULES. */
   rulesPath: string
   /** WORKER_THREADS: evaluation runs in a Piscina pool of at most this many threads. */
@@ -70,7 +73,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   const flushIntervalMs = options.flushIntervalMs ?? 50
   const batchSize = options.batchSize ?? 500
   const maxQueued = options.maxQueued ?? 100_000
-  const store = createRuleStateStore(options.pool)
+  const store = createRuleStateStore(options.pool, options.keyring)
   const metrics = {
     evaluationSeconds: new Histogram({
       name: 'vigil_alert_evaluation_seconds',

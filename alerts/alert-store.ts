@@ -2,7 +2,9 @@ import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import { VigilError } from '../api/errors.ts'
 import type { ConditionChange, EscalationPolicy, Severity, WebhookTarget } from './contract.ts'
+import { openClinicalText, sealClinicalText } from '../store/clinical-text.ts'
 import { inTransaction } from '../store/database.ts'
+import type { Keyring } from '../store/field-encryption.ts'
 
 export type AlertStatus = 'open' | 'acknowledged' | 'resolved'
 export type AlertEventType = 'opened' | 'severity_raised' | 'acknowledged' | 'assigned' | 'commented' | 'escalated' | 'resolved'
@@ -92,6 +94,7 @@ const WEBHOOK_EVENTS: ReadonlySet<AlertEventType> = new Set(['opened', 'severity
 
 export interface AlertStoreDeps {
   pool: pg.Pool
+  keyring: Keyring
   now: () => number
   policies: () => ReadonlyMap<string, EscalationPolicy>
   webhooks: () => readonly WebhookTarget[]
@@ -105,7 +108,8 @@ export interface AlertStoreDeps {
  * without its owed webhook deliveries; fan-out to live channels happens after commit.
  */
 export function createAlertStore (deps: AlertStoreDeps) {
-  const { pool, now } = deps
+  const { pool, now, keyring } = deps
+  const eventOf = (r: any): AlertEvent => eventOfRow(keyring, r)
 
   async function transaction<T> (fn: (client: pg.PoolClient, events: CommittedEvent[]) => Promise<T>): Promise<T> {
     const events: CommittedEvent[] = []
@@ -115,10 +119,20 @@ export function createAlertStore (deps: AlertStoreDeps) {
   }
 
   async function addEvent (client: pg.PoolClient, events: CommittedEvent[], alert: Alert, type: AlertEventType, actor: Actor, body: Record<string, unknown>): Promise<AlertEvent> {
+    // Clinical free text (a comment, a resolve reason) is encrypted bound to the event's id, taken first.
+    const { rows: [next] } = await client.query("SELECT nextval(pg_get_serial_sequence('alert_events', 'id'))::text AS id")
+    const id = next.id as string
+    const stored = { ...body }
+    let keyId: string | null = null
+    for (const field of FREE_TEXT_FIELDS) {
+      if (typeof stored[field] !== 'string') continue
+      stored[field] = sealClinicalText(keyring, stored[field], { table: 'alert_events', column: `body.${field}`, rowId: id })
+      keyId = keyring.activeKeyId
+    }
     const { rows } = await client.query(
-      `INSERT INTO alert_events (alert_id, patient_id, type, actor_kind, actor, at, body)
-       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *`,
-      [alert.id, alert.patientId, type, actor.kind, actor.id, new Date(now()), body])
+      `INSERT INTO alert_events (id, alert_id, patient_id, type, actor_kind, actor, at, body, key_id)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *`,
+      [id, alert.id, alert.patientId, type, actor.kind, actor.id, new Date(now()), stored, keyId])
     const event = eventOf(rows[0])
     if (WEBHOOK_EVENTS.has(type)) {
       const notify = Array.isArray(body.notify) ? body.notify as string[] : []
@@ -318,10 +332,10 @@ export function createAlertStore (deps: AlertStoreDeps) {
     async eventsAfter (afterId: string, limit: number): Promise<CommittedEvent[]> {
       const { rows } = await pool.query(
         `SELECT e.id AS e_id, e.alert_id AS e_alert_id, e.patient_id AS e_patient_id, e.type AS e_type, e.actor_kind AS e_actor_kind,
-                e.actor AS e_actor, e.at AS e_at, e.body AS e_body, a.*
+                e.actor AS e_actor, e.at AS e_at, e.body AS e_body, e.key_id AS e_key_id, a.*
          FROM alert_events e JOIN alerts a ON a.id = e.alert_id WHERE e.id > $1 ORDER BY e.id LIMIT $2`, [afterId, limit])
       return rows.map((r) => ({
-        event: eventOf({ id: r.e_id, alert_id: r.e_alert_id, patient_id: r.e_patient_id, type: r.e_type, actor_kind: r.e_actor_kind, actor: r.e_actor, at: r.e_at, body: r.e_body }),
+        event: eventOf({ id: r.e_id, alert_id: r.e_alert_id, patient_id: r.e_patient_id, type: r.e_type, actor_kind: r.e_actor_kind, actor: r.e_actor, at: r.e_at, body: r.e_body, key_id: r.e_key_id }),
         alert: alertOf(r)
       }))
     },
@@ -413,7 +427,16 @@ function alertOf (r: any): Alert {
   }
 }
 
-function eventOf (r: any): AlertEvent {
+// Event body fields that hold clinical free text (store/clinical-text.ts lists them too).
+const FREE_TEXT_FIELDS = ['text', 'reason'] as const
+
+function eventOfRow (keyring: Keyring, r: any): AlertEvent {
+  const body: Record<string, unknown> = { ...(r.body ?? {}) }
+  for (const field of FREE_TEXT_FIELDS) {
+    if (typeof body[field] === 'string') {
+      body[field] = openClinicalText(keyring, body[field], r.key_id ?? null, { table: 'alert_events', column: `body.${field}`, rowId: String(r.id) })
+    }
+  }
   return {
     id: String(r.id),
     alertId: r.alert_id,
@@ -422,6 +445,6 @@ function eventOf (r: any): AlertEvent {
     actorKind: r.actor_kind,
     actor: r.actor,
     at: iso(r.at)!,
-    body: r.body ?? {}
+    body
   }
 }

@@ -1,5 +1,6 @@
 import type { Aedes } from 'aedes'
 import type pg from 'pg'
+import type { Keyring } from '../store/field-encryption.ts'
 import type { Logger } from 'pino'
 import type { Metrics } from '../observability/metrics.ts'
 import type { RejectionLog } from '../store/rejections.ts'
@@ -12,6 +13,8 @@ import { createPresence, startNoDataChecks, type Presence } from './presence.ts'
 
 export interface AlertingDeps {
   pool: pg.Pool
+  /** Encrypts alert comments and resolve reasons (clinical free text). */
+  keyring: Keyring
   log: Logger
   metrics: Metrics
   rejections: RejectionLog
@@ -58,7 +61,7 @@ export async function startAlerting (deps: AlertingDeps) {
     webhookRetryBaseMs: deps.webhookRetryBaseMs
   })
   const store = createAlertStore({
-    pool: deps.pool, now, policies: deps.policies, webhooks: deps.webhooks, onCommitted: (events) => notifier.publish(events)
+    pool: deps.pool, keyring: deps.keyring, now, policies: deps.policies, webhooks: deps.webhooks, onCommitted: (events) => notifier.publish(events)
   })
   const sink: ConditionSink = { apply: (changes) => store.apply(changes) }
   const escalation = startEscalation({ store, policies: deps.policies, now, log: deps.log, schedule: deps.schedule })

@@ -49,6 +49,11 @@ export interface WebhookTarget {
   secretEnv: string
   /** Only alerts of at least this severity. */
   minSeverity: Severity
+  /**
+   * The rules file's webhookAllowList names this URL's origin: delivered although not https or
+   * not to a public address. Otherwise every delivery checks the resolved address (alerts/webhook-address.ts).
+   */
+  allowListed?: boolean
 }
 
 /** A device's last known state, for no-data causes. */

@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import type { AlertMetrics } from './alert-metrics.ts'
 import { notificationPayload, type CommittedEvent } from './alert-store.ts'
 import type { WebhookTarget } from './contract.ts'
+import { postWebhook, WEBHOOK_SECRET_PREFIX } from './webhook-address.ts'
 
 export interface DeliveryRecord {
   eventId: string
@@ -96,31 +97,27 @@ export function createNotifier (deps: NotifierDeps) {
     if (target === undefined) {
       error = 'webhook no longer configured'
     } else {
-      const secret = deps.env[target.secretEnv]
-      if (secret === undefined || secret === '') {
+      // Only VIGIL_WEBHOOK_* variables: a rules file must not turn VIGIL_ADMIN_TOKEN into a signing key it can observe.
+      const secret = target.secretEnv.startsWith(WEBHOOK_SECRET_PREFIX) ? deps.env[target.secretEnv] : undefined
+      if (!target.secretEnv.startsWith(WEBHOOK_SECRET_PREFIX)) {
+        error = `secretEnv ${target.secretEnv} does not begin with ${WEBHOOK_SECRET_PREFIX}: not delivered`
+      } else if (secret === undefined || secret === '') {
         error = `secret environment variable ${target.secretEnv} is not set`
       } else {
         const timestamp = String(Math.floor(deps.now() / 1000))
         try {
-          const res = await fetch(target.url, {
-            method: 'POST',
-            redirect: 'manual',
-            signal: AbortSignal.timeout(timeoutMs),
-            headers: {
-              'content-type': 'application/json',
-              'user-agent': 'Vigil-Webhook/1',
-              'x-vigil-event-id': row.event_id,
-              'x-vigil-delivery-attempt': String(n),
-              'x-vigil-timestamp': timestamp,
-              'x-vigil-signature': webhookSignature(secret, timestamp, row.payload)
-            },
-            body: row.payload
-          })
-          httpStatus = res.status
-          await res.body?.cancel().catch(() => {})
-          if (res.status < 200 || res.status >= 300) error = `HTTP ${res.status}`
+          httpStatus = await postWebhook(target, {
+            'content-type': 'application/json',
+            'user-agent': 'Vigil-Webhook/1',
+            'x-vigil-event-id': row.event_id,
+            'x-vigil-delivery-attempt': String(n),
+            'x-vigil-timestamp': timestamp,
+            'x-vigil-signature': webhookSignature(secret, timestamp, row.payload)
+          }, row.payload, timeoutMs)
+          if (httpStatus < 200 || httpStatus >= 300) error = `HTTP ${httpStatus}`
         } catch (err) {
-          error = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : (err as Error).message
+          const name = (err as Error).name
+          error = name === 'TimeoutError' || name === 'AbortError' ? `no answer within ${timeoutMs} ms` : (err as Error).message
         }
       }
     }

@@ -7,6 +7,7 @@ import { lookupMetric } from '../ingest/vitals-catalogue.ts'
 import type { EscalationPolicy, Severity, WebhookTarget } from './contract.ts'
 import { news2BandOrder } from './news2.ts'
 import type { News2Band } from './news2.ts'
+import { originOf, WEBHOOK_SECRET_PREFIX, webhookUrlProblem } from './webhook-address.ts'
 
 // ---------------------------------------------------------------------------------------
 // The rules file as written (YAML), schema first. README "Alert rules" documents every field.
@@ -97,7 +98,9 @@ const WebhookDocument = Type.Object({
 export const RuleSetDocument = Type.Object({
   rules: Type.Array(Type.Unknown(), { maxItems: 1000 }),
   escalationPolicies: Type.Optional(Type.Array(Type.Unknown(), { maxItems: 100 })),
-  webhooks: Type.Optional(Type.Array(Type.Unknown(), { maxItems: 100 }))
+  webhooks: Type.Optional(Type.Array(Type.Unknown(), { maxItems: 100 })),
+  // Origins (scheme://host[:port]) webhooks may reach although not https or not public.
+  webhookAllowList: Type.Optional(Type.Array(Type.String({ maxLength: 2048 }), { maxItems: 100 }))
 }, { additionalProperties: false })
 
 const kindSchemas: Record<string, TSchema> = {
@@ -210,7 +213,14 @@ export function parseRuleSet (text: string): ParseResult {
   if (doc.errors.length > 0) {
     return { ok: false, problems: doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })) }
   }
-  const data: unknown = doc.toJS({ maxAliasCount: 100 })
+  let data: unknown
+  try {
+    data = doc.toJS({ maxAliasCount: 100 })
+  } catch (err) {
+    // yaml throws a ReferenceError past maxAliasCount ("billion laughs"): a bad document, not a crash.
+    if (err instanceof ReferenceError) return { ok: false, problems: [{ path: '', message: `YAML: ${err.message.split('\n')[0]}` }] }
+    throw err
+  }
   const problems: RuleSetProblem[] = []
   const top = validatorFor(RuleSetDocument)
   if (!top(data)) {
@@ -230,6 +240,15 @@ export function parseRuleSet (text: string): ParseResult {
     escalationPolicies.push({ id: p.id, tiers: p.tiers.map((tier) => ({ notify: tier.notify, afterMs: parseDuration(tier.escalateAfter) })) })
   })
 
+  const allowList = new Set<string>()
+  ;(raw.webhookAllowList ?? []).forEach((entry, i) => {
+    const origin = originOf(entry)
+    if (origin === null || origin === 'null' || origin !== entry.replace(/\/$/, '')) {
+      problems.push({ path: `webhookAllowList[${i}]`, message: `webhookAllowList[${i}] must be an origin such as http://127.0.0.1:8080 (scheme, host and port only)` })
+    } else {
+      allowList.add(origin)
+    }
+  })
   const webhooks: WebhookTarget[] = []
   const webhookIds = new Set<string>()
   ;(raw.webhooks ?? []).forEach((item, i) => {
@@ -238,12 +257,13 @@ export function parseRuleSet (text: string): ParseResult {
     if (w === null) return
     if (webhookIds.has(w.id)) problems.push({ path: `${at}.id`, message: `${at}${labelOf(item)}: id is used twice` })
     webhookIds.add(w.id)
-    try {
-      new URL(w.url)
-    } catch {
-      problems.push({ path: `${at}.url`, message: `${at}${labelOf(item)}: url must be a valid http(s) URL` })
+    const urlProblem = webhookUrlProblem(w.url, allowList)
+    if (urlProblem !== null) problems.push({ path: `${at}.url`, message: `${at}${labelOf(item)}: ${urlProblem}` })
+    if (!w.secretEnv.startsWith(WEBHOOK_SECRET_PREFIX)) {
+      problems.push({ path: `${at}.secretEnv`, message: `${at}${labelOf(item)}: secretEnv must begin with ${WEBHOOK_SECRET_PREFIX}` })
     }
-    webhooks.push({ id: w.id, url: w.url, secretEnv: w.secretEnv, minSeverity: w.minSeverity ?? 'low' })
+    const origin = originOf(w.url)
+    webhooks.push({ id: w.id, url: w.url, secretEnv: w.secretEnv, minSeverity: w.minSeverity ?? 'low', allowListed: origin !== null && allowList.has(origin) })
   })
 
   const rules: Rule[] = []

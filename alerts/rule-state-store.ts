@@ -1,10 +1,17 @@
 import type pg from 'pg'
+import { openClinicalText, sealClinicalText } from '../store/clinical-text.ts'
+import type { Keyring } from '../store/field-encryption.ts'
 import type { PatientRuleState } from './evaluate.ts'
 import type { OverrideParameters, RuleOverride } from './evaluate.ts'
 import type { Spo2Scale } from './news2.ts'
 
-/** The alert engine's tables (migration 005): rule state, overrides, NEWS2 scale. */
-export function createRuleStateStore (pool: pg.Pool) {
+/**
+ * The alert engine's tables (migration 005): rule state, overrides, NEWS2 scale. Override and
+ * scale reasons are clinical free text (they may name a medication): encrypted, bound to the
+ * patient and rule (store/clinical-text.ts).
+ */
+export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
+  const toOverride = (row: any): RuleOverride => overrideOf(keyring, row)
   return {
     async loadStates (patientIds: readonly string[]): Promise<Map<string, PatientRuleState>> {
       const out = new Map<string, PatientRuleState>()
@@ -57,7 +64,7 @@ export function createRuleStateStore (pool: pg.Pool) {
       const out = new Map<string, RuleOverride[]>()
       if (patientIds.length === 0) return out
       const { rows } = await pool.query(
-        `SELECT patient_id, rule_id, parameters, reason, set_by, set_at, expires_at FROM patient_rule_overrides
+        `SELECT patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at FROM patient_rule_overrides
          WHERE patient_id = ANY($1::uuid[]) ORDER BY rule_id`, [patientIds])
       for (const row of rows) {
         const list = out.get(row.patient_id) ?? []
@@ -69,12 +76,13 @@ export function createRuleStateStore (pool: pg.Pool) {
 
     async putOverride (o: { patientId: string, ruleId: string, parameters: OverrideParameters, reason: string, setBy: string, expiresAt: number }): Promise<RuleOverride> {
       const { rows } = await pool.query(
-        `INSERT INTO patient_rule_overrides (patient_id, rule_id, parameters, reason, set_by, set_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, now(), $6)
+        `INSERT INTO patient_rule_overrides (patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now(), $7)
          ON CONFLICT (patient_id, rule_id) DO UPDATE SET parameters = EXCLUDED.parameters, reason = EXCLUDED.reason,
-           set_by = EXCLUDED.set_by, set_at = now(), expires_at = EXCLUDED.expires_at
-         RETURNING patient_id, rule_id, parameters, reason, set_by, set_at, expires_at`,
-        [o.patientId, o.ruleId, JSON.stringify(o.parameters), o.reason, o.setBy, new Date(o.expiresAt)])
+           reason_key_id = EXCLUDED.reason_key_id, set_by = EXCLUDED.set_by, set_at = now(), expires_at = EXCLUDED.expires_at
+         RETURNING patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at`,
+        [o.patientId, o.ruleId, JSON.stringify(o.parameters), sealClinicalText(keyring, o.reason, overrideReasonAt(o.patientId, o.ruleId)),
+          keyring.activeKeyId, o.setBy, new Date(o.expiresAt)])
       return toOverride(rows[0])
     },
 
@@ -93,18 +101,25 @@ export function createRuleStateStore (pool: pg.Pool) {
 
     async setSpo2Scale (patientId: string, scale: Spo2Scale, setBy: string, reason: string): Promise<void> {
       await pool.query(
-        `INSERT INTO patient_news2_scale (patient_id, spo2_scale, set_by, reason) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (patient_id) DO UPDATE SET spo2_scale = EXCLUDED.spo2_scale, set_by = EXCLUDED.set_by, reason = EXCLUDED.reason, set_at = now()`,
-        [patientId, scale, setBy, reason])
+        `INSERT INTO patient_news2_scale (patient_id, spo2_scale, set_by, reason, reason_key_id) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (patient_id) DO UPDATE SET spo2_scale = EXCLUDED.spo2_scale, set_by = EXCLUDED.set_by, reason = EXCLUDED.reason,
+           reason_key_id = EXCLUDED.reason_key_id, set_at = now()`,
+        [patientId, scale, setBy, sealClinicalText(keyring, reason, { table: 'patient_news2_scale', column: 'reason', rowId: patientId }), keyring.activeKeyId])
     }
   }
 }
 
 export type RuleStateStore = ReturnType<typeof createRuleStateStore>
 
-function toOverride (row: any): RuleOverride {
+// The row id bound into the reason's envelope: store/clinical-text.ts spells the same in SQL.
+function overrideReasonAt (patientId: string, ruleId: string) {
+  return { table: 'patient_rule_overrides', column: 'reason', rowId: `${patientId}/${ruleId}` }
+}
+
+function overrideOf (keyring: Keyring, row: any): RuleOverride {
+  const reason = openClinicalText(keyring, row.reason, row.reason_key_id ?? null, overrideReasonAt(row.patient_id, row.rule_id))
   return {
-    patientId: row.patient_id, ruleId: row.rule_id, parameters: row.parameters, reason: row.reason, setBy: row.set_by,
+    patientId: row.patient_id, ruleId: row.rule_id, parameters: row.parameters, reason, setBy: row.set_by,
     setAt: new Date(row.set_at).getTime(), expiresAt: new Date(row.expires_at).getTime()
   }
 }

@@ -1,6 +1,7 @@
 import type pg from 'pg'
 import type { ApiTokenStore, TokenPrincipal } from '../store/api-tokens.ts'
 import { createAuditLog } from '../store/audit-log.ts'
+import type { Keyring } from '../store/field-encryption.ts'
 import type { AuditLogStore } from '../store/audit-log.ts'
 import type { PatientStore } from '../store/patients.ts'
 import { createPeopleStore } from '../store/people.ts'
@@ -51,6 +52,8 @@ export interface AccessOptions {
   /** The clock for session expiry, lockout, care-team periods and break-glass; tests move it. */
   now?: () => Date
   passwordCost?: ScryptCost
+  /** Encrypts break-glass reasons (grants and audit rows). */
+  keyring: Keyring
 }
 
 const known = new Set<string>(permissions)
@@ -74,9 +77,9 @@ function toPermissions (names: Iterable<string>): Set<Permission> {
 export function createAccess (options: AccessOptions): Access {
   const now = options.now ?? (() => new Date())
   const settings: AccessSettings = { ...accessDefaults, ...options.settings }
-  const people = createPeopleStore(options.pool)
+  const people = createPeopleStore(options.pool, options.keyring)
   const sessions = createSessionStore(options.pool, settings, now)
-  const audit = createAuditLog(options.pool)
+  const audit = createAuditLog(options.pool, options.keyring)
 
   const bind = (stores: { patients: PatientStore, tokens: ApiTokenStore }) => ({
     authenticate: authenticateWith(stores.tokens),

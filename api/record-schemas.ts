@@ -162,7 +162,8 @@ export const KeyUsage = Type.Object({
     configured: Type.Boolean({ description: 'false: records under a key Vigil no longer has (unreadable until it is configured again)' }),
     active: Type.Boolean(),
     records: Type.Integer({ description: 'Patient records encrypted under this key' }),
-    voiceNotes: Type.Integer({ description: 'Voice note transcripts encrypted under this key; retire a key once this and records are 0' })
+    voiceNotes: Type.Integer({ description: 'Voice note transcripts encrypted under this key' }),
+    clinicalText: Type.Integer({ description: 'Alert comments and resolve reasons, break-glass, override and SpO2-scale reasons under this key (key id "plaintext": not yet encrypted); retire a key once this, records and voiceNotes are 0' })
   }))
 })
 

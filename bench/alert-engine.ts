@@ -20,6 +20,10 @@ import { parseRuleSet } from '../alerts/rule-set.ts'
 import { defaultAlertRulesPath } from '../config/config.ts'
 import { openDatabase } from '../store/database.ts'
 import { createTestDatabase } from '../test/helpers/postgres.ts'
+import { testKeyring } from '../test/helpers/keys.ts'
+
+// Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
+const clinicalTextKeyring = testKeyring()
 
 const { values } = parseArgs({ options: { patients: { type: 'string', default: '2000' }, seconds: { type: 'string', default: '10' }, rate: { type: 'string', default: '2000' } } })
 const patientCount = Number(values.patients)
@@ -59,7 +63,7 @@ const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
 const sentAt = new Map<string, number>()
 const latencies: number[] = []
 const engine = await startAlertEngine({
-  pool: db.pool, rulesPath, workerThreads: threads, log, registry: new Registry(), writeDerived: async () => {},
+  keyring: clinicalTextKeyring, pool: db.pool, rulesPath, workerThreads: threads, log, registry: new Registry(), writeDerived: async () => {},
   sink: {
     async apply (changes) {
       const now = performance.now()

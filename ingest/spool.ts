@@ -287,7 +287,8 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
   const log = options.log.child({ component: 'spool' })
   const segmentBytes = options.segmentBytes ?? 16 * 1024 * 1024
   const closeTimeoutMs = options.closeTimeoutMs ?? 2000
-  await fs.mkdir(dir, { recursive: true })
+  // Readings are PHI: only Vigil's user may read them (docs/security.md).
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 })
   await fs.rm(path.join(dir, `${checkpointName}.tmp`), { force: true })
 
   const names = await fs.readdir(dir)
@@ -339,7 +340,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     segments.push({ seq, size: Math.min(offset, buf.length) })
   }
   if (segments.length === 0) {
-    const handle = await fs.open(path.join(dir, segmentName(head.segment)), 'w+')
+    const handle = await fs.open(path.join(dir, segmentName(head.segment)), 'w+', 0o600)
     await handle.close()
     await fsyncDir(dir)
     segments.push({ seq: head.segment, size: 0 })
@@ -386,7 +387,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
   async function rotate (): Promise<void> {
     const seq = active.seq + 1
     const file = path.join(dir, segmentName(seq))
-    const handle = await fs.open(file, 'w+')
+    const handle = await fs.open(file, 'w+', 0o600)
     try {
       // The new name must survive a crash before any record in it is acknowledged.
       await fsyncDir(dir)
@@ -574,7 +575,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     }
     // write temp + fsync + rename + fsync dir: the checkpoint is the old one or the new one.
     const tmp = path.join(dir, `${checkpointName}.tmp`)
-    const handle = await fs.open(tmp, 'w')
+    const handle = await fs.open(tmp, 'w', 0o600)
     try {
       await handle.writeFile(JSON.stringify(pos))
       await handle.sync()
@@ -663,7 +664,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     const file = path.join(dir, deadLetterName)
     const deadAt = new Date().toISOString()
     const text = dead.map((d) => `${JSON.stringify({ deadAt, reason: d.reason, reading: d.reading })}\n`).join('')
-    const handle = await fs.open(file, 'a')
+    const handle = await fs.open(file, 'a', 0o600)
     try {
       // The file's name must survive a crash too, once per process is enough.
       if (!deadLetterDirSynced) {

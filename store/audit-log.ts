@@ -1,4 +1,6 @@
 import type pg from 'pg'
+import { openClinicalText, sealClinicalText } from './clinical-text.ts'
+import type { Keyring } from './field-encryption.ts'
 
 /**
  * The audit trail of PHI access (issue 3). Rows are append-only: the table refuses UPDATE and
@@ -53,7 +55,8 @@ export interface AuditQuery {
   limit: number
 }
 
-function toRow (r: Record<string, unknown>): AuditRow {
+function toRow (keyring: Keyring, r: Record<string, unknown>): AuditRow {
+  const reason = r.break_glass_reason as string | null
   return {
     id: String(r.id),
     at: (r.at as Date).toISOString(),
@@ -66,24 +69,41 @@ function toRow (r: Record<string, unknown>): AuditRow {
     outcome: r.outcome as AuditRow['outcome'],
     sourceAddress: r.source_address as string | null,
     requestId: r.request_id as string | null,
-    breakGlassReason: r.break_glass_reason as string | null,
+    breakGlassReason: reason === null
+      ? null
+      : openClinicalText(keyring, reason, r.key_id as string | null, { table: 'audit_log', column: 'break_glass_reason', rowId: String(r.id) }),
     tokenCreator: r.token_creator as string | null,
     clientRequestId: r.client_request_id as string | null,
     details: r.details as Record<string, unknown> | null
   }
 }
 
-/** The audit log in Postgres (table audit_log, migration 003). */
-export function createAuditLog (pool: pg.Pool) {
+/**
+ * The audit log in Postgres (table audit_log, migrations 003 and 008). A break-glass reason is
+ * clinical free text: encrypted at insert, bound to the row's id (taken from the sequence
+ * first, as the row is never updated after).
+ */
+export function createAuditLog (pool: pg.Pool, keyring: Keyring) {
   return {
     async record (entry: AuditEntry): Promise<void> {
+      const reason = entry.breakGlassReason ?? null
+      const values = [entry.actorId, entry.actorKind, entry.role, entry.patientId, entry.action, [...(entry.fields ?? [])], entry.outcome,
+        entry.sourceAddress ?? null, entry.requestId ?? null,
+        entry.tokenCreator ?? null, entry.clientRequestId ?? null, entry.details === undefined || entry.details === null ? null : JSON.stringify(entry.details)]
+      if (reason === null) {
+        await pool.query(
+          `INSERT INTO audit_log (actor_id, actor_kind, role, patient_id, action, fields, outcome, source_address, request_id,
+                                  token_creator, client_request_id, details)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`, values)
+        return
+      }
+      const { rows: [next] } = await pool.query("SELECT nextval(pg_get_serial_sequence('audit_log', 'id'))::text AS id")
+      const id = next.id as string
       await pool.query(
-        `INSERT INTO audit_log (actor_id, actor_kind, role, patient_id, action, fields, outcome, source_address, request_id, break_glass_reason,
-                                token_creator, client_request_id, details)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
-        [entry.actorId, entry.actorKind, entry.role, entry.patientId, entry.action, [...(entry.fields ?? [])], entry.outcome,
-          entry.sourceAddress ?? null, entry.requestId ?? null, entry.breakGlassReason ?? null,
-          entry.tokenCreator ?? null, entry.clientRequestId ?? null, entry.details === undefined || entry.details === null ? null : JSON.stringify(entry.details)])
+        `INSERT INTO audit_log (actor_id, actor_kind, role, patient_id, action, fields, outcome, source_address, request_id,
+                                token_creator, client_request_id, details, id, break_glass_reason, key_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+        [...values, id, sealClinicalText(keyring, reason, { table: 'audit_log', column: 'break_glass_reason', rowId: id }), keyring.activeKeyId])
     },
 
     /** Newest first. */
@@ -98,7 +118,7 @@ export function createAuditLog (pool: pg.Pool) {
             AND ($6::bigint IS NULL OR id < $6::bigint)
           ORDER BY id DESC LIMIT $7`,
         [q.patientId ?? null, q.actorId ?? null, q.outcome ?? null, q.from ?? null, q.to ?? null, q.beforeId ?? null, q.limit])
-      return rows.map(toRow)
+      return rows.map((r) => toRow(keyring, r))
     }
   }
 }

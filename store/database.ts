@@ -4,6 +4,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import type { Logger } from 'pino'
+import { makePrivate } from './data-dir-permissions.ts'
 
 export interface Database {
   readonly pool: pg.Pool
@@ -55,8 +56,10 @@ async function openEmbedded (dataDir: string, log: Logger): Promise<Database> {
   const { PGlite } = await import('@electric-sql/pglite')
   const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
   const dir = path.join(dataDir, 'pglite')
-  await fs.mkdir(dir, { recursive: true })
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 })
   const db = await PGlite.create({ dataDir: dir })
+  // PGlite writes a new database's files 0666 whatever the umask: private before any PHI is written.
+  await makePrivate(dir)
   // PGlite has one backend: pglite-socket multiplexes connections at the query level, so two
   // connections' transactions would interleave. One connection, one pool slot.
   const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections: 1 })
@@ -73,6 +76,8 @@ async function openEmbedded (dataDir: string, log: Logger): Promise<Database> {
     await pool.end()
     await server.stop()
     await db.close()
+    // Files PGlite made during the run follow the umask; this covers a caller without one.
+    await makePrivate(dir)
   }
   try {
     await migrate(pool, log)

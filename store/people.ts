@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
+import { openClinicalText, sealClinicalText } from './clinical-text.ts'
 import { inTransaction as runInTransaction } from './database.ts'
+import type { Keyring } from './field-encryption.ts'
 
 export interface User {
   id: string
@@ -80,9 +82,11 @@ function toCareTeam (r: Record<string, unknown>): CareTeamAssignment {
   return { id: String(r.id), clinicianId: r.clinician_id as string, patientId: r.patient_id as string, validFrom: iso(r.valid_from), validTo: isoOrNull(r.valid_to) }
 }
 
-function toGrant (r: Record<string, unknown>): BreakGlassGrant {
+/** The reason is clinical free text, encrypted bound to its grant (store/clinical-text.ts). */
+function toGrant (keyring: Keyring, r: Record<string, unknown>): BreakGlassGrant {
+  const reason = openClinicalText(keyring, r.reason as string, r.reason_key_id as string | null, { table: 'break_glass_grants', column: 'reason', rowId: r.id as string })
   return {
-    id: r.id as string, userId: r.user_id as string, patientId: r.patient_id as string, reason: r.reason as string,
+    id: r.id as string, userId: r.user_id as string, patientId: r.patient_id as string, reason,
     grantedAt: iso(r.granted_at), expiresAt: iso(r.expires_at)
   }
 }
@@ -95,7 +99,7 @@ function isForeignKeyViolation (err: unknown): boolean { return (err as { code?:
  * Users, role definitions and grants, care teams and break-glass grants (migration 003).
  * Pure storage: who may call what is decided in api/ (permissions, access policy).
  */
-export function createPeopleStore (pool: pg.Pool) {
+export function createPeopleStore (pool: pg.Pool, keyring: Keyring) {
   const inTransaction = async <T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> => await runInTransaction(pool, work)
 
   async function getUser (id: string, q: pg.Pool | pg.PoolClient = pool): Promise<User | null> {
@@ -243,17 +247,26 @@ export function createPeopleStore (pool: pg.Pool) {
     async relationship (clinicianId: string, patientId: string, at: Date): Promise<{ careTeam: boolean, breakGlassReason: string | null }> {
       const { rows } = await pool.query(
         `SELECT EXISTS (SELECT 1 FROM care_team WHERE clinician_id = $1 AND patient_id = $2 AND valid_from <= $3 AND (valid_to IS NULL OR valid_to > $3)) AS care_team,
-                (SELECT reason FROM break_glass_grants WHERE user_id = $1 AND patient_id = $2 AND granted_at <= $3 AND expires_at > $3
-                  ORDER BY expires_at DESC LIMIT 1) AS reason`,
+                g.id, g.reason, g.reason_key_id
+           FROM (SELECT 1) AS one
+           LEFT JOIN LATERAL (SELECT id, reason, reason_key_id FROM break_glass_grants
+                               WHERE user_id = $1 AND patient_id = $2 AND granted_at <= $3 AND expires_at > $3
+                               ORDER BY expires_at DESC LIMIT 1) AS g ON true`,
         [clinicianId, patientId, at])
-      return { careTeam: rows[0].care_team as boolean, breakGlassReason: rows[0].reason as string | null }
+      const r = rows[0]
+      const breakGlassReason = r.id === null
+        ? null
+        : openClinicalText(keyring, r.reason as string, r.reason_key_id as string | null, { table: 'break_glass_grants', column: 'reason', rowId: r.id as string })
+      return { careTeam: r.care_team as boolean, breakGlassReason }
     },
 
     async grantBreakGlass (input: { userId: string, patientId: string, reason: string, at: Date, expiresAt: Date }): Promise<BreakGlassGrant> {
+      const id = randomUUID()
+      const reason = sealClinicalText(keyring, input.reason, { table: 'break_glass_grants', column: 'reason', rowId: id })
       const { rows } = await pool.query(
-        'INSERT INTO break_glass_grants (id, user_id, patient_id, reason, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING *',
-        [randomUUID(), input.userId, input.patientId, input.reason, input.at, input.expiresAt])
-      return toGrant(rows[0])
+        'INSERT INTO break_glass_grants (id, user_id, patient_id, reason, reason_key_id, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *',
+        [id, input.userId, input.patientId, reason, keyring.activeKeyId, input.at, input.expiresAt])
+      return toGrant(keyring, rows[0])
     },
 
     /** How many break-glass grants the user took in [since, at], and when the oldest of them was. */
@@ -272,7 +285,7 @@ export function createPeopleStore (pool: pg.Pool) {
             AND ($3::uuid IS NULL OR patient_id = $3) AND ($4::timestamptz IS NULL OR granted_at < $4)
           ORDER BY granted_at DESC, id LIMIT $5`,
         [options.from ?? null, options.to ?? null, options.patientId ?? null, options.beforeGrantedAt ?? null, options.limit])
-      return rows.map(toGrant)
+      return rows.map((r) => toGrant(keyring, r))
     }
   }
 

@@ -1,4 +1,7 @@
 import type { Logger } from 'pino'
+import type pg from 'pg'
+import { reencryptClinicalText } from './clinical-text.ts'
+import type { Keyring } from './field-encryption.ts'
 import type { PatientRecordStore, ReencryptionProgress } from './patient-records.ts'
 
 export interface Reencryption {
@@ -20,7 +23,7 @@ export interface ReencryptableVoiceNotes {
   reencryptAll (options: { batchSize?: number, shouldStop?: () => boolean }): Promise<{ done: number, failed: number }>
 }
 
-export function startReencryption (records: PatientRecordStore, log: Logger, options: { batchSize?: number, voiceNotes?: ReencryptableVoiceNotes } = {}): Reencryption {
+export function startReencryption (records: PatientRecordStore, log: Logger, options: { batchSize?: number, voiceNotes?: ReencryptableVoiceNotes, clinicalText?: { pool: pg.Pool, keyring: Keyring } } = {}): Reencryption {
   const rekeyLog = log.child({ component: 'reencryption' })
   let stopping = false
   const voiceNotesPass = async (): Promise<void> => {
@@ -33,7 +36,17 @@ export function startReencryption (records: PatientRecordStore, log: Logger, opt
     if (result.failed > 0) rekeyLog.error(result, 'voice note re-encryption finished with transcripts it could not read: configure their keys and restart')
     else rekeyLog.info(result, 'voice note re-encryption finished')
   }
+  // Clinical free text (store/clinical-text.ts): values under a retired key, and values written
+  // before migration 008 (still plain), are encrypted under the active key.
+  const clinicalTextPass = async (): Promise<void> => {
+    const c = options.clinicalText
+    if (c === undefined) return
+    const result = await reencryptClinicalText(c.pool, c.keyring, { batchSize: options.batchSize, shouldStop: () => stopping })
+    if (result.failed > 0) rekeyLog.error(result, 'clinical text encryption finished with values it could not read: configure their keys and restart')
+    else if (result.done > 0) rekeyLog.info(result, 'clinical text encrypted under the active key')
+  }
   const finished = (async (): Promise<ReencryptionProgress | null> => {
+    await clinicalTextPass().catch((err: unknown) => rekeyLog.error({ err }, 'clinical text encryption failed; it is retried at the next start'))
     await voiceNotesPass().catch((err: unknown) => rekeyLog.error({ err }, 'voice note re-encryption failed; it is retried at the next start'))
     try {
       const usage = await records.keyUsage()

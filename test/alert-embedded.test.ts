@@ -16,7 +16,7 @@ const { app, alerting, adminHeaders: headers } = f
 
 t.test('lifecycle, escalation, burden and presence on PGlite', async (t) => {
   f.policies.set('ward', { id: 'ward', tiers: [{ notify: ['nurse'], afterMs: 60_000 }, { notify: ['doctor'], afterMs: 60_000 }] })
-  f.webhooks.push({ id: 'nowhere', url: 'http://127.0.0.1:9/', secretEnv: 'UNSET_SECRET_FOR_TEST', minSeverity: 'low' })
+  f.webhooks.push({ id: 'nowhere', url: 'http://127.0.0.1:9/', secretEnv: 'VIGIL_WEBHOOK_UNSET_FOR_TEST', minSeverity: 'low', allowListed: true })
   const patientId = await f.createPatient()
   await Promise.all([1, 2, 3].map((i) => alerting.sink.apply([change(patientId, { escalationPolicy: 'ward', at: f.clock!.now() - 1000 + i })])))
   const list = (await app.inject({ method: 'GET', url: `/v1/alerts?patientId=${patientId}`, headers })).json().items
@@ -35,7 +35,7 @@ t.test('lifecycle, escalation, burden and presence on PGlite', async (t) => {
   await alerting.notifier.drain()
   const attempts = await f.db.pool.query("SELECT status, error FROM notification_deliveries WHERE channel = 'webhook'")
   t.ok(attempts.rows.length >= 1)
-  t.match(attempts.rows[0], { status: 'failed', error: /UNSET_SECRET_FOR_TEST is not set/ })
+  t.match(attempts.rows[0], { status: 'failed', error: /VIGIL_WEBHOOK_UNSET_FOR_TEST is not set/ })
   t.same((await alerting.presence.presence()).length, 0, 'no devices yet')
   f.webhooks.length = 0
 })

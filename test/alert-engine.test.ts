@@ -15,6 +15,10 @@ import { createPatientStore } from '../store/patients.ts'
 import { createPostgresReadingStore } from '../store/postgres-readings.ts'
 import { parseMetrics } from './helpers/log-capture.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
+import { testKeyring } from './helpers/keys.ts'
+
+// Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
+const clinicalTextKeyring = testKeyring()
 
 const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-engine-'))
@@ -55,7 +59,7 @@ async function start (db: Database, clock = { now: T0 }, workerThreads = 1): Pro
   const registry = new Registry()
   const readings = createPostgresReadingStore(db.pool)
   const engine = await startAlertEngine({
-    pool: db.pool, rulesPath, workerThreads, log, registry, now: () => clock.now,
+    keyring: clinicalTextKeyring, pool: db.pool, rulesPath, workerThreads, log, registry, now: () => clock.now,
     sink: { apply: async (c) => { changes.push(...c) } },
     writeDerived: async (r) => { derived.push(...r); await readings.write(r) }
   })
@@ -118,7 +122,7 @@ t.test('reading→condition latency on the real clock', async (t) => {
   const changes: ConditionChange[] = []
   const registry = new Registry()
   const engine = await startAlertEngine({
-    pool: postgres.pool, rulesPath, workerThreads: 1, log, registry, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesPath, workerThreads: 1, log, registry, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}
   })
   t.teardown(() => engine.close())
   const patients = createPatientStore(postgres.pool)
@@ -185,7 +189,7 @@ t.test('a failed batch is retried: no condition change is lost', async (t) => {
   const changes: ConditionChange[] = []
   let failures = 1
   const engine = await startAlertEngine({
-    pool: postgres.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), writeDerived: async () => {},
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), writeDerived: async () => {},
     sink: {
       async apply (c) {
         if (failures-- > 0) throw new Error('lifecycle unavailable')
@@ -206,7 +210,7 @@ t.test('a failed batch is retried: no condition change is lost', async (t) => {
 t.test('a full evaluation queue drops the oldest readings from evaluation, counted', async (t) => {
   const registry = new Registry()
   const engine = await startAlertEngine({
-    pool: postgres.pool, rulesPath, workerThreads: 1, log, registry, writeDerived: async () => {},
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesPath, workerThreads: 1, log, registry, writeDerived: async () => {},
     sink: { apply: async () => {} }, maxQueued: 10, flushIntervalMs: 600_000, batchSize: 1000
   })
   t.teardown(() => engine.close())

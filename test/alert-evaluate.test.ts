@@ -319,8 +319,8 @@ t.test('rules file validation: defaults and cross-field checks', async (t) => {
     t.ok(found.some((m) => m.startsWith(expected)), `${expected} (got ${JSON.stringify(found)})`)
     t.ok(found.length <= 2, `no cascade of follow-on errors for ${yaml}`)
   }
-  const webhooks = parseRuleSet('rules: []\nwebhooks: [{ id: pager, url: "https://pager.example.org/x", secretEnv: PAGER_SECRET }]')
-  t.match(webhooks, { ok: true, ruleSet: { webhooks: [{ id: 'pager', url: 'https://pager.example.org/x', secretEnv: 'PAGER_SECRET', minSeverity: 'low' }] } })
+  const webhooks = parseRuleSet('rules: []\nwebhooks: [{ id: pager, url: "https://pager.example.org/x", secretEnv: VIGIL_WEBHOOK_PAGER_SECRET }]')
+  t.match(webhooks, { ok: true, ruleSet: { webhooks: [{ id: 'pager', url: 'https://pager.example.org/x', secretEnv: 'VIGIL_WEBHOOK_PAGER_SECRET', minSeverity: 'low', allowListed: false }] } })
 })
 
 t.test('the shipped rules file is valid and holds the documented defaults', async (t) => {

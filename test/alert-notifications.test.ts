@@ -6,9 +6,13 @@ import t from 'tap'
 import { startAlerting } from '../alerts/alerting.ts'
 import { buildApi } from '../api/app.ts'
 import { change, provisionDevice, startAlertingFixture } from './helpers/alerting.ts'
+import { testKeyring } from './helpers/keys.ts'
+
+// Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
+const clinicalTextKeyring = testKeyring()
 
 const SECRET = 'webhook-secret-for-tests-0123456789'
-const f = await startAlertingFixture({ network: true, env: { TEST_WEBHOOK_SECRET: SECRET }, webhookRetryBaseMs: 20, webhookMaxAttempts: 4 })
+const f = await startAlertingFixture({ network: true, env: { VIGIL_WEBHOOK_TEST_SECRET: SECRET, VIGIL_ADMIN_TOKEN: 'bootstrap-admin-token-never-a-webhook-key' }, webhookRetryBaseMs: 20, webhookMaxAttempts: 4 })
 t.teardown(() => f.close())
 const { alerting } = f
 
@@ -156,9 +160,9 @@ t.test('webhooks: signed POST with a minimal payload; failures retried with back
   t.teardown(() => new Promise<void>((resolve) => receiver.close(() => resolve())))
   const base = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`
   f.webhooks.push(
-    { id: 'pager', url: `${base}/ok`, secretEnv: 'TEST_WEBHOOK_SECRET', minSeverity: 'high' },
-    { id: 'flaky', url: `${base}/flaky`, secretEnv: 'TEST_WEBHOOK_SECRET', minSeverity: 'critical' },
-    { id: 'down', url: `${base}/down`, secretEnv: 'TEST_WEBHOOK_SECRET', minSeverity: 'critical' }
+    { id: 'pager', url: `${base}/ok`, secretEnv: 'VIGIL_WEBHOOK_TEST_SECRET', minSeverity: 'high', allowListed: true },
+    { id: 'flaky', url: `${base}/flaky`, secretEnv: 'VIGIL_WEBHOOK_TEST_SECRET', minSeverity: 'critical', allowListed: true },
+    { id: 'down', url: `${base}/down`, secretEnv: 'VIGIL_WEBHOOK_TEST_SECRET', minSeverity: 'critical', allowListed: true }
   )
   t.teardown(() => { f.webhooks.length = 0 })
 
@@ -194,6 +198,32 @@ t.test('webhooks: signed POST with a minimal payload; failures retried with back
   t.ok(deliveries.some((r) => r.headers['x-vigil-delivery-attempt'] === '4'), 'attempt number in a header')
 })
 
+t.test('webhooks: outside the allow-list nothing reaches a loopback listener, and secrets come from VIGIL_WEBHOOK_* only', async (t) => {
+  let requests = 0
+  const receiver = http.createServer((req, res) => { requests++; req.resume(); res.writeHead(204).end() })
+  await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => receiver.close(() => resolve())))
+  const port = (receiver.address() as AddressInfo).port
+  f.webhooks.push(
+    // A name resolving to loopback at delivery (DNS rebinding), a loopback address, and a
+    // rules file that names the admin token as its signing secret.
+    { id: 'rebound', url: `https://localhost:${port}/`, secretEnv: 'VIGIL_WEBHOOK_TEST_SECRET', minSeverity: 'low' },
+    { id: 'loopback', url: `https://127.0.0.1:${port}/`, secretEnv: 'VIGIL_WEBHOOK_TEST_SECRET', minSeverity: 'low' },
+    { id: 'admin-secret', url: `http://127.0.0.1:${port}/`, secretEnv: 'VIGIL_ADMIN_TOKEN', minSeverity: 'low', allowListed: true }
+  )
+  t.teardown(() => { f.webhooks.length = 0 })
+  const patientId = await f.createPatient()
+  await alerting.sink.apply([change(patientId, { ruleId: 'private-target-rule', severity: 'critical' })])
+  const attempts = async (webhookId: string) => (await f.db.pool.query(
+    `SELECT d.status, d.error FROM notification_deliveries d JOIN alerts a ON a.id = d.alert_id
+     WHERE d.channel = 'webhook' AND d.target = $1 AND a.rule_id = 'private-target-rule' ORDER BY d.attempt`, [webhookId])).rows
+  const given = async (id: string) => await eventually(async () => { const r = await attempts(id); return r.at(-1)?.status === 'gave_up' && r }, `${id}: every attempt`)
+  t.match((await given('rebound'))[0], { status: 'failed', error: /localhost resolves to a non-public address \(127\.0\.0\.1\)/ })
+  t.match((await given('loopback'))[0], { status: 'failed', error: /127\.0\.0\.1 is not a public address/ })
+  t.match((await given('admin-secret'))[0], { status: 'failed', error: /VIGIL_ADMIN_TOKEN does not begin with VIGIL_WEBHOOK_/ })
+  t.equal(requests, 0, 'the loopback listener received nothing')
+})
+
 t.test('webhooks: a delivery pending at shutdown is resumed by the next start', async (t) => {
   let up = false
   const bodies: string[] = []
@@ -206,11 +236,11 @@ t.test('webhooks: a delivery pending at shutdown is resumed by the next start', 
   })
   await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve))
   t.teardown(() => new Promise<void>((resolve) => receiver.close(() => resolve())))
-  const target = { id: 'restart', url: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/`, secretEnv: 'TEST_WEBHOOK_SECRET', minSeverity: 'low' as const }
-  const env = { TEST_WEBHOOK_SECRET: SECRET }
+  const target = { id: 'restart', url: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/`, secretEnv: 'VIGIL_WEBHOOK_TEST_SECRET', minSeverity: 'low' as const, allowListed: true }
+  const env = { VIGIL_WEBHOOK_TEST_SECRET: SECRET }
   // One lifecycle with a long backoff: the first attempt fails, the retry is far off.
   const first = await startAlerting({
-    pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics, rejections: f.deps.rejections,
+    keyring: clinicalTextKeyring, pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics, rejections: f.deps.rejections,
     policies: () => new Map(), webhooks: () => [target], env, webhookRetryBaseMs: 3_600_000
   })
   const patientId = await f.createPatient()
@@ -224,7 +254,7 @@ t.test('webhooks: a delivery pending at shutdown is resumed by the next start', 
   await f.db.pool.query("UPDATE webhook_outbox SET next_attempt_at = now() WHERE webhook_id = 'restart'")
   up = true
   const second = await startAlerting({
-    pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics, rejections: f.deps.rejections,
+    keyring: clinicalTextKeyring, pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics, rejections: f.deps.rejections,
     policies: () => new Map(), webhooks: () => [target], env
   })
   t.teardown(() => second.close())

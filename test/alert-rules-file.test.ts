@@ -12,6 +12,11 @@ import type { StoredReading } from '../ingest/reading.ts'
 import { openDatabase } from '../store/database.ts'
 import { apiDepsFor } from './helpers/api-deps.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
+import { testKeyring } from './helpers/keys.ts'
+import { userWithLogin } from './helpers/people.ts'
+
+// Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
+const clinicalTextKeyring = testKeyring()
 
 const log = pino({ level: 'silent' })
 const testDb = await createTestDatabase()
@@ -40,7 +45,7 @@ await fs.writeFile(rulesPath, v1)
 
 const changes: ConditionChange[] = []
 const engine = await startAlertEngine({
-  pool: db.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), rulesDebounceMs: 20,
+  keyring: clinicalTextKeyring, pool: db.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), rulesDebounceMs: 20,
   sink: { apply: async (c) => { changes.push(...c) } },
   writeDerived: async () => {}
 })
@@ -151,6 +156,31 @@ t.test('PUT /v1/alert-rules: validated, written atomically, recorded with the ca
   t.match(page2.history.items, [{ version: sha256(v1) }])
   t.equal(page2.history.nextCursor, null)
   t.equal((await get('?cursor=abc')).statusCode, 400)
+})
+
+t.test('PUT /v1/alert-rules: a YAML alias bomb is a 400 with the reason, not a 500', async (t) => {
+  // "Billion laughs": each level doubles the references to the level before it.
+  const levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+  for (let i = 1; i < 10; i++) levels.push(`${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(9).fill(`*${String.fromCharCode(96 + i)}`).join(',')}]`)
+  const before = (await get('')).json().version
+  const res = await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: levels.join('\n') + '\nrules: []\n' } })
+  t.equal(res.statusCode, 400)
+  t.equal(res.json().code, 'VIGIL_ERR_RULES_INVALID')
+  t.match(res.json().details, [{ path: '', message: /alias/i }])
+  t.equal((await get('')).json().version, before, 'the active rules are unchanged')
+})
+
+t.test('GET /v1/alert-rules: webhook URLs (and the document quoting them) are shown to admins only', async (t) => {
+  const before = (await get('')).json().document as string
+  const withHook = `${before}\nwebhooks:\n  - { id: pager, url: "https://pager.example.org/hook/s3cr3t-capability", secretEnv: VIGIL_WEBHOOK_PAGER }\n`
+  t.equal((await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: withHook } })).statusCode, 200)
+  t.teardown(async () => { await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: before } }) })
+  const nurse = await userWithLogin(app, headers, ['nurse'], 'rules-nurse@example.org')
+  const seen = await app.inject({ method: 'GET', url: '/v1/alert-rules', headers: nurse.headers })
+  t.equal(seen.statusCode, 200)
+  t.notOk(seen.body.includes('s3cr3t-capability'), 'a nurse (rules:read) does not see the URL anywhere')
+  t.match(seen.json(), { webhooks: [{ id: 'pager', url: null, minSeverity: 'low' }], document: null })
+  t.match((await get('')).json(), { webhooks: [{ id: 'pager', url: 'https://pager.example.org/hook/s3cr3t-capability' }], document: withHook }, 'an admin does')
 })
 
 t.test('a rules file Vigil may not write: 409, nothing changes', { skip: process.getuid?.() === 0 ? 'root writes anywhere' : false }, async (t) => {

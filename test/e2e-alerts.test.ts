@@ -15,7 +15,7 @@ import { startVigilWithLogCapture } from './helpers/log-capture.ts'
 
 // A real webhook receiver that checks the signature the README documents.
 const webhookSecret = randomBytes(24).toString('hex')
-process.env.VIGIL_TEST_E2E_WEBHOOK_SECRET = webhookSecret
+process.env.VIGIL_WEBHOOK_TEST_E2E_SECRET = webhookSecret
 interface Delivery { body: any, signatureValid: boolean }
 const deliveries: Delivery[] = []
 const receiver = http.createServer((req, res) => {
@@ -40,8 +40,10 @@ escalationPolicies:
     tiers:
       - { notify: [nurse], escalateAfter: 5m }
       - { notify: [doctor], escalateAfter: 10m }
+# The receiver is a local listener: only an allow-listed origin may be plain http and loopback.
+webhookAllowList: ["http://127.0.0.1:${receiverPort}"]
 webhooks:
-  - { id: pager, url: "http://127.0.0.1:${receiverPort}/hook", secretEnv: VIGIL_TEST_E2E_WEBHOOK_SECRET, minSeverity: high }
+  - { id: pager, url: "http://127.0.0.1:${receiverPort}/hook", secretEnv: VIGIL_WEBHOOK_TEST_E2E_SECRET, minSeverity: high }
 rules:
   - { id: high-hr, kind: threshold, metric: heart_rate, above: 150, severity: critical, escalation: standard }
   - { id: news2, kind: news2, freshness: 1h, bands: { low_medium: medium, medium: high, high: critical } }
@@ -51,7 +53,7 @@ t.teardown(async () => {
   await vigil.close()
   await new Promise<void>((resolve) => receiver.close(() => resolve()))
   await fs.rm(dir, { recursive: true, force: true })
-  delete process.env.VIGIL_TEST_E2E_WEBHOOK_SECRET
+  delete process.env.VIGIL_WEBHOOK_TEST_E2E_SECRET
 })
 
 async function until (what: string, condition: () => boolean | Promise<boolean>): Promise<void> {

@@ -174,7 +174,7 @@ for (const kind of ['postgres', 'pglite'] as const) {
       const res = await app.inject({ method: 'GET', url: '/v1/admin/keys', headers })
       t.equal(res.statusCode, 200)
       const { rows: [{ n }] } = await db.pool.query('SELECT count(*)::int AS n FROM patient_records')
-      t.same(res.json(), { activeKeyId: 'k1', keys: [{ keyId: 'k1', configured: true, active: true, records: n, voiceNotes: 0 }] })
+      t.same(res.json(), { activeKeyId: 'k1', keys: [{ keyId: 'k1', configured: true, active: true, records: n, voiceNotes: 0, clinicalText: 0 }] })
     })
   })
 }

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import mqtt from 'mqtt'
 import t from 'tap'
 import type { Test } from 'tap'
 import { startVigilWithLogCapture } from './helpers/log-capture.ts'
@@ -55,6 +56,55 @@ function canaries () {
     }
   }
   return { displayName: c('NAME'), values: Object.values(values), record }
+}
+
+/** Clinical free text (issue 11 item 8): alert comments and resolve reasons, break-glass, override and SpO2-scale reasons. */
+function clinicalText () {
+  const id = randomBytes(4).toString('hex').toUpperCase()
+  const c = (field: string) => `CANARY-${field}-${id} patient on warfarin`
+  return { comment: c('COMMENT'), resolveReason: c('RESOLVED'), breakGlassReason: c('BREAKGLASS'), overrideReason: c('OVERRIDE'), scaleReason: c('SPO2SCALE') }
+}
+
+const rulesFile = `rules:
+  - id: tachycardia
+    kind: threshold
+    metric: heart_rate
+    above: 120
+    severity: high
+`
+
+/** Writes each kind of clinical free text through the API of a real Vigil, and reads each back. */
+async function exerciseClinicalText (t: Test, vigil: CapturedVigil, text: ReturnType<typeof clinicalText>): Promise<void> {
+  const { patientId, deviceId, password } = await vigil.provision()
+  const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${vigil.mqttPort}`, { clientId: deviceId, username: deviceId, password, reconnectPeriod: 0, protocolVersion: 4 })
+  await device.publishAsync(`devices/${deviceId}/telemetry`, JSON.stringify({ seq: 1, readings: [{ metric: 'heart_rate', value: 160, unit: '/min', ts: Date.now() - 1000 }] }), { qos: 1 })
+  await device.endAsync()
+  let alertId: string | undefined
+  for (const deadline = Date.now() + 20_000; alertId === undefined; await new Promise((resolve) => setTimeout(resolve, 100))) {
+    if (Date.now() > deadline) throw new Error('timed out waiting for the tachycardia alert')
+    alertId = (await vigil.api('GET', `/v1/alerts?patientId=${patientId}`)).body.items?.[0]?.id
+  }
+  t.equal((await vigil.api('POST', `/v1/alerts/${alertId}/comments`, { text: text.comment })).status, 201)
+  t.equal((await vigil.api('POST', `/v1/alerts/${alertId}/resolve`, { reason: text.resolveReason })).status, 200)
+  const events = JSON.stringify((await vigil.api('GET', `/v1/alerts/${alertId}/events`)).body)
+  t.ok(events.includes(text.comment) && events.includes(text.resolveReason), 'the comment and the resolve reason read back')
+
+  const expiresAt = new Date(Date.now() + 86_400_000).toISOString()
+  t.equal((await vigil.api('PUT', `/v1/patients/${patientId}/rule-overrides/tachycardia`, { above: 140, reason: text.overrideReason, expiresAt })).status, 200)
+  t.match(JSON.stringify((await vigil.api('GET', `/v1/patients/${patientId}/rule-overrides`)).body), text.overrideReason, 'the override reason reads back')
+  t.equal((await vigil.api('PUT', `/v1/patients/${patientId}/news2-scale`, { spo2Scale: 2, reason: text.scaleReason })).status, 200)
+
+  // Break-glass: a doctor off the care team, signed in as herself.
+  const email = `canary-doctor-${randomBytes(3).toString('hex')}@example.org`
+  t.equal((await vigil.api('POST', '/v1/users', { email, displayName: 'Canary Doctor', password: 'correct horse 42', roles: ['doctor'] })).status, 201)
+  const base = `http://127.0.0.1:${vigil.httpPort}`
+  const login = await (await fetch(`${base}/v1/auth/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email, password: 'correct horse 42' }) })).json() as { accessToken: string }
+  const doctor = { authorization: `Bearer ${login.accessToken}`, 'content-type': 'application/json' }
+  const grant = await fetch(`${base}/v1/patients/${patientId}/break-glass`, { method: 'POST', headers: doctor, body: JSON.stringify({ reason: text.breakGlassReason }) })
+  t.equal(grant.status, 201)
+  // An access through the grant: its audit row carries the reason too.
+  t.equal((await fetch(`${base}/v1/patients/${patientId}/readings`, { headers: doctor })).status, 200)
+  t.match(JSON.stringify((await vigil.api('GET', '/v1/break-glass')).body), text.breakGlassReason, 'the break-glass reason reads back for review')
 }
 
 function found (text: string, values: string[]): string[] {
@@ -110,11 +160,15 @@ async function exercise (t: Test, vigil: CapturedVigil, seeded: ReturnType<typeo
 t.test('canaries on the machine\'s Postgres: not in pg_dump, not in logs, not in error bodies', async (t) => {
   const db = await createTestDatabase()
   t.teardown(() => db.drop())
-  const vigil = await startVigilWithLogCapture({ env: { DATABASE_URL: db.url, LOG_LEVEL: 'debug' } })
+  const rules = path.join(await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-canary-rules-')), 'alert-rules.yaml')
+  await fs.writeFile(rules, rulesFile)
+  const vigil = await startVigilWithLogCapture({ env: { DATABASE_URL: db.url, LOG_LEVEL: 'debug', VIGIL_ALERT_RULES: rules } })
   let closed = false
   t.teardown(async () => { if (!closed) await vigil.close() })
   const seeded = canaries()
   await exercise(t, vigil, seeded)
+  const text = clinicalText()
+  await exerciseClinicalText(t, vigil, text)
 
   const dump = await new Promise<string>((resolve, reject) => {
     execFile('pg_dump', ['--no-owner', '--dbname', db.url], { maxBuffer: 64 * 1024 * 1024 }, (err, stdout) => err === null ? resolve(stdout) : reject(err))
@@ -122,6 +176,7 @@ t.test('canaries on the machine\'s Postgres: not in pg_dump, not in logs, not in
   t.match(dump, /COPY public\.patient_records/, 'the dump holds the records table')
   t.ok((dump.match(/v1\.k1\.[A-Za-z0-9_-]{16}\./g) ?? []).length >= 11, 'and its envelopes')
   t.same(found(dump, seeded.values), [], 'no canary in pg_dump')
+  t.same(found(dump, Object.values(text)), [], 'no clinical free text in pg_dump')
   // Control: display names are stored plain (README, PHI at rest), so the dump must show this one.
   t.ok(dump.includes(seeded.displayName), 'the dump does show plaintext where there is some')
 
@@ -129,18 +184,22 @@ t.test('canaries on the machine\'s Postgres: not in pg_dump, not in logs, not in
   closed = true
   const logText = vigil.logs.lines.map((l) => JSON.stringify(l)).join('\n')
   t.ok(vigil.logs.lines.length > 20, 'the run logged (debug level)')
-  t.same(found(logText, [...seeded.values, seeded.displayName]), [], 'no canary in the logs of the run')
+  t.same(found(logText, [...seeded.values, seeded.displayName, ...Object.values(text)]), [], 'no canary in the logs of the run')
   t.ok(vigil.logs.lines.some((l) => l.level === 40 && /PHI encryption key/.test(String(l.msg))), 'the embedded-default key warning was logged')
 })
 
 t.test('canaries on embedded PGlite: not in the database files, not in logs, not in error bodies', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-canary-'))
   t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
-  const vigil = await startVigilWithLogCapture({ database: 'pglite', dataDir: dir, env: { LOG_LEVEL: 'debug' } })
+  const rules = path.join(dir, 'alert-rules.yaml')
+  await fs.writeFile(rules, rulesFile)
+  const vigil = await startVigilWithLogCapture({ database: 'pglite', dataDir: dir, env: { LOG_LEVEL: 'debug', VIGIL_ALERT_RULES: rules } })
   let closed = false
   t.teardown(async () => { if (!closed) await vigil.close() })
   const seeded = canaries()
   await exercise(t, vigil, seeded)
+  const text = clinicalText()
+  await exerciseClinicalText(t, vigil, text)
   // Closed first, so PGlite has written everything to its files.
   await vigil.close()
   closed = true
@@ -153,7 +212,7 @@ t.test('canaries on embedded PGlite: not in the database files, not in logs, not
     if (!entry.isFile()) continue
     files++
     const bytes = await fs.readFile(path.join(entry.parentPath, entry.name))
-    for (const v of seeded.values) if (bytes.includes(v)) hits.push(`${v} in ${entry.name}`)
+    for (const v of [...seeded.values, ...Object.values(text)]) if (bytes.includes(v)) hits.push(`${v} in ${entry.name}`)
   }
   t.ok(files > 50, `scanned the PGlite files (${files})`)
   t.same(hits, [], 'no canary in the embedded database files')

@@ -78,6 +78,23 @@ t.test('the pool task converts festival\'s 32 kHz output with sox, transcribes i
   t.equal(Atomics.load(new Int32Array(control), CONTROL_PROGRESS), 1000)
 })
 
+t.test('a valid WAV with a LIST chunk before fmt (16 kHz mono 16-bit) is normalized before the recognizer reads it', async (t) => {
+  const native = await fs.readFile(await synthesize(sentences[4]!, dir, 'list', { engineNative: true }))
+  t.ok(readWavInfo(native).isEngineNative)
+  // RIFF "Multimedia Programming Interface" 1991: a LIST/INFO chunk may come anywhere, here before `fmt `.
+  const info = Buffer.from('INFOISFT\u0006\u0000\u0000\u0000vigil\u0000', 'latin1')
+  const list = Buffer.concat([Buffer.from('LIST', 'latin1'), Buffer.alloc(4), info])
+  list.writeUInt32LE(info.length, 4)
+  const body = Buffer.concat([Buffer.from('WAVE', 'latin1'), list, native.subarray(12)])
+  const riff = Buffer.alloc(8)
+  riff.write('RIFF', 0, 'latin1')
+  riff.writeUInt32LE(body.length, 4)
+  const audio = Buffer.concat([riff, body])
+  t.match(readWavInfo(audio), { format: 1, channels: 1, sampleRate: 16000, bitsPerSample: 16 }, 'still a valid 16 kHz mono WAV')
+  const result = await transcribeTask({ audio, engine: { kind: 'pocketsphinx' }, control: new SharedArrayBuffer(CONTROL_SLOTS * 4) })
+  t.ok(wordErrorRate(sentences[4]!, result.text).rate <= 0.5, `"${result.text}"`)
+})
+
 t.test('a cancel kills the recognizer and the task rejects', async (t) => {
   const files = await Promise.all(sentences.map((s, i) => synthesize(s, dir, `c${i}`, { engineNative: true })))
   const long = await concatenate([...files, ...files], `${dir}/long.wav`)

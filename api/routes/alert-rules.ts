@@ -36,8 +36,8 @@ const RulesState = Type.Object({
   source: Type.String(),
   rules: Type.Array(Type.Unknown(), { description: 'Active rules, durations in ms, defaults filled in' }),
   escalationPolicies: Type.Array(Type.Unknown()),
-  webhooks: Type.Array(Type.Unknown()),
-  document: Type.String({ description: 'The active rules file as written' }),
+  webhooks: Type.Array(Type.Unknown(), { description: 'url is null unless the caller is an admin (users:admin): a webhook URL may carry a capability' }),
+  document: Type.Union([Type.String(), Type.Null()], { description: 'The active rules file as written; null unless the caller is an admin (it holds the webhook URLs)' }),
   lastError: Type.Union([Type.Null(), Type.Object({
     at: Type.String({ format: 'date-time' }),
     version: Type.String({ description: 'sha256 of the rejected document' }),
@@ -92,9 +92,12 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
   const { rulesFile, store } = engine
   const iso = (ms: number): string => new Date(ms).toISOString()
 
-  async function rulesState (limit: number, cursor: string | undefined) {
+  async function rulesState (request: FastifyRequest, limit: number, cursor: string | undefined) {
     const active = rulesFile.current()
     const error = rulesFile.lastError()
+    // Webhook URLs (and the document and problems that quote them) are for admins only.
+    const admin = request.principal?.permissions.has('users:admin') === true
+    const aboutWebhooks = (p: { path: string }): boolean => p.path.startsWith('webhook')
     const history = await rulesFile.history({ limit, before: cursor === undefined ? undefined : Number(cursor) })
     return {
       version: active.version,
@@ -103,9 +106,15 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
       source: active.source,
       rules: active.ruleSet.rules,
       escalationPolicies: active.ruleSet.escalationPolicies,
-      webhooks: active.ruleSet.webhooks,
-      document: active.document,
-      lastError: error === null ? null : { at: iso(error.at), version: error.version, problems: error.problems },
+      webhooks: admin ? active.ruleSet.webhooks : active.ruleSet.webhooks.map((w) => ({ ...w, url: null })),
+      document: admin ? active.document : null,
+      lastError: error === null
+        ? null
+        : {
+            at: iso(error.at),
+            version: error.version,
+            problems: admin ? error.problems : error.problems.map((p) => aboutWebhooks(p) ? { path: p.path, message: `${p.path}: a webhook problem (details for admins only)` } : p)
+          },
       history: {
         items: history.items.map((h) => ({ ...h, loadedAt: iso(h.loadedAt) })),
         nextCursor: history.nextCursor === null ? null : String(history.nextCursor)
@@ -121,7 +130,7 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
       querystring: HistoryQuery,
       response: { 200: RulesState, ...errorResponses() }
     }
-  }, async (request) => await rulesState(request.query.limit, request.query.cursor))
+  }, async (request) => await rulesState(request, request.query.limit, request.query.cursor))
 
   app.put('/alert-rules', {
     config: { permission: 'rules:write' },
@@ -142,7 +151,7 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
       if (err instanceof RulesNotWritableError) throw new VigilError('VIGIL_ERR_CONFLICT', err.message)
       throw err
     }
-    return await rulesState(20, undefined)
+    return await rulesState(request, 20, undefined)
   })
 
   const toBody = (o: RuleOverride, nowMs: number) => ({

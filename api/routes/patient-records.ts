@@ -7,8 +7,9 @@ import { VigilError } from '../errors.ts'
 import { KeyUsage, LookupBody, LookupResult, PatientRecord, RecordBody, RecordPatch, recordFields, recordProblems } from '../record-schemas.ts'
 import type { RecordPatch as RecordPatchType } from '../record-schemas.ts'
 import { IdParams, errorResponses } from '../schemas.ts'
+import { clinicalTextKeyUsage } from '../../store/clinical-text.ts'
 
-export interface PatientRecordRouteDeps extends Pick<RouteDeps, 'patientAccess' | 'voiceNotes'> {
+export interface PatientRecordRouteDeps extends Pick<RouteDeps, 'patientAccess' | 'voiceNotes' | 'db'> {
   patientRecords: PatientRecordStore
   /** Today's date (UTC, YYYY-MM-DD) for "not in the future"; a parameter so tests control the clock. */
   today?: () => string
@@ -145,14 +146,15 @@ export function patientRecordRoutes (app: ApiInstance, deps: PatientRecordRouteD
     config: { permission: 'users:admin' },
     schema: {
       tags: ['records'],
-      summary: 'Patient records and voice note transcripts per encryption key',
+      summary: 'Patient records, voice note transcripts and clinical free text per encryption key',
       description: 'Retire a key (remove it from VIGIL_SECRET_KEY / the key file) only once its count is 0. Keys are configuration, never API input.',
       response: { 200: KeyUsage, ...errorResponses() }
     }
   }, async () => {
     const usage = new Map((await patientRecords.keyUsage()).map((u) => [u.keyId, u.records]))
     const notes = new Map((await deps.voiceNotes?.keyUsage() ?? []).map((u) => [u.keyId, u.voiceNotes]))
-    const ids = new Set([...patientRecords.configuredKeyIds, ...usage.keys(), ...notes.keys()])
+    const clinical = new Map((await clinicalTextKeyUsage(deps.db.pool)).map((u) => [u.keyId, u.clinicalText]))
+    const ids = new Set([...patientRecords.configuredKeyIds, ...usage.keys(), ...notes.keys(), ...clinical.keys()])
     return {
       activeKeyId: patientRecords.activeKeyId,
       keys: [...ids].sort().map((keyId) => ({
@@ -160,7 +162,8 @@ export function patientRecordRoutes (app: ApiInstance, deps: PatientRecordRouteD
         configured: patientRecords.configuredKeyIds.includes(keyId),
         active: keyId === patientRecords.activeKeyId,
         records: usage.get(keyId) ?? 0,
-        voiceNotes: notes.get(keyId) ?? 0
+        voiceNotes: notes.get(keyId) ?? 0,
+        clinicalText: clinical.get(keyId) ?? 0
       }))
     }
   })

@@ -13,7 +13,11 @@ export interface WavInfo {
   /** Bytes of sample data (the data chunk, clipped to what the file holds). */
   dataBytes: number
   durationMs: number
-  /** Whether the engines can read it as is: 16 kHz, mono, 16-bit PCM. Otherwise sox converts it. */
+  /**
+   * Whether the engines can read it as is: 16 kHz, mono, 16-bit PCM in the canonical 44-byte
+   * layout (pocketsphinx reads a fixed header: a LIST chunk before `fmt ` or an extensible
+   * header makes it fail). Otherwise sox converts it.
+   */
   isEngineNative: boolean
 }
 
@@ -50,6 +54,8 @@ export function readWavInfo (buf: Buffer): WavInfo {
   let offset = 12
   let fmt: { format: number, channels: number, sampleRate: number, blockAlign: number, bitsPerSample: number } | null = null
   let data: { start: number, size: number } | null = null
+  // Canonical: `fmt ` (16 bytes, plain PCM tag) right after the RIFF header, `data` right after it.
+  let canonicalFmt = false
   // Chunks are [id:4][size:4 LE][body, padded to an even length].
   while (offset + 8 <= buf.length && data === null) {
     const id = buf.toString('latin1', offset, offset + 4)
@@ -58,6 +64,7 @@ export function readWavInfo (buf: Buffer): WavInfo {
     if (id === 'fmt ') {
       if (size < 16 || body + size > buf.length) throw new WavError('invalid', 'the WAV fmt chunk is truncated')
       let format = buf.readUInt16LE(body)
+      canonicalFmt = offset === 12 && size === 16 && format === WAVE_FORMAT_PCM
       if (format === WAVE_FORMAT_EXTENSIBLE) {
         if (size < 40) throw new WavError('invalid', 'the WAV fmt chunk is too short for WAVE_FORMAT_EXTENSIBLE')
         // The sub-format GUID's first two bytes are the format tag.
@@ -97,7 +104,7 @@ export function readWavInfo (buf: Buffer): WavInfo {
     bitsPerSample: fmt.bitsPerSample,
     dataBytes: frames * fmt.blockAlign,
     durationMs: Math.round(frames / fmt.sampleRate * 1000),
-    isEngineNative: fmt.format === WAVE_FORMAT_PCM && fmt.channels === 1 && fmt.sampleRate === 16000 && fmt.bitsPerSample === 16
+    isEngineNative: canonicalFmt && data.start === 44 && fmt.format === WAVE_FORMAT_PCM && fmt.channels === 1 && fmt.sampleRate === 16000 && fmt.bitsPerSample === 16
   }
 }
 

@@ -11,6 +11,7 @@ import { aedesPublisher, startAlerting, type Alerting, type AlertingDeps } from 
 import type { ConditionChange, EscalationPolicy, WebhookTarget } from '../../alerts/contract.ts'
 import { openDatabase, type Database } from '../../store/database.ts'
 import { apiDepsFor } from './api-deps.ts'
+import { testKeyring } from './keys.ts'
 import { createTestDatabase } from './postgres.ts'
 
 /** A clock tests move by hand. */
@@ -104,7 +105,8 @@ export async function startAlertingFixture (options: Partial<AlertingDeps> & { m
     policies: () => policies,
     webhooks: () => webhooks,
     ...(clock === null ? {} : { now: clock.now }),
-    ...alertingOptions
+    ...alertingOptions,
+    keyring: alertingOptions.keyring ?? testKeyring()
   })
   let broker: BrokerHandle | null = null
   let ingest: Awaited<ReturnType<typeof startIngest>> | null = null

@@ -34,7 +34,7 @@ export function apiDepsFor (db: Database, log: Logger, access: Partial<Omit<Acce
     patients,
     devices: createDeviceRegistry(db.pool),
     tokens,
-    access: createAccess({ pool: db.pool, patients, tokens, passwordCost: testPasswordCost, ...access }),
+    access: createAccess({ pool: db.pool, patients, tokens, passwordCost: testPasswordCost, keyring, ...access }),
     rejections: createRejectionLog(db.pool),
     readings: createPostgresReadingStore(db.pool),
     metrics: createMetrics(),
