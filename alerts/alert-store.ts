@@ -57,6 +57,9 @@ export const systemActor: Actor = { kind: 'system', id: null }
  */
 export interface CommittedEvent { event: AlertEvent, alert: Alert, recipients: readonly string[] }
 
+/** How an alert last reached a person. */
+export interface MyNotification { tier: number, role: string, via: 'care_team' | 'on_call', at: string }
+
 /** A person a tier reaches: holding the role on the patient's care team, or on call for it. */
 export interface Recipient { userId: string, role: string, via: 'care_team' | 'on_call' }
 
@@ -381,6 +384,23 @@ export function createAlertStore (deps: AlertStoreDeps) {
       const { rows } = await pool.query(
         `SELECT * FROM alerts ${where.length === 0 ? '' : `WHERE ${where.join(' AND ')}`} ORDER BY seq DESC LIMIT $${params.length}`, params)
       return rows.map((r) => ({ ...alertOf(r), seq: String(r.seq) }))
+    },
+
+    /**
+     * "My alerts": alerts an escalation tier reached this person with, newest first, each with
+     * how it last reached them (tier, role, care team or on call, when).
+     */
+    async listForRecipient (userId: string, filter: { status?: AlertStatus, unresolved?: boolean, limit: number, beforeSeq?: string }): Promise<Array<Alert & { seq: string, notifiedAs: MyNotification }>> {
+      const { rows } = await pool.query(
+        `SELECT a.*, n.tier AS n_tier, n.role AS n_role, n.via AS n_via, n.at AS n_at FROM alerts a
+         JOIN LATERAL (SELECT r.tier, r.role, r.via, e.at FROM alert_recipients r JOIN alert_events e ON e.id = r.event_id
+                       WHERE r.alert_id = a.id AND r.user_id = $1 ORDER BY r.event_id DESC LIMIT 1) n ON true
+         WHERE ($2::text IS NULL OR a.status = $2) AND (NOT $3 OR a.status <> 'resolved') AND ($4::bigint IS NULL OR a.seq < $4)
+         ORDER BY a.seq DESC LIMIT $5`,
+        [userId, filter.status ?? null, filter.unresolved === true, filter.beforeSeq ?? null, filter.limit])
+      return rows.map((r) => ({
+        ...alertOf(r), seq: String(r.seq), notifiedAs: { tier: r.n_tier, role: r.n_role, via: r.n_via, at: iso(r.n_at)! }
+      }))
     },
 
     async events (alertId: string): Promise<AlertEvent[]> {
