@@ -291,7 +291,21 @@ t.test('a rule that changes kind or metric under the same id ends its open condi
 
 t.test('rules file validation: defaults and cross-field checks', async (t) => {
   const [tachy] = rulesOf('rules: [{ id: a, kind: threshold, metric: heart_rate, above: 120, severity: high }]') as [any]
-  t.match(tachy, { hysteresis: 5.6, forMs: 0, clearAfterMs: 0, nOfM: null, below: null, escalationPolicy: null })
+  t.match(tachy, { hysteresis: 5.6, forMs: 0, clearAfterMs: 0, nOfM: null, below: null, escalationPolicy: null, reAlertMs: 45_000 })
+  const parsed = parseRuleSet(`
+escalationPolicies: [{ id: p, tiers: [{ notify: [nurse], escalateAfter: 5m }, { notify: [doctor, night-pager], escalateAfter: 5m }] }]
+webhooks:
+  - { id: night-pager, url: "https://pager.example.org/a", secretEnv: A }
+  - { id: all-high, url: "https://pager.example.org/b", secretEnv: B, minSeverity: high }
+  - { id: tier-and-high, url: "https://pager.example.org/c", secretEnv: C, minSeverity: high }
+rules: [{ id: a, kind: threshold, metric: heart_rate, above: 120, severity: high, reAlertAfter: 2m, escalation: p }]
+`.replace('[doctor, night-pager]', '[doctor, night-pager, tier-and-high]'))
+  t.ok(parsed.ok)
+  if (parsed.ok) {
+    t.same(parsed.ruleSet.webhooks.map((w) => [w.id, w.tierOnly === true]), [['night-pager', true], ['all-high', false], ['tier-and-high', false]],
+      'named in a tier without minSeverity: tier only')
+    t.equal(parsed.ruleSet.rules[0]!.reAlertMs, 120_000)
+  }
   const [rate] = rulesOf('rules: [{ id: b, kind: rate_of_change, metric: heart_rate, window: 5m, riseBy: 8, severity: low }]') as [any]
   t.match(rate, { hysteresis: 2, minReadings: 3, windowMs: 300_000 }, 'a default hysteresis never exceeds a quarter of the bound')
   const [band] = rulesOf('rules: [{ id: c, kind: threshold, metric: spo2, above: 99, below: 97, severity: low }]') as [any]
@@ -320,6 +334,8 @@ t.test('rules file validation: defaults and cross-field checks', async (t) => {
     ['rules: []\nescalationPolicies: [{ id: p, tiers: [] }]', 'escalationPolicies[0] (id "p"): tiers must NOT have fewer than 1 items'],
     ['rules: []\nwebhooks: [{ id: w, url: "ftp://x", secretEnv: S }]', 'webhooks[0] (id "w"): url must be an http:// or https:// URL'],
     ['rules: []\nwebhooks: [{ id: w, url: "https://x", secretEnv: "lower" }]', 'webhooks[0] (id "w"): secretEnv must be an environment variable name'],
+    ['rules: [{ id: a, kind: threshold, metric: heart_rate, above: 1, severity: high, reAlertAfter: 1s }]', 'rules[0] (id "a"): reAlertAfter must be at least 3s'],
+    ['rules: [{ id: a, kind: threshold, metric: heart_rate, above: 1, severity: high, reAlertAfter: soon }]', 'rules[0] (id "a"): reAlertAfter must be a duration such as 30s, 5m, 2h, 1d'],
     ['rules: [a: b', 'YAML']
   ]
   for (const [yaml, expected] of cases) {
