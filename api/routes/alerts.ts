@@ -179,7 +179,7 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       tags: ['alerts'],
       summary: 'Server-sent events: alert events for the patients visible to the caller',
       description: 'text/event-stream. Each event: `id:` (the alert event id) and `data:` JSON ' +
-        '{eventId, type, at, alert: {id, patientId, ruleId, severity, status, summary}, tier?, notify?, assignedTo?}. ' +
+        '{eventId, type, at, alert: {id, patientId, ruleId, severity, status, summary}, tier?, notify?, notified?, reopenedFrom?, assignedTo?}. ' +
         'A `: heartbeat` comment every 15 s. Reconnect with Last-Event-ID to receive what was missed.',
       headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ pattern: '^[0-9]{1,18}$' })) }),
       response: { ...errorResponses() }
