@@ -127,7 +127,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     await options.sink.apply(changes)
     const at = now()
     changes.forEach((c, i) => {
-      metrics.changes.inc({ kind: c.kind, status: c.status })
+      // Restatements of a condition already firing (re-alert reminders, NEWS2 updates) are not changes of state.
+      if (c.ongoing === undefined) metrics.changes.inc({ kind: c.kind, status: c.status })
       if (triggeredAt !== null) metrics.latencySeconds.observe(Math.max(0, at - triggeredAt[i]!) / 1000)
     })
   }

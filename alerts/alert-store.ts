@@ -7,7 +7,7 @@ import { inTransaction } from '../store/database.ts'
 import type { Keyring } from '../store/field-encryption.ts'
 
 export type AlertStatus = 'open' | 'acknowledged' | 'resolved'
-export type AlertEventType = 'opened' | 'severity_raised' | 'acknowledged' | 'assigned' | 'commented' | 'escalated' | 'resolved'
+export type AlertEventType = 'opened' | 'updated' | 'severity_raised' | 'acknowledged' | 'assigned' | 'commented' | 'escalated' | 'resolved'
 
 export interface Alert {
   id: string
@@ -42,7 +42,10 @@ export interface AlertEvent {
   actorKind: 'user' | 'token' | 'system'
   actor: string | null
   at: string
-  /** comment: {text} (a clinical note: API only); escalated: {tier, notify}; resolved: {resolution, reason?} … */
+  /**
+   * comment: {text} (a clinical note: API only); opened/escalated: {tier, notify, notified}
+   * (notified: the user ids the tier reached); updated: {from, to}; resolved: {resolution, reason?} …
+   */
   body: Record<string, unknown>
 }
 
@@ -50,8 +53,17 @@ export interface AlertEvent {
 export interface Actor { kind: 'user' | 'token' | 'system', id: string | null }
 export const systemActor: Actor = { kind: 'system', id: null }
 
-/** An event and the alert as it stood once the event was committed. */
-export interface CommittedEvent { event: AlertEvent, alert: Alert }
+/**
+ * An event and the alert as it stood once the event was committed; recipients: every person the
+ * alert's tiers have notified so far, this event's included (whose "my alerts" it belongs in).
+ */
+export interface CommittedEvent { event: AlertEvent, alert: Alert, recipients: readonly string[] }
+
+/** How an alert last reached a person. */
+export interface MyNotification { tier: number, role: string, via: 'care_team' | 'on_call', at: string }
+
+/** A person a tier reaches: holding the role on the patient's care team, or on call for it. */
+export interface Recipient { userId: string, role: string, via: 'care_team' | 'on_call' }
 
 export interface AlertFilter {
   status?: AlertStatus
@@ -90,7 +102,10 @@ export const severityRank: Readonly<Record<Severity, number>> = { low: 0, medium
 
 // Events that reach webhooks (SSE and MQTT carry every event). Comments and assignments are
 // for the care team's screens, not for paging systems.
+// A summary following its condition ('updated') is for screens too: a paging system is paged by
+// the transitions.
 const WEBHOOK_EVENTS: ReadonlySet<AlertEventType> = new Set(['opened', 'severity_raised', 'escalated', 'acknowledged', 'resolved'])
+const TIER_EVENTS: ReadonlySet<AlertEventType> = new Set(['opened', 'escalated'])
 
 export interface AlertStoreDeps {
   pool: pg.Pool
@@ -118,7 +133,29 @@ export function createAlertStore (deps: AlertStoreDeps) {
     return result
   }
 
+  /**
+   * The people a tier's notify names reach for this patient at `at`: active users holding one
+   * of those roles on the patient's care team, and those on call for the care team in one.
+   */
+  async function recipientsOf (client: pg.PoolClient, patientId: string, roles: readonly string[], at: Date): Promise<Recipient[]> {
+    const { rows } = await client.query(
+      `SELECT DISTINCT ON (x.user_id) x.user_id, x.role, x.via FROM (
+         SELECT ct.clinician_id AS user_id, r.role_id AS role, 'care_team' AS via, 1 AS rank
+           FROM care_team ct JOIN roles r ON r.user_id = ct.clinician_id
+          WHERE ct.patient_id = $1 AND ct.valid_from <= $3 AND (ct.valid_to IS NULL OR ct.valid_to > $3) AND r.role_id = ANY($2::text[])
+         UNION ALL
+         SELECT oc.user_id, oc.role, 'on_call', 0 FROM on_call oc
+          WHERE oc.patient_id = $1 AND oc.valid_from <= $3 AND oc.valid_to > $3 AND oc.role = ANY($2::text[])
+       ) x JOIN users u ON u.id = x.user_id AND u.active
+       ORDER BY x.user_id, x.rank, x.role`,
+      [patientId, [...roles], at])
+    return rows.map((r) => ({ userId: r.user_id, role: r.role, via: r.via }))
+  }
+
   async function addEvent (client: pg.PoolClient, events: CommittedEvent[], alert: Alert, type: AlertEventType, actor: Actor, body: Record<string, unknown>): Promise<AlertEvent> {
+    const notify = Array.isArray(body.notify) ? body.notify as string[] : []
+    const reached = TIER_EVENTS.has(type) && notify.length > 0 ? await recipientsOf(client, alert.patientId, notify, new Date(now())) : []
+    if (TIER_EVENTS.has(type) && notify.length > 0) body = { ...body, notified: reached.map((r) => r.userId) }
     // Clinical free text (a comment, a resolve reason) is encrypted bound to the event's id, taken first.
     const { rows: [next] } = await client.query("SELECT nextval(pg_get_serial_sequence('alert_events', 'id'))::text AS id")
     const id = next.id as string
@@ -134,10 +171,22 @@ export function createAlertStore (deps: AlertStoreDeps) {
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *`,
       [id, alert.id, alert.patientId, type, actor.kind, actor.id, new Date(now()), stored, keyId])
     const event = eventOf(rows[0])
+    if (reached.length > 0) {
+      await client.query(
+        `INSERT INTO alert_recipients (alert_id, user_id, event_id, tier, role, via)
+         SELECT $1, u.user_id, $2, $3, u.role, u.via FROM jsonb_to_recordset($4::jsonb) AS u(user_id uuid, role text, via text)`,
+        [alert.id, event.id, typeof body.tier === 'number' ? body.tier : 0, JSON.stringify(reached.map((r) => ({ user_id: r.userId, role: r.role, via: r.via })))])
+    }
+    const { rows: everyone } = await client.query('SELECT DISTINCT user_id FROM alert_recipients WHERE alert_id = $1', [alert.id])
     if (WEBHOOK_EVENTS.has(type)) {
-      const notify = Array.isArray(body.notify) ? body.notify as string[] : []
       for (const target of deps.webhooks()) {
-        const wanted = severityRank[alert.severity] >= severityRank[target.minSeverity] || notify.includes(target.id)
+        // A tier-only webhook gets the alerts that reached its tier, and what happens to them after.
+        let wanted = notify.includes(target.id) || (target.tierOnly !== true && severityRank[alert.severity] >= severityRank[target.minSeverity])
+        if (!wanted && target.tierOnly === true) {
+          const earlier = await client.query(
+            'SELECT 1 FROM webhook_outbox o JOIN alert_events e ON e.id = o.event_id WHERE e.alert_id = $1 AND o.webhook_id = $2 LIMIT 1', [alert.id, target.id])
+          wanted = (earlier.rowCount ?? 0) > 0
+        }
         if (!wanted) continue
         await client.query(
           `INSERT INTO webhook_outbox (event_id, webhook_id, payload, next_attempt_at, state)
@@ -145,7 +194,7 @@ export function createAlertStore (deps: AlertStoreDeps) {
           [event.id, target.id, JSON.stringify(notificationPayload(event, alert)), new Date(now())])
       }
     }
-    events.push({ event, alert })
+    events.push({ event, alert, recipients: everyone.map((r) => r.user_id as string) })
     return event
   }
 
@@ -170,8 +219,22 @@ export function createAlertStore (deps: AlertStoreDeps) {
     return alertOf(rows[0])
   }
 
+  /** The newest alert of this patient and rule (resolved: there is no unresolved one). */
+  async function latest (client: pg.PoolClient, patientId: string, ruleId: string): Promise<Alert | null> {
+    const { rows } = await client.query('SELECT * FROM alerts WHERE patient_id = $1 AND rule_id = $2 ORDER BY seq DESC LIMIT 1', [patientId, ruleId])
+    return rows.length === 0 ? null : alertOf(rows[0])
+  }
+
   async function fire (client: pg.PoolClient, events: CommittedEvent[], change: ConditionChange): Promise<void> {
     const existing = await lockUnresolved(client, change.patientId, change.ruleId)
+    let reopenedFrom: string | null = null
+    if (existing === null && change.ongoing !== undefined) {
+      // The engine says the condition still holds, but nobody is alerted: the alert was resolved
+      // by hand. Alarm practice: it comes back once the re-alert interval has passed.
+      const previous = await latest(client, change.patientId, change.ruleId)
+      if (previous?.resolvedAt != null && Date.parse(previous.resolvedAt) + (change.reAlertMs ?? 0) > now()) return
+      reopenedFrom = previous?.id ?? null
+    }
     if (existing === null) {
       const policy = change.escalationPolicy === null ? undefined : deps.policies().get(change.escalationPolicy)
       const first = policy?.tiers[0]
@@ -186,20 +249,34 @@ export function createAlertStore (deps: AlertStoreDeps) {
       // Another transaction opened it between the lock and the insert: update that one instead.
       if (rows.length === 0) return await fire(client, events, change)
       const alert = alertOf(rows[0])
-      await addEvent(client, events, alert, 'opened', systemActor, first === undefined ? {} : { tier: 0, notify: first.notify })
+      await addEvent(client, events, alert, 'opened', systemActor, {
+        ...(first === undefined ? {} : { tier: 0, notify: first.notify }),
+        ...(reopenedFrom === null ? {} : { reopenedFrom })
+      })
       return
     }
     // A replayed change (same or older time) changes nothing: apply is idempotent.
     if (change.at <= Date.parse(existing.lastFiredAt)) return
+    if (change.ongoing === 'reminder') {
+      // Nothing new about the condition: the open alert stays as it is, except when it last held.
+      await client.query('UPDATE alerts SET last_fired_at = $2 WHERE id = $1', [existing.id, new Date(change.at)])
+      return
+    }
     const raised = severityRank[change.severity] > severityRank[existing.severity]
     const alert = await update(client, existing.id, {
-      occurrences: existing.occurrences + 1,
+      ...(change.ongoing === undefined ? { occurrences: existing.occurrences + 1 } : {}),
       last_fired_at: new Date(change.at),
       summary: change.summary,
       details: change.details,
       ...(raised ? { severity: change.severity } : {})
     })
-    if (raised) await addEvent(client, events, alert, 'severity_raised', systemActor, { from: existing.severity, to: change.severity })
+    const summaryChanged = change.summary !== existing.summary
+    if (raised) {
+      await addEvent(client, events, alert, 'severity_raised', systemActor, { from: existing.severity, to: change.severity, ...(summaryChanged ? { summary: change.summary } : {}) })
+    } else if (summaryChanged) {
+      // The open alert follows its condition (a NEWS2 total changing within a band); each change is on record.
+      await addEvent(client, events, alert, 'updated', systemActor, { from: existing.summary, to: change.summary })
+    }
   }
 
   async function clear (client: pg.PoolClient, events: CommittedEvent[], change: ConditionChange): Promise<void> {
@@ -323,20 +400,41 @@ export function createAlertStore (deps: AlertStoreDeps) {
       return rows.map((r) => ({ ...alertOf(r), seq: String(r.seq) }))
     },
 
+    /**
+     * "My alerts": alerts an escalation tier reached this person with, newest first, each with
+     * how it last reached them (tier, role, care team or on call, when).
+     */
+    async listForRecipient (userId: string, filter: { status?: AlertStatus, unresolved?: boolean, limit: number, beforeSeq?: string }): Promise<Array<Alert & { seq: string, notifiedAs: MyNotification }>> {
+      const { rows } = await pool.query(
+        `SELECT a.*, n.tier AS n_tier, n.role AS n_role, n.via AS n_via, n.at AS n_at FROM alerts a
+         JOIN LATERAL (SELECT r.tier, r.role, r.via, e.at FROM alert_recipients r JOIN alert_events e ON e.id = r.event_id
+                       WHERE r.alert_id = a.id AND r.user_id = $1 ORDER BY r.event_id DESC LIMIT 1) n ON true
+         WHERE ($2::text IS NULL OR a.status = $2) AND (NOT $3 OR a.status <> 'resolved') AND ($4::bigint IS NULL OR a.seq < $4)
+         ORDER BY a.seq DESC LIMIT $5`,
+        [userId, filter.status ?? null, filter.unresolved === true, filter.beforeSeq ?? null, filter.limit])
+      return rows.map((r) => ({
+        ...alertOf(r), seq: String(r.seq), notifiedAs: { tier: r.n_tier, role: r.n_role, via: r.n_via, at: iso(r.n_at)! }
+      }))
+    },
+
     async events (alertId: string): Promise<AlertEvent[]> {
       const { rows } = await pool.query('SELECT * FROM alert_events WHERE alert_id = $1 ORDER BY id', [alertId])
       return rows.map(eventOf)
     },
 
-    /** Events after `afterId` with their alerts, oldest first: what an SSE client missed. */
-    async eventsAfter (afterId: string, limit: number): Promise<CommittedEvent[]> {
+    /** Events after `afterId` with their alerts, oldest first: what an SSE client missed (with `recipient`: of that person's alerts only). */
+    async eventsAfter (afterId: string, limit: number, recipient?: string): Promise<CommittedEvent[]> {
       const { rows } = await pool.query(
         `SELECT e.id AS e_id, e.alert_id AS e_alert_id, e.patient_id AS e_patient_id, e.type AS e_type, e.actor_kind AS e_actor_kind,
-                e.actor AS e_actor, e.at AS e_at, e.body AS e_body, e.key_id AS e_key_id, a.*
-         FROM alert_events e JOIN alerts a ON a.id = e.alert_id WHERE e.id > $1 ORDER BY e.id LIMIT $2`, [afterId, limit])
+                e.actor AS e_actor, e.at AS e_at, e.body AS e_body, e.key_id AS e_key_id, a.*,
+                (SELECT array_agg(DISTINCT r.user_id::text) FROM alert_recipients r WHERE r.alert_id = e.alert_id AND r.event_id <= e.id) AS e_recipients
+         FROM alert_events e JOIN alerts a ON a.id = e.alert_id
+         WHERE e.id > $1 AND ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM alert_recipients r WHERE r.alert_id = e.alert_id AND r.user_id = $3 AND r.event_id <= e.id))
+         ORDER BY e.id LIMIT $2`, [afterId, limit, recipient ?? null])
       return rows.map((r) => ({
         event: eventOf({ id: r.e_id, alert_id: r.e_alert_id, patient_id: r.e_patient_id, type: r.e_type, actor_kind: r.e_actor_kind, actor: r.e_actor, at: r.e_at, body: r.e_body, key_id: r.e_key_id }),
-        alert: alertOf(r)
+        alert: alertOf(r),
+        recipients: r.e_recipients ?? []
       }))
     },
 
@@ -382,6 +480,8 @@ export function notificationPayload (event: AlertEvent, alert: Alert): Record<st
   const extra: Record<string, unknown> = {}
   if (typeof event.body.tier === 'number') extra.tier = event.body.tier
   if (Array.isArray(event.body.notify)) extra.notify = event.body.notify
+  if (Array.isArray(event.body.notified)) extra.notified = event.body.notified
+  if (typeof event.body.reopenedFrom === 'string') extra.reopenedFrom = event.body.reopenedFrom
   if (typeof event.body.assignedTo === 'string') extra.assignedTo = event.body.assignedTo
   return {
     eventId: event.id,

@@ -3,6 +3,7 @@ import type pg from 'pg'
 import type { Keyring } from '../store/field-encryption.ts'
 import type { Logger } from 'pino'
 import type { Metrics } from '../observability/metrics.ts'
+import { createOnCallStore, type OnCallStore } from '../store/on-call.ts'
 import type { RejectionLog } from '../store/rejections.ts'
 import { createAlertMetrics } from './alert-metrics.ts'
 import { createAlertStore, type AlertStore } from './alert-store.ts'
@@ -38,6 +39,8 @@ export interface AlertingDeps {
 export interface AlertingApi {
   store: AlertStore
   notifier: Notifier
+  /** The on-call roster the escalation tiers reach (admin routes /v1/patients/{id}/on-call). */
+  onCall: OnCallStore
   /** SSE heartbeat, and how often a stream re-checks its caller's token and patients (ms; default 15 s). */
   streamHeartbeatMs?: number
 }
@@ -81,7 +84,7 @@ export async function startAlerting (deps: AlertingDeps) {
     escalation,
     noData,
     /** For buildApi's `alerts`. */
-    api: { store, notifier } satisfies AlertingApi,
+    api: { store, notifier, onCall: createOnCallStore(deps.pool) } satisfies AlertingApi,
     /** For createBroker's `presence`. */
     brokerPresence: {
       connected: (deviceId: string) => presence.connected(deviceId),
@@ -103,7 +106,7 @@ export async function startAlerting (deps: AlertingDeps) {
 
 export type Alerting = Awaited<ReturnType<typeof startAlerting>>
 
-/** Alert notifications on alerts/{patientId}: QoS 1, never retained (a late subscriber must not see stale alerts). */
+/** Alert notifications on alerts/{patientId} and users/{userId}/alerts: QoS 1, never retained (a late subscriber must not see stale alerts). */
 export function aedesPublisher (aedes: Aedes): (topic: string, payload: string) => Promise<void> {
   return async (topic, payload) => {
     await new Promise<void>((resolve, reject) => {

@@ -23,6 +23,15 @@ export interface ConditionChange {
   summary: string
   /** Machine-readable facts: metric, value, threshold, window, NEWS2 sub-scores, no-data cause … */
   details: Record<string, unknown>
+  /**
+   * Absent: a transition (started, ended, band changed). Set on a `firing` change for a
+   * condition that was already firing: 'update' when its facts changed (a new NEWS2 total: the
+   * open alert's summary and details follow), 'reminder' when they did not (sent every third of
+   * reAlertMs while the condition holds, so an alert resolved by hand re-opens).
+   */
+  ongoing?: 'update' | 'reminder'
+  /** The rule's re-alert interval: an alert resolved by hand while its condition holds re-opens once this has passed. */
+  reAlertMs?: number
 }
 
 /** What the lifecycle side receives from the engine. */
@@ -54,6 +63,11 @@ export interface WebhookTarget {
    * not to a public address. Otherwise every delivery checks the resolved address (alerts/webhook-address.ts).
    */
   allowListed?: boolean
+  /**
+   * Named in an escalation tier and given no minSeverity in the rules file: the webhook is that
+   * tier, receiving only the alerts that reach it (and their later events), not every alert.
+   */
+  tierOnly?: boolean
 }
 
 /** A device's last known state, for no-data causes. */

@@ -60,6 +60,11 @@ interface ConditionState {
   clearSince: number | null
   /** Newest reading time seen; older or equal ones (redeliveries, stragglers) are skipped. */
   lastTs: number | null
+  /**
+   * When the firing condition was last reported to the lifecycle (a transition or a restatement).
+   * Optional: states stored before re-alerting existed lack it.
+   */
+  notedAt?: number | null
 }
 export interface ThresholdState extends ConditionState { kind: 'threshold', breachSince: number | null, recent: number[] }
 /** points: [mean ts, mean value, readings merged, slot index] */
@@ -68,6 +73,8 @@ export interface News2State extends ConditionState {
   kind: 'news2'
   latest: Partial<Record<News2Parameter, [ts: number, value: number]>>
   band: News2Band | null
+  /** The total last reported while firing (the open alert's summary follows it). */
+  total?: number | null
   lastStored: [ts: number, total: number] | null
 }
 export interface NoDataState extends ConditionState { kind: 'no_data', lastReadingAt: number | null }
@@ -129,7 +136,16 @@ export function effectiveRule (rule: Rule, overrides: readonly RuleOverride[], n
 }
 
 interface Emitter {
-  emit (status: 'firing' | 'cleared', at: number, receivedAt: number, summary: string, details: Record<string, unknown>, severity?: ConditionChange['severity']): void
+  emit (status: 'firing' | 'cleared', at: number, receivedAt: number, summary: string, details: Record<string, unknown>, severity?: ConditionChange['severity'], ongoing?: ConditionChange['ongoing']): void
+}
+
+/**
+ * Whether a condition still firing at `at` is due to be restated: every third of the rule's
+ * re-alert interval, so that the lifecycle, which alone knows whether someone resolved the alert
+ * by hand, can re-open it within the interval plus a third (alerts/alert-store.ts).
+ */
+export function reminderDue (st: ConditionState, at: number, reAlertMs: number): boolean {
+  return at - (st.notedAt ?? st.firingSince ?? at) >= reAlertMs / 3
 }
 
 export function evaluatePatient (rules: Rule[], batch: PatientBatch, nowMs: number) {
@@ -145,7 +161,8 @@ export function evaluatePatient (rules: Rule[], batch: PatientBatch, nowMs: numb
     const same = previous !== undefined && previous.kind === rule.kind && previous.metric === metricOf(rule)
     const st = structuredClone(same ? previous : initialState(rule))
     const emitter: Emitter = {
-      emit (status, at, receivedAt, summary, details, severity) {
+      emit (status, at, receivedAt, summary, details, severity, ongoing) {
+        st.notedAt = status === 'firing' ? at : null
         changes.push({
           patientId: batch.patientId,
           ruleId: rule.id,
@@ -156,7 +173,8 @@ export function evaluatePatient (rules: Rule[], batch: PatientBatch, nowMs: numb
           at,
           summary,
           // The override's reason is left out: it may name a medication.
-          details: override === null ? details : { ...details, override: { setBy: override.setBy, expiresAt: override.expiresAt } }
+          details: override === null ? details : { ...details, override: { setBy: override.setBy, expiresAt: override.expiresAt } },
+          ...(ongoing === undefined ? {} : { ongoing, reAlertMs: rule.reAlertMs })
         })
         triggeredAt.push(receivedAt)
       }
@@ -247,6 +265,14 @@ function stepThreshold (rule: ThresholdRule, st: ThresholdState, readings: EvalR
       const back = (rule.above === null || r.value <= rule.above - h) && (rule.below === null || r.value >= rule.below + h)
       if (!back) {
         st.clearSince = null
+        // Still past the bound (not merely inside the hysteresis band): the condition holds.
+        if (breach && reminderDue(st, r.ts, rule.reAlertMs)) {
+          const bound = above ? rule.above : rule.below
+          out.emit('firing', r.ts, r.receivedAt, `${rule.metric} ${r.value} ${unitOf(rule.metric)} ${above ? 'above' : 'below'} ${bound}`, {
+            metric: rule.metric, value: r.value, unit: unitOf(rule.metric), direction: above ? 'above' : 'below', threshold: bound,
+            forMs: rule.forMs, nOfM: rule.nOfM, firingSince: st.firingSince
+          }, undefined, 'reminder')
+        }
         continue
       }
       st.clearSince ??= r.ts
@@ -321,6 +347,11 @@ function stepRate (rule: RateOfChangeRule, st: RateState, readings: EvalReading[
       const back = (rule.fallBy === null || change > -(rule.fallBy - h)) && (rule.riseBy === null || change < rule.riseBy - h)
       if (!back) {
         st.clearSince = null
+        if ((falling || rising) && reminderDue(st, r.ts, rule.reAlertMs)) {
+          out.emit('firing', r.ts, r.receivedAt,
+            `${rule.metric} ${falling ? 'falling' : 'rising'} ${Number(Math.abs(change).toFixed(1))} ${unitOf(rule.metric)} over ${formatDuration(rule.windowMs)} (now ${r.value})`,
+            details, undefined, 'reminder')
+        }
         continue
       }
       st.clearSince ??= r.ts
@@ -368,11 +399,22 @@ function stepNews2 (rule: News2Rule, st: News2State, readings: EvalReading[], ba
   const partial = result.complete ? '' : ` (partial: ${result.missing.join(', ')} missing; at least this)`
   if (severity !== undefined) {
     st.clearSince = null
-    if (st.firing && st.band === result.band) return
+    const summary = `NEWS2 ${result.total}, ${result.band.replace('_', '-')} risk${partial}`
+    if (st.firing && st.band === result.band) {
+      // Same band: the open alert follows the score (an 'update'), or is restated (a 'reminder').
+      if (st.total !== result.total) {
+        st.total = result.total
+        out.emit('firing', at, newest.receivedAt, summary, details, severity, 'update')
+      } else if (reminderDue(st, at, rule.reAlertMs)) {
+        out.emit('firing', at, newest.receivedAt, summary, details, severity, 'reminder')
+      }
+      return
+    }
     st.firing = true
     st.firingSince ??= at
     st.band = result.band
-    out.emit('firing', at, newest.receivedAt, `NEWS2 ${result.total}, ${result.band.replace('_', '-')} risk${partial}`, details, severity)
+    st.total = result.total
+    out.emit('firing', at, newest.receivedAt, summary, details, severity)
     return
   }
   if (!st.firing) return
@@ -382,6 +424,7 @@ function stepNews2 (rule: News2Rule, st: News2State, readings: EvalReading[], ba
   st.firingSince = null
   st.clearSince = null
   st.band = null
+  st.total = null
   out.emit('cleared', at, newest.receivedAt, `NEWS2 ${result.total}, ${result.band.replace('_', '-')} risk${partial}`, details)
 }
 

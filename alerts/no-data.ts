@@ -1,5 +1,5 @@
 import type { ConditionChange, DevicePresence } from './contract.ts'
-import { formatDuration, initialState } from './evaluate.ts'
+import { formatDuration, initialState, reminderDue } from './evaluate.ts'
 import type { NoDataState, PatientRuleState } from './evaluate.ts'
 import type { NoDataRule, Rule } from './rule-set.ts'
 
@@ -49,10 +49,16 @@ export function evaluateNoData (input: NoDataInput): NoDataOutput {
       if (silence !== null && !st.firing) {
         st.firing = true
         st.firingSince = input.nowMs
+        st.notedAt = input.nowMs
         out.changes.push(change(patientId, rule, 'firing', input.nowMs, silence.summary, silence.details))
+      } else if (silence !== null && reminderDue(st, input.nowMs, rule.reAlertMs)) {
+        // Still silent: restated so that an alert resolved by hand re-opens (alerts/alert-store.ts).
+        st.notedAt = input.nowMs
+        out.changes.push({ ...change(patientId, rule, 'firing', input.nowMs, silence.summary, silence.details), ongoing: 'reminder', reAlertMs: rule.reAlertMs })
       } else if (silence === null && st.firing) {
         st.firing = false
         st.firingSince = null
+        st.notedAt = null
         out.changes.push(change(patientId, rule, 'cleared', input.nowMs, `${rule.metric ?? 'readings'} arriving again`, { metric: rule.metric }))
       } else {
         continue

@@ -47,7 +47,8 @@ export function webhookSignature (secret: string, timestamp: string, body: strin
 const CLAIM_LEASE_MS = 60_000
 
 /**
- * Fan-out of committed alert events: live SSE listeners, the MQTT topic alerts/{patientId},
+ * Fan-out of committed alert events: live SSE listeners, the MQTT topics alerts/{patientId} and
+ * users/{userId}/alerts (the people the alert's tiers reached),
  * and webhooks from the persisted outbox with exponential backoff. Every attempt on every
  * channel is recorded in notification_deliveries.
  */
@@ -75,17 +76,21 @@ export function createNotifier (deps: NotifierDeps) {
     record(d).catch((err: Error) => log.error({ err, channel: d.channel, eventId: d.eventId }, 'delivery not recorded'))
   }
 
+  /** alerts/{patientId} (everyone who may see the patient) and users/{userId}/alerts for each person the alert's tiers reached. */
   async function publishMqtt (committed: CommittedEvent): Promise<void> {
     const publish = mqttPublish
     if (publish === null) return
-    const topic = `alerts/${committed.alert.patientId}`
-    const base = { eventId: committed.event.id, alertId: committed.alert.id, channel: 'mqtt' as const, target: topic, attempt: 1 }
-    try {
-      await publish(topic, JSON.stringify(notificationPayload(committed.event, committed.alert)))
-      recordLater({ ...base, status: 'delivered' })
-    } catch (err) {
-      recordLater({ ...base, status: 'failed', error: (err as Error).message })
-    }
+    const payload = JSON.stringify(notificationPayload(committed.event, committed.alert))
+    const topics = [`alerts/${committed.alert.patientId}`, ...committed.recipients.map((userId) => `users/${userId}/alerts`)]
+    await Promise.all(topics.map(async (topic) => {
+      const base = { eventId: committed.event.id, alertId: committed.alert.id, channel: 'mqtt' as const, target: topic, attempt: 1 }
+      try {
+        await publish(topic, payload)
+        recordLater({ ...base, status: 'delivered' })
+      } catch (err) {
+        recordLater({ ...base, status: 'failed', error: (err as Error).message })
+      }
+    }))
   }
 
   async function attempt (row: { id: string, event_id: string, alert_id: string, webhook_id: string, payload: string, attempts: number }): Promise<void> {

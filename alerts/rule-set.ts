@@ -28,7 +28,8 @@ const Metric = Type.String({ minLength: 1, maxLength: 64 })
 const common = {
   id: RuleId,
   description: Type.Optional(Type.String({ maxLength: 500 })),
-  escalation: Type.Optional(Name)
+  escalation: Type.Optional(Name),
+  reAlertAfter: Type.Optional(Type.String({ pattern: DURATION_PATTERN, description: 'An alert resolved by hand while the condition holds re-opens after this (default 45s)' }))
 }
 
 const ThresholdDocument = Type.Object({
@@ -119,6 +120,8 @@ interface RuleCommon {
   description: string | null
   severity: Severity
   escalationPolicy: string | null
+  /** An alert resolved by hand while its condition still holds re-opens once this has passed. */
+  reAlertMs: number
 }
 
 export interface ThresholdRule extends RuleCommon {
@@ -193,6 +196,13 @@ function validatorFor (schema: TSchema): ValidateFunction {
   return v
 }
 
+/**
+ * Default re-alert interval. The engine restates a firing condition every third of it, so a
+ * hand-resolved alert whose condition persists is back 45–60 s after the resolve (given a
+ * reading at least every 15 s): alarm practice wants a persisting cause back within a minute.
+ */
+export const DEFAULT_RE_ALERT_MS = 45_000
+
 const UNITS_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const
 
 export function parseDuration (text: string): number {
@@ -263,7 +273,12 @@ export function parseRuleSet (text: string): ParseResult {
       problems.push({ path: `${at}.secretEnv`, message: `${at}${labelOf(item)}: secretEnv must begin with ${WEBHOOK_SECRET_PREFIX}` })
     }
     const origin = originOf(w.url)
-    webhooks.push({ id: w.id, url: w.url, secretEnv: w.secretEnv, minSeverity: w.minSeverity ?? 'low', allowListed: origin !== null && allowList.has(origin) })
+    // Named in a tier without a minSeverity: the webhook is that tier (only alerts that reach it).
+    const tier = escalationPolicies.some((p) => p.tiers.some((t) => t.notify.includes(w.id)))
+    webhooks.push({
+      id: w.id, url: w.url, secretEnv: w.secretEnv, minSeverity: w.minSeverity ?? 'low', allowListed: origin !== null && allowList.has(origin),
+      ...(tier && w.minSeverity === undefined ? { tierOnly: true } : {})
+    })
   })
 
   const rules: Rule[] = []
@@ -284,7 +299,9 @@ export function parseRuleSet (text: string): ParseResult {
     ruleIds.add(r.id)
     if (r.escalation !== undefined && !policyIds.has(r.escalation)) fail('escalation', `names no escalation policy ("${r.escalation}")`)
     if (r.metric !== undefined && lookupMetric(r.metric) === undefined) fail('metric', `is not in the vitals catalogue ("${r.metric}")`)
-    const base = { id: r.id as string, description: r.description ?? null, escalationPolicy: r.escalation ?? null }
+    const reAlertMs = r.reAlertAfter === undefined ? DEFAULT_RE_ALERT_MS : parseDuration(r.reAlertAfter)
+    if (reAlertMs < 3000) fail('reAlertAfter', 'must be at least 3s')
+    const base = { id: r.id as string, description: r.description ?? null, escalationPolicy: r.escalation ?? null, reAlertMs }
     if (kind === 'threshold') {
       if (r.above === undefined && r.below === undefined) fail('above', 'or below must be set')
       if (r.above !== undefined && r.below !== undefined && r.below >= r.above) fail('below', 'must be less than above')

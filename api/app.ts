@@ -37,6 +37,7 @@ import { registerLoadShedding } from './load-shedding.ts'
 import { registerRequestBudgets } from './rate-limits.ts'
 import { docsContentSecurityPolicy, registerSecurityHeaders } from './security-headers.ts'
 import { alertRoutes } from './routes/alerts.ts'
+import { onCallRoutes } from './routes/on-call.ts'
 import { deviceAssignmentRoutes } from './routes/device-assignment.ts'
 import { deviceAssignmentCorrectionRoutes } from './routes/device-assignment-correction.ts'
 import { deviceCredentialRoutes } from './routes/device-credentials.ts'
@@ -297,6 +298,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     readingRoutes(v1, routeDeps)
     if (routeDeps.patientRecords !== undefined) patientRecordRoutes(v1, { ...routeDeps, patientRecords: routeDeps.patientRecords })
     if (routeDeps.alerts !== undefined) alertRoutes(v1, { ...routeDeps, alerts: routeDeps.alerts })
+    if (routeDeps.alerts !== undefined) onCallRoutes(v1, { ...routeDeps, access, onCall: routeDeps.alerts.onCall })
     accessRoutes(v1, { ...routeDeps, access })
     alertRuleRoutes(v1, routeDeps)
     jobRoutes(v1, routeDeps)

@@ -64,7 +64,7 @@ export interface BrokerDeps {
   log: Logger
   /** Device presence and devices/{id}/status (alerting); without it the status topic is refused. */
   presence?: BrokerPresenceHooks | null
-  /** People subscribing to alerts/{patientId}: CONNECT with username `bearer`, password an API bearer token. */
+  /** People subscribing to alerts/{patientId} and users/{their user id}/alerts: CONNECT with username `bearer`, password an API bearer token. */
   alertSubscribers?: AlertSubscriberAuth | null
   /** True while the data directory is below its free-space reserve: publishes are refused (disk_low) without PUBACK. */
   diskLow?: () => boolean
@@ -111,6 +111,7 @@ const DEVICE_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 const CLIENT_ID = /^[A-Za-z0-9_-]{1,64}$/
 const PUBLISH_TOPIC = /^devices\/([0-9a-f-]{36})\/(telemetry|senml|status)$/
 const ALERT_TOPIC = /^alerts\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/
+const USER_ALERT_TOPIC = /^users\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\/alerts$/
 
 /** What a log line needs of a storage error: no stack (the cause is the same for every publish). */
 function errorSummary (err: Error): { error: string, code?: string } {
@@ -157,7 +158,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   const { metrics, devices, ingest, limits } = deps
   // Credential each session authenticated with; WeakMap so closed clients leave nothing behind.
   const sessions = new WeakMap<Client, { deviceId: string, credentialId: string }>()
-  // People's sessions (alert subscribers): they may subscribe to alerts/{patientId}, never publish.
+  // People's sessions (alert subscribers): they may subscribe to alerts/{patientId} and their own users/{userId}/alerts, never publish.
   const people = new WeakMap<Client, Principal>()
   // Live person sessions: the bearer secret they connected with (memory only, never logged)
   // and the patients they subscribed to, so access can be checked again while they stay connected.
@@ -329,6 +330,11 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         const refuseSubscription = (): void => {
           refuse('subscribe_not_allowed', { person: true })
           done(null, null)
+        }
+        // A person's own alerts (those an escalation tier reached them with): users/{their id}/alerts.
+        const ownTopic = USER_ALERT_TOPIC.exec(subscription.topic)
+        if (ownTopic !== null && deps.alertSubscribers != null) {
+          return ownTopic[1] === person.userId ? done(null, subscription) : refuseSubscription()
         }
         if (alertTopic === null || deps.alertSubscribers == null) return refuseSubscription()
         deps.alertSubscribers.canSee(person, alertTopic[1]!).then((allowed) => {

@@ -21,13 +21,17 @@ function rulesOf (yaml: string): Rule[] {
 /**
  * A controllable clock over the pure evaluator: each step is one batch at its own time, and the
  * state goes through JSON between batches, as it does through the database and worker threads.
+ * `changes` and what feed returns are the transitions; restatements of a condition already
+ * firing (ongoing: reminders, NEWS2 updates) are kept apart in `ongoing`.
  */
 function monitor (rules: Rule[], options: { overrides?: RuleOverride[], spo2Scale?: 1 | 2 } = {}) {
   let state: PatientRuleState = {}
   const changes: ConditionChange[] = []
+  const ongoing: ConditionChange[] = []
   const derived: StoredReading[] = []
   return {
     changes,
+    ongoing,
     derived,
     get state () { return state },
     feed (readings: Array<[offsetMs: number, metric: string, value: number]>, nowMs?: number): ConditionChange[] {
@@ -38,10 +42,12 @@ function monitor (rules: Rule[], options: { overrides?: RuleOverride[], spo2Scal
         nowMs: nowMs ?? T0 + Math.max(0, ...readings.map(([o]) => o))
       })
       state = JSON.parse(JSON.stringify(out.states[0]!.state))
-      changes.push(...out.changes)
+      const transitions = out.changes.filter((c) => c.ongoing === undefined)
+      changes.push(...transitions)
+      ongoing.push(...out.changes.filter((c) => c.ongoing !== undefined))
       derived.push(...out.derivedReadings)
       t.equal(out.triggeredAt.length, out.changes.length)
-      return out.changes
+      return transitions
     },
     /** One reading per batch, every `stepMs`, from `fromMs`. */
     series (metric: string, values: number[], fromMs: number, stepMs: number): ConditionChange[] {
@@ -255,7 +261,9 @@ rules:
   const first = evaluateNoData({ rules, presence: [device({ lastReadingAt: now - MIN })], states: new Map([[patientId, m.state]]), nowMs: now })
   t.match(first.changes, [{ ruleId: 'no-spo2', status: 'firing', details: { metric: 'spo2', cause: 'connected_silent', lastReadingAt: T0 } }])
   const merged = { ...m.state, ...first.states.get(patientId) }
-  t.same(evaluateNoData({ rules, presence: [device({ lastReadingAt: now - MIN })], states: new Map([[patientId, merged]]), nowMs: now + MIN }).changes, [], 'fires once')
+  const later = evaluateNoData({ rules, presence: [device({ lastReadingAt: now - MIN })], states: new Map([[patientId, merged]]), nowMs: now + MIN }).changes
+  t.same(later.filter((c) => c.ongoing === undefined), [], 'fires once')
+  t.match(later, [{ ruleId: 'no-spo2', status: 'firing', ongoing: 'reminder', reAlertMs: 45_000 }], 'a minute on, still silent: restated')
   // A reading ends it at once, in the batch evaluation.
   const back = evaluate({ rules, patients: [{ patientId, state: merged, readings: [{ metric: 'spo2', value: 96, ts: now + 2 * MIN, deviceId, receivedAt: now + 2 * MIN }], overrides: [], spo2Scale: 1 }], nowMs: now + 2 * MIN })
   t.match(back.changes, [{ ruleId: 'no-spo2', status: 'cleared' }])
@@ -283,7 +291,21 @@ t.test('a rule that changes kind or metric under the same id ends its open condi
 
 t.test('rules file validation: defaults and cross-field checks', async (t) => {
   const [tachy] = rulesOf('rules: [{ id: a, kind: threshold, metric: heart_rate, above: 120, severity: high }]') as [any]
-  t.match(tachy, { hysteresis: 5.6, forMs: 0, clearAfterMs: 0, nOfM: null, below: null, escalationPolicy: null })
+  t.match(tachy, { hysteresis: 5.6, forMs: 0, clearAfterMs: 0, nOfM: null, below: null, escalationPolicy: null, reAlertMs: 45_000 })
+  const parsed = parseRuleSet(`
+escalationPolicies: [{ id: p, tiers: [{ notify: [nurse], escalateAfter: 5m }, { notify: [doctor, night-pager], escalateAfter: 5m }] }]
+webhooks:
+  - { id: night-pager, url: "https://pager.example.org/a", secretEnv: A }
+  - { id: all-high, url: "https://pager.example.org/b", secretEnv: B, minSeverity: high }
+  - { id: tier-and-high, url: "https://pager.example.org/c", secretEnv: C, minSeverity: high }
+rules: [{ id: a, kind: threshold, metric: heart_rate, above: 120, severity: high, reAlertAfter: 2m, escalation: p }]
+`.replace('[doctor, night-pager]', '[doctor, night-pager, tier-and-high]'))
+  t.ok(parsed.ok)
+  if (parsed.ok) {
+    t.same(parsed.ruleSet.webhooks.map((w) => [w.id, w.tierOnly === true]), [['night-pager', true], ['all-high', false], ['tier-and-high', false]],
+      'named in a tier without minSeverity: tier only')
+    t.equal(parsed.ruleSet.rules[0]!.reAlertMs, 120_000)
+  }
   const [rate] = rulesOf('rules: [{ id: b, kind: rate_of_change, metric: heart_rate, window: 5m, riseBy: 8, severity: low }]') as [any]
   t.match(rate, { hysteresis: 2, minReadings: 3, windowMs: 300_000 }, 'a default hysteresis never exceeds a quarter of the bound')
   const [band] = rulesOf('rules: [{ id: c, kind: threshold, metric: spo2, above: 99, below: 97, severity: low }]') as [any]
@@ -312,6 +334,8 @@ t.test('rules file validation: defaults and cross-field checks', async (t) => {
     ['rules: []\nescalationPolicies: [{ id: p, tiers: [] }]', 'escalationPolicies[0] (id "p"): tiers must NOT have fewer than 1 items'],
     ['rules: []\nwebhooks: [{ id: w, url: "ftp://x", secretEnv: S }]', 'webhooks[0] (id "w"): url must be an http:// or https:// URL'],
     ['rules: []\nwebhooks: [{ id: w, url: "https://x", secretEnv: "lower" }]', 'webhooks[0] (id "w"): secretEnv must be an environment variable name'],
+    ['rules: [{ id: a, kind: threshold, metric: heart_rate, above: 1, severity: high, reAlertAfter: 1s }]', 'rules[0] (id "a"): reAlertAfter must be at least 3s'],
+    ['rules: [{ id: a, kind: threshold, metric: heart_rate, above: 1, severity: high, reAlertAfter: soon }]', 'rules[0] (id "a"): reAlertAfter must be a duration such as 30s, 5m, 2h, 1d'],
     ['rules: [a: b', 'YAML']
   ]
   for (const [yaml, expected] of cases) {
@@ -341,4 +365,31 @@ t.test('the shipped rules file is valid and holds the documented defaults', asyn
     id: 'standard', tiers: [{ notify: ['nurse'], afterMs: 5 * MIN }, { notify: ['doctor'], afterMs: 10 * MIN }, { notify: ['rapid_response'] }]
   })
   t.same(parsed.ruleSet.webhooks, [])
+})
+
+t.test('a condition still firing is restated every third of reAlertAfter, and only while it holds', async (t) => {
+  const m = monitor(rulesOf('rules: [{ id: fever, kind: threshold, metric: body_temp, above: 38.5, hysteresis: 0.3, severity: medium, reAlertAfter: 1m }]'))
+  t.equal(m.series('body_temp', [39.2], 0, 5000).length, 1, 'fires')
+  // 39.2 every 5 s for a minute: restated every 20 s.
+  m.series('body_temp', Array(12).fill(39.2), 5000, 5000)
+  t.same(m.ongoing.map((c) => [c.ongoing, c.at - T0, c.reAlertMs]), [['reminder', 20_000, 60_000], ['reminder', 40_000, 60_000], ['reminder', 60_000, 60_000]])
+  t.match(m.ongoing[0], { status: 'firing', summary: 'body_temp 39.2 Cel above 38.5', details: { firingSince: T0 } })
+  // Inside the hysteresis band (38.4: not above 38.5, not back to 38.2): firing, but not restated.
+  m.series('body_temp', Array(12).fill(38.4), 65_000, 5000)
+  t.equal(m.ongoing.length, 3)
+  t.equal(m.changes.length, 1, 'no transition either')
+
+  // NEWS2: a new total within the band is an update; the same total is restated like any condition.
+  const news2 = monitor(rulesOf('rules: [{ id: news2, kind: news2, freshness: 1h, bands: { high: critical }, reAlertAfter: 3m }]'))
+  const vitals = (offset: number, hr: number): Array<[number, string, number]> =>
+    [[offset, 'resp_rate', 25], [offset, 'spo2', 95], [offset, 'o2_supplemental', 0], [offset, 'bp_systolic', 120], [offset, 'heart_rate', hr], [offset, 'consciousness', 0], [offset, 'body_temp', 38.5]]
+  t.match(news2.feed(vitals(0, 115)), [{ status: 'firing', summary: /^NEWS2 7,/ }])
+  news2.feed([[MIN, 'heart_rate', 135]])
+  news2.feed([[2 * MIN, 'heart_rate', 135]])
+  news2.feed([[3 * MIN, 'heart_rate', 136]])
+  news2.feed([[4 * MIN, 'heart_rate', 136]])
+  t.same(news2.ongoing.map((c) => [c.ongoing, c.at - T0, c.summary.split(',')[0]]), [
+    ['update', MIN, 'NEWS2 8'], ['reminder', 2 * MIN, 'NEWS2 8'], ['reminder', 3 * MIN, 'NEWS2 8'], ['reminder', 4 * MIN, 'NEWS2 8']
+  ], 'pulse 136 scores as 135 did: the same total, restated every minute')
+  t.equal(news2.changes.length, 1)
 })

@@ -1,5 +1,5 @@
 import { Type } from '@fastify/type-provider-typebox'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { ServerResponse } from 'node:http'
 import type { Alert, AlertEvent, Actor, CommittedEvent } from '../../alerts/alert-store.ts'
 import { notificationPayload } from '../../alerts/alert-store.ts'
@@ -42,11 +42,11 @@ const AlertBody = Type.Object({
 const AlertEventBody = Type.Object({
   id: Type.String({ description: 'Also the SSE event id' }),
   alertId: Uuid,
-  type: Type.String({ description: 'opened, severity_raised, acknowledged, assigned, commented, escalated, resolved' }),
+  type: Type.String({ description: 'opened, updated, severity_raised, acknowledged, assigned, commented, escalated, resolved' }),
   actorKind: Type.String(),
   actor: NullableString,
   at: Instant,
-  body: Type.Object({}, { additionalProperties: true, description: 'commented: {text} (a clinical note); escalated: {tier, notify}; resolved: {resolution, reason?}' })
+  body: Type.Object({}, { additionalProperties: true, description: 'commented: {text} (a clinical note); opened/escalated: {tier, notify, notified (user ids reached), reopenedFrom?}; updated: {from, to}; resolved: {resolution, reason?}' })
 })
 
 const AlertListQuery = Type.Object({
@@ -56,6 +56,23 @@ const AlertListQuery = Type.Object({
   severity: Type.Optional(Severity),
   from: Type.Optional(Type.String({ format: 'date-time', description: 'opened at or after (inclusive)' })),
   to: Type.Optional(Type.String({ format: 'date-time', description: 'opened before (exclusive)' })),
+  limit: PageLimit,
+  cursor: Type.Optional(Type.String({ maxLength: 64, description: 'nextCursor of the previous page' }))
+}, { additionalProperties: false })
+
+const MyAlertBody = Type.Object({
+  ...AlertBody.properties,
+  notifiedAs: Type.Object({
+    tier: Type.Integer({ description: 'Escalation tier that reached me last' }),
+    role: Type.String({ description: "The tier's notify name I was reached as" }),
+    via: Type.Union([Type.Literal('care_team'), Type.Literal('on_call')]),
+    at: Instant
+  })
+})
+
+const MyAlertsQuery = Type.Object({
+  status: Type.Optional(Status),
+  all: Type.Optional(Type.Boolean({ description: 'Resolved ones too' })),
   limit: PageLimit,
   cursor: Type.Optional(Type.String({ maxLength: 64, description: 'nextCursor of the previous page' }))
 }, { additionalProperties: false })
@@ -162,14 +179,21 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       tags: ['alerts'],
       summary: 'Server-sent events: alert events for the patients visible to the caller',
       description: 'text/event-stream. Each event: `id:` (the alert event id) and `data:` JSON ' +
-        '{eventId, type, at, alert: {id, patientId, ruleId, severity, status, summary}, tier?, notify?, assignedTo?}. ' +
+        '{eventId, type, at, alert: {id, patientId, ruleId, severity, status, summary}, tier?, notify?, notified?, reopenedFrom?, assignedTo?}. ' +
         'A `: heartbeat` comment every 15 s. Reconnect with Last-Event-ID to receive what was missed.',
       headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ pattern: '^[0-9]{1,18}$' })) }),
       response: { ...errorResponses() }
     }
-  }, async (request, reply) => {
+  }, async (request, reply) => { await openStream(request, reply, null) })
+
+  /**
+   * Answers with an SSE stream. recipient null: every event of the patients visible to the
+   * caller; a user id: the events of that person's alerts (those an escalation tier reached them
+   * with), whatever patients their care team covers, as on-call people are not always on it.
+   */
+  async function openStream (request: FastifyRequest, reply: FastifyReply, recipient: string | null): Promise<void> {
     const principal = request.principal!
-    let visible = await patientAccess.visiblePatients(principal)
+    let visible = recipient === null ? await patientAccess.visiblePatients(principal) : null
     const lastEventId = request.headers['last-event-id']
     reply.hijack()
     const res = reply.raw
@@ -186,7 +210,7 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
     // At each heartbeat the caller's token is checked again (logout, revocation, expiry end the
     // stream; a reconnect then gets 401) and the visible patients are recomputed (care teams change).
     const bearer = /^Bearer +(\S+)$/i.exec(request.headers.authorization ?? '')?.[1]
-    await streamAlerts(request, res, principal, typeof lastEventId === 'string' ? lastEventId : null,
+    await streamAlerts(request, res, principal, typeof lastEventId === 'string' ? lastEventId : null, recipient,
       () => visible, async () => {
         const current = deps.authenticate === undefined || bearer === undefined ? principal : await deps.authenticate(bearer)
         if (current === null || !current.permissions.has('alerts:read')) {
@@ -194,9 +218,9 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
           res.end()
           return
         }
-        visible = await patientAccess.visiblePatients(current)
+        if (recipient === null) visible = await patientAccess.visiblePatients(current)
       })
-  })
+  }
 
   const streams = new Set<ServerResponse>()
   // Streams never end on their own: close them before the server waits for its connections.
@@ -205,7 +229,7 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
     streams.clear()
   })
 
-  async function streamAlerts (request: FastifyRequest, res: ServerResponse, principal: Principal, lastEventId: string | null,
+  async function streamAlerts (request: FastifyRequest, res: ServerResponse, principal: Principal, lastEventId: string | null, recipient: string | null,
     visible: () => ReadonlySet<string> | null, refreshVisible: () => Promise<void>): Promise<void> {
     let lastSent = lastEventId === null ? null : BigInt(lastEventId)
     let replaying = lastEventId !== null
@@ -215,6 +239,7 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
     function send (committed: CommittedEvent): void {
       const { event, alert } = committed
       if (lastSent !== null && BigInt(event.id) <= lastSent) return
+      if (recipient !== null && !committed.recipients.includes(recipient)) return
       const seen = visible()
       if (seen !== null && !seen.has(alert.patientId)) return
       if (res.destroyed || res.writableEnded) return
@@ -246,7 +271,7 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       try {
         let after = lastEventId
         for (let total = 0; total < BACKLOG_MAX && !res.destroyed;) {
-          const rows = await store.eventsAfter(after, BACKLOG_PAGE)
+          const rows = await store.eventsAfter(after, BACKLOG_PAGE, recipient ?? undefined)
           for (const row of rows) send(row)
           total += rows.length
           if (rows.length < BACKLOG_PAGE) break
@@ -261,6 +286,45 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       for (const committed of buffered.splice(0)) send(committed)
     }
   }
+
+  // ---- my alerts: what the escalation tiers sent to the caller ---------------------------
+
+  function personOf (request: FastifyRequest): string {
+    const userId = request.principal!.userId
+    if (userId === null) throw new VigilError('VIGIL_ERR_FORBIDDEN', 'only a person (a login session) has alerts of their own')
+    return userId
+  }
+
+  app.get('/me/alerts', {
+    config: { permission: 'alerts:read' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'My alerts: those an escalation tier notified me of (by role on the care team, or on call), newest first',
+      description: 'Default: unresolved alerts only (status=resolved, or all=true, for the others).',
+      querystring: MyAlertsQuery,
+      response: { 200: page(MyAlertBody), ...errorResponses() }
+    }
+  }, async (request) => {
+    const userId = personOf(request)
+    const q = request.query
+    const rows = await store.listForRecipient(userId, {
+      status: q.status, unresolved: q.status === undefined && q.all !== true, limit: q.limit + 1, beforeSeq: decodeSerialCursor(q.cursor)
+    })
+    const { items, nextCursor } = pageOf(rows, q.limit, (last) => last.seq)
+    return { items: items.map(({ seq: _seq, ...alert }) => alert), nextCursor }
+  })
+
+  app.get('/me/alerts/stream', {
+    config: { permission: 'alerts:read' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'Server-sent events: the events of my alerts only',
+      description: 'As /v1/alerts/stream, filtered to alerts an escalation tier notified the caller of: the tier event that ' +
+        'reached them (opened or escalated, with `notified` user ids) and every later event of those alerts. MQTT: users/{userId}/alerts.',
+      headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ pattern: '^[0-9]{1,18}$' })) }),
+      response: { ...errorResponses() }
+    }
+  }, async (request, reply) => { await openStream(request, reply, personOf(request)) })
 
   app.get('/alerts/:id', {
     config: { permission: 'alerts:read' },

@@ -175,3 +175,50 @@ export async function provisionDevice (f: AlertingFixture, patientId: string): P
   const cred = await f.deps.devices.rotateCredential(device.id)
   return { deviceId: device.id, password: cred.password }
 }
+
+/** Polls until `check` returns a value; bounded: throws naming `what` rather than hanging. */
+export async function eventually<T> (check: () => Promise<T | undefined | null | false>, what: string, limitMs = 15_000): Promise<T> {
+  const deadline = Date.now() + limitMs
+  for (;;) {
+    const value = await check()
+    if (value !== undefined && value !== null && value !== false) return value
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+/** A real SSE reader over fetch: GET `url`, collecting `data:` events (with their `id:`) as they arrive. */
+export async function openSse (url: string, headers: Record<string, string>) {
+  const controller = new AbortController()
+  const res = await fetch(url, { headers, signal: controller.signal })
+  const events: Array<{ id: string | null, data: any, receivedAt: number }> = []
+  let buffer = ''
+  const decoder = new TextDecoder()
+  const reading = (async () => {
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        buffer += decoder.decode(chunk, { stream: true })
+        let end: number
+        while ((end = buffer.indexOf('\n\n')) !== -1) {
+          const block = buffer.slice(0, end)
+          buffer = buffer.slice(end + 2)
+          let id: string | null = null
+          let data: string | null = null
+          for (const line of block.split('\n')) {
+            if (line.startsWith('id: ')) id = line.slice(4)
+            else if (line.startsWith('data: ')) data = line.slice(6)
+          }
+          if (data !== null) events.push({ id, data: JSON.parse(data), receivedAt: performance.now() })
+        }
+      }
+    } catch {}
+  })()
+  return {
+    res,
+    events,
+    async close () {
+      controller.abort()
+      await reading
+    }
+  }
+}
