@@ -17,7 +17,7 @@ const receiver = http.createServer((req, res) => {
 })
 await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve))
 
-const f = await startAlertingFixture({ network: true, manualClock: true, env: { TEST_PAGER_SECRET: 'pager-secret-0123456789' }, webhookRetryBaseMs: 20 })
+const f = await startAlertingFixture({ network: true, manualClock: true, env: { VIGIL_WEBHOOK_TEST_PAGER_SECRET: 'pager-secret-0123456789' }, webhookRetryBaseMs: 20 })
 t.teardown(async () => {
   await f.close()
   await new Promise<void>((resolve) => receiver.close(() => resolve()))
@@ -29,7 +29,7 @@ f.policies.set('ward', {
   tiers: [{ notify: ['nurse'], afterMs: MIN }, { notify: ['doctor'], afterMs: MIN }, { notify: ['rapid_response', 'pager'], afterMs: MIN }]
 })
 // Named in the last tier, no minSeverity in the rules file: the pager is that tier only.
-f.webhooks.push({ id: 'pager', url: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`, secretEnv: 'TEST_PAGER_SECRET', minSeverity: 'low', tierOnly: true })
+f.webhooks.push({ id: 'pager', url: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`, secretEnv: 'VIGIL_WEBHOOK_TEST_PAGER_SECRET', minSeverity: 'low', tierOnly: true, allowListed: true })
 
 const patientId = await f.createPatient()
 const otherPatient = await f.createPatient()
