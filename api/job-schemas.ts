@@ -55,7 +55,9 @@ export const VoiceNoteView = Type.Object({
   authorTokenId: Type.String(),
   authorUserId: Type.Union([Uuid, Type.Null()]),
   createdAt: DateTime,
-  transcribedAt: NullableDateTime
+  transcribedAt: NullableDateTime,
+  releasedAt: Type.Union([DateTime, Type.Null()], { description: 'when a clinician released the note to the patient; a patient sees her own notes and released ones only' }),
+  releasedBy: Type.Union([Type.String(), Type.Null()], { description: 'the releasing user (or token:<id>)' })
 })
 
 export const VoiceNoteAccepted = Type.Object({
