@@ -39,7 +39,8 @@ export const Word = Type.Object({
   word: Type.String(),
   startMs: Type.Integer(),
   endMs: Type.Integer(),
-  confidence: Type.Optional(Type.Number({ minimum: 0, maximum: 1 }))
+  confidence: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
+  lowConfidence: Type.Optional(Type.Boolean({ description: 'confidence below 0.5: check this word against the audio' }))
 })
 
 export const VoiceNoteView = Type.Object({
