@@ -132,7 +132,9 @@ export const AccessLogEntry = Type.Object({
   at: DateTime,
   actorId: Type.Union([Type.String(), Type.Null()]),
   actorKind: Type.String(),
+  actorName: Type.Union([Type.String(), Type.Null()], { description: 'the viewer\'s display name (a user) or the API token\'s name; null for the system' }),
   role: Type.Union([Type.String(), Type.Null()]),
+  roleNames: Type.Array(Type.String(), { description: 'names of the roles the viewer acted in (Nurse, Doctor …)' }),
   action: Type.String(),
   fields: Type.Array(Type.String()),
   breakGlass: Type.Boolean({ description: 'Access through break-glass (outside the care team)' })

@@ -25,6 +25,9 @@ export const permissions = [
   'alerts:read',
   'alerts:ack',
   'alerts:write',
+  // Issue 13 §4: nurses comment without resolving; clinicians' notes are not shown to patients live
+  'alerts:comment',
+  'clinical-notes:read',
   'rules:read',
   'rules:write',
   'overrides:write',
@@ -32,7 +35,8 @@ export const permissions = [
   'jobs:read',
   'jobs:write',
   'voice-notes:read',
-  'voice-notes:write'
+  'voice-notes:write',
+  'voice-notes:release'
 ] as const
 
 export type Permission = typeof permissions[number]

@@ -39,7 +39,8 @@ export const Word = Type.Object({
   word: Type.String(),
   startMs: Type.Integer(),
   endMs: Type.Integer(),
-  confidence: Type.Optional(Type.Number({ minimum: 0, maximum: 1 }))
+  confidence: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
+  lowConfidence: Type.Optional(Type.Boolean({ description: 'confidence below 0.5: check this word against the audio' }))
 })
 
 export const VoiceNoteView = Type.Object({
@@ -55,7 +56,9 @@ export const VoiceNoteView = Type.Object({
   authorTokenId: Type.String(),
   authorUserId: Type.Union([Uuid, Type.Null()]),
   createdAt: DateTime,
-  transcribedAt: NullableDateTime
+  transcribedAt: NullableDateTime,
+  releasedAt: Type.Union([DateTime, Type.Null()], { description: 'when a clinician released the note to the patient; a patient sees her own notes and released ones only' }),
+  releasedBy: Type.Union([Type.String(), Type.Null()], { description: 'the releasing user (or token:<id>)' })
 })
 
 export const VoiceNoteAccepted = Type.Object({

@@ -70,6 +70,8 @@ export const NewPatient = Type.Object({
 const VersionString = Type.String({ minLength: 1, maxLength: 100, pattern: '^\\S(.*\\S)?$' })
 const DeviceName = Type.String({ minLength: 1, maxLength: 200, pattern: '\\S' })
 
+const NullableInstant = (options: { description: string }) => Type.Union([Type.String({ format: 'date-time' }), Type.Null()], options)
+
 export const Device = Type.Object({
   id: Uuid,
   name: Type.String(),
@@ -81,7 +83,14 @@ export const Device = Type.Object({
   startedAt: Type.String({ format: 'date-time' }),
   createdAt: Type.String({ format: 'date-time' }),
   updatedAt: Type.String({ format: 'date-time' }),
-  patientId: Type.Union([Uuid, Type.Null()], { description: 'Current assignment; null for callers without patients:read (device integrators …)' })
+  patientId: Type.Union([Uuid, Type.Null()], { description: 'Current assignment; null for callers without patients:read (device integrators …)' }),
+  presence: Type.Object({
+    connected: Type.Boolean({ description: 'connected to the broker now' }),
+    since: NullableInstant({ description: 'when it last connected or disconnected' }),
+    lastReadingAt: NullableInstant({ description: 'its last accepted reading' }),
+    batteryPercent: Type.Union([Type.Number(), Type.Null()], { description: 'from its last devices/{id}/status report' }),
+    lastStatusAt: NullableInstant({ description: 'its last status report' })
+  }, { description: 'What the broker knows of the device (connections, readings, status reports)' })
 })
 
 export const Assignment = Type.Object({

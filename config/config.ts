@@ -168,12 +168,16 @@ function tlsFiles (env: Env, certName: string, keyName: string): TlsFiles | null
   return { certFile, keyFile }
 }
 
-/** `pocketsphinx` (built in) or a readable ES module file exporting an engine factory. */
+/**
+ * `pocketsphinx` (built in, with the clinical language model), `pocketsphinx-generic` (its
+ * stock US English model), or a readable ES module file exporting an engine factory.
+ */
 function transcriptionEngine (env: Env): string {
   const raw = read(env, 'TRANSCRIPTION_ENGINE')
   if (raw === undefined || raw === 'pocketsphinx') return 'pocketsphinx'
+  if (raw === 'pocketsphinx-generic') return raw
   if (!/\.(m?js|ts)$/.test(raw)) {
-    throw new ConfigError('TRANSCRIPTION_ENGINE', `TRANSCRIPTION_ENGINE must be "pocketsphinx" or the path of an engine module (.js, .mjs or .ts) (got "${raw}")`)
+    throw new ConfigError('TRANSCRIPTION_ENGINE', `TRANSCRIPTION_ENGINE must be "pocketsphinx", "pocketsphinx-generic" or the path of an engine module (.js, .mjs or .ts) (got "${raw}")`)
   }
   const file = readableFile(env, 'TRANSCRIPTION_ENGINE')!
   return file

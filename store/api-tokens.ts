@@ -32,6 +32,13 @@ export function createApiTokenStore (pool: pg.Pool) {
       return (rowCount ?? 0) > 0
     },
 
+    /** Names of these tokens, revoked ones included (the audit trail names them). */
+    async namesOf (ids: readonly string[]): Promise<Map<string, string>> {
+      if (ids.length === 0) return new Map()
+      const { rows } = await pool.query('SELECT id, name FROM api_tokens WHERE id::text = ANY($1::text[])', [ids])
+      return new Map(rows.map((r) => [String(r.id), r.name as string]))
+    },
+
     async list (): Promise<Array<{ id: string, name: string, role: string, createdBy: string | null, createdAt: string, lastUsedAt: string | null }>> {
       const { rows } = await pool.query(
         'SELECT id, name, role, created_by, created_at, last_used_at FROM api_tokens WHERE revoked_at IS NULL ORDER BY created_at, id')

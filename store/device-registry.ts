@@ -17,6 +17,17 @@ export interface Device {
   updatedAt: string
   /** Current assignment, if any. */
   patientId: string | null
+  /** What the broker knows (device_presence, kept by alerts/presence.ts); all null/false before the device's first connect. */
+  presence: DevicePresenceView
+}
+
+export interface DevicePresenceView {
+  connected: boolean
+  /** When it last connected or disconnected. */
+  since: string | null
+  lastReadingAt: string | null
+  batteryPercent: number | null
+  lastStatusAt: string | null
 }
 
 export interface DeviceVersion { firmwareVersion: string, softwareVersion: string, changedAt: string }
@@ -99,8 +110,12 @@ export function createDeviceRegistry (pool: pg.Pool, options: DeviceRegistryOpti
   const verified = new Map<string, VerifiedSecret>()
 
   const columns = `d.id, d.name, d.mac, d.owner_user_id, d.assigned_by_user_id, d.firmware_version, d.software_version,
-    d.started_at, d.created_at, d.updated_at, a.patient_id`
-  const fromDevices = 'devices d LEFT JOIN device_assignments a ON a.device_id = d.id AND a.valid_to IS NULL'
+    d.started_at, d.created_at, d.updated_at, a.patient_id,
+    p.connected AS presence_connected, p.changed_at AS presence_since, p.last_reading_at, p.battery_percent, p.last_status_at`
+  const fromDevices = `devices d LEFT JOIN device_assignments a ON a.device_id = d.id AND a.valid_to IS NULL
+    LEFT JOIN device_presence p ON p.device_id = d.id`
+
+  const iso = (v: unknown): string | null => v instanceof Date ? v.toISOString() : null
 
   function toDevice (row: Record<string, unknown>): Device {
     return {
@@ -114,7 +129,14 @@ export function createDeviceRegistry (pool: pg.Pool, options: DeviceRegistryOpti
       startedAt: (row.started_at as Date).toISOString(),
       createdAt: (row.created_at as Date).toISOString(),
       updatedAt: (row.updated_at as Date).toISOString(),
-      patientId: row.patient_id as string | null
+      patientId: row.patient_id as string | null,
+      presence: {
+        connected: row.presence_connected === true,
+        since: iso(row.presence_since),
+        lastReadingAt: iso(row.last_reading_at),
+        batteryPercent: row.battery_percent === null || row.battery_percent === undefined ? null : Number(row.battery_percent),
+        lastStatusAt: iso(row.last_status_at)
+      }
     }
   }
 

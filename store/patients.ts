@@ -19,12 +19,20 @@ export function createPatientStore (pool: pg.Pool) {
       const { rows } = await pool.query('SELECT id, display_name, created_at FROM patients WHERE id = $1', [id])
       return rows[0] === undefined ? null : toPatient(rows[0])
     },
-    /** `ids`: only these patients (what the caller may see); absent: every patient. */
-    async list (options: { limit: number, afterId?: string, ids?: readonly string[] }): Promise<Patient[]> {
+    /**
+     * By name (case-insensitive), then id. `afterId`: the last patient of the previous page
+     * (its name is looked up, so cursors carry no name). `ids`: only these patients (what the
+     * caller may see); absent: every patient. `nameContains`: a case-insensitive substring.
+     */
+    async list (options: { limit: number, afterId?: string, ids?: readonly string[], nameContains?: string }): Promise<Patient[]> {
+      const pattern = options.nameContains === undefined ? null : `%${options.nameContains.replace(/[\\%_]/g, (c) => `\\${c}`)}%`
       const { rows } = await pool.query(
         `SELECT id, display_name, created_at FROM patients
-          WHERE ($1::uuid IS NULL OR id > $1::uuid) AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[])) ORDER BY id LIMIT $2`,
-        [options.afterId ?? null, options.limit, options.ids === undefined ? null : [...options.ids]])
+          WHERE ($1::uuid IS NULL OR (lower(display_name), id) > (SELECT lower(display_name), id FROM patients WHERE id = $1::uuid))
+            AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[]))
+            AND ($4::text IS NULL OR display_name ILIKE $4::text)
+          ORDER BY lower(display_name), id LIMIT $2`,
+        [options.afterId ?? null, options.limit, options.ids === undefined ? null : [...options.ids], pattern])
       return rows.map(toPatient)
     }
   }

@@ -110,6 +110,14 @@ export function createPeopleStore (pool: pg.Pool, keyring: Keyring) {
   return {
     getUser: (id: string) => getUser(id),
 
+    /** Display names of these users (ids that are not users are left out). */
+    async displayNames (ids: readonly string[]): Promise<Map<string, string | null>> {
+      const uuids = ids.filter((id) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id))
+      if (uuids.length === 0) return new Map()
+      const { rows } = await pool.query('SELECT id, display_name FROM users WHERE id = ANY($1::uuid[])', [uuids])
+      return new Map(rows.map((r) => [r.id as string, (r.display_name as string | null) ?? null]))
+    },
+
     async createUser (input: { email: string, displayName: string, passwordHash: string, roles: readonly string[], grantedBy: string }): Promise<User> {
       const id = randomUUID()
       return await inTransaction(async (client) => {

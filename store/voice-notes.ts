@@ -26,10 +26,21 @@ export interface VoiceNote {
   authorUserId: string | null
   createdAt: string
   transcribedAt: string | null
+  /** When a clinician released the note to the patient (issue 13 §4); null: not released. */
+  releasedAt: string | null
+  releasedBy: string | null
 }
 
+/**
+ * Which notes a reader without clinical-notes:read (a patient) sees: those she authored and
+ * those released to her. Absent: every note.
+ */
+export interface ReleasedView { authorUserId: string | null }
+
+export type ReleaseOutcome = { note: VoiceNote } | { problem: 'not_found' | 'not_transcribed' }
+
 const SELECT = `SELECT v.id, v.patient_id, v.job_id, j.state, v.duration_ms, v.transcript, v.words_json, v.confidence, v.engine,
-  v.author_token_id, v.author_user_id, v.created_at, v.transcribed_at FROM voice_notes v JOIN jobs j ON j.id = v.job_id`
+  v.author_token_id, v.author_user_id, v.created_at, v.transcribed_at, v.released_at, v.released_by FROM voice_notes v JOIN jobs j ON j.id = v.job_id`
 
 // Where each encrypted value lives: its ciphertext is bound to it (AAD), so a transcript
 // copied to another note fails to decrypt.
@@ -52,7 +63,9 @@ function toVoiceNote (row: Record<string, unknown>, keyring: Keyring): VoiceNote
     authorTokenId: row.author_token_id as string,
     authorUserId: (row.author_user_id as string | null) ?? null,
     createdAt: (row.created_at as Date).toISOString(),
-    transcribedAt: row.transcribed_at === null ? null : (row.transcribed_at as Date).toISOString()
+    transcribedAt: row.transcribed_at === null ? null : (row.transcribed_at as Date).toISOString(),
+    releasedAt: row.released_at === null ? null : (row.released_at as Date).toISOString(),
+    releasedBy: (row.released_by as string | null) ?? null
   }
 }
 
@@ -85,17 +98,33 @@ export function createVoiceNoteStore (pool: pg.Pool, queue: JobQueue, keyring: K
       const voiceNote = await this.get(id)
       return { voiceNote: voiceNote!, job }
     },
-    async get (id: string): Promise<VoiceNote | null> {
+    async get (id: string, view?: ReleasedView): Promise<VoiceNote | null> {
       const { rows } = await pool.query(`${SELECT} WHERE v.id = $1`, [id])
-      return rows[0] === undefined ? null : toVoiceNote(rows[0], keyring)
+      if (rows[0] === undefined) return null
+      // Checked before decrypting: an unreleased transcript is never opened for this reader.
+      if (view !== undefined && rows[0].released_at === null && (view.authorUserId === null || rows[0].author_user_id !== view.authorUserId)) return null
+      return toVoiceNote(rows[0], keyring)
     },
-    /** Newest first. */
-    async list (patientId: string, options: { limit: number, before?: { createdAt: string, id: string } }): Promise<VoiceNote[]> {
+    /** Newest first; with `view`, only the notes that reader sees. */
+    async list (patientId: string, options: { limit: number, before?: { createdAt: string, id: string }, view?: ReleasedView }): Promise<VoiceNote[]> {
       const { rows } = await pool.query(
         `${SELECT} WHERE v.patient_id = $1 AND ($2::timestamptz IS NULL OR (v.created_at, v.id) < ($2::timestamptz, $3::uuid))
+           AND (NOT $5::boolean OR v.released_at IS NOT NULL OR v.author_user_id = $6::uuid)
          ORDER BY v.created_at DESC, v.id DESC LIMIT $4`,
-        [patientId, options.before?.createdAt ?? null, options.before?.id ?? null, options.limit])
+        [patientId, options.before?.createdAt ?? null, options.before?.id ?? null, options.limit,
+          options.view !== undefined, options.view?.authorUserId ?? null])
       return rows.map((row) => toVoiceNote(row, keyring))
+    },
+    /** Releases a transcribed note to its patient (idempotent: a released note stays as it was). */
+    async release (patientId: string, id: string, by: string): Promise<ReleaseOutcome> {
+      const { rows } = await pool.query(
+        `UPDATE voice_notes SET released_at = COALESCE(released_at, now()), released_by = COALESCE(released_by, $3)
+          WHERE id = $1 AND patient_id = $2 AND transcribed_at IS NOT NULL RETURNING id`, [id, patientId, by])
+      if (rows[0] === undefined) {
+        const note = await this.get(id)
+        return { problem: note === null || note.patientId !== patientId ? 'not_found' : 'not_transcribed' }
+      }
+      return { note: (await this.get(id))! }
     },
     async audioOf (id: string): Promise<Buffer | null> {
       const { rows } = await pool.query('SELECT audio FROM voice_note_audio WHERE voice_note_id = $1', [id])

@@ -35,6 +35,7 @@ t.test('/docs/json is an OpenAPI 3 document listing every route', async (t) => {
     '/v1/patients/{id}/readings/aggregate': ['get'],
     '/v1/patients/{id}/record': ['get', 'patch', 'put'],
     '/v1/patients/lookup': ['post'],
+    '/v1/patients/search': ['post'],
     '/v1/admin/keys': ['get'],
     '/v1/devices': ['get', 'post'],
     '/v1/devices/{id}': ['get', 'patch'],
@@ -62,6 +63,7 @@ t.test('/docs/json is an OpenAPI 3 document listing every route', async (t) => {
     '/v1/jobs/{id}': ['delete', 'get'],
     '/v1/patients/{id}/voice-notes': ['get', 'post'],
     '/v1/patients/{id}/voice-notes/{voiceNoteId}': ['get'],
+    '/v1/patients/{id}/voice-notes/{voiceNoteId}/release': ['post'],
     '/healthz': ['get'],
     '/metrics': ['get']
   }

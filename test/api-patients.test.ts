@@ -58,7 +58,7 @@ t.test('list pages through every patient exactly once', async (t) => {
     const res = await app.inject({ method: 'POST', url: '/v1/patients', headers, payload: { displayName: `Listed ${i}` } })
     t.equal(res.statusCode, 201)
   }
-  const { rows } = await db.pool.query('SELECT id::text FROM patients ORDER BY id')
+  const { rows } = await db.pool.query('SELECT id::text FROM patients ORDER BY lower(display_name), id')
   const seen: string[] = []
   let cursor: string | null = null
   let pages = 0
@@ -72,7 +72,7 @@ t.test('list pages through every patient exactly once', async (t) => {
     cursor = body.nextCursor
     pages++
   } while (cursor !== null && pages < 20)
-  t.same(seen, rows.map((r) => r.id), 'in id order, no gaps or repeats')
+  t.same(seen, rows.map((r) => r.id), 'by name (then id), no gaps or repeats')
   t.equal(pages, Math.ceil(rows.length / 2), 'the last page says so (no empty trailing page)')
 })
 

@@ -137,7 +137,7 @@ t.test('once the jobs run, every other upload is transcribed and listed with the
   t.equal(jobs.filter((j) => j.state === 'cancelled').length, 14)
   const one = accepted.find((a) => jobs.some((j) => (j as { id?: string }).id === a.jobId && j.state === 'succeeded'))!
   const status = (await app.inject({ method: 'GET', url: one.statusUrl, headers })).json()
-  t.match(status, { state: 'succeeded', progress: 1, attempts: 1, error: null, result: { voiceNoteId: one.voiceNoteId, words: Number, engine: 'pocketsphinx' } })
+  t.match(status, { state: 'succeeded', progress: 1, attempts: 1, error: null, result: { voiceNoteId: one.voiceNoteId, words: Number, engine: 'pocketsphinx-clinical' } })
   t.notOk('text' in status.result || 'transcript' in status.result, 'the job result holds no transcript')
 
   const list = await app.inject({ method: 'GET', url: `/v1/patients/${patient.id}/voice-notes?limit=100`, headers })
@@ -149,6 +149,7 @@ t.test('once the jobs run, every other upload is transcribed and listed with the
   for (const n of done) {
     t.ok(wordErrorRate(spoken, n.transcript!).rate <= 0.5, `transcript "${n.transcript}"`)
     t.ok(n.words!.length > 0 && n.confidence !== null)
+    t.ok((n.words as Array<{ lowConfidence?: unknown }>).every((w) => typeof w.lowConfidence === 'boolean'), 'each word says whether its confidence is low')
   }
   const single = await app.inject({ method: 'GET', url: `/v1/patients/${patient.id}/voice-notes/${one.voiceNoteId}`, headers })
   t.match(single.json(), { id: one.voiceNoteId, state: 'succeeded', transcript: String })

@@ -336,13 +336,23 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
     schema: {
       tags: ['alerts'],
       summary: "An alert's history, oldest first (comments are clinical notes)",
+      description: 'Callers without clinical-notes:read (patients) get the history without comments and resolve reasons.',
       params: IdParams,
       response: { 200: Type.Object({ items: Type.Array(AlertEventBody) }), ...errorResponses(404) }
     }
   }, async (request) => {
     const alert = await alertFor(request, request.params.id, 'alerts:read')
     const events: AlertEvent[] = await store.events(alert.id)
-    return { items: events.map(({ patientId: _p, ...e }) => e) }
+    const items = events.map(({ patientId: _p, ...e }) => e)
+    // Issue 13 §4: comments and resolve reasons are clinicians' notes, not shown to patients.
+    if (request.principal!.permissions.has('clinical-notes:read')) return { items }
+    return {
+      items: items.filter((e) => e.type !== 'commented').map((e) => {
+        if (e.type !== 'resolved' || !('reason' in e.body)) return e
+        const { reason: _r, ...body } = e.body as Record<string, unknown>
+        return { ...e, body }
+      })
+    }
   })
 
   app.post('/alerts/:id/acknowledge', {
@@ -382,7 +392,7 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
   })
 
   app.post('/alerts/:id/comments', {
-    config: { permission: 'alerts:write' },
+    config: { permission: 'alerts:comment' },
     schema: {
       tags: ['alerts'],
       summary: 'Comment on an alert (a clinical note: never logged, never sent to webhooks or MQTT)',
@@ -391,7 +401,7 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       response: { 201: AlertEventBody, ...errorResponses(404, 413) }
     }
   }, async (request, reply) => {
-    await alertFor(request, request.params.id, 'alerts:write')
+    await alertFor(request, request.params.id, 'alerts:comment')
     const { patientId: _p, ...event } = await store.comment(request.params.id, request.body.text, actorOf(request.principal!))
     reply.code(201)
     return event

@@ -18,7 +18,7 @@ import { IdParams, PageQuery, decodeIdCursor, errorResponses, instantMs, invalid
 export const phiPermissions = new Set([
   'readings:read', 'patients:read', 'patients:write', 'phi:read', 'phi:write', 'audit:read', 'break-glass',
   'alerts:read', 'alerts:ack', 'overrides:write', 'jobs:read', 'jobs:write', 'voice-notes:read', 'voice-notes:write',
-  'users:admin', 'roles:admin', 'care-teams:write'
+  'alerts:comment', 'clinical-notes:read', 'voice-notes:release', 'users:admin', 'roles:admin', 'care-teams:write'
 ])
 
 function storeError (err: unknown): never {
@@ -332,9 +332,26 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
     if (cursor !== undefined && !/^[0-9]{1,18}$/.test(cursor)) throw new VigilError('VIGIL_ERR_BAD_CURSOR', 'cursor is not one this API returned')
     const rows = await audit.query({ patientId: principal.userId, outcome: 'allowed', beforeId: cursor, limit: limit + 1 })
     const { items, nextCursor } = pageOf(rows, limit, (last) => last.id)
+    // Names, not bare ids (issue 13 §4): users by display name, API tokens by their name, roles by theirs.
+    const actorIds = [...new Set(items.map((r) => r.actorId).filter((id): id is string => id !== null))]
+    const userNames = await people.displayNames(actorIds)
+    const tokenNames = await tokens.namesOf(items.filter((r) => r.actorKind === 'token').map((r) => r.actorId).filter((id): id is string => id !== null))
+    const roleNames = new Map((await people.listRoles()).map((role) => [role.id, role.name]))
+    const nameOf = (r: typeof items[number]): string | null => {
+      if (r.actorId === null) return null
+      return (r.actorKind === 'token' ? tokenNames.get(r.actorId) : userNames.get(r.actorId)) ?? null
+    }
     return {
       items: items.map((r) => ({
-        at: r.at, actorId: r.actorId, actorKind: r.actorKind, role: r.role, action: r.action, fields: r.fields, breakGlass: r.breakGlassReason !== null
+        at: r.at,
+        actorId: r.actorId,
+        actorKind: r.actorKind,
+        actorName: nameOf(r),
+        role: r.role,
+        roleNames: (r.role ?? '').split(',').filter((id) => id !== '').map((id) => roleNames.get(id) ?? id),
+        action: r.action,
+        fields: r.fields,
+        breakGlass: r.breakGlassReason !== null
       })),
       nextCursor
     }

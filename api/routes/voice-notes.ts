@@ -1,6 +1,6 @@
 import type { FastifyRequest } from 'fastify'
 import { readWavInfo, WavError } from '../../jobs/transcription/wav.ts'
-import type { VoiceNoteStore } from '../../store/voice-notes.ts'
+import type { ReleasedView, VoiceNoteStore } from '../../store/voice-notes.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import { VoiceNoteAccepted, VoiceNoteListQuery, VoiceNoteView, decodeTimeCursor, encodeTimeCursor } from '../job-schemas.ts'
@@ -12,6 +12,15 @@ export const voiceNoteLimitDefaults = { maxBytes: 25 * 1024 * 1024, maxSeconds: 
 
 // RFC 2361 names audio/wav and audio/wave; audio/x-wav and audio/vnd.wave are common in the wild.
 export const WAV_MEDIA_TYPES = ['audio/wav', 'audio/x-wav', 'audio/wave', 'audio/vnd.wave']
+/**
+ * What a reader sees (issue 13 §4): with clinical-notes:read every note; without it (a patient)
+ * her own voice messages and the dictations a clinician released.
+ */
+function releasedView (request: FastifyRequest): ReleasedView | undefined {
+  const p = request.principal!
+  return p.permissions.has('clinical-notes:read') ? undefined : { authorUserId: p.userId }
+}
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 /**
@@ -102,7 +111,7 @@ export function voiceNoteRoutes (app: ApiInstance, deps: RouteDeps & { voiceNote
       const before = decodeTimeCursor(request.query.cursor)
       await patientAccess.require(request, request.params.id, { action: 'voice-notes:read', fields: ['transcript'] })
       const { limit } = request.query
-      const rows = await voiceNotes.list(request.params.id, { limit: limit + 1, before })
+      const rows = await voiceNotes.list(request.params.id, { limit: limit + 1, before, view: releasedView(request) })
       return pageOf(rows, limit, encodeTimeCursor)
     })
 
@@ -116,9 +125,28 @@ export function voiceNoteRoutes (app: ApiInstance, deps: RouteDeps & { voiceNote
       }
     }, async (request) => {
       await patientAccess.require(request, request.params.id, { action: 'voice-notes:read', fields: ['transcript'] })
-      const note = await voiceNotes.get(request.params.voiceNoteId)
+      const note = await voiceNotes.get(request.params.voiceNoteId, releasedView(request))
       if (note === null || note.patientId !== request.params.id) throw new VigilError('VIGIL_ERR_NOT_FOUND', 'no voice note with this id for this patient')
       return note
+    })
+
+    scope.post('/patients/:id/voice-notes/:voiceNoteId/release', {
+      config: { permission: 'voice-notes:release' },
+      schema: {
+        tags: ['voice notes'],
+        summary: 'Release a transcribed note to the patient',
+        description: 'A patient sees her own voice messages and the notes released to her; clinicians see every note at once. ' +
+          'Release once the transcript is reviewed: 409 VIGIL_ERR_CONFLICT before it is transcribed. Releasing again changes nothing.',
+        params: Type.Object({ id: Uuid, voiceNoteId: Uuid }, { additionalProperties: false }),
+        response: { 200: VoiceNoteView, ...errorResponses(404, 409) }
+      }
+    }, async (request) => {
+      await patientAccess.require(request, request.params.id, { action: 'voice-notes:release', fields: ['voiceNote'] })
+      const principal = request.principal!
+      const outcome = await voiceNotes.release(request.params.id, request.params.voiceNoteId, principal.userId ?? `token:${principal.tokenId}`)
+      if ('note' in outcome) return outcome.note
+      if (outcome.problem === 'not_transcribed') throw new VigilError('VIGIL_ERR_CONFLICT', 'the note is not transcribed yet: review its transcript before releasing it')
+      throw new VigilError('VIGIL_ERR_NOT_FOUND', 'no voice note with this id for this patient')
     })
   })
 }

@@ -8,6 +8,8 @@ export interface TranscribedWord {
   endMs: number
   /** 0–1, when the engine gives one (pocketsphinx: the word's posterior probability). */
   confidence?: number
+  /** confidence below LOW_CONFIDENCE: the reader should check this word against the audio. */
+  lowConfidence?: boolean
 }
 
 export interface Transcript {
@@ -39,16 +41,36 @@ export interface TranscriptionEngine {
  * (e.g. Whisper through @huggingface/transformers reading a local model directory).
  * Plain data: it crosses into the worker threads.
  */
-export type EngineSpec = { kind: 'pocketsphinx', modelDir?: string } | { kind: 'module', path: string }
+export type EngineSpec = {
+  kind: 'pocketsphinx'
+  modelDir?: string
+  /** `clinical` (default): the model built from the project's clinical corpus; `generic`: pocketsphinx-en-us's own. */
+  languageModel?: 'clinical' | 'generic'
+  /** Decode in chunks of about this many seconds, cut at pauses (progress is reported per chunk). */
+  chunkSeconds?: number
+} | { kind: 'module', path: string }
 
 export function parseEngineSpec (value: string): EngineSpec {
-  if (value === 'pocketsphinx') return { kind: 'pocketsphinx' }
+  if (value === 'pocketsphinx') return { kind: 'pocketsphinx', languageModel: 'clinical' }
+  if (value === 'pocketsphinx-generic') return { kind: 'pocketsphinx', languageModel: 'generic' }
   return { kind: 'module', path: path.resolve(value) }
+}
+
+/**
+ * Words whose confidence (pocketsphinx: posterior probability) is below this are marked
+ * `lowConfidence` for the reader to check (issue 13 §5; chosen on the project's own test
+ * sentences, see docs/voice-notes.md).
+ */
+export const LOW_CONFIDENCE = 0.5
+
+/** Marks the words below LOW_CONFIDENCE (words without a confidence are not marked). */
+export function markLowConfidence (words: TranscribedWord[]): TranscribedWord[] {
+  return words.map((w) => ({ ...w, lowConfidence: w.confidence !== undefined && w.confidence < LOW_CONFIDENCE }))
 }
 
 /** Builds the engine named by `spec` (in the worker thread that will use it). */
 export async function loadEngine (spec: EngineSpec): Promise<TranscriptionEngine> {
-  if (spec.kind === 'pocketsphinx') return createPocketsphinxEngine({ modelDir: spec.modelDir })
+  if (spec.kind === 'pocketsphinx') return createPocketsphinxEngine({ modelDir: spec.modelDir, languageModel: spec.languageModel, chunkSeconds: spec.chunkSeconds })
   const mod = await import(pathToFileURL(spec.path).href) as { default?: (options: Record<string, unknown>) => TranscriptionEngine | Promise<TranscriptionEngine> }
   if (typeof mod.default !== 'function') throw new Error(`transcription engine module ${spec.path} has no default export function`)
   return await mod.default({})

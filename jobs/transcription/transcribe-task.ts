@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import { loadEngine, type EngineSpec, type Transcript, type TranscriptionEngine } from './engine.ts'
+import { loadEngine, markLowConfidence, type EngineSpec, type Transcript, type TranscriptionEngine } from './engine.ts'
 import { normalizeWav } from './normalize-audio.ts'
 import { readWavInfo } from './wav.ts'
 
@@ -53,7 +53,7 @@ export default async function transcribeTask ({ audio, engine: spec, control }: 
       signal: controller.signal,
       onProgress: (p) => Atomics.store(flags, CONTROL_PROGRESS, Math.round(Math.min(1, Math.max(0, p)) * 1000))
     })
-    return { ...transcript, engine: engine.name }
+    return { ...transcript, words: markLowConfidence(transcript.words), engine: engine.name }
   } finally {
     clearInterval(watch)
     await fs.rm(dir, { recursive: true, force: true })

@@ -12,6 +12,8 @@ export interface WavInfo {
   bitsPerSample: number
   /** Bytes of sample data (the data chunk, clipped to what the file holds). */
   dataBytes: number
+  /** Where the sample data starts in the file. */
+  dataOffset: number
   durationMs: number
   /**
    * Whether the engines can read it as is: 16 kHz, mono, 16-bit PCM in the canonical 44-byte
@@ -103,6 +105,7 @@ export function readWavInfo (buf: Buffer): WavInfo {
     sampleRate: fmt.sampleRate,
     bitsPerSample: fmt.bitsPerSample,
     dataBytes: frames * fmt.blockAlign,
+    dataOffset: data.start,
     durationMs: Math.round(frames / fmt.sampleRate * 1000),
     isEngineNative: canonicalFmt && data.start === 44 && fmt.format === WAVE_FORMAT_PCM && fmt.channels === 1 && fmt.sampleRate === 16000 && fmt.bitsPerSample === 16
   }

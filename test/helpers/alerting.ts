@@ -45,7 +45,7 @@ export function testAccess (deps: ApiDeps) {
       return await deps.access.authenticate(bearer)
     },
     /** A bearer token for a clinician (a user) who sees only `patients`. */
-    clinicianToken (patients: string[], permissions: Iterable<string> = ['alerts:read', 'alerts:ack', 'alerts:write']): { token: string, userId: string } {
+    clinicianToken (patients: string[], permissions: Iterable<string> = ['alerts:read', 'alerts:ack', 'alerts:write', 'alerts:comment', 'clinical-notes:read']): { token: string, userId: string } {
       n++
       const token = `clinician-token-${n}-${Math.random().toString(36).slice(2)}`
       const userId = `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`
