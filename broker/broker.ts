@@ -78,8 +78,11 @@ export interface AlertSubscriberAuth {
   authenticate: Authenticate
   canSee (principal: Principal, patientId: string): Promise<boolean>
   /**
-   * How often a person's session is checked again (ms, default 30 s): a logged-out, expired or
-   * revoked token, or a patient no longer visible (care team ended), closes the session.
+   * How often a person's session is checked again (ms, default 10 s): a logged-out, expired or
+   * revoked token, or a patient no longer visible (care team or break-glass ended), closes the
+   * session. Each check also renews the session's cached access decisions, which every delivery
+   * reads (authorizeForward); a decision not renewed within three intervals (the database was
+   * unreachable) stops deliveries for that patient until it is.
    */
   recheckIntervalMs?: number
 }
@@ -108,6 +111,11 @@ const DEVICE_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 const CLIENT_ID = /^[A-Za-z0-9_-]{1,64}$/
 const PUBLISH_TOPIC = /^devices\/([0-9a-f-]{36})\/(telemetry|senml|status)$/
 const ALERT_TOPIC = /^alerts\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/
+
+/** Whose a person's MQTT client ids are: the user, or the API token when no user stands behind it. */
+function ownerOf (principal: Principal): string {
+  return principal.userId ?? principal.tokenId
+}
 
 /** A refusal already counted and logged: Aedes reports it again as a client error. */
 class Refusal extends Error {
@@ -151,8 +159,13 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   // People's sessions (alert subscribers): they may subscribe to alerts/{patientId}, never publish.
   const people = new WeakMap<Client, Principal>()
   // Live person sessions: the bearer secret they connected with (memory only, never logged)
-  // and the patients they subscribed to, so access can be checked again while they stay connected.
-  const livePeople = new Map<Client, { bearer: string, patients: Set<string> }>()
+  // and, per patient, when this connection's principal was last found to reach them (ms). It is
+  // the synchronous cache authorizeForward reads: filled by authorizeSubscribe (also for the
+  // subscriptions Aedes restores on a resumed session), renewed by recheckPeople. A patient not
+  // in it (never checked for this principal, or the check refused) gets no delivery.
+  const livePeople = new Map<Client, { bearer: string, patients: Map<string, number> }>()
+  const recheckIntervalMs = deps.alertSubscribers?.recheckIntervalMs ?? 10_000
+  const verdictMaxAgeMs = 3 * recheckIntervalMs
   // Device sessions whose connect was reported to presence (sessions may be forgotten first on revocation).
   const presentDevices = new WeakMap<Client, string>()
   // What the transport established, keyed by the stream Aedes reads (client.conn).
@@ -236,8 +249,15 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         const subscribers = deps.alertSubscribers
         subscribers.authenticate(password.toString('utf8')).then((principal) => {
           if (principal === null || !principal.permissions.has('alerts:read')) return fail('bad_credentials', 5, { person: true })
+          // A person's client id is theirs: `{userId}-{anything}` (an API token: `{tokenId}-…`).
+          // Only its owner can then take over a live session with it (MQTT-3.1.4-2 closes the
+          // older one) or resume a persistent one with its queued alerts.
+          const owner = ownerOf(principal)
+          if (!sent.clientId.startsWith(`${owner}-`) || sent.clientId.length === owner.length + 1) {
+            return fail('client_id_not_owned', 2, { person: true, userId: principal.userId })
+          }
           people.set(client, principal)
-          livePeople.set(client, { bearer: password.toString('utf8'), patients: new Set() })
+          livePeople.set(client, { bearer: password.toString('utf8'), patients: new Map() })
           done(null, true)
         }, (err: Error) => fail('auth_unavailable', 3, { person: true, err }))
         return
@@ -313,7 +333,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         if (alertTopic === null || deps.alertSubscribers == null) return refuseSubscription()
         deps.alertSubscribers.canSee(person, alertTopic[1]!).then((allowed) => {
           if (!allowed) return refuseSubscription()
-          livePeople.get(client)?.patients.add(alertTopic[1]!)
+          livePeople.get(client)?.patients.set(alertTopic[1]!, Date.now())
           done(null, subscription)
         }, () => refuseSubscription())
         return
@@ -326,6 +346,22 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         return done(null, null) // SUBACK 0x80 for this filter; the session goes on
       }
       done(null, subscription)
+    },
+
+    // Every packet to a subscriber passes here, live ones and those queued for a persistent
+    // session while it was offline (Aedes' emptyQueue checks nothing else: a refused restored
+    // subscription does not stop them). Synchronous, so it reads the cache above.
+    authorizeForward (client, packet) {
+      if (people.has(client)) {
+        const alertTopic = ALERT_TOPIC.exec(packet.topic)
+        const checkedAt = alertTopic === null ? undefined : livePeople.get(client)?.patients.get(alertTopic[1]!)
+        if (checkedAt !== undefined && Date.now() - checkedAt <= verdictMaxAgeMs) return packet
+        refuse('forward_not_allowed', { person: true, userId: people.get(client)?.userId }, 'debug')
+        return null
+      }
+      const session = sessions.get(client)
+      if (session !== undefined && packet.topic.startsWith(`devices/${session.deviceId}/`)) return packet
+      return null
     }
   })
 
@@ -447,11 +483,17 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
       try {
         const principal = await subscribers.authenticate(live.bearer)
         keep = principal !== null && principal.permissions.has('alerts:read')
-        for (const patientId of live.patients) {
+        const checked: string[] = []
+        const checkedAt = Date.now()
+        for (const patientId of live.patients.keys()) {
           if (!keep || principal === null) break
           keep = await subscribers.canSee(principal, patientId)
+          checked.push(patientId)
         }
-        if (keep && principal !== null) people.set(client, principal)
+        if (keep && principal !== null) {
+          people.set(client, principal)
+          for (const patientId of checked) live.patients.set(patientId, checkedAt)
+        }
       } catch {
         // The database is unreachable: the decision cannot be made now; the next check makes it.
         continue
@@ -467,7 +509,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   }
   const recheckTimer = deps.alertSubscribers == null
     ? null
-    : setInterval(() => { recheckPeople().catch(() => {}) }, deps.alertSubscribers.recheckIntervalMs ?? 30_000)
+    : setInterval(() => { recheckPeople().catch(() => {}) }, recheckIntervalMs)
   recheckTimer?.unref()
 
   return {
