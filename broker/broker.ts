@@ -206,6 +206,10 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     preConnect (client, packet, done) {
       const clientId = typeof packet.clientId === 'string' ? packet.clientId : ''
       connectPackets.set(client, { clientId, clean: packet.clean !== false })
+      // Vigil speaks MQTT 3.1.1 only, but Aedes also accepts 3.1 (MQIsdp, level 3). Below 3 is
+      // Aedes' own refusal path for an unacceptable level: CONNACK 1 (MQTT-3.1.2-2), then close,
+      // counted as protocol_version like any other unsupported level.
+      if (packet.protocolVersion === 3) packet.protocolVersion = 2 as typeof packet.protocolVersion
       // MQTT-1.5.3-2: a UTF-8 string holding U+0000 makes the receiver close the connection.
       const nulIn = clientId.includes('\u0000')
         ? 'client_id_invalid'
