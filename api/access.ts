@@ -17,9 +17,13 @@ import type { PatientAccessPolicy } from './patient-access.ts'
 export interface AccessSettings extends SessionSettings {
   /** How long a break-glass grant lasts. */
   breakGlassMinutes: number
+  /** Login attempts per minute from one address (IPv6: one /64), refused before any password is hashed. */
+  loginsPerAddressPerMinute: number
+  /** Login attempts per minute on one email (known or not, any case), refused before any password is hashed. */
+  loginsPerAccountPerMinute: number
 }
 
-export const accessDefaults: Readonly<AccessSettings> = { ...sessionDefaults, breakGlassMinutes: 60 }
+export const accessDefaults: Readonly<AccessSettings> = { ...sessionDefaults, breakGlassMinutes: 60, loginsPerAddressPerMinute: 20, loginsPerAccountPerMinute: 10 }
 
 /** People, sessions, audit trail and the two decisions built on them; buildApi takes it as `deps.access`. */
 export interface Access {

@@ -19,7 +19,7 @@ export interface BrokerLimits {
   maxTopicLevels: number
   /** Largest keepalive a client may ask for (seconds); 0: no limit. */
   keepaliveLimitSeconds: number
-  /** Time allowed from accepting a socket to a complete CONNECT (and for the TLS handshake). */
+  /** Time allowed from accepting a socket to the CONNACK: the CONNECT and its credential check (and for the TLS handshake). */
   connectTimeoutMs: number
   /** Inbound QoS 2 messages one client may hold awaiting PUBREL. */
   maxInflightQos2: number
@@ -142,6 +142,8 @@ interface ConnectionInfo {
   /** The address limits are kept by (see addressKey). */
   remoteAddress: string | undefined
   certificateCommonName?: string | string[]
+  /** When the connection was handed to Aedes (ms): the connect timeout runs from here to the CONNACK. */
+  acceptedAt: number
 }
 
 /**
@@ -223,11 +225,25 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
       done(null, true)
     },
 
-    authenticate (client, username, password, done) {
+    authenticate (client, username, password, doneOnce) {
       const info = infoOf(client)
       const remoteAddress = info?.remoteAddress
       const sent = connectPackets.get(client) ?? { clientId: client.id, clean: client.clean }
+      // Aedes stops its connect timer when the CONNECT arrives; the credential check (a database
+      // query, scrypt, perhaps queued) runs on the same clock: past MQTT_CONNECT_TIMEOUT_SECONDS
+      // from the socket's acceptance the client gets CONNACK 3 (retry later) and a late answer is ignored.
+      let settled = false
+      const timer = setTimeout(() => {
+        fail('connect_timeout', 3, { deviceId: DEVICE_ID.test(username ?? '') ? username : undefined, detail: 'credential check did not finish in time' })
+      }, Math.max(0, (info?.acceptedAt ?? Date.now()) + limits.connectTimeoutMs - Date.now()))
+      const done: typeof doneOnce = (err, ok) => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        doneOnce(err, ok)
+      }
       const fail = (reason: RefusalReason, returnCode: 2 | 3 | 5, fields: Record<string, unknown> = {}): void => {
+        if (settled) return
         const level = reason === 'auth_unavailable' ? 'error' : FLOOD_REASONS.has(reason) ? 'debug' : 'warn'
         refuse(reason, { remoteAddress, transport: info?.transport, ...fields }, level)
         refusedClients.add(client)
@@ -252,6 +268,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         if (DEVICE_ID.test(sent.clientId)) return fail('client_id_invalid', 2)
         const subscribers = deps.alertSubscribers
         subscribers.authenticate(password.toString('utf8')).then((principal) => {
+          if (settled) return
           if (principal === null || !principal.permissions.has('alerts:read')) return fail('bad_credentials', 5, { person: true })
           // A person's client id is theirs: `{userId}-{anything}` (an API token: `{tokenId}-…`).
           // Only its owner can then take over a live session with it (MQTT-3.1.4-2 closes the
@@ -273,6 +290,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         return fail('certificate_mismatch', 5, { deviceId: username })
       }
       devices.authenticate(username, password.toString('utf8')).then((credentialId) => {
+        if (settled) return
         if (credentialId === null) return fail('bad_credentials', 5, { deviceId: username })
         sessions.set(client, { deviceId: username, credentialId })
         done(null, true)
@@ -443,7 +461,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
             : err instanceof UnexpectedPacketTypeError ? 'protocol_violation' : 'malformed_packet'
         refuse(reason, { deviceId: client === undefined ? undefined : sessions.get(client)?.deviceId, remoteAddress, transport, detail: err.message })
       })
-      connections.set(limited, { transport, remoteAddress, certificateCommonName })
+      connections.set(limited, { transport, remoteAddress, certificateCommonName, acceptedAt: Date.now() })
       aedes.handle(limited, request)
     },
     tlsError (err: Error, remoteAddress: string | undefined): void {
