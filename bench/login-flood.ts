@@ -1,4 +1,3 @@
-import { fork } from 'node:child_process'
 import http from 'node:http'
 import { parseArgs } from 'node:util'
 import mqtt from 'mqtt'
@@ -20,7 +19,6 @@ const { values: args } = parseArgs({
   options: {
     seconds: { type: 'string', default: '12' },
     flooders: { type: 'string', default: '60' },
-    'flood-port': { type: 'string' },
     help: { type: 'boolean', default: false }
   }
 })
@@ -28,7 +26,6 @@ if (args.help) {
   process.stdout.write('usage: npm run bench:login-flood -- [--seconds 12] [--flooders 60]\nNeeds PostgreSQL on 127.0.0.1:5432 (trust auth).\n')
   process.exit(0)
 }
-if (args['flood-port'] !== undefined) await floodChild(Number(args['flood-port']), Number(args.flooders))
 const seconds = Number(args.seconds)
 const flooders = Number(args.flooders)
 
@@ -66,17 +63,12 @@ async function phase (name: 'quiet' | 'flood' | 'unbudgeted') {
     const created = await vigil.api<{ id: string }>('POST', '/v1/users', { email: 'real.nurse@example.org', displayName: 'Real Nurse', password: 'correct horse 42', roles: ['nurse'] }, adminToken)
     if (created.status !== 201) throw new Error(`create user: ${created.status}`)
 
-    // The flood runs in a child process: its client work must not share Vigil's event loop.
-    const child = name === 'quiet'
-      ? null
-      : fork(process.argv[1]!, ['--flood-port', String(vigil.httpPort), '--flooders', String(flooders)], { execArgv: process.execArgv })
-    const floodReport = child === null
-      ? Promise.resolve({})
-      : new Promise<Record<string, number>>((resolve) => child.once('message', (m) => resolve(m as Record<string, number>)))
-    const flood = child === null ? [] : [1]
+    // The flooding clients run in this process (a refused one retries 5 times a second, so
+    // they cost its event loop little); logins still queued at the end are abandoned.
+    const flood = name === 'quiet' ? null : startFlood(vigil.httpPort, flooders)
     process.stderr.write(`${name}: flooding\n`)
     // Let the flood fill the password queue first.
-    if (flood.length > 0) await new Promise((resolve) => setTimeout(resolve, 1000))
+    if (flood !== null) await new Promise((resolve) => setTimeout(resolve, 1000))
 
     const connects: number[] = []
     let realLogin: { status: number, ms: number } | null = null
@@ -97,8 +89,7 @@ async function phase (name: 'quiet' | 'flood' | 'unbudgeted') {
     // Bounded: a login stuck behind the flood is reported as not done (null) rather than waited for.
     await Promise.race([realLoginDone, new Promise((resolve) => setTimeout(resolve, 15_000))])
     process.stderr.write(`${name}: stopping the flood\n`)
-    child?.send('stop')
-    const logins = await floodReport
+    const logins = flood?.stop() ?? {}
     connects.sort((a, b) => a - b)
     return {
       phase: name,
@@ -126,26 +117,22 @@ for (const name of ['quiet', 'flood', 'unbudgeted'] as const) {
 }
 console.table(rows.map((r) => ({ ...r, floodLogins: JSON.stringify(r.floodLogins) })))
 
-/** The flooding clients (child process): failed logins from 127.0.0.50 until told to stop; reports counts by status. */
-async function floodChild (port: number, count: number): Promise<never> {
-  let stop = false
+/** `count` clients failing logins from 127.0.0.50 until stopped; stop() returns counts by status ('sent': requests sent). */
+function startFlood (port: number, count: number): { stop (): Record<string, number> } {
+  let stopped = false
   const logins: Record<string, number> = {}
-  // Logins still queued are abandoned (the connections close with this process).
-  process.once('message', () => {
-    stop = true
-    process.send!(logins, () => process.exit(0))
-  })
-  await Promise.all(Array.from({ length: count }, async (_, i) => {
+  for (let i = 0; i < count; i++) {
     const agent = clientFrom('127.0.0.50')
-    while (!stop) {
-      logins.sent = (logins.sent ?? 0) + 1
-      const { status } = await post(port, '/v1/auth/login', { email: `nobody${i}@example.org`, password: 'wrong password 42' }, agent).catch(() => ({ status: 0, ms: 0 }))
-      logins[String(status)] = (logins[String(status)] ?? 0) + 1
-      // A refused client tries again 5 times a second (fresh connections: the loopback's
-      // ephemeral ports in TIME_WAIT stay well below their limit).
-      if (status !== 401) await new Promise((resolve) => setTimeout(resolve, 200))
-    }
-    agent.destroy()
-  }))
-  return await new Promise<never>(() => {})
+    void (async () => {
+      while (!stopped) {
+        logins.sent = (logins.sent ?? 0) + 1
+        const { status } = await post(port, '/v1/auth/login', { email: `nobody${i}@example.org`, password: 'wrong password 42' }, agent).catch(() => ({ status: 0, ms: 0 }))
+        logins[String(status)] = (logins[String(status)] ?? 0) + 1
+        // A refused client tries again 5 times a second (fresh connections: the loopback's
+        // ephemeral ports in TIME_WAIT stay well below their limit).
+        if (status !== 401) await new Promise((resolve) => setTimeout(resolve, 200))
+      }
+    })()
+  }
+  return { stop () { stopped = true; return { ...logins } } }
 }
