@@ -20,11 +20,17 @@ export interface AccessSettings extends SessionSettings {
   breakGlassMinutes: number
   /** Break-glass grants one clinician may take in any hour; more are refused (429, audited). */
   breakGlassGrantsPerHour: number
+  /** Login attempts per minute from one address (IPv6: one /64), refused before any password is hashed. */
+  loginsPerAddressPerMinute: number
+  /** Login attempts per minute on one email (known or not, any case), refused before any password is hashed. */
+  loginsPerAccountPerMinute: number
 }
 
-// 10 an hour: an emergency shift may open several patients; a clinician browsing records
+// 10 break-glass grants an hour: an emergency shift may open several patients; a clinician browsing records
 // through break-glass meets the limit within minutes, and each refusal is in the audit trail.
-export const accessDefaults: Readonly<AccessSettings> = { ...sessionDefaults, breakGlassMinutes: 60, breakGlassGrantsPerHour: 10 }
+export const accessDefaults: Readonly<AccessSettings> = {
+  ...sessionDefaults, breakGlassMinutes: 60, breakGlassGrantsPerHour: 10, loginsPerAddressPerMinute: 20, loginsPerAccountPerMinute: 10
+}
 
 /** People, sessions, audit trail and the two decisions built on them; buildApi takes it as `deps.access`. */
 export interface Access {

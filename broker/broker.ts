@@ -20,7 +20,7 @@ export interface BrokerLimits {
   maxTopicLevels: number
   /** Largest keepalive a client may ask for (seconds); 0: no limit. */
   keepaliveLimitSeconds: number
-  /** Time allowed from accepting a socket to a complete CONNECT (and for the TLS handshake). */
+  /** Time allowed from accepting a socket to the CONNACK: the CONNECT and its credential check (and for the TLS handshake). */
   connectTimeoutMs: number
   /** Inbound QoS 2 messages one client may hold awaiting PUBREL. */
   maxInflightQos2: number
@@ -81,8 +81,11 @@ export interface AlertSubscriberAuth {
   authenticate: Authenticate
   canSee (principal: Principal, patientId: string): Promise<boolean>
   /**
-   * How often a person's session is checked again (ms, default 30 s): a logged-out, expired or
-   * revoked token, or a patient no longer visible (care team ended), closes the session.
+   * How often a person's session is checked again (ms, default 10 s): a logged-out, expired or
+   * revoked token, or a patient no longer visible (care team or break-glass ended), closes the
+   * session. Each check also renews the session's cached access decisions, which every delivery
+   * reads (authorizeForward); a decision not renewed within three intervals (the database was
+   * unreachable) stops deliveries for that patient until it is.
    */
   recheckIntervalMs?: number
 }
@@ -119,6 +122,11 @@ function errorSummary (err: Error): { error: string, code?: string } {
   return typeof code === 'string' ? { error: err.message, code } : { error: err.message }
 }
 
+/** Whose a person's MQTT client ids are: the user, or the API token when no user stands behind it. */
+function ownerOf (principal: Principal): string {
+  return principal.userId ?? principal.tokenId
+}
+
 /** A refusal already counted and logged: Aedes reports it again as a client error. */
 class Refusal extends Error {
   constructor (readonly reason: RefusalReason, message: string, readonly returnCode?: 2 | 3 | 4 | 5) {
@@ -144,6 +152,8 @@ interface ConnectionInfo {
   /** The address limits are kept by (see addressKey). */
   remoteAddress: string | undefined
   certificateCommonName?: string | string[]
+  /** When the connection was handed to Aedes (ms): the connect timeout runs from here to the CONNACK. */
+  acceptedAt: number
 }
 
 /**
@@ -161,8 +171,13 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   // People's sessions (alert subscribers): they may subscribe to alerts/{patientId} and their own users/{userId}/alerts, never publish.
   const people = new WeakMap<Client, Principal>()
   // Live person sessions: the bearer secret they connected with (memory only, never logged)
-  // and the patients they subscribed to, so access can be checked again while they stay connected.
-  const livePeople = new Map<Client, { bearer: string, patients: Set<string> }>()
+  // and, per patient, when this connection's principal was last found to reach them (ms). It is
+  // the synchronous cache authorizeForward reads: filled by authorizeSubscribe (also for the
+  // subscriptions Aedes restores on a resumed session), renewed by recheckPeople. A patient not
+  // in it (never checked for this principal, or the check refused) gets no delivery.
+  const livePeople = new Map<Client, { bearer: string, patients: Map<string, number> }>()
+  const recheckIntervalMs = deps.alertSubscribers?.recheckIntervalMs ?? 10_000
+  const verdictMaxAgeMs = 3 * recheckIntervalMs
   // Device sessions whose connect was reported to presence (sessions may be forgotten first on revocation).
   const presentDevices = new WeakMap<Client, string>()
   // What the transport established, keyed by the stream Aedes reads (client.conn).
@@ -206,6 +221,10 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     preConnect (client, packet, done) {
       const clientId = typeof packet.clientId === 'string' ? packet.clientId : ''
       connectPackets.set(client, { clientId, clean: packet.clean !== false })
+      // Vigil speaks MQTT 3.1.1 only, but Aedes also accepts 3.1 (MQIsdp, level 3). Below 3 is
+      // Aedes' own refusal path for an unacceptable level: CONNACK 1 (MQTT-3.1.2-2), then close,
+      // counted as protocol_version like any other unsupported level.
+      if (packet.protocolVersion === 3) packet.protocolVersion = 2 as typeof packet.protocolVersion
       // MQTT-1.5.3-2: a UTF-8 string holding U+0000 makes the receiver close the connection.
       const nulIn = clientId.includes('\u0000')
         ? 'client_id_invalid'
@@ -219,11 +238,25 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
       done(null, true)
     },
 
-    authenticate (client, username, password, done) {
+    authenticate (client, username, password, doneOnce) {
       const info = infoOf(client)
       const remoteAddress = info?.remoteAddress
       const sent = connectPackets.get(client) ?? { clientId: client.id, clean: client.clean }
+      // Aedes stops its connect timer when the CONNECT arrives; the credential check (a database
+      // query, scrypt, perhaps queued) runs on the same clock: past MQTT_CONNECT_TIMEOUT_SECONDS
+      // from the socket's acceptance the client gets CONNACK 3 (retry later) and a late answer is ignored.
+      let settled = false
+      const timer = setTimeout(() => {
+        fail('connect_timeout', 3, { deviceId: DEVICE_ID.test(username ?? '') ? username : undefined, detail: 'credential check did not finish in time' })
+      }, Math.max(0, (info?.acceptedAt ?? Date.now()) + limits.connectTimeoutMs - Date.now()))
+      const done: typeof doneOnce = (err, ok) => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        doneOnce(err, ok)
+      }
       const fail = (reason: RefusalReason, returnCode: 2 | 3 | 5, fields: Record<string, unknown> = {}): void => {
+        if (settled) return
         const level = reason === 'auth_unavailable' ? 'error' : FLOOD_REASONS.has(reason) ? 'debug' : 'warn'
         refuse(reason, { remoteAddress, transport: info?.transport, ...fields }, level)
         refusedClients.add(client)
@@ -248,9 +281,17 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         if (DEVICE_ID.test(sent.clientId)) return fail('client_id_invalid', 2)
         const subscribers = deps.alertSubscribers
         subscribers.authenticate(password.toString('utf8')).then((principal) => {
+          if (settled) return
           if (principal === null || !principal.permissions.has('alerts:read')) return fail('bad_credentials', 5, { person: true })
+          // A person's client id is theirs: `{userId}-{anything}` (an API token: `{tokenId}-…`).
+          // Only its owner can then take over a live session with it (MQTT-3.1.4-2 closes the
+          // older one) or resume a persistent one with its queued alerts.
+          const owner = ownerOf(principal)
+          if (!sent.clientId.startsWith(`${owner}-`) || sent.clientId.length === owner.length + 1) {
+            return fail('client_id_not_owned', 2, { person: true, userId: principal.userId })
+          }
           people.set(client, principal)
-          livePeople.set(client, { bearer: password.toString('utf8'), patients: new Set() })
+          livePeople.set(client, { bearer: password.toString('utf8'), patients: new Map() })
           done(null, true)
         }, (err: Error) => fail('auth_unavailable', 3, { person: true, err }))
         return
@@ -262,6 +303,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         return fail('certificate_mismatch', 5, { deviceId: username })
       }
       devices.authenticate(username, password.toString('utf8')).then((credentialId) => {
+        if (settled) return
         if (credentialId === null) return fail('bad_credentials', 5, { deviceId: username })
         sessions.set(client, { deviceId: username, credentialId })
         done(null, true)
@@ -339,7 +381,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         if (alertTopic === null || deps.alertSubscribers == null) return refuseSubscription()
         deps.alertSubscribers.canSee(person, alertTopic[1]!).then((allowed) => {
           if (!allowed) return refuseSubscription()
-          livePeople.get(client)?.patients.add(alertTopic[1]!)
+          livePeople.get(client)?.patients.set(alertTopic[1]!, Date.now())
           done(null, subscription)
         }, () => refuseSubscription())
         return
@@ -352,6 +394,25 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         return done(null, null) // SUBACK 0x80 for this filter; the session goes on
       }
       done(null, subscription)
+    },
+
+    // Every packet to a subscriber passes here, live ones and those queued for a persistent
+    // session while it was offline (Aedes' emptyQueue checks nothing else: a refused restored
+    // subscription does not stop them). Synchronous, so it reads the cache above.
+    authorizeForward (client, packet) {
+      if (people.has(client)) {
+        // A person's own alerts: the topic names the connected person (client ids are bound to their owner).
+        const ownTopic = USER_ALERT_TOPIC.exec(packet.topic)
+        if (ownTopic !== null && ownTopic[1] === people.get(client)?.userId) return packet
+        const alertTopic = ALERT_TOPIC.exec(packet.topic)
+        const checkedAt = alertTopic === null ? undefined : livePeople.get(client)?.patients.get(alertTopic[1]!)
+        if (checkedAt !== undefined && Date.now() - checkedAt <= verdictMaxAgeMs) return packet
+        refuse('forward_not_allowed', { person: true, userId: people.get(client)?.userId }, 'debug')
+        return null
+      }
+      const session = sessions.get(client)
+      if (session !== undefined && packet.topic.startsWith(`devices/${session.deviceId}/`)) return packet
+      return null
     }
   })
 
@@ -429,7 +490,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
             : err instanceof UnexpectedPacketTypeError ? 'protocol_violation' : 'malformed_packet'
         refuse(reason, { deviceId: client === undefined ? undefined : sessions.get(client)?.deviceId, remoteAddress, transport, detail: err.message })
       })
-      connections.set(limited, { transport, remoteAddress, certificateCommonName })
+      connections.set(limited, { transport, remoteAddress, certificateCommonName, acceptedAt: Date.now() })
       aedes.handle(limited, request)
     },
     tlsError (err: Error, remoteAddress: string | undefined): void {
@@ -474,11 +535,17 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
       try {
         const principal = await subscribers.authenticate(live.bearer)
         keep = principal !== null && principal.permissions.has('alerts:read')
-        for (const patientId of live.patients) {
+        const checked: string[] = []
+        const checkedAt = Date.now()
+        for (const patientId of live.patients.keys()) {
           if (!keep || principal === null) break
           keep = await subscribers.canSee(principal, patientId)
+          checked.push(patientId)
         }
-        if (keep && principal !== null) people.set(client, principal)
+        if (keep && principal !== null) {
+          people.set(client, principal)
+          for (const patientId of checked) live.patients.set(patientId, checkedAt)
+        }
       } catch {
         // The database is unreachable: the decision cannot be made now; the next check makes it.
         continue
@@ -494,7 +561,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   }
   const recheckTimer = deps.alertSubscribers == null
     ? null
-    : setInterval(() => { recheckPeople().catch(() => {}) }, deps.alertSubscribers.recheckIntervalMs ?? 30_000)
+    : setInterval(() => { recheckPeople().catch(() => {}) }, recheckIntervalMs)
   recheckTimer?.unref()
 
   return {

@@ -9,14 +9,17 @@ export const refusalReasons = [
   'packet_too_large', 'malformed_packet', 'connect_timeout', 'queue_limit', 'protocol_violation',
   // CONNECT
   'protocol_version', 'keepalive_not_allowed', 'client_id_empty', 'client_id_invalid', 'username_invalid',
-  'locked_out', 'anonymous', 'client_id_mismatch', 'certificate_mismatch', 'bad_credentials', 'auth_unavailable',
+  'locked_out', 'anonymous', 'client_id_mismatch', 'client_id_not_owned', 'certificate_mismatch', 'bad_credentials', 'auth_unavailable',
   // session
   'topic_invalid', 'topic_too_deep', 'topic_not_allowed', 'retain_not_allowed', 'publisher_unknown',
   'subscribe_not_allowed', 'qos2_inflight_exceeded', 'slow_subscriber', 'spool_full', 'store_unavailable',
   // The data directory is below its free-space reserve (VIGIL_DISK_RESERVE_MB).
   'disk_low',
   // A person's MQTT alert session whose token or patient access ended while connected.
-  'access_revoked'
+  'access_revoked',
+  // A packet for a person's session about a patient this connection's principal is not known
+  // (now) to reach: a queued alert of a resumed session, or a decision not renewed in time.
+  'forward_not_allowed'
 ] as const
 
 export type RefusalReason = typeof refusalReasons[number]

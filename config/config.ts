@@ -82,6 +82,8 @@ export interface AccessConfig {
   loginLockoutSeconds: number
   breakGlassMinutes: number
   breakGlassGrantsPerHour: number
+  loginsPerAddressPerMinute: number
+  loginsPerAccountPerMinute: number
 }
 
 export interface TlsFiles {
@@ -264,7 +266,10 @@ function accessConfig (env: Env): AccessConfig {
     loginMaxFailures: integer(env, 'VIGIL_LOGIN_MAX_FAILURES', 5, 1, 1000),
     loginLockoutSeconds: integer(env, 'VIGIL_LOGIN_LOCKOUT_SECONDS', 900, 1, 86_400),
     breakGlassMinutes: integer(env, 'VIGIL_BREAK_GLASS_MINUTES', 60, 1, 24 * 60),
-    breakGlassGrantsPerHour: integer(env, 'VIGIL_BREAK_GLASS_PER_HOUR', 10, 1, 1000)
+    breakGlassGrantsPerHour: integer(env, 'VIGIL_BREAK_GLASS_PER_HOUR', 10, 1, 1000),
+    // Checked before the password is hashed (0.65 s of scrypt each): a flood costs no CPU.
+    loginsPerAddressPerMinute: integer(env, 'VIGIL_LOGIN_RATE_PER_ADDRESS', 20, 1, 1_000_000),
+    loginsPerAccountPerMinute: integer(env, 'VIGIL_LOGIN_RATE_PER_ACCOUNT', 10, 1, 1_000_000)
   }
 }
 

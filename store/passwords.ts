@@ -1,6 +1,6 @@
 import { randomBytes, scrypt, timingSafeEqual } from 'node:crypto'
 import { promisify } from 'node:util'
-import { limitedScrypt } from './secrets.ts'
+import { createWorkLimiter } from './secrets.ts'
 
 const scryptAsync = promisify(scrypt) as (password: string, salt: Buffer, keylen: number, options: { N: number, r: number, p: number, maxmem: number }) => Promise<Buffer>
 
@@ -13,6 +13,13 @@ const scryptAsync = promisify(scrypt) as (password: string, salt: Buffer, keylen
 export const PASSWORD_SCRYPT = { N: 2 ** 17, r: 8, p: 1 } as const
 // scrypt needs 128·N·r bytes; the default maxmem (32 MiB) refuses OWASP's parameters.
 const MAX_MEMORY = 256 * 1024 * 1024
+
+/**
+ * Password hashing's own budget, one at a time (128 MiB and ~0.65 s each): logins queue here,
+ * never in front of device secrets (store/secrets.ts). The API refuses a login flood before it
+ * reaches this queue (api/login-budget.ts).
+ */
+export const passwordScrypt = createWorkLimiter(1)
 
 export type ScryptCost = { N: number, r: number, p: number }
 
@@ -36,7 +43,7 @@ export function passwordWeakness (password: string): string | null {
 /** `scrypt$N$r$p$salt$hash`, base64url fields (the format of store/secrets.ts). */
 export async function hashPassword (password: string, cost: ScryptCost = PASSWORD_SCRYPT): Promise<string> {
   const salt = randomBytes(16)
-  const hash = await limitedScrypt(() => scryptAsync(password.normalize('NFKC'), salt, 32, { ...cost, maxmem: MAX_MEMORY }))
+  const hash = await passwordScrypt.run(() => scryptAsync(password.normalize('NFKC'), salt, 32, { ...cost, maxmem: MAX_MEMORY }))
   return `scrypt$${cost.N}$${cost.r}$${cost.p}$${salt.toString('base64url')}$${hash.toString('base64url')}`
 }
 
@@ -45,7 +52,7 @@ export async function verifyPassword (password: string, stored: string): Promise
   if (parts.length !== 6 || parts[0] !== 'scrypt') return false
   const [, n, r, p, salt, hash] = parts as [string, string, string, string, string, string]
   const expected = Buffer.from(hash, 'base64url')
-  const actual = await limitedScrypt(() => scryptAsync(password.normalize('NFKC'), Buffer.from(salt, 'base64url'), expected.length, {
+  const actual = await passwordScrypt.run(() => scryptAsync(password.normalize('NFKC'), Buffer.from(salt, 'base64url'), expected.length, {
     N: Number(n), r: Number(r), p: Number(p), maxmem: MAX_MEMORY
   }))
   return timingSafeEqual(actual, expected)

@@ -21,36 +21,51 @@ export function newSecret (prefix: string): string {
 /** `scrypt$N$r$p$salt$hash`, base64url fields. */
 export async function hashSecret (secret: string): Promise<string> {
   const salt = randomBytes(16)
-  const hash = await limitedScrypt(() => scryptAsync(secret, salt, 32, SCRYPT))
+  const hash = await deviceSecretScrypt.run(() => scryptAsync(secret, salt, 32, SCRYPT))
   return `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64url')}$${hash.toString('base64url')}`
+}
+
+/** A cap on concurrent scrypt work, with its own queue (first come, first served). */
+export interface WorkLimiter {
+  run<T> (work: () => Promise<T>): Promise<T>
+  /** Running and queued now; `started`: how many ever began (tests read it to prove a refusal came before any hashing). */
+  stats (): { running: number, waiting: number, started: number }
+}
+
+export function createWorkLimiter (maxConcurrent: number): WorkLimiter {
+  let running = 0
+  let started = 0
+  const waiting: Array<() => void> = []
+  return {
+    async run (work) {
+      if (running >= maxConcurrent) await new Promise<void>((resolve) => waiting.push(resolve))
+      running++
+      started++
+      try {
+        return await work()
+      } finally {
+        running--
+        waiting.shift()?.()
+      }
+    },
+    stats: () => ({ running, waiting: waiting.length, started })
+  }
 }
 
 /*
  * scrypt runs on libuv's thread pool (4 threads by default), the same pool that serves file
- * writes and fsync. A reconnect storm of devices would queue the spool's fsyncs behind seconds
- * of scrypt; capping scrypt at 2 at a time keeps half the pool for durable writes.
+ * writes and fsync. Device secrets and human passwords each get their own budget, so a login
+ * flood (0.65 s a password) never queues a device's CONNECT: devices 2 at a time, passwords 1
+ * (store/passwords.ts), which leaves a thread for the spool's and PGlite's durable writes.
  */
-const maxConcurrentScrypt = 2
-let runningScrypt = 0
-const waitingScrypt: Array<() => void> = []
-
-export async function limitedScrypt<T> (work: () => Promise<T>): Promise<T> {
-  if (runningScrypt >= maxConcurrentScrypt) await new Promise<void>((resolve) => waitingScrypt.push(resolve))
-  runningScrypt++
-  try {
-    return await work()
-  } finally {
-    runningScrypt--
-    waitingScrypt.shift()?.()
-  }
-}
+export const deviceSecretScrypt = createWorkLimiter(2)
 
 export async function verifySecret (secret: string, stored: string): Promise<boolean> {
   const parts = stored.split('$')
   if (parts.length !== 6 || parts[0] !== 'scrypt') return false
   const [, n, r, p, salt, hash] = parts as [string, string, string, string, string, string]
   const expected = Buffer.from(hash, 'base64url')
-  const actual = await limitedScrypt(() => scryptAsync(secret, Buffer.from(salt, 'base64url'), expected.length, {
+  const actual = await deviceSecretScrypt.run(() => scryptAsync(secret, Buffer.from(salt, 'base64url'), expected.length, {
     N: Number(n), r: Number(r), p: Number(p), maxmem: SCRYPT.maxmem
   }))
   return timingSafeEqual(actual, expected)

@@ -266,9 +266,9 @@ t.test('webhooks: a delivery pending at shutdown is resumed by the next start', 
 t.test('MQTT: a person with a bearer token receives alerts/{patientId} for visible patients; devices cannot subscribe', async (t) => {
   const mine = await f.createPatient()
   const theirs = await f.createPatient()
-  const { token } = f.access.clinicianToken([mine])
+  const { token, userId } = f.access.clinicianToken([mine])
   const url = `mqtt://127.0.0.1:${f.broker!.port}`
-  const person = await mqtt.connectAsync(url, { clientId: 'nurse-station-1', username: 'bearer', password: token, protocolVersion: 4, reconnectPeriod: 0 })
+  const person = await mqtt.connectAsync(url, { clientId: `${userId}-station-1`, username: 'bearer', password: token, protocolVersion: 4, reconnectPeriod: 0 })
   t.teardown(() => person.endAsync(true))
   // mqtt.js turns a 0x80 SUBACK return code into an error.
   const granted = async (client: mqtt.MqttClient, topic: string) => await new Promise<boolean>((resolve) => {
@@ -301,10 +301,10 @@ t.test('MQTT: a person with a bearer token receives alerts/{patientId} for visib
   t.pass('publishing person disconnected')
   const refused = async (options: mqtt.IClientOptions) => await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, ...options }).then(
     async (c) => { await c.endAsync(); return undefined }, (err: { code?: number }) => err.code)
-  t.equal(await refused({ clientId: 'nurse-2', username: 'bearer', password: 'not-a-token' }), 5, 'bad token')
+  t.equal(await refused({ clientId: `${userId}-2`, username: 'bearer', password: 'not-a-token' }), 5, 'bad token')
   t.equal(await refused({ clientId: device.deviceId, username: 'bearer', password: token }), 2, 'a person cannot take a device id')
   const noRead = f.access.clinicianToken([mine], ['alerts:ack'])
-  t.equal(await refused({ clientId: 'nurse-3', username: 'bearer', password: noRead.token }), 5, 'token without alerts:read')
+  t.equal(await refused({ clientId: `${noRead.userId}-3`, username: 'bearer', password: noRead.token }), 5, 'token without alerts:read')
 
   // Sessions are checked again while connected: a revoked token, or a patient taken off the
   // person's care team, ends the session.
@@ -312,12 +312,12 @@ t.test('MQTT: a person with a bearer token receives alerts/{patientId} for visib
   const rescoped = f.access.clinicianToken([mine])
   const kept = f.access.clinicianToken([mine])
   const connectPerson = async (clientId: string, password: string): Promise<mqtt.MqttClient> => {
-    const c = await mqtt.connectAsync(url, { clientId, username: 'bearer', password, protocolVersion: 4, reconnectPeriod: 0 })
+    const c = await mqtt.connectAsync(url, { clientId: `${clientId}-console`, username: 'bearer', password, protocolVersion: 4, reconnectPeriod: 0 })
     t.teardown(() => c.endAsync(true))
     t.equal(await granted(c, `alerts/${mine}`), true)
     return c
   }
-  const sessions = { revoked: await connectPerson('nurse-4', revoked.token), rescoped: await connectPerson('nurse-5', rescoped.token), kept: await connectPerson('nurse-6', kept.token) }
+  const sessions = { revoked: await connectPerson(revoked.userId, revoked.token), rescoped: await connectPerson(rescoped.userId, rescoped.token), kept: await connectPerson(kept.userId, kept.token) }
   const closedNow = (c: mqtt.MqttClient) => new Promise<void>((resolve) => c.once('close', () => resolve()))
   const ends = [closedNow(sessions.revoked), closedNow(sessions.rescoped)]
   f.access.revoke(revoked.token)

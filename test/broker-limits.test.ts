@@ -90,14 +90,16 @@ function lengthPrefixed (s: string | Buffer): Buffer {
  * A CONNECT built by hand (MQTT 3.1.1 §3.1): mqtt-packet refuses to encode some of the hostile
  * ones, such as an empty client id with CleanSession 0.
  */
-function connectBytes (o: { clientId: string, clean?: boolean, username?: string, password?: string, keepalive?: number }): Buffer {
+function connectBytes (o: { clientId: string, clean?: boolean, username?: string, password?: string, keepalive?: number, mqtt31?: boolean }): Buffer {
   let flags = o.clean === false ? 0 : 0x02
   if (o.username !== undefined) flags |= 0x80
   if (o.password !== undefined) flags |= 0x40
   const keepalive = Buffer.alloc(2)
   keepalive.writeUInt16BE(o.keepalive ?? 30)
   const body = Buffer.concat([
-    lengthPrefixed('MQTT'), Buffer.from([4, flags]), keepalive, lengthPrefixed(o.clientId),
+    // MQTT 3.1 (IBM's v3): protocol name MQIsdp, level 3.
+    ...(o.mqtt31 === true ? [lengthPrefixed('MQIsdp'), Buffer.from([3, flags])] : [lengthPrefixed('MQTT'), Buffer.from([4, flags])]),
+    keepalive, lengthPrefixed(o.clientId),
     ...(o.username === undefined ? [] : [lengthPrefixed(o.username)]),
     ...(o.password === undefined ? [] : [lengthPrefixed(o.password)])
   ])
@@ -227,6 +229,13 @@ t.test('keepalive: longer than MQTT_KEEPALIVE_LIMIT_SECONDS, or 0 (none), is ref
   const ok = await connected({ keepalive: 60 })
   ok.socket.destroy()
   t.pass('keepalive 60 s accepted')
+})
+
+t.test('MQTT 3.1 (MQIsdp, level 3) is refused with CONNACK 1: Vigil speaks 3.1.1 only (MQTT-3.1.2-2)', async (t) => {
+  const before = await vigil.refusedCount('protocol_version')
+  t.equal(await connectResult({ clientId: device.deviceId, username: device.deviceId, password: device.password, mqtt31: true }), 1,
+    'valid credentials, MQTT 3.1: unacceptable protocol version')
+  t.equal(await vigil.refusedCount('protocol_version'), before + 1, 'counted as protocol_version')
 })
 
 t.test('client ids are checked before anything else reads them', async (t) => {

@@ -171,8 +171,13 @@ t.test('TLS files are read and checked at start', async (t) => {
 
 t.test('access settings: defaults and overrides', async (t) => {
   t.same(loadConfig({}).access, {
-    accessTokenTtlSeconds: 900, sessionIdleSeconds: 1800, sessionMaxSeconds: 43200, loginMaxFailures: 5, loginLockoutSeconds: 900, breakGlassMinutes: 60, breakGlassGrantsPerHour: 10
+    accessTokenTtlSeconds: 900, sessionIdleSeconds: 1800, sessionMaxSeconds: 43200, loginMaxFailures: 5, loginLockoutSeconds: 900, breakGlassMinutes: 60,
+    breakGlassGrantsPerHour: 10, loginsPerAddressPerMinute: 20, loginsPerAccountPerMinute: 10
   })
-  const c = loadConfig({ VIGIL_ACCESS_TOKEN_TTL_SECONDS: '300', VIGIL_LOGIN_MAX_FAILURES: '3', VIGIL_BREAK_GLASS_MINUTES: '15', VIGIL_BREAK_GLASS_PER_HOUR: '4' })
-  t.match(c.access, { accessTokenTtlSeconds: 300, loginMaxFailures: 3, breakGlassMinutes: 15, breakGlassGrantsPerHour: 4 })
+  const c = loadConfig({
+    VIGIL_ACCESS_TOKEN_TTL_SECONDS: '300', VIGIL_LOGIN_MAX_FAILURES: '3', VIGIL_BREAK_GLASS_MINUTES: '15', VIGIL_BREAK_GLASS_PER_HOUR: '4',
+    VIGIL_LOGIN_RATE_PER_ADDRESS: '50', VIGIL_LOGIN_RATE_PER_ACCOUNT: '4'
+  })
+  t.match(c.access, { accessTokenTtlSeconds: 300, loginMaxFailures: 3, breakGlassMinutes: 15, breakGlassGrantsPerHour: 4, loginsPerAddressPerMinute: 50, loginsPerAccountPerMinute: 4 })
+  t.throws(() => loadConfig({ VIGIL_LOGIN_RATE_PER_ADDRESS: '0' }), /VIGIL_LOGIN_RATE_PER_ADDRESS/)
 })

@@ -3,6 +3,7 @@ import type { Access } from '../access.ts'
 import { LoginRequest, RefreshRequest, TokenPair } from '../access-schemas.ts'
 import type { ApiInstance } from '../app.ts'
 import { VigilError } from '../errors.ts'
+import { createLoginBudget } from '../login-budget.ts'
 import { errorResponses } from '../schemas.ts'
 
 const BEARER = /^Bearer +([\x21-\x7E]{1,512})$/i
@@ -13,6 +14,7 @@ const BEARER = /^Bearer +([\x21-\x7E]{1,512})$/i
  */
 export function sessionRoutes (app: ApiInstance, { access }: { access: Access }): void {
   const { sessions } = access
+  const budget = createLoginBudget({ perAddressPerMinute: access.settings.loginsPerAddressPerMinute, perAccountPerMinute: access.settings.loginsPerAccountPerMinute })
 
   app.post('/login', {
     schema: {
@@ -20,12 +22,21 @@ export function sessionRoutes (app: ApiInstance, { access }: { access: Access })
       summary: 'Log in with email + password',
       description: `Returns an access token (${access.settings.accessTokenTtlSeconds} s) and a single-use refresh token. ` +
         `${access.settings.loginMaxFailures} wrong passwords in a row lock the account for ${access.settings.loginLockoutSeconds} s. ` +
-        'Every failure is the same 401 VIGIL_ERR_LOGIN_FAILED: it never says whether the email exists or the account is locked.',
+        'Every failure is the same 401 VIGIL_ERR_LOGIN_FAILED: it never says whether the email exists or the account is locked. ' +
+        `More than ${access.settings.loginsPerAddressPerMinute} attempts a minute from one address, or ${access.settings.loginsPerAccountPerMinute} on one email, ` +
+        'get 429 VIGIL_ERR_RATE_LIMITED with Retry-After, before the password is checked.',
       security: [],
       body: LoginRequest,
       response: { 200: TokenPair, ...errorResponses(413) }
     }
-  }, async (request) => {
+  }, async (request, reply) => {
+    // Before the password is hashed: a flood costs a map lookup, not scrypt.
+    const admission = budget.admit(request.ip, request.body.email)
+    if (!admission.admitted) {
+      request.log.info({ budget: admission.budget }, 'login refused: budget spent')
+      reply.header('retry-after', admission.retryAfterSeconds)
+      throw new VigilError('VIGIL_ERR_RATE_LIMITED', `too many login attempts, retry in ${admission.retryAfterSeconds} s`)
+    }
     const outcome = await sessions.login(request.body.email, request.body.password)
     if (!outcome.ok) {
       // The reason is for operators; the email is not logged (it identifies a person).
