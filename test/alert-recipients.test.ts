@@ -80,7 +80,7 @@ t.test('each tier reaches its role on the care team, then on call; everyone sees
   t.equal(streams.nurse.res.status, 200)
   const url = `mqtt://127.0.0.1:${f.broker!.port}`
   const bearer = nurse.headers.authorization!.slice('Bearer '.length)
-  const person = await mqtt.connectAsync(url, { clientId: 'nurse-one-phone', username: 'bearer', password: bearer, protocolVersion: 4, reconnectPeriod: 0 })
+  const person = await mqtt.connectAsync(url, { clientId: `${nurse.id}-phone`, username: 'bearer', password: bearer, protocolVersion: 4, reconnectPeriod: 0 })
   t.teardown(() => person.endAsync(true))
   const granted = async (topic: string) => await new Promise<boolean>((resolve) => {
     person.subscribe(topic, { qos: 1 }, (err) => resolve(err === null || err === undefined))
