@@ -295,9 +295,9 @@ t.test('rules file validation: defaults and cross-field checks', async (t) => {
   const parsed = parseRuleSet(`
 escalationPolicies: [{ id: p, tiers: [{ notify: [nurse], escalateAfter: 5m }, { notify: [doctor, night-pager], escalateAfter: 5m }] }]
 webhooks:
-  - { id: night-pager, url: "https://pager.example.org/a", secretEnv: A }
-  - { id: all-high, url: "https://pager.example.org/b", secretEnv: B, minSeverity: high }
-  - { id: tier-and-high, url: "https://pager.example.org/c", secretEnv: C, minSeverity: high }
+  - { id: night-pager, url: "https://pager.example.org/a", secretEnv: VIGIL_WEBHOOK_A }
+  - { id: all-high, url: "https://pager.example.org/b", secretEnv: VIGIL_WEBHOOK_B, minSeverity: high }
+  - { id: tier-and-high, url: "https://pager.example.org/c", secretEnv: VIGIL_WEBHOOK_C, minSeverity: high }
 rules: [{ id: a, kind: threshold, metric: heart_rate, above: 120, severity: high, reAlertAfter: 2m, escalation: p }]
 `.replace('[doctor, night-pager]', '[doctor, night-pager, tier-and-high]'))
   t.ok(parsed.ok)
