@@ -75,7 +75,11 @@ t.test('role × route: who may leave a voice note, comment on an alert, release 
 
 t.test('a patient sees her own voice messages, and a clinician\'s dictation only once released', async (t) => {
   const mine = (await upload(patient, own)).json().voiceNoteId as string
-  const dictation = (await upload(doctor.headers, own)).json().voiceNoteId as string
+  const dictationUpload = (await upload(doctor.headers, own)).json() as { voiceNoteId: string, jobId: string }
+  const dictation = dictationUpload.voiceNoteId
+  const dictationJob = dictationUpload.jobId
+  const jobIds = async (headers: Record<string, string>) =>
+    ((await app.inject({ method: 'GET', url: '/v1/jobs?limit=100', headers })).json().items as Array<{ id: string }>).map((j) => j.id)
   await transcribed(mine, 'my ankle is swollen again')
   const listIds = async (headers: Record<string, string>) =>
     ((await app.inject({ method: 'GET', url: `/v1/patients/${own}/voice-notes?limit=100`, headers })).json().items as Array<{ id: string }>).map((n) => n.id)
@@ -86,6 +90,10 @@ t.test('a patient sees her own voice messages, and a clinician\'s dictation only
   t.ok((await listIds(nurse.headers)).includes(mine), 'and her message')
   const hidden = await app.inject({ method: 'GET', url: `/v1/patients/${own}/voice-notes/${dictation}`, headers: patient })
   t.equal(hidden.statusCode, 404, 'fetching the unreleased dictation by id: 404 (as if none)')
+  // Attack pass: the dictation's transcription job told her it exists (voiceNoteId, word count).
+  t.notOk((await jobIds(patient)).includes(dictationJob), 'the unreleased dictation\'s job is not listed for her')
+  t.equal((await app.inject({ method: 'GET', url: `/v1/jobs/${dictationJob}`, headers: patient })).statusCode, 404, 'nor shown by id')
+  t.ok((await jobIds(nurse.headers)).includes(dictationJob), 'the care team sees the job')
 
   const early = await app.inject({ method: 'POST', url: `/v1/patients/${own}/voice-notes/${dictation}/release`, headers: doctor.headers })
   t.equal(early.statusCode, 409, 'a note is released only once it has a transcript to review')
@@ -101,6 +109,7 @@ t.test('a patient sees her own voice messages, and a clinician\'s dictation only
   t.equal(released.json().releasedBy, nurse.id)
   t.type(released.json().releasedAt, 'string')
   t.ok((await listIds(patient)).includes(dictation), 'released: now listed for her')
+  t.equal((await app.inject({ method: 'GET', url: `/v1/jobs/${dictationJob}`, headers: patient })).statusCode, 200, 'and its job')
   const shown = await app.inject({ method: 'GET', url: `/v1/patients/${own}/voice-notes/${dictation}`, headers: patient })
   t.equal(shown.statusCode, 200)
   t.equal(shown.json().transcript, 'stable, continue current plan')

@@ -3,6 +3,8 @@ import type { ApiInstance, RouteDeps } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import { JobListQuery, JobView, decodeTimeCursor, encodeTimeCursor } from '../job-schemas.ts'
 import { IdParams, errorResponses, page, pageOf } from '../schemas.ts'
+import { TRANSCRIPTION_JOB } from '../../store/voice-notes.ts'
+import { releasedView } from './voice-notes.ts'
 
 /** The API's view of a job: no payload, lock or completion counter. */
 function view (job: Job) {
@@ -23,7 +25,21 @@ export function jobRoutes (app: ApiInstance, deps: RouteDeps): void {
   const { patientAccess } = deps
   const notFound = (): VigilError => new VigilError('VIGIL_ERR_NOT_FOUND', 'no job with this id')
 
-  async function visibleJob (request: Parameters<RouteDeps['patientAccess']['require']>[0], id: string, action: string): Promise<Job> {
+  type Request = Parameters<RouteDeps['patientAccess']['require']>[0]
+
+  /**
+   * A reader without clinical-notes:read (a patient) sees a transcription job only when she
+   * sees its voice note: her own message, or a dictation a clinician released (issue 13 §4).
+   */
+  async function hiddenNote (request: Request, job: Job): Promise<boolean> {
+    const view = releasedView(request)
+    if (view === undefined || job.type !== TRANSCRIPTION_JOB) return false
+    const voiceNoteId = job.payload.voiceNoteId
+    if (deps.voiceNotes === undefined || typeof voiceNoteId !== 'string') return true
+    return await deps.voiceNotes.get(voiceNoteId, view) === null
+  }
+
+  async function visibleJob (request: Request, id: string, action: string): Promise<Job> {
     const job = await jobs.get(id)
     if (job === null) throw notFound()
     if (job.patientId !== null) {
@@ -34,6 +50,7 @@ export function jobRoutes (app: ApiInstance, deps: RouteDeps): void {
         throw err
       }
     }
+    if (await hiddenNote(request, job)) throw notFound()
     return job
   }
 
@@ -61,7 +78,10 @@ export function jobRoutes (app: ApiInstance, deps: RouteDeps): void {
     const visible = await patientAccess.visiblePatients(request.principal!)
     const rows = await jobs.list({ type, state, limit: limit + 1, before, patientIds: visible === null ? null : [...visible] })
     const { items, nextCursor } = pageOf(rows, limit, encodeTimeCursor)
-    return { items: items.map(view), nextCursor }
+    // A page may come back shorter than `limit` for a patient (unreleased dictations left out); nextCursor still pages on.
+    const shown: Job[] = []
+    for (const job of items) if (!await hiddenNote(request, job)) shown.push(job)
+    return { items: shown.map(view), nextCursor }
   })
 
   app.delete('/jobs/:id', {

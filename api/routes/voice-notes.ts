@@ -16,7 +16,7 @@ export const WAV_MEDIA_TYPES = ['audio/wav', 'audio/x-wav', 'audio/wave', 'audio
  * What a reader sees (issue 13 §4): with clinical-notes:read every note; without it (a patient)
  * her own voice messages and the dictations a clinician released.
  */
-function releasedView (request: FastifyRequest): ReleasedView | undefined {
+export function releasedView (request: FastifyRequest): ReleasedView | undefined {
   const p = request.principal!
   return p.permissions.has('clinical-notes:read') ? undefined : { authorUserId: p.userId }
 }
