@@ -34,7 +34,9 @@ const api = (p: VigilProcess, url: string, init: RequestInit = {}): Promise<Resp
   fetch(`http://127.0.0.1:${p.httpPort}${url}`, { ...init, headers: { authorization: `Bearer ${token}`, ...init.headers } })
 
 t.test('SIGKILL while jobs run, restart: every job ends once, succeeded or failed', async (t) => {
-  const parts = await Promise.all(sentences.slice(0, 4).map((s, i) => synthesize(s, dir, `p${i}`, { engineNative: true })))
+  // All eight sentences (about 25 s): the recognizer decodes a note in chunks cut at pauses
+  // (5-15 s each) and reports progress per chunk, so this note reports progress while it runs.
+  const parts = await Promise.all(sentences.map((s, i) => synthesize(s, dir, `p${i}`, { engineNative: true })))
   const audio = await fs.readFile(await concatenate(parts, path.join(dir, 'note.wav')))
 
   vigil = await spawnVigil(env, dataDir)
