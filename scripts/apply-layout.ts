@@ -296,7 +296,7 @@ if (process.argv[1] !== undefined && path.resolve(process.argv[1]) === path.reso
   const options = parseArgs(process.argv.slice(2))
   const result = applyLayout(options)
   console.log(`${options.dryRun ? 'would move' : 'moved'} ${result.moved} file(s); ${options.dryRun ? 'would rewrite' : 'rewrote'} paths in ${result.rewritten.length} file(s)`)
-  if (result.alreadyMoved.length > 0) console.log(`already at their new place: ${result.alreadyMoved.join(', ')}`)
+  if (result.alreadyMoved.length > 0) console.log(`${result.alreadyMoved.length} file(s) of the map already at their new place`)
   if (result.missing.length > 0) console.log(`in the map but gone (skipped): ${result.missing.join(', ')}`)
   if (result.notInMap.length > 0) console.log(`not in the map, left where they are (give them a room in the map and run again?): ${result.notInMap.join(', ')}`)
   for (const w of result.warnings) console.log(`warning: ${w}`)
