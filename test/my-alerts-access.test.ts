@@ -1,7 +1,7 @@
 import mqtt from 'mqtt'
 import t from 'tap'
 import { change, eventually, openSse, startAlertingFixture } from './helpers/alerting.ts'
-import { userWithLogin } from './helpers/people.ts'
+import { patientWithLogin, userWithLogin } from './helpers/people.ts'
 
 // "My alerts" (GET /v1/me/alerts, SSE /v1/me/alerts/stream, MQTT users/{id}/alerts) carry only
 // alerts of patients the person may see now: removed from the care team, they stop at once on
@@ -86,4 +86,30 @@ t.test('an active on-call shift counts as care-team membership for its duration'
   t.same(audit.rows.map((r: any) => r.outcome), ['denied', 'allowed'], 'both reads audited')
   await f.app.inject({ method: 'DELETE', url: `/v1/on-call/${shift.json().id}`, headers: admin })
   t.equal(await get(), 404, 'shift removed: no access')
+})
+
+t.test('a patient gets no commented events on the alert stream or MQTT alerts/{self} (as in GET /alerts/{id}/events)', async (t) => {
+  const self = await f.createPatient()
+  await careTeam(doctor.id, self)
+  const headers = await patientWithLogin(f.app, admin, self, 'patient.m3@example.org')
+  const sse = await openSse(`${f.baseUrl}/v1/alerts/stream`, headers)
+  t.teardown(() => sse.close())
+  t.equal(sse.res.status, 200)
+  const bearer = headers.authorization!.slice('Bearer '.length)
+  const person = await mqtt.connectAsync(`mqtt://127.0.0.1:${f.broker!.port}`, { clientId: `${self}-phone`, username: 'bearer', password: bearer, protocolVersion: 4, reconnectPeriod: 0 })
+  t.teardown(() => person.endAsync(true))
+  const messages: any[] = []
+  person.on('message', (_topic, payload) => messages.push(JSON.parse(payload.toString())))
+  await person.subscribeAsync(`alerts/${self}`, { qos: 1 })
+
+  await f.alerting.sink.apply([change(self, { ruleId: 'fever', escalationPolicy: 'ward' })])
+  await eventually(async () => messages.length > 0 && sse.events.length > 0, 'the opened alert on both channels')
+  const alertId = messages[0].alert.id
+  const comment = await f.app.inject({ method: 'POST', url: `/v1/alerts/${alertId}/comments`, headers: doctor.headers, payload: { text: 'note' } })
+  t.equal(comment.statusCode, 201, comment.body)
+  const ack = await f.app.inject({ method: 'POST', url: `/v1/alerts/${alertId}/acknowledge`, headers: doctor.headers })
+  t.equal(ack.statusCode, 200, ack.body)
+  await eventually(async () => messages.some((m) => m.type === 'acknowledged') && sse.events.some((e) => e.data.type === 'acknowledged'), 'the acknowledgement on both channels')
+  t.same(messages.map((m) => m.type), ['opened', 'acknowledged'], 'MQTT: no comment')
+  t.same(sse.events.map((e) => e.data.type), ['opened', 'acknowledged'], 'SSE: no comment')
 })
