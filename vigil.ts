@@ -206,7 +206,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       log,
       presence: alerting.brokerPresence,
       diskLow,
-      alertSubscribers: { authenticate, canSee: patientAccess.canSee }
+      alertSubscribers: { authenticate, canSee: patientAccess.canSee, visiblePatients: patientAccess.visiblePatients }
     })
     closers.push(() => broker.close())
     alerting.setMqttPublisher(aedesPublisher(broker.aedes))

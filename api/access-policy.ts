@@ -60,8 +60,8 @@ export interface AccessPolicyDeps {
 
 /**
  * The relationship check (issue 3 §4): admins see every patient; a patient sees only
- * themselves; clinicians see their care team's patients and those they hold an unexpired
- * break-glass grant for; developers, device integrators and ML scientists see none.
+ * themselves; clinicians see their care team's patients (an active on-call shift for a patient's
+ * care team counts, for its duration) and those they hold an unexpired break-glass grant for; developers, device integrators and ML scientists see none.
  *
  * A refusal is 404 VIGIL_ERR_UNKNOWN_PATIENT, the answer for a patient that does not exist,
  * so patient ids cannot be probed; a principal whose role lacks the route's permission gets

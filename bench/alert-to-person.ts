@@ -45,7 +45,7 @@ try {
   })).json() as { accessToken: string }
 
   const stream = await openSse(`http://127.0.0.1:${vigil.httpPort}/v1/me/alerts/stream`, { authorization: `Bearer ${accessToken}` })
-  const person = await mqtt.connectAsync(vigil.mqttUrl(), { clientId: 'bench-nurse-phone', username: 'bearer', password: accessToken, protocolVersion: 4, reconnectPeriod: 0 })
+  const person = await mqtt.connectAsync(vigil.mqttUrl(), { clientId: `${nurse.id}-phone`, username: 'bearer', password: accessToken, protocolVersion: 4, reconnectPeriod: 0 })
   await person.subscribeAsync(`users/${nurse.id}/alerts`, { qos: 1 })
   const mqttEvents: Array<{ data: any, receivedAt: number }> = []
   person.on('message', (_topic, payload) => mqttEvents.push({ data: JSON.parse(payload.toString()), receivedAt: performance.now() }))

@@ -80,6 +80,8 @@ export interface BrokerPresenceHooks {
 export interface AlertSubscriberAuth {
   authenticate: Authenticate
   canSee (principal: Principal, patientId: string): Promise<boolean>
+  /** The patients the principal may see now (null: every patient), for their own users/{id}/alerts topic. */
+  visiblePatients (principal: Principal): Promise<ReadonlySet<string> | null>
   /**
    * How often a person's session is checked again (ms, default 10 s): a logged-out, expired or
    * revoked token, or a patient no longer visible (care team or break-glass ended), closes the
@@ -115,6 +117,17 @@ const CLIENT_ID = /^[A-Za-z0-9_-]{1,64}$/
 const PUBLISH_TOPIC = /^devices\/([0-9a-f-]{36})\/(telemetry|senml|status)$/
 const ALERT_TOPIC = /^alerts\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/
 const USER_ALERT_TOPIC = /^users\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\/alerts$/
+
+/** The type and patient of an alert notification (alerts/alert-store.ts notificationPayload); null when it names none. */
+function eventOf (payload: Buffer | string): { type: string, patientId: string } | null {
+  try {
+    const parsed = JSON.parse(Buffer.isBuffer(payload) ? payload.toString('utf8') : payload) as { type?: unknown, alert?: { patientId?: unknown } }
+    const patientId = parsed.alert?.patientId
+    return typeof patientId === 'string' && typeof parsed.type === 'string' ? { type: parsed.type, patientId } : null
+  } catch {
+    return null
+  }
+}
 
 /** What a log line needs of a storage error: no stack (the cause is the same for every publish). */
 function errorSummary (err: Error): { error: string, code?: string } {
@@ -174,8 +187,11 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   // and, per patient, when this connection's principal was last found to reach them (ms). It is
   // the synchronous cache authorizeForward reads: filled by authorizeSubscribe (also for the
   // subscriptions Aedes restores on a resumed session), renewed by recheckPeople. A patient not
-  // in it (never checked for this principal, or the check refused) gets no delivery.
-  const livePeople = new Map<Client, { bearer: string, patients: Map<string, number> }>()
+  // in it (never checked for this principal, or the check refused) gets no delivery. `own`: once
+  // the person subscribes to users/{id}/alerts, the patients they may see (null: all) and when
+  // that was found; each delivery on that topic names its patient (alert.patientId in the
+  // payload) and passes only for one of them, within the same max age.
+  const livePeople = new Map<Client, { bearer: string, patients: Map<string, number>, own: { visible: ReadonlySet<string> | null, checkedAt: number } | null }>()
   const recheckIntervalMs = deps.alertSubscribers?.recheckIntervalMs ?? 10_000
   const verdictMaxAgeMs = 3 * recheckIntervalMs
   // Device sessions whose connect was reported to presence (sessions may be forgotten first on revocation).
@@ -291,7 +307,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
             return fail('client_id_not_owned', 2, { person: true, userId: principal.userId })
           }
           people.set(client, principal)
-          livePeople.set(client, { bearer: password.toString('utf8'), patients: new Map() })
+          livePeople.set(client, { bearer: password.toString('utf8'), patients: new Map(), own: null })
           done(null, true)
         }, (err: Error) => fail('auth_unavailable', 3, { person: true, err }))
         return
@@ -376,7 +392,14 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         // A person's own alerts (those an escalation tier reached them with): users/{their id}/alerts.
         const ownTopic = USER_ALERT_TOPIC.exec(subscription.topic)
         if (ownTopic !== null && deps.alertSubscribers != null) {
-          return ownTopic[1] === person.userId ? done(null, subscription) : refuseSubscription()
+          if (ownTopic[1] !== person.userId) return refuseSubscription()
+          // Its deliveries are for patients the person may see now: find them before granting.
+          deps.alertSubscribers.visiblePatients(person).then((visible) => {
+            const live = livePeople.get(client)
+            if (live !== undefined) live.own = { visible, checkedAt: Date.now() }
+            done(null, subscription)
+          }, () => refuseSubscription())
+          return
         }
         if (alertTopic === null || deps.alertSubscribers == null) return refuseSubscription()
         deps.alertSubscribers.canSee(person, alertTopic[1]!).then((allowed) => {
@@ -400,14 +423,28 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     // session while it was offline (Aedes' emptyQueue checks nothing else: a refused restored
     // subscription does not stop them). Synchronous, so it reads the cache above.
     authorizeForward (client, packet) {
-      if (people.has(client)) {
-        // A person's own alerts: the topic names the connected person (client ids are bound to their owner).
+      const person = people.get(client)
+      if (person !== undefined) {
+        const live = livePeople.get(client)
+        const fresh = (checkedAt: number | undefined): boolean => checkedAt !== undefined && Date.now() - checkedAt <= verdictMaxAgeMs
         const ownTopic = USER_ALERT_TOPIC.exec(packet.topic)
-        if (ownTopic !== null && ownTopic[1] === people.get(client)?.userId) return packet
         const alertTopic = ALERT_TOPIC.exec(packet.topic)
-        const checkedAt = alertTopic === null ? undefined : livePeople.get(client)?.patients.get(alertTopic[1]!)
-        if (checkedAt !== undefined && Date.now() - checkedAt <= verdictMaxAgeMs) return packet
-        refuse('forward_not_allowed', { person: true, userId: people.get(client)?.userId }, 'debug')
+        // Comments are clinical notes: only for principals who may read them (as GET /v1/alerts/{id}/events).
+        const needsPayload = ownTopic !== null || !person.permissions.has('clinical-notes:read')
+        const event = needsPayload ? eventOf(packet.payload) : null
+        const noteAllowed = event?.type !== 'commented' || person.permissions.has('clinical-notes:read')
+        let allowed = false
+        if (ownTopic !== null) {
+          // A person's own alerts (the topic names the connected person: client ids are bound to
+          // their owner), each for a patient they were found to see within the max age.
+          const own = live?.own
+          allowed = ownTopic[1] === person.userId && own != null && fresh(own.checkedAt) && event !== null &&
+            (own.visible === null || own.visible.has(event.patientId))
+        } else if (alertTopic !== null) {
+          allowed = fresh(live?.patients.get(alertTopic[1]!))
+        }
+        if (allowed && noteAllowed) return packet
+        refuse('forward_not_allowed', { person: true, userId: person.userId }, 'debug')
         return null
       }
       const session = sessions.get(client)
@@ -542,9 +579,13 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
           keep = await subscribers.canSee(principal, patientId)
           checked.push(patientId)
         }
+        // The own-alerts topic stays the person's: patients no longer visible are dropped from
+        // it (their deliveries refused), the session goes on.
+        const visible = keep && principal !== null && live.own !== null ? await subscribers.visiblePatients(principal) : undefined
         if (keep && principal !== null) {
           people.set(client, principal)
           for (const patientId of checked) live.patients.set(patientId, checkedAt)
+          if (visible !== undefined) live.own = { visible, checkedAt }
         }
       } catch {
         // The database is unreachable: the decision cannot be made now; the next check makes it.

@@ -242,19 +242,21 @@ export function createPeopleStore (pool: pg.Pool, keyring: Keyring) {
       return rows.map(toCareTeam)
     },
 
-    /** Patients the clinician may see at `at`: care team or unexpired break-glass. */
+    /** Patients the clinician may see at `at`: care team (an active on-call shift counts), or unexpired break-glass. */
     async patientsOf (clinicianId: string, at: Date): Promise<Set<string>> {
       const { rows } = await pool.query(
         `SELECT patient_id FROM care_team WHERE clinician_id = $1 AND valid_from <= $2 AND (valid_to IS NULL OR valid_to > $2)
+         UNION SELECT patient_id FROM on_call WHERE user_id = $1 AND valid_from <= $2 AND valid_to > $2
          UNION SELECT patient_id FROM break_glass_grants WHERE user_id = $1 AND granted_at <= $2 AND expires_at > $2`,
         [clinicianId, at])
       return new Set(rows.map((r) => r.patient_id as string))
     },
 
-    /** How the clinician reaches this patient at `at`, if at all. */
+    /** How the clinician reaches this patient at `at`, if at all (careTeam: an assignment or an active on-call shift). */
     async relationship (clinicianId: string, patientId: string, at: Date): Promise<{ careTeam: boolean, breakGlassReason: string | null }> {
       const { rows } = await pool.query(
-        `SELECT EXISTS (SELECT 1 FROM care_team WHERE clinician_id = $1 AND patient_id = $2 AND valid_from <= $3 AND (valid_to IS NULL OR valid_to > $3)) AS care_team,
+        `SELECT (EXISTS (SELECT 1 FROM care_team WHERE clinician_id = $1 AND patient_id = $2 AND valid_from <= $3 AND (valid_to IS NULL OR valid_to > $3))
+                 OR EXISTS (SELECT 1 FROM on_call WHERE user_id = $1 AND patient_id = $2 AND valid_from <= $3 AND valid_to > $3)) AS care_team,
                 g.id, g.reason, g.reason_key_id
            FROM (SELECT 1) AS one
            LEFT JOIN LATERAL (SELECT id, reason, reason_key_id FROM break_glass_grants

@@ -27,7 +27,7 @@ const broker = await createBroker({
   ingest,
   metrics: deps.metrics,
   log: deps.log,
-  alertSubscribers: { authenticate: deps.access.authenticate, canSee: deps.access.patientAccess.canSee }
+  alertSubscribers: { authenticate: deps.access.authenticate, canSee: deps.access.patientAccess.canSee, visiblePatients: deps.access.patientAccess.visiblePatients }
 })
 t.teardown(() => broker.close())
 const publish = aedesPublisher(broker.aedes)

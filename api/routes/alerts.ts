@@ -153,7 +153,10 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       limit: q.limit + 1, beforeSeq: decodeSerialCursor(q.cursor)
     })
     const { items, nextCursor } = pageOf(rows, q.limit, (last) => last.seq)
-    return { items: items.map(({ seq: _seq, ...alert }) => alert), nextCursor }
+    // Only patients the caller may see now (removed from the care team, a shift over: gone);
+    // filtered after paging, so the cursor stays right and a page may hold fewer items.
+    const visible = await patientAccess.visiblePatients(request.principal!)
+    return { items: items.filter((a) => visible === null || visible.has(a.patientId)).map(({ seq: _seq, ...alert }) => alert), nextCursor }
   })
 
   app.get('/alerts/burden', {
@@ -189,11 +192,11 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
   /**
    * Answers with an SSE stream. recipient null: every event of the patients visible to the
    * caller; a user id: the events of that person's alerts (those an escalation tier reached them
-   * with), whatever patients their care team covers, as on-call people are not always on it.
+   * with), of the patients visible to them now (an on-call shift counts as care team).
    */
   async function openStream (request: FastifyRequest, reply: FastifyReply, recipient: string | null): Promise<void> {
     const principal = request.principal!
-    let visible = recipient === null ? await patientAccess.visiblePatients(principal) : null
+    let visible = await patientAccess.visiblePatients(principal)
     const lastEventId = request.headers['last-event-id']
     reply.hijack()
     const res = reply.raw
@@ -218,7 +221,7 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
           res.end()
           return
         }
-        if (recipient === null) visible = await patientAccess.visiblePatients(current)
+        visible = await patientAccess.visiblePatients(current)
       })
   }
 
@@ -240,6 +243,8 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       const { event, alert } = committed
       if (lastSent !== null && BigInt(event.id) <= lastSent) return
       if (recipient !== null && !committed.recipients.includes(recipient)) return
+      // Comments are clinical notes: not even their type and time without clinical-notes:read (as /alerts/{id}/events).
+      if (event.type === 'commented' && !principal.permissions.has('clinical-notes:read')) return
       const seen = visible()
       if (seen !== null && !seen.has(alert.patientId)) return
       if (res.destroyed || res.writableEnded) return
@@ -256,9 +261,11 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       if (replaying) buffered.push(committed)
       else send(committed)
     })
+    // The heartbeat follows the refresh: events after it were filtered with the refreshed patients.
     const heartbeat = setInterval(() => {
-      if (!res.writableEnded) res.write(': heartbeat\n\n')
-      refreshVisible().catch((err: Error) => request.log.warn({ err }, 'alert stream could not refresh visible patients'))
+      refreshVisible().catch((err: Error) => request.log.warn({ err }, 'alert stream could not refresh visible patients')).finally(() => {
+        if (!res.writableEnded && !res.destroyed) res.write(': heartbeat\n\n')
+      })
     }, deps.alerts.streamHeartbeatMs ?? HEARTBEAT_MS)
     const cleanup = (): void => {
       clearInterval(heartbeat)
@@ -311,7 +318,10 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       status: q.status, unresolved: q.status === undefined && q.all !== true, limit: q.limit + 1, beforeSeq: decodeSerialCursor(q.cursor)
     })
     const { items, nextCursor } = pageOf(rows, q.limit, (last) => last.seq)
-    return { items: items.map(({ seq: _seq, ...alert }) => alert), nextCursor }
+    // Only patients the caller may see now (removed from the care team, a shift over: gone);
+    // filtered after paging, so the cursor stays right and a page may hold fewer items.
+    const visible = await patientAccess.visiblePatients(request.principal!)
+    return { items: items.filter((a) => visible === null || visible.has(a.patientId)).map(({ seq: _seq, ...alert }) => alert), nextCursor }
   })
 
   app.get('/me/alerts/stream', {

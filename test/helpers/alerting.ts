@@ -87,16 +87,18 @@ export interface AlertingFixture {
 }
 
 /** A fresh database, startAlerting and the API with the alert routes. */
-export async function startAlertingFixture (options: Partial<AlertingDeps> & { manualClock?: boolean, databaseUrl?: string | null, dataDir?: string, network?: boolean } = {}): Promise<AlertingFixture> {
+export async function startAlertingFixture (options: Partial<AlertingDeps> & { manualClock?: boolean, databaseUrl?: string | null, dataDir?: string, network?: boolean, realAccess?: boolean, streamHeartbeatMs?: number } = {}): Promise<AlertingFixture> {
   const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
   const testDb = options.databaseUrl === undefined ? await createTestDatabase() : null
   const db = await openDatabase({ databaseUrl: testDb?.url ?? options.databaseUrl ?? null, dataDir: options.dataDir ?? '', log })
   const deps = apiDepsFor(db, log)
   const access = testAccess(deps)
+  // realAccess: the production access policy (care teams, on call, break-glass, audit) instead of the test one.
+  const patientAccess = options.realAccess === true ? deps.access.patientAccess : access.policy
   const policies = new Map<string, EscalationPolicy>()
   const webhooks: WebhookTarget[] = []
   const clock = options.manualClock === true ? manualClock() : null
-  const { manualClock: _m, databaseUrl: _d, dataDir: _dd, network: _n, ...alertingOptions } = options
+  const { manualClock: _m, databaseUrl: _d, dataDir: _dd, network: _n, realAccess: _r, streamHeartbeatMs, ...alertingOptions } = options
   const alerting = await startAlerting({
     pool: db.pool,
     log,
@@ -123,11 +125,11 @@ export async function startAlertingFixture (options: Partial<AlertingDeps> & { m
       metrics: deps.metrics,
       log,
       presence: alerting.brokerPresence,
-      alertSubscribers: { authenticate: access.authenticate, canSee: access.policy.canSee }
+      alertSubscribers: { authenticate: access.authenticate, canSee: patientAccess.canSee, visiblePatients: patientAccess.visiblePatients }
     })
     alerting.setMqttPublisher(aedesPublisher(broker.aedes))
   }
-  const app = await buildApi({ ...deps, authenticate: access.authenticate, patientAccess: access.policy, alerts: alerting.api })
+  const app = await buildApi({ ...deps, authenticate: access.authenticate, patientAccess, alerts: streamHeartbeatMs === undefined ? alerting.api : { ...alerting.api, streamHeartbeatMs } })
   let baseUrl: string | null = null
   if (options.network === true) {
     await app.listen({ host: '127.0.0.1', port: 0 })
@@ -192,6 +194,7 @@ export async function openSse (url: string, headers: Record<string, string>) {
   const controller = new AbortController()
   const res = await fetch(url, { headers, signal: controller.signal })
   const events: Array<{ id: string | null, data: any, receivedAt: number }> = []
+  let heartbeats = 0
   let buffer = ''
   const decoder = new TextDecoder()
   const reading = (async () => {
@@ -209,6 +212,7 @@ export async function openSse (url: string, headers: Record<string, string>) {
             else if (line.startsWith('data: ')) data = line.slice(6)
           }
           if (data !== null) events.push({ id, data: JSON.parse(data), receivedAt: performance.now() })
+          else if (block === ': heartbeat') heartbeats++
         }
       }
     } catch {}
@@ -216,6 +220,8 @@ export async function openSse (url: string, headers: Record<string, string>) {
   return {
     res,
     events,
+    /** Heartbeat comments received so far (the server refreshes the visible patients before each). */
+    heartbeats: () => heartbeats,
     async close () {
       controller.abort()
       await reading
