@@ -301,14 +301,6 @@ export function createPeopleStore (pool: pg.Pool, keyring: Keyring) {
       })
     },
 
-    /** How many break-glass grants the user took in [since, at], and when the oldest of them was. */
-    async breakGlassSince (userId: string, since: Date, at: Date): Promise<{ count: number, oldest: Date | null }> {
-      const { rows } = await pool.query(
-        'SELECT count(*)::int AS n, min(granted_at) AS oldest FROM break_glass_grants WHERE user_id = $1 AND granted_at > $2 AND granted_at <= $3',
-        [userId, since, at])
-      return { count: rows[0].n as number, oldest: rows[0].oldest as Date | null }
-    },
-
     /** Grants for review, newest first. */
     async listBreakGlass (options: { from?: Date, to?: Date, patientId?: string, limit: number, beforeGrantedAt?: Date }): Promise<BreakGlassGrant[]> {
       const { rows } = await pool.query(
