@@ -279,12 +279,28 @@ export function createPeopleStore (pool: pg.Pool, keyring: Keyring) {
       return toGrant(keyring, rows[0])
     },
 
-    /** How many break-glass grants the user took in [since, at], and when the oldest of them was. */
-    async breakGlassSince (userId: string, since: Date, at: Date): Promise<{ count: number, oldest: Date | null }> {
-      const { rows } = await pool.query(
-        'SELECT count(*)::int AS n, min(granted_at) AS oldest FROM break_glass_grants WHERE user_id = $1 AND granted_at > $2 AND granted_at <= $3',
-        [userId, since, at])
-      return { count: rows[0].n as number, oldest: rows[0].oldest as Date | null }
+    /**
+     * grantBreakGlass, unless the user already took `limit` grants in (since, at]: then nothing
+     * is stored and the count and oldest grant are returned. Counted and inserted in one
+     * transaction holding the user's row lock, so parallel requests cannot all see the same
+     * count (security pass F1); works the same on Postgres and PGlite.
+     */
+    async grantBreakGlassWithinLimit (input: { userId: string, patientId: string, reason: string, at: Date, expiresAt: Date }, since: Date, limit: number):
+    Promise<{ grant: BreakGlassGrant } | { refused: { count: number, oldest: Date | null } }> {
+      const id = randomUUID()
+      const reason = sealClinicalText(keyring, input.reason, { table: 'break_glass_grants', column: 'reason', rowId: id })
+      return await inTransaction(async (client) => {
+        await client.query('SELECT 1 FROM users WHERE id = $1 FOR UPDATE', [input.userId])
+        const recent = await client.query(
+          'SELECT count(*)::int AS n, min(granted_at) AS oldest FROM break_glass_grants WHERE user_id = $1 AND granted_at > $2 AND granted_at <= $3',
+          [input.userId, since, input.at])
+        const count = recent.rows[0].n as number
+        if (count >= limit) return { refused: { count, oldest: recent.rows[0].oldest as Date | null } }
+        const { rows } = await client.query(
+          'INSERT INTO break_glass_grants (id, user_id, patient_id, reason, reason_key_id, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *',
+          [id, input.userId, input.patientId, reason, keyring.activeKeyId, input.at, input.expiresAt])
+        return { grant: toGrant(keyring, rows[0]) }
+      })
     },
 
     /** Grants for review, newest first. */

@@ -1,7 +1,12 @@
 import t from 'tap'
 import { startApiFixture } from './helpers/api-deps.ts'
+import { newPatient, onCareTeam, userWithLogin } from './helpers/people.ts'
 
-const { db, deps, app, headers } = await startApiFixture(t, 'devices test')
+const { db, deps, app, headers } = await startApiFixture(t, 'devices test', {
+  apiOptions: { rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000 }
+})
+// Owners are users (security pass F6): one that exists, for the tests that set an owner.
+const ownerUser = await userWithLogin(app, headers, ['device-integrator'], 'device.owner@example.org')
 
 let macCounter = 0
 function newDevice (overrides: Record<string, unknown> = {}): Record<string, unknown> {
@@ -23,7 +28,7 @@ async function createDevice (overrides: Record<string, unknown> = {}) {
 }
 
 t.test('register a device', async (t) => {
-  const owner = '5f0c3a3e-8d7b-4c1a-9f57-1d2b3c4d5e6f'
+  const owner = ownerUser.id
   const res = await app.inject({
     method: 'POST', url: '/v1/devices', headers,
     payload: newDevice({ mac: 'AA:BB:CC:00:11:22', startedAt: '2025-03-01T08:00:00+01:00', ownerUserId: owner })
@@ -135,7 +140,7 @@ t.test('PATCH records version changes in the history', async (t) => {
   t.equal(detail.json().versions.length, 3, 'a rename is not a version')
   t.same(detail.json().assignments, [])
 
-  const owner = '5f0c3a3e-8d7b-4c1a-9f57-1d2b3c4d5e6f'
+  const owner = ownerUser.id
   const owned = await app.inject({ method: 'PATCH', url, headers, payload: { ownerUserId: owner } })
   t.equal(owned.json().ownerUserId, owner)
   const cleared = await app.inject({ method: 'PATCH', url, headers, payload: { ownerUserId: null } })
@@ -178,4 +183,44 @@ t.test('list pages through every device exactly once', async (t) => {
 
   const bad = await app.inject({ method: 'GET', url: '/v1/devices?cursor=zzz', headers })
   t.equal(bad.json().code, 'VIGIL_ERR_BAD_CURSOR')
+})
+
+// Security pass F6: ownerUserId was any UUID, unchecked, and shown to every devices:read role
+// even when the owner is a patient (so an integrator learnt which patient owns which device).
+t.test('a device owner is an existing active user; a patient owner is shown only to who reaches them', async (t) => {
+  const unknownUser = '5f0c3a3e-8d7b-4c1a-9f57-1d2b3c4d5e6f'
+  const refused = await app.inject({ method: 'POST', url: '/v1/devices', headers, payload: newDevice({ ownerUserId: unknownUser }) })
+  t.equal(refused.statusCode, 404, 'was 201: any UUID accepted as owner')
+  t.equal(refused.json().code, 'VIGIL_ERR_UNKNOWN_USER')
+  const plain = await createDevice()
+  const patched = await app.inject({ method: 'PATCH', url: `/v1/devices/${plain.id}`, headers, payload: { ownerUserId: unknownUser } })
+  t.equal(patched.statusCode, 404)
+  t.equal(patched.json().code, 'VIGIL_ERR_UNKNOWN_USER')
+  const retired = await userWithLogin(app, headers, ['device-integrator'], 'retired.owner@example.org')
+  t.equal((await app.inject({ method: 'PATCH', url: `/v1/users/${retired.id}`, headers, payload: { active: false } })).statusCode, 200)
+  const inactive = await app.inject({ method: 'PATCH', url: `/v1/devices/${plain.id}`, headers, payload: { ownerUserId: retired.id } })
+  t.equal(inactive.statusCode, 404, 'an inactive user owns nothing new')
+  t.equal(inactive.json().code, 'VIGIL_ERR_UNKNOWN_USER')
+
+  const patient = await newPatient(app, headers, 'Owning Patient')
+  const integrator = await userWithLogin(app, headers, ['device-integrator'], 'owner.integrator@example.org')
+  const teamNurse = await userWithLogin(app, headers, ['nurse'], 'owner.team.nurse@example.org')
+  await onCareTeam(app, headers, teamNurse.id, patient)
+  const otherNurse = await userWithLogin(app, headers, ['nurse'], 'owner.other.nurse@example.org')
+  const owned = await app.inject({ method: 'POST', url: '/v1/devices', headers, payload: newDevice({ ownerUserId: patient }) })
+  t.equal(owned.statusCode, 201, 'a patient may own a device')
+  const id = owned.json().id as string
+  t.equal(owned.json().ownerUserId, patient, 'the admin sees the owner')
+
+  for (const [who, h, expected] of [['integrator', integrator.headers, null], ['nurse off the team', otherNurse.headers, null], ['care team nurse', teamNurse.headers, patient]] as const) {
+    const one = await app.inject({ method: 'GET', url: `/v1/devices/${id}`, headers: h })
+    t.equal(one.statusCode, 200, who)
+    t.equal(one.json().ownerUserId, expected, `${who}: GET /v1/devices/{id}`)
+    const list = await app.inject({ method: 'GET', url: '/v1/devices?limit=1000', headers: h })
+    t.equal(list.json().items.find((d: { id: string }) => d.id === id).ownerUserId, expected, `${who}: GET /v1/devices`)
+  }
+  const integratorPatch = await app.inject({ method: 'PATCH', url: `/v1/devices/${id}`, headers: integrator.headers, payload: { name: 'Renamed' } })
+  t.equal(integratorPatch.json().ownerUserId, null, 'nor in a PATCH answer')
+  const staff = await app.inject({ method: 'PATCH', url: `/v1/devices/${plain.id}`, headers: integrator.headers, payload: { ownerUserId: ownerUser.id } })
+  t.equal(staff.json().ownerUserId, ownerUser.id, 'an owner who is not a patient is shown')
 })

@@ -101,3 +101,32 @@ t.test('rejected payloads are PHI: only those who reach the patient see them (is
   const laterView = await app.inject({ method: 'GET', url: wornUrl, headers: offTeam.headers })
   t.notMatch(laterView.body, 'short of breath', 'P4\'s doctor does not see what P2\'s device sent before')
 })
+
+// Security pass F7: messages quote what the device sent (a metric name, a unit, a SenML name,
+// an extra key), so a redacted payload leaked through its message to integrators.
+t.test('a redacted rejection gives the reason\'s generic message, not strings the device sent', async (t) => {
+  const p5 = await newPatient(app, headers, 'Patient Five')
+  const leaky = await deps.devices.create({
+    name: 'Leaky', mac: '02:00:00:00:cc:05', firmwareVersion: '1', softwareVersion: '1', startedAt: '2025-01-01T00:00:00Z'
+  }, null)
+  await deps.devices.assign(leaky.id, p5, new Date(Date.now() - 60_000), null)
+  const leakyTopic = `devices/${leaky.id}/telemetry`
+  await deps.rejections.record(leaky.id, leakyTopic, 'unknown_metric', 'unknown metric "CANARYMETRIC_hiv"', Buffer.from('{"readings":[{"metric":"CANARYMETRIC_hiv"}]}'))
+  await deps.rejections.record(leaky.id, leakyTopic, 'unit_unsupported', 'unit "CANARYUNIT" is not supported for spo2', Buffer.from('{}'))
+  const integrator = await userWithLogin(app, headers, ['device-integrator'], 'f7.integrator@example.org')
+  const nurse = await userWithLogin(app, headers, ['nurse'], 'f7.p5.nurse@example.org')
+  await onCareTeam(app, headers, nurse.id, p5)
+  const leakyUrl = `/v1/devices/${leaky.id}/rejections`
+
+  const integratorView = await app.inject({ method: 'GET', url: leakyUrl, headers: integrator.headers })
+  t.equal(integratorView.statusCode, 200)
+  t.notMatch(integratorView.body, 'CANARY', 'was: the message quoting CANARYMETRIC_hiv reached the integrator')
+  t.match(integratorView.json().items, [
+    { topic: leakyTopic, reason: 'unit_unsupported', message: String, payloadBytes: 2, receivedAt: String, payloadRedacted: true },
+    { topic: leakyTopic, reason: 'unknown_metric', message: String, payloadRedacted: true }
+  ], 'reason, time, size and topic stay')
+  for (const item of integratorView.json().items) t.ok(item.message.length > 0, 'a generic message for the reason')
+
+  const nurseView = await app.inject({ method: 'GET', url: leakyUrl, headers: nurse.headers })
+  t.match(nurseView.json().items, [{ message: /CANARYUNIT/, payloadRedacted: false }, { message: /CANARYMETRIC_hiv/ }], 'the care team gets the full message')
+})

@@ -1,5 +1,11 @@
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import pino from 'pino'
 import t from 'tap'
-import { startApiFixture } from './helpers/api-deps.ts'
+import { buildApi } from '../api/app.ts'
+import { openDatabase } from '../store/database.ts'
+import { apiDepsFor, startApiFixture } from './helpers/api-deps.ts'
 import { newPatient, patientWithLogin, userWithLogin } from './helpers/people.ts'
 
 let nowMs = Date.parse('2026-03-01T09:00:00Z')
@@ -89,4 +95,60 @@ t.test('break-glass grants per clinician per hour are limited; refusals are audi
   t.same(rows.map((r) => r.outcome), ['allowed', 'allowed', 'allowed', 'denied'], 'the refusal is audited')
   advance(3600)
   t.equal((await open()).statusCode, 201, 'an hour later it is allowed again')
+})
+
+// Security pass F1: the count and the grant were separate statements, so parallel requests
+// all saw the same count and all got 201 (16 of 16 with a limit of 10).
+t.test('parallel break-glass requests cannot beat the hourly limit', async (t) => {
+  const racer = await userWithLogin(app, admin, ['doctor'], 'racing.doctor@example.org')
+  const results = await Promise.all(Array.from({ length: 16 }, async () =>
+    await app.inject({ method: 'POST', url: `/v1/patients/${patientId}/break-glass`, headers: racer.headers, payload: { reason } })))
+  const statuses = results.map((r) => r.statusCode).sort()
+  t.same(statuses, [...Array(3).fill(201), ...Array(13).fill(429)], 'exactly the limit (3) is granted')
+  const { rows } = await db.pool.query('SELECT count(*)::int AS n FROM break_glass_grants WHERE user_id = $1', [racer.id])
+  t.equal(rows[0].n, 3, 'three grants stored')
+  const audit = await db.pool.query("SELECT outcome, count(*)::int AS n FROM audit_log WHERE actor_id = $1 AND action = 'break-glass' GROUP BY outcome ORDER BY outcome", [racer.id])
+  t.same(audit.rows, [{ outcome: 'allowed', n: 3 }, { outcome: 'denied', n: 13 }], 'each decision audited')
+})
+
+t.test('parallel break-glass requests cannot beat the hourly limit on embedded PGlite', async (t) => {
+  const log = pino({ level: 'silent' })
+  const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-break-glass-'))
+  t.teardown(async () => { await fs.rm(dataDir, { recursive: true, force: true }) })
+  const embedded = await openDatabase({ databaseUrl: null, dataDir, log })
+  t.teardown(async () => { await embedded.close() })
+  const deps = apiDepsFor(embedded, log, { settings: { breakGlassGrantsPerHour: 3 } })
+  const api = await buildApi({ ...deps, rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000 })
+  t.teardown(async () => { await api.close() })
+  t.equal(embedded.kind, 'pglite')
+  const { token } = await deps.tokens.create('embedded admin', 'admin')
+  const embeddedAdmin = { authorization: `Bearer ${token}` }
+  const p = await newPatient(api, embeddedAdmin, 'Embedded Emergency')
+  const racer = await userWithLogin(api, embeddedAdmin, ['doctor'], 'embedded.racer@example.org')
+  const results = await Promise.all(Array.from({ length: 8 }, async () =>
+    await api.inject({ method: 'POST', url: `/v1/patients/${p}/break-glass`, headers: racer.headers, payload: { reason } })))
+  t.same(results.map((r) => r.statusCode).sort(), [201, 201, 201, 429, 429, 429, 429, 429], 'exactly the limit (3) is granted')
+})
+
+// Security pass F2: characters that show nothing but are not \p{Cf} (variation selectors,
+// Mongolian free variation selectors, Khmer inherent vowels, musical symbol combining marks,
+// the object replacement character, lone combining marks) padded a reason to length.
+t.test('reasons made of default-ignorable or non-letter characters are refused', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['U+FE0F variation selector', '\ufe0f'.repeat(12)],
+    ['U+E0100 variation selector supplement', '\u{e0100}'.repeat(12)],
+    ['U+180B Mongolian free variation selector', '\u180b'.repeat(12)],
+    ['U+17B4 Khmer vowel inherent AQ', '\u17b4'.repeat(12)],
+    ['U+17B5 Khmer vowel inherent AA', '\u17b5'.repeat(12)],
+    ['U+1D159 musical symbol null notehead', '\u{1d159}'.repeat(12)],
+    ['U+FFFC object replacement character', '\ufffc'.repeat(12)],
+    ['U+0300 lone combining grave accents', '\u0300'.repeat(12)],
+    ['punctuation only', '.,;:!?-_()[]'],
+    ['short text padded with variation selectors', 'ok\ufe0f\ufe0f\ufe0f\ufe0f\ufe0f\ufe0f\ufe0f\ufe0f\ufe0f\ufe0f']
+  ]
+  for (const [name, text] of cases) {
+    const res = await app.inject({ method: 'POST', url: `/v1/patients/${patientId}/break-glass`, headers: doctor.headers, payload: { reason: text } })
+    t.equal(res.statusCode, 400, name)
+    t.equal(res.json().code, 'VIGIL_ERR_VALIDATION', name)
+  }
 })

@@ -49,7 +49,7 @@ t.test('a device integrator cannot end a patient\'s monitoring', async (t) => {
   t.equal(await currentPatient(device), p3, 'still assigned to P3')
   t.match(await auditRows(p3, 'devices:unassign'), [{ outcome: 'denied', actor_id: integrator.id }], 'the refusal is in P3\'s audit trail')
   const credentials = await app.inject({ method: 'POST', url: `/v1/devices/${device}/credentials`, headers: integrator.headers })
-  t.equal(credentials.statusCode, 201, 'it still provisions the device')
+  t.equal(credentials.statusCode, 403, 'nor take over its credential (security pass F5; api-credentials.test.ts)')
 })
 
 t.test('a nurse on P1\'s team cannot move P3\'s device to P1', async (t) => {

@@ -68,11 +68,12 @@ export function deviceAssignmentRoutes (app: ApiInstance, { devices, patientAcce
 /**
  * The device's current patient must be one the caller reaches. The refusal is 403, not the
  * usual 404: the caller named a device it may see, whose assignment (not the patient's id) it
- * already sees in GET /v1/devices/{id}.
+ * already sees in GET /v1/devices/{id}. Also used for the device's credentials (device-credentials.ts).
  */
-async function requireCurrentPatient (patientAccess: PatientAccessPolicy, request: FastifyRequest, patientId: string, details: Record<string, unknown>): Promise<void> {
+export async function requireCurrentPatient (patientAccess: PatientAccessPolicy, request: FastifyRequest, patientId: string, details: Record<string, unknown>,
+  action = 'devices:unassign'): Promise<void> {
   try {
-    await patientAccess.require(request, patientId, { action: 'devices:unassign', details })
+    await patientAccess.require(request, patientId, { action, details })
   } catch (err) {
     if (err instanceof VigilError && err.code === 'VIGIL_ERR_UNKNOWN_PATIENT') {
       throw new VigilError('VIGIL_ERR_FORBIDDEN', 'the device is assigned to a patient you do not reach: only that patient\'s care team or an admin can change it')

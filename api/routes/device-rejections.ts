@@ -2,14 +2,16 @@ import type { ApiInstance, RouteDeps } from '../app.ts'
 import { VigilError } from '../errors.ts'
 import { IdParams, PageQuery, Rejection, decodeSerialCursor, errorResponses, page, pageOf } from '../schemas.ts'
 import { auditActor } from '../access-policy.ts'
+import { REJECTION_GENERIC_MESSAGES } from '../../ingest/reading.ts'
 
 /**
  * Rejected payloads are PHI of the patient the device was assigned to when they arrived
- * (issue 11 §5). Everyone with devices:read gets each rejection's topic, reason, message (never
- * a value), size and time, which is what debugging a device needs; the payload only goes to a
- * caller with phi:read who reaches that patient, and each such read is audited against the
- * patient. A clinician who does not reach the patient is audited as refused; roles that reach no
- * patient (device integrators, developers) read no PHI and leave no row.
+ * (issue 11 §5). Everyone with devices:read gets each rejection's topic, reason, size and time,
+ * which is what debugging a device needs; the payload and the recorded message (which may quote
+ * it; others get the reason's generic message) go only to a caller with phi:read who reaches
+ * that patient, and each such read is audited against the patient. A clinician who does not
+ * reach the patient is audited as refused; roles that reach no patient (device integrators,
+ * developers) read no PHI and leave no row.
  */
 export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections, access, patientAccess }: Pick<RouteDeps, 'devices' | 'rejections' | 'access' | 'patientAccess'>): void {
   app.get('/devices/:id/rejections', {
@@ -18,7 +20,7 @@ export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections, 
       tags: ['devices'],
       summary: 'Payloads ingest refused from this device, newest first',
       description: 'Each with its reason. payload (the first 4096 bytes) is the PHI of the patient the device was assigned to when it ' +
-        'arrived: it is shown only to callers with phi:read who reach that patient (audited), else null with payloadRedacted: true.',
+        'arrived: it is shown only to callers with phi:read who reach that patient (audited), else null with payloadRedacted: true, and message is then the reason\'s generic one.',
       params: IdParams,
       querystring: PageQuery,
       response: { 200: page(Rejection), ...errorResponses(404) }
@@ -52,7 +54,8 @@ export function deviceRejectionRoutes (app: ApiInstance, { devices, rejections, 
     return {
       items: items.map(({ patientId, payload, ...rest }) => revealed.has(patientId)
         ? { ...rest, payload, payloadRedacted: false }
-        : { ...rest, payload: null, payloadRedacted: true }),
+        // The recorded message can quote the payload (a metric name, a unit): the reason's own instead.
+        : { ...rest, message: REJECTION_GENERIC_MESSAGES[rest.reason], payload: null, payloadRedacted: true }),
       nextCursor
     }
   })

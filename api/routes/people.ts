@@ -46,8 +46,13 @@ const MIN_REASON_LENGTH = 10
 // Characters that show nothing: controls, format characters (zero-width space/joiners, word
 // joiner, BOM, soft hyphen, bidi marks; \p{Cf}), line/paragraph separators, and the fillers
 // and blanks Unicode classes as letters or symbols (Hangul fillers, braille blank, Mongolian
-// vowel separator, combining grapheme joiner).
-const INVISIBLE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\u034f\u115f\u1160\u180e\u2800\u3164\uffa0]/gu
+// vowel separator, combining grapheme joiner), and every Default_Ignorable_Code_Point
+// (Unicode 15 DerivedCoreProperties: variation selectors, Khmer inherent vowels, Mongolian
+// free variation selectors …; security pass F2).
+const INVISIBLE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Default_Ignorable_Code_Point}\u034f\u115f\u1160\u180e\u2800\u3164\uffa0]/gu
+// What makes a reason readable: letters and digits. Lone combining marks, symbols such as
+// U+FFFC or U+1D159 and punctuation show little or nothing, so they do not count.
+const LETTER_OR_DIGIT = /[\p{L}\p{N}]/gu
 
 /** A break-glass reason as it is checked and kept: invisible characters gone, spaces collapsed, trimmed (issue 11 §9). */
 export function normalizeReason (text: string): string {
@@ -256,27 +261,29 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
     }
     const patientId = request.params.id
     const reason = normalizeReason(request.body.reason)
-    if ([...reason].length < MIN_REASON_LENGTH) {
-      throw invalid('body/reason', `must have at least ${MIN_REASON_LENGTH} characters besides spaces and invisible characters`)
+    if ((reason.match(LETTER_OR_DIGIT)?.length ?? 0) < MIN_REASON_LENGTH) {
+      throw invalid('body/reason', `must have at least ${MIN_REASON_LENGTH} letters or digits`)
     }
-    const exists = await patients.get(patientId) !== null
     const at = access.now()
-    const recent = exists ? await people.breakGlassSince(principal.userId, new Date(at.getTime() - 3_600_000), at) : { count: 0, oldest: null }
-    const overLimit = recent.count >= access.settings.breakGlassGrantsPerHour
+    if (await patients.get(patientId) === null) {
+      await audit.record({ ...auditActor(request), patientId, action: 'break-glass', fields: [], outcome: 'denied', breakGlassReason: reason, details: null })
+      throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
+    }
+    const limit = access.settings.breakGlassGrantsPerHour
+    const result = await people.grantBreakGlassWithinLimit({
+      userId: principal.userId, patientId, reason, at, expiresAt: new Date(at.getTime() + access.settings.breakGlassMinutes * 60_000)
+    }, new Date(at.getTime() - 3_600_000), limit)
     await audit.record({
       ...auditActor(request), patientId, action: 'break-glass', fields: [],
-      outcome: exists && !overLimit ? 'allowed' : 'denied', breakGlassReason: reason, details: overLimit ? { refused: 'grants-per-hour' } : null
+      outcome: 'grant' in result ? 'allowed' : 'denied', breakGlassReason: reason, details: 'grant' in result ? null : { refused: 'grants-per-hour' }
     })
-    if (!exists) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
-    if (overLimit) {
-      const retryAfterMs = (recent.oldest?.getTime() ?? at.getTime()) + 3_600_000 - at.getTime()
+    if ('refused' in result) {
+      const retryAfterMs = (result.refused.oldest?.getTime() ?? at.getTime()) + 3_600_000 - at.getTime()
       reply.header('retry-after', String(Math.max(1, Math.ceil(retryAfterMs / 1000))))
-      request.log.warn({ userId: principal.userId, limit: access.settings.breakGlassGrantsPerHour }, 'break-glass refused: grants per hour')
-      throw new VigilError('VIGIL_ERR_BREAK_GLASS_LIMIT', `at most ${access.settings.breakGlassGrantsPerHour} break-glass grants an hour`)
+      request.log.warn({ userId: principal.userId, limit }, 'break-glass refused: grants per hour')
+      throw new VigilError('VIGIL_ERR_BREAK_GLASS_LIMIT', `at most ${limit} break-glass grants an hour`)
     }
-    const grant = await people.grantBreakGlass({
-      userId: principal.userId, patientId, reason, at, expiresAt: new Date(at.getTime() + access.settings.breakGlassMinutes * 60_000)
-    })
+    const grant = result.grant
     request.log.warn({ userId: principal.userId, grantId: grant.id }, 'break-glass access granted')
     reply.code(201)
     return grant
