@@ -44,7 +44,8 @@ t.test('a spool that filled its disk reclaims it once InfluxDB is back, and publ
     await disk.close()
   })
   const bucket = 'disk_full'
-  vigil = await startTestVigil({ DATABASE_URL: database.url, INFLUX_URL: influxd.url, INFLUX_BUCKET: bucket }, disk.dir)
+  // The reserve (VIGIL_DISK_RESERVE_MB, 48 MB) would refuse everything on this 8 MB disk: this tests the spool's own recovery behind it.
+  vigil = await startTestVigil({ DATABASE_URL: database.url, INFLUX_URL: influxd.url, INFLUX_BUCKET: bucket, VIGIL_DISK_RESERVE_MB: '0' }, disk.dir)
   const device = await vigil.provision()
   await influxd.stop()
 
