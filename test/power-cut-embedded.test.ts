@@ -1,6 +1,5 @@
 import t from 'tap'
-import { startFleet } from './helpers/fleet.ts'
-import { createCuttableDisk, cutWithControl, untilAcked, verifyAcknowledged } from './helpers/power-cut.ts'
+import { createCuttableDisk, publishThenCut, verifyAcknowledged } from './helpers/power-cut.ts'
 import { provisionDevice } from './helpers/provision.ts'
 import { spawnVigil } from './helpers/vigil-process.ts'
 
@@ -9,7 +8,6 @@ import { spawnVigil } from './helpers/vigil-process.ts'
 // synced is gone, and a control file checks that on every run): what Vigil acknowledged must
 // be on it afterwards.
 const token = 'power-cut-admin-token-0123456789abcdef'
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 // A first embedded start runs PGlite's initdb: about 50 s on a loaded 2-core machine.
 const FIRST_START_MS = 120_000
 
@@ -21,17 +19,7 @@ t.test('embedded PGlite: power cut mid-stream, nothing acknowledged is lost', as
   t.teardown(() => { first.child.kill('SIGKILL') })
   const base = `http://127.0.0.1:${first.httpPort}`
   const devices = await Promise.all(Array.from({ length: 10 }, () => provisionDevice(base, token)))
-  const fleet = startFleet(first.mqttPort, devices, 50)
-  t.teardown(() => fleet.stop())
-  // Publish until a few hundred readings are acknowledged (the first flush writes out
-  // everything start-up left in the page cache, so the first acks can take seconds), then cut
-  // mid-stream: the process dies and the power goes.
-  await untilAcked(fleet, 300)
-  await sleep(1000)
-  first.child.kill('SIGKILL')
-  await first.exited
-  await fleet.stop()
-  await cutWithControl(t, disk)
+  const fleet = await publishThenCut(t, first, disk, devices)
 
   const second = await spawnVigil(env, disk.dir, { startTimeoutMs: FIRST_START_MS })
   t.teardown(() => { second.child.kill('SIGKILL') })

@@ -1,8 +1,7 @@
 import t from 'tap'
-import { startFleet } from './helpers/fleet.ts'
 import { startInfluxd } from './helpers/influxd.ts'
 import { createTestDatabase } from './helpers/postgres.ts'
-import { createCuttableDisk, cutWithControl, untilAcked, spoolDepth, verifyAcknowledged } from './helpers/power-cut.ts'
+import { createCuttableDisk, publishThenCut, spoolDepth, verifyAcknowledged } from './helpers/power-cut.ts'
 import { provisionDevice } from './helpers/provision.ts'
 import { spawnVigil } from './helpers/vigil-process.ts'
 
@@ -29,17 +28,7 @@ t.test('Postgres + InfluxDB: the spool survives a power cut with InfluxDB down',
   const devices = await Promise.all(Array.from({ length: 10 }, () => provisionDevice(base, token)))
   // InfluxDB away: every acknowledgement rests on the spool's fsync alone.
   await influxd.stop()
-  const fleet = startFleet(first.mqttPort, devices, 50)
-  t.teardown(() => fleet.stop())
-  // Publish until a few hundred readings are acknowledged (the first flush writes out
-  // everything start-up left in the page cache, so the first acks can take seconds), then cut
-  // mid-stream: the process dies and the power goes.
-  await untilAcked(fleet, 300)
-  await sleep(1000)
-  first.child.kill('SIGKILL')
-  await first.exited
-  await fleet.stop()
-  await cutWithControl(t, disk)
+  const fleet = await publishThenCut(t, first, disk, devices)
 
   await influxd.start()
   const second = await spawnVigil(env, disk.dir, { startTimeoutMs: FIRST_START_MS })

@@ -5,7 +5,7 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
-import type { Fleet } from './fleet.ts'
+import { startFleet, type Fleet, type FleetDevice } from './fleet.ts'
 import type { VigilProcess } from './vigil-process.ts'
 
 /**
@@ -180,4 +180,22 @@ export async function untilAcked (fleet: Fleet, count: number): Promise<void> {
     if (Date.now() > deadline) throw new Error(`only ${fleet.ackedCount()} of ${count} readings acknowledged within 60 s`)
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
+}
+
+/**
+ * Ten devices publish through `p` until a few hundred readings are acknowledged (the first
+ * flush writes out everything start-up left in the page cache, so the first acks can take
+ * seconds), then the cut comes mid-stream: the process dies and the power goes. Returns the
+ * fleet, whose acknowledgements are what must survive.
+ */
+export async function publishThenCut (t: Test, p: VigilProcess, disk: CuttableDisk, devices: FleetDevice[]): Promise<Fleet> {
+  const fleet = startFleet(p.mqttPort, devices, 50)
+  t.teardown(() => fleet.stop())
+  await untilAcked(fleet, 300)
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  p.child.kill('SIGKILL')
+  await p.exited
+  await fleet.stop()
+  await cutWithControl(t, disk)
+  return fleet
 }
