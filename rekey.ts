@@ -3,12 +3,12 @@ import os from 'node:os'
 import { ConfigError, loadConfig } from './config/config.ts'
 import { createLogger } from './observability/logger.ts'
 import { lockDataDir } from './store/data-dir-lock.ts'
-import { clinicalTextKeyUsage, reencryptClinicalText } from './store/clinical-text.ts'
+import { clinicalTextKeyUsage, reencryptClinicalText } from './crypto/clinical-text.ts'
 import { openDatabase } from './store/database.ts'
-import { openEmbeddedKeyring } from './store/embedded-keyring.ts'
+import { openEmbeddedKeyring } from './crypto/embedded-keyring.ts'
 import { createJobQueue } from './jobs/job-queue.ts'
-import { createPatientRecordStore } from './store/patient-records.ts'
-import { createVoiceNoteStore } from './store/voice-notes.ts'
+import { createPatientRecordStore } from './patients/patient-records.ts'
+import { createVoiceNoteStore } from './jobs/voice-notes.ts'
 
 // `npm run rekey`: re-encrypts every patient record under the active key, with the same
 // configuration as Vigil (VIGIL_SECRET_KEY / VIGIL_SECRET_KEY_FILE, DATABASE_URL). Vigil does the

@@ -1,12 +1,12 @@
 import type { Duplex } from 'node:stream'
 import { Aedes, type AuthenticateError, type Client } from 'aedes'
 import type { Logger } from 'pino'
-import type { Authenticate, Principal } from '../api/auth.ts'
+import type { Authenticate, Principal } from '../access/auth.ts'
 import type { Config } from '../config/config.ts'
 import type { Ingest, TopicKind } from '../ingest/ingest.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import { createLogThrottle } from '../observability/log-throttle.ts'
-import type { DeviceRegistry } from '../store/device-registry.ts'
+import type { DeviceRegistry } from '../devices/device-registry.ts'
 import { createAddressGuard } from './address-guard.ts'
 import { FrameTooLargeError, SlowSubscriberError, UnexpectedPacketTypeError, limitFrames } from './frame-limit.ts'
 import { listenTcp, listenTls, listenWebSocket, type MqttConnection, type MqttListener, type TlsMaterial, type Transport } from './listeners.ts'
@@ -108,7 +108,7 @@ export interface BrokerHandle {
   close (): Promise<void>
 }
 
-// Device ids are UUIDs (store/device-registry.ts). Checked before any lookup so a hostile
+// Device ids are UUIDs (devices/device-registry.ts). Checked before any lookup so a hostile
 // client id never reaches SQL, a topic comparison or a map key.
 const DEVICE_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 // What any client id must look like before anything else reads it: no wildcards (+ #), no
@@ -118,7 +118,7 @@ const PUBLISH_TOPIC = /^devices\/([0-9a-f-]{36})\/(telemetry|senml|status)$/
 const ALERT_TOPIC = /^alerts\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/
 const USER_ALERT_TOPIC = /^users\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\/alerts$/
 
-/** The type and patient of an alert notification (alerts/alert-store.ts notificationPayload); null when it names none. */
+/** The type and patient of an alert notification (alerts/lifecycle/alert-store.ts notificationPayload); null when it names none. */
 function eventOf (payload: Buffer | string): { type: string, patientId: string } | null {
   try {
     const parsed = JSON.parse(Buffer.isBuffer(payload) ? payload.toString('utf8') : payload) as { type?: unknown, alert?: { patientId?: unknown } }

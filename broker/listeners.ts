@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream'
 import tls from 'node:tls'
 import type { Logger } from 'pino'
 import { WebSocketServer, createWebSocketStream } from 'ws'
-import { listen } from '../config/listen.ts'
+import { listen } from '../net/listen.ts'
 
 export type Transport = 'tcp' | 'tls' | 'ws'
 

@@ -1,9 +1,9 @@
 import { Type } from 'typebox'
 import { Compile } from 'typebox/compile'
-import { PayloadRejection } from './reading.ts'
-import type { NormalizedReading } from './reading.ts'
-import { lookupMetric, lookupMetricByLoinc, normalizeValue } from './vitals-catalogue.ts'
-import type { MetricEntry } from './vitals-catalogue.ts'
+import { PayloadRejection } from '../readings/reading.ts'
+import type { NormalizedReading } from '../readings/reading.ts'
+import { lookupMetric, lookupMetricByLoinc, normalizeValue } from '../readings/vitals-catalogue.ts'
+import type { MetricEntry } from '../readings/vitals-catalogue.ts'
 import { checkReadingTime, describeFirstBadItem, refuseLongArray, describeFirstError, parseJsonPayload, withLocation } from './decode-telemetry.ts'
 import type { DecodedPayload } from './decode-telemetry.ts'
 

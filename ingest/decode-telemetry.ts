@@ -3,9 +3,9 @@ import type { Static } from 'typebox'
 import { Compile } from 'typebox/compile'
 import type { Validator } from 'typebox/compile'
 import type { TLocalizedValidationError } from 'typebox/error'
-import { PayloadRejection } from './reading.ts'
-import type { NormalizedReading } from './reading.ts'
-import { normalizeValue } from './vitals-catalogue.ts'
+import { PayloadRejection } from '../readings/reading.ts'
+import type { NormalizedReading } from '../readings/reading.ts'
+import { normalizeValue } from '../readings/vitals-catalogue.ts'
 
 /** How far ahead of the server's clock a device's clock may run. */
 export const MAX_CLOCK_AHEAD_MS = 5 * 60_000
@@ -33,7 +33,7 @@ const telemetryChecker = Compile(TelemetryPayloadSchema)
 
 /*
  * TypeBox's Errors() walks every item, and slowly: 80,000 items took 1.9 s on the event loop
- * (found by test/fuzz-payloads.test.ts). So a failed Check is explained in two cheap steps:
+ * (found by test/ingest/fuzz-payloads.test.ts). So a failed Check is explained in two cheap steps:
  * the envelope with items left opaque (the length cap refuses huge arrays at once), then the
  * first item that fails its own compiled check.
  */

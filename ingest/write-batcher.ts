@@ -1,4 +1,4 @@
-import type { StoredReading } from './reading.ts'
+import type { StoredReading } from '../readings/reading.ts'
 
 interface Offer { readings: StoredReading[], resolve: () => void, reject: (err: Error) => void }
 

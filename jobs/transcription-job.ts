@@ -1,5 +1,5 @@
 import type { WorkerPool } from '../workers/pool.ts'
-import type { VoiceNoteStore } from '../store/voice-notes.ts'
+import type { VoiceNoteStore } from './voice-notes.ts'
 import { PermanentJobError, type JobHandler } from './job-runner.ts'
 import type { EngineSpec, Transcript } from './transcription/engine.ts'
 import { CONTROL_CANCEL, CONTROL_PROGRESS, CONTROL_SLOTS, type TranscribeTask } from './transcription/transcribe-task.ts'

@@ -1,14 +1,14 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
-import type { RuleStateStore } from '../../alerts/rule-state-store.ts'
-import type { News2State, RuleOverride } from '../../alerts/evaluate.ts'
-import { news2Parameters, scoreNews2 } from '../../alerts/news2.ts'
-import type { News2Parameter } from '../../alerts/news2.ts'
-import { RulesInvalidError, RulesNotWritableError } from '../../alerts/rules-file.ts'
-import type { RulesFile } from '../../alerts/rules-file.ts'
+import type { RuleStateStore } from '../../alerts/engine/rule-state-store.ts'
+import type { News2State, RuleOverride } from '../../alerts/engine/evaluate.ts'
+import { news2Parameters, scoreNews2 } from '../../alerts/engine/news2.ts'
+import type { News2Parameter } from '../../alerts/engine/news2.ts'
+import { RulesInvalidError, RulesNotWritableError } from '../../alerts/engine/rules-file.ts'
+import type { RulesFile } from '../../alerts/engine/rules-file.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import { IdParams, Uuid, errorResponses, instantMs } from '../schemas.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { IdParams, Uuid, errorResponses, instantMs } from '../schemas/common.ts'
 
 /** What the alert engine gives the API (startAlertEngine's handle fits). */
 export interface AlertRulesApi {

@@ -1,13 +1,13 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { ServerResponse } from 'node:http'
-import type { Alert, AlertEvent, Actor, CommittedEvent } from '../../alerts/alert-store.ts'
-import { notificationPayload } from '../../alerts/alert-store.ts'
-import type { AlertingApi } from '../../alerts/alerting.ts'
+import type { Alert, AlertEvent, Actor, CommittedEvent } from '../../alerts/lifecycle/alert-store.ts'
+import { notificationPayload } from '../../alerts/lifecycle/alert-store.ts'
+import type { AlertingApi } from '../../alerts/lifecycle/alerting.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import type { Principal } from '../auth.ts'
-import { VigilError } from '../errors.ts'
-import { IdParams, PageLimit, Uuid, decodeSerialCursor, errorResponses, instantMs, invalid, page, pageOf } from '../schemas.ts'
+import type { Principal } from '../../access/auth.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { IdParams, PageLimit, Uuid, decodeSerialCursor, errorResponses, instantMs, invalid, page, pageOf } from '../schemas/common.ts'
 
 const Severity = Type.Union([Type.Literal('low'), Type.Literal('medium'), Type.Literal('high'), Type.Literal('critical')])
 const Status = Type.Union([Type.Literal('open'), Type.Literal('acknowledged'), Type.Literal('resolved')])
@@ -393,7 +393,7 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
     // to someone who cannot open the patient, or to a device integrator, is an alert no one answers.
     const assignee = await deps.access.principalOfUser(request.body.userId)
     if (assignee === null) throw new VigilError('VIGIL_ERR_UNKNOWN_USER', 'no active user with this id')
-    // The care-team scope is the clinician category's (api/access-policy.ts); the assignee's
+    // The care-team scope is the clinician category's (access/access-policy.ts); the assignee's
     // reach is decided on the people data itself (care team, break-glass), as at their sign-in.
     if (!assignee.patientScopes.has('care-team') || !assignee.permissions.has('alerts:read') || !await deps.access.patientAccess.canSee(assignee, alert.patientId)) {
       throw new VigilError('VIGIL_ERR_INVALID_ASSIGNEE', 'alerts are assigned to clinicians who reach the patient (care team or break-glass)')

@@ -1,7 +1,7 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import { Assignment, IdParams, errorResponses, instantMs } from '../schemas.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { Assignment, IdParams, errorResponses, instantMs } from '../schemas/common.ts'
 
 const AssignmentCorrection = Type.Object({
   validFrom: Type.String({ format: 'date-time', description: 'The corrected start of the current assignment' })

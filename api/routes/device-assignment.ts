@@ -1,9 +1,9 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import type { PatientAccessPolicy } from '../patient-access.ts'
-import { Assignment, AssignmentRequest, IdParams, errorResponses, instantMs } from '../schemas.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import type { PatientAccessPolicy } from '../../access/patient-access.ts'
+import { Assignment, AssignmentRequest, IdParams, errorResponses, instantMs } from '../schemas/common.ts'
 
 /**
  * Changing a device's assignment starts or stops a patient's monitoring, so it needs the

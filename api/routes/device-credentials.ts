@@ -1,9 +1,9 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
-import { auditActor } from '../access-policy.ts'
+import { auditActor } from '../../access/access-policy.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import { DeviceCredential, IdParams, errorResponses } from '../schemas.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { DeviceCredential, IdParams, errorResponses } from '../schemas/common.ts'
 import { requireCurrentPatient } from './device-assignment.ts'
 
 /**

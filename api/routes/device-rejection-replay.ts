@@ -1,7 +1,7 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import { IdParams, errorResponses } from '../schemas.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { IdParams, errorResponses } from '../schemas/common.ts'
 
 /** Kept payloads looked at per request; a device with more is replayed by calling again. */
 const REPLAY_BATCH = 500

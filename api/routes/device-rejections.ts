@@ -1,8 +1,8 @@
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import { IdParams, PageQuery, Rejection, decodeSerialCursor, errorResponses, page, pageOf } from '../schemas.ts'
-import { auditActor } from '../access-policy.ts'
-import { REJECTION_GENERIC_MESSAGES } from '../../ingest/reading.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { IdParams, PageQuery, Rejection, decodeSerialCursor, errorResponses, page, pageOf } from '../schemas/common.ts'
+import { auditActor } from '../../access/access-policy.ts'
+import { REJECTION_GENERIC_MESSAGES } from '../../readings/reading.ts'
 
 /**
  * Rejected payloads are PHI of the patient the device was assigned to when they arrived

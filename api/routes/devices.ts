@@ -1,13 +1,13 @@
 import type { FastifyRequest } from 'fastify'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import type { PatientStore } from '../../store/patients.ts'
-import type { Access } from '../access.ts'
-import type { PatientAccessPolicy } from '../patient-access.ts'
-import { VigilError } from '../errors.ts'
+import type { PatientStore } from '../../patients/patients.ts'
+import type { Access } from '../../access/access.ts'
+import type { PatientAccessPolicy } from '../../access/patient-access.ts'
+import { VigilError } from '../../errors/catalogue.ts'
 import {
   Device, DeviceDetail, DevicePatch, IdParams, NewDevice, PageQuery,
   decodeIdCursor, errorResponses, normalizeMac, page, pageOf, parseDateOrDateTime
-} from '../schemas.ts'
+} from '../schemas/common.ts'
 
 // Clocks of the caller and the server disagree a little; "today, now" must not be refused.
 const FUTURE_SKEW_MS = 5 * 60_000

@@ -1,9 +1,9 @@
 import { createJobQueue, type Job } from '../../jobs/job-queue.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import { JobListQuery, JobView, decodeTimeCursor, encodeTimeCursor } from '../job-schemas.ts'
-import { IdParams, errorResponses, page, pageOf } from '../schemas.ts'
-import { TRANSCRIPTION_JOB } from '../../store/voice-notes.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { JobListQuery, JobView, decodeTimeCursor, encodeTimeCursor } from '../schemas/jobs.ts'
+import { IdParams, errorResponses, page, pageOf } from '../schemas/common.ts'
+import { TRANSCRIPTION_JOB } from '../../jobs/voice-notes.ts'
 import { releasedView } from './voice-notes.ts'
 
 /** The API's view of a job: no payload, lock or completion counter. */

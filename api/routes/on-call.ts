@@ -1,11 +1,11 @@
 import { Type } from '@fastify/type-provider-typebox'
-import type { OnCallStore } from '../../store/on-call.ts'
+import type { OnCallStore } from '../../alerts/lifecycle/on-call.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import { IdParams, Uuid, errorResponses, instantMs, invalid } from '../schemas.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { IdParams, Uuid, errorResponses, instantMs, invalid } from '../schemas/common.ts'
 
 const Instant = Type.String({ format: 'date-time' })
-// An escalation tier's notify name (alerts/rule-set.ts NAME_PATTERN): a role id such as nurse,
+// An escalation tier's notify name (alerts/engine/rule-set.ts NAME_PATTERN): a role id such as nurse,
 // doctor, or a team with no role of its own, such as rapid_response.
 const TierRole = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$', description: "An escalation tier's notify name: nurse, doctor, rapid_response …" })
 const MAX_SHIFT_MS = 31 * 86_400_000

@@ -1,13 +1,13 @@
 import type { FastifyRequest } from 'fastify'
-import { DecryptionError, UnknownKeyError } from '../../store/field-encryption.ts'
-import { RecordWriteConflictError } from '../../store/patient-records.ts'
-import type { PatientRecordStore, StoredRecord } from '../../store/patient-records.ts'
+import { DecryptionError, UnknownKeyError } from '../../crypto/field-encryption.ts'
+import { RecordWriteConflictError } from '../../patients/patient-records.ts'
+import type { PatientRecordStore, StoredRecord } from '../../patients/patient-records.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import { KeyUsage, LookupBody, LookupResult, PatientRecord, RecordBody, RecordPatch, recordFields, recordProblems } from '../record-schemas.ts'
-import type { RecordPatch as RecordPatchType } from '../record-schemas.ts'
-import { IdParams, errorResponses } from '../schemas.ts'
-import { clinicalTextKeyUsage } from '../../store/clinical-text.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { KeyUsage, LookupBody, LookupResult, PatientRecord, RecordBody, RecordPatch, recordFields, recordProblems } from '../../patients/record-schemas.ts'
+import type { RecordPatch as RecordPatchType } from '../../patients/record-schemas.ts'
+import { IdParams, errorResponses } from '../schemas/common.ts'
+import { clinicalTextKeyUsage } from '../../crypto/clinical-text.ts'
 
 export interface PatientRecordRouteDeps extends Pick<RouteDeps, 'patientAccess' | 'voiceNotes' | 'db'> {
   patientRecords: PatientRecordStore

@@ -1,15 +1,15 @@
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
+import { VigilError } from '../../errors/catalogue.ts'
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
-import { IdParams, NewPatient, PageLimit, PageQuery, Patient, decodeIdCursor, errorResponses, page, pageOf } from '../schemas.ts'
+import { IdParams, NewPatient, PageLimit, PageQuery, Patient, decodeIdCursor, errorResponses, page, pageOf } from '../schemas/common.ts'
 
 const PatientSearch = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 200, pattern: '\\S', description: 'part of the display name (any case)' }),
   limit: PageLimit,
   cursor: Type.Optional(Type.String({ maxLength: 64, description: 'nextCursor of the previous page' }))
 }, { additionalProperties: false })
-import { auditActor } from '../access-policy.ts'
+import { auditActor } from '../../access/access-policy.ts'
 
 export function patientRoutes (app: ApiInstance, { patients, patientAccess, access }: Pick<RouteDeps, 'patients' | 'patientAccess' | 'access'>): void {
   app.post('/patients', {

@@ -1,18 +1,18 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
-import { DuplicateEmailError, UnknownRoleError, UnknownUserError } from '../../store/people.ts'
-import { hashPassword, passwordWeakness } from '../../store/passwords.ts'
-import type { Access } from '../access.ts'
-import { auditActor, scopesOf } from '../access-policy.ts'
+import { DuplicateEmailError, UnknownRoleError, UnknownUserError } from '../../access/people.ts'
+import { hashPassword, passwordWeakness } from '../../access/passwords.ts'
+import type { Access } from '../../access/access.ts'
+import { auditActor, scopesOf } from '../../access/access-policy.ts'
 import {
   AccessLogEntry, ApiToken, AuditQuery, AuditRow, BreakGlassGrant, BreakGlassQuery, BreakGlassRequest, CareTeamAssignment,
   CreatedApiToken, NewApiToken, NewCareTeamAssignment, NewRole, NewUser, RoleDefinition, SerialParams, User, UserPatch,
   UserRoleParams, UsersQuery
-} from '../access-schemas.ts'
+} from '../schemas/access.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import type { Principal } from '../auth.ts'
-import { VigilError } from '../errors.ts'
-import { IdParams, PageQuery, decodeIdCursor, errorResponses, instantMs, invalid, page, pageOf } from '../schemas.ts'
+import type { Principal } from '../../access/auth.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { IdParams, PageQuery, decodeIdCursor, errorResponses, instantMs, invalid, page, pageOf } from '../schemas/common.ts'
 
 /** Permissions that reach patient data: a token made by a non-admin may hold none of them. */
 export const phiPermissions = new Set([

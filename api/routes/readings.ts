@@ -1,12 +1,12 @@
 import { Type } from '@fastify/type-provider-typebox'
-import type { StoredReading } from '../../ingest/reading.ts'
+import type { StoredReading } from '../../readings/reading.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
 import {
   instantMs,
   invalid,
   AggregateQuery, AggregateResult, IdParams, Reading, ReadingsQuery,
   bucketCount, decodeReadingCursor, encodeReadingCursor, errorResponses, page, pageOf, parseEvery, suggestEvery
-} from '../schemas.ts'
+} from '../schemas/common.ts'
 
 /** Beyond this an aggregate is a bulk export, not a chart. */
 export const MAX_BUCKETS = 10_000

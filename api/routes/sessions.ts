@@ -1,10 +1,10 @@
 import { Type } from '@fastify/type-provider-typebox'
-import type { Access } from '../access.ts'
-import { LoginRequest, RefreshRequest, TokenPair } from '../access-schemas.ts'
+import type { Access } from '../../access/access.ts'
+import { LoginRequest, RefreshRequest, TokenPair } from '../schemas/access.ts'
 import type { ApiInstance } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import { createLoginBudget } from '../login-budget.ts'
-import { errorResponses } from '../schemas.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { createLoginBudget } from '../../access/login-budget.ts'
+import { errorResponses } from '../schemas/common.ts'
 
 const BEARER = /^Bearer +([\x21-\x7E]{1,512})$/i
 

@@ -1,10 +1,10 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { auditActor } from '../access-policy.ts'
-import { VigilError } from '../errors.ts'
-import { errorResponses } from '../schemas.ts'
+import { auditActor } from '../../access/access-policy.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { errorResponses } from '../schemas/common.ts'
 
-/** What the API needs of the InfluxDB spool (ingest/spool.ts). */
+/** What the API needs of the InfluxDB spool (readings/spool.ts). */
 export interface SpoolAdmin {
   replayDeadLetters (): Promise<{ replayed: number }>
 }

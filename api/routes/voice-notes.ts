@@ -1,10 +1,10 @@
 import type { FastifyRequest } from 'fastify'
 import { readWavInfo, WavError } from '../../jobs/transcription/wav.ts'
-import type { ReleasedView, VoiceNoteStore } from '../../store/voice-notes.ts'
+import type { ReleasedView, VoiceNoteStore } from '../../jobs/voice-notes.ts'
 import type { ApiInstance, RouteDeps } from '../app.ts'
-import { VigilError } from '../errors.ts'
-import { VoiceNoteAccepted, VoiceNoteListQuery, VoiceNoteView, decodeTimeCursor, encodeTimeCursor } from '../job-schemas.ts'
-import { IdParams, Uuid, errorResponses, page, pageOf } from '../schemas.ts'
+import { VigilError } from '../../errors/catalogue.ts'
+import { VoiceNoteAccepted, VoiceNoteListQuery, VoiceNoteView, decodeTimeCursor, encodeTimeCursor } from '../schemas/jobs.ts'
+import { IdParams, Uuid, errorResponses, page, pageOf } from '../schemas/common.ts'
 import { Type } from '@fastify/type-provider-typebox'
 
 /** Upload limits; defaults match config (VOICE_NOTE_MAX_BYTES, VOICE_NOTE_MAX_SECONDS). */

@@ -18,7 +18,7 @@ CREATE TABLE users (
 CREATE UNIQUE INDEX users_email ON users (lower(email)) WHERE email IS NOT NULL;
 
 -- Roles as data. category decides how far a role reaches into patients (see
--- api/access-policy.ts): admin = every patient, clinician = care team + break-glass,
+-- access/access-policy.ts): admin = every patient, clinician = care team + break-glass,
 -- patient = self, developer/integrator/research = no patient.
 CREATE TABLE role_definitions (
   id text PRIMARY KEY,

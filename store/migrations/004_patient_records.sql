@@ -1,5 +1,5 @@
 -- The patient's structured record (PHI). Sensitive groups are encrypted by the application
--- (AES-256-GCM, store/field-encryption.ts): each *_enc column holds one envelope
+-- (AES-256-GCM, crypto/field-encryption.ts): each *_enc column holds one envelope
 -- `v1.<keyId>.<iv>.<ciphertext+tag>` whose additional data is (patient_records, column,
 -- patient_id), so a value copied to another row or column does not decrypt.
 -- Every envelope of a row is written under the same key, recorded in key_id so rotation can

@@ -32,7 +32,7 @@ CREATE INDEX jobs_patient ON jobs (patient_id);
 
 -- Voice notes: dictations and voice messages, transcribed by a 'transcription' job.
 -- transcript and words_json are PHI: encrypted in the application (AES-256-GCM envelopes,
--- store/field-encryption.ts, bound to table/column/id) under key_id; never logged.
+-- crypto/field-encryption.ts, bound to table/column/id) under key_id; never logged.
 CREATE TABLE voice_notes (
   id uuid PRIMARY KEY,
   patient_id uuid NOT NULL REFERENCES patients(id),
@@ -58,5 +58,5 @@ CREATE INDEX voice_notes_key ON voice_notes (key_id) WHERE key_id IS NOT NULL;
 -- In Postgres rather than on disk so any runner sharing the database can transcribe it.
 CREATE TABLE voice_note_audio (
   voice_note_id uuid PRIMARY KEY REFERENCES voice_notes(id) ON DELETE CASCADE,
-  audio bytea NOT NULL                       -- encrypted (binary envelope, store/field-encryption.ts)
+  audio bytea NOT NULL                       -- encrypted (binary envelope, crypto/field-encryption.ts)
 );

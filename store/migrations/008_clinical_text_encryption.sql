@@ -1,4 +1,4 @@
--- Clinical free text encrypted by the application (issue 11 item 8, store/clinical-text.ts):
+-- Clinical free text encrypted by the application (issue 11 item 8, crypto/clinical-text.ts):
 -- alert comments and resolve reasons (alert_events.body.text / .reason), break-glass reasons
 -- (break_glass_grants.reason, audit_log.break_glass_reason), rule-override and NEWS2
 -- SpO2-scale reasons. Each value becomes a field envelope bound to its table, column and row;

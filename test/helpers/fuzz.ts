@@ -1,9 +1,9 @@
 import { EARLIEST_READING_MS } from '../../ingest/decode-telemetry.ts'
 import type { DecodedPayload } from '../../ingest/decode-telemetry.ts'
-import { PayloadRejection } from '../../ingest/reading.ts'
-import type { RejectionReason } from '../../ingest/reading.ts'
-import { lookupMetric, vitalsCatalogue } from '../../ingest/vitals-catalogue.ts'
-import type { MetricName, UnitConversion } from '../../ingest/vitals-catalogue.ts'
+import { PayloadRejection } from '../../readings/reading.ts'
+import type { RejectionReason } from '../../readings/reading.ts'
+import { lookupMetric, vitalsCatalogue } from '../../readings/vitals-catalogue.ts'
+import type { MetricName, UnitConversion } from '../../readings/vitals-catalogue.ts'
 
 // Seeded, bounded fuzzing: one seed replays every case of a run. The default seed is fixed so
 // CI runs are reproducible; FUZZ_SEED=random explores, and the seed is printed either way.

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import { createKeyring } from '../../store/field-encryption.ts'
-import type { Keyring } from '../../store/field-encryption.ts'
+import { createKeyring } from '../../crypto/field-encryption.ts'
+import type { Keyring } from '../../crypto/field-encryption.ts'
 
 /** Fresh random 32-byte keys by id, for tests that build keyrings of their own. */
 export function randomKeys (...ids: string[]): Map<string, Buffer> {

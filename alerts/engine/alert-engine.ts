@@ -1,0 +1,312 @@
+import type pg from 'pg'
+import type { Keyring } from '../../crypto/field-encryption.ts'
+import type { Logger } from 'pino'
+import { Counter, Histogram } from 'prom-client'
+import type { Registry } from 'prom-client'
+import type { StoredReading } from '../../readings/reading.ts'
+import { createWorkerPool, taskFile } from '../../workers/pool.ts'
+import type { WorkerPool } from '../../workers/pool.ts'
+import { createRuleStateStore } from './rule-state-store.ts'
+import type { RuleStateStore } from './rule-state-store.ts'
+import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence } from '../contract.ts'
+import type { EvalReading, EvaluateInput, EvaluateOutput, PatientBatch, PatientRuleState } from './evaluate.ts'
+import { evaluateNoData } from './no-data.ts'
+import { startRulesFile } from './rules-file.ts'
+import type { ActiveRules, RulesFile } from './rules-file.ts'
+
+export interface AlertEngineOptions {
+  /** The metadata database (migration 005's tables). */
+  pool: pg.Pool
+  /** Encrypts rule-override and SpO2-scale reasons (clinical free text). */
+  keyring: Keyring
+  /** VIGIL_ALERT_RULES. */
+  rulesPath: string
+  /** WORKER_THREADS: evaluation runs in a Piscina pool of at most this many threads. */
+  workerThreads: number
+  /** The alert lifecycle: receives every condition change. */
+  sink: ConditionSink
+  /** Stores derived readings (NEWS2 scores): the reading store, or the spool in front of it. */
+  writeDerived: (readings: StoredReading[]) => Promise<void>
+  log: Logger
+  /** The instance's metrics registry (metrics.registry). */
+  registry: Registry
+  now?: () => number
+  /** Readings wait at most this long for a batch (default 50 ms)… */
+  flushIntervalMs?: number
+  /** …or until this many are queued (default 500). */
+  batchSize?: number
+  /** Readings queued beyond this (evaluation stalled, e.g. database down) are dropped from evaluation, oldest first; they stay stored. */
+  maxQueued?: number
+  rulesDebounceMs?: number
+}
+
+export interface AlertEngine extends AlertEngineSeam {
+  /** ingest's onAccepted hook: queues readings for evaluation; never blocks or throws. */
+  onAccepted (readings: readonly StoredReading[]): void
+  rules (): ActiveRules
+  readonly rulesFile: RulesFile
+  readonly store: RuleStateStore
+  /** Resolves once every reading queued so far is evaluated (tests, shutdown). */
+  flush (): Promise<void>
+  close (): Promise<void>
+}
+
+type Queued = EvalReading & { patientId: string }
+
+/** The pure evaluation (in a worker) threw: not an outage, so not retried. */
+class EvaluationError extends Error {
+  constructor (cause: unknown) {
+    super('alert evaluation failed', { cause })
+    this.name = 'EvaluationError'
+  }
+}
+
+/**
+ * The alert engine: queues accepted readings, evaluates them in batches in worker threads
+ * (pure rules: alerts/engine/evaluate.ts), hands condition changes to the sink, stores derived NEWS2
+ * readings, and persists rule state after each batch so a restart resumes windows and
+ * sustained-since times. Batches run one at a time, so no two evaluations of one patient overlap.
+ */
+export async function startAlertEngine (options: AlertEngineOptions): Promise<AlertEngine> {
+  const log = options.log.child({ component: 'alert-engine' })
+  const now = options.now ?? Date.now
+  const flushIntervalMs = options.flushIntervalMs ?? 50
+  const batchSize = options.batchSize ?? 500
+  const maxQueued = options.maxQueued ?? 100_000
+  const store = createRuleStateStore(options.pool, options.keyring)
+  const metrics = {
+    evaluationSeconds: new Histogram({
+      name: 'vigil_alert_evaluation_seconds',
+      help: 'Time to evaluate one batch of readings against the alert rules (worker threads, state load and save)',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [options.registry]
+    }),
+    latencySeconds: new Histogram({
+      name: 'vigil_alert_reading_to_condition_seconds',
+      help: 'From a reading accepted to the condition change it caused handed to the alert lifecycle (stored)',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [options.registry]
+    }),
+    readingsEvaluated: new Counter({ name: 'vigil_alert_readings_evaluated_total', help: 'Readings evaluated against the alert rules', registers: [options.registry] }),
+    changes: new Counter({ name: 'vigil_alert_condition_changes_total', help: 'Condition changes emitted, by kind and status', labelNames: ['kind', 'status'] as const, registers: [options.registry] }),
+    dropped: new Counter({ name: 'vigil_alert_readings_dropped_total', help: 'Readings not evaluated (still stored): the evaluation queue was full, or their batch evaluation threw', registers: [options.registry] }),
+    failures: new Counter({ name: 'vigil_alert_batch_failures_total', help: 'Evaluation batches that failed and were retried', registers: [options.registry] })
+  }
+
+  const rulesFile = await startRulesFile({ pool: options.pool, path: options.rulesPath, log, debounceMs: options.rulesDebounceMs, now })
+  let pool: WorkerPool<EvaluateInput, EvaluateOutput> | null = null
+  try {
+    pool = createWorkerPool<EvaluateInput, EvaluateOutput>({ filename: taskFile(import.meta.url, 'evaluate-task'), threads: options.workerThreads, minThreads: options.workerThreads })
+    // Loading the task in each thread takes seconds under tsx: do it now (one empty task per
+    // thread, run together), not on the first readings, which would wait for it.
+    const warm = pool
+    await Promise.all(Array.from({ length: warm.threads }, () => warm.run({ rules: [], patients: [], nowMs: 0 })))
+  } catch (err) {
+    await pool?.close()
+    await rulesFile.close()
+    throw err
+  }
+  const workers = pool
+
+  const states = new Map<string, PatientRuleState>()
+  let queue: Queued[] = []
+  let timer: NodeJS.Timeout | null = null
+  let closed = false
+  // Set once close() has drained the queue: nothing is scheduled after it.
+  let closedHard = false
+  let failuresInRow = 0
+  let chain: Promise<void> = Promise.resolve()
+  const exclusive = <T>(task: () => Promise<T>): Promise<T> => {
+    const run = chain.then(task)
+    chain = run.then(() => {}, () => {})
+    return run
+  }
+
+  async function deliver (changes: ConditionChange[], triggeredAt: number[] | null): Promise<void> {
+    if (changes.length === 0) return
+    await options.sink.apply(changes)
+    const at = now()
+    changes.forEach((c, i) => {
+      // Restatements of a condition already firing (re-alert reminders, NEWS2 updates) are not changes of state.
+      if (c.ongoing === undefined) metrics.changes.inc({ kind: c.kind, status: c.status })
+      if (triggeredAt !== null) metrics.latencySeconds.observe(Math.max(0, at - triggeredAt[i]!) / 1000)
+    })
+  }
+
+  async function statesFor (patientIds: string[]): Promise<void> {
+    const missing = patientIds.filter((id) => !states.has(id))
+    if (missing.length === 0) return
+    for (const [id, s] of await store.loadStates(missing)) states.set(id, s)
+  }
+
+  async function runBatch (batch: Queued[]): Promise<void> {
+    const end = metrics.evaluationSeconds.startTimer()
+    const byPatient = new Map<string, EvalReading[]>()
+    for (const r of batch) {
+      const list = byPatient.get(r.patientId) ?? []
+      list.push({ metric: r.metric, value: r.value, ts: r.ts, deviceId: r.deviceId, receivedAt: r.receivedAt })
+      byPatient.set(r.patientId, list)
+    }
+    const ids = [...byPatient.keys()]
+    const t0 = performance.now()
+    await statesFor(ids)
+    const [overrides, scales] = await Promise.all([store.overridesOf(ids), store.spo2Scales(ids)])
+    const rules = rulesFile.current().ruleSet.rules
+    const nowMs = now()
+    const patients: PatientBatch[] = ids.map((id) => ({
+      patientId: id, state: states.get(id) ?? {}, readings: byPatient.get(id)!, overrides: overrides.get(id) ?? [], spo2Scale: scales.get(id) ?? 1
+    }))
+    // One task per thread at most: batches, not one task per reading.
+    const chunks: PatientBatch[][] = Array.from({ length: Math.min(workers.threads, patients.length) }, () => [])
+    patients.forEach((p, i) => chunks[i % chunks.length]!.push(p))
+    const t1 = performance.now()
+    let results: EvaluateOutput[]
+    try {
+      results = await Promise.all(chunks.map((chunk) => workers.run({ rules, patients: chunk, nowMs })))
+    } catch (err) {
+      throw new EvaluationError(err)
+    }
+    const t2 = performance.now()
+    const derived = results.flatMap((r) => r.derivedReadings)
+    // Derived readings and changes before the state: after a failure the batch is evaluated
+    // again from the old state, so the sink may see a change twice but never misses one.
+    if (derived.length > 0) await options.writeDerived(derived)
+    await deliver(results.flatMap((r) => r.changes), results.flatMap((r) => r.triggeredAt))
+    const newStates = results.flatMap((r) => r.states)
+    // Only the rules whose state changed are written (a reading touches few of them).
+    await store.saveStates(newStates.filter((s) => s.changed.length > 0).map(({ patientId, state, changed }) => {
+      return { patientId, state: Object.fromEntries(changed.map((id) => [id, state[id]])) }
+    }))
+    for (const { patientId, state } of newStates) states.set(patientId, state)
+    metrics.readingsEvaluated.inc(batch.length)
+    end()
+    log.debug({
+      readingCount: batch.length, patientCount: ids.length, tasks: chunks.length,
+      loadMs: Math.round(t1 - t0), evaluateMs: Math.round(t2 - t1), storeMs: Math.round(performance.now() - t2)
+    }, 'alert batch evaluated')
+  }
+
+  async function drain (): Promise<void> {
+    while (queue.length > 0 && !closedHard) {
+      const batch = queue.splice(0, batchSize * 10)
+      try {
+        await runBatch(batch)
+        failuresInRow = 0
+      } catch (err) {
+        if (err instanceof EvaluationError) {
+          // Evaluation is pure: the same batch would fail the same way, and retrying it would
+          // hold up every later reading. Skip it, loudly (a bug in a rule kind, not an outage).
+          metrics.dropped.inc(batch.length)
+          log.error({ err: err.cause, readingCount: batch.length, patientIds: [...new Set(batch.map((r) => r.patientId))].slice(0, 20) },
+            'alert evaluation threw: batch skipped')
+          continue
+        }
+        queue = batch.concat(queue)
+        failuresInRow++
+        metrics.failures.inc()
+        log.error({ err, readingCount: batch.length, failuresInRow }, 'alert evaluation failed: retrying')
+        if (closed) return
+        const delay = Math.min(30_000, 250 * 2 ** Math.min(failuresInRow, 7))
+        schedule(delay)
+        return
+      }
+    }
+  }
+
+  function schedule (delayMs: number): void {
+    if (closedHard) return
+    if (timer !== null) {
+      // A full batch goes at once, unless a failed batch is backing off.
+      if (delayMs > 0 || failuresInRow > 0) return
+      clearTimeout(timer)
+    }
+    timer = setTimeout(() => {
+      timer = null
+      exclusive(drain).catch((err) => log.error({ err }, 'alert evaluation loop failed'))
+    }, delayMs)
+  }
+
+  rulesFile.onChange((next, previous) => {
+    const kept = next.ruleSet.rules.map((r) => r.id)
+    const removed = previous.ruleSet.rules.filter((r) => !kept.includes(r.id))
+    if (removed.length === 0) return
+    // A removed rule's open conditions end: the lifecycle resolves their alerts.
+    exclusive(async () => {
+      const rows = await store.deleteStatesExcept(kept)
+      for (const s of states.values()) for (const r of removed) delete s[r.id]
+      const changes: ConditionChange[] = []
+      for (const row of rows) {
+        const rule = removed.find((r) => r.id === row.ruleId)
+        if (rule === undefined || row.state?.firing !== true) continue
+        changes.push({
+          patientId: row.patientId, ruleId: rule.id, kind: rule.kind, status: 'cleared', severity: rule.severity,
+          escalationPolicy: rule.escalationPolicy, at: now(), summary: `rule ${rule.id} removed from the rules file`, details: { reason: 'rule_removed' }
+        })
+      }
+      await deliver(changes, null)
+    }).catch((err) => log.error({ err }, 'clearing removed rules failed'))
+  })
+
+  return {
+    rulesFile,
+    store,
+    rules: () => rulesFile.current(),
+    rulesView () {
+      const active = rulesFile.current()
+      return { version: active.version, escalationPolicies: active.ruleSet.escalationPolicies, webhooks: active.ruleSet.webhooks }
+    },
+    onAccepted (readings) {
+      if (closed || readings.length === 0) return
+      const receivedAt = now()
+      for (const r of readings) queue.push({ patientId: r.patientId, metric: r.metric, value: r.value, ts: r.ts, deviceId: r.deviceId, receivedAt })
+      if (queue.length > maxQueued) {
+        // A tenth at a time: one splice per many messages while evaluation is stalled.
+        const dropped = queue.length - Math.floor(maxQueued * 0.9)
+        queue.splice(0, dropped)
+        metrics.dropped.inc(dropped)
+        log.error({ dropped, queued: queue.length }, 'alert evaluation queue full: oldest readings not evaluated')
+      }
+      schedule(queue.length >= batchSize ? 0 : flushIntervalMs)
+    },
+    evaluateNoData (presence) {
+      return exclusive(async () => {
+        const rules = rulesFile.current().ruleSet.rules
+        const ids = rules.filter((r) => r.kind === 'no_data').map((r) => r.id)
+        if (ids.length === 0) return []
+        const current = await store.statesOfRules(ids)
+        for (const [patientId, s] of states) {
+          const merged = current.get(patientId) ?? {}
+          for (const id of ids) if (s[id] !== undefined) merged[id] = s[id]
+          current.set(patientId, merged)
+        }
+        const result = evaluateNoData({ rules, presence, states: current, nowMs: now() })
+        await deliver(result.changes, null)
+        const changed = [...result.states].map(([patientId, state]) => ({ patientId, state }))
+        await store.saveStates(changed)
+        for (const { patientId, state } of changed) {
+          const cached = states.get(patientId)
+          if (cached !== undefined) Object.assign(cached, state)
+        }
+        return result.changes
+      })
+    },
+    async flush () {
+      if (timer !== null) {
+        clearTimeout(timer)
+        timer = null
+      }
+      await exclusive(drain)
+    },
+    async close () {
+      closed = true
+      if (timer !== null) clearTimeout(timer)
+      timer = null
+      // Evaluate what was accepted before shutdown (one attempt), then stop.
+      await exclusive(drain).catch(() => {})
+      closedHard = true
+      await chain
+      await rulesFile.close()
+      await workers.close()
+    }
+  }
+}

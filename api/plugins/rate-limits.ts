@@ -1,0 +1,80 @@
+import rateLimit from '@fastify/rate-limit'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { VigilError } from '../../errors/catalogue.ts'
+
+// The plugin's in-memory store counts in fixed windows that start at a client's first
+// request: a client can fit up to twice its limit across a window boundary, never more.
+const WINDOW_MS = 60_000
+
+/**
+ * Two request budgets, charged where the caller's identity is known:
+ *
+ * - per API token, for requests that authenticated;
+ * - per client address, for everything else: public routes, unknown routes (404) and
+ *   failed authentication. An address that has spent its budget is refused before its
+ *   token is even looked up, so once a client hammering with bad tokens is limited its
+ *   requests cost no database work.
+ */
+export interface RequestBudgets {
+  /** Counts an unauthenticated request against its address; throws 429 past the limit. */
+  chargeAddress (request: FastifyRequest, reply: FastifyReply): Promise<void>
+  /** Throws 429 when the address has spent its budget, without charging it. */
+  refuseExhaustedAddress (request: FastifyRequest, reply: FastifyReply): Promise<void>
+  /** Counts an authenticated request against its token; throws 429 past the limit. */
+  chargeToken (request: FastifyRequest, reply: FastifyReply): Promise<void>
+}
+
+export interface RequestBudgetLimits {
+  /** Requests per minute per API token. */
+  perTokenPerMinute: number
+  /** Requests per minute per client address without a valid token. */
+  perAddressPerMinute: number
+}
+
+type Limiter = ReturnType<FastifyInstance['createRateLimit']>
+type Counted = Extract<Awaited<ReturnType<Limiter>>, { isAllowed: false }>
+
+export async function registerRequestBudgets (app: FastifyInstance, limits: RequestBudgetLimits): Promise<RequestBudgets> {
+  // global: false: the plugin adds no hooks of its own; the hooks below charge the budgets.
+  await app.register(rateLimit, { global: false, timeWindow: WINDOW_MS })
+
+  // The plugin's default key: request.ip, IPv6 masked to its /64 (one subscriber's
+  // allocation, so rotating addresses inside it does not buy a fresh budget).
+  const byAddress = app.createRateLimit({ max: limits.perAddressPerMinute, timeWindow: WINDOW_MS })
+  const byToken = app.createRateLimit({
+    max: limits.perTokenPerMinute,
+    timeWindow: WINDOW_MS,
+    keyGenerator: (request) => {
+      if (request.principal === null) throw new Error('a token budget is charged only after authentication')
+      return request.principal.tokenId
+    }
+  })
+
+  async function charge (limiter: Limiter, request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const counted = await limiter(request)
+    if (counted.isAllowed) return
+    if (counted.isExceeded) throw rateLimited(reply, counted)
+    reply.header('x-ratelimit-limit', counted.max)
+      .header('x-ratelimit-remaining', counted.remaining)
+      .header('x-ratelimit-reset', counted.ttlInSeconds)
+  }
+
+  return {
+    chargeAddress: (request, reply) => charge(byAddress, request, reply),
+    chargeToken: (request, reply) => charge(byToken, request, reply),
+    async refuseExhaustedAddress (request, reply) {
+      const state = await byAddress(request, { increment: false })
+      if (!state.isAllowed && state.isExceeded) throw rateLimited(reply, state)
+    }
+  }
+}
+
+function rateLimited (reply: FastifyReply, counted: Counted): VigilError {
+  // RFC 6585 §4: a 429 may say how long to wait; RFC 9110 §10.2.3: Retry-After in seconds.
+  const seconds = Math.max(1, counted.ttlInSeconds)
+  reply.header('retry-after', seconds)
+    .header('x-ratelimit-limit', counted.max)
+    .header('x-ratelimit-remaining', 0)
+    .header('x-ratelimit-reset', seconds)
+  return new VigilError('VIGIL_ERR_RATE_LIMITED', `too many requests, retry in ${seconds} s`)
+}

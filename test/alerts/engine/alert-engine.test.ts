@@ -1,0 +1,225 @@
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import pino from 'pino'
+import { Registry } from 'prom-client'
+import t from 'tap'
+import { startAlertEngine } from '../../../alerts/engine/alert-engine.ts'
+import type { AlertEngine } from '../../../alerts/engine/alert-engine.ts'
+import type { ConditionChange, DevicePresence } from '../../../alerts/contract.ts'
+import { DERIVED_DEVICE_ID } from '../../../alerts/engine/evaluate.ts'
+import type { StoredReading } from '../../../readings/reading.ts'
+import { openDatabase } from '../../../store/database.ts'
+import type { Database } from '../../../store/database.ts'
+import { createPatientStore } from '../../../patients/patients.ts'
+import { createPostgresReadingStore } from '../../../readings/postgres-store.ts'
+import { parseMetrics } from '../../helpers/log-capture.ts'
+import { createTestDatabase } from '../../helpers/postgres.ts'
+import { testKeyring } from '../../helpers/keys.ts'
+
+// Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
+const clinicalTextKeyring = testKeyring()
+
+const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
+const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-engine-'))
+const rulesPath = path.join(dir, 'alert-rules.yaml')
+await fs.writeFile(rulesPath, `
+rules:
+  - { id: tachycardia, kind: threshold, metric: heart_rate, above: 120, for: 5m, hysteresis: 5, severity: high }
+  - { id: high-hr, kind: threshold, metric: heart_rate, above: 150, severity: critical }
+  - { id: news2, kind: news2, freshness: 1h, bands: { low_medium: medium, medium: high, high: critical } }
+  - { id: silent, kind: no_data, after: 15m, severity: medium }
+`)
+const testDb = await createTestDatabase()
+const postgres = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
+const pgliteDir = path.join(dir, 'pglite-data')
+const pglite = await openDatabase({ databaseUrl: null, dataDir: pgliteDir, log })
+t.teardown(async () => {
+  await postgres.close()
+  await pglite.close()
+  await testDb.drop()
+  await fs.rm(dir, { recursive: true, force: true })
+})
+
+const T0 = Date.UTC(2026, 0, 1, 8)
+const MIN = 60_000
+const deviceId = '22222222-2222-4222-8222-222222222222'
+
+interface Harness {
+  engine: AlertEngine
+  changes: ConditionChange[]
+  derived: StoredReading[]
+  registry: Registry
+  clock: { now: number }
+}
+
+async function start (db: Database, clock = { now: T0 }, workerThreads = 1): Promise<Harness> {
+  const changes: ConditionChange[] = []
+  const derived: StoredReading[] = []
+  const registry = new Registry()
+  const readings = createPostgresReadingStore(db.pool)
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool: db.pool, rulesPath, workerThreads, log, registry, now: () => clock.now,
+    sink: { apply: async (c) => { changes.push(...c) } },
+    writeDerived: async (r) => { derived.push(...r); await readings.write(r) }
+  })
+  return { engine, changes, derived, registry, clock }
+}
+
+function reading (patientId: string, metric: string, value: number, ts: number): StoredReading {
+  return { patientId, deviceId, metric, value, unit: '', ts, seq: null }
+}
+
+async function metric (registry: Registry, name: string): Promise<number> {
+  return parseMetrics(await registry.metrics()).get(name) ?? Number.NaN
+}
+
+for (const [name, db] of [['postgres', postgres], ['pglite', pglite]] as const) {
+  t.test(`${name}: rule state survives a restart of the engine`, async (t) => {
+    const patient = await createPatientStore(db.pool).create('Restart Patient')
+    const first = await start(db)
+    for (let i = 0; i < 9; i++) first.engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0 + i * 30_000)])
+    await first.engine.flush()
+    t.same(first.changes, [], '4 minutes of 130 /min: nothing yet')
+    await first.engine.close()
+
+    const second = await start(db)
+    t.teardown(() => second.engine.close())
+    second.engine.onAccepted([reading(patient.id, 'heart_rate', 132, T0 + 5 * MIN)])
+    await second.engine.flush()
+    t.match(second.changes, [{ patientId: patient.id, ruleId: 'tachycardia', status: 'firing', details: { breachSince: T0 } }],
+      'the sustained-since time from before the restart counts')
+  })
+}
+
+t.test('readings are evaluated in batches in worker threads', async (t) => {
+  const h = await start(postgres, { now: T0 }, 2)
+  t.teardown(() => h.engine.close())
+  const patients = createPatientStore(postgres.pool)
+  const ids: string[] = []
+  for (let i = 0; i < 40; i++) ids.push((await patients.create(`Batch ${i}`)).id)
+  const started = Date.now()
+  h.clock.now = started
+  // 40 patients × 25 readings, as ingest hands them over (one message at a time); every
+  // fifth patient above 150 /min.
+  for (let k = 0; k < 25; k++) {
+    for (const [i, id] of ids.entries()) h.engine.onAccepted([reading(id, 'heart_rate', i % 5 === 0 ? 155 : 80, T0 + k * 1000)])
+  }
+  await h.engine.flush()
+  t.equal(await metric(h.registry, 'vigil_alert_readings_evaluated_total'), 1000)
+  const batches = await metric(h.registry, 'vigil_alert_evaluation_seconds_count')
+  t.ok(batches >= 1 && batches <= 3, `1000 readings in ${batches} batch(es), not one task per reading`)
+  const fired = h.changes.filter((c) => c.ruleId === 'high-hr' && c.ongoing === undefined)
+  t.equal(fired.length, 8, 'one condition per breaching patient')
+  t.same(new Set(fired.map((c) => c.patientId)), new Set(ids.filter((_, i) => i % 5 === 0)))
+  const count = await metric(h.registry, 'vigil_alert_reading_to_condition_seconds_count')
+  t.equal(count, h.changes.length, 'latency observed for each change')
+  t.comment(`reading→condition with a controllable clock is 0 by construction; batch evaluation time: ${
+    (await metric(h.registry, 'vigil_alert_evaluation_seconds_sum') / batches * 1000).toFixed(1)} ms per batch (${Date.now() - started} ms wall for 1000 readings)`)
+})
+
+t.test('reading→condition latency on the real clock', async (t) => {
+  const changes: ConditionChange[] = []
+  const registry = new Registry()
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesPath, workerThreads: 1, log, registry, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}
+  })
+  t.teardown(() => engine.close())
+  const patients = createPatientStore(postgres.pool)
+  const latencies: number[] = []
+  for (let i = 0; i < 20; i++) {
+    const id = (await patients.create(`Latency ${i}`)).id
+    const sent = performance.now()
+    engine.onAccepted([reading(id, 'heart_rate', 160, Date.now())])
+    while (changes.filter((c) => c.ruleId === 'high-hr').length <= i) await new Promise((resolve) => setImmediate(resolve))
+    latencies.push(performance.now() - sent)
+  }
+  latencies.sort((a, b) => a - b)
+  t.equal(changes.filter((c) => c.ruleId === 'high-hr').length, 20)
+  // Reported, not asserted (performance belongs to benchmarks).
+  t.comment(`reading→condition latency over 20 single readings: p50 ${latencies[10]!.toFixed(1)} ms, max ${latencies[19]!.toFixed(1)} ms (includes the 50 ms batching wait)`)
+})
+
+t.test('overrides apply until they expire', async (t) => {
+  const h = await start(postgres)
+  t.teardown(() => h.engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Override Patient')
+  await h.engine.store.putOverride({ patientId: patient.id, ruleId: 'high-hr', parameters: { above: 170 }, reason: 'r', setBy: 'user:doc', expiresAt: T0 + 10 * MIN })
+  h.engine.onAccepted([reading(patient.id, 'heart_rate', 160, T0)])
+  await h.engine.flush()
+  // (NEWS2 scores one heart rate of 160 as 3, a red score: only high-hr is of interest here.)
+  const highHr = (): ConditionChange[] => h.changes.filter((c) => c.ruleId === 'high-hr')
+  t.same(highHr(), [], '160 is below the overridden 170')
+  h.clock.now = T0 + 10 * MIN
+  h.engine.onAccepted([reading(patient.id, 'heart_rate', 161, T0 + 10 * MIN)])
+  await h.engine.flush()
+  t.match(highHr(), [{ ruleId: 'high-hr', status: 'firing', details: { threshold: 150 } }], 'expired: the rule\'s own threshold')
+})
+
+t.test('NEWS2 scores are stored as readings', async (t) => {
+  const h = await start(postgres)
+  t.teardown(() => h.engine.close())
+  const patient = await createPatientStore(postgres.pool).create('NEWS2 Patient')
+  const vitals: Array<[string, number]> = [['resp_rate', 26], ['spo2', 95], ['o2_supplemental', 0], ['bp_systolic', 120], ['heart_rate', 95], ['consciousness', 0], ['body_temp', 37]]
+  h.engine.onAccepted(vitals.map(([m, v]) => reading(patient.id, m, v, T0)))
+  await h.engine.flush()
+  t.match(h.changes, [{ ruleId: 'news2', status: 'firing', severity: 'high', details: { total: 5, band: 'medium', complete: true } }])
+  const stored = await createPostgresReadingStore(postgres.pool).query({ patientId: patient.id, metric: 'news2_score', limit: 10 })
+  t.match(stored, [{ deviceId: DERIVED_DEVICE_ID, value: 5, ts: T0, unit: '{score}' }])
+})
+
+t.test('no-data evaluation through the engine fires once and is stored', async (t) => {
+  const h = await start(postgres)
+  t.teardown(() => h.engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Silent Patient')
+  h.clock.now = T0 + 60 * MIN
+  const presence: DevicePresence[] = [{ deviceId, patientId: patient.id, connected: false, changedAt: T0 + 30 * MIN, lastReadingAt: T0 + 29 * MIN, batteryPercent: null, lastStatusAt: null }]
+  const first = await h.engine.evaluateNoData(presence)
+  t.match(first, [{ ruleId: 'silent', status: 'firing', details: { cause: 'disconnected', disconnectedSince: T0 + 30 * MIN } }])
+  t.same(await h.engine.evaluateNoData(presence), [], 'still silent: no second change')
+  t.same(h.changes.filter((c) => c.ruleId === 'silent').length, 1, 'handed to the sink by evaluateNoData itself')
+  t.match(h.engine.rulesView(), { version: /^[0-9a-f]{64}$/, escalationPolicies: [], webhooks: [] })
+  // A reading arrives: the condition ends in the batch.
+  h.engine.onAccepted([reading(patient.id, 'heart_rate', 70, T0 + 61 * MIN)])
+  await h.engine.flush()
+  t.match(h.changes.filter((c) => c.ruleId === 'silent').map((c) => c.status), ['firing', 'cleared'])
+})
+
+t.test('a failed batch is retried: no condition change is lost', async (t) => {
+  const changes: ConditionChange[] = []
+  let failures = 1
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), writeDerived: async () => {},
+    sink: {
+      async apply (c) {
+        if (failures-- > 0) throw new Error('lifecycle unavailable')
+        changes.push(...c)
+      }
+    }
+  })
+  t.teardown(() => engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Retry Patient')
+  engine.onAccepted([reading(patient.id, 'heart_rate', 165, T0)])
+  await engine.flush()
+  t.same(changes, [], 'the first attempt failed')
+  const deadline = Date.now() + 20_000
+  while (changes.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.match(changes.filter((c) => c.ruleId === 'high-hr'), [{ patientId: patient.id, status: 'firing' }], 'delivered on the retry')
+})
+
+t.test('a full evaluation queue drops the oldest readings from evaluation, counted', async (t) => {
+  const registry = new Registry()
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesPath, workerThreads: 1, log, registry, writeDerived: async () => {},
+    sink: { apply: async () => {} }, maxQueued: 10, flushIntervalMs: 600_000, batchSize: 1000
+  })
+  t.teardown(() => engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Queue Patient')
+  for (let i = 0; i < 25; i++) engine.onAccepted([reading(patient.id, 'heart_rate', 80, T0 + i * 1000)])
+  await engine.flush()
+  const dropped = await metric(registry, 'vigil_alert_readings_dropped_total')
+  const evaluated = await metric(registry, 'vigil_alert_readings_evaluated_total')
+  t.ok(dropped > 0, `${dropped} dropped`)
+  t.equal(dropped + evaluated, 25, 'every reading either evaluated or counted as dropped')
+  t.ok(evaluated <= 10)
+})

@@ -1,0 +1,100 @@
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import t, { type Test } from 'tap'
+import { startInfluxd } from '../helpers/influxd.ts'
+import { createTestDatabase } from '../helpers/postgres.ts'
+import { provisionDevice } from '../helpers/provision.ts'
+import { startFleet, type Fleet } from '../helpers/fleet.ts'
+import { spawnVigil, type VigilProcess } from '../helpers/vigil-process.ts'
+
+// The real process killed (SIGKILL) or stopped (SIGTERM) while devices publish, then restarted:
+// every reading it acknowledged must be stored, once.
+const token = 'crash-test-admin-token-0123456789abcdef'
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+async function spoolDepth (p: VigilProcess): Promise<number> {
+  const text = await fetch(`http://127.0.0.1:${p.httpPort}/metrics`).then((r) => r.text())
+  return Number(/^vigil_spool_depth_readings (\S+)/m.exec(text)?.[1] ?? 0)
+}
+
+async function storedSeqs (p: VigilProcess, patientId: string): Promise<number[]> {
+  const seqs: number[] = []
+  let cursor = ''
+  for (;;) {
+    const res = await fetch(`http://127.0.0.1:${p.httpPort}/v1/patients/${patientId}/readings?limit=1000${cursor}`, { headers: { authorization: `Bearer ${token}` } })
+    const body = await res.json() as { items: Array<{ seq: number }>, nextCursor: string | null }
+    seqs.push(...body.items.map((r) => r.seq))
+    if (body.nextCursor === null) return seqs
+    cursor = `&cursor=${body.nextCursor}`
+  }
+}
+
+async function verify (t: Test, p: VigilProcess, fleet: Fleet, devices: Array<{ deviceId: string, patientId: string }>): Promise<void> {
+  const deadline = Date.now() + 30_000
+  while (await spoolDepth(p) > 0 && Date.now() < deadline) await sleep(200)
+  let acked = 0
+  let stored = 0
+  let lost = 0
+  let duplicated = 0
+  for (const d of devices) {
+    const seqs = await storedSeqs(p, d.patientId)
+    const distinct = new Set(seqs)
+    stored += seqs.length
+    duplicated += seqs.length - distinct.size
+    const ackedSeqs = fleet.acked.get(d.deviceId)!
+    acked += ackedSeqs.size
+    for (const s of ackedSeqs) if (!distinct.has(s)) lost++
+  }
+  t.comment(`sent ${fleet.sent()}, acknowledged ${acked}, stored ${stored}, lost ${lost}, duplicated ${duplicated}`)
+  t.ok(acked > 100, 'devices were acknowledged before and after the restart')
+  t.equal(lost, 0, 'no acknowledged reading lost')
+  t.equal(duplicated, 0, 'none stored twice')
+}
+
+const modes: Array<[string, () => Promise<{ env: Record<string, string>, cleanup: () => Promise<void> }>]> = [
+  ['embedded PGlite', async () => ({ env: {}, cleanup: async () => {} })],
+  ['Postgres + InfluxDB (spool)', async () => {
+    const database = await createTestDatabase()
+    const influxd = await startInfluxd()
+    return {
+      env: { DATABASE_URL: database.url, INFLUX_URL: influxd.url, INFLUX_BUCKET: 'crash' },
+      cleanup: async () => { await influxd.close(); await database.drop() }
+    }
+  }]
+]
+
+for (const [name, setup] of modes) {
+  for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
+    t.test(`${name}: ${signal} mid-stream, restart, nothing acknowledged is lost`, async (t) => {
+      const { env, cleanup } = await setup()
+      t.teardown(cleanup)
+      const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-crash-'))
+      t.teardown(() => fs.rm(dataDir, { recursive: true, force: true }))
+      const fullEnv = { ...env, VIGIL_ADMIN_TOKEN: token }
+      const first = await spawnVigil(fullEnv, dataDir)
+      t.teardown(() => { first.child.kill('SIGKILL') })
+      const base = `http://127.0.0.1:${first.httpPort}`
+      const devices = await Promise.all(Array.from({ length: 20 }, () => provisionDevice(base, token)))
+      const fleet = startFleet(first.mqttPort, devices, 50)
+      t.teardown(() => fleet.stop())
+
+      await sleep(3000)
+      const before = fleet.ackedCount()
+      first.child.kill(signal)
+      const code = await first.exited
+      if (signal === 'SIGTERM') t.equal(code, 0, 'graceful exit under load')
+      t.ok(before > 0, `${before} acknowledged before the ${signal}`)
+
+      const second = await spawnVigil(fullEnv, dataDir)
+      t.teardown(() => { second.child.kill('SIGKILL') })
+      fleet.retarget(second.mqttPort)
+      await sleep(3000)
+      await fleet.stop()
+      t.ok(fleet.ackedCount() > before, 'devices reconnected and were acknowledged again')
+      await verify(t, second, fleet, devices)
+      second.child.kill('SIGTERM')
+      t.equal(await second.exited, 0)
+    })
+  }
+}
