@@ -1,7 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { TokenRole } from './api-tokens.ts'
 import { VigilError } from '../errors/catalogue.ts'
-import type { RequestBudgets } from '../api/plugins/rate-limits.ts'
 
 /** Every permission a route can require. Routes name one in `config.permission`. */
 export const permissions = [
@@ -99,6 +98,25 @@ function unauthenticated (reply: FastifyReply): VigilError {
   // the response does not tell a caller which of the two it got wrong.
   reply.header('www-authenticate', 'Bearer realm="vigil"')
   return new VigilError('VIGIL_ERR_UNAUTHENTICATED', 'a valid bearer token is required')
+}
+
+/**
+ * Two request budgets, charged where the caller's identity is known (api/plugins/rate-limits.ts
+ * implements them):
+ *
+ * - per API token, for requests that authenticated;
+ * - per client address, for everything else: public routes, unknown routes (404) and
+ *   failed authentication. An address that has spent its budget is refused before its
+ *   token is even looked up, so once a client hammering with bad tokens is limited its
+ *   requests cost no database work.
+ */
+export interface RequestBudgets {
+  /** Counts an unauthenticated request against its address; throws 429 past the limit. */
+  chargeAddress (request: FastifyRequest, reply: FastifyReply): Promise<void>
+  /** Throws 429 when the address has spent its budget, without charging it. */
+  refuseExhaustedAddress (request: FastifyRequest, reply: FastifyReply): Promise<void>
+  /** Counts an authenticated request against its token; throws 429 past the limit. */
+  chargeToken (request: FastifyRequest, reply: FastifyReply): Promise<void>
 }
 
 /**

@@ -7,30 +7,11 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Ajv } from 'ajv'
 import ajvFormats from 'ajv-formats'
 import Fastify from 'fastify'
-import type {
-  FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaCompiler,
-  RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault
-} from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaCompiler } from 'fastify'
 import pino from 'pino'
-import type { Logger } from 'pino'
-import type { JobQueue } from '../jobs/job-queue.ts'
-import type { Metrics } from '../observability/metrics.ts'
-import type { ApiTokenStore } from '../access/api-tokens.ts'
-import type { Database } from '../store/database.ts'
 import { DecryptionError, UnknownKeyError } from '../crypto/field-encryption.ts'
 import { AssignmentChangedError, AssignmentOrderError, DuplicateMacError, NoCurrentAssignmentError, UnknownDeviceError, UnknownPatientError } from '../devices/device-registry.ts'
-import type { DeviceRegistry } from '../devices/device-registry.ts'
-import type { PatientRecordStore } from '../patients/patient-records.ts'
-import type { PatientStore } from '../patients/patients.ts'
-import type { ReadingStore } from '../readings/reading-store.ts'
-import type { RejectionLog } from '../devices/rejections.ts'
-import type { StoredReading } from '../readings/reading.ts'
-import type { Access } from '../access/access.ts'
-import type { VoiceNoteStore } from '../jobs/voice-notes.ts'
 import { requireAuthentication } from '../access/auth.ts'
-import type { Authenticate } from '../access/auth.ts'
-import type { PatientAccessPolicy } from '../access/patient-access.ts'
-import type { AlertingApi } from '../alerts/lifecycle/alerting.ts'
 import { VigilError, errorCatalogue } from '../errors/catalogue.ts'
 import type { ErrorCode } from '../errors/catalogue.ts'
 import { registerLoadShedding } from './plugins/load-shedding.ts'
@@ -53,27 +34,12 @@ import { accessRoutes } from './routes/people.ts'
 import { sessionRoutes } from './routes/sessions.ts'
 import { readingRoutes } from './routes/readings.ts'
 import { alertRuleRoutes } from './routes/alert-rules.ts'
-import type { AlertRulesApi } from './routes/alert-rules.ts'
 import { voiceNoteRoutes } from './routes/voice-notes.ts'
-import { spoolRoutes, type SpoolAdmin } from './routes/spool.ts'
+import { spoolRoutes } from './routes/spool.ts'
+import type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
 
-/** Abuse and overload limits; each has a default in `apiLimitDefaults`. */
-export interface ApiLimits {
-  /** Requests per minute per API token. */
-  rateLimitPerMinute: number
-  /** Requests per minute per client address for everything without a valid token: public routes, 404s, failed authentication. */
-  unauthenticatedRateLimitPerMinute: number
-  /** Shed load (503) when the mean event-loop delay over a sample exceeds this (ms); 0: off. */
-  maxEventLoopDelayMs: number
-  /** Shed load when event-loop utilization over a sample exceeds this (0–1); 0: off. */
-  maxEventLoopUtilization: number
-  /** Shed load when the V8 heap in use exceeds this (bytes); 0: off. */
-  maxHeapUsedBytes: number
-  /** Shed load when the resident set size exceeds this (bytes); 0: off. */
-  maxRssBytes: number
-  /** How often load is sampled (ms, at least 10). */
-  loadSampleIntervalMs: number
-}
+export type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
+
 
 export const apiLimitDefaults: Readonly<ApiLimits> = {
   // 100 requests/s sustained per token (config's API_RATE_LIMIT_PER_MINUTE default too):
@@ -96,67 +62,6 @@ export const apiLimitDefaults: Readonly<ApiLimits> = {
   loadSampleIntervalMs: 5000
 }
 
-/** What routes receive: ApiDeps with the defaults filled in. */
-export type RouteDeps = ApiDeps & { authenticate: Authenticate, patientAccess: PatientAccessPolicy }
-
-export interface ApiDeps extends Partial<ApiLimits> {
-  log: Logger
-  /** For /healthz. */
-  db: Database
-  patients: PatientStore
-  devices: DeviceRegistry
-  tokens: ApiTokenStore
-  /**
-   * People, roles, sessions and the audit log (createAccess): it authenticates every bearer
-   * token, decides every patient access, and serves /v1/auth/*, users, roles, care teams,
-   * break-glass, audit and tokens.
-   */
-  access: Access
-  /** Replaces access's authenticator (tests of one component). */
-  authenticate?: Authenticate
-  /** Replaces access's patient access policy (tests of one component). */
-  patientAccess?: PatientAccessPolicy
-  rejections: RejectionLog
-  /** Ingest's replay of kept device_unassigned payloads; POST /v1/devices/{id}/rejections/replay exists only with it. */
-  keptReplay?: {
-    resolveKept (deviceId: string, topic: string, payload: Buffer, receivedAt: Date): Promise<{ readings: StoredReading[], unassigned: number }>
-    storeKept (readings: StoredReading[]): Promise<void>
-  }
-  readings: ReadingStore
-  metrics: Metrics
-  /** Patients' encrypted records (PHI); the /record, lookup and /admin/keys routes exist when set. */
-  patientRecords?: PatientRecordStore
-  /** Background jobs (issue 5); default: a queue on `db` (jobs wait for a runner). */
-  jobs?: JobQueue
-  /** Voice notes (encrypted audio and transcripts); the /voice-notes routes exist only with it. */
-  voiceNotes?: VoiceNoteStore
-  /** Voice note upload limits (VOICE_NOTE_MAX_BYTES, VOICE_NOTE_MAX_SECONDS). */
-  voiceNoteLimits?: { maxBytes: number, maxSeconds: number }
-  /** Extra health checks (e.g. spool) -> name: async () => void (throws when unhealthy). */
-  healthChecks?: Record<string, () => Promise<void>>
-  /**
-   * Fastify's trustProxy: set it (to the proxy's address, preferably) only when a reverse
-   * proxy fronts the API, so per-address limits see the client's address from
-   * X-Forwarded-For instead of the proxy's. Default false: the socket's address.
-   */
-  trustProxy?: boolean | string | string[]
-  /**
-   * The data directory's free-space reserve (store/disk-reserve.ts): while low, /v1 writes
-   * answer 503 VIGIL_ERR_DISK_LOW and /healthz fails its `disk` check.
-   */
-  diskReserve?: { low: () => boolean }
-  /** Alert lifecycle (startAlerting(...).api); the /v1/alerts routes exist only with it. */
-  alerts?: AlertingApi
-  /** The alert engine (rules file, overrides): /v1/alert-rules and /v1/patients/:id/rule-overrides exist only when set. */
-  alertRules?: AlertRulesApi
-  /** The InfluxDB spool: /v1/admin/spool/* exist only when set. */
-  spool?: SpoolAdmin | null
-}
-
-/** The Fastify instance routes are registered on: TypeBox schemas give handler types. */
-export type ApiInstance = FastifyInstance<
-  RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, TypeBoxTypeProvider
->
 
 // API bodies are small JSON documents; the largest (a device) is well under 1 KiB.
 const BODY_LIMIT_BYTES = 64 * 1024

@@ -2,7 +2,15 @@ import type { Logger } from 'pino'
 import type pg from 'pg'
 import { reencryptClinicalText } from './clinical-text.ts'
 import type { Keyring } from './field-encryption.ts'
-import type { PatientRecordStore, ReencryptionProgress } from '../patients/patient-records.ts'
+
+export interface ReencryptionProgress { done: number, total: number, failed: number }
+
+/** What the pass needs of the patient record store (patients/patient-records.ts). */
+export interface ReencryptableRecords {
+  readonly activeKeyId: string
+  keyUsage (): Promise<Array<{ keyId: string, records: number }>>
+  reencryptAll (options: { batchSize?: number, onProgress?: (p: ReencryptionProgress) => void, shouldStop?: () => boolean }): Promise<ReencryptionProgress>
+}
 
 export interface Reencryption {
   /** Resolves when the pass has finished (or stopped at close). Never rejects: failures are logged. */
@@ -23,7 +31,7 @@ export interface ReencryptableVoiceNotes {
   reencryptAll (options: { batchSize?: number, shouldStop?: () => boolean }): Promise<{ done: number, failed: number }>
 }
 
-export function startReencryption (records: PatientRecordStore, log: Logger, options: { batchSize?: number, voiceNotes?: ReencryptableVoiceNotes, clinicalText?: { pool: pg.Pool, keyring: Keyring } } = {}): Reencryption {
+export function startReencryption (records: ReencryptableRecords, log: Logger, options: { batchSize?: number, voiceNotes?: ReencryptableVoiceNotes, clinicalText?: { pool: pg.Pool, keyring: Keyring } } = {}): Reencryption {
   const rekeyLog = log.child({ component: 'reencryption' })
   let stopping = false
   const voiceNotesPass = async (): Promise<void> => {

@@ -3,6 +3,7 @@ import type { Logger } from 'pino'
 import type { RecordBody, RecordPatch } from './record-schemas.ts'
 import { blindIndex, decryptField, encryptField } from '../crypto/field-encryption.ts'
 import type { Keyring } from '../crypto/field-encryption.ts'
+import type { ReencryptionProgress } from '../crypto/reencryption.ts'
 
 /**
  * Patients' structured records (004_patient_records.sql). Every sensitive group is encrypted
@@ -43,7 +44,7 @@ export interface StoredRecord {
 
 export interface KeyUsageRow { keyId: string, records: number }
 
-export interface ReencryptionProgress { done: number, total: number, failed: number }
+export type { ReencryptionProgress } from '../crypto/reencryption.ts'
 
 /** Another writer changed the record between this write's read and its update, five times running. */
 export class RecordWriteConflictError extends Error {

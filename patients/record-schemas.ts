@@ -3,7 +3,9 @@
 // that does not exist) is checked by `recordProblems` below, with the same `details` paths.
 import { Type } from '@fastify/type-provider-typebox'
 import type { Static, TSchema } from '@fastify/type-provider-typebox'
-import { Uuid } from '../api/schemas/common.ts'
+
+// The same as api/schemas/common.ts's Uuid, written here so the record's room needs nothing from the API's.
+const Uuid = Type.String({ format: 'uuid' })
 
 /** Free text: at least one non-space character. */
 const Text = (maxLength: number, description?: string) =>

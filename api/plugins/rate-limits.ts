@@ -1,28 +1,13 @@
 import rateLimit from '@fastify/rate-limit'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { VigilError } from '../../errors/catalogue.ts'
+import type { RequestBudgets } from '../../access/auth.ts'
 
 // The plugin's in-memory store counts in fixed windows that start at a client's first
 // request: a client can fit up to twice its limit across a window boundary, never more.
 const WINDOW_MS = 60_000
 
-/**
- * Two request budgets, charged where the caller's identity is known:
- *
- * - per API token, for requests that authenticated;
- * - per client address, for everything else: public routes, unknown routes (404) and
- *   failed authentication. An address that has spent its budget is refused before its
- *   token is even looked up, so once a client hammering with bad tokens is limited its
- *   requests cost no database work.
- */
-export interface RequestBudgets {
-  /** Counts an unauthenticated request against its address; throws 429 past the limit. */
-  chargeAddress (request: FastifyRequest, reply: FastifyReply): Promise<void>
-  /** Throws 429 when the address has spent its budget, without charging it. */
-  refuseExhaustedAddress (request: FastifyRequest, reply: FastifyReply): Promise<void>
-  /** Counts an authenticated request against its token; throws 429 past the limit. */
-  chargeToken (request: FastifyRequest, reply: FastifyReply): Promise<void>
-}
+export type { RequestBudgets } from '../../access/auth.ts'
 
 export interface RequestBudgetLimits {
   /** Requests per minute per API token. */

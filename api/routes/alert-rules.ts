@@ -6,7 +6,7 @@ import { news2Parameters, scoreNews2 } from '../../alerts/engine/news2.ts'
 import type { News2Parameter } from '../../alerts/engine/news2.ts'
 import { RulesInvalidError, RulesNotWritableError } from '../../alerts/engine/rules-file.ts'
 import type { RulesFile } from '../../alerts/engine/rules-file.ts'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { IdParams, Uuid, errorResponses, instantMs } from '../schemas/common.ts'
 

@@ -1,5 +1,5 @@
 import { Type } from '@fastify/type-provider-typebox'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { Assignment, IdParams, errorResponses, instantMs } from '../schemas/common.ts'
 

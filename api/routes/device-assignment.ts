@@ -1,6 +1,6 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import type { PatientAccessPolicy } from '../../access/patient-access.ts'
 import { Assignment, AssignmentRequest, IdParams, errorResponses, instantMs } from '../schemas/common.ts'

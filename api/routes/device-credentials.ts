@@ -1,7 +1,7 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
 import { auditActor } from '../../access/access-policy.ts'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { DeviceCredential, IdParams, errorResponses } from '../schemas/common.ts'
 import { requireCurrentPatient } from './device-assignment.ts'

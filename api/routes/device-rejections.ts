@@ -1,4 +1,4 @@
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { IdParams, PageQuery, Rejection, decodeSerialCursor, errorResponses, page, pageOf } from '../schemas/common.ts'
 import { auditActor } from '../../access/access-policy.ts'

@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import type { PatientStore } from '../../patients/patients.ts'
 import type { Access } from '../../access/access.ts'
 import type { PatientAccessPolicy } from '../../access/patient-access.ts'

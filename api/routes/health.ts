@@ -1,6 +1,6 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyBaseLogger } from 'fastify'
-import type { ApiDeps, ApiInstance } from '../app.ts'
+import type { ApiDeps, ApiInstance } from './route-deps.ts'
 
 const CHECK_TIMEOUT_MS = 2000
 

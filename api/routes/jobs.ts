@@ -1,5 +1,5 @@
 import { createJobQueue, type Job } from '../../jobs/job-queue.ts'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { JobListQuery, JobView, decodeTimeCursor, encodeTimeCursor } from '../schemas/jobs.ts'
 import { IdParams, errorResponses, page, pageOf } from '../schemas/common.ts'

@@ -1,5 +1,5 @@
 import { Type } from '@fastify/type-provider-typebox'
-import type { ApiDeps, ApiInstance } from '../app.ts'
+import type { ApiDeps, ApiInstance } from './route-deps.ts'
 
 /**
  * Prometheus scrape endpoint, unauthenticated like most exporters. It reveals traffic

@@ -1,6 +1,6 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { OnCallStore } from '../../alerts/lifecycle/on-call.ts'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { IdParams, Uuid, errorResponses, instantMs, invalid } from '../schemas/common.ts'
 

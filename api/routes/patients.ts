@@ -1,4 +1,4 @@
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'

@@ -9,7 +9,7 @@ import {
   CreatedApiToken, NewApiToken, NewCareTeamAssignment, NewRole, NewUser, RoleDefinition, SerialParams, User, UserPatch,
   UserRoleParams, UsersQuery
 } from '../schemas/access.ts'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import type { Principal } from '../../access/auth.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { IdParams, PageQuery, decodeIdCursor, errorResponses, instantMs, invalid, page, pageOf } from '../schemas/common.ts'

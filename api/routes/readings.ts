@@ -1,6 +1,6 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { StoredReading } from '../../readings/reading.ts'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import {
   instantMs,
   invalid,

@@ -1,7 +1,7 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { Access } from '../../access/access.ts'
 import { LoginRequest, RefreshRequest, TokenPair } from '../schemas/access.ts'
-import type { ApiInstance } from '../app.ts'
+import type { ApiInstance } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { createLoginBudget } from '../../access/login-budget.ts'
 import { errorResponses } from '../schemas/common.ts'

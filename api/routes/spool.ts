@@ -1,5 +1,5 @@
 import { Type } from '@fastify/type-provider-typebox'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import { auditActor } from '../../access/access-policy.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { errorResponses } from '../schemas/common.ts'

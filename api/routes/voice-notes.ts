@@ -1,7 +1,7 @@
 import type { FastifyRequest } from 'fastify'
 import { readWavInfo, WavError } from '../../jobs/transcription/wav.ts'
 import type { ReleasedView, VoiceNoteStore } from '../../jobs/voice-notes.ts'
-import type { ApiInstance, RouteDeps } from '../app.ts'
+import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { VoiceNoteAccepted, VoiceNoteListQuery, VoiceNoteView, decodeTimeCursor, encodeTimeCursor } from '../schemas/jobs.ts'
 import { IdParams, Uuid, errorResponses, page, pageOf } from '../schemas/common.ts'
