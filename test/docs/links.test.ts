@@ -30,7 +30,7 @@ function proseLines (text: string): string[] {
   for (const line of text.split('\n')) {
     const marker = /^\s*(`{3,}|~{3,})/.exec(line)?.[1]
     if (marker !== undefined) {
-      if (fence === null) fence = marker[0]
+      if (fence === null) fence = marker[0] ?? null
       else if (marker[0] === fence) fence = null
       continue
     }
@@ -79,16 +79,18 @@ export function brokenLinks (dir: string): string[] {
   for (const file of markdownFiles(dir)) {
     const prose = proseLines(fs.readFileSync(file, 'utf8')).join('\n').replace(/`[^`\n]*`/g, '')
     for (const match of prose.matchAll(/\]\(([^)\s]+)(?:\s+"[^"]*")?\)/g)) {
-      const target = match[1]
+      const target = match[1] ?? ''
       if (/^[a-z][a-z0-9+.-]*:/i.test(target)) continue // https:, mailto: …
-      const [pathPart, fragment] = target.split('#', 2)
+      const hash = target.indexOf('#')
+      const pathPart = hash === -1 ? target : target.slice(0, hash)
+      const fragment = hash === -1 ? '' : target.slice(hash + 1)
       const where = `${path.relative(dir, file)}: ${target}`
       const resolved = pathPart === '' ? file : path.resolve(path.dirname(file), decodeURIComponent(pathPart))
       if (!fs.existsSync(resolved)) {
         broken.push(`${where} (no such file)`)
         continue
       }
-      if (fragment === undefined || fragment === '') continue
+      if (fragment === '') continue
       if (!resolved.endsWith('.md')) {
         broken.push(`${where} (an anchor into a file that is not Markdown)`)
         continue
