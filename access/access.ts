@@ -14,6 +14,7 @@ import { createPatientAccessPolicy, scopesOf } from './access-policy.ts'
 import { permissions } from './auth.ts'
 import type { Authenticate, PatientScope, Permission, Principal } from './auth.ts'
 import type { PatientAccessPolicy } from './patient-access.ts'
+import { defaults } from '../config/schema/defaults.ts'
 
 export interface AccessSettings extends SessionSettings {
   /** How long a break-glass grant lasts. */
@@ -29,7 +30,11 @@ export interface AccessSettings extends SessionSettings {
 // 10 break-glass grants an hour: an emergency shift may open several patients; a clinician browsing records
 // through break-glass meets the limit within minutes, and each refusal is in the audit trail.
 export const accessDefaults: Readonly<AccessSettings> = {
-  ...sessionDefaults, breakGlassMinutes: 60, breakGlassGrantsPerHour: 10, loginsPerAddressPerMinute: 20, loginsPerAccountPerMinute: 10
+  ...sessionDefaults,
+  breakGlassMinutes: defaults.VIGIL_BREAK_GLASS_MINUTES,
+  breakGlassGrantsPerHour: defaults.VIGIL_BREAK_GLASS_PER_HOUR,
+  loginsPerAddressPerMinute: defaults.VIGIL_LOGIN_RATE_PER_ADDRESS,
+  loginsPerAccountPerMinute: defaults.VIGIL_LOGIN_RATE_PER_ACCOUNT
 }
 
 /** People, sessions, audit trail and the two decisions built on them; buildApi takes it as `deps.access`. */

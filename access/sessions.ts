@@ -3,6 +3,7 @@ import type pg from 'pg'
 import { verifyPassword } from './passwords.ts'
 import { newSecret, sha256 } from '../crypto/secrets.ts'
 import { inTransaction as runInTransaction } from '../store/database.ts'
+import { defaults } from '../config/schema/defaults.ts'
 
 export interface SessionSettings {
   /** Lifetime of an access token. */
@@ -17,12 +18,13 @@ export interface SessionSettings {
   loginLockoutSeconds: number
 }
 
+/** The VIGIL_ACCESS_TOKEN_TTL_SECONDS … VIGIL_LOGIN_LOCKOUT_SECONDS defaults (config/schema/defaults.ts says why). */
 export const sessionDefaults: Readonly<SessionSettings> = {
-  accessTokenTtlSeconds: 900,
-  sessionIdleSeconds: 1800,
-  sessionMaxSeconds: 12 * 3600,
-  loginMaxFailures: 5,
-  loginLockoutSeconds: 900
+  accessTokenTtlSeconds: defaults.VIGIL_ACCESS_TOKEN_TTL_SECONDS,
+  sessionIdleSeconds: defaults.VIGIL_SESSION_IDLE_SECONDS,
+  sessionMaxSeconds: defaults.VIGIL_SESSION_MAX_SECONDS,
+  loginMaxFailures: defaults.VIGIL_LOGIN_MAX_FAILURES,
+  loginLockoutSeconds: defaults.VIGIL_LOGIN_LOCKOUT_SECONDS
 }
 
 export interface IssuedTokens {

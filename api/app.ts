@@ -37,16 +37,16 @@ import { alertRuleRoutes } from './routes/alert-rules.ts'
 import { voiceNoteRoutes } from './routes/voice-notes.ts'
 import { spoolRoutes } from './routes/spool.ts'
 import type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
+import { defaults } from '../config/schema/defaults.ts'
 
 export type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
 
 
 export const apiLimitDefaults: Readonly<ApiLimits> = {
-  // 100 requests/s sustained per token (config's API_RATE_LIMIT_PER_MINUTE default too):
-  // room for provisioning tools and dashboards, not for one runaway client.
-  rateLimitPerMinute: 6000,
-  // A person loading /docs makes about ten requests; a script guessing tokens or paths, thousands.
-  unauthenticatedRateLimitPerMinute: 120,
+  // The same defaults as API_RATE_LIMIT_PER_MINUTE and API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE
+  // (config/schema/defaults.ts says why these numbers).
+  rateLimitPerMinute: defaults.API_RATE_LIMIT_PER_MINUTE,
+  unauthenticatedRateLimitPerMinute: defaults.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE,
   // The mean of the loop's 10 ms ticks over a 5 s sample: past 1 s the loop is stalled
   // nearly throughout (answers and the broker's PUBACKs are late). One long pause, such as
   // Fastify compiling its serializers at start-up (about a second), stays far below it;

@@ -5,11 +5,16 @@ import tls from 'node:tls'
 import type { Keyring } from '../crypto/field-encryption.ts'
 import { SecretKeyFormatError, parseSecretKeyFile, parseSecretKeyValue } from '../crypto/secret-keys.ts'
 import { fileURLToPath } from 'node:url'
-import { DEFAULT_DISK_RESERVE_BYTES } from '../store/disk-reserve.ts'
+import { Compile } from 'typebox/compile'
+import { mqttMaxOutgoingBytesAtLeast } from './schema/defaults.ts'
+import { allowedText, variables } from './schema/schema.ts'
+import type { Settings } from './schema/schema.ts'
 
 /**
- * Every setting Vigil reads, with its default. The defaults are the embedded mode:
- * `npm start` on a fresh clone needs none of these set.
+ * Every setting Vigil reads. The variables, their bounds and defaults are described once in
+ * config/schema/schema.ts (defaults in config/schema/defaults.ts; docs/configuration.md is
+ * generated from them). The defaults are the embedded mode: `npm start` on a fresh clone needs
+ * none of these set.
  */
 export interface Config {
   httpHost: string
@@ -120,22 +125,36 @@ function read (env: Env, name: string): string | undefined {
   return value === undefined || value.trim() === '' ? undefined : value.trim()
 }
 
-function integer (env: Env, name: string, fallback: number, min: number, max: number): number {
-  const raw = read(env, name)
-  if (raw === undefined) return fallback
-  if (!/^-?\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
-    throw new ConfigError(name, `${name} must be an integer between ${min} and ${max} (got "${raw}")`)
+// One compiled validator per variable, built once: checking a variable alone names it.
+const validators = new Map(variables().map(([name, schema]) => [name, Compile(schema)]))
+
+/**
+ * Every variable checked against config/schema/schema.ts, in one place and before anything else
+ * is built: its type and bounds, allowed values, a URL's scheme, a file's readability. Unset
+ * variables take their default from the one defaults object. A bad value throws a ConfigError
+ * naming the variable and what it allows; a secret's value is never repeated.
+ */
+export function parseEnvironment (env: Env): Settings {
+  const settings: Record<string, unknown> = {}
+  for (const [name, schema] of variables()) {
+    const raw = read(env, name)
+    if (raw === undefined) {
+      if (schema.default !== undefined) settings[name] = schema.default
+      continue
+    }
+    const value = schema.type === 'integer' && /^-?\d+$/.test(raw) ? Number(raw) : raw
+    if (!validators.get(name)!.Check(value)) {
+      const got = schema.secret === true ? '' : ` (got "${raw}")`
+      throw new ConfigError(name, `${name} must be ${allowedText(schema) ?? 'valid'}${got}`)
+    }
+    if (schema.protocols !== undefined) settings[name] = url(name, raw, schema.protocols)
+    else if (schema.file === true || (schema.anyOf?.some((branch) => branch.file === true) === true && !schema.anyOf.some((branch) => branch.const === raw))) settings[name] = readableFile(name, raw)
+    else settings[name] = value
   }
-  return Number(raw)
+  return settings as Settings
 }
 
-function optionalPort (env: Env, name: string): number | null {
-  return read(env, name) === undefined ? null : integer(env, name, 0, 0, 65535)
-}
-
-function readableFile (env: Env, name: string): string | null {
-  const raw = read(env, name)
-  if (raw === undefined) return null
+function readableFile (name: string, raw: string): string {
   const file = path.resolve(raw)
   try {
     fs.accessSync(file, fs.constants.R_OK)
@@ -146,13 +165,29 @@ function readableFile (env: Env, name: string): string | null {
   return file
 }
 
+/** The URL's text as given; the message names the allowed schemes, never the value (it may hold a password). */
+function url (name: string, raw: string, protocols: readonly string[]): string {
+  let parsed: URL
+  try {
+    parsed = new URL(raw)
+  } catch {
+    throw new ConfigError(name, `${name} must be a URL (${protocols.join(' or ')})`)
+  }
+  if (!protocols.includes(parsed.protocol)) {
+    throw new ConfigError(name, `${name} must use ${protocols.join(' or ')} (got ${parsed.protocol})`)
+  }
+  return raw
+}
+
+type FileVariable = 'HTTP_TLS_CERT_FILE' | 'HTTP_TLS_KEY_FILE' | 'MQTT_TLS_CERT_FILE' | 'MQTT_TLS_KEY_FILE'
+
 /**
  * A certificate and key pair checked the way the TLS server will use them, so a wrong file or a
  * key that does not match its certificate stops start-up here and not at the first handshake.
  */
-function tlsFiles (env: Env, certName: string, keyName: string): TlsFiles | null {
-  const certFile = readableFile(env, certName)
-  const keyFile = readableFile(env, keyName)
+function tlsFiles (s: Settings, certName: FileVariable, keyName: FileVariable): TlsFiles | null {
+  const certFile = s[certName] ?? null
+  const keyFile = s[keyName] ?? null
   if (certFile === null && keyFile === null) return null
   if (certFile === null) throw new ConfigError(certName, `${certName} must be set with ${keyName} (PEM certificate chain)`)
   if (keyFile === null) throw new ConfigError(keyName, `${keyName} must be set with ${certName} (PEM private key)`)
@@ -170,35 +205,19 @@ function tlsFiles (env: Env, certName: string, keyName: string): TlsFiles | null
   return { certFile, keyFile }
 }
 
-/**
- * `pocketsphinx` (built in, with the clinical language model), `pocketsphinx-generic` (its
- * stock US English model), or a readable ES module file exporting an engine factory.
- */
-function transcriptionEngine (env: Env): string {
-  const raw = read(env, 'TRANSCRIPTION_ENGINE')
-  if (raw === undefined || raw === 'pocketsphinx') return 'pocketsphinx'
-  if (raw === 'pocketsphinx-generic') return raw
-  if (!/\.(m?js|ts)$/.test(raw)) {
-    throw new ConfigError('TRANSCRIPTION_ENGINE', `TRANSCRIPTION_ENGINE must be "pocketsphinx", "pocketsphinx-generic" or the path of an engine module (.js, .mjs or .ts) (got "${raw}")`)
-  }
-  const file = readableFile(env, 'TRANSCRIPTION_ENGINE')!
-  return file
-}
-
-function mqttTls (env: Env): MqttTlsConfig | null {
-  const port = optionalPort(env, 'MQTT_TLS_PORT')
-  const names = ['MQTT_TLS_CERT_FILE', 'MQTT_TLS_KEY_FILE', 'MQTT_TLS_CA_FILE']
-  if (port === null) {
-    for (const name of names) {
-      if (read(env, name) !== undefined) throw new ConfigError(name, `${name} is set but MQTT_TLS_PORT is not: set MQTT_TLS_PORT to serve MQTT over TLS`)
+function mqttTls (s: Settings): MqttTlsConfig | null {
+  const port = s.MQTT_TLS_PORT
+  if (port === undefined) {
+    for (const name of ['MQTT_TLS_CERT_FILE', 'MQTT_TLS_KEY_FILE', 'MQTT_TLS_CA_FILE'] as const) {
+      if (s[name] !== undefined) throw new ConfigError(name, `${name} is set but MQTT_TLS_PORT is not: set MQTT_TLS_PORT to serve MQTT over TLS`)
     }
     return null
   }
-  const files = tlsFiles(env, 'MQTT_TLS_CERT_FILE', 'MQTT_TLS_KEY_FILE')
+  const files = tlsFiles(s, 'MQTT_TLS_CERT_FILE', 'MQTT_TLS_KEY_FILE')
   if (files === null) {
     throw new ConfigError('MQTT_TLS_CERT_FILE', 'MQTT_TLS_CERT_FILE and MQTT_TLS_KEY_FILE must be set when MQTT_TLS_PORT is (PEM certificate chain and private key)')
   }
-  const caFile = readableFile(env, 'MQTT_TLS_CA_FILE')
+  const caFile = s.MQTT_TLS_CA_FILE ?? null
   if (caFile !== null) {
     try {
       new X509Certificate(fs.readFileSync(caFile))
@@ -209,39 +228,15 @@ function mqttTls (env: Env): MqttTlsConfig | null {
   return { port, ...files, caFile }
 }
 
-function oneOf<T extends string> (env: Env, name: string, allowed: readonly T[], fallback: T): T {
-  const raw = read(env, name)
-  if (raw === undefined) return fallback
-  if (!(allowed as readonly string[]).includes(raw)) {
-    throw new ConfigError(name, `${name} must be one of ${allowed.join(', ')} (got "${raw}")`)
-  }
-  return raw as T
-}
-
-function url (env: Env, name: string, protocols: readonly string[]): string | null {
-  const raw = read(env, name)
-  if (raw === undefined) return null
-  let parsed: URL
-  try {
-    parsed = new URL(raw)
-  } catch {
-    throw new ConfigError(name, `${name} must be a URL (${protocols.join(' or ')})`)
-  }
-  if (!protocols.includes(parsed.protocol)) {
-    throw new ConfigError(name, `${name} must use ${protocols.join(' or ')} (got ${parsed.protocol})`)
-  }
-  return raw
-}
-
-function secretKeys (env: Env): Config['secretKeys'] {
-  const value = read(env, 'VIGIL_SECRET_KEY')
-  const file = readableFile(env, 'VIGIL_SECRET_KEY_FILE')
-  if (value !== undefined && file !== null) {
+function secretKeys (s: Settings): Config['secretKeys'] {
+  const value = s.VIGIL_SECRET_KEY
+  const file = s.VIGIL_SECRET_KEY_FILE
+  if (value !== undefined && file !== undefined) {
     throw new ConfigError('VIGIL_SECRET_KEY', 'VIGIL_SECRET_KEY and VIGIL_SECRET_KEY_FILE are both set: set one')
   }
   try {
     if (value !== undefined) return { source: 'VIGIL_SECRET_KEY', keyring: parseSecretKeyValue(value) }
-    if (file !== null) return { source: 'VIGIL_SECRET_KEY_FILE', keyring: parseSecretKeyFile(fs.readFileSync(file, 'utf8')) }
+    if (file !== undefined) return { source: 'VIGIL_SECRET_KEY_FILE', keyring: parseSecretKeyFile(fs.readFileSync(file, 'utf8')) }
   } catch (err) {
     if (!(err instanceof SecretKeyFormatError)) throw err
     const name = value !== undefined ? 'VIGIL_SECRET_KEY' : 'VIGIL_SECRET_KEY_FILE'
@@ -250,102 +245,82 @@ function secretKeys (env: Env): Config['secretKeys'] {
   return null
 }
 
-function accessConfig (env: Env): AccessConfig {
-  // Short-lived access tokens (15 min) with a refresh path; a session idle 30 min is over
-  // (HIPAA §164.312(a)(2)(iii) automatic logoff); 5 failures lock an account for 15 min.
-  const sessionIdleSeconds = integer(env, 'VIGIL_SESSION_IDLE_SECONDS', 1800, 60, 7 * 86_400)
-  const accessTokenTtlSeconds = integer(env, 'VIGIL_ACCESS_TOKEN_TTL_SECONDS', 900, 30, 86_400)
-  const sessionMaxSeconds = integer(env, 'VIGIL_SESSION_MAX_SECONDS', 12 * 3600, 300, 30 * 86_400)
-  if (sessionMaxSeconds < sessionIdleSeconds) {
-    throw new ConfigError('VIGIL_SESSION_MAX_SECONDS', `VIGIL_SESSION_MAX_SECONDS must be at least VIGIL_SESSION_IDLE_SECONDS (${sessionIdleSeconds})`)
+function accessConfig (s: Settings): AccessConfig {
+  if (s.VIGIL_SESSION_MAX_SECONDS < s.VIGIL_SESSION_IDLE_SECONDS) {
+    throw new ConfigError('VIGIL_SESSION_MAX_SECONDS', `VIGIL_SESSION_MAX_SECONDS must be at least VIGIL_SESSION_IDLE_SECONDS (${s.VIGIL_SESSION_IDLE_SECONDS})`)
   }
   return {
-    accessTokenTtlSeconds,
-    sessionIdleSeconds,
-    sessionMaxSeconds,
-    loginMaxFailures: integer(env, 'VIGIL_LOGIN_MAX_FAILURES', 5, 1, 1000),
-    loginLockoutSeconds: integer(env, 'VIGIL_LOGIN_LOCKOUT_SECONDS', 900, 1, 86_400),
-    breakGlassMinutes: integer(env, 'VIGIL_BREAK_GLASS_MINUTES', 60, 1, 24 * 60),
-    breakGlassGrantsPerHour: integer(env, 'VIGIL_BREAK_GLASS_PER_HOUR', 10, 1, 1000),
-    // Checked before the password is hashed (0.65 s of scrypt each): a flood costs no CPU.
-    loginsPerAddressPerMinute: integer(env, 'VIGIL_LOGIN_RATE_PER_ADDRESS', 20, 1, 1_000_000),
-    loginsPerAccountPerMinute: integer(env, 'VIGIL_LOGIN_RATE_PER_ACCOUNT', 10, 1, 1_000_000)
+    accessTokenTtlSeconds: s.VIGIL_ACCESS_TOKEN_TTL_SECONDS,
+    sessionIdleSeconds: s.VIGIL_SESSION_IDLE_SECONDS,
+    sessionMaxSeconds: s.VIGIL_SESSION_MAX_SECONDS,
+    loginMaxFailures: s.VIGIL_LOGIN_MAX_FAILURES,
+    loginLockoutSeconds: s.VIGIL_LOGIN_LOCKOUT_SECONDS,
+    breakGlassMinutes: s.VIGIL_BREAK_GLASS_MINUTES,
+    breakGlassGrantsPerHour: s.VIGIL_BREAK_GLASS_PER_HOUR,
+    loginsPerAddressPerMinute: s.VIGIL_LOGIN_RATE_PER_ADDRESS,
+    loginsPerAccountPerMinute: s.VIGIL_LOGIN_RATE_PER_ACCOUNT
   }
 }
 
 /** The documented default rules shipped next to this file (not relative to the working directory). */
 export const defaultAlertRulesPath = fileURLToPath(new URL('./alert-rules.yaml', import.meta.url))
 
-/** Reads and validates the environment. Throws ConfigError naming the first bad variable. */
+/**
+ * Reads and validates the environment (parseEnvironment), then the rules between variables.
+ * Throws ConfigError naming the first bad variable.
+ */
 export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
-  const httpHost = read(env, 'HTTP_HOST') ?? '127.0.0.1'
-  const influxUrl = url(env, 'INFLUX_URL', ['http:', 'https:'])
+  const s = parseEnvironment(env)
   let influx: InfluxConfig | null = null
-  if (influxUrl !== null) {
-    influx = {
-      url: influxUrl.replace(/\/+$/, ''),
-      token: read(env, 'INFLUX_TOKEN') ?? '',
-      org: read(env, 'INFLUX_ORG') ?? 'vigil',
-      bucket: read(env, 'INFLUX_BUCKET') ?? 'vigil',
-      api: oneOf(env, 'INFLUX_API', ['auto', 'v1', 'v2'] as const, 'auto')
-    }
+  if (s.INFLUX_URL !== undefined) {
+    influx = { url: s.INFLUX_URL.replace(/\/+$/, ''), token: s.INFLUX_TOKEN, org: s.INFLUX_ORG, bucket: s.INFLUX_BUCKET, api: s.INFLUX_API }
   } else {
     for (const name of ['INFLUX_TOKEN', 'INFLUX_ORG', 'INFLUX_BUCKET', 'INFLUX_API']) {
       if (read(env, name) !== undefined) throw new ConfigError(name, `${name} is set but INFLUX_URL is not: set INFLUX_URL to use InfluxDB`)
     }
   }
-  const adminToken = read(env, 'VIGIL_ADMIN_TOKEN') ?? null
-  if (adminToken !== null && adminToken.length < 24) {
-    throw new ConfigError('VIGIL_ADMIN_TOKEN', 'VIGIL_ADMIN_TOKEN must be at least 24 characters (use e.g. `openssl rand -hex 24`)')
+  const mqttMaxOutgoingBytes = s.MQTT_MAX_OUTGOING_BYTES ?? Math.max(mqttMaxOutgoingBytesAtLeast, 4 * s.MQTT_MAX_PACKET_BYTES)
+  // A subscriber is dropped when it falls this far behind, so the bound can never be below one packet.
+  if (mqttMaxOutgoingBytes < s.MQTT_MAX_PACKET_BYTES) {
+    throw new ConfigError('MQTT_MAX_OUTGOING_BYTES', `MQTT_MAX_OUTGOING_BYTES must be at least MQTT_MAX_PACKET_BYTES (${s.MQTT_MAX_PACKET_BYTES}) (got "${mqttMaxOutgoingBytes}")`)
   }
-  const dataDir = path.resolve(read(env, 'VIGIL_DATA_DIR') ?? './data')
-  const mqttMaxPacketBytes = integer(env, 'MQTT_MAX_PACKET_BYTES', 256 * 1024, 1024, 256 * 1024 * 1024)
-  // Room for several packets of the largest size: a subscriber is dropped when it falls this far
-  // behind, so the bound can never be below one packet.
-  const mqttMaxOutgoingBytes = integer(env, 'MQTT_MAX_OUTGOING_BYTES', Math.max(1024 * 1024, 4 * mqttMaxPacketBytes), mqttMaxPacketBytes, 1024 * 1024 * 1024)
   return {
-    httpHost,
-    httpPort: integer(env, 'HTTP_PORT', 3000, 0, 65535),
-    mqttHost: read(env, 'MQTT_HOST') ?? httpHost,
-    mqttPort: integer(env, 'MQTT_PORT', 1883, 0, 65535),
+    httpHost: s.HTTP_HOST,
+    httpPort: s.HTTP_PORT,
+    mqttHost: s.MQTT_HOST ?? s.HTTP_HOST,
+    mqttPort: s.MQTT_PORT,
     defaultPorts: { http: read(env, 'HTTP_PORT') === undefined, mqtt: read(env, 'MQTT_PORT') === undefined },
-    mqttTls: mqttTls(env),
-    mqttWsPort: optionalPort(env, 'MQTT_WS_PORT'),
-    mqttMaxPacketBytes,
+    mqttTls: mqttTls(s),
+    mqttWsPort: s.MQTT_WS_PORT ?? null,
+    mqttMaxPacketBytes: s.MQTT_MAX_PACKET_BYTES,
     mqttMaxOutgoingBytes,
-    // devices/{id}/telemetry and devices/{id}/# have 3 levels; Aedes caps the setting at 100.
-    mqttMaxTopicLevels: integer(env, 'MQTT_MAX_TOPIC_LEVELS', 8, 3, 100),
-    mqttKeepaliveLimitSeconds: integer(env, 'MQTT_KEEPALIVE_LIMIT_SECONDS', 1200, 0, 65535),
-    mqttConnectTimeoutSeconds: integer(env, 'MQTT_CONNECT_TIMEOUT_SECONDS', 10, 1, 300),
-    mqttMaxInflightQos2: integer(env, 'MQTT_MAX_INFLIGHT_QOS2', 100, 1, 65535),
-    mqttConnectRatePerAddress: integer(env, 'MQTT_CONNECT_RATE_PER_ADDRESS', 600, 0, 1_000_000),
-    mqttAuthFailuresBeforeLockout: integer(env, 'MQTT_AUTH_FAILURES_BEFORE_LOCKOUT', 10, 0, 1_000_000),
-    mqttAuthFailureWindowSeconds: integer(env, 'MQTT_AUTH_FAILURE_WINDOW_SECONDS', 60, 1, 86_400),
-    mqttLockoutSeconds: integer(env, 'MQTT_LOCKOUT_SECONDS', 300, 1, 86_400),
-    httpTls: tlsFiles(env, 'HTTP_TLS_CERT_FILE', 'HTTP_TLS_KEY_FILE'),
-    databaseUrl: url(env, 'DATABASE_URL', ['postgres:', 'postgresql:']),
+    mqttMaxTopicLevels: s.MQTT_MAX_TOPIC_LEVELS,
+    mqttKeepaliveLimitSeconds: s.MQTT_KEEPALIVE_LIMIT_SECONDS,
+    mqttConnectTimeoutSeconds: s.MQTT_CONNECT_TIMEOUT_SECONDS,
+    mqttMaxInflightQos2: s.MQTT_MAX_INFLIGHT_QOS2,
+    mqttConnectRatePerAddress: s.MQTT_CONNECT_RATE_PER_ADDRESS,
+    mqttAuthFailuresBeforeLockout: s.MQTT_AUTH_FAILURES_BEFORE_LOCKOUT,
+    mqttAuthFailureWindowSeconds: s.MQTT_AUTH_FAILURE_WINDOW_SECONDS,
+    mqttLockoutSeconds: s.MQTT_LOCKOUT_SECONDS,
+    httpTls: tlsFiles(s, 'HTTP_TLS_CERT_FILE', 'HTTP_TLS_KEY_FILE'),
+    databaseUrl: s.DATABASE_URL ?? null,
     influx,
-    dataDir,
-    adminToken,
-    alertRulesPath: readableFile(env, 'VIGIL_ALERT_RULES') ?? defaultAlertRulesPath,
-    workerThreads: integer(env, 'WORKER_THREADS', Math.max(1, cpuCount), 1, 256),
-    voiceNoteMaxBytes: integer(env, 'VOICE_NOTE_MAX_BYTES', 25 * 1024 * 1024, 1024, 256 * 1024 * 1024),
-    voiceNoteMaxSeconds: integer(env, 'VOICE_NOTE_MAX_SECONDS', 600, 1, 4 * 3600),
-    transcriptionEngine: transcriptionEngine(env),
-    jobLeaseSeconds: integer(env, 'JOB_LEASE_SECONDS', 60, 2, 3600),
-    jobMaxAttempts: integer(env, 'JOB_MAX_ATTEMPTS', 3, 1, 100),
-    spoolMaxBytes: integer(env, 'VIGIL_SPOOL_MAX_BYTES', 1024 * 1024 * 1024, 64 * 1024, Number.MAX_SAFE_INTEGER),
-    // Default: two 16 MB WAL segments and a margin (store/disk-reserve.ts). 0 turns the guard off.
-    // A device clock a little behind the server's stamps its first readings before the
-    // assignment made on the server (issue 12: 1.5 s).
-    assignmentToleranceMs: integer(env, 'VIGIL_ASSIGNMENT_TOLERANCE_SECONDS', 300, 0, 86_400) * 1000,
-    diskReserveBytes: integer(env, 'VIGIL_DISK_RESERVE_MB', DEFAULT_DISK_RESERVE_BYTES / (1024 * 1024), 0, 1024 * 1024) * 1024 * 1024,
-    // 100 requests/s per token: room for provisioning tools and dashboards; per address
-    // without a token, enough for a person browsing /docs, not for a guessing script.
-    apiRateLimitPerMinute: integer(env, 'API_RATE_LIMIT_PER_MINUTE', 6000, 1, 10_000_000),
-    apiUnauthenticatedRateLimitPerMinute: integer(env, 'API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE', 120, 1, 10_000_000),
-    logLevel: oneOf(env, 'LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'info'),
-    secretKeys: secretKeys(env),
-    access: accessConfig(env)
+    dataDir: path.resolve(s.VIGIL_DATA_DIR),
+    adminToken: s.VIGIL_ADMIN_TOKEN ?? null,
+    alertRulesPath: s.VIGIL_ALERT_RULES ?? defaultAlertRulesPath,
+    workerThreads: s.WORKER_THREADS ?? Math.max(1, cpuCount),
+    voiceNoteMaxBytes: s.VOICE_NOTE_MAX_BYTES,
+    voiceNoteMaxSeconds: s.VOICE_NOTE_MAX_SECONDS,
+    transcriptionEngine: s.TRANSCRIPTION_ENGINE,
+    jobLeaseSeconds: s.JOB_LEASE_SECONDS,
+    jobMaxAttempts: s.JOB_MAX_ATTEMPTS,
+    spoolMaxBytes: s.VIGIL_SPOOL_MAX_BYTES,
+    assignmentToleranceMs: s.VIGIL_ASSIGNMENT_TOLERANCE_SECONDS * 1000,
+    diskReserveBytes: s.VIGIL_DISK_RESERVE_MB * 1024 * 1024,
+    apiRateLimitPerMinute: s.API_RATE_LIMIT_PER_MINUTE,
+    apiUnauthenticatedRateLimitPerMinute: s.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE,
+    logLevel: s.LOG_LEVEL,
+    secretKeys: secretKeys(s),
+    access: accessConfig(s)
   }
 }

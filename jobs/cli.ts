@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
+import { defaults } from '../config/schema/defaults.ts'
 
 // `npm run jobs -- list [--state S] [--type T]` and `npm run jobs -- follow <job id>`: a client
 // of the HTTP API (it never reads the database), so it works against any Vigil it can reach.
@@ -46,12 +47,12 @@ function fail (message: string, code = 2): never {
 async function baseUrl (): Promise<string> {
   if (options.url !== undefined) return options.url.replace(/\/$/, '')
   if (process.env.VIGIL_API_URL !== undefined) return process.env.VIGIL_API_URL.replace(/\/$/, '')
-  const dataDir = path.resolve(process.env.VIGIL_DATA_DIR ?? './data')
+  const dataDir = path.resolve(process.env.VIGIL_DATA_DIR ?? defaults.VIGIL_DATA_DIR)
   try {
     const listening = JSON.parse(await fs.readFile(path.join(dataDir, 'listening.json'), 'utf8')) as { httpPort: number, httpTls?: boolean }
     return `${listening.httpTls === true ? 'https' : 'http'}://127.0.0.1:${listening.httpPort}`
   } catch {
-    return 'http://127.0.0.1:3000'
+    return `http://127.0.0.1:${defaults.HTTP_PORT}`
   }
 }
 

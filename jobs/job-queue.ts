@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import { inTransaction as runInTransaction } from '../store/database.ts'
+import { defaults } from '../config/schema/defaults.ts'
 
 export const jobStates = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const
 export type JobState = typeof jobStates[number]
@@ -142,8 +143,8 @@ export interface JobQueue {
 export function createJobQueue (options: JobQueueOptions): JobQueue {
   const { pool } = options
   const now = options.now ?? (() => new Date())
-  const leaseMs = options.leaseMs ?? 60_000
-  const defaultMaxAttempts = options.maxAttempts ?? 3
+  const leaseMs = options.leaseMs ?? defaults.JOB_LEASE_SECONDS * 1000
+  const defaultMaxAttempts = options.maxAttempts ?? defaults.JOB_MAX_ATTEMPTS
   const retryDelay = options.retryDelay ?? ((attempt: number) => retryDelayMs(attempt))
   const listeners = new Set<(job: Job) => void>()
 

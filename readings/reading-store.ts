@@ -53,7 +53,10 @@ export interface ReadingStore {
   close (): Promise<void>
 }
 
-/** Guard against a query that would build an absurd bucket list (the API validates first). */
+/**
+ * Most buckets one aggregate may produce: beyond this it is a bulk export, not a chart. The
+ * stores guard with it; the API checks it first (api/routes/readings.ts).
+ */
 export const maxAggregateBuckets = 10_000
 
 /**

@@ -1,15 +1,17 @@
 import fs from 'node:fs/promises'
 import type { Logger } from 'pino'
+import { defaults } from '../config/schema/defaults.ts'
 
 const MB = 1024 * 1024
 
 /**
- * PGlite (like Postgres) creates its write-ahead log in 16 MB segments. Two of them (the one
- * being filled and the next, which Postgres creates ahead) plus room for the spool's fsync'd
- * records, rejections and audit rows written while writes are refused.
+ * PGlite (like Postgres) creates its write-ahead log in 16 MB segments. The default reserve
+ * (VIGIL_DISK_RESERVE_MB in config/schema/defaults.ts) is two of them (the one being filled and
+ * the next, which Postgres creates ahead) plus room for the spool's fsync'd records, rejections
+ * and audit rows written while writes are refused.
  */
 export const WAL_SEGMENT_BYTES = 16 * MB
-export const DEFAULT_DISK_RESERVE_BYTES = 2 * WAL_SEGMENT_BYTES + 16 * MB
+export const DEFAULT_DISK_RESERVE_BYTES = defaults.VIGIL_DISK_RESERVE_MB * MB
 
 const CHECK_INTERVAL_MS = 1000
 

@@ -1,5 +1,6 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { StoredReading } from '../../readings/reading.ts'
+import { maxAggregateBuckets } from '../../readings/reading-store.ts'
 import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import {
   instantMs,
@@ -8,8 +9,8 @@ import {
   bucketCount, decodeReadingCursor, encodeReadingCursor, errorResponses, page, pageOf, parseEvery, suggestEvery
 } from '../schemas/common.ts'
 
-/** Beyond this an aggregate is a bulk export, not a chart. */
-export const MAX_BUCKETS = 10_000
+/** The stores' own guard, checked here first so the client gets a 400 with a usable `every`. */
+export const MAX_BUCKETS = maxAggregateBuckets
 
 function toReading (r: StoredReading) {
   return { metric: r.metric, value: r.value, unit: r.unit, ts: new Date(r.ts).toISOString(), deviceId: r.deviceId, seq: r.seq }

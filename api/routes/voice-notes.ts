@@ -6,9 +6,10 @@ import { VigilError } from '../../errors/catalogue.ts'
 import { VoiceNoteAccepted, VoiceNoteListQuery, VoiceNoteView, decodeTimeCursor, encodeTimeCursor } from '../schemas/jobs.ts'
 import { IdParams, Uuid, errorResponses, page, pageOf } from '../schemas/common.ts'
 import { Type } from '@fastify/type-provider-typebox'
+import { defaults } from '../../config/schema/defaults.ts'
 
-/** Upload limits; defaults match config (VOICE_NOTE_MAX_BYTES, VOICE_NOTE_MAX_SECONDS). */
-export const voiceNoteLimitDefaults = { maxBytes: 25 * 1024 * 1024, maxSeconds: 600 }
+/** Upload limits; the defaults are VOICE_NOTE_MAX_BYTES's and VOICE_NOTE_MAX_SECONDS's. */
+export const voiceNoteLimitDefaults = { maxBytes: defaults.VOICE_NOTE_MAX_BYTES, maxSeconds: defaults.VOICE_NOTE_MAX_SECONDS }
 
 // RFC 2361 names audio/wav and audio/wave; audio/x-wav and audio/vnd.wave are common in the wild.
 export const WAV_MEDIA_TYPES = ['audio/wav', 'audio/x-wav', 'audio/wave', 'audio/vnd.wave']
