@@ -3,12 +3,11 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import zlib from 'node:zlib'
 import pino from 'pino'
 import t from 'tap'
 import type { Test } from 'tap'
 import type { StoredReading } from '../../readings/reading.ts'
-import { crc32Fallback, deadLetterName, decodeRecordBody, encodeRecord, openSpool, scanRecord, SpoolFullError } from '../../readings/spool.ts'
+import { deadLetterName, encodeRecord, openSpool, SpoolFullError } from '../../readings/spool.ts'
 import type { OpenSpoolOptions, Spool } from '../../readings/spool.ts'
 import { createInfluxReadingStore } from '../../readings/influx-store.ts'
 import type { ReadingStore } from '../../readings/reading-store.ts'
@@ -108,27 +107,6 @@ async function checkpointAtEndNow (dir: string): Promise<boolean> {
   const last = (await segmentFiles(dir)).at(-1)!
   return `${String(checkpoint.segment).padStart(16, '0')}.wal` === last && checkpoint.offset === (await fs.stat(path.join(dir, last))).size
 }
-
-t.test('records: encode, scan, decode, and CRC-32 matches zlib', async (t) => {
-  const batch = readings(3)
-  const record = encodeRecord(batch, 1234.5)
-  const scan = scanRecord(record, 0)
-  if (scan.kind !== 'record') throw new Error(`expected a record, got ${scan.kind}`)
-  t.equal(scan.length, record.length)
-  t.equal(scan.count, 3)
-  t.equal(scan.appendedAt, 1234.5)
-  t.strictSame(decodeRecordBody(scan.body), batch)
-  t.equal(scanRecord(record.subarray(0, record.length - 1), 0).kind, 'incomplete')
-  t.equal(scanRecord(record.subarray(0, 5), 0).kind, 'incomplete')
-  const flipped = Buffer.from(record)
-  flipped.writeUInt8(flipped.readUInt8(record.length - 2) ^ 1, record.length - 2)
-  t.equal(scanRecord(flipped, 0).kind, 'corrupt')
-  t.equal(scanRecord(Buffer.alloc(16, 0xff), 0).kind, 'corrupt', 'absurd length')
-  for (const data of [Buffer.alloc(0), Buffer.from('123456789'), record]) {
-    t.equal(crc32Fallback(data), zlib.crc32(data))
-  }
-  t.equal(crc32Fallback(Buffer.from('123456789')), 0xcbf43926, 'CRC-32 check value')
-})
 
 t.test('append, deliver in order, checkpoint, delete delivered segments', async (t) => {
   const dir = await tempDir(t)

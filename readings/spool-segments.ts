@@ -1,0 +1,489 @@
+import type { FileHandle } from 'node:fs/promises'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import type { Logger } from 'pino'
+import type { LogThrottle } from '../observability/log-throttle.ts'
+import type { StoredReading } from './reading.ts'
+import { appendedAtOfPrefix, declaredRecordLength, decodeRecordBody, recordHeaderBytes, recordPrefixBytes, scanRecord } from './spool-record.ts'
+
+/*
+ * The spool's segment files: an append-only log of records (readings/spool-record.ts) in
+ * numbered files, read from a delivery cursor, with a durable checkpoint behind it.
+ *
+ *   0000000000000001.wal …  segments, appended in order, rolled at `segmentBytes`
+ *   checkpoint.json          {"segment": n, "offset": bytes}: everything before it is delivered
+ *
+ * append() resolves once its record is fdatasync'd (group commit: what queues during one
+ * write+fdatasync goes out in the next). The cursor marks what delivery has handed to the store;
+ * the checkpoint follows it when asked, deleting the segments wholly before it first.
+ */
+
+export interface Position { segment: number, offset: number }
+
+/** Whole records read from the cursor on, not yet consumed. */
+export interface RecordRun {
+  readings: StoredReading[]
+  bytes: number
+  end: Position
+}
+
+export interface Backlog {
+  /** Undelivered (past the cursor), on disk. */
+  readings: number
+  bytes: number
+  /** appendedAt of the oldest undelivered record; null when none. */
+  oldestAppendedAt: number | null
+}
+
+export interface OpenSegmentsOptions {
+  dir: string
+  /** Roll to a new segment file past this size. */
+  segmentBytes: number
+  log: Logger
+  /** For errors that repeat with one cause (a full disk). */
+  throttled: LogThrottle
+  /** After records were made durable, and after an append failed for lack of space. */
+  onChange: () => void
+}
+
+export interface Segments {
+  backlog (): Backlog
+  /** Bytes queued for append, not yet durable. */
+  pendingBytes (): number
+  /** Set when a failed write could not be undone: every later append throws it. */
+  broken (): Error | null
+  /** fdatasync calls made by append() so far. */
+  appendSyncs (): number
+  /** Resolves once `record` (of `count` readings) is written and fdatasync'd. */
+  append (record: Buffer, count: number, appendedAt: number): Promise<void>
+  /** Records from the cursor on, up to maxReadings (at least one record); null when caught up. */
+  read (maxReadings: number): Promise<RecordRun | null>
+  /** Moves the cursor past `run` (delivered or dead-lettered). */
+  consume (run: RecordRun): Promise<void>
+  /** The cursor has moved since the checkpoint was last written. */
+  checkpointBehind (): boolean
+  /**
+   * Deletes the segments wholly before the cursor, then records the cursor as the checkpoint.
+   * Throws when the checkpoint file cannot be written (the deletions stand).
+   */
+  checkpoint (): Promise<void>
+  /**
+   * Caught up with delivered bytes stuck in the active segment: rolls to a new segment so the
+   * next checkpoint can delete it. True when it did.
+   */
+  reclaim (): Promise<boolean>
+  /** Refuses further appends and waits for those queued. */
+  stopAppends (): Promise<void>
+  /** Closes the files; call after stopAppends and once nothing reads. */
+  close (): Promise<void>
+}
+
+const segmentPattern = /^(\d{16})\.wal$/
+const segmentName = (seq: number): string => `${String(seq).padStart(16, '0')}.wal`
+const checkpointName = 'checkpoint.json'
+const readChunkBytes = 4 * 1024 * 1024
+
+interface Segment { seq: number, size: number }
+
+interface PendingAppend {
+  record: Buffer
+  count: number
+  appendedAt: number
+  resolve: () => void
+  reject: (err: Error) => void
+}
+
+export function ioCode (err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' ? code : 'I/O error'
+}
+
+export async function fsyncDir (dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r')
+  try {
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+}
+
+async function writeAll (handle: FileHandle, buf: Buffer, position: number): Promise<void> {
+  let written = 0
+  while (written < buf.length) {
+    const { bytesWritten } = await handle.write(buf, written, buf.length - written, position + written)
+    written += bytesWritten
+  }
+}
+
+async function readAt (handle: FileHandle, position: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length)
+  let read = 0
+  while (read < length) {
+    const { bytesRead } = await handle.read(buf, read, length - read, position + read)
+    if (bytesRead === 0) break
+    read += bytesRead
+  }
+  return buf.subarray(0, read)
+}
+
+async function readCheckpoint (dir: string): Promise<Position | null> {
+  let text: string
+  try {
+    text = await fs.readFile(path.join(dir, checkpointName), 'utf8')
+  } catch (err) {
+    if (ioCode(err) === 'ENOENT') return null
+    throw err
+  }
+  // Written by rename of an fsync'd temp file, so it is whole or absent: garbage is corruption.
+  const parsed = JSON.parse(text) as Partial<Position>
+  if (!Number.isSafeInteger(parsed.segment) || !Number.isSafeInteger(parsed.offset)) {
+    throw new Error(`spool checkpoint ${path.join(dir, checkpointName)} is invalid`)
+  }
+  return { segment: parsed.segment!, offset: parsed.offset! }
+}
+
+interface Recovered { head: Position, segments: Segment[], backlog: Backlog }
+
+/**
+ * What the files say at open: the checkpoint, the segments from it on (delivered ones deleted,
+ * a torn tail of the newest cut off) and the undelivered backlog. Creates the first segment
+ * of an empty spool.
+ */
+async function recover (dir: string, log: Logger): Promise<Recovered> {
+  await fs.rm(path.join(dir, `${checkpointName}.tmp`), { force: true })
+  const names = await fs.readdir(dir)
+  let seqs = names.map((n) => segmentPattern.exec(n)?.[1]).filter((s) => s !== undefined).map(Number).sort((a, b) => a - b)
+  let head: Position = (await readCheckpoint(dir)) ?? { segment: seqs[0] ?? 1, offset: 0 }
+
+  // Segments wholly before the checkpoint were delivered; their deletion may not have happened.
+  for (const seq of seqs.filter((s) => s < head.segment)) await fs.rm(path.join(dir, segmentName(seq)), { force: true })
+  seqs = seqs.filter((s) => s >= head.segment)
+  if (seqs[0] !== head.segment) {
+    // Delivered segments are deleted before the checkpoint moves past them (checkpoint()):
+    // a crash between the two leaves this, and the oldest segment left is where delivery resumes.
+    if (head.offset !== 0) log.info({ segment: head.segment }, 'checkpointed spool segment already deleted; resuming at the next one')
+    head = { segment: seqs[0] ?? head.segment + (head.offset === 0 ? 0 : 1), offset: 0 }
+  }
+
+  const segments: Segment[] = []
+  const backlog: Backlog = { readings: 0, bytes: 0, oldestAppendedAt: null }
+  for (const [i, seq] of seqs.entries()) {
+    const file = path.join(dir, segmentName(seq))
+    const buf = await fs.readFile(file)
+    const last = i === seqs.length - 1
+    let offset = seq === head.segment ? head.offset : 0
+    if (offset > buf.length) throw new Error(`spool checkpoint points past the end of ${file}`)
+    while (offset < buf.length) {
+      const scan = scanRecord(buf, offset)
+      if (scan.kind === 'record') {
+        backlog.bytes += scan.length
+        backlog.readings += scan.count
+        backlog.oldestAppendedAt ??= scan.appendedAt
+        offset += scan.length
+        continue
+      }
+      // A crash mid-append leaves a partial record at the end of the newest segment; appends
+      // were never acknowledged for it, so dropping it loses nothing that was promised.
+      if (!last) throw new Error(`spool segment ${file} is corrupt at byte ${offset} (${scan.kind === 'corrupt' ? scan.reason : 'truncated'}); it is not the newest segment, so this is not a torn write`)
+      log.warn({ segment: segmentName(seq), offset, droppedBytes: buf.length - offset, reason: scan.kind === 'corrupt' ? scan.reason : 'incomplete record' }, 'spool: torn tail truncated')
+      await fs.truncate(file, offset)
+      const handle = await fs.open(file, 'r+')
+      try {
+        await handle.datasync()
+      } finally {
+        await handle.close()
+      }
+      break
+    }
+    segments.push({ seq, size: Math.min(offset, buf.length) })
+  }
+  if (segments.length === 0) {
+    const handle = await fs.open(path.join(dir, segmentName(head.segment)), 'w+', 0o600)
+    await handle.close()
+    await fsyncDir(dir)
+    segments.push({ seq: head.segment, size: 0 })
+  }
+  return { head, segments, backlog }
+}
+
+/** Opens (and recovers) the segment files in `dir`, which must exist. */
+export async function openSegments (options: OpenSegmentsOptions): Promise<Segments> {
+  const { dir, segmentBytes, log, throttled, onChange } = options
+  const recovered = await recover(dir, log)
+  const segments = recovered.segments
+  const backlog = recovered.backlog
+  // The checkpoint on disk.
+  let head = recovered.head
+  // Delivered up to here; the checkpoint follows it when asked.
+  let cursor: Position = head
+  let active = segments[segments.length - 1]!
+  let writeHandle = await fs.open(path.join(dir, segmentName(active.seq)), 'r+')
+  const readHandles = new Map<number, FileHandle>()
+  let closing = false
+  let broken: Error | null = null
+  let queue: PendingAppend[] = []
+  let pendingBytes = 0
+  let writing: Promise<void> | null = null
+  let appendSyncs = 0
+  // An append failed with ENOSPC/EDQUOT: the active segment is rolled as soon as it is delivered.
+  let outOfSpace = false
+  // Delivered bytes worth a new segment when caught up (see reclaim).
+  const reclaimBytes = Math.min(segmentBytes, 1024 * 1024)
+  log.info({ dir, segments: segments.length, depthReadings: backlog.readings, depthBytes: backlog.bytes }, 'spool opened')
+
+  // --- writing ----------------------------------------------------------------------------
+
+  async function roll (): Promise<void> {
+    const seq = active.seq + 1
+    const file = path.join(dir, segmentName(seq))
+    const handle = await fs.open(file, 'w+', 0o600)
+    try {
+      // The new name must survive a crash before any record in it is acknowledged.
+      await fsyncDir(dir)
+    } catch (err) {
+      await handle.close().catch(() => {})
+      await fs.rm(file, { force: true }).catch(() => {})
+      throw err
+    }
+    await writeHandle.close().catch((err: unknown) => log.warn({ code: ioCode(err) }, 'spool: closing a full segment failed'))
+    writeHandle = handle
+    active = { seq, size: 0 }
+    segments.push(active)
+  }
+
+  async function writeBatch (batch: PendingAppend[]): Promise<void> {
+    if (active.size >= segmentBytes) await roll()
+    const buf = Buffer.concat(batch.map((p) => p.record))
+    const start = active.size
+    try {
+      await writeAll(writeHandle, buf, start)
+      appendSyncs++
+      await writeHandle.datasync()
+    } catch (err) {
+      // Cut the partial batch off so the segment stays a sequence of whole records; if even
+      // that fails, refuse further appends (reopening truncates the torn tail).
+      try {
+        await writeHandle.truncate(start)
+        await writeHandle.datasync()
+      } catch (undoErr) {
+        broken = new Error(`spool is unusable after a failed write (${ioCode(undoErr)}); reopen it`, { cause: undoErr })
+        log.error({ code: ioCode(undoErr) }, 'spool: could not undo a failed write')
+      }
+      throw err
+    }
+    active.size += buf.length
+    backlog.bytes += buf.length
+    backlog.readings += batch.reduce((n, p) => n + p.count, 0)
+    backlog.oldestAppendedAt ??= batch[0]!.appendedAt
+    onChange()
+  }
+
+  /** Group commit: whatever queued while one write+fdatasync ran goes out in the next. */
+  async function drainQueue (): Promise<void> {
+    try {
+      while (queue.length > 0) {
+        const batch = queue
+        queue = []
+        const bytes = batch.reduce((n, p) => n + p.record.length, 0)
+        try {
+          if (broken !== null) throw broken
+          await writeBatch(batch)
+          for (const p of batch) p.resolve()
+        } catch (err) {
+          const error = err instanceof Error ? err : new Error(String(err))
+          const code = ioCode(err)
+          throttled.log('error', `append:${code}`, { code, count: batch.length }, 'spool append failed')
+          if (code === 'ENOSPC' || code === 'EDQUOT') {
+            // Delivered bytes in the active segment may be what fills the disk: let delivery free them.
+            outOfSpace = true
+            onChange()
+          }
+          for (const p of batch) p.reject(error)
+        } finally {
+          pendingBytes -= bytes
+        }
+      }
+    } finally {
+      // Cleared synchronously with the loop's last empty-queue check (no await in between),
+      // so an append queued after that check always starts a new drain.
+      writing = null
+    }
+  }
+
+  async function append (record: Buffer, count: number, appendedAt: number): Promise<void> {
+    if (closing) throw new Error('spool is closed')
+    if (broken !== null) throw broken
+    pendingBytes += record.length
+    const done = new Promise<void>((resolve, reject) => {
+      queue.push({ record, count, appendedAt, resolve, reject })
+    })
+    // Started on the next microtask so `writing` is set before drainQueue can clear it.
+    writing ??= Promise.resolve().then(drainQueue)
+    await done
+  }
+
+  // --- reading ----------------------------------------------------------------------------
+
+  async function readHandle (seq: number): Promise<FileHandle> {
+    let handle = readHandles.get(seq)
+    if (handle === undefined) {
+      handle = await fs.open(path.join(dir, segmentName(seq)), 'r')
+      readHandles.set(seq, handle)
+    }
+    return handle
+  }
+
+  async function closeReadHandle (seq: number): Promise<void> {
+    const handle = readHandles.get(seq)
+    readHandles.delete(seq)
+    await handle?.close().catch(() => {})
+  }
+
+  function segmentAt (seq: number): { segment: Segment, next: Segment | undefined } | null {
+    const i = segments.findIndex((s) => s.seq === seq)
+    return i < 0 ? null : { segment: segments[i]!, next: segments[i + 1] }
+  }
+
+  async function read (maxReadings: number): Promise<RecordRun | null> {
+    const from = cursor
+    const readings: StoredReading[] = []
+    let bytes = 0
+    let pos = { ...from }
+    while (readings.length < maxReadings) {
+      const at = segmentAt(pos.segment)
+      if (at === null) throw new Error(`spool segment ${segmentName(pos.segment)} is missing`)
+      if (pos.offset >= at.segment.size) {
+        if (at.next === undefined) break
+        pos = { segment: at.next.seq, offset: 0 }
+        continue
+      }
+      const handle = await readHandle(pos.segment)
+      let chunk = await readAt(handle, pos.offset, Math.min(at.segment.size - pos.offset, readChunkBytes))
+      let offset = 0
+      let progressed = false
+      while (readings.length < maxReadings) {
+        let scan = scanRecord(chunk, offset)
+        if (scan.kind === 'incomplete' && !progressed && chunk.length >= recordHeaderBytes) {
+          // One record larger than the read chunk: read exactly that record.
+          chunk = await readAt(handle, pos.offset, declaredRecordLength(chunk))
+          scan = scanRecord(chunk, 0)
+        }
+        if (scan.kind === 'incomplete') break
+        if (scan.kind === 'corrupt') throw new Error(`spool segment ${segmentName(pos.segment)} is corrupt at byte ${pos.offset + offset} (${scan.reason})`)
+        readings.push(...decodeRecordBody(scan.body))
+        bytes += scan.length
+        offset += scan.length
+        progressed = true
+      }
+      pos = { segment: pos.segment, offset: pos.offset + offset }
+      if (!progressed) throw new Error(`spool segment ${segmentName(pos.segment)} ends inside a record at byte ${pos.offset}`)
+    }
+    if (bytes === 0 && pos.segment === from.segment && pos.offset === from.offset) return null
+    return { readings, bytes, end: pos }
+  }
+
+  /** appendedAt of the first undelivered record, for stats. */
+  async function appendedAtOf (pos: Position): Promise<number | null> {
+    let at = segmentAt(pos.segment)
+    let offset = pos.offset
+    while (at !== null && offset >= at.segment.size) {
+      if (at.next === undefined) return null
+      offset = 0
+      at = segmentAt(at.next.seq)
+    }
+    if (at === null) return null
+    const handle = await readHandle(at.segment.seq)
+    return appendedAtOfPrefix(await readAt(handle, offset, recordPrefixBytes))
+  }
+
+  async function consume (run: RecordRun): Promise<void> {
+    cursor = run.end
+    backlog.bytes -= run.bytes
+    backlog.readings -= run.readings.length
+    backlog.oldestAppendedAt = backlog.bytes === 0 ? null : await appendedAtOf(cursor).catch(() => backlog.oldestAppendedAt)
+  }
+
+  // --- checkpoint and freeing space ---------------------------------------------------------
+
+  /**
+   * Deleting first means a full disk never keeps delivered data (the checkpoint's temp file
+   * needs space; deleting needs none). A crash between the two leaves a checkpoint naming a
+   * deleted segment: recover() then starts at the oldest segment left, at offset 0, which
+   * re-delivers at most what followed the old checkpoint there (harmless: writes are
+   * idempotent). Oldest first, stopping at the first failure, so the segments left are always a
+   * contiguous run.
+   */
+  async function checkpoint (): Promise<void> {
+    const pos = cursor
+    for (const s of segments.filter((s) => s.seq < pos.segment)) {
+      await closeReadHandle(s.seq)
+      try {
+        await fs.rm(path.join(dir, segmentName(s.seq)), { force: true })
+      } catch (err) {
+        throttled.log('warn', `rm:${ioCode(err)}`, { code: ioCode(err), segment: segmentName(s.seq) }, 'spool: could not delete a delivered segment; retried at the next checkpoint')
+        break
+      }
+      segments.splice(segments.indexOf(s), 1)
+    }
+    // write temp + fsync + rename + fsync dir: the checkpoint is the old one or the new one.
+    const tmp = path.join(dir, `${checkpointName}.tmp`)
+    const handle = await fs.open(tmp, 'w', 0o600)
+    try {
+      await handle.writeFile(JSON.stringify(pos))
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
+    await fs.rename(tmp, path.join(dir, checkpointName))
+    await fsyncDir(dir)
+    head = pos
+  }
+
+  /**
+   * When everything is delivered, the active segment holds only delivered bytes, which no
+   * checkpoint can free while appends still go there: start a new segment so the old one can be
+   * deleted. Done once it holds reclaimBytes, or as soon as an append failed for lack of space.
+   * Runs only while no append is being written, holding `writing` so none starts meanwhile.
+   */
+  async function reclaim (): Promise<boolean> {
+    if (cursor.segment !== active.seq || cursor.offset !== active.size || active.size === 0) return false
+    if (active.size < reclaimBytes && !outOfSpace) return false
+    if (writing !== null || queue.length > 0 || closing) return false
+    let release!: () => void
+    writing = new Promise<void>((resolve) => { release = resolve })
+    try {
+      await roll()
+      outOfSpace = false
+      cursor = { segment: active.seq, offset: 0 }
+      return true
+    } catch (err) {
+      throttled.log('warn', `rotate:${ioCode(err)}`, { code: ioCode(err) }, 'spool: could not start a new segment to free the delivered one')
+      return false
+    } finally {
+      writing = null
+      release()
+      if (queue.length > 0) writing = Promise.resolve().then(drainQueue)
+    }
+  }
+
+  return {
+    backlog: () => ({ ...backlog }),
+    pendingBytes: () => pendingBytes,
+    broken: () => broken,
+    appendSyncs: () => appendSyncs,
+    append,
+    read,
+    consume,
+    checkpointBehind: () => cursor !== head,
+    checkpoint,
+    reclaim,
+    async stopAppends () {
+      closing = true
+      while (writing !== null) await writing
+    },
+    async close () {
+      for (const seq of [...readHandles.keys()]) await closeReadHandle(seq)
+      await writeHandle.close()
+    }
+  }
+}
