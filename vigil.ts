@@ -4,15 +4,18 @@ import https from 'node:https'
 import path from 'node:path'
 import cron from 'node-cron'
 import type { Logger } from 'pino'
-import { aedesPublisher, startAlerting } from './alerts/lifecycle/alerting.ts'
-import type { EscalationPolicy, WebhookTarget } from './alerts/contract.ts'
+import { startAlerting } from './alerts/lifecycle/alerting.ts'
+import { createMqttAlertRelay } from './alerts/lifecycle/mqtt-relay.ts'
+import type { Schedule } from './alerts/contract.ts'
 import { createAccess } from './access/access.ts'
 import { startAlertEngine } from './alerts/engine/alert-engine.ts'
+import { rulesSourceOf, startRulesFile } from './alerts/engine/rules-file.ts'
 import { buildApi } from './api/app.ts'
 import { brokerLimitsFrom, createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './net/listen.ts'
 import { startIngest } from './ingest/ingest.ts'
+import { deviceSessionHooks } from './ingest/decode-status.ts'
 import { startJobs } from './jobs/start-jobs.ts'
 import { parseEngineSpec } from './jobs/transcription/engine.ts'
 import { openSpool, type Spool } from './readings/spool.ts'
@@ -29,7 +32,9 @@ import { createPatientRecordStore } from './patients/patient-records.ts'
 import type { ReencryptionProgress } from './patients/patient-records.ts'
 import { createPatientStore } from './patients/patients.ts'
 import { createPostgresReadingStore } from './readings/postgres-store.ts'
+import type { StoredReading } from './readings/reading.ts'
 import type { ReadingStore } from './readings/reading-store.ts'
+import type { Database } from './store/database.ts'
 import { startReencryption } from './crypto/reencryption.ts'
 import { createRejectionLog } from './devices/rejections.ts'
 
@@ -112,68 +117,37 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     closers.push(() => reencryption.close())
     closers.push(() => jobs.close())
 
-    let readings: ReadingStore
-    let spool: Spool | null = null
-    if (config.influx !== null) {
-      readings = await createInfluxReadingStore(config.influx, log)
-      closers.push(() => readings.close())
-      spool = await openSpool({ dir: path.join(config.dataDir, 'spool'), maxBytes: config.spoolMaxBytes, log })
-      const s = spool
-      closers.push(() => s.close())
-      wireSpoolMetrics(spool, metrics)
-      spool.startDelivery(readings)
-    } else {
-      readings = createPostgresReadingStore(db.pool)
-    }
+    // Readings: InfluxDB behind the spool, or Postgres. NEWS2 scores take the same way.
+    const { readings, spool, writeDerived } = await openReadings(config, db, metrics, log, closers)
 
     // People (users, sessions, API tokens) and who may see which patient: the API, the alert
     // stream and MQTT alert subscribers all decide through these.
     const { authenticate, patientAccess } = access
 
-    // Alerting: the engine (rules file, evaluation in worker threads, NEWS2) hands condition
-    // changes to the lifecycle (alerts, escalation, notifications), which runs the engine's
-    // escalation policies and webhooks as the rules file defines them at the time.
-    let engine: Awaited<ReturnType<typeof startAlertEngine>> | null = null
-    let policiesOf: { version: string, policies: ReadonlyMap<string, EscalationPolicy> } | null = null
-    const noWebhooks: readonly WebhookTarget[] = []
-    const alerting = await startAlerting({
-      pool: db.pool, keyring, log, metrics, rejections,
-      policies: () => {
-        const view = engine?.rulesView()
-        if (view === undefined) return new Map()
-        if (policiesOf?.version !== view.version) {
-          policiesOf = { version: view.version, policies: new Map(view.escalationPolicies.map((p) => [p.id, p])) }
-        }
-        return policiesOf.policies
-      },
-      webhooks: () => engine?.rulesView().webhooks ?? noWebhooks,
-      // The engine hands its no-data changes to the sink itself.
-      evaluateNoData: async (presence) => {
-        await engine?.evaluateNoData(presence)
-        return []
-      },
-      schedule: (expression, run) => cron.schedule(expression, run, { noOverlap: true })
-    })
+    // Alerting (docs/alerts.md). The rules file first: the engine evaluates its rules, the
+    // lifecycle escalates and notifies by its policies and webhooks, both reading it at each use
+    // so hot reloads apply. The lifecycle (alerts, escalation, notifications, device presence)
+    // starts next; the engine hands it condition changes and reads its presence for no_data rules.
+    // Notifications reach MQTT through a relay the broker attaches to when it starts (below):
+    // the broker takes readings that end as alerts, so it cannot come first.
+    const rulesFile = await startRulesFile({ pool: db.pool, path: config.alertRulesPath, log })
+    closers.push(() => rulesFile.close())
+    const schedule: Schedule = (expression, run) => cron.schedule(expression, run, { noOverlap: true })
+    const alertRelay = createMqttAlertRelay()
+    const alerting = await startAlerting({ pool: db.pool, keyring, log, metrics, ...rulesSourceOf(rulesFile), mqtt: alertRelay, schedule })
     closers.push(() => alerting.close())
-    // NEWS2 scores go where ingest puts readings.
-    const derivedSpool = spool
-    engine = await startAlertEngine({
+    const alertEngine = await startAlertEngine({
       pool: db.pool,
       keyring,
-      rulesPath: config.alertRulesPath,
+      rulesFile,
       workerThreads: config.workerThreads,
       sink: alerting.sink,
-      writeDerived: derivedSpool !== null
-        ? (derived) => derivedSpool.append(derived)
-        : async (derived) => {
-          await readings.write(derived)
-          await db.flushToDisk()
-          metrics.readingsStored.inc(derived.length)
-        },
+      presence: alerting.presence,
+      schedule,
+      writeDerived,
       log,
       registry: metrics.registry
     })
-    const alertEngine = engine
     closers.push(() => alertEngine.close())
 
     const ingest = await startIngest({
@@ -204,12 +178,12 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       ingest,
       metrics,
       log,
-      presence: alerting.brokerPresence,
+      presence: deviceSessionHooks({ presence: alerting.presence, rejections, metrics, log }),
       diskLow,
-      alertSubscribers: { authenticate, canSee: patientAccess.canSee, visiblePatients: patientAccess.visiblePatients }
+      alertSubscribers: { authenticate, canSee: patientAccess.canSee, visiblePatients: patientAccess.visiblePatients },
+      alertRelay
     })
     closers.push(() => broker.close())
-    alerting.setMqttPublisher(aedesPublisher(broker.aedes))
 
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
@@ -225,13 +199,9 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     })
     closers.push(() => api.close())
     await api.ready()
-    let server: http.Server = api.server
-    if (config.httpTls !== null) {
-      server = await httpsServerFor(api.server, api.routing, config.httpTls)
-      const s = server
-      // Closed before the API (closers run in reverse), so no request arrives at a closing app.
-      closers.push(() => new Promise<void>((resolve) => s.close(() => resolve())))
-    }
+    const server: http.Server = config.httpTls === null ? api.server : await httpsServerFor(api.server, api.routing, config.httpTls)
+    // Closed before the API (closers run in reverse), so no request arrives at a closing app.
+    if (server !== api.server) closers.push(() => new Promise<void>((resolve) => server.close(() => resolve())))
     const httpPort = await listen(server, config.httpHost, config.httpPort, config.defaultPorts.http, 'HTTP_PORT', log)
     const scheme = config.httpTls === null ? 'http' : 'https'
 
@@ -254,6 +224,36 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     await close().catch((closeErr) => log.error({ err: closeErr }, 'cleanup after failed start failed'))
     throw err
   }
+}
+
+/**
+ * The reading store, and the spool in front of it when it is InfluxDB (the spool delivers in
+ * the background). `writeDerived` is where the alert engine's NEWS2 scores go: the same way.
+ */
+async function openReadings (config: Config, db: Database, metrics: ReturnType<typeof createMetrics>, log: Logger, closers: Array<() => Promise<void>>): Promise<{
+  readings: ReadingStore
+  spool: Spool | null
+  writeDerived: (derived: StoredReading[]) => Promise<void>
+}> {
+  if (config.influx === null) {
+    const readings = createPostgresReadingStore(db.pool)
+    return {
+      readings,
+      spool: null,
+      writeDerived: async (derived) => {
+        await readings.write(derived)
+        await db.flushToDisk()
+        metrics.readingsStored.inc(derived.length)
+      }
+    }
+  }
+  const readings = await createInfluxReadingStore(config.influx, log)
+  closers.push(() => readings.close())
+  const spool = await openSpool({ dir: path.join(config.dataDir, 'spool'), maxBytes: config.spoolMaxBytes, log })
+  closers.push(() => spool.close())
+  wireSpoolMetrics(spool, metrics)
+  spool.startDelivery(readings)
+  return { readings, spool, writeDerived: (derived) => spool.append(derived) }
 }
 
 /**

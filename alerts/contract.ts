@@ -84,6 +84,25 @@ export interface DevicePresence {
   lastStatusAt: number | null
 }
 
+/**
+ * Where the engine reads device presence for its no-data checks: the lifecycle's presence
+ * (alerts/lifecycle/presence.ts) implements it, flushing the reading times it holds first.
+ */
+export interface DevicePresenceSource {
+  presence (): Promise<DevicePresence[]>
+}
+
+/**
+ * Why a silent patient's devices are silent (ConditionChange.details.cause of a no_data change,
+ * as stored in alerts.details): decided by the engine (alerts/engine/no-data.ts) from DevicePresence.
+ */
+export type NoDataCause = 'no_device' | 'disconnected' | 'low_battery' | 'connected_silent' | 'never_reported'
+
+/** What node-cron's schedule() gives back, as far as the alert schedules need it (injectable in tests). */
+export interface ScheduledJob { stop (): void | Promise<void> }
+/** node-cron's `cron.schedule` (six-field form, with seconds): both halves run their periodic work through it. */
+export type Schedule = (expression: string, run: () => Promise<void>) => ScheduledJob
+
 /** The active rules file as the lifecycle side needs it (escalation and webhook targets). */
 export interface AlertRulesView {
   /** sha256 of the active rules document. */
@@ -93,14 +112,21 @@ export interface AlertRulesView {
 }
 
 /**
- * What the engine offers the lifecycle side; startAlertEngine's handle implements it.
- * (Added by the engine branch; additive.)
+ * What the lifecycle side reads from the rules file, at each use so hot reloads apply. Built from
+ * the rules file (alerts/engine/rules-file.ts: rulesViewOf) before either half starts.
  */
+export interface AlertRulesSource {
+  /** The rules' escalation policies by id. */
+  policies (): ReadonlyMap<string, EscalationPolicy>
+  webhooks (): readonly WebhookTarget[]
+}
+
+/** What the engine offers besides feeding the ConditionSink; startAlertEngine's handle implements it. */
 export interface AlertEngineSeam {
   /**
-   * Runs the no_data rules against the broker's device presence (call it from the scheduler,
-   * e.g. every minute). The changes are already handed to the ConditionSink when this
-   * resolves; they are returned for logging and tests, not to be applied again.
+   * Runs the no_data rules against this device presence. The changes are already handed to the
+   * ConditionSink when this resolves; they are returned for logging and tests, not to be applied
+   * again. Given a DevicePresenceSource and a Schedule, the engine runs it itself every 30 s.
    */
   evaluateNoData (presence: readonly DevicePresence[]): Promise<ConditionChange[]>
   /** The current rules' escalation policies and webhooks; changes with hot reloads, so read it each time. */

@@ -14,6 +14,7 @@ import { parseArgs } from 'node:util'
 import pino from 'pino'
 import { Registry } from 'prom-client'
 import { startAlertEngine } from '../alerts/engine/alert-engine.ts'
+import { startRulesFile } from '../alerts/engine/rules-file.ts'
 import { evaluate } from '../alerts/engine/evaluate.ts'
 import type { PatientBatch } from '../alerts/engine/evaluate.ts'
 import { parseRuleSet } from '../alerts/engine/rule-set.ts'
@@ -62,8 +63,9 @@ const log = pino({ level: 'warn' })
 const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
 const sentAt = new Map<string, number>()
 const latencies: number[] = []
+const rulesFile = await startRulesFile({ pool: db.pool, path: rulesPath, log })
 const engine = await startAlertEngine({
-  keyring: clinicalTextKeyring, pool: db.pool, rulesPath, workerThreads: threads, log, registry: new Registry(), writeDerived: async () => {},
+  keyring: clinicalTextKeyring, pool: db.pool, rulesFile, workerThreads: threads, log, registry: new Registry(), writeDerived: async () => {},
   sink: {
     async apply (changes) {
       const now = performance.now()
@@ -99,6 +101,7 @@ try {
   console.log(`reading→condition latency ms: p50 ${q(0.5)}  p95 ${q(0.95)}  p99 ${q(0.99)}  max ${q(1 - 1e-9)}`)
 } finally {
   await engine.close()
+  await rulesFile.close()
   await db.close()
   await testDb.drop()
   fs.rmSync(dir, { recursive: true, force: true })

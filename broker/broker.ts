@@ -8,6 +8,7 @@ import type { Metrics } from '../observability/metrics.ts'
 import { createLogThrottle } from '../observability/log-throttle.ts'
 import type { DeviceRegistry } from '../devices/device-registry.ts'
 import { createAddressGuard } from './address-guard.ts'
+import { aedesPublisher, type PublishMqtt } from './alert-publisher.ts'
 import { FrameTooLargeError, SlowSubscriberError, UnexpectedPacketTypeError, limitFrames } from './frame-limit.ts'
 import { listenTcp, listenTls, listenWebSocket, type MqttConnection, type MqttListener, type TlsMaterial, type Transport } from './listeners.ts'
 import { reasonOfAedesError, reasonOfTlsError, type RefusalReason } from './refusal-reasons.ts'
@@ -68,6 +69,8 @@ export interface BrokerDeps {
   alertSubscribers?: AlertSubscriberAuth | null
   /** True while the data directory is below its free-space reserve: publishes are refused (disk_low) without PUBACK. */
   diskLow?: () => boolean
+  /** Alert notifications (alerts/lifecycle/mqtt-relay.ts): the broker attaches its publish once listening, detaches at close. */
+  alertRelay?: { attach (publish: PublishMqtt): () => void } | null
 }
 
 export interface BrokerPresenceHooks {
@@ -604,6 +607,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     ? null
     : setInterval(() => { recheckPeople().catch(() => {}) }, recheckIntervalMs)
   recheckTimer?.unref()
+  const detachAlerts = deps.alertRelay?.attach(aedesPublisher(aedes))
 
   return {
     recheckPeople,
@@ -612,6 +616,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     wsPort: portOf('ws'),
     aedes,
     async close () {
+      detachAlerts?.()
       if (recheckTimer !== null) clearInterval(recheckTimer)
       devices.events.off('credentials-revoked', onRevoked)
       // Stop accepting and drop connections that never became clients; Aedes closes the rest.

@@ -8,10 +8,9 @@ import { createWorkerPool, taskFile } from '../../workers/pool.ts'
 import type { WorkerPool } from '../../workers/pool.ts'
 import { createRuleStateStore } from './rule-state-store.ts'
 import type { RuleStateStore } from './rule-state-store.ts'
-import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence } from '../contract.ts'
+import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence, DevicePresenceSource, Schedule, ScheduledJob } from '../contract.ts'
 import type { EvalReading, EvaluateInput, EvaluateOutput, PatientBatch, PatientRuleState } from './evaluate.ts'
 import { evaluateNoData } from './no-data.ts'
-import { startRulesFile } from './rules-file.ts'
 import type { ActiveRules, RulesFile } from './rules-file.ts'
 
 export interface AlertEngineOptions {
@@ -19,12 +18,16 @@ export interface AlertEngineOptions {
   pool: pg.Pool
   /** Encrypts rule-override and SpO2-scale reasons (clinical free text). */
   keyring: Keyring
-  /** VIGIL_ALERT_RULES. */
-  rulesPath: string
+  /** The rules file (VIGIL_ALERT_RULES), started by the caller, who closes it after the engine. */
+  rulesFile: RulesFile
   /** WORKER_THREADS: evaluation runs in a Piscina pool of at most this many threads. */
   workerThreads: number
   /** The alert lifecycle: receives every condition change. */
   sink: ConditionSink
+  /** Device presence for the no_data rules (the lifecycle's presence). */
+  presence?: DevicePresenceSource
+  /** node-cron's schedule: with `presence`, the no-data check runs every 30 s; absent, only checkNoData() runs it (tests). */
+  schedule?: Schedule
   /** Stores derived readings (NEWS2 scores): the reading store, or the spool in front of it. */
   writeDerived: (readings: StoredReading[]) => Promise<void>
   log: Logger
@@ -37,12 +40,13 @@ export interface AlertEngineOptions {
   batchSize?: number
   /** Readings queued beyond this (evaluation stalled, e.g. database down) are dropped from evaluation, oldest first; they stay stored. */
   maxQueued?: number
-  rulesDebounceMs?: number
 }
 
 export interface AlertEngine extends AlertEngineSeam {
   /** ingest's onAccepted hook: queues readings for evaluation; never blocks or throws. */
   onAccepted (readings: readonly StoredReading[]): void
+  /** One no-data pass: the presence source's devices through evaluateNoData (what the schedule runs). */
+  checkNoData (): Promise<ConditionChange[]>
   rules (): ActiveRules
   readonly rulesFile: RulesFile
   readonly store: RuleStateStore
@@ -52,6 +56,9 @@ export interface AlertEngine extends AlertEngineSeam {
 }
 
 type Queued = EvalReading & { patientId: string }
+
+/** Every 30 s: no-data windows are minutes long. */
+export const NO_DATA_CRON = '*/30 * * * * *'
 
 /** The pure evaluation (in a worker) threw: not an outage, so not retried. */
 class EvaluationError extends Error {
@@ -93,7 +100,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     failures: new Counter({ name: 'vigil_alert_batch_failures_total', help: 'Evaluation batches that failed and were retried', registers: [options.registry] })
   }
 
-  const rulesFile = await startRulesFile({ pool: options.pool, path: options.rulesPath, log, debounceMs: options.rulesDebounceMs, now })
+  const rulesFile = options.rulesFile
   let pool: WorkerPool<EvaluateInput, EvaluateOutput> | null = null
   try {
     pool = createWorkerPool<EvaluateInput, EvaluateOutput>({ filename: taskFile(import.meta.url, 'evaluate-task'), threads: options.workerThreads, minThreads: options.workerThreads })
@@ -103,7 +110,6 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     await Promise.all(Array.from({ length: warm.threads }, () => warm.run({ rules: [], patients: [], nowMs: 0 })))
   } catch (err) {
     await pool?.close()
-    await rulesFile.close()
     throw err
   }
   const workers = pool
@@ -247,6 +253,43 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     }).catch((err) => log.error({ err }, 'clearing removed rules failed'))
   })
 
+  function noDataPass (presence: readonly DevicePresence[]): Promise<ConditionChange[]> {
+    return exclusive(async () => {
+      const rules = rulesFile.current().ruleSet.rules
+      const ids = rules.filter((r) => r.kind === 'no_data').map((r) => r.id)
+      if (ids.length === 0) return []
+      const current = await store.statesOfRules(ids)
+      for (const [patientId, s] of states) {
+        const merged = current.get(patientId) ?? {}
+        for (const id of ids) if (s[id] !== undefined) merged[id] = s[id]
+        current.set(patientId, merged)
+      }
+      const result = evaluateNoData({ rules, presence, states: current, nowMs: now() })
+      await deliver(result.changes, null)
+      const changed = [...result.states].map(([patientId, state]) => ({ patientId, state }))
+      await store.saveStates(changed)
+      for (const { patientId, state } of changed) {
+        const cached = states.get(patientId)
+        if (cached !== undefined) Object.assign(cached, state)
+      }
+      return result.changes
+    })
+  }
+
+  let checking: Promise<ConditionChange[]> | null = null
+  function checkNoData (): Promise<ConditionChange[]> {
+    if (options.presence === undefined) return Promise.resolve([])
+    const source = options.presence
+    // One pass at a time: a slow pass is not overlapped by the next tick.
+    checking ??= (async () => await noDataPass(await source.presence()))().finally(() => { checking = null })
+    return checking
+  }
+  const noDataJob: ScheduledJob | undefined = options.presence === undefined
+    ? undefined
+    : options.schedule?.(NO_DATA_CRON, async () => {
+      await checkNoData().catch((err: Error) => log.error({ err }, 'no-data check failed'))
+    })
+
   return {
     rulesFile,
     store,
@@ -268,28 +311,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       }
       schedule(queue.length >= batchSize ? 0 : flushIntervalMs)
     },
-    evaluateNoData (presence) {
-      return exclusive(async () => {
-        const rules = rulesFile.current().ruleSet.rules
-        const ids = rules.filter((r) => r.kind === 'no_data').map((r) => r.id)
-        if (ids.length === 0) return []
-        const current = await store.statesOfRules(ids)
-        for (const [patientId, s] of states) {
-          const merged = current.get(patientId) ?? {}
-          for (const id of ids) if (s[id] !== undefined) merged[id] = s[id]
-          current.set(patientId, merged)
-        }
-        const result = evaluateNoData({ rules, presence, states: current, nowMs: now() })
-        await deliver(result.changes, null)
-        const changed = [...result.states].map(([patientId, state]) => ({ patientId, state }))
-        await store.saveStates(changed)
-        for (const { patientId, state } of changed) {
-          const cached = states.get(patientId)
-          if (cached !== undefined) Object.assign(cached, state)
-        }
-        return result.changes
-      })
-    },
+    evaluateNoData: noDataPass,
+    checkNoData,
     async flush () {
       if (timer !== null) {
         clearTimeout(timer)
@@ -299,13 +322,14 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     },
     async close () {
       closed = true
+      await noDataJob?.stop()
+      await checking?.catch(() => {})
       if (timer !== null) clearTimeout(timer)
       timer = null
       // Evaluate what was accepted before shutdown (one attempt), then stop.
       await exclusive(drain).catch(() => {})
       closedHard = true
       await chain
-      await rulesFile.close()
       await workers.close()
     }
   }

@@ -1,9 +1,7 @@
-import type { ConditionChange, DevicePresence } from '../contract.ts'
+import type { ConditionChange, DevicePresence, NoDataCause } from '../contract.ts'
 import { formatDuration, initialState, reminderDue } from './evaluate.ts'
 import type { NoDataState, PatientRuleState } from './evaluate.ts'
 import type { NoDataRule, Rule } from './rule-set.ts'
-
-export type NoDataCause = 'no_device' | 'disconnected' | 'low_battery' | 'connected_silent' | 'never_reported'
 
 export interface NoDataInput {
   rules: readonly Rule[]
@@ -24,7 +22,7 @@ export interface NoDataOutput {
  * Finds patients (or their devices) silent for longer than each no_data rule's window, and
  * says why when Vigil knows: the device disconnected from the broker (since when), is connected
  * but sending nothing, or reports a low battery. Ends conditions whose data came back. Pure:
- * the alert engine calls it from a scheduler with the broker's presence.
+ * the alert engine calls it every 30 s with the devices' presence (alert-engine.ts, checkNoData).
  */
 export function evaluateNoData (input: NoDataInput): NoDataOutput {
   const rules = input.rules.filter((r): r is NoDataRule => r.kind === 'no_data')

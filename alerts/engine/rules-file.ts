@@ -4,6 +4,7 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import type pg from 'pg'
 import type { Logger } from 'pino'
+import type { AlertRulesSource, EscalationPolicy } from '../contract.ts'
 import { parseRuleSet } from './rule-set.ts'
 import type { RuleSet, RuleSetProblem } from './rule-set.ts'
 
@@ -85,6 +86,20 @@ export function diffRuleSets (before: RuleSet | null, after: RuleSet): { added: 
     added: [...next.keys()].filter((id) => !old.has(id)),
     removed: [...old.keys()].filter((id) => !next.has(id)),
     changed: [...next.keys()].filter((id) => old.has(id) && old.get(id) !== next.get(id))
+  }
+}
+
+/** What the lifecycle reads of the active rules (escalation policies, webhooks), at each use so hot reloads apply. */
+export function rulesSourceOf (rulesFile: Pick<RulesFile, 'current'>): AlertRulesSource {
+  // The policies map is rebuilt once per rules version, not at every escalation tick.
+  let byId: { version: string, policies: ReadonlyMap<string, EscalationPolicy> } | null = null
+  return {
+    policies () {
+      const active = rulesFile.current()
+      if (byId?.version !== active.version) byId = { version: active.version, policies: new Map(active.ruleSet.escalationPolicies.map((p) => [p.id, p])) }
+      return byId.policies
+    },
+    webhooks: () => rulesFile.current().ruleSet.webhooks
   }
 }
 

@@ -1,31 +1,25 @@
-import type { Aedes } from 'aedes'
 import type pg from 'pg'
 import type { Keyring } from '../../crypto/field-encryption.ts'
 import type { Logger } from 'pino'
 import type { Metrics } from '../../observability/metrics.ts'
 import { createOnCallStore, type OnCallStore } from './on-call.ts'
-import type { RejectionLog } from '../../devices/rejections.ts'
 import { createAlertMetrics } from './alert-metrics.ts'
 import { createAlertStore, type AlertStore } from './alert-store.ts'
-import type { ConditionChange, ConditionSink, DevicePresence, EscalationPolicy, WebhookTarget } from '../contract.ts'
-import { startEscalation, type Schedule } from './escalation.ts'
+import type { AlertRulesSource, ConditionSink, Schedule } from '../contract.ts'
+import { startEscalation } from './escalation.ts'
+import type { MqttAlertRelay } from './mqtt-relay.ts'
 import { createNotifier, type Notifier } from './notifier.ts'
-import { createPresence, startNoDataChecks, type Presence } from './presence.ts'
+import { createPresence, type Presence } from './presence.ts'
 
-export interface AlertingDeps {
+/** Escalation policies and webhooks from the rules file (rulesSourceOf), read at each use so hot reloads apply. */
+export interface AlertingDeps extends AlertRulesSource {
   pool: pg.Pool
   /** Encrypts alert comments and resolve reasons (clinical free text). */
   keyring: Keyring
   log: Logger
   metrics: Metrics
-  rejections: RejectionLog
-  /** Escalation policies from the rules file, read at each use so hot reloads apply. */
-  policies: () => ReadonlyMap<string, EscalationPolicy>
-  webhooks: () => readonly WebhookTarget[]
-  /** Publishes on the embedded broker; set later with setMqttPublisher when the broker starts after alerting. */
-  publishMqtt?: ((topic: string, payload: string) => Promise<void>) | null
-  /** The engine's no-data evaluation; absent: no no-data schedule. */
-  evaluateNoData?: (presence: DevicePresence[], now: number) => ConditionChange[] | Promise<ConditionChange[]>
+  /** Notifications on MQTT: the relay the broker attaches to (createMqttAlertRelay); absent: no MQTT channel. */
+  mqtt?: MqttAlertRelay
   /** node-cron's schedule (`cron.schedule`); absent: nothing runs on its own (tests call the ticks). */
   schedule?: Schedule
   /** Where webhook secrets (WebhookTarget.secretEnv) are read; default process.env. */
@@ -47,7 +41,8 @@ export interface AlertingApi {
 
 /**
  * The alert lifecycle: the ConditionSink the engine feeds, the alert store the API serves,
- * escalation and no-data schedules, notifications, and device presence for the broker.
+ * the escalation schedule, notifications (SSE, MQTT through the relay, webhooks), and device
+ * presence (fed by the broker and ingest, read by the engine's no-data checks).
  */
 export async function startAlerting (deps: AlertingDeps) {
   const now = deps.now ?? Date.now
@@ -56,7 +51,7 @@ export async function startAlerting (deps: AlertingDeps) {
     pool: deps.pool,
     log: deps.log,
     now,
-    publishMqtt: deps.publishMqtt ?? null,
+    mqtt: deps.mqtt ?? null,
     webhooks: deps.webhooks,
     metrics: createAlertMetrics(deps.metrics.registry),
     env: deps.env ?? process.env,
@@ -68,10 +63,7 @@ export async function startAlerting (deps: AlertingDeps) {
   })
   const sink: ConditionSink = { apply: (changes) => store.apply(changes) }
   const escalation = startEscalation({ store, policies: deps.policies, now, log: deps.log, schedule: deps.schedule })
-  const presence: Presence = createPresence({ pool: deps.pool, rejections: deps.rejections, metrics: deps.metrics, log: deps.log, now })
-  const noData = deps.evaluateNoData === undefined
-    ? null
-    : startNoDataChecks({ presence, evaluate: deps.evaluateNoData, sink, log: deps.log, now, schedule: deps.schedule })
+  const presence: Presence = createPresence({ pool: deps.pool, log: deps.log, now })
   // Webhook deliveries a previous run left pending.
   void notifier.drain()
   log.info({ webhooks: deps.webhooks().length, policies: deps.policies().size }, 'alerting started')
@@ -80,23 +72,12 @@ export async function startAlerting (deps: AlertingDeps) {
     sink,
     store,
     notifier,
+    /** Device presence: the broker's session hooks record into it (ingest/decode-status.ts), the engine's no-data checks read it. */
     presence,
     escalation,
-    noData,
     /** For buildApi's `alerts`. */
     api: { store, notifier, onCall: createOnCallStore(deps.pool) } satisfies AlertingApi,
-    /** For createBroker's `presence`. */
-    brokerPresence: {
-      connected: (deviceId: string) => presence.connected(deviceId),
-      disconnected: (deviceId: string) => presence.disconnected(deviceId),
-      status: (deviceId: string, topic: string, payload: Buffer) => presence.status(deviceId, topic, payload)
-    },
-    /** The broker starts after alerting (it needs the presence hooks): hand its publish over here. */
-    setMqttPublisher (publish: (topic: string, payload: string) => Promise<void>): void {
-      notifier.setMqttPublisher(publish)
-    },
     async close (): Promise<void> {
-      await noData?.close()
       await escalation.close()
       await notifier.close()
       await presence.close()
@@ -105,15 +86,3 @@ export async function startAlerting (deps: AlertingDeps) {
 }
 
 export type Alerting = Awaited<ReturnType<typeof startAlerting>>
-
-/** Alert notifications on alerts/{patientId} and users/{userId}/alerts: QoS 1, never retained (a late subscriber must not see stale alerts). */
-export function aedesPublisher (aedes: Aedes): (topic: string, payload: string) => Promise<void> {
-  return async (topic, payload) => {
-    await new Promise<void>((resolve, reject) => {
-      aedes.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain: false, dup: false }, (err) => {
-        if (err === null || err === undefined) resolve()
-        else reject(err)
-      })
-    })
-  }
-}

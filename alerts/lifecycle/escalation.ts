@@ -1,6 +1,6 @@
 import type { Logger } from 'pino'
 import type { AlertStore, DueEscalationRow } from './alert-store.ts'
-import type { EscalationPolicy } from '../contract.ts'
+import type { EscalationPolicy, Schedule, ScheduledJob } from '../contract.ts'
 
 export interface EscalationStep {
   id: string
@@ -40,9 +40,6 @@ export function dueEscalations (alerts: readonly DueEscalationRow[], policies: R
   return steps
 }
 
-/** What node-cron's schedule() gives back, as far as this needs it (injectable in tests). */
-export interface ScheduledJob { stop (): void | Promise<void> }
-export type Schedule = (expression: string, run: () => Promise<void>) => ScheduledJob
 
 export interface EscalationDeps {
   store: AlertStore

@@ -5,6 +5,7 @@ import type { AlertMetrics } from './alert-metrics.ts'
 import { notificationPayload, type CommittedEvent } from './alert-store.ts'
 import type { WebhookTarget } from '../contract.ts'
 import { postWebhook, WEBHOOK_SECRET_PREFIX } from '../webhook-address.ts'
+import type { MqttAlertRelay } from './mqtt-relay.ts'
 
 export interface DeliveryRecord {
   eventId: string
@@ -21,8 +22,8 @@ export interface NotifierDeps {
   pool: pg.Pool
   log: Logger
   now: () => number
-  /** Publishes on the embedded broker (QoS 1, not retained); null: no MQTT channel. */
-  publishMqtt: ((topic: string, payload: string) => Promise<void>) | null
+  /** The embedded broker's publish (QoS 1, not retained), through the relay the broker attaches to; null: no MQTT channel. */
+  mqtt: Pick<MqttAlertRelay, 'target'> | null
   webhooks: () => readonly WebhookTarget[]
   metrics?: AlertMetrics
   /** Where WebhookTarget.secretEnv names are looked up (process.env). */
@@ -58,7 +59,6 @@ export function createNotifier (deps: NotifierDeps) {
   const retryBaseMs = deps.webhookRetryBaseMs ?? 1000
   const timeoutMs = deps.webhookTimeoutMs ?? 10_000
   const listeners = new Set<AlertListener>()
-  let mqttPublish = deps.publishMqtt
   let timer: NodeJS.Timeout | null = null
   let draining: Promise<void> | null = null
   let again = false
@@ -78,7 +78,7 @@ export function createNotifier (deps: NotifierDeps) {
 
   /** alerts/{patientId} (everyone who may see the patient) and users/{userId}/alerts for each person the alert's tiers reached. */
   async function publishMqtt (committed: CommittedEvent): Promise<void> {
-    const publish = mqttPublish
+    const publish = deps.mqtt?.target() ?? null
     if (publish === null) return
     const payload = JSON.stringify(notificationPayload(committed.event, committed.alert))
     const topics = [`alerts/${committed.alert.patientId}`, ...committed.recipients.map((userId) => `users/${userId}/alerts`)]
@@ -206,10 +206,6 @@ export function createNotifier (deps: NotifierDeps) {
     subscribe (listener: AlertListener): () => void {
       listeners.add(listener)
       return () => { listeners.delete(listener) }
-    },
-    /** The broker starts after alerting (it takes the presence hooks): its publish arrives here. */
-    setMqttPublisher (publish: (topic: string, payload: string) => Promise<void>): void {
-      mqttPublish = publish
     },
     /** Records an SSE write (the stream knows when it wrote). */
     recordDelivery: recordLater,

@@ -1,29 +1,16 @@
-import { Type, type Static } from '@fastify/type-provider-typebox'
-import { Ajv } from 'ajv'
 import type pg from 'pg'
 import type { Logger } from 'pino'
 import type { StoredReading } from '../../readings/reading.ts'
-import type { Metrics } from '../../observability/metrics.ts'
-import type { RejectionLog } from '../../devices/rejections.ts'
-import type { ConditionChange, ConditionSink, DevicePresence } from '../contract.ts'
-import type { Schedule, ScheduledJob } from './escalation.ts'
+import type { DevicePresence, DevicePresenceSource } from '../contract.ts'
 
-/** devices/{id}/status: what a device may report about itself. Other fields are ignored. */
-export const DeviceStatus = Type.Object({
-  battery: Type.Optional(Type.Number({ minimum: 0, maximum: 100, description: 'Battery charge, percent' })),
-  ts: Type.Optional(Type.Integer({ minimum: 0, description: "Device clock, ms since epoch (informational)" }))
-}, { additionalProperties: true })
-export type DeviceStatus = Static<typeof DeviceStatus>
-
-const validateStatus = new Ajv({ allErrors: false, strict: false }).compile(DeviceStatus)
-
-// Status payloads are a few dozen bytes; anything larger is not a status report.
-const MAX_STATUS_BYTES = 1024
+/** A devices/{id}/status report, decoded and validated where MQTT payloads are (ingest/decode-status.ts). */
+export interface StatusReport {
+  /** Battery charge, percent (0–100). */
+  battery?: number
+}
 
 export interface PresenceDeps {
   pool: pg.Pool
-  rejections: RejectionLog
-  metrics: Metrics
   log: Logger
   now?: () => number
 }
@@ -32,7 +19,8 @@ export interface PresenceDeps {
  * Device presence for no-data causes: connect/disconnect from the broker, battery from
  * devices/{id}/status, and the last accepted reading. Connects, disconnects and status reports
  * are written through (rare); reading times are kept in memory and written every `flush()`
- * (the no-data check calls it first), so the publish path never waits on this table.
+ * (the no-data check calls it first), so the publish path never waits on this table. The engine
+ * reads it as its DevicePresenceSource.
  */
 export function createPresence (deps: PresenceDeps) {
   const log = deps.log.child({ component: 'presence' })
@@ -72,36 +60,12 @@ export function createPresence (deps: PresenceDeps) {
       const at = now()
       for (const r of readings) lastReading.set(r.deviceId, at)
     },
-    /**
-     * A devices/{id}/status publish, before its PUBACK: stored, or recorded as a rejection
-     * (reason status_invalid) like any refused payload. Resolves once durable.
-     */
-    async status (deviceId: string, topic: string, payload: Buffer): Promise<'accepted' | 'rejected'> {
-      let status: unknown
-      let problem: string | null = null
-      if (payload.length > MAX_STATUS_BYTES) problem = `status payload is larger than ${MAX_STATUS_BYTES} bytes`
-      else {
-        try {
-          status = JSON.parse(payload.toString('utf8'))
-          if (!validateStatus(status)) {
-            const e = validateStatus.errors?.[0]
-            problem = `status${e?.instancePath ?? ''} ${e?.message ?? 'is invalid'}`
-          }
-        } catch {
-          problem = 'status payload is not JSON'
-        }
-      }
-      if (problem !== null) {
-        await deps.rejections.record(deviceId, topic, 'status_invalid', problem, payload)
-        deps.metrics.rejections.inc({ reason: 'status_invalid' })
-        log.info({ deviceId, reason: 'status_invalid' }, 'status rejected')
-        return 'rejected'
-      }
-      const battery = (status as DeviceStatus).battery
-      await serial(() => upsert(deviceId, battery === undefined
-        ? { last_status_at: new Date(now()) }
-        : { battery_percent: battery, last_status_at: new Date(now()) }))
-      return 'accepted'
+    /** A decoded devices/{id}/status report, before its PUBACK: resolves once durable. */
+    async status (deviceId: string, report: StatusReport): Promise<void> {
+      const at = new Date(now())
+      await serial(() => upsert(deviceId, report.battery === undefined
+        ? { last_status_at: at }
+        : { battery_percent: report.battery, last_status_at: at }))
     },
     /** Writes the remembered reading times. */
     async flush (): Promise<void> {
@@ -142,59 +106,4 @@ export function createPresence (deps: PresenceDeps) {
   }
 }
 
-export type Presence = ReturnType<typeof createPresence>
-
-export type NoDataCause = 'disconnected' | 'never_connected' | 'connected_silent' | 'low_battery'
-
-/**
- * Why a device that should be sending is silent, as far as Vigil knows: the engine's
- * evaluateNoData can put this in ConditionChange.details (cause, since). Low battery wins
- * over the connection state: it explains a disconnect too.
- */
-export function noDataCause (p: DevicePresence, lowBatteryPercent = 15): { cause: NoDataCause, since: number | null } {
-  if (p.batteryPercent !== null && p.batteryPercent <= lowBatteryPercent) return { cause: 'low_battery', since: p.lastStatusAt }
-  if (p.changedAt === null) return { cause: 'never_connected', since: null }
-  if (!p.connected) return { cause: 'disconnected', since: p.changedAt }
-  return { cause: 'connected_silent', since: p.lastReadingAt ?? p.changedAt }
-}
-
-export interface NoDataDeps {
-  presence: Presence
-  /** The engine's no-data evaluation (evaluateNoData with the current rules bound). */
-  evaluate: (presence: DevicePresence[], now: number) => ConditionChange[] | Promise<ConditionChange[]>
-  sink: ConditionSink
-  log: Logger
-  now?: () => number
-  /** node-cron's schedule; absent: only tick(). */
-  schedule?: Schedule
-}
-
-/** Every 30 s: no-data windows are minutes long. */
-export const NO_DATA_CRON = '*/30 * * * * *'
-
-/** The no-data check on a schedule: presence → engine → sink. tick() runs one pass (tests). */
-export function startNoDataChecks (deps: NoDataDeps) {
-  const log = deps.log.child({ component: 'no-data' })
-  const now = deps.now ?? Date.now
-  let running: Promise<number> | null = null
-
-  function tick (): Promise<number> {
-    running ??= (async () => {
-      const changes = await deps.evaluate(await deps.presence.presence(), now())
-      if (changes.length > 0) await deps.sink.apply(changes)
-      return changes.length
-    })().finally(() => { running = null })
-    return running
-  }
-
-  const job: ScheduledJob | undefined = deps.schedule?.(NO_DATA_CRON, async () => {
-    await tick().catch((err: Error) => log.error({ err }, 'no-data check failed'))
-  })
-  return {
-    tick,
-    async close (): Promise<void> {
-      await job?.stop()
-      await running?.catch(() => {})
-    }
-  }
-}
+export type Presence = ReturnType<typeof createPresence> & DevicePresenceSource

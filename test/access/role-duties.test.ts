@@ -15,7 +15,7 @@ const log = pino({ level: 'silent' })
 const testDb = await createTestDatabase()
 const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
 const deps = apiDepsFor(db, log)
-const alerting = await startAlerting({ keyring: testKeyring(), pool: db.pool, log, metrics: deps.metrics, rejections: deps.rejections, policies: () => new Map(), webhooks: () => [] })
+const alerting = await startAlerting({ keyring: testKeyring(), pool: db.pool, log, metrics: deps.metrics, policies: () => new Map(), webhooks: () => [] })
 const app = await buildApi({ ...deps, alerts: alerting.api, rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000 })
 t.teardown(async () => {
   await app.close()

@@ -1,6 +1,6 @@
 import mqtt from 'mqtt'
 import t from 'tap'
-import { aedesPublisher } from '../../alerts/lifecycle/alerting.ts'
+import { aedesPublisher } from '../../broker/alert-publisher.ts'
 import { brokerLimitsFrom, createBroker } from '../../broker/broker.ts'
 import { loadConfig } from '../../config/config.ts'
 import { startIngest } from '../../ingest/ingest.ts'

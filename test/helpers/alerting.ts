@@ -7,7 +7,9 @@ import { buildApi, type ApiDeps } from '../../api/app.ts'
 import type { Principal } from '../../access/auth.ts'
 import type { PatientAccessPolicy } from '../../access/patient-access.ts'
 import { VigilError } from '../../errors/catalogue.ts'
-import { aedesPublisher, startAlerting, type Alerting, type AlertingDeps } from '../../alerts/lifecycle/alerting.ts'
+import { startAlerting, type Alerting, type AlertingDeps } from '../../alerts/lifecycle/alerting.ts'
+import { createMqttAlertRelay } from '../../alerts/lifecycle/mqtt-relay.ts'
+import { deviceSessionHooks } from '../../ingest/decode-status.ts'
 import type { ConditionChange, EscalationPolicy, WebhookTarget } from '../../alerts/contract.ts'
 import { openDatabase, type Database } from '../../store/database.ts'
 import { apiDepsFor } from './api-deps.ts'
@@ -99,11 +101,12 @@ export async function startAlertingFixture (options: Partial<AlertingDeps> & { m
   const webhooks: WebhookTarget[] = []
   const clock = options.manualClock === true ? manualClock() : null
   const { manualClock: _m, databaseUrl: _d, dataDir: _dd, network: _n, realAccess: _r, streamHeartbeatMs, ...alertingOptions } = options
+  const alertRelay = createMqttAlertRelay()
   const alerting = await startAlerting({
     pool: db.pool,
     log,
     metrics: deps.metrics,
-    rejections: deps.rejections,
+    mqtt: alertRelay,
     policies: () => policies,
     webhooks: () => webhooks,
     ...(clock === null ? {} : { now: clock.now }),
@@ -124,10 +127,10 @@ export async function startAlertingFixture (options: Partial<AlertingDeps> & { m
       ingest,
       metrics: deps.metrics,
       log,
-      presence: alerting.brokerPresence,
-      alertSubscribers: { authenticate: access.authenticate, canSee: patientAccess.canSee, visiblePatients: patientAccess.visiblePatients }
+      presence: deviceSessionHooks({ presence: alerting.presence, rejections: deps.rejections, metrics: deps.metrics, log }),
+      alertSubscribers: { authenticate: access.authenticate, canSee: patientAccess.canSee, visiblePatients: patientAccess.visiblePatients },
+      alertRelay
     })
-    alerting.setMqttPublisher(aedesPublisher(broker.aedes))
   }
   const app = await buildApi({ ...deps, authenticate: access.authenticate, patientAccess, alerts: streamHeartbeatMs === undefined ? alerting.api : { ...alerting.api, streamHeartbeatMs } })
   let baseUrl: string | null = null

@@ -4,6 +4,8 @@ import path from 'node:path'
 import pino from 'pino'
 import { Registry } from 'prom-client'
 import t from 'tap'
+import type pg from 'pg'
+import { startRulesFile, type RulesFile } from '../../../alerts/engine/rules-file.ts'
 import { startAlertEngine } from '../../../alerts/engine/alert-engine.ts'
 import type { AlertEngine } from '../../../alerts/engine/alert-engine.ts'
 import type { ConditionChange, DevicePresence } from '../../../alerts/contract.ts'
@@ -23,6 +25,13 @@ const clinicalTextKeyring = testKeyring()
 const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-engine-'))
 const rulesPath = path.join(dir, 'alert-rules.yaml')
+
+/** The rules file an engine here reads (the caller owns it): closed when this file's tests end. */
+async function rulesFileOf (pool: pg.Pool, now?: () => number): Promise<RulesFile> {
+  const rulesFile = await startRulesFile({ pool, path: rulesPath, log, now })
+  t.teardown(() => rulesFile.close())
+  return rulesFile
+}
 await fs.writeFile(rulesPath, `
 rules:
   - { id: tachycardia, kind: threshold, metric: heart_rate, above: 120, for: 5m, hysteresis: 5, severity: high }
@@ -59,7 +68,7 @@ async function start (db: Database, clock = { now: T0 }, workerThreads = 1): Pro
   const registry = new Registry()
   const readings = createPostgresReadingStore(db.pool)
   const engine = await startAlertEngine({
-    keyring: clinicalTextKeyring, pool: db.pool, rulesPath, workerThreads, log, registry, now: () => clock.now,
+    keyring: clinicalTextKeyring, pool: db.pool, rulesFile: await rulesFileOf(db.pool), workerThreads, log, registry, now: () => clock.now,
     sink: { apply: async (c) => { changes.push(...c) } },
     writeDerived: async (r) => { derived.push(...r); await readings.write(r) }
   })
@@ -122,7 +131,7 @@ t.test('reading→condition latency on the real clock', async (t) => {
   const changes: ConditionChange[] = []
   const registry = new Registry()
   const engine = await startAlertEngine({
-    keyring: clinicalTextKeyring, pool: postgres.pool, rulesPath, workerThreads: 1, log, registry, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}
   })
   t.teardown(() => engine.close())
   const patients = createPatientStore(postgres.pool)
@@ -189,7 +198,7 @@ t.test('a failed batch is retried: no condition change is lost', async (t) => {
   const changes: ConditionChange[] = []
   let failures = 1
   const engine = await startAlertEngine({
-    keyring: clinicalTextKeyring, pool: postgres.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), writeDerived: async () => {},
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry: new Registry(), writeDerived: async () => {},
     sink: {
       async apply (c) {
         if (failures-- > 0) throw new Error('lifecycle unavailable')
@@ -210,7 +219,7 @@ t.test('a failed batch is retried: no condition change is lost', async (t) => {
 t.test('a full evaluation queue drops the oldest readings from evaluation, counted', async (t) => {
   const registry = new Registry()
   const engine = await startAlertEngine({
-    keyring: clinicalTextKeyring, pool: postgres.pool, rulesPath, workerThreads: 1, log, registry, writeDerived: async () => {},
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry, writeDerived: async () => {},
     sink: { apply: async () => {} }, maxQueued: 10, flushIntervalMs: 600_000, batchSize: 1000
   })
   t.teardown(() => engine.close())

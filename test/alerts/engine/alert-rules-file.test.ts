@@ -44,8 +44,9 @@ const v1 = rulesAt(120)
 await fs.writeFile(rulesPath, v1)
 
 const changes: ConditionChange[] = []
+const rulesFile = await startRulesFile({ pool: db.pool, path: rulesPath, log, debounceMs: 20 })
 const engine = await startAlertEngine({
-  keyring: clinicalTextKeyring, pool: db.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), rulesDebounceMs: 20,
+  keyring: clinicalTextKeyring, pool: db.pool, rulesFile, workerThreads: 1, log, registry: new Registry(),
   sink: { apply: async (c) => { changes.push(...c) } },
   writeDerived: async () => {}
 })
@@ -54,6 +55,7 @@ const app = await buildApi({ ...deps, alertRules: engine })
 t.teardown(async () => {
   await app.close()
   await engine.close()
+  await rulesFile.close()
   await db.close()
   await testDb.drop()
   await fs.rm(dir, { recursive: true, force: true })

@@ -240,7 +240,7 @@ t.test('webhooks: a delivery pending at shutdown is resumed by the next start', 
   const env = { VIGIL_WEBHOOK_TEST_SECRET: SECRET }
   // One lifecycle with a long backoff: the first attempt fails, the retry is far off.
   const first = await startAlerting({
-    keyring: clinicalTextKeyring, pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics, rejections: f.deps.rejections,
+    keyring: clinicalTextKeyring, pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics,
     policies: () => new Map(), webhooks: () => [target], env, webhookRetryBaseMs: 3_600_000
   })
   const patientId = await f.createPatient()
@@ -254,7 +254,7 @@ t.test('webhooks: a delivery pending at shutdown is resumed by the next start', 
   await f.db.pool.query("UPDATE webhook_outbox SET next_attempt_at = now() WHERE webhook_id = 'restart'")
   up = true
   const second = await startAlerting({
-    keyring: clinicalTextKeyring, pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics, rejections: f.deps.rejections,
+    keyring: clinicalTextKeyring, pool: f.db.pool, log: f.deps.log, metrics: f.deps.metrics,
     policies: () => new Map(), webhooks: () => [target], env
   })
   t.teardown(() => second.close())

@@ -5,6 +5,7 @@ import pino from 'pino'
 import { Registry } from 'prom-client'
 import t from 'tap'
 import { startAlertEngine } from '../../../alerts/engine/alert-engine.ts'
+import { startRulesFile } from '../../../alerts/engine/rules-file.ts'
 import type { StoredReading } from '../../../readings/reading.ts'
 import { startAlertingFixture } from '../../helpers/alerting.ts'
 import { testKeyring } from '../../helpers/keys.ts'
@@ -24,12 +25,14 @@ rules:
 `)
 const f = await startAlertingFixture({ manualClock: true })
 const clock = f.clock!
+const rulesFile = await startRulesFile({ pool: f.db.pool, path: rulesPath, log, now: clock.now })
 const engine = await startAlertEngine({
-  keyring: testKeyring(), pool: f.db.pool, rulesPath, workerThreads: 1, log, registry: new Registry(), now: clock.now,
+  keyring: testKeyring(), pool: f.db.pool, rulesFile, workerThreads: 1, log, registry: new Registry(), now: clock.now,
   sink: f.alerting.sink, writeDerived: async () => {}
 })
 t.teardown(async () => {
   await engine.close()
+  await rulesFile.close()
   await f.close()
   await fs.rm(dir, { recursive: true, force: true })
 })

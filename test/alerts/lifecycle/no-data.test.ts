@@ -1,40 +1,38 @@
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
 import mqtt from 'mqtt'
+import { Registry } from 'prom-client'
 import t from 'tap'
-import type { ConditionChange, DevicePresence } from '../../../alerts/contract.ts'
-import { createPresence, noDataCause, startNoDataChecks } from '../../../alerts/lifecycle/presence.ts'
+import { startAlertEngine } from '../../../alerts/engine/alert-engine.ts'
+import { startRulesFile } from '../../../alerts/engine/rules-file.ts'
+import { createPresence } from '../../../alerts/lifecycle/presence.ts'
 import { provisionDevice, startAlertingFixture } from '../../helpers/alerting.ts'
+import { testKeyring } from '../../helpers/keys.ts'
 
 const MIN = 60_000
 const WINDOW = 10 * MIN
 const f = await startAlertingFixture({ network: true, manualClock: true })
-t.teardown(() => f.close())
 const clock = f.clock!
 const url = `mqtt://127.0.0.1:${f.broker!.port}`
 
-/**
- * A stand-in for the engine's evaluateNoData (branch alerts): one no_data rule, a 10 min
- * window, the cause from noDataCause. Only the devices of this test are watched.
- */
-const watched = new Set<string>()
-function evaluate (presence: DevicePresence[], now: number): ConditionChange[] {
-  return presence.filter((p) => p.patientId !== null && watched.has(p.deviceId)).map((p) => {
-    const silent = (p.lastReadingAt ?? 0) <= now - WINDOW
-    const { cause, since } = noDataCause(p)
-    return {
-      patientId: p.patientId!,
-      ruleId: 'no-data',
-      kind: 'no_data',
-      status: silent ? 'firing' : 'cleared',
-      severity: 'medium',
-      escalationPolicy: null,
-      at: now,
-      summary: `no readings for ${WINDOW / MIN} min`,
-      details: { deviceId: p.deviceId, cause, since: since === null ? null : new Date(since).toISOString() }
-    } satisfies ConditionChange
-  })
-}
-const checks = startNoDataChecks({ presence: f.alerting.presence, evaluate, sink: f.alerting.sink, log: f.deps.log, now: clock.now })
-t.teardown(() => checks.close())
+// The real engine, as vigil.ts wires it: the lifecycle's presence is its DevicePresenceSource,
+// its no-data changes go to the lifecycle's sink. checkNoData() is one pass of its 30 s schedule.
+const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-no-data-'))
+const rulesPath = path.join(dir, 'alert-rules.yaml')
+await fs.writeFile(rulesPath, 'rules:\n  - { id: no-data, kind: no_data, after: 10m, severity: medium }\n')
+const rulesFile = await startRulesFile({ pool: f.db.pool, path: rulesPath, log: f.deps.log, now: clock.now })
+const engine = await startAlertEngine({
+  pool: f.db.pool, keyring: testKeyring(), rulesFile, workerThreads: 1, log: f.deps.log, registry: new Registry(), now: clock.now,
+  sink: f.alerting.sink, presence: f.alerting.presence, writeDerived: async () => {}
+})
+t.teardown(async () => {
+  await engine.close()
+  await rulesFile.close()
+  await f.close()
+  await fs.rm(dir, { recursive: true, force: true })
+})
+const checks = { tick: () => engine.checkNoData() }
 
 async function eventually<T> (check: () => Promise<T | undefined | null | false>, what: string): Promise<T> {
   const deadline = Date.now() + 15_000
@@ -55,7 +53,6 @@ const reading = () => JSON.stringify({ seq: 1, readings: [{ metric: 'heart_rate'
 t.test('a device that connects then disconnects: one no-data alert, cause disconnected, and when', async (t) => {
   const patientId = await f.createPatient()
   const device = await provisionDevice(f, patientId)
-  watched.add(device.deviceId)
   const client = await connect(device)
   await client.publishAsync(`devices/${device.deviceId}/telemetry`, reading(), { qos: 1 })
   await eventually(async () => (await presenceOf(device.deviceId)).connected, 'connected presence')
@@ -71,18 +68,16 @@ t.test('a device that connects then disconnects: one no-data alert, cause discon
   await checks.tick()
   const alerts = await alertsOf(patientId)
   t.equal(alerts.length, 1, 'one alert, however many checks')
-  t.match(alerts[0], { kind: 'no_data', status: 'open', details: { cause: 'disconnected', since: new Date(disconnectedAt).toISOString(), deviceId: device.deviceId } })
+  t.match(alerts[0], { kind: 'no_data', status: 'open', details: { cause: 'disconnected', disconnectedSince: disconnectedAt, devices: [{ deviceId: device.deviceId, connected: false }] } })
 
   // Presence is persisted: a new instance (restart) knows the cause and the time.
-  const restarted = createPresence({ pool: f.db.pool, rejections: f.deps.rejections, metrics: f.deps.metrics, log: f.deps.log })
+  const restarted = createPresence({ pool: f.db.pool, log: f.deps.log })
   t.match((await restarted.presence()).find((p) => p.deviceId === device.deviceId), { connected: false, changedAt: disconnectedAt, patientId })
-  watched.delete(device.deviceId)
 })
 
-t.test('connected but sending nothing: cause connected_silent since the last reading; a reading clears it', async (t) => {
+t.test('connected but sending nothing: cause connected_silent, with the last reading; a reading clears it', async (t) => {
   const patientId = await f.createPatient()
   const device = await provisionDevice(f, patientId)
-  watched.add(device.deviceId)
   const client = await connect(device)
   t.teardown(() => client.endAsync(true))
   const readingAt = clock.now()
@@ -91,19 +86,17 @@ t.test('connected but sending nothing: cause connected_silent since the last rea
   clock.advance(WINDOW + MIN)
   await checks.tick()
   const [alert] = await alertsOf(patientId)
-  t.match(alert, { status: 'open', details: { cause: 'connected_silent', since: new Date(readingAt).toISOString() } })
+  t.match(alert, { status: 'open', details: { cause: 'connected_silent', devices: [{ deviceId: device.deviceId, lastReadingAt: readingAt }] } })
 
   await client.publishAsync(`devices/${device.deviceId}/telemetry`, reading(), { qos: 1 })
   await checks.tick()
   const [after] = await alertsOf(patientId)
   t.match(after, { id: alert.id, status: 'resolved', resolution: 'auto' }, 'auto-resolved when data flows again')
-  watched.delete(device.deviceId)
 })
 
 t.test('low battery reported on devices/{id}/status is the cause; malformed status is recorded as a rejection', async (t) => {
   const patientId = await f.createPatient()
   const device = await provisionDevice(f, patientId)
-  watched.add(device.deviceId)
   const client = await connect(device)
   t.teardown(() => client.endAsync(true))
   const statusAt = clock.now()
@@ -123,8 +116,7 @@ t.test('low battery reported on devices/{id}/status is the cause; malformed stat
   clock.advance(WINDOW + MIN)
   await checks.tick()
   const [alert] = await alertsOf(patientId)
-  t.match(alert, { status: 'open', details: { cause: 'low_battery', since: new Date(statusAt).toISOString() } })
-  watched.delete(device.deviceId)
+  t.match(alert, { status: 'open', details: { cause: 'low_battery', batteryPercent: 7, devices: [{ deviceId: device.deviceId, lowBattery: true }] } })
 })
 
 t.test("a device cannot report another device's status", async (t) => {
@@ -136,17 +128,4 @@ t.test("a device cannot report another device's status", async (t) => {
   client.publish(`devices/${b.deviceId}/status`, JSON.stringify({ battery: 1 }), { qos: 1 })
   await closed
   t.equal((await presenceOf(b.deviceId)).batteryPercent, null)
-})
-
-t.test('noDataCause (pure)', async (t) => {
-  const base: DevicePresence = { deviceId: 'd', patientId: 'p', connected: false, changedAt: null, lastReadingAt: null, batteryPercent: null, lastStatusAt: null }
-  const cases: Array<[string, Partial<DevicePresence>, ReturnType<typeof noDataCause>]> = [
-    ['never seen', {}, { cause: 'never_connected', since: null }],
-    ['disconnected', { changedAt: 5 }, { cause: 'disconnected', since: 5 }],
-    ['connected, never sent', { connected: true, changedAt: 5 }, { cause: 'connected_silent', since: 5 }],
-    ['connected, sent long ago', { connected: true, changedAt: 5, lastReadingAt: 9 }, { cause: 'connected_silent', since: 9 }],
-    ['low battery wins', { changedAt: 5, batteryPercent: 15, lastStatusAt: 4 }, { cause: 'low_battery', since: 4 }],
-    ['battery fine', { changedAt: 5, batteryPercent: 16, lastStatusAt: 4 }, { cause: 'disconnected', since: 5 }]
-  ]
-  for (const [name, input, expected] of cases) t.same(noDataCause({ ...base, ...input }), expected, name)
 })
