@@ -10,7 +10,6 @@ import Fastify from 'fastify'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaCompiler } from 'fastify'
 import pino from 'pino'
 import { DecryptionError, UnknownKeyError } from '../crypto/field-encryption.ts'
-import { AssignmentChangedError, AssignmentOrderError, DuplicateMacError, NoCurrentAssignmentError, UnknownDeviceError, UnknownPatientError } from '../devices/device-registry.ts'
 import { requireAuthentication } from '../access/auth.ts'
 import { VigilError, errorCatalogue } from '../errors/catalogue.ts'
 import type { ErrorCode } from '../errors/catalogue.ts'
@@ -331,11 +330,6 @@ export function clientError (err: unknown): ErrorResponse | null {
   if (err instanceof VigilError) {
     return vigil(err.code, err.message, err.details as ErrorResponse['details'])
   }
-  if (err instanceof DuplicateMacError) return vigil('VIGIL_ERR_DUPLICATE_MAC', err.message)
-  if (err instanceof UnknownDeviceError) return vigil('VIGIL_ERR_UNKNOWN_DEVICE', err.message)
-  if (err instanceof UnknownPatientError) return vigil('VIGIL_ERR_UNKNOWN_PATIENT', err.message)
-  if (err instanceof AssignmentOrderError || err instanceof AssignmentChangedError) return vigil('VIGIL_ERR_CONFLICT', err.message)
-  if (err instanceof NoCurrentAssignmentError) return vigil('VIGIL_ERR_NOT_FOUND', err.message)
   const e = err as Partial<FastifyError> & { name?: string }
   if (Array.isArray(e.validation)) {
     const context = e.validationContext ?? 'request'
@@ -402,6 +396,18 @@ export function isUnavailable (err: unknown, depth = 0): boolean {
 }
 
 async function handleError (this: unknown, err: unknown, request: FastifyRequest, reply: FastifyReply): Promise<ErrorResponse> {
+  // Stored PHI that cannot be read (voice notes, records): VigilErrors too, but the server's
+  // fault, not the client's: a 500 with a fixed message, logged by key id or reason only.
+  if (err instanceof UnknownKeyError) {
+    request.log.error({ keyId: err.keyId }, 'stored data is encrypted under a key that is not configured')
+    reply.code(err.statusCode)
+    return { code: err.code, message: 'stored data is encrypted under a key the server does not have', requestId: request.id }
+  }
+  if (err instanceof DecryptionError) {
+    request.log.error({ reason: err.reason }, 'stored data failed to decrypt')
+    reply.code(err.statusCode)
+    return { code: err.code, message: 'stored data could not be decrypted', requestId: request.id }
+  }
   const client = clientError(err)
   if (client !== null) {
     request.log.info({ code: client.code }, 'request refused')
@@ -417,17 +423,6 @@ async function handleError (this: unknown, err: unknown, request: FastifyRequest
     request.log.warn({ err }, 'database unavailable')
     reply.code(503).header('retry-after', '5')
     return { code: 'VIGIL_ERR_UNAVAILABLE', message: 'service temporarily unavailable, retry later', requestId: request.id }
-  }
-  // Stored PHI that cannot be read (voice notes, records): a 500 with its own code, logged by key id only.
-  if (err instanceof UnknownKeyError) {
-    request.log.error({ keyId: err.keyId }, 'stored data is encrypted under a key that is not configured')
-    reply.code(500)
-    return { code: 'VIGIL_ERR_KEY_UNAVAILABLE', message: 'stored data is encrypted under a key the server does not have', requestId: request.id }
-  }
-  if (err instanceof DecryptionError) {
-    request.log.error({ reason: err.reason }, 'stored data failed to decrypt')
-    reply.code(500)
-    return { code: 'VIGIL_ERR_DECRYPTION_FAILED', message: 'stored data could not be decrypted', requestId: request.id }
   }
   // Never echo internals: the id lets an operator find the logged error.
   request.log.error({ err }, 'request failed')

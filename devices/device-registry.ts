@@ -3,6 +3,7 @@ import { EventEmitter } from 'node:events'
 import type pg from 'pg'
 import { hashSecret, newSecret, sha256, verifySecret } from '../crypto/secrets.ts'
 import { inTransaction as runInTransaction } from '../store/database.ts'
+import { AssignmentChangedError, AssignmentOrderError, DuplicateMacError, NoCurrentAssignmentError, UnknownDeviceError, UnknownPatientError } from './device-errors.ts'
 
 export interface Device {
   id: string
@@ -50,27 +51,7 @@ export interface DevicePatch {
   ownerUserId?: string | null
 }
 
-export class DuplicateMacError extends Error {
-  constructor (readonly mac: string) { super(`a device with MAC ${mac} is already registered`) }
-}
-export class UnknownDeviceError extends Error {
-  constructor () { super('no device with this id') }
-}
-export class UnknownPatientError extends Error {
-  constructor () { super('no patient with this id') }
-}
-/** The device's assignment changed between the caller's access check and its change. */
-export class AssignmentChangedError extends Error {
-  constructor () { super('the device\'s assignment changed meanwhile: read it again and retry') }
-}
-export class NoCurrentAssignmentError extends Error {
-  constructor () { super('the device has no current assignment') }
-}
-export class AssignmentOrderError extends Error {
-  constructor (readonly notBefore: string, what = "the current assignment's start") {
-    super(`validFrom must be after ${what} (${notBefore}): assignment periods of a device never overlap`)
-  }
-}
+export { AssignmentChangedError, AssignmentOrderError, DuplicateMacError, NoCurrentAssignmentError, UnknownDeviceError, UnknownPatientError } from './device-errors.ts'
 
 interface Period { from: number, to: number, patientId: string }
 

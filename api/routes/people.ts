@@ -1,6 +1,5 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
-import { DuplicateEmailError, UnknownRoleError, UnknownUserError } from '../../access/people.ts'
 import { hashPassword, passwordWeakness } from '../../access/passwords.ts'
 import type { Access } from '../../access/access.ts'
 import { auditActor, scopesOf } from '../../access/access-policy.ts'
@@ -20,15 +19,6 @@ export const phiPermissions = new Set([
   'alerts:read', 'alerts:ack', 'overrides:write', 'jobs:read', 'jobs:write', 'voice-notes:read', 'voice-notes:write',
   'alerts:comment', 'clinical-notes:read', 'voice-notes:release', 'users:admin', 'roles:admin', 'care-teams:write'
 ])
-
-function storeError (err: unknown): never {
-  if (err instanceof DuplicateEmailError) throw new VigilError('VIGIL_ERR_DUPLICATE_EMAIL', err.message)
-  if (err instanceof UnknownUserError) throw new VigilError('VIGIL_ERR_UNKNOWN_USER', err.message)
-  if (err instanceof UnknownRoleError) {
-    throw new VigilError('VIGIL_ERR_UNKNOWN_ROLE', `no role ${err.roleId} (the patient role is granted by creating a patient)`)
-  }
-  throw err
-}
 
 function checkPassword (password: string, path: string): void {
   const weakness = passwordWeakness(password)
@@ -86,7 +76,7 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
     const { email, displayName, password, roles = [] } = request.body
     checkPassword(password, 'body/password')
     const passwordHash = await hashPassword(password, access.passwordCost)
-    const user = await people.createUser({ email, displayName: displayName.trim(), passwordHash, roles, grantedBy: actorOf(request) }).catch(storeError)
+    const user = await people.createUser({ email, displayName: displayName.trim(), passwordHash, roles, grantedBy: actorOf(request) })
     request.log.info({ userId: user.id, roles: user.roles, by: actorOf(request) }, 'user created')
     reply.code(201)
     return user
@@ -124,7 +114,7 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
     const { password, displayName, ...rest } = request.body
     if (password !== undefined) checkPassword(password, 'body/password')
     const passwordHash = password === undefined ? undefined : await hashPassword(password, access.passwordCost)
-    return await people.updateUser(request.params.id, { ...rest, displayName: displayName?.trim(), passwordHash }).catch(storeError)
+    return await people.updateUser(request.params.id, { ...rest, displayName: displayName?.trim(), passwordHash })
   })
 
   app.delete('/users/:id', {
@@ -137,7 +127,7 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
       response: { 204: Type.Null({ description: 'Deactivated' }), ...errorResponses(404) }
     }
   }, async (request, reply) => {
-    await people.updateUser(request.params.id, { active: false }).catch(storeError)
+    await people.updateUser(request.params.id, { active: false })
     request.log.info({ userId: request.params.id, by: actorOf(request) }, 'user deactivated')
     return await reply.code(204).send(null)
   })
@@ -169,7 +159,7 @@ export function accessRoutes (app: ApiInstance, deps: RouteDeps & { access: Acce
     config: { permission: 'roles:admin' },
     schema: { tags: ['people'], summary: 'Grant a role', params: UserRoleParams, response: { 200: User, ...errorResponses(404) } }
   }, async (request) => {
-    await people.grantRole(request.params.id, request.params.roleId, actorOf(request)).catch(storeError)
+    await people.grantRole(request.params.id, request.params.roleId, actorOf(request))
     request.log.info({ userId: request.params.id, roleId: request.params.roleId, by: actorOf(request) }, 'role granted')
     return (await people.getUser(request.params.id))!
   })
