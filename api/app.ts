@@ -14,6 +14,10 @@ import { registerRequestIds, requestIdOptions } from './plugins/request-ids.ts'
 import { registerSecurityHeaders } from './plugins/security-headers.ts'
 import { createValidatorCompiler } from './plugins/validator.ts'
 import { alertRoutes } from './routes/alerts.ts'
+import { apiTokenRoutes } from './routes/api-tokens.ts'
+import { auditRoutes } from './routes/audit.ts'
+import { breakGlassRoutes } from './routes/break-glass.ts'
+import { careTeamRoutes } from './routes/care-teams.ts'
 import { onCallRoutes } from './routes/on-call.ts'
 import { deviceAssignmentRoutes } from './routes/device-assignment.ts'
 import { deviceAssignmentCorrectionRoutes } from './routes/device-assignment-correction.ts'
@@ -26,9 +30,10 @@ import { jobRoutes } from './routes/jobs.ts'
 import { metricsRoutes } from './routes/metrics.ts'
 import { patientRecordRoutes } from './routes/patient-records.ts'
 import { patientRoutes } from './routes/patients.ts'
-import { accessRoutes } from './routes/people.ts'
 import { sessionRoutes } from './routes/sessions.ts'
 import { readingRoutes } from './routes/readings.ts'
+import { roleRoutes } from './routes/roles.ts'
+import { userRoutes } from './routes/users.ts'
 import { alertRuleRoutes } from './routes/alert-rules.ts'
 import { voiceNoteRoutes } from './routes/voice-notes.ts'
 import { spoolRoutes } from './routes/spool.ts'
@@ -128,7 +133,13 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     if (routeDeps.patientRecords !== undefined) patientRecordRoutes(v1, { ...routeDeps, patientRecords: routeDeps.patientRecords })
     if (routeDeps.alerts !== undefined) alertRoutes(v1, { ...routeDeps, alerts: routeDeps.alerts })
     if (routeDeps.alerts !== undefined) onCallRoutes(v1, { ...routeDeps, access, onCall: routeDeps.alerts.onCall })
-    accessRoutes(v1, { ...routeDeps, access })
+    // People and access (issue 3 §7); login, refresh and logout are public: sessionRoutes above.
+    userRoutes(v1, routeDeps)
+    roleRoutes(v1, routeDeps)
+    careTeamRoutes(v1, routeDeps)
+    breakGlassRoutes(v1, routeDeps)
+    auditRoutes(v1, routeDeps)
+    apiTokenRoutes(v1, routeDeps)
     alertRuleRoutes(v1, routeDeps)
     jobRoutes(v1, routeDeps)
     // Voice notes need the PHI keys (their store encrypts audio and transcripts).
