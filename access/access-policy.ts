@@ -45,6 +45,12 @@ export function auditActor (request: FastifyRequest): Pick<AuditEntry, 'actorId'
   }
 }
 
+/** Who did it, for granted_by / created_by / assigned_by columns: a user id or `token:<id>`. */
+export function actorOf (request: FastifyRequest): string {
+  const p = request.principal as Principal
+  return p.userId ?? `token:${p.tokenId}`
+}
+
 export interface Decision {
   allowed: boolean
   /** Set when the access rests on a break-glass grant. */

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import { openClinicalText, sealClinicalText } from '../crypto/clinical-text.ts'
 import { inTransaction as runInTransaction } from '../store/database.ts'
+import { VigilError } from '../errors/catalogue.ts'
 import type { Keyring } from '../crypto/field-encryption.ts'
 
 export interface User {
@@ -44,14 +45,25 @@ export interface BreakGlassGrant {
   expiresAt: string
 }
 
-export class DuplicateEmailError extends Error {
-  constructor () { super('a user with this email exists') }
+// Refusals carry their code from the one catalogue (errors/catalogue.ts).
+export class DuplicateEmailError extends VigilError {
+  constructor () {
+    super('VIGIL_ERR_DUPLICATE_EMAIL', 'a user with this email exists')
+    this.name = 'DuplicateEmailError'
+  }
 }
-export class UnknownUserError extends Error {
-  constructor () { super('no user with this id') }
+export class UnknownUserError extends VigilError {
+  constructor () {
+    super('VIGIL_ERR_UNKNOWN_USER', 'no user with this id')
+    this.name = 'UnknownUserError'
+  }
 }
-export class UnknownRoleError extends Error {
-  constructor (readonly roleId: string) { super(`no role ${roleId}`) }
+/** Also for the builtin patient role, which is granted only by creating a patient. */
+export class UnknownRoleError extends VigilError {
+  constructor (readonly roleId: string) {
+    super('VIGIL_ERR_UNKNOWN_ROLE', `no role ${roleId} (the patient role is granted by creating a patient)`)
+    this.name = 'UnknownRoleError'
+  }
 }
 
 const iso = (d: unknown): string => (d as Date).toISOString()

@@ -1,4 +1,5 @@
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes } from 'node:crypto'
+import { VigilError } from '../errors/catalogue.ts'
 
 /**
  * Application-level field encryption for PHI at rest: AES-256-GCM with a random 96-bit IV per
@@ -34,10 +35,13 @@ export interface FieldLocation {
   rowId: string
 }
 
-/** A ciphertext names a key id the keyring does not hold. */
-export class UnknownKeyError extends Error {
+/**
+ * A ciphertext names a key id the keyring does not hold. Its message names the key id: the
+ * API answers with a fixed one (api/plugins/error-handler.ts).
+ */
+export class UnknownKeyError extends VigilError {
   constructor (readonly keyId: string) {
-    super(`no key with id "${keyId}" is configured`)
+    super('VIGIL_ERR_KEY_UNAVAILABLE', `no key with id "${keyId}" is configured`)
     this.name = 'UnknownKeyError'
   }
 }
@@ -46,9 +50,9 @@ export class UnknownKeyError extends Error {
  * A ciphertext that does not decrypt: tampered, truncated, or moved from another row or
  * column. Never carries the value or the ciphertext.
  */
-export class DecryptionError extends Error {
+export class DecryptionError extends VigilError {
   constructor (readonly reason: 'malformed' | 'authentication_failed') {
-    super(reason === 'malformed' ? 'the stored value is not a v1 field envelope' : 'the stored value failed authentication (tampered, or moved from another row or column)')
+    super('VIGIL_ERR_DECRYPTION_FAILED', reason === 'malformed' ? 'the stored value is not a v1 field envelope' : 'the stored value failed authentication (tampered, or moved from another row or column)')
     this.name = 'DecryptionError'
   }
 }

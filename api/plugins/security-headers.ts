@@ -3,7 +3,8 @@ import type { FastifyInstance } from 'fastify'
 
 /**
  * Helmet's headers on every response (nosniff, HSTS, no-referrer, same-origin CORP/COOP,
- * X-Frame-Options …; helmet also strips `x-powered-by`, which Fastify never sets).
+ * X-Frame-Options …; helmet also strips `x-powered-by`, which Fastify never sets), and
+ * `Cache-Control: no-store`.
  *
  * The CSP is the one OWASP's REST Security Cheat Sheet gives for APIs: a JSON response is
  * never a document to render, so it may load nothing and be framed by nothing. Swagger UI
@@ -24,6 +25,11 @@ export async function registerSecurityHeaders (app: FastifyInstance): Promise<vo
     },
     // Nothing here is meant to be framed, not even by our own pages.
     frameguard: { action: 'deny' }
+  })
+  app.addHook('onRequest', async (_request, reply) => {
+    // Responses hold PHI (names, vitals): no browser or proxy may keep a copy. Swagger
+    // UI's static files replace this with their own (they hold none).
+    reply.header('cache-control', 'no-store')
   })
 }
 
