@@ -13,6 +13,7 @@ import type { OpenSpoolOptions, Spool } from '../../readings/spool.ts'
 import { createInfluxReadingStore } from '../../readings/influx-store.ts'
 import type { ReadingStore } from '../../readings/reading-store.ts'
 import { startInfluxd } from '../helpers/influxd.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 const log = pino({ level: 'silent' })
 const patientId = '11111111-1111-4111-8111-111111111111'
@@ -45,14 +46,6 @@ function recordingStore (fail: (call: number, batch: readonly StoredReading[]) =
     aggregate: unused,
     ping: async () => {},
     close: async () => {}
-  }
-}
-
-async function waitFor (what: string, predicate: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(10)
   }
 }
 

@@ -3,6 +3,7 @@ import t from 'tap'
 import type { ConditionChange, DevicePresence } from '../../../alerts/contract.ts'
 import { createPresence, noDataCause, startNoDataChecks } from '../../../alerts/lifecycle/presence.ts'
 import { provisionDevice, startAlertingFixture } from '../../helpers/alerting.ts'
+import { nextEvent, waitFor } from '../../helpers/wait.ts'
 
 const MIN = 60_000
 const WINDOW = 10 * MIN
@@ -36,16 +37,6 @@ function evaluate (presence: DevicePresence[], now: number): ConditionChange[] {
 const checks = startNoDataChecks({ presence: f.alerting.presence, evaluate, sink: f.alerting.sink, log: f.deps.log, now: clock.now })
 t.teardown(() => checks.close())
 
-async function eventually<T> (check: () => Promise<T | undefined | null | false>, what: string): Promise<T> {
-  const deadline = Date.now() + 15_000
-  for (;;) {
-    const value = await check()
-    if (value !== undefined && value !== null && value !== false) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 25))
-  }
-}
-
 const presenceOf = async (deviceId: string) => (await f.alerting.presence.presence()).find((p) => p.deviceId === deviceId)!
 const alertsOf = async (patientId: string) => (await f.app.inject({ method: 'GET', url: `/v1/alerts?patientId=${patientId}&ruleId=no-data`, headers: f.adminHeaders })).json().items
 const connect = async (d: { deviceId: string, password: string }) =>
@@ -58,11 +49,11 @@ t.test('a device that connects then disconnects: one no-data alert, cause discon
   watched.add(device.deviceId)
   const client = await connect(device)
   await client.publishAsync(`devices/${device.deviceId}/telemetry`, reading(), { qos: 1 })
-  await eventually(async () => (await presenceOf(device.deviceId)).connected, 'connected presence')
+  await waitFor('connected presence', async () => (await presenceOf(device.deviceId)).connected)
   clock.advance(MIN)
   const disconnectedAt = clock.now()
   await client.endAsync()
-  await eventually(async () => (await presenceOf(device.deviceId)).connected === false, 'disconnected presence')
+  await waitFor('disconnected presence', async () => (await presenceOf(device.deviceId)).connected === false)
 
   await checks.tick()
   t.same(await alertsOf(patientId), [], 'inside the window: nothing')
@@ -87,7 +78,7 @@ t.test('connected but sending nothing: cause connected_silent since the last rea
   t.teardown(() => client.endAsync(true))
   const readingAt = clock.now()
   await client.publishAsync(`devices/${device.deviceId}/telemetry`, reading(), { qos: 1 })
-  await eventually(async () => (await presenceOf(device.deviceId)).lastReadingAt === readingAt, 'the reading time')
+  await waitFor('the reading time', async () => (await presenceOf(device.deviceId)).lastReadingAt === readingAt)
   clock.advance(WINDOW + MIN)
   await checks.tick()
   const [alert] = await alertsOf(patientId)
@@ -132,7 +123,7 @@ t.test("a device cannot report another device's status", async (t) => {
   const b = await provisionDevice(f, await f.createPatient())
   const client = await connect(a)
   t.teardown(() => client.endAsync(true))
-  const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+  const closed = nextEvent(client, 'close', 'the broker to close a device publishing to another device\'s topic')
   client.publish(`devices/${b.deviceId}/status`, JSON.stringify({ battery: 1 }), { qos: 1 })
   await closed
   t.equal((await presenceOf(b.deviceId)).batteryPercent, null)
