@@ -13,7 +13,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import mqtt from 'mqtt'
-import { eventually, openSse } from '../test/helpers/alerting.ts'
+import { openSse } from '../test/helpers/sse.ts'
+import { waitFor } from '../test/helpers/wait.ts'
 import { createTestDatabase } from '../test/helpers/postgres.ts'
 import { startTestVigil } from '../test/helpers/vigil.ts'
 
@@ -64,13 +65,13 @@ try {
   for (let round = 0; round < rounds; round++) {
     const opened = stream.events.filter((e) => e.data.type === 'opened').length
     const started = await publish(160)
-    const event = await eventually(async () => stream.events.filter((e) => e.data.type === 'opened')[opened], `round ${round}: the opened alert on the nurse's stream`)
+    const event = await waitFor(`round ${round}: the opened alert on the nurse's stream`, async () => stream.events.filter((e) => e.data.type === 'opened')[opened], { timeoutMs: 15_000, everyMs: 20 })
     sse.push(event.receivedAt - started)
-    const message = await eventually(async () => mqttEvents.filter((e) => e.data.type === 'opened')[opened], `round ${round}: the opened alert on users/{id}/alerts`)
+    const message = await waitFor(`round ${round}: the opened alert on users/{id}/alerts`, async () => mqttEvents.filter((e) => e.data.type === 'opened')[opened], { timeoutMs: 15_000, everyMs: 20 })
     overMqtt.push(message.receivedAt - started)
     const resolved = stream.events.filter((e) => e.data.type === 'resolved').length
     await publish(80)
-    await eventually(async () => stream.events.filter((e) => e.data.type === 'resolved').length > resolved, `round ${round}: the resolve`)
+    await waitFor(`round ${round}: the resolve`, async () => stream.events.filter((e) => e.data.type === 'resolved').length > resolved, { timeoutMs: 15_000, everyMs: 20 })
   }
   const stats = (name: string, ms: number[]): string => {
     const sorted = [...ms].sort((a, b) => a - b)

@@ -12,6 +12,7 @@ import { openDatabase } from '../../store/database.ts'
 import { createPatientStore } from '../../patients/patients.ts'
 import { createPostgresReadingStore } from '../../readings/postgres-store.ts'
 import { startApiFixture } from '../helpers/api-deps.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 const { log, testDb, db, deps, app, token, headers } = await startApiFixture(t, 'hardening test')
 const other = await deps.tokens.create('hardening test, second token', 'admin')
@@ -248,16 +249,7 @@ function saturateEventLoop (sliceMs = 100): { stop: () => Promise<void> } {
 /** Until start-up (which compiles schemas on the loop) has left the samples. */
 async function settle (t: Test, app: FastifyInstance, sampleMs: number): Promise<void> {
   await sleep(2 * sampleMs)
-  t.ok(await waitFor(() => !app.isUnderPressure(), 10 * sampleMs), 'not under pressure at rest')
-}
-
-async function waitFor (condition: () => boolean, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs
-  while (!condition()) {
-    if (Date.now() > deadline) return false
-    await sleep(1)
-  }
-  return true
+  t.ok(await waitFor('not under pressure at rest', () => !app.isUnderPressure(), { timeoutMs: 10 * sampleMs, everyMs: 1 }), 'not under pressure at rest')
 }
 
 t.test('load shedding: event-loop delay makes /v1 answer 503; /healthz says why; then it recovers', async (t) => {
@@ -268,7 +260,7 @@ t.test('load shedding: event-loop delay makes /v1 answer 503; /healthz says why;
 
   const load = saturateEventLoop()
   try {
-    t.ok(await waitFor(() => shedding.isUnderPressure(), 3000), 'the delay was measured')
+    t.ok(await waitFor('the delay was measured', () => shedding.isUnderPressure(), { timeoutMs: 3000, everyMs: 1 }), 'the delay was measured')
     const [api, notFound, health, metrics] = await Promise.all([
       shedding.inject({ method: 'GET', url: '/v1/patients', headers }),
       shedding.inject({ method: 'GET', url: '/nope' }),
@@ -288,7 +280,7 @@ t.test('load shedding: event-loop delay makes /v1 answer 503; /healthz says why;
     await load.stop()
   }
 
-  t.ok(await waitFor(() => !shedding.isUnderPressure(), 3000), 'pressure passes')
+  t.ok(await waitFor('pressure passes', () => !shedding.isUnderPressure(), { timeoutMs: 3000, everyMs: 1 }), 'pressure passes')
   t.equal((await shedding.inject({ method: 'GET', url: '/v1/patients', headers })).statusCode, 200, 'served again')
 })
 
@@ -298,7 +290,7 @@ t.test('load shedding: event-loop utilization', async (t) => {
   await settle(t, shedding, 250)
   const load = saturateEventLoop()
   try {
-    t.ok(await waitFor(() => shedding.isUnderPressure(), 3000), 'a saturated sample was measured')
+    t.ok(await waitFor('a saturated sample was measured', () => shedding.isUnderPressure(), { timeoutMs: 3000, everyMs: 1 }), 'a saturated sample was measured')
     const res = await shedding.inject({ method: 'GET', url: '/v1/patients', headers })
     t.equal(res.statusCode, 503)
     t.equal(res.json().code, 'VIGIL_ERR_UNAVAILABLE')
@@ -306,7 +298,7 @@ t.test('load shedding: event-loop utilization', async (t) => {
   } finally {
     await load.stop()
   }
-  t.ok(await waitFor(() => !shedding.isUnderPressure(), 3000), 'the next, idle sample ends it')
+  t.ok(await waitFor('the next, idle sample ends it', () => !shedding.isUnderPressure(), { timeoutMs: 3000, everyMs: 1 }), 'the next, idle sample ends it')
 })
 
 t.test('limits are validated when the API is built, naming the option', async (t) => {

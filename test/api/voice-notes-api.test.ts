@@ -17,6 +17,7 @@ import { createLogCapture } from '../helpers/log-capture.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { sentences, speechDir, synthesize } from '../helpers/speech.ts'
 import { testKeyring } from '../helpers/keys.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 // Audio and transcripts are encrypted at rest: one keyring for everything in this file.
 const keyring = testKeyring()
@@ -69,15 +70,6 @@ async function endedJobs (): Promise<number> {
   return r.n as number
 }
 
-async function waitFor<T> (what: string, probe: () => Promise<T | undefined>): Promise<T> {
-  for (let i = 0; i < 600; i++) {
-    const value = await probe()
-    if (value !== undefined) return value
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-  throw new Error(`timed out waiting for ${what}`)
-}
-
 const accepted: Array<{ jobId: string, voiceNoteId: string, statusUrl: string }> = []
 
 t.test('20 uploads get 20 job ids at once: each 202 arrives while no job has ended', async (t) => {
@@ -97,7 +89,7 @@ t.test('20 uploads get 20 job ids at once: each 202 arrives while no job has end
   const running = await waitFor('two running jobs', async () => {
     const res = await app.inject({ method: 'GET', url: '/v1/jobs?state=running', headers })
     return res.json().items.length === 2 ? res.json().items : undefined
-  })
+  }, 60_000)
   t.equal(running.length, 2, 'the runner holds two (its workers); the rest wait in the queue')
   const queued = (await app.inject({ method: 'GET', url: '/v1/jobs?state=queued&type=transcription&limit=100', headers })).json()
   t.equal(queued.items.length, 18)
@@ -120,7 +112,7 @@ t.test('cancel: a queued job at once; a running one is stopped by its runner', a
   const ended = await waitFor('the running job to stop', async () => {
     const job = (await app.inject({ method: 'GET', url: `/v1/jobs/${running.id as string}`, headers })).json()
     return job.state === 'running' ? undefined : job
-  })
+  }, 60_000)
   t.equal(ended.state, 'cancelled')
   const note = accepted.find((a) => a.jobId === running.id)!
   t.equal(await voiceNotes.audioOf(note.voiceNoteId), null, 'its audio is deleted')
@@ -132,7 +124,7 @@ t.test('once the jobs run, every other upload is transcribed and listed with the
     const res = await app.inject({ method: 'GET', url: '/v1/jobs?type=transcription&limit=100', headers })
     const items = res.json().items as Array<{ state: string }>
     return items.every((j) => j.state !== 'queued' && j.state !== 'running') ? items : undefined
-  })
+  }, 60_000)
   t.equal(jobs.filter((j) => j.state === 'succeeded').length, 7)
   t.equal(jobs.filter((j) => j.state === 'cancelled').length, 14)
   const one = accepted.find((a) => jobs.some((j) => (j as { id?: string }).id === a.jobId && j.state === 'succeeded'))!

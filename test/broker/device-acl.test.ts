@@ -1,6 +1,7 @@
 import t from 'tap'
 import mqtt from 'mqtt'
 import { startTestVigil, telemetry } from '../helpers/vigil.ts'
+import { nextEvent } from '../helpers/wait.ts'
 
 const vigil = await startTestVigil()
 t.teardown(() => vigil.close())
@@ -28,7 +29,7 @@ t.test('connect is refused without the right credential and client id', async (t
 t.test("device A publishing to device B's topic gets no PUBACK and stores nothing", async (t) => {
   const client = await vigil.connect(a.deviceId, a.password)
   t.teardown(() => client.endAsync(true))
-  const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+  const closed = nextEvent(client, 'close', 'the broker to close the connection')
   const acked = client.publishAsync(`devices/${b.deviceId}/telemetry`, telemetry(1, [{ metric: 'heart_rate', value: 80, unit: '/min' }]), { qos: 1 })
     .then(() => 'acked', () => 'failed')
   await closed
@@ -44,7 +45,7 @@ t.test("device A publishing to device B's topic gets no PUBACK and stores nothin
 t.test('other topics and retained messages are refused', async (t) => {
   for (const [topic, retain] of [[`devices/${a.deviceId}/other`, false], ['alerts/x', false], [`devices/${a.deviceId}/telemetry`, true]] as const) {
     const client = await vigil.connect(a.deviceId, a.password)
-    const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+    const closed = nextEvent(client, 'close', `the broker to close the connection after a publish to ${topic}`)
     client.publish(topic, telemetry(1, [{ metric: 'heart_rate', value: 80, unit: '/min' }]), { qos: 1, retain })
     await closed
     client.end(true)
@@ -80,7 +81,7 @@ t.test('revoking a credential ends the live session within seconds', async (t) =
   const c = await vigil.provision()
   const client = await vigil.connect(c.deviceId, c.password)
   t.teardown(() => client.endAsync(true))
-  const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+  const closed = nextEvent(client, 'close', 'the live session to end after the revocation')
   const started = Date.now()
   const res = await vigil.api('DELETE', `/v1/devices/${c.deviceId}/credentials`)
   t.equal(res.status, 204)
@@ -104,7 +105,7 @@ t.test("a revoked device's Will message is not ingested", async (t) => {
     will: { topic: `devices/${c.deviceId}/telemetry`, payload: Buffer.from(telemetry(99, [{ metric: 'heart_rate', value: 199, unit: '/min' }])), qos: 1, retain: false }
   })
   t.teardown(() => client.endAsync(true))
-  const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+  const closed = nextEvent(client, 'close', 'the session to end after the revocation')
   await vigil.api('DELETE', `/v1/devices/${c.deviceId}/credentials`)
   await closed
   await new Promise((resolve) => setTimeout(resolve, 300))

@@ -3,6 +3,7 @@ import t from 'tap'
 import { FrameSizeChecker, FrameTooLargeError, MalformedLengthError } from '../../broker/frame-limit.ts'
 import { startTestVigil } from '../helpers/vigil.ts'
 import { remainingLength } from '../helpers/fuzz.ts'
+import { nextEvent } from '../helpers/wait.ts'
 
 /** A PUBLISH fixed header (0x30) with this remaining length. */
 function header (remaining: number): Buffer {
@@ -32,8 +33,8 @@ t.test('the broker drops a socket declaring a huge packet before reading it', as
   const vigil = await startTestVigil({ MQTT_MAX_PACKET_BYTES: '4096' })
   t.teardown(() => vigil.close())
   const socket = net.connect(vigil.mqttPort, '127.0.0.1')
-  await new Promise((resolve) => socket.once('connect', resolve))
-  const closed = new Promise((resolve) => socket.once('close', resolve))
+  await nextEvent(socket, 'connect', 'the TCP connection')
+  const closed = nextEvent(socket, 'close', 'the broker to drop the socket')
   socket.on('error', () => {})
   // CONNECT declaring 200 MB; only the header is sent.
   socket.write(Buffer.concat([Buffer.from([0x10]), header(200_000_000).subarray(1)]))

@@ -6,6 +6,7 @@ import { loadConfig } from '../../config/config.ts'
 import { startIngest } from '../../ingest/ingest.ts'
 import { startApiFixture } from '../helpers/api-deps.ts'
 import { newPatient, onCareTeam, patientWithLogin, userWithLogin } from '../helpers/people.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 // People's MQTT alert sessions (issue 11, items 2 and 4), with the real access policy (care
 // teams, break-glass, patients' own logins) and real MQTT clients.
@@ -83,15 +84,6 @@ async function subscribe (client: mqtt.MqttClient, topic: string): Promise<boole
   return await new Promise<boolean>((resolve) => client.subscribe(topic, { qos: 1 }, (err) => resolve(err === null || err === undefined)))
 }
 
-/** Polls (bounded) until `check` holds; fails with `what` rather than hanging. */
-async function eventually (check: () => boolean, what: string, limitMs = 10_000): Promise<void> {
-  const deadline = Date.now() + limitMs
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
-
 function event (patientId: string, n: number): string {
   return JSON.stringify({ type: 'opened', alert: { patientId, ruleId: `rule-${n}` } })
 }
@@ -100,7 +92,7 @@ async function disconnected (client: mqtt.MqttClient): Promise<void> {
   await client.endAsync()
   // The broker has forgotten the connection (the session stays in persistence, offline).
   const clients = (broker.aedes as unknown as { clients: Record<string, unknown> }).clients
-  await eventually(() => Object.keys(clients).length === 0, 'the broker to see the disconnect')
+  await waitFor('the broker to see the disconnect', () => Object.keys(clients).length === 0)
 }
 
 t.test("a patient cannot resume a clinician's persistent session (and its queued alerts for another patient)", async (t) => {
@@ -114,7 +106,7 @@ t.test("a patient cannot resume a clinician's persistent session (and its queued
   // The attack of the issue: P1, with her own valid token, the clinician's client id, clean=false.
   const attempt = await connectPerson(t, console1, patientOne, false).catch((err: Error & { code?: number }) => err.code ?? -1)
   if (typeof attempt !== 'number') {
-    await eventually(() => attempt.messages.length >= 3, 'the leaked queue', 2_000).catch(() => {})
+    await waitFor('the leaked queue', () => attempt.messages.length >= 3, 2_000).catch(() => {})
     await attempt.client.endAsync()
     t.fail(`P1 took over the session: sessionPresent=${attempt.sessionPresent}, ${attempt.messages.filter((m) => m.topic === `alerts/${p2}`).length} events for P2 received`)
   }
@@ -123,7 +115,7 @@ t.test("a patient cannot resume a clinician's persistent session (and its queued
   // The clinician resumes his own session and gets the queue.
   const resumed = await connectPerson(t, console1, bearerOf(doctor.headers), false)
   t.equal(resumed.sessionPresent, true)
-  await eventually(() => resumed.messages.length === 3, 'the three queued events')
+  await waitFor('the three queued events', () => resumed.messages.length === 3)
   t.same(resumed.messages.map((m) => m.payload.alert.ruleId), ['rule-1', 'rule-2', 'rule-3'])
   await resumed.client.endAsync()
 })
@@ -144,7 +136,7 @@ t.test('queued alerts are delivered only if the person resuming may see the pati
   // A patient still on the doctor's care team: its event arrives after anything queued.
   t.equal(await subscribe(resumed.client, `alerts/${p3}`), true)
   await publish(`alerts/${p3}`, event(p3, 99))
-  await eventually(() => resumed.messages.some((m) => m.topic === `alerts/${p3}`), 'the care-team event')
+  await waitFor('the care-team event', () => resumed.messages.some((m) => m.topic === `alerts/${p3}`))
   t.same(resumed.messages.filter((m) => m.topic !== `alerts/${p3}`).map((m) => m.topic), [], 'no queued event for the patient no longer reachable')
 })
 
@@ -165,11 +157,11 @@ t.test("no one but its owner can take over a nurse's alert session", async (t) =
   t.equal(await connackCode(station, patientOne), 2, 'a patient with her own token is refused')
   t.equal(await connackCode(station, bearerOf(doctor.headers)), 2, 'another clinician is refused')
   await publish(`alerts/${p3}`, event(p3, 7))
-  await eventually(() => session.messages.length === 1, "the nurse's next alert")
+  await waitFor("the nurse's next alert", () => session.messages.length === 1)
   t.equal(closed, false, "the nurse's session was not closed")
 
   // The owner may take over her own session (a restarted console).
   const again = await connectPerson(t, station, bearerOf(nurse.headers), true)
-  await eventually(() => closed, 'the older session to be closed by its owner')
+  await waitFor('the older session to be closed by its owner', () => closed)
   await again.client.endAsync()
 })

@@ -8,6 +8,7 @@ import WebSocket from 'ws'
 import { createTestPki } from '../helpers/certificates.ts'
 import { startTestVigil, telemetry, type TestVigil } from '../helpers/vigil.ts'
 import { remainingLength } from '../helpers/fuzz.ts'
+import { nextEvent, within } from '../helpers/wait.ts'
 
 const pki = await createTestPki()
 t.teardown(() => pki.remove())
@@ -93,8 +94,8 @@ t.test('TLS, WebSocket and HTTPS on port 0', async (t) => {
     const before = await vigil.refusedCount('packet_too_large')
     const s = tls.connect({ port: vigil.mqttTlsPort!, host: '127.0.0.1', ca })
     s.on('error', () => {})
-    await new Promise((resolve) => s.once('secureConnect', resolve))
-    const closed = new Promise((resolve) => s.once('close', resolve))
+    await nextEvent(s, 'secureConnect', 'the TLS handshake')
+    const closed = nextEvent(s, 'close', 'the TLS socket to close after a CONNECT declaring 200 MB')
     s.write(Buffer.concat([Buffer.from([0x10]), remainingLength(200_000_000)]))
     await closed
     t.equal(await vigil.refusedCount('packet_too_large'), before + 1)
@@ -111,18 +112,18 @@ t.test('TLS, WebSocket and HTTPS on port 0', async (t) => {
     const open = async (): Promise<WebSocket> => {
       const ws = new WebSocket(vigil.mqttUrl('ws'), 'mqtt')
       ws.on('error', () => {})
-      await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('close', reject) })
+      await within('the WebSocket to open', new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('close', reject) }))
       return ws
     }
     const before = await vigil.refusedCount('packet_too_large')
     const declared = await open()
     t.equal(declared.protocol, 'mqtt', 'the server selects the mqtt subprotocol (MQTT-6.0.0-4)')
-    const declaredClosed = new Promise((resolve) => declared.once('close', resolve))
+    const declaredClosed = nextEvent(declared, 'close', 'the WebSocket to close after a CONNECT declaring 200 MB')
     declared.send(Buffer.concat([Buffer.from([0x10]), remainingLength(200_000_000)]))
     await declaredClosed
     t.pass('a CONNECT declaring 200 MB closes the WebSocket')
     const big = await open()
-    const code = new Promise<number>((resolve) => big.once('close', (c) => resolve(c)))
+    const code = nextEvent(big, 'close', 'the WebSocket to close after a 20 kB message').then(([c]) => c as number)
     big.send(Buffer.alloc(20_000))
     t.equal(await code, 1009, 'a WebSocket message over MQTT_MAX_PACKET_BYTES: close 1009 (message too big)')
     t.equal(await vigil.refusedCount('packet_too_large'), before + 2)

@@ -9,6 +9,7 @@ import t from 'tap'
 import { DERIVED_DEVICE_ID } from '../../alerts/engine/evaluate.ts'
 import { adminToken } from '../helpers/vigil.ts'
 import { startVigilWithLogCapture } from '../helpers/log-capture.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 // The whole service, as `npm start` wires it: MQTT publish → ingest → alert engine (worker
 // threads) → alert lifecycle → SSE stream and a signed webhook; NEWS2 stored as a reading.
@@ -55,14 +56,6 @@ t.teardown(async () => {
   await fs.rm(dir, { recursive: true, force: true })
   delete process.env.VIGIL_WEBHOOK_TEST_E2E_SECRET
 })
-
-async function until (what: string, condition: () => boolean | Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 20_000
-  while (!await condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
 
 /** A real SSE client: collects `data:` payloads from GET /v1/alerts/stream. */
 async function openStream (): Promise<{ events: any[], close: () => void }> {
@@ -112,16 +105,16 @@ t.test('readings published over MQTT open alerts, seen on the SSE stream and the
 
   // The lifecycle: one open alert per rule that fired.
   const alertsOf = async () => (await vigil.api<any>('GET', `/v1/alerts?patientId=${patientId}`)).body.items as any[]
-  await until('two open alerts', async () => (await alertsOf()).length === 2)
+  await waitFor('two open alerts', async () => (await alertsOf()).length === 2)
   const alerts = await alertsOf()
   t.match(alerts.map((a) => [a.ruleId, a.status, a.severity]).sort(), [['high-hr', 'open', 'critical'], ['news2', 'open', 'medium']])
 
   // SSE: the clinician's stream saw both open.
-  await until('both alerts on the stream', () => stream.events.filter((e) => e.alert?.patientId === patientId && e.type === 'opened').length === 2)
+  await waitFor('both alerts on the stream', () => stream.events.filter((e) => e.alert?.patientId === patientId && e.type === 'opened').length === 2)
   t.same(stream.events.filter((e) => e.alert?.patientId === patientId).map((e) => e.alert.ruleId).sort(), ['high-hr', 'news2'])
 
   // Webhook: only the critical one (minSeverity high), signed.
-  await until('the webhook', () => deliveries.some((d) => d.body.alert?.patientId === patientId))
+  await waitFor('the webhook', () => deliveries.some((d) => d.body.alert?.patientId === patientId))
   const hooked = deliveries.filter((d) => d.body.alert?.patientId === patientId)
   t.same(hooked.map((d) => d.body.alert.ruleId), ['high-hr'], 'only alerts at or above the webhook\'s minSeverity')
   t.ok(hooked.every((d) => d.signatureValid), 'X-Vigil-Signature verifies with the shared secret')
@@ -131,10 +124,10 @@ t.test('readings published over MQTT open alerts, seen on the SSE stream and the
   const critical = alerts.find((a) => a.ruleId === 'high-hr')
   const ack = await vigil.api<any>('POST', `/v1/alerts/${critical.id}/acknowledge`, {})
   t.equal(ack.status, 200)
-  await until('the acknowledgement on the stream', () => stream.events.some((e) => e.type === 'acknowledged' && e.alert?.id === critical.id))
+  await waitFor('the acknowledgement on the stream', () => stream.events.some((e) => e.type === 'acknowledged' && e.alert?.id === critical.id))
 
   // NEWS2 stored as a reading of its own.
-  await until('the NEWS2 reading', async () => (await vigil.api<any>('GET', `/v1/patients/${patientId}/readings?metric=news2_score`)).body.items.length === 1)
+  await waitFor('the NEWS2 reading', async () => (await vigil.api<any>('GET', `/v1/patients/${patientId}/readings?metric=news2_score`)).body.items.length === 1)
   const news2 = await vigil.api<any>('GET', `/v1/patients/${patientId}/readings?metric=news2_score`)
   t.match(news2.body.items, [{ metric: 'news2_score', value: 3, unit: '{score}', deviceId: DERIVED_DEVICE_ID, ts: new Date(ts).toISOString() }])
 

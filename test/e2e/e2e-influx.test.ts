@@ -2,6 +2,7 @@ import t from 'tap'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { startInfluxd } from '../helpers/influxd.ts'
 import { startTestVigil, telemetry } from '../helpers/vigil.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 // Production shape: the machine's PostgreSQL for metadata, a real influxd for readings,
 // with the on-disk spool between the broker's PUBACK and InfluxDB.
@@ -10,16 +11,6 @@ t.teardown(() => database.drop())
 const influxd = await startInfluxd()
 t.teardown(() => influxd.close())
 const env = { DATABASE_URL: database.url, INFLUX_URL: influxd.url, INFLUX_BUCKET: 'vigil_e2e' }
-
-async function waitFor<T> (what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await probe()
-    if (value !== undefined) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-}
 
 t.test('Postgres + InfluxDB: publish over MQTT, read back over HTTP', async (t) => {
   const vigil = await startTestVigil(env)

@@ -88,7 +88,7 @@ t.test('restarted on a full disk, Vigil starts, drains its spool and gives the d
   first = await spawnVigil(env, disk.dir)
   const api = `http://127.0.0.1:${first.httpPort}`
   // The API sheds load (503) while a fresh process is busy starting: ask again.
-  const device = await waitFor('a provisioned device', () => provisionDevice(api, token), 30_000, 500)
+  const device = await waitFor('a provisioned device', () => provisionDevice(api, token), { timeoutMs: 30_000, everyMs: 500 })
   await influxd.stop()
 
   const base = Date.now() - 1_800_000
@@ -115,7 +115,7 @@ t.test('restarted on a full disk, Vigil starts, drains its spool and gives the d
   t.equal(await storedCount(influxd.url, bucket), acked * perMessage, 'every acknowledged reading delivered after the restart')
   const s = second
   let next = seq + 1
-  const outcome = await waitFor('a publish to be acknowledged again', async () => (await publish(s.mqttPort, device, next++, base)) === 'acked' ? 'acked' : false, 20_000, 500)
+  const outcome = await waitFor('a publish to be acknowledged again', async () => (await publish(s.mqttPort, device, next++, base)) === 'acked' ? 'acked' : false, { timeoutMs: 20_000, everyMs: 500 })
   t.equal(outcome, 'acked', 'acknowledged again: the spool gave back its delivered segments')
   t.equal(s.child.exitCode, null, 'still running')
 })

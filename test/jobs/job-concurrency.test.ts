@@ -10,6 +10,7 @@ import { createVoiceNoteStore } from '../../jobs/voice-notes.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { sentences, speechDir, synthesize } from '../helpers/speech.ts'
 import { testKeyring } from '../helpers/keys.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 // Audio and transcripts are encrypted at rest: one keyring for everything in this file.
 const keyring = testKeyring()
@@ -40,14 +41,6 @@ async function maxRunning (type: string): Promise<number> {
   return r.n as number
 }
 
-async function until (what: string, probe: () => Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 1200; i++) {
-    if (await probe()) return
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-  throw new Error(`timed out waiting for ${what}`)
-}
-
 t.test('the runner never runs more than its workers; each freed slot takes the next job', async (t) => {
   const queue = createJobQueue({ pool: db.pool })
   const gates = new Map<string, () => void>()
@@ -69,7 +62,7 @@ t.test('the runner never runs more than its workers; each freed slot takes the n
     }
   })
   t.teardown(() => runner.close())
-  await until('three jobs to start', async () => gates.size === 3)
+  await waitFor('three jobs to start', async () => gates.size === 3, 120_000)
   t.equal(runner.running(), 3)
   // Let them go one by one: each end makes room for exactly one more.
   for (let released = 0; released < 10; released++) {
@@ -77,8 +70,8 @@ t.test('the runner never runs more than its workers; each freed slot takes the n
     gates.get(id)!()
     gates.delete(id)
     const expected = Math.min(3, 10 - released - 1)
-    await until(`${expected} running after ${released + 1} released`, async () =>
-      gates.size === expected && (await queue.counts()).succeeded === released + 1)
+    await waitFor(`${expected} running after ${released + 1} released`, async () =>
+      gates.size === expected && (await queue.counts()).succeeded === released + 1, 120_000)
   }
   t.equal(new Set(started).size, 10, 'every job ran once')
   t.equal(await maxRunning('gated'), 3, 'at most three ran at once')
@@ -110,8 +103,8 @@ t.test('the runner retries failing jobs until their attempts are used up', async
     }
   })
   t.teardown(() => runner.close())
-  await until('the three jobs to end', async () =>
-    (await db.pool.query("SELECT count(*)::int AS n FROM jobs WHERE type = 'retry' AND state IN ('succeeded', 'failed')")).rows[0].n === 3)
+  await waitFor('the three jobs to end', async () =>
+    (await db.pool.query("SELECT count(*)::int AS n FROM jobs WHERE type = 'retry' AND state IN ('succeeded', 'failed')")).rows[0].n === 3, 120_000)
   t.match(await queue.get(flaky.id), { state: 'succeeded', attempts: 3, result: { attempts: 3 }, completions: 1 })
   t.match(await queue.get(broken.id), { state: 'failed', attempts: 3, error: 'failure 3', completions: 0 })
   t.match(await queue.get(hopeless.id), { state: 'failed', attempts: 1, error: 'input can never work' })
@@ -131,7 +124,7 @@ t.test('WORKER_THREADS=2: real transcriptions, at most two at once, all finish, 
   t.equal(jobs.workerPool.threads, N, 'the pool has N threads')
   const ended = async (): Promise<number> => (await db.pool.query(
     "SELECT count(*)::int AS n FROM jobs WHERE type = 'transcription' AND state IN ('succeeded', 'failed', 'cancelled')")).rows[0].n
-  await until('all transcriptions to end', async () => await ended() === 6)
+  await waitFor('all transcriptions to end', async () => await ended() === 6, 120_000)
   t.equal((await db.pool.query("SELECT count(*)::int AS n FROM jobs WHERE type = 'transcription' AND state = 'succeeded'")).rows[0].n, 6, 'all succeeded')
   t.equal(await maxRunning('transcription'), N, `at most ${N} ran at once (and ${N} did)`)
   const { rows } = await db.pool.query("SELECT completions, attempts FROM jobs WHERE type = 'transcription'")

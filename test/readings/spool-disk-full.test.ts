@@ -71,6 +71,6 @@ t.test('a spool that filled its disk reclaims it once InfluxDB is back, and publ
   }, 20_000)
   t.ok(free > 4 * 1024 * 1024, `disk reclaimed (${free} bytes free)`)
   let next = seq + 1
-  const outcome = await waitFor('a publish to be acknowledged again', async () => (await publish(vigil!, device, next++, base)) === 'acked' ? 'acked' : false, 20_000, 500)
+  const outcome = await waitFor('a publish to be acknowledged again', async () => (await publish(vigil!, device, next++, base)) === 'acked' ? 'acked' : false, { timeoutMs: 20_000, everyMs: 500 })
   t.equal(outcome, 'acked', 'acknowledged again without help from outside')
 })

@@ -2,6 +2,7 @@ import t from 'tap'
 import { startInfluxd } from '../helpers/influxd.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { startTestVigil, telemetry } from '../helpers/vigil.ts'
+import { waitForValue, within } from '../helpers/wait.ts'
 
 // Past VIGIL_SPOOL_MAX_BYTES (InfluxDB down long enough) new publishes are refused without
 // PUBACK, so devices keep their data; what was acknowledged before is delivered later.
@@ -38,21 +39,17 @@ t.test('a full spool refuses publishes without PUBACK and harms nothing acknowle
   t.match(metrics, /vigil_mqtt_refused_total\{reason="spool_full"\} [1-9]/, 'counted with its reason')
 
   await influxd.start()
-  const deadline = Date.now() + 30_000
-  let stored = 0
-  while (Date.now() < deadline) {
-    const q = new URLSearchParams({ db: bucket, q: 'SELECT count("value") FROM "reading"' })
+  const q = new URLSearchParams({ db: bucket, q: 'SELECT count("value") FROM "reading"' })
+  const stored = await waitForValue(`the ${acked.length * 20} acknowledged readings in InfluxDB`, async () => {
     const body = await fetch(`${influxd.url}/query?${q.toString()}`).then((r) => r.json()) as { results: Array<{ series?: Array<{ values: Array<[string, number]> }> }> }
-    stored = body.results[0]?.series?.[0]?.values[0]?.[1] ?? 0
-    if (stored >= acked.length * 20) break
-    await new Promise((resolve) => setTimeout(resolve, 250))
-  }
+    return body.results[0]?.series?.[0]?.values[0]?.[1] ?? 0
+  }, (n) => n >= acked.length * 20, { everyMs: 250 })
   t.comment(`acknowledged ${acked.length} messages (${acked.length * 20} readings) before the spool filled; stored ${stored}`)
   t.equal(stored, acked.length * 20, 'every acknowledged reading delivered once InfluxDB returned')
 
   // With room again, the same device is acknowledged.
   const client = await vigil.connect(device.deviceId, device.password)
   t.teardown(() => client.endAsync())
-  await client.publishAsync(`devices/${device.deviceId}/telemetry`, telemetry(9999, [{ metric: 'heart_rate', value: 71, unit: '/min' }]), { qos: 1 })
+  await within('a PUBACK once the spool drained', client.publishAsync(`devices/${device.deviceId}/telemetry`, telemetry(9999, [{ metric: 'heart_rate', value: 71, unit: '/min' }]), { qos: 1 }))
   t.pass('accepted again after the spool drained')
 })

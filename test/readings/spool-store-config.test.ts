@@ -4,7 +4,7 @@ import t from 'tap'
 import { startInfluxd } from '../helpers/influxd.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { startTestVigil, telemetry } from '../helpers/vigil.ts'
-import { waitFor } from '../helpers/wait.ts'
+import { waitFor, within } from '../helpers/wait.ts'
 
 // Issue 12 item 4: InfluxDB answering 400 "max-values-per-tag limit exceeded" (a store
 // configuration problem: 30 patients, limit 20) made the spool dead-letter a third of the
@@ -40,7 +40,7 @@ t.test('a series limit keeps every acknowledged reading in the spool until Influ
   for (const [n, device] of devices.entries()) {
     const client = await vigil.connect(device.deviceId, device.password)
     const readings = Array.from({ length: perDevice }, (_, i) => ({ metric: 'heart_rate', value: 70 + i, unit: '/min', ts: base + n * 1000 + i }))
-    await client.publishAsync(`devices/${device.deviceId}/telemetry`, telemetry(1, readings), { qos: 1 })
+    await within(`the PUBACK for device ${n}`, client.publishAsync(`devices/${device.deviceId}/telemetry`, telemetry(1, readings), { qos: 1 }))
     await client.endAsync()
   }
   const acked = patients * perDevice

@@ -12,6 +12,8 @@ import type { OpenSpoolOptions, Spool } from '../../readings/spool.ts'
 import { createInfluxReadingStore } from '../../readings/influx-store.ts'
 import type { ReadingStore } from '../../readings/reading-store.ts'
 import { startInfluxd } from '../helpers/influxd.ts'
+// Polled every 10 ms (as before the shared helper): some tests look between a failure and the next retry.
+import { waitFor } from '../helpers/wait.ts'
 
 const log = pino({ level: 'silent' })
 const patientId = '11111111-1111-4111-8111-111111111111'
@@ -44,14 +46,6 @@ function recordingStore (fail: (call: number, batch: readonly StoredReading[]) =
     aggregate: unused,
     ping: async () => {},
     close: async () => {}
-  }
-}
-
-async function waitFor (what: string, predicate: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(10)
   }
 }
 
@@ -129,13 +123,13 @@ t.test('append, deliver in order, checkpoint, delete delivered segments', async 
   t.ok((await segmentFiles(dir)).length > 1, 'rotated into several segments')
 
   spool.startDelivery(store)
-  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), written, 'every reading once, in order')
   t.equal(delivered.reduce((a, b) => a + b, 0), written.length)
   t.ok(latencies.every((ms) => ms >= 0))
   t.strictSame(spool.stats(), { depthReadings: 0, depthBytes: 0, oldestUnwrittenAgeMs: 0, appendSyncs: 20, deadLettered: 0, deliveryBlocked: false })
   // The checkpoint trails delivery by up to checkpointIntervalMs; then the segments go.
-  await waitFor('the checkpoint to pass the delivered segments', async () => (await segmentFiles(dir)).length === 1)
+  await waitFor('the checkpoint to pass the delivered segments', async () => (await segmentFiles(dir)).length === 1, { timeoutMs: 15_000, everyMs: 10 })
   t.pass('delivered segments are deleted')
   t.ok(await checkpointAtEnd(dir), 'the checkpoint names the segment left')
 
@@ -143,7 +137,7 @@ t.test('append, deliver in order, checkpoint, delete delivered segments', async 
   const more = readings(2)
   const started = Date.now()
   await spool.append(more)
-  await waitFor('prompt delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('prompt delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.ok(Date.now() - started < 1000, 'woken promptly')
   t.strictSame(store.all().slice(-2), more)
 })
@@ -158,7 +152,7 @@ t.test('group commit: concurrent appends share fdatasyncs', async (t) => {
   t.ok(appendSyncs < 50, `${appendSyncs} fdatasyncs for 200 appends`)
   const store = recordingStore()
   spool.startDelivery(store, { maxBatchReadings: 64 })
-  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), batches.flat())
   t.ok(store.writes.every((w) => w.length <= 64), 'batches capped at maxBatchReadings')
 })
@@ -177,7 +171,7 @@ t.test('a restart replays exactly the undelivered records', async (t) => {
   let failures = 0
   first.on('deliveryFailed', () => { failures++ })
   first.startDelivery(failing, { maxBatchReadings: 10, minBackoffMs: 5, maxBackoffMs: 20 })
-  await waitFor('failures', () => failures >= 3)
+  await waitFor('failures', () => failures >= 3, { timeoutMs: 15_000, everyMs: 10 })
   t.equal(first.stats().depthReadings, 40)
   t.ok(first.stats().oldestUnwrittenAgeMs >= 0)
   await first.close()
@@ -187,7 +181,7 @@ t.test('a restart replays exactly the undelivered records', async (t) => {
   t.equal(second.stats().depthReadings, 40, 'depth survives the restart')
   const store = recordingStore()
   second.startDelivery(store)
-  await waitFor('replay', () => second.stats().depthReadings === 0)
+  await waitFor('replay', () => second.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), written.slice(20), 'the rest, each once, in order')
   await second.close()
 
@@ -210,7 +204,7 @@ t.test('a crash after deleting delivered segments but before the checkpoint: the
   let failures = 0
   first.on('deliveryFailed', () => { failures++ })
   first.startDelivery(failing, { maxBatchReadings: 10, minBackoffMs: 5, maxBackoffMs: 20, checkpointIntervalMs: 0 })
-  await waitFor('failures', () => failures >= 3)
+  await waitFor('failures', () => failures >= 3, { timeoutMs: 15_000, everyMs: 10 })
   await first.close()
   const left = await segmentFiles(dir)
   t.ok(left.length < segmentsBefore.length, 'delivered segments deleted')
@@ -220,7 +214,7 @@ t.test('a crash after deleting delivered segments but before the checkpoint: the
   const second = await open(t, dir, { segmentBytes: 512 })
   const store = recordingStore()
   second.startDelivery(store)
-  await waitFor('replay', () => second.stats().depthReadings === 0)
+  await waitFor('replay', () => second.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   const delivered = new Set(store.all().map((r) => r.ts))
   t.strictSame(written.slice(20).filter((r) => !delivered.has(r.ts)), [], 'every undelivered reading delivered after the restart')
   t.ok(store.all().length >= 40, 're-delivery from the start of the oldest segment left is allowed (writes are idempotent)')
@@ -265,7 +259,7 @@ t.test('poison: a reading the store never accepts is dead-lettered, the rest are
   spool.on('deliveryFailed', () => { failures++ })
   await spool.append(batch)
   spool.startDelivery(store, { minBackoffMs: 5 })
-  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
 
   t.strictSame(store.all(), batch.filter((r) => r !== poison), 'the 9 others delivered once each, in order')
   const letters = await deadLetters(dir)
@@ -287,7 +281,7 @@ t.test('poison: a reading the store never accepts is dead-lettered, the rest are
 
   const later = readings(3)
   await spool.append(later)
-  await waitFor('later delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('later delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all().slice(-3), later, 'delivery continues behind it')
   t.equal((await deadLetters(dir)).length, 1)
 })
@@ -310,7 +304,7 @@ t.test('poison: several per batch across records and slices, with an outage mid-
     if (batch.some((r) => poisoned.has(r.ts))) throw storeError(422, 'InfluxDB write failed: HTTP 422 (line protocol rejected)')
   })
   spool.startDelivery(store, { maxBatchReadings: 7, minBackoffMs: 5, maxBackoffMs: 20 })
-  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.equal(failures, 2, 'the 503s were retried')
   t.strictSame(store.all(), written.filter((r) => !poisoned.has(r.ts)), 'the others, each once, in order')
   t.strictSame((await deadLetters(dir)).map((d) => d.reading), written.filter((r) => poisoned.has(r.ts)), 'each poison reading dead-lettered once, in order')
@@ -333,10 +327,10 @@ t.test('401/403/404/5xx/network errors retry forever and dead-letter nothing', a
   })
   await spool.append(batch)
   spool.startDelivery(store, { minBackoffMs: 1, maxBackoffMs: 2 })
-  await waitFor('failures', () => failures >= statuses.length)
+  await waitFor('failures', () => failures >= statuses.length, { timeoutMs: 15_000, everyMs: 10 })
   t.equal(spool.stats().depthReadings, 10, 'nothing dropped while failing')
   t.strictSame(store.all(), [], 'no half of the batch was written on its own')
-  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.equal(failures, statuses.length * 2)
   t.strictSame(store.all(), batch)
   t.equal(dead, 0)
@@ -356,11 +350,11 @@ t.test('a 400 the store does not call bad data (a series limit) keeps the readin
   })
   await spool.append(batch)
   spool.startDelivery(store, { minBackoffMs: 1, maxBackoffMs: 5 })
-  await waitFor('failures', () => failures >= 3)
+  await waitFor('failures', () => failures >= 3, { timeoutMs: 15_000, everyMs: 10 })
   t.equal(spool.stats().deliveryBlocked, true, 'blocked')
   t.equal(spool.stats().depthReadings, 10, 'kept')
   limited = false
-  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), batch, 'delivered once the store was fixed')
   t.equal(spool.stats().deliveryBlocked, false, 'no longer blocked')
   t.equal(spool.stats().deadLettered, 0)
@@ -380,7 +374,7 @@ t.test('replayDeadLetters: dead letters go back through the spool, an interrupte
   t.strictSame((await fs.readdir(dir)).filter((f) => f.startsWith('dead-letter')), [], 'both files gone')
   const store = recordingStore()
   spool.startDelivery(store)
-  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), [...first, ...second], 'delivered, older first')
   t.strictSame(await spool.replayDeadLetters(), { replayed: 0 }, 'nothing left')
 })
@@ -396,7 +390,7 @@ t.test('close gives up on a never-settling write after closeTimeoutMs; a reopene
   const batch = readings(5)
   await spool.append(batch)
   spool.startDelivery(hung)
-  await waitFor('write in flight', () => calls === 1)
+  await waitFor('write in flight', () => calls === 1, { timeoutMs: 15_000, everyMs: 10 })
   const started = performance.now()
   await spool.close()
   const elapsed = performance.now() - started
@@ -407,7 +401,7 @@ t.test('close gives up on a never-settling write after closeTimeoutMs; a reopene
   t.equal(reopened.stats().depthReadings, 5, 'the records are still spooled')
   const store = recordingStore()
   reopened.startDelivery(store)
-  await waitFor('replay', () => reopened.stats().depthReadings === 0)
+  await waitFor('replay', () => reopened.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), batch)
 })
 
@@ -429,7 +423,7 @@ t.test('an abandoned write that settles after close changes nothing', async (t) 
     spool.on('deadLettered', () => { events.push('deadLettered') })
     await spool.append(readings(4))
     spool.startDelivery(store)
-    await waitFor('write in flight', () => calls === 1)
+    await waitFor('write in flight', () => calls === 1, { timeoutMs: 15_000, everyMs: 10 })
     await spool.close()
     const files = await fs.readdir(dir)
     const segment = await fs.readFile(path.join(dir, (await segmentFiles(dir))[0]!))
@@ -455,7 +449,7 @@ t.test('close during a long backoff leaves no timer behind', async (t) => {
   spool.on('deliveryFailed', () => { failures++ })
   await spool.append(readings(2))
   spool.startDelivery(recordingStore(() => { throw storeError(503) }), { minBackoffMs: 60_000 })
-  await waitFor('a failure', () => failures === 1)
+  await waitFor('a failure', () => failures === 1, { timeoutMs: 15_000, everyMs: 10 })
   const started = performance.now()
   await spool.close()
   t.ok(performance.now() - started < 1000, 'close does not wait out the backoff')
@@ -496,7 +490,7 @@ t.test('a torn final record is truncated on open; earlier records survive', asyn
   await spool.append(after)
   const store = recordingStore()
   spool.startDelivery(store)
-  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), [...written, ...after])
 })
 
@@ -513,7 +507,7 @@ t.test('SpoolFullError at the cap; room again once delivered', async (t) => {
   await t.rejects(Promise.all([spool.append(readings(1)), spool.append(readings(1))]), SpoolFullError)
   const store = recordingStore()
   spool.startDelivery(store)
-  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.equal(store.all().length, 50)
   await spool.append(readings(10))
   t.pass('appends accepted again')
@@ -550,7 +544,7 @@ t.test('append rejects when the spool directory is unwritable, and recovers', as
   await spool.append(later)
   const store = recordingStore()
   spool.startDelivery(store)
-  await waitFor('delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), [...ok, ...later], 'the rejected append was not stored, the others were')
 })
 
@@ -574,7 +568,7 @@ t.test('a failed write (ENOSPC) rejects the append and earlier records survive',
   t.equal(reopened.stats().depthReadings, 2)
   const store = recordingStore()
   reopened.startDelivery(store)
-  await waitFor('delivery', () => reopened.stats().depthReadings === 0)
+  await waitFor('delivery', () => reopened.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), ok)
 })
 
@@ -599,7 +593,7 @@ t.test('with a real InfluxDB: outage grows the spool, recovery drains it exactly
   const patient = randomUUID()
   const warmup = readings(5, patient)
   await spool.append(warmup)
-  await waitFor('warm-up delivery', () => spool.stats().depthReadings === 0)
+  await waitFor('warm-up delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
 
   await influxd.stop()
   const outage: StoredReading[] = []
@@ -608,12 +602,12 @@ t.test('with a real InfluxDB: outage grows the spool, recovery drains it exactly
     outage.push(...batch)
     await spool.append(batch)
   }
-  await waitFor('failed deliveries', () => failures >= 2)
+  await waitFor('failed deliveries', () => failures >= 2, { timeoutMs: 15_000, everyMs: 10 })
   t.equal(spool.stats().depthReadings, 300, 'depth grows while InfluxDB is down')
   t.ok(spool.stats().oldestUnwrittenAgeMs >= 0)
 
   await influxd.start()
-  await waitFor('drain', () => spool.stats().depthReadings === 0, 30_000)
+  await waitFor('drain', () => spool.stats().depthReadings === 0, { timeoutMs: 30_000, everyMs: 10 })
   const stored = await store.query({ patientId: patient, limit: 1000 })
   const expected = [...warmup, ...outage].sort((a, b) => b.ts - a.ts)
   t.equal(stored.length, expected.length, 'each reading stored exactly once')
@@ -645,7 +639,7 @@ t.test('with a real InfluxDB: a reading beyond the retention policy is dead-lett
   const dead: string[] = []
   spool.on('deadLettered', (_count, reason) => { dead.push(reason) })
   spool.startDelivery(store, { minBackoffMs: 20, maxBackoffMs: 200 })
-  await waitFor('delivery', () => spool.stats().depthReadings === 0, 30_000)
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 30_000, everyMs: 10 })
 
   const stored = await store.query({ patientId: patient, from: now - 3 * 3_600_000, limit: 100 })
   t.strictSame(stored, [...current].reverse(), 'every current reading arrived')
@@ -665,12 +659,12 @@ t.test('the checkpoint trails delivery: a crash before it moves re-delivers, los
   spool.startDelivery(store, { checkpointIntervalMs: 60_000, lingerMs: 0 })
   const first = readings(5)
   await spool.append(first)
-  await waitFor('the first delivery', () => store.all().length === 5)
+  await waitFor('the first delivery', () => store.all().length === 5, { timeoutMs: 15_000, everyMs: 10 })
   // Delivered, and the checkpoint (at most once a minute here) has moved once at most: the
   // files as a crash would leave them now.
   const second = readings(3)
   await spool.append(second)
-  await waitFor('the second delivery', () => store.all().length === 8)
+  await waitFor('the second delivery', () => store.all().length === 8, { timeoutMs: 15_000, everyMs: 10 })
   t.equal(spool.stats().depthReadings, 0, 'stats count what is delivered, not what is checkpointed')
   const crashed = await tempDir(t)
   await fs.cp(dir, crashed, { recursive: true })
@@ -678,7 +672,7 @@ t.test('the checkpoint trails delivery: a crash before it moves re-delivers, los
   const reopened = await open(t, crashed)
   const replay = recordingStore()
   reopened.startDelivery(replay, { lingerMs: 0 })
-  await waitFor('the replay', () => reopened.stats().depthReadings === 0)
+  await waitFor('the replay', () => reopened.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   const replayed = replay.all()
   t.ok(replayed.length > 0, 'readings delivered after the last checkpoint are delivered again')
   t.strictSame(replayed, [...first, ...second].slice(-replayed.length), 'a tail of what was delivered, in order: writes are idempotent')
@@ -695,7 +689,7 @@ t.test('linger: a trickle of appends goes out in fewer writes', async (t) => {
     all.push(...batch)
     await spool.append(batch)
   }
-  await waitFor('delivery', () => store.all().length === all.length)
+  await waitFor('delivery', () => store.all().length === all.length, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), all, 'every reading once, in order')
   t.ok(store.writes.length < all.length, `${store.writes.length} writes for ${all.length} appends`)
 })

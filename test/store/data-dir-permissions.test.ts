@@ -5,6 +5,7 @@ import path from 'node:path'
 import t from 'tap'
 import { startInfluxd } from '../helpers/influxd.ts'
 import { startTestVigil, telemetry } from '../helpers/vigil.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 // Issue 11 item 7: PHI under VIGIL_DATA_DIR (PGlite's catalogs and WAL, the spool) must not be
 // readable or writable by another local user. Checked as user nobody (uid 65534), for real.
@@ -28,16 +29,6 @@ async function looseModes (root: string): Promise<string[]> {
   }
   await visit(root)
   return loose
-}
-
-async function waitFor<T> (what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await probe()
-    if (value !== undefined) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
 }
 
 t.test('VIGIL_DATA_DIR and everything in it are private to Vigil\'s user, also files written later', { skip: canRun ? false : 'needs root to run a child as nobody' }, async (t) => {

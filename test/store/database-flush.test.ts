@@ -1,9 +1,5 @@
-import fs from 'node:fs/promises'
-import os from 'node:os'
-import path from 'node:path'
 import t from 'tap'
-import { coalesce, openDatabase } from '../../store/database.ts'
-import { createLogger } from '../../observability/logger.ts'
+import { coalesce } from '../../store/database.ts'
 
 t.test('coalesce: callers during a flush share the next one', async (t) => {
   let flushes = 0
@@ -29,12 +25,4 @@ t.test('coalesce: a failed flush rejects its callers and the next call flushes a
   t.equal(n, 2)
 })
 
-t.test('PGlite: flushToDisk syncs the embedded data directory', async (t) => {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-flush-'))
-  const db = await openDatabase({ databaseUrl: null, dataDir: dir, log: createLogger('silent') })
-  t.teardown(async () => { await db.close(); await fs.rm(dir, { recursive: true, force: true }) })
-  t.equal(db.kind, 'pglite')
-  await db.pool.query("INSERT INTO patients (id, display_name) VALUES ('00000000-0000-4000-8000-000000000001', 'x')")
-  await db.flushToDisk()
-  t.pass('sync -f ran')
-})
+// flushToDisk itself (does it reach the disk?) is tested across a power cut: power-cut-flush.test.ts.

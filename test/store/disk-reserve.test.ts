@@ -7,6 +7,7 @@ import t from 'tap'
 import type { Test } from 'tap'
 import { createTestDatabase, serverUrl } from '../helpers/postgres.ts'
 import { startTestVigil, telemetry, type TestVigil } from '../helpers/vigil.ts'
+import { waitForValue } from '../helpers/wait.ts'
 
 // Issue 12 item 3: PGlite spins in XLogFlush (event loop blocked, SIGTERM ignored) when it
 // cannot create a 16 MB WAL segment, so Vigil must stop writing before the disk is full: a
@@ -47,16 +48,8 @@ async function health (vigil: TestVigil): Promise<{ status: number, checks: Reco
 }
 
 async function waitForDisk (vigil: TestVigil, want: 'ok' | 'failed'): Promise<void> {
-  const deadline = Date.now() + 15_000
-  let last: unknown
-  while (Date.now() < deadline) {
-    const h = await health(vigil)
-    last = h
-    if (h.checks?.disk === want) return
-    // /healthz is charged to the address budget (120 a minute): poll gently.
-    await new Promise((resolve) => setTimeout(resolve, 300))
-  }
-  throw new Error(`/healthz disk never became ${want} within 15 s; last answer ${JSON.stringify(last)}`)
+  // /healthz is charged to the address budget (120 a minute): poll gently.
+  await waitForValue(`/healthz disk to become ${want}`, async () => await health(vigil), (h) => h.checks?.disk === want, { timeoutMs: 15_000, everyMs: 300 })
 }
 
 async function publish (vigil: TestVigil, device: { deviceId: string, password: string }, seq: number): Promise<'acked' | 'closed'> {

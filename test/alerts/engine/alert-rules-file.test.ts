@@ -14,6 +14,7 @@ import { apiDepsFor } from '../../helpers/api-deps.ts'
 import { createTestDatabase } from '../../helpers/postgres.ts'
 import { testKeyring } from '../../helpers/keys.ts'
 import { userWithLogin } from '../../helpers/people.ts'
+import { waitFor } from '../../helpers/wait.ts'
 
 // Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
 const clinicalTextKeyring = testKeyring()
@@ -65,15 +66,6 @@ const headers = { authorization: `Bearer ${token}` }
 const patient = await deps.patients.create('Rules Patient')
 const deviceId = '22222222-2222-4222-8222-222222222222'
 
-async function until (what: string, condition: () => boolean | Promise<boolean>): Promise<void> {
-  // Waits for the watcher (an event, not a timing assertion); the bound only stops a hang.
-  const deadline = Date.now() + 20_000
-  while (!await condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
-
 /** An editor's save: write a temp file, rename it over the rules file. */
 async function editorSave (text: string): Promise<void> {
   await fs.writeFile(`${rulesPath}.swp`, text)
@@ -105,7 +97,7 @@ t.test('GET /v1/alert-rules: active version, rules, no error, history', async (t
 t.test('an invalid edit keeps the old rules and reports the error', async (t) => {
   t.equal((await heartRate(115, 1_000)).length, 0, '115 is below 120')
   await editorSave(rulesAt(100).replace('above: 100', 'above: "a hundred"').replace('severity: high', 'severity: severe'))
-  await until('the rejected edit', () => engine.rulesFile.lastError() !== null)
+  await waitFor('the rejected edit', () => engine.rulesFile.lastError() !== null)
   const body = (await get()).json()
   t.equal(body.version, sha256(v1), 'the previous version is still active')
   t.match(body.lastError, {
@@ -119,14 +111,14 @@ t.test('an invalid edit keeps the old rules and reports the error', async (t) =>
   t.equal((await heartRate(115, 2_000)).length, 0, 'still evaluated against 120')
 
   await editorSave('rules: [oops')
-  await until('the YAML error', () => engine.rulesFile.lastError()?.problems[0]?.message.startsWith('YAML') === true)
+  await waitFor('the YAML error', () => engine.rulesFile.lastError()?.problems[0]?.message.startsWith('YAML') === true)
   t.equal(engine.rules().version, sha256(v1))
 })
 
 t.test('a valid edit takes effect without a restart and is recorded', async (t) => {
   const v2 = rulesAt(110)
   await editorSave(v2)
-  await until('the new version', () => engine.rules().version === sha256(v2))
+  await waitFor('the new version', () => engine.rules().version === sha256(v2))
   const fired = await heartRate(115, 3_000)
   t.match(fired, [{ ruleId: 'tachycardia', status: 'firing', details: { threshold: 110 } }], 'the next reading uses the new threshold')
   const body = (await get()).json()

@@ -7,6 +7,8 @@ import { startAlerting } from '../../../alerts/lifecycle/alerting.ts'
 import { buildApi } from '../../../api/app.ts'
 import { change, provisionDevice, startAlertingFixture } from '../../helpers/alerting.ts'
 import { testKeyring } from '../../helpers/keys.ts'
+import { openSse } from '../../helpers/sse.ts'
+import { nextEvent, waitFor } from '../../helpers/wait.ts'
 
 // Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
 const clinicalTextKeyring = testKeyring()
@@ -16,60 +18,9 @@ const f = await startAlertingFixture({ network: true, env: { VIGIL_WEBHOOK_TEST_
 t.teardown(() => f.close())
 const { alerting } = f
 
-/** Polls until `check` returns a value (bounded: fails the test rather than hanging). */
-async function eventually<T> (check: () => Promise<T | undefined | null | false>, what: string, limitMs = 15_000): Promise<T> {
-  const deadline = Date.now() + limitMs
-  for (;;) {
-    const value = await check()
-    if (value !== undefined && value !== null && value !== false) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 25))
-  }
-}
-
-interface SseEvent { id: string | null, data: any }
-
-/** A real EventSource-like reader over fetch: collects events as they arrive. */
-async function openStream (token: string, lastEventId?: string) {
-  const controller = new AbortController()
-  const res = await fetch(`${f.baseUrl}/v1/alerts/stream`, {
-    headers: { authorization: `Bearer ${token}`, ...(lastEventId === undefined ? {} : { 'last-event-id': lastEventId }) },
-    signal: controller.signal
-  })
-  const events: SseEvent[] = []
-  const comments: string[] = []
-  let buffer = ''
-  const decoder = new TextDecoder()
-  const reading = (async () => {
-    try {
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        buffer += decoder.decode(chunk, { stream: true })
-        let end: number
-        while ((end = buffer.indexOf('\n\n')) !== -1) {
-          const block = buffer.slice(0, end)
-          buffer = buffer.slice(end + 2)
-          let id: string | null = null
-          let data: string | null = null
-          for (const line of block.split('\n')) {
-            if (line.startsWith(':')) comments.push(line)
-            else if (line.startsWith('id: ')) id = line.slice(4)
-            else if (line.startsWith('data: ')) data = line.slice(6)
-          }
-          if (data !== null) events.push({ id, data: JSON.parse(data) })
-        }
-      }
-    } catch {}
-  })()
-  return {
-    res,
-    events,
-    comments,
-    async close () {
-      controller.abort()
-      await reading
-    }
-  }
-}
+/** The clinicians' alert stream, resumed after `lastEventId` if given. */
+const openStream = async (token: string, lastEventId?: string) => await openSse(`${f.baseUrl}/v1/alerts/stream`,
+  { authorization: `Bearer ${token}`, ...(lastEventId === undefined ? {} : { 'last-event-id': lastEventId }) })
 
 t.test('SSE: a clinician receives alert events for their patients only, and Last-Event-ID resumes', async (t) => {
   const mine = await f.createPatient()
@@ -81,7 +32,7 @@ t.test('SSE: a clinician receives alert events for their patients only, and Last
   t.equal(stream.res.headers.get('cache-control'), 'no-store')
 
   await alerting.sink.apply([change(theirs, { ruleId: 'sse-rule' }), change(mine, { ruleId: 'sse-rule' })])
-  const [opened] = await eventually(async () => stream.events.length > 0 && stream.events, 'the first SSE event')
+  const [opened] = await waitFor('the first SSE event', async () => stream.events.length > 0 && stream.events)
   t.match(opened!.data, { type: 'opened', alert: { patientId: mine, ruleId: 'sse-rule', severity: 'high', status: 'open', summary: String } })
   t.equal(opened!.id, opened!.data.eventId, 'id: is the alert event id')
   t.notOk(JSON.stringify(opened!.data).includes('Test Patient'), 'no names in the payload')
@@ -96,13 +47,13 @@ t.test('SSE: a clinician receives alert events for their patients only, and Last
   await alerting.sink.apply([change(mine, { ruleId: 'sse-rule', status: 'cleared', at: Date.now() })])
 
   const resumed = await openStream(token, opened!.id!)
-  const missed = await eventually(async () => resumed.events.length >= 3 && resumed.events, 'the missed events')
+  const missed = await waitFor('the missed events', async () => resumed.events.length >= 3 && resumed.events)
   t.same(missed.map((e) => e.data.type), ['acknowledged', 'commented', 'resolved'])
   t.ok(missed.every((e) => e.data.alert.patientId === mine))
   t.notOk(JSON.stringify(missed).includes('a clinical note'), 'comment text stays in the API')
   // Live events keep coming after the replay.
   await alerting.sink.apply([change(mine, { ruleId: 'sse-rule-2' })])
-  await eventually(async () => resumed.events.length === 4, 'a live event after the replay')
+  await waitFor('a live event after the replay', async () => resumed.events.length === 4)
   t.equal(resumed.events[3]!.data.type, 'opened')
   await resumed.close()
 
@@ -170,7 +121,7 @@ t.test('webhooks: signed POST with a minimal payload; failures retried with back
   await alerting.sink.apply([change(patientId, { ruleId: 'low-rule', severity: 'low' })])
   await alerting.sink.apply([change(patientId, { ruleId: 'webhook-rule', severity: 'critical' })])
 
-  const ok = await eventually(async () => received.find((r) => r.headers['x-vigil-event-id'] !== undefined && r.body.includes('webhook-rule') && r.headers['user-agent'] === 'Vigil-Webhook/1'), 'the pager webhook')
+  const ok = await waitFor('the pager webhook', async () => received.find((r) => r.headers['x-vigil-event-id'] !== undefined && r.body.includes('webhook-rule') && r.headers['user-agent'] === 'Vigil-Webhook/1'))
   // The receiver's check, as the README shows it.
   const timestamp = ok.headers['x-vigil-timestamp'] as string
   const expected = `sha256=${createHmac('sha256', SECRET).update(`${timestamp}.${ok.body}`).digest('hex')}`
@@ -185,13 +136,13 @@ t.test('webhooks: signed POST with a minimal payload; failures retried with back
   const attempts = async (webhookId: string) => (await f.db.pool.query(
     `SELECT d.attempt, d.status, d.http_status FROM notification_deliveries d JOIN alerts a ON a.id = d.alert_id
      WHERE d.channel = 'webhook' AND d.target = $1 AND a.rule_id = 'webhook-rule' ORDER BY d.attempt`, [webhookId])).rows
-  const flaky = await eventually(async () => { const r = await attempts('flaky'); return r.length === 3 && r }, 'flaky webhook: 2 failures then success')
+  const flaky = await waitFor('flaky webhook: 2 failures then success', async () => { const r = await attempts('flaky'); return r.length === 3 && r })
   t.same(flaky, [
     { attempt: 1, status: 'failed', http_status: 500 },
     { attempt: 2, status: 'failed', http_status: 500 },
     { attempt: 3, status: 'delivered', http_status: 204 }
   ])
-  const down = await eventually(async () => { const r = await attempts('down'); return r.length === 4 && r }, 'down webhook: every attempt')
+  const down = await waitFor('down webhook: every attempt', async () => { const r = await attempts('down'); return r.length === 4 && r })
   t.same(down.map((r: any) => r.status), ['failed', 'failed', 'failed', 'gave_up'], 'gives up after webhookMaxAttempts')
   t.ok(down.every((r: any) => r.http_status === 503))
   const deliveries = received.filter((r) => r.body.includes('webhook-rule') && r.headers['x-vigil-delivery-attempt'] !== undefined)
@@ -217,7 +168,7 @@ t.test('webhooks: outside the allow-list nothing reaches a loopback listener, an
   const attempts = async (webhookId: string) => (await f.db.pool.query(
     `SELECT d.status, d.error FROM notification_deliveries d JOIN alerts a ON a.id = d.alert_id
      WHERE d.channel = 'webhook' AND d.target = $1 AND a.rule_id = 'private-target-rule' ORDER BY d.attempt`, [webhookId])).rows
-  const given = async (id: string) => await eventually(async () => { const r = await attempts(id); return r.at(-1)?.status === 'gave_up' && r }, `${id}: every attempt`)
+  const given = async (id: string) => await waitFor(`${id}: every attempt`, async () => { const r = await attempts(id); return r.at(-1)?.status === 'gave_up' && r })
   t.match((await given('rebound'))[0], { status: 'failed', error: /localhost resolves to a non-public address \(127\.0\.0\.1\)/ })
   t.match((await given('loopback'))[0], { status: 'failed', error: /127\.0\.0\.1 is not a public address/ })
   t.match((await given('admin-secret'))[0], { status: 'failed', error: /VIGIL_ADMIN_TOKEN does not begin with VIGIL_WEBHOOK_/ })
@@ -247,7 +198,7 @@ t.test('webhooks: a delivery pending at shutdown is resumed by the next start', 
   await first.sink.apply([change(patientId, { ruleId: 'restart-rule' })])
   const pending = async () => (await f.db.pool.query(
     "SELECT o.state, o.attempts FROM webhook_outbox o WHERE o.webhook_id = 'restart'")).rows[0]
-  await eventually(async () => (await pending())?.attempts === 1, 'the first failed attempt')
+  await waitFor('the first failed attempt', async () => (await pending())?.attempts === 1)
   await first.close()
 
   // "Restart": the retry is due now; a new lifecycle on the same database delivers it.
@@ -258,7 +209,7 @@ t.test('webhooks: a delivery pending at shutdown is resumed by the next start', 
     policies: () => new Map(), webhooks: () => [target], env
   })
   t.teardown(() => second.close())
-  await eventually(async () => (await pending())?.state === 'delivered', 'the resumed delivery')
+  await waitFor('the resumed delivery', async () => (await pending())?.state === 'delivered')
   t.same(bodies, ['delivered'])
   t.equal((await pending()).attempts, 2)
 })
@@ -282,7 +233,7 @@ t.test('MQTT: a person with a bearer token receives alerts/{patientId} for visib
   const messages: Array<{ topic: string, payload: any }> = []
   person.on('message', (topic, payload) => messages.push({ topic, payload: JSON.parse(payload.toString()) }))
   await alerting.sink.apply([change(theirs, { ruleId: 'mqtt-rule' }), change(mine, { ruleId: 'mqtt-rule' })])
-  await eventually(async () => messages.length > 0, 'the MQTT alert')
+  await waitFor('the MQTT alert', async () => messages.length > 0)
   t.equal(messages[0]!.topic, `alerts/${mine}`)
   t.match(messages[0]!.payload, { type: 'opened', alert: { patientId: mine, ruleId: 'mqtt-rule' } })
   t.ok(messages.every((m) => m.payload.alert.patientId === mine))
@@ -295,7 +246,7 @@ t.test('MQTT: a person with a bearer token receives alerts/{patientId} for visib
   t.equal(await granted(client, `alerts/${mine}`), false, "device: its patient's alerts refused")
 
   // A person may not publish (the broker closes the connection), and bad tokens are refused.
-  const closed = new Promise<void>((resolve) => person.once('close', () => resolve()))
+  const closed = nextEvent(person, 'close', 'the broker to disconnect a publishing person')
   person.publish(`alerts/${mine}`, '{}', { qos: 1 })
   await closed
   t.pass('publishing person disconnected')
@@ -318,8 +269,7 @@ t.test('MQTT: a person with a bearer token receives alerts/{patientId} for visib
     return c
   }
   const sessions = { revoked: await connectPerson(revoked.userId, revoked.token), rescoped: await connectPerson(rescoped.userId, rescoped.token), kept: await connectPerson(kept.userId, kept.token) }
-  const closedNow = (c: mqtt.MqttClient) => new Promise<void>((resolve) => c.once('close', () => resolve()))
-  const ends = [closedNow(sessions.revoked), closedNow(sessions.rescoped)]
+  const ends = [nextEvent(sessions.revoked, 'close', 'the revoked session to end'), nextEvent(sessions.rescoped, 'close', 'the rescoped session to end')]
   f.access.revoke(revoked.token)
   f.access.rescope(rescoped.token, [theirs])
   t.equal(await f.broker!.recheckPeople(), 2, 'two sessions ended')

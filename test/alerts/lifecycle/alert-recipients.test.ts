@@ -2,7 +2,9 @@ import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import mqtt from 'mqtt'
 import t from 'tap'
-import { change, eventually, openSse, startAlertingFixture } from '../../helpers/alerting.ts'
+import { change, startAlertingFixture } from '../../helpers/alerting.ts'
+import { openSse } from '../../helpers/sse.ts'
+import { waitFor } from '../../helpers/wait.ts'
 import { onCareTeam, userWithLogin } from '../../helpers/people.ts'
 
 // Escalation tiers reach people: the holders of the tier's role on the patient's care team and
@@ -92,9 +94,9 @@ t.test('each tier reaches its role on the care team, then on call; everyone sees
   person.on('message', (topic, payload) => mqttMessages.push({ topic, payload: JSON.parse(payload.toString()) }))
 
   await f.alerting.sink.apply([change(patientId, { ruleId: 'tachy', escalationPolicy: 'ward', at: clock.now() })])
-  const [opened] = await eventually(async () => streams.nurse.events.length > 0 && streams.nurse.events, "the nurse's stream")
+  const [opened] = await waitFor("the nurse's stream", async () => streams.nurse.events.length > 0 && streams.nurse.events)
   t.match(opened!.data, { type: 'opened', tier: 0, notify: ['nurse'], notified: [nurse.id], alert: { patientId, ruleId: 'tachy' } })
-  await eventually(async () => mqttMessages.length > 0, "the nurse's MQTT topic")
+  await waitFor("the nurse's MQTT topic", async () => mqttMessages.length > 0)
   t.match(mqttMessages[0], { topic: `users/${nurse.id}/alerts`, payload: { type: 'opened', notified: [nurse.id] } })
   const [mine] = await myAlerts(nurse.headers)
   t.match(mine, { id: opened!.data.alert.id, status: 'open', notifiedAs: { tier: 0, role: 'nurse', via: 'care_team' } })
@@ -103,40 +105,40 @@ t.test('each tier reaches its role on the care team, then on call; everyone sees
   // Unacknowledged a minute: the doctor tier, visible as an escalation naming who it reached.
   clock.advance(MIN)
   t.equal(await f.alerting.escalation.tick(), 1)
-  const [escalated] = await eventually(async () => streams.doctor.events.length > 0 && streams.doctor.events, "the doctor's stream")
+  const [escalated] = await waitFor("the doctor's stream", async () => streams.doctor.events.length > 0 && streams.doctor.events)
   t.match(escalated!.data, { type: 'escalated', tier: 1, notify: ['doctor'], notified: [doctor.id] })
-  await eventually(async () => streams.nurse.events.length === 2, 'the escalation on the nurse\'s stream (her alert)')
+  await waitFor('the escalation on the nurse\'s stream (her alert)', async () => streams.nurse.events.length === 2)
   t.match((await myAlerts(doctor.headers))[0], { notifiedAs: { tier: 1, role: 'doctor', via: 'care_team' } })
 
   // The last tier: the on-call responder (not on the care team) and the pager webhook.
   clock.advance(MIN)
   t.equal(await f.alerting.escalation.tick(), 1)
-  const [third] = await eventually(async () => streams.responder.events.length > 0 && streams.responder.events, "the responder's stream")
+  const [third] = await waitFor("the responder's stream", async () => streams.responder.events.length > 0 && streams.responder.events)
   t.match(third!.data, { type: 'escalated', tier: 2, notified: [responder.id] })
   t.match((await myAlerts(responder.headers))[0], { notifiedAs: { tier: 2, role: 'rapid_response', via: 'on_call' } })
   await f.alerting.notifier.drain()
-  await eventually(async () => deliveries.length > 0, 'the pager webhook')
+  await waitFor('the pager webhook', async () => deliveries.length > 0)
   t.same(deliveries.map((d) => [d.type, d.tier]), [['escalated', 2]], 'the tier webhook: not the opening, only its tier')
 
   // Acknowledged: everyone it reached sees it; the pager (which got the alert) too.
   const ack = await f.app.inject({ method: 'POST', url: `/v1/alerts/${opened!.data.alert.id}/acknowledge`, headers: admin })
   t.equal(ack.statusCode, 200)
-  for (const s of [streams.nurse, streams.doctor, streams.responder]) await eventually(async () => s.events.some((e) => e.data.type === 'acknowledged'), 'the acknowledgement')
+  for (const s of [streams.nurse, streams.doctor, streams.responder]) await waitFor('the acknowledgement', async () => s.events.some((e) => e.data.type === 'acknowledged'))
   await f.alerting.notifier.drain()
-  await eventually(async () => deliveries.length === 2, 'the acknowledgement on the pager')
+  await waitFor('the acknowledgement on the pager', async () => deliveries.length === 2)
   t.same(streams.otherNurse.events, [], 'a nurse of another patient hears nothing')
   t.same(await myAlerts(otherNurse.headers), [])
 
   // Another alert whose policy never reaches the pager: no delivery to it, not even at severity.
   await f.alerting.sink.apply([change(otherPatient, { ruleId: 'fever', severity: 'critical', escalationPolicy: 'ward', at: clock.now() })])
-  await eventually(async () => streams.otherNurse.events.length === 1, "the other nurse's own alert")
+  await waitFor("the other nurse's own alert", async () => streams.otherNurse.events.length === 1)
   await f.alerting.notifier.drain()
   t.equal(deliveries.length, 2)
 
   // Resume: the doctor's stream from the start replays only what concerns the doctor.
   const resumed = await openSse(`${f.baseUrl}/v1/me/alerts/stream`, { ...doctor.headers, 'last-event-id': '0' })
   t.teardown(() => resumed.close())
-  await eventually(async () => resumed.events.length >= 3, 'the replay')
+  await waitFor('the replay', async () => resumed.events.length >= 3)
   t.same(resumed.events.map((e) => e.data.type), ['escalated', 'escalated', 'acknowledged'])
   t.same(await myAlerts(nurse.headers, '?status=open'), [], 'acknowledged: not open')
   t.equal((await myAlerts(nurse.headers, '?status=acknowledged')).length, 1)

@@ -1,6 +1,8 @@
 import mqtt from 'mqtt'
 import t from 'tap'
-import { change, eventually, openSse, startAlertingFixture } from '../../helpers/alerting.ts'
+import { change, startAlertingFixture } from '../../helpers/alerting.ts'
+import { openSse } from '../../helpers/sse.ts'
+import { waitFor } from '../../helpers/wait.ts'
 import { patientWithLogin, userWithLogin } from '../../helpers/people.ts'
 
 // "My alerts" (GET /v1/me/alerts, SSE /v1/me/alerts/stream, MQTT users/{id}/alerts) carry only
@@ -44,8 +46,8 @@ t.test('a nurse removed from the care team gets no more of that patient on any m
   await person.subscribeAsync(`users/${nurse.id}/alerts`, { qos: 1 })
 
   await f.alerting.sink.apply([change(patientId, { ruleId: 'fever', escalationPolicy: 'ward' })])
-  await eventually(async () => messages.length > 0, 'the opened alert on MQTT')
-  await eventually(async () => sse.events.length > 0, 'the opened alert on SSE')
+  await waitFor('the opened alert on MQTT', async () => messages.length > 0)
+  await waitFor('the opened alert on SSE', async () => sse.events.length > 0)
   const alertId = messages[0].alert.id
   t.equal((await myAlerts()).length, 1)
 
@@ -55,7 +57,7 @@ t.test('a nurse removed from the care team gets no more of that patient on any m
   t.equal(f.broker !== null && await f.broker.recheckPeople(), 0, 'her session goes on: her topic is still hers')
   // The SSE stream refreshes the visible patients before each heartbeat (MQTT: at each recheck, above).
   const beats = sse.heartbeats()
-  await eventually(async () => sse.heartbeats() >= beats + 3, 'stream heartbeats after the removal')
+  await waitFor('stream heartbeats after the removal', async () => sse.heartbeats() >= beats + 3)
 
   for (const text of ['first', 'second']) {
     const res = await f.app.inject({ method: 'POST', url: `/v1/alerts/${alertId}/comments`, headers: doctor.headers, payload: { text } })
@@ -64,8 +66,8 @@ t.test('a nurse removed from the care team gets no more of that patient on any m
   // A later alert of her other patient still reaches her on every channel: the earlier
   // comments, had they been delivered, would have arrived before it.
   await f.alerting.sink.apply([change(other, { ruleId: 'fever', escalationPolicy: 'ward' })])
-  await eventually(async () => messages.some((m) => m.alert.patientId === other), "the other patient's alert on MQTT")
-  await eventually(async () => sse.events.some((e) => e.data.alert.patientId === other), "the other patient's alert on SSE")
+  await waitFor("the other patient's alert on MQTT", async () => messages.some((m) => m.alert.patientId === other))
+  await waitFor("the other patient's alert on SSE", async () => sse.events.some((e) => e.data.alert.patientId === other))
   t.same(messages.filter((m) => m.alert.patientId === patientId).map((m) => m.type), ['opened'], 'MQTT: nothing of the patient after removal')
   t.same(sse.events.filter((e) => e.data.alert.patientId === patientId).map((e) => e.data.type), ['opened'], 'SSE: nothing of the patient after removal')
   t.same((await myAlerts()).map((a) => a.patientId), [other], 'GET /v1/me/alerts: only patients she may see')
@@ -103,13 +105,13 @@ t.test('a patient gets no commented events on the alert stream or MQTT alerts/{s
   await person.subscribeAsync(`alerts/${self}`, { qos: 1 })
 
   await f.alerting.sink.apply([change(self, { ruleId: 'fever', escalationPolicy: 'ward' })])
-  await eventually(async () => messages.length > 0 && sse.events.length > 0, 'the opened alert on both channels')
+  await waitFor('the opened alert on both channels', async () => messages.length > 0 && sse.events.length > 0)
   const alertId = messages[0].alert.id
   const comment = await f.app.inject({ method: 'POST', url: `/v1/alerts/${alertId}/comments`, headers: doctor.headers, payload: { text: 'note' } })
   t.equal(comment.statusCode, 201, comment.body)
   const ack = await f.app.inject({ method: 'POST', url: `/v1/alerts/${alertId}/acknowledge`, headers: doctor.headers })
   t.equal(ack.statusCode, 200, ack.body)
-  await eventually(async () => messages.some((m) => m.type === 'acknowledged') && sse.events.some((e) => e.data.type === 'acknowledged'), 'the acknowledgement on both channels')
+  await waitFor('the acknowledgement on both channels', async () => messages.some((m) => m.type === 'acknowledged') && sse.events.some((e) => e.data.type === 'acknowledged'))
   t.same(messages.map((m) => m.type), ['opened', 'acknowledged'], 'MQTT: no comment')
   t.same(sse.events.map((e) => e.data.type), ['opened', 'acknowledged'], 'SSE: no comment')
 })

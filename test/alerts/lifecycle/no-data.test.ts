@@ -9,6 +9,7 @@ import { startRulesFile } from '../../../alerts/engine/rules-file.ts'
 import { createPresence } from '../../../alerts/lifecycle/presence.ts'
 import { provisionDevice, startAlertingFixture } from '../../helpers/alerting.ts'
 import { testKeyring } from '../../helpers/keys.ts'
+import { nextEvent, waitFor } from '../../helpers/wait.ts'
 
 const MIN = 60_000
 const WINDOW = 10 * MIN
@@ -34,16 +35,6 @@ t.teardown(async () => {
 })
 const checks = { tick: () => engine.checkNoData() }
 
-async function eventually<T> (check: () => Promise<T | undefined | null | false>, what: string): Promise<T> {
-  const deadline = Date.now() + 15_000
-  for (;;) {
-    const value = await check()
-    if (value !== undefined && value !== null && value !== false) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 25))
-  }
-}
-
 const presenceOf = async (deviceId: string) => (await f.alerting.presence.presence()).find((p) => p.deviceId === deviceId)!
 const alertsOf = async (patientId: string) => (await f.app.inject({ method: 'GET', url: `/v1/alerts?patientId=${patientId}&ruleId=no-data`, headers: f.adminHeaders })).json().items
 const connect = async (d: { deviceId: string, password: string }) =>
@@ -55,11 +46,11 @@ t.test('a device that connects then disconnects: one no-data alert, cause discon
   const device = await provisionDevice(f, patientId)
   const client = await connect(device)
   await client.publishAsync(`devices/${device.deviceId}/telemetry`, reading(), { qos: 1 })
-  await eventually(async () => (await presenceOf(device.deviceId)).connected, 'connected presence')
+  await waitFor('connected presence', async () => (await presenceOf(device.deviceId)).connected)
   clock.advance(MIN)
   const disconnectedAt = clock.now()
   await client.endAsync()
-  await eventually(async () => (await presenceOf(device.deviceId)).connected === false, 'disconnected presence')
+  await waitFor('disconnected presence', async () => (await presenceOf(device.deviceId)).connected === false)
 
   await checks.tick()
   t.same(await alertsOf(patientId), [], 'inside the window: nothing')
@@ -82,7 +73,7 @@ t.test('connected but sending nothing: cause connected_silent, with the last rea
   t.teardown(() => client.endAsync(true))
   const readingAt = clock.now()
   await client.publishAsync(`devices/${device.deviceId}/telemetry`, reading(), { qos: 1 })
-  await eventually(async () => (await presenceOf(device.deviceId)).lastReadingAt === readingAt, 'the reading time')
+  await waitFor('the reading time', async () => (await presenceOf(device.deviceId)).lastReadingAt === readingAt)
   clock.advance(WINDOW + MIN)
   await checks.tick()
   const [alert] = await alertsOf(patientId)
@@ -124,7 +115,7 @@ t.test("a device cannot report another device's status", async (t) => {
   const b = await provisionDevice(f, await f.createPatient())
   const client = await connect(a)
   t.teardown(() => client.endAsync(true))
-  const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+  const closed = nextEvent(client, 'close', 'the broker to close a device publishing to another device\'s topic')
   client.publish(`devices/${b.deviceId}/status`, JSON.stringify({ battery: 1 }), { qos: 1 })
   await closed
   t.equal((await presenceOf(b.deviceId)).batteryPercent, null)
