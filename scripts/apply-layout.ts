@@ -41,7 +41,7 @@ function parseArgs (argv: string[]): Options {
 }
 
 // Pages that describe the move itself, and the tooling: their old paths are meant.
-const KEEP_AS_WRITTEN = [/^scripts\/(apply-layout\.ts|import-picture\.ts|layout-move-map\.json|layout-fixes\.patch)$/, /^docs\/(layout-plan|architecture-before)\.md$/, /^package-lock\.json$/]
+const KEEP_AS_WRITTEN = [/^scripts\/(apply-layout\.ts|import-picture\.ts|layout-move-map\.json)$/, /^docs\/(layout-plan|architecture-before)\.md$/, /^package-lock\.json$/]
 const TEXT_FILES = /(\.(ts|md|json|yaml|yml|sql|cjs|mjs|js|sh)|^\.taprc|^Dockerfile|^\.ci\/.*|^\.dockerignore|^\.gitignore)$/
 const SKIP_DIRS = new Set(['node_modules', '.git', 'data', '.tap', 'scratch', 'coverage'])
 
