@@ -36,6 +36,7 @@ import { readingRoutes } from './routes/readings.ts'
 import { alertRuleRoutes } from './routes/alert-rules.ts'
 import { voiceNoteRoutes } from './routes/voice-notes.ts'
 import { spoolRoutes } from './routes/spool.ts'
+import { fhirRoutes } from './routes/fhir.ts'
 import type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
 
 export type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
@@ -211,6 +212,9 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     if (routeDeps.voiceNotes !== undefined) voiceNoteRoutes(v1, { ...routeDeps, voiceNotes: routeDeps.voiceNotes })
     if (routeDeps.spool != null) spoolRoutes(v1, { ...routeDeps, spool: routeDeps.spool })
   }, { prefix: '/v1' })
+
+  // FHIR R4 read and search (issue 17): the same authentication, access policy and audit as /v1.
+  await app.register(async (fhir) => { await fhirRoutes(fhir as ApiInstance, { ...routeDeps, budgets }) }, { prefix: '/fhir/R4' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })
   metricsRoutes(app, deps)
