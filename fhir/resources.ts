@@ -8,6 +8,8 @@ import type { StoredReading } from '../readings/reading.ts'
 import type { MetricName } from '../readings/vitals-catalogue.ts'
 import { news2Parameters, scoreNews2 } from '../alerts/engine/news2.ts'
 import type { News2Parameter, Spo2Scale } from '../alerts/engine/news2.ts'
+// The device id the alert engine stores derived readings (NEWS2) under: not a real device.
+import { DERIVED_DEVICE_ID } from '../alerts/engine/evaluate.ts'
 import type { Severity } from '../alerts/contract.ts'
 import { observationId } from './observation-ids.ts'
 import {
@@ -53,8 +55,6 @@ export interface Observation extends Resource {
   component?: ObservationComponent[]
 }
 
-/** The device id under which the alert engine stores derived readings (NEWS2): not a real device. */
-export const DERIVED_DEVICE_ID = '00000000-0000-0000-0000-000000000000'
 
 export const patientReference = (id: string): Reference => ({ reference: `Patient/${id}` })
 export const deviceReference = (id: string): Reference => ({ reference: `Device/${id}` })
