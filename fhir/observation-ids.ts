@@ -45,7 +45,7 @@ export function observationId (key: ObservationKey, idCode: string): string {
   return `${uuidToBase62(key.patientId)}.${uuidToBase62(key.deviceId)}.${key.ts.toString(36)}.${idCode}`
 }
 
-/** The key an id names; null for anything observationId did not make. */
+/** The key an id names; null for anything observationId would not write. */
 export function parseObservationId (id: string): ObservationKey | null {
   const parts = id.split('.')
   if (parts.length !== 4) return null
@@ -56,5 +56,7 @@ export function parseObservationId (id: string): ObservationKey | null {
   const ms = parseInt(ts, 36)
   const metric = metricOfIdCode(code)
   if (!Number.isSafeInteger(ms) || metric === undefined) return null
-  return { patientId, deviceId, ts: ms, metric }
+  const key = { patientId, deviceId, ts: ms, metric }
+  // One id per Observation: only the form observationId writes (no leading zeros, no other case).
+  return observationId(key, code) === id ? key : null
 }
