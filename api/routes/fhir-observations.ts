@@ -89,7 +89,7 @@ export function fhirObservationRoutes (app: ApiInstance, deps: FhirRouteDeps): v
 
   app.get('/Observation', {
     config: { permission: 'readings:read' },
-    schema: { tags: ['fhir'], summary: 'Search a patient\'s Observations (newest first)' }
+    schema: { hide: true, summary: 'Search a patient\'s Observations (newest first)' }
   }, async (request: FastifyRequest) => {
     const params = searchParameters(request.query)
     refuseUnknown(params, SEARCH_PARAMETERS)
@@ -150,7 +150,7 @@ export function fhirObservationRoutes (app: ApiInstance, deps: FhirRouteDeps): v
 
   app.get('/Observation/:id', {
     config: { permission: 'readings:read' },
-    schema: { tags: ['fhir'], summary: 'One Observation' }
+    schema: { hide: true, summary: 'One Observation' }
   }, async (request: FastifyRequest) => {
     const key = parseObservationId((request.params as { id: string }).id)
     if (key === null) throw new VigilError('VIGIL_ERR_NOT_FOUND', 'no Observation with this id')

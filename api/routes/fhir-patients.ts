@@ -55,12 +55,12 @@ export function fhirPatientRoutes (app: ApiInstance, deps: FhirRouteDeps): void 
 
   app.get('/Patient/:id', {
     config: { permission: 'patients:read' },
-    schema: { tags: ['fhir'], summary: 'One Patient (record fields with phi:read)' }
+    schema: { hide: true, summary: 'One Patient (record fields with phi:read)' }
   }, async (request) => await readPatient(request, idParam(request)))
 
   app.get('/Patient', {
     config: { permission: 'patients:read' },
-    schema: { tags: ['fhir'], summary: 'Patients by Vigil identifier, or those the caller may see' }
+    schema: { hide: true, summary: 'Patients by Vigil identifier, or those the caller may see' }
   }, async (request) => {
     const params = searchParameters(request.query)
     refuseUnknown(params, ['_id', 'identifier', '_count', '_cursor', '_format'])
@@ -122,7 +122,7 @@ export function fhirPatientRoutes (app: ApiInstance, deps: FhirRouteDeps): void 
 
   app.get('/Device/:id', {
     config: { permission: 'devices:read' },
-    schema: { tags: ['fhir'], summary: 'One Device (its patient only when the caller may see them)' }
+    schema: { hide: true, summary: 'One Device (its patient only when the caller may see them)' }
   }, async (request) => {
     const id = idParam(request)
     const device = UUID.test(id) ? await devices.get(id) : null
@@ -133,7 +133,7 @@ export function fhirPatientRoutes (app: ApiInstance, deps: FhirRouteDeps): void 
 
   app.get('/Device', {
     config: { permission: 'devices:read' },
-    schema: { tags: ['fhir'], summary: 'The devices assigned to a patient now' }
+    schema: { hide: true, summary: 'The devices assigned to a patient now' }
   }, async (request) => {
     const params = searchParameters(request.query)
     refuseUnknown(params, ['patient', '_count', '_cursor', '_format'])
@@ -161,7 +161,7 @@ export function fhirPatientRoutes (app: ApiInstance, deps: FhirRouteDeps): void 
 
   app.get('/Flag/:id', {
     config: { permission: 'alerts:read' },
-    schema: { tags: ['fhir'], summary: 'One alert as a Flag' }
+    schema: { hide: true, summary: 'One alert as a Flag' }
   }, async (request) => {
     const id = idParam(request)
     const alert = UUID.test(id) ? await alerts.store.get(id) : null
@@ -177,7 +177,7 @@ export function fhirPatientRoutes (app: ApiInstance, deps: FhirRouteDeps): void 
 
   app.get('/Flag', {
     config: { permission: 'alerts:read' },
-    schema: { tags: ['fhir'], summary: 'A patient\'s unresolved alerts as Flags, newest first' }
+    schema: { hide: true, summary: 'A patient\'s unresolved alerts as Flags, newest first' }
   }, async (request) => {
     const params = searchParameters(request.query)
     refuseUnknown(params, ['patient', '_format'])

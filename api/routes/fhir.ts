@@ -39,7 +39,7 @@ export async function fhirRoutes (app: ApiInstance, deps: FhirRouteDeps): Promis
     return { code: 'VIGIL_ERR_NOT_FOUND', message: 'no such FHIR interaction here (GET metadata lists what is implemented)' }
   })
 
-  app.get('/metadata', { schema: { tags: ['fhir'], summary: 'The CapabilityStatement: what this FHIR endpoint implements' } }, async (request) => {
+  app.get('/metadata', { schema: { hide: true, summary: 'The CapabilityStatement: what this FHIR endpoint implements' } }, async (request) => {
     return capabilityStatementOf({
       base: fhirBase(request),
       softwareVersion: deps.softwareVersion ?? '0.1.0',
