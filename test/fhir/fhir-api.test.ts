@@ -3,7 +3,7 @@ import type { Test } from 'tap'
 import type { StoredReading } from '../../readings/reading.ts'
 import { startApiFixture } from '../helpers/api-deps.ts'
 import { fhirErrors } from '../helpers/fhir-validation.ts'
-import { onCareTeam, userWithLogin } from '../helpers/people.ts'
+import { onCareTeam, patientWithLogin, userWithLogin } from '../helpers/people.ts'
 
 // FHIR R4 read and search (issue 17) through app.inject: every resource answered is checked
 // against the R4 definitions (test/helpers/fhir-validation.ts).
@@ -277,4 +277,25 @@ t.test('FHIR reads are audited like /v1 reads', async (t) => {
   t.ok(audit.body.items.some((e: any) => e.action === 'readings:read' && e.outcome === 'denied' && e.actorId === nurse.id), 'refusal audited')
   const own = await get(`/v1/audit?patientId=${patient.id}&limit=1000`)
   t.ok(own.body.items.some((e: any) => e.action === 'phi:read' && e.actorId === nurse.id && e.outcome === 'allowed'), 'record read audited as phi:read')
+})
+
+t.test('roles × FHIR interactions: the permissions and relationships of /v1', async (t) => {
+  const self = await patientWithLogin(app, admin, patient.id, 'ada@fhir.test')
+  const scientist = await userWithLogin(app, admin, ['ml-scientist'], 'ml@fhir.test')
+  const integrator = await userWithLogin(app, admin, ['device-integrator'], 'integrator@fhir.test')
+  const callers: Record<string, Record<string, string>> = { self, nurse: nurse.headers, developer: developer.headers, scientist: scientist.headers, integrator: integrator.headers }
+  // [own patient, off-team patient] per caller; 403: the role lacks the permission, 404: it lacks the relationship.
+  const matrix: Array<[string, Record<string, [number, number]>]> = [
+    ['/fhir/R4/Observation?patient={id}', { self: [200, 404], nurse: [200, 404], developer: [403, 403], scientist: [403, 403], integrator: [403, 403] }],
+    ['/fhir/R4/Patient/{id}', { self: [200, 404], nurse: [200, 404], developer: [403, 403], scientist: [403, 403], integrator: [403, 403] }],
+    ['/fhir/R4/Device?patient={id}', { self: [403, 403], nurse: [200, 404], developer: [404, 404], scientist: [403, 403], integrator: [404, 404] }]
+  ]
+  for (const [template, expected] of matrix) {
+    for (const [who, [own, offTeam]] of Object.entries(expected)) {
+      t.equal((await get(template.replace('{id}', patient.id), callers[who])).status, own, `${who} ${template} own`)
+      t.equal((await get(template.replace('{id}', other.id), callers[who])).status, offTeam, `${who} ${template} off-team`)
+    }
+  }
+  const ownRecord = await get(`/fhir/R4/Patient/${patient.id}`, self)
+  t.equal(ownRecord.body.birthDate, '1950-03-04', 'a patient reads their own record fields')
 })
