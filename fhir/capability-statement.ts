@@ -28,7 +28,7 @@ export function capabilityStatementOf (options: { base: string, softwareVersion:
           interaction: read,
           searchParam: [
             { name: '_id', type: 'token', documentation: 'A Vigil patient id' },
-            { name: 'identifier', type: 'token', documentation: 'urn:ietf:rfc:3986|urn:uuid:{id} (Vigil\'s id); without it, the patients the caller may see' }
+            { name: 'identifier', type: 'token', documentation: 'urn:ietf:rfc:3986|urn:uuid:{id} (Vigil\'s id); a medical card number only through POST Patient/_search (form body) with phi:read. Without identifier or _id: the patients the caller may see' }
           ]
         },
         {

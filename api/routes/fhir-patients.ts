@@ -58,6 +58,53 @@ export function fhirPatientRoutes (app: ApiInstance, deps: FhirRouteDeps): void 
     schema: { hide: true, summary: 'One Patient (record fields with phi:read)' }
   }, async (request) => await readPatient(request, idParam(request)))
 
+  /**
+   * Patients by `_id` and `identifier` (ANDed; comma-separated values ORed): Vigil ids, and with
+   * `byCard` (POST _search, so the number never travels in a URL) medical card numbers.
+   */
+  async function patientsByIdentifier (request: FastifyRequest, idValue: string | undefined, identifierValue: string | undefined, byCard: boolean): Promise<Resource[]> {
+    const byId = idValue === undefined
+      ? null
+      : new Set(tokensOf(idValue, '_id').flatMap((t) => t.system === undefined && UUID.test(t.code) ? [t.code.toLowerCase()] : []))
+    let byIdentifier: Set<string> | null = null
+    if (identifierValue !== undefined) {
+      byIdentifier = new Set()
+      for (const token of tokensOf(identifierValue, 'identifier')) {
+        const id = vigilIdOf(token.system, token.code)
+        if (id !== null) {
+          byIdentifier.add(id)
+        } else if (!byCard) {
+          // A medical card number is PHI: it may not travel in a URL (logs, proxies, history).
+          throw invalidParameter('identifier', `in a URL takes ${URI_IDENTIFIER_SYSTEM}|urn:uuid:{id} only; search by medical card number with POST Patient/_search (form body)`)
+        } else if (request.principal!.permissions.has('phi:read') && patientRecords !== undefined) {
+          for (const match of await patientRecords.findByMedicalCardNumber(token.code)) byIdentifier.add(match)
+        }
+      }
+    }
+    const wanted = byId === null ? [...byIdentifier!] : byIdentifier === null ? [...byId] : [...byId].filter((id) => byIdentifier.has(id))
+    const found: Resource[] = []
+    for (const id of wanted.slice(0, MAX_COUNT)) {
+      const patient = await visiblePatient(request, id)
+      if (patient !== null) found.push(patient)
+    }
+    return found
+  }
+
+  app.post('/Patient/_search', {
+    config: { permission: 'patients:read' },
+    schema: { hide: true, summary: 'Patients by Vigil id or medical card number (form body)' }
+  }, async (request) => {
+    const params = searchParameters(request.body)
+    refuseUnknown(params, ['_id', 'identifier', '_format'])
+    if (searchParameters(request.query).size > 0) throw invalidParameter('_search', 'takes its parameters in the form body only')
+    const idValue = single(params, '_id')
+    const identifierValue = single(params, 'identifier')
+    if (idValue === undefined && identifierValue === undefined) throw invalidParameter('identifier', 'or _id is required')
+    const base = fhirBase(request)
+    // The self link names no identifier value: it may be a medical card number.
+    return searchsetOf({ self: `${base}/Patient/_search`, base, resources: await patientsByIdentifier(request, idValue, identifierValue, true) })
+  })
+
   app.get('/Patient', {
     config: { permission: 'patients:read' },
     schema: { hide: true, summary: 'Patients by Vigil identifier, or those the caller may see' }
@@ -68,28 +115,7 @@ export function fhirPatientRoutes (app: ApiInstance, deps: FhirRouteDeps): void 
     const idValue = single(params, '_id')
     const identifierValue = single(params, 'identifier')
     if (idValue !== undefined || identifierValue !== undefined) {
-      const ids = new Set<string>()
-      for (const token of idValue === undefined ? [] : tokensOf(idValue, '_id')) {
-        if (UUID.test(token.code) && token.system === undefined) ids.add(token.code.toLowerCase())
-      }
-      for (const token of identifierValue === undefined ? [] : tokensOf(identifierValue, 'identifier')) {
-        if (token.system !== undefined && token.system !== URI_IDENTIFIER_SYSTEM) {
-          // A medical card number is PHI: it may not travel in a URL (logs, proxies, history).
-          throw invalidParameter('identifier', `supports ${URI_IDENTIFIER_SYSTEM}|urn:uuid:{id} only; find a patient by medical card number with POST /v1/patients/lookup`)
-        }
-        const id = vigilIdOf(token.system, token.code)
-        if (id !== null) ids.add(id)
-      }
-      // Both given: a patient must match both (parameters are ANDed).
-      const wanted = idValue !== undefined && identifierValue !== undefined
-        ? [...ids].filter((id) => tokensOf(idValue, '_id').some((t) => t.code.toLowerCase() === id) &&
-            tokensOf(identifierValue, 'identifier').some((t) => vigilIdOf(t.system, t.code) === id))
-        : [...ids]
-      const found: Resource[] = []
-      for (const id of wanted.slice(0, MAX_COUNT)) {
-        const patient = await visiblePatient(request, id)
-        if (patient !== null) found.push(patient)
-      }
+      const found = await patientsByIdentifier(request, idValue, identifierValue, false)
       const q = new URLSearchParams()
       if (idValue !== undefined) q.set('_id', idValue)
       if (identifierValue !== undefined) q.set('identifier', identifierValue)

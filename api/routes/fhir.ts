@@ -50,9 +50,17 @@ export async function fhirRoutes (app: ApiInstance, deps: FhirRouteDeps): Promis
 
   await app.register(async (authenticated) => {
     requireAuthentication(authenticated, deps.authenticate, deps.budgets)
+    // R4 §3.1.1.3 (search via POST): parameters as application/x-www-form-urlencoded.
+    authenticated.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: FORM_LIMIT_BYTES }, (_request, body, done) => {
+      const form: Record<string, string[]> = Object.create(null)
+      for (const [name, value] of new URLSearchParams(body as string)) (form[name] ??= []).push(value)
+      done(null, form)
+    })
     fhirPatientRoutes(authenticated as ApiInstance, deps)
     fhirObservationRoutes(authenticated as ApiInstance, deps)
   })
 }
 
 const STARTED_AT = new Date().toISOString()
+// A search form holds a few ids or codes.
+const FORM_LIMIT_BYTES = 8 * 1024

@@ -243,6 +243,20 @@ t.test('Patient: the name for patients:read, the record\'s fields with phi:read'
   const hidden = await get(`/fhir/R4/Patient?identifier=${other.id}`, nurse.headers)
   t.equal(hidden.status, 200)
   t.same(hidden.body.entry, [], 'an off-team patient is not found by a search')
+  // By medical card number: only in a POST form body (PHI stays out of URLs), only with phi:read.
+  const byCard = async (headers: Record<string, string>, form: string) => {
+    const res = await app.inject({ method: 'POST', url: '/fhir/R4/Patient/_search', headers: { ...headers, 'content-type': 'application/x-www-form-urlencoded' }, payload: form })
+    return { status: res.statusCode, body: res.json() }
+  }
+  const found = await byCard(nurse.headers, 'identifier=MC-12345')
+  t.equal(found.status, 200)
+  valid(t, found.body, 'POST _search searchset')
+  t.same(found.body.entry.map((e: any) => e.resource.id), [patient.id])
+  t.notMatch(JSON.stringify(found.body.link), /MC-12345/, 'the number is not echoed in a link')
+  t.same((await byCard(namesOnly.headers, 'identifier=MC-12345')).body.entry, [], 'without phi:read no card lookup')
+  t.same((await byCard(nurse.headers, `identifier=MC-12345&_id=${other.id}`)).body.entry, [], 'parameters are ANDed')
+  t.equal((await byCard(nurse.headers, 'name=Ada')).status, 400)
+  t.equal((await get('/fhir/R4/Patient?identifier=MC-12345', nurse.headers)).status, 400, 'a card number in a URL is refused')
   const list = await get('/fhir/R4/Patient', nurse.headers)
   t.same(list.body.entry.map((e: any) => e.resource.id), [patient.id], 'the nurse\'s patients')
   const paged = await get('/fhir/R4/Patient?_count=1', admin)
