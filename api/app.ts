@@ -37,6 +37,8 @@ import { userRoutes } from './routes/users.ts'
 import { alertRuleRoutes } from './routes/alert-rules.ts'
 import { voiceNoteRoutes } from './routes/voice-notes.ts'
 import { spoolRoutes } from './routes/spool.ts'
+import { fhirRoutes } from './routes/fhir.ts'
+import { readingsCsvRoutes } from './routes/readings-csv.ts'
 import type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
 import { defaults } from '../config/schema/defaults.ts'
 
@@ -130,6 +132,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     deviceRejectionRoutes(v1, routeDeps)
     deviceRejectionReplayRoutes(v1, routeDeps)
     readingRoutes(v1, routeDeps)
+    readingsCsvRoutes(v1, routeDeps)
     if (routeDeps.patientRecords !== undefined) patientRecordRoutes(v1, { ...routeDeps, patientRecords: routeDeps.patientRecords })
     if (routeDeps.alerts !== undefined) alertRoutes(v1, { ...routeDeps, alerts: routeDeps.alerts })
     if (routeDeps.alerts !== undefined) onCallRoutes(v1, { ...routeDeps, access, onCall: routeDeps.alerts.onCall })
@@ -146,6 +149,10 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     if (routeDeps.voiceNotes !== undefined) voiceNoteRoutes(v1, { ...routeDeps, voiceNotes: routeDeps.voiceNotes })
     if (routeDeps.spool != null) spoolRoutes(v1, { ...routeDeps, spool: routeDeps.spool })
   }, { prefix: '/v1' })
+
+  // FHIR R4 read and search (issue 17): the same authentication, access policy and audit as /v1;
+  // described by its own CapabilityStatement (GET /fhir/R4/metadata), not in /docs.
+  await app.register(async (fhir) => { await fhirRoutes(fhir as ApiInstance, { ...routeDeps, budgets }) }, { prefix: '/fhir/R4' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })
   metricsRoutes(app, deps)

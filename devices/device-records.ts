@@ -107,10 +107,12 @@ export function createDeviceRecords (pool: pg.Pool) {
 
     get,
 
-    async list (options: { limit: number, afterId?: string }): Promise<Device[]> {
+    /** By id; `patientId`: only the devices assigned to this patient now. */
+    async list (options: { limit: number, afterId?: string, patientId?: string }): Promise<Device[]> {
       const { rows } = await pool.query(
-        `SELECT ${columns} FROM ${fromDevices} WHERE ($1::uuid IS NULL OR d.id > $1::uuid) ORDER BY d.id LIMIT $2`,
-        [options.afterId ?? null, options.limit])
+        `SELECT ${columns} FROM ${fromDevices} WHERE ($1::uuid IS NULL OR d.id > $1::uuid) AND ($3::uuid IS NULL OR a.patient_id = $3::uuid)
+          ORDER BY d.id LIMIT $2`,
+        [options.afterId ?? null, options.limit, options.patientId ?? null])
       return rows.map(toDevice)
     },
 

@@ -33,6 +33,7 @@ t.test('/docs/json is an OpenAPI 3 document listing every route', async (t) => {
     '/v1/patients/{id}/readings': ['get'],
     '/v1/patients/{id}/readings/latest': ['get'],
     '/v1/patients/{id}/readings/aggregate': ['get'],
+    '/v1/patients/{id}/readings.csv': ['get'],
     '/v1/patients/{id}/record': ['get', 'patch', 'put'],
     '/v1/patients/lookup': ['post'],
     '/v1/patients/search': ['post'],
