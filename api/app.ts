@@ -36,6 +36,7 @@ import { readingRoutes } from './routes/readings.ts'
 import { alertRuleRoutes } from './routes/alert-rules.ts'
 import { voiceNoteRoutes } from './routes/voice-notes.ts'
 import { spoolRoutes } from './routes/spool.ts'
+import { researchExportRoutes } from './routes/research-exports.ts'
 import type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
 import { defaults } from '../config/schema/defaults.ts'
 
@@ -165,7 +166,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
       components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearerAuth: [] }],
       tags: [
-        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'alerts' }, { name: 'jobs' }, { name: 'voice notes' }, { name: 'operations' }, { name: 'auth' }, { name: 'people' }
+        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'alerts' }, { name: 'jobs' }, { name: 'voice notes' }, { name: 'research' }, { name: 'operations' }, { name: 'auth' }, { name: 'people' }
       ]
     }
   })
@@ -210,6 +211,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     // Voice notes need the PHI keys (their store encrypts audio and transcripts).
     if (routeDeps.voiceNotes !== undefined) voiceNoteRoutes(v1, { ...routeDeps, voiceNotes: routeDeps.voiceNotes })
     if (routeDeps.spool != null) spoolRoutes(v1, { ...routeDeps, spool: routeDeps.spool })
+    if (routeDeps.researchExports !== undefined) researchExportRoutes(v1, { ...routeDeps, researchExports: routeDeps.researchExports })
   }, { prefix: '/v1' })
 
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })
