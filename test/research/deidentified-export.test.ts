@@ -10,6 +10,7 @@ import { startApiFixture } from '../helpers/api-deps.ts'
 import { testKeyring } from '../helpers/keys.ts'
 import { newPatient, userWithLogin } from '../helpers/people.ts'
 import { fullRecord } from '../helpers/records.ts'
+import type { RecordBody } from '../../patients/record-schemas.ts'
 import { waitFor } from '../helpers/wait.ts'
 
 // De-identified exports (docs/research-export.md) on the machine's PostgreSQL with the real job
@@ -39,7 +40,7 @@ for (let i = 0; i < 6; i++) {
   const id = await newPatient(app, admin, `${CANARY}Name${i} Smith`)
   const record = fullRecord(`${CANARY}${i}`)
   if (i === 5) { record.dateOfBirth = '1930-01-15'; record.medicalHistory.gender = 'male' }
-  await fixture.deps.patientRecords!.put(id, record)
+  await fixture.deps.patientRecords!.put(id, record as unknown as RecordBody)
   const deviceId = randomUUID()
   const mac = `ca:fe:00:00:00:0${i}`
   await pool.query(`INSERT INTO devices (id, name, mac, firmware_version, software_version, started_at) VALUES ($1, $2, $3, $4, $4, $5)`,
@@ -116,13 +117,13 @@ const lines = (text: string): Array<Record<string, any>> => text.split('\n').fil
 
 let first = { id: '', files: {} as Record<string, string> }
 let second = first
-t.test('two exports of one cohort run on the job runner', async (t) => {
+t.test('two exports of one cohort run on the job runner', async (tt) => {
   // Started here, after the cancel test: top-level code runs before any subtest.
   const runner = startJobRunner({ queue: fixture.deps.jobs!, handlers: { [DEIDENTIFIED_EXPORT_JOB]: research.handler }, workers: 1, log: fixture.log, pollIntervalMs: 100 })
-  t.parent!.teardown(async () => { await runner.close() })
+  t.teardown(async () => { await runner.close() })
   first = await runExport(scientist.headers)
   second = await runExport(scientist.headers)
-  t.not(first.id, second.id)
+  tt.not(first.id, second.id)
 })
 
 t.test('no identifier reaches an exported byte', async (t) => {
