@@ -4,6 +4,7 @@ import path from 'node:path'
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { startJobRunner } from '../../jobs/job-runner.ts'
+import { inTransaction } from '../../store/database.ts'
 import { createResearchExports, DEIDENTIFIED_EXPORT_JOB } from '../../research/exports.ts'
 import { ageGroup } from '../../research/deidentify.ts'
 import { startApiFixture } from '../helpers/api-deps.ts'
@@ -61,6 +62,14 @@ for (let i = 0; i < 6; i++) {
     VALUES ($1, $2, 'hr-high', 'threshold', 'high', 'open', $3, $4, $5, $5, $5)`, [alertId, id, `${CANARY} summary of ${id}`, JSON.stringify({ note: `${CANARY}details` }), new Date(base + 120_000)])
   await pool.query(`INSERT INTO alert_events (alert_id, patient_id, type, actor_kind, actor, at, body) VALUES ($1, $2, 'opened', 'system', NULL, $3, '{}'),
     ($1, $2, 'commented', 'user', $4, $5, $6)`, [alertId, id, new Date(base + 120_000), `${CANARY}actor`, new Date(base + 180_000), JSON.stringify({ text: `${CANARY} comment: patient Smith at 1 Street` })])
+  // A voice note whose transcript names the patient (encrypted at rest; never read by the export).
+  const { voiceNote } = await fixture.deps.voiceNotes!.create({
+    patientId: id, authorTokenId: 'test', authorUserId: null, audio: Buffer.alloc(64),
+    info: { format: 1, channels: 1, sampleRate: 16000, bitsPerSample: 16, dataBytes: 20, dataOffset: 44, durationMs: 1, isEngineNative: true }
+  })
+  await inTransaction(pool, async (client) => {
+    await fixture.deps.voiceNotes!.saveTranscript(client, voiceNote.id, { text: `${CANARY} transcript: Mrs Smith of 1 Street`, words: [], engine: 'test' })
+  })
   patients.push({ id, deviceId, mac, times })
 }
 
@@ -201,4 +210,9 @@ t.test('files are served only to the caller, audited, and deleted when they expi
   await t.rejects(fs.stat(path.join(dir, first.id)), 'the files are gone')
   t.equal((await app.inject({ method: 'GET', url: `${status}/files/readings.ndjson`, headers: scientist.headers })).statusCode, 404)
   t.equal((await app.inject({ method: 'GET', url: status, headers: scientist.headers })).json().deleted, true)
+
+  // DELETE of a finished export deletes its files at once.
+  const removed = await app.inject({ method: 'DELETE', url: `/v1/exports/deidentified/${second.id}`, headers: scientist.headers })
+  t.equal(removed.json().deleted, true)
+  await t.rejects(fs.stat(path.join(dir, second.id)), 'the second export\'s files are gone')
 })
