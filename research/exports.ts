@@ -273,9 +273,14 @@ export function createResearchExports (options: ResearchExportsOptions) {
 
     deleteFiles: async (jobId: string): Promise<void> => { await deleteFiles(jobId) },
 
-    /** Deletes the files of every expired export; returns how many. */
+    /**
+     * Deletes the files of every expired export, and of exports whose job ended without success
+     * while no handler ran (a process died on its only attempt); returns how many.
+     */
     async sweepExpired (): Promise<number> {
-      const { rows } = await pool.query('SELECT job_id FROM research_exports WHERE files_deleted_at IS NULL AND expires_at <= $1', [now()])
+      const { rows } = await pool.query(
+        `SELECT r.job_id FROM research_exports r JOIN jobs j ON j.id = r.job_id
+         WHERE r.files_deleted_at IS NULL AND (r.expires_at <= $1 OR j.state IN ('failed', 'cancelled'))`, [now()])
       for (const r of rows) await deleteFiles(r.job_id as string)
       if (rows.length > 0) log.info({ count: rows.length }, 'expired research exports deleted')
       return rows.length
