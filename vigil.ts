@@ -17,6 +17,7 @@ import { listen } from './net/listen.ts'
 import { startIngest } from './ingest/ingest.ts'
 import { deviceSessionHooks } from './ingest/decode-status.ts'
 import { startJobs } from './jobs/start-jobs.ts'
+import { createResearchExports, DEIDENTIFIED_EXPORT_JOB } from './research/exports.ts'
 import { parseEngineSpec } from './jobs/transcription/engine.ts'
 import { openSpool, type Spool } from './readings/spool.ts'
 import { createMetrics } from './observability/metrics.ts'
@@ -102,8 +103,17 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       log.warn('no API token exists: set VIGIL_ADMIN_TOKEN (at least 24 characters) and restart to create the first admin token')
     }
 
-    // Background jobs (voice note transcription): after the database, closed before it.
+    // De-identified exports for ML scientists (docs/research-export.md): a job type, files under the data dir.
+    const researchExports = createResearchExports({
+      pool: db.pool, keyring, patientRecords, audit: access.audit, log: log.child({ component: 'research-exports' }),
+      dir: path.join(config.dataDir, 'research-exports'), k: config.deidentifyKMin, ttlMs: config.deidentifyExportTtlHours * 3_600_000
+    })
+    const sweepExports = setInterval(() => { researchExports.sweepExpired().catch((err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'research export sweep failed')) }, 60_000)
+    closers.push(async () => { clearInterval(sweepExports) })
+
+    // Background jobs (voice note transcription, de-identified exports): after the database, closed before it.
     const jobs = await startJobs({
+      handlers: { [DEIDENTIFIED_EXPORT_JOB]: researchExports.handler },
       pool: db.pool,
       workerThreads: config.workerThreads,
       engine: parseEngineSpec(config.transcriptionEngine),
@@ -191,6 +201,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       log, db, patients, devices, tokens, rejections, keptReplay: ingest, readings, metrics, patientRecords, access, alerts: alerting.api, alertRules: alertEngine,
       jobs: jobs.queue,
       voiceNotes: jobs.voiceNotes,
+      researchExports,
       spool,
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,

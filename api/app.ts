@@ -39,6 +39,7 @@ import { voiceNoteRoutes } from './routes/voice-notes.ts'
 import { spoolRoutes } from './routes/spool.ts'
 import { fhirRoutes } from './routes/fhir.ts'
 import { readingsCsvRoutes } from './routes/readings-csv.ts'
+import { researchExportRoutes } from './routes/research-exports.ts'
 import type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
 import { defaults } from '../config/schema/defaults.ts'
 
@@ -148,6 +149,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     // Voice notes need the PHI keys (their store encrypts audio and transcripts).
     if (routeDeps.voiceNotes !== undefined) voiceNoteRoutes(v1, { ...routeDeps, voiceNotes: routeDeps.voiceNotes })
     if (routeDeps.spool != null) spoolRoutes(v1, { ...routeDeps, spool: routeDeps.spool })
+    if (routeDeps.researchExports !== undefined) researchExportRoutes(v1, { ...routeDeps, researchExports: routeDeps.researchExports })
   }, { prefix: '/v1' })
 
   // FHIR R4 read and search (issue 17): the same authentication, access policy and audit as /v1;

@@ -61,6 +61,10 @@ export interface Config {
   transcriptionEngine: string
   jobLeaseSeconds: number
   jobMaxAttempts: number
+  /** DEIDENTIFY_K_MIN. */
+  deidentifyKMin: number
+  /** DEIDENTIFY_EXPORT_TTL_HOURS. */
+  deidentifyExportTtlHours: number
   spoolMaxBytes: number
   /** Free space kept in the data directory: below it publishes and API writes are refused (VIGIL_DISK_RESERVE_MB). */
   diskReserveBytes: number
@@ -314,6 +318,8 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     transcriptionEngine: s.TRANSCRIPTION_ENGINE,
     jobLeaseSeconds: s.JOB_LEASE_SECONDS,
     jobMaxAttempts: s.JOB_MAX_ATTEMPTS,
+    deidentifyKMin: s.DEIDENTIFY_K_MIN,
+    deidentifyExportTtlHours: s.DEIDENTIFY_EXPORT_TTL_HOURS,
     spoolMaxBytes: s.VIGIL_SPOOL_MAX_BYTES,
     assignmentToleranceMs: s.VIGIL_ASSIGNMENT_TOLERANCE_SECONDS * 1000,
     diskReserveBytes: s.VIGIL_DISK_RESERVE_MB * 1024 * 1024,

@@ -4,7 +4,7 @@ import type { Logger } from 'pino'
 import { createVoiceNoteStore, TRANSCRIPTION_JOB, type VoiceNoteStore } from './voice-notes.ts'
 import { createWorkerPool, taskFile } from '../workers/pool.ts'
 import { createJobQueue, type JobQueue } from './job-queue.ts'
-import { startJobRunner, type JobRunner } from './job-runner.ts'
+import { startJobRunner, type JobHandler, type JobRunner } from './job-runner.ts'
 import { transcriptionJobHandler, type TranscriptionPool } from './transcription-job.ts'
 import type { EngineSpec } from './transcription/engine.ts'
 
@@ -22,6 +22,8 @@ export interface JobsOptions {
   keyring: Keyring
   pollIntervalMs?: number
   now?: () => Date
+  /** Handlers of job types owned by rooms above jobs/ (the de-identified export), by type. */
+  handlers?: Record<string, JobHandler>
 }
 
 export interface Jobs {
@@ -49,7 +51,7 @@ export async function startJobs (options: JobsOptions): Promise<Jobs> {
   })
   const runner = startJobRunner({
     queue,
-    handlers: { [TRANSCRIPTION_JOB]: transcriptionJobHandler({ pool: workerPool, voiceNotes, engine: options.engine }) },
+    handlers: { ...options.handlers, [TRANSCRIPTION_JOB]: transcriptionJobHandler({ pool: workerPool, voiceNotes, engine: options.engine }) },
     workers: options.workerThreads,
     concurrency: { [TRANSCRIPTION_JOB]: options.workerThreads },
     log: options.log,

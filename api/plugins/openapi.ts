@@ -24,7 +24,7 @@ export async function registerOpenApi (app: FastifyInstance, limits: { rateLimit
       components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearerAuth: [] }],
       tags: [
-        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'alerts' }, { name: 'jobs' }, { name: 'voice notes' }, { name: 'operations' }, { name: 'auth' }, { name: 'people' }
+        { name: 'patients' }, { name: 'records' }, { name: 'devices' }, { name: 'readings' }, { name: 'alerts' }, { name: 'jobs' }, { name: 'voice notes' }, { name: 'research' }, { name: 'operations' }, { name: 'auth' }, { name: 'people' }
       ]
     }
   })

@@ -14,6 +14,7 @@ import type { Metrics } from '../../observability/metrics.ts'
 import type { PatientRecordStore } from '../../patients/patient-records.ts'
 import type { PatientStore } from '../../patients/patients.ts'
 import type { ReadingStore } from '../../readings/reading-store.ts'
+import type { ResearchExports } from '../../research/exports.ts'
 import type { StoredReading } from '../../readings/reading.ts'
 import type { Database } from '../../store/database.ts'
 import type { AlertRulesApi } from './alert-rules.ts'
@@ -93,6 +94,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
   alerts?: AlertingApi
   /** The alert engine (rules file, overrides): /v1/alert-rules and /v1/patients/:id/rule-overrides exist only when set. */
   alertRules?: AlertRulesApi
+  /** De-identified exports for ML scientists: /v1/exports/deidentified exists only when set. */
+  researchExports?: ResearchExports
   /** The InfluxDB spool: /v1/admin/spool/* exist only when set. */
   spool?: SpoolAdmin | null
 }

@@ -56,6 +56,9 @@ export const defaults = {
   TRANSCRIPTION_ENGINE: 'pocketsphinx',
   JOB_LEASE_SECONDS: 60,
   JOB_MAX_ATTEMPTS: 3,
+  // De-identified exports (research/): k of the quasi-identifier check, and how long files live.
+  DEIDENTIFY_K_MIN: 5,
+  DEIDENTIFY_EXPORT_TTL_HOURS: 24,
 
   // People and sessions: short-lived access tokens (15 min) with a refresh path; a session idle
   // 30 min is over (HIPAA §164.312(a)(2)(iii) automatic logoff); 5 failures lock an account for 15 min.
