@@ -9,6 +9,7 @@ import type { EscalationPolicy, WebhookTarget } from './alerts/contract.ts'
 import { createAccess } from './access/access.ts'
 import { startAlertEngine } from './alerts/engine/alert-engine.ts'
 import { buildApi } from './api/app.ts'
+import { buildWebApp } from './web/build.ts'
 import { brokerLimitsFrom, createBroker } from './broker/broker.ts'
 import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './net/listen.ts'
@@ -218,6 +219,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       jobs: jobs.queue,
       voiceNotes: jobs.voiceNotes,
       spool,
+      webApp: await buildWebApp(),
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,

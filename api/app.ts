@@ -17,6 +17,7 @@ import type { ErrorCode } from '../errors/catalogue.ts'
 import { registerLoadShedding } from './plugins/load-shedding.ts'
 import { registerRequestBudgets } from './plugins/rate-limits.ts'
 import { docsContentSecurityPolicy, registerSecurityHeaders } from './plugins/security-headers.ts'
+import { registerWebApp } from './plugins/web-app.ts'
 import { alertRoutes } from './routes/alerts.ts'
 import { onCallRoutes } from './routes/on-call.ts'
 import { deviceAssignmentRoutes } from './routes/device-assignment.ts'
@@ -31,11 +32,13 @@ import { metricsRoutes } from './routes/metrics.ts'
 import { patientRecordRoutes } from './routes/patient-records.ts'
 import { patientRoutes } from './routes/patients.ts'
 import { accessRoutes } from './routes/people.ts'
-import { sessionRoutes } from './routes/sessions.ts'
+import { loginBudgetFor, sessionRoutes } from './routes/sessions.ts'
+import { browserSessionRoutes } from './routes/browser-session.ts'
 import { readingRoutes } from './routes/readings.ts'
 import { alertRuleRoutes } from './routes/alert-rules.ts'
 import { voiceNoteRoutes } from './routes/voice-notes.ts'
 import { spoolRoutes } from './routes/spool.ts'
+import { worklistRoutes } from './routes/worklist.ts'
 import type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
 
 export type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
@@ -180,7 +183,11 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     patientAccess: deps.patientAccess ?? bound.patientAccess
   }
   const access = deps.access
-  await app.register(async (auth) => { sessionRoutes(auth as ApiInstance, { access }) }, { prefix: '/v1/auth' })
+  await app.register(async (auth) => {
+    const budget = loginBudgetFor(access)
+    sessionRoutes(auth as ApiInstance, { access, budget })
+    browserSessionRoutes(auth as ApiInstance, { access, authenticate: routeDeps.authenticate, budget })
+  }, { prefix: '/v1/auth' })
   await app.register(async (v1) => {
     requireAuthentication(v1, routeDeps.authenticate, budgets)
     const diskReserve = deps.diskReserve
@@ -210,8 +217,10 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     // Voice notes need the PHI keys (their store encrypts audio and transcripts).
     if (routeDeps.voiceNotes !== undefined) voiceNoteRoutes(v1, { ...routeDeps, voiceNotes: routeDeps.voiceNotes })
     if (routeDeps.spool != null) spoolRoutes(v1, { ...routeDeps, spool: routeDeps.spool })
+    worklistRoutes(v1, routeDeps)
   }, { prefix: '/v1' })
 
+  if (deps.webApp !== undefined) registerWebApp(app as unknown as FastifyInstance, deps.webApp)
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })
   metricsRoutes(app, deps)
 

@@ -231,6 +231,14 @@ export function createDeviceRegistry (pool: pg.Pool, options: DeviceRegistryOpti
       return rows.map(toDevice)
     },
 
+    /** The devices currently assigned to any of these patients (the worklist's device column). */
+    async currentForPatients (patientIds: readonly string[]): Promise<Device[]> {
+      if (patientIds.length === 0) return []
+      const { rows } = await pool.query(
+        `SELECT ${columns} FROM ${fromDevices} WHERE a.patient_id = ANY($1::uuid[]) ORDER BY d.id`, [[...patientIds]])
+      return rows.map(toDevice)
+    },
+
     async update (id: string, patch: DevicePatch, actor: string | null): Promise<Device> {
       await inTransaction(async (client) => {
         const { rows } = await client.query('SELECT firmware_version, software_version FROM devices WHERE id = $1 FOR UPDATE', [id])

@@ -18,6 +18,7 @@ import type { StoredReading } from '../../readings/reading.ts'
 import type { Database } from '../../store/database.ts'
 import type { AlertRulesApi } from './alert-rules.ts'
 import type { SpoolAdmin } from './spool.ts'
+import type { WebAssets } from '../../web/build.ts'
 
 // The contract between api/app.ts (which builds the instance and fills in defaults) and the
 // route plugins here: what each route receives.
@@ -93,6 +94,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
   alerts?: AlertingApi
   /** The alert engine (rules file, overrides): /v1/alert-rules and /v1/patients/:id/rule-overrides exist only when set. */
   alertRules?: AlertRulesApi
+  /** The web app's bundle (web/build.ts): served at / when set. */
+  webApp?: WebAssets
   /** The InfluxDB spool: /v1/admin/spool/* exist only when set. */
   spool?: SpoolAdmin | null
 }
