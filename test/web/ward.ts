@@ -4,6 +4,7 @@ export interface WardPatient { id: string, name: string, deviceId: string, devic
 
 export interface Ward {
   nurse: { id: string, email: string, password: string }
+  admin: { id: string, email: string, password: string }
   /** On the nurse's care team, with a device that will deteriorate. */
   mine: WardPatient
   /** On the nurse's care team, nothing happening. */
@@ -40,9 +41,11 @@ export async function seedWard (vigil: TestVigil, tag = Math.random().toString(3
   const password = 'correct horse battery 42'
   const email = `nurse-${tag}@ward.example`
   const nurse = await must<{ id: string }>('POST', '/v1/users', { email, displayName: `Nurse ${tag}`, password, roles: ['nurse'] })
+  const adminEmail = `admin-${tag}@ward.example`
+  const admin = await must<{ id: string }>('POST', '/v1/users', { email: adminEmail, displayName: `Admin ${tag}`, password, roles: ['admin'] })
   const mine = await patient(`Ada Lovelace ${tag}`)
   const quiet = await patient(`Grace Hopper ${tag}`)
   const other = await patient(`Edsger Dijkstra ${tag}`)
   for (const p of [mine, quiet]) await must('POST', '/v1/care-teams', { clinicianId: nurse.id, patientId: p.id })
-  return { nurse: { id: nurse.id, email, password }, mine, quiet, other }
+  return { nurse: { id: nurse.id, email, password }, admin: { id: admin.id, email: adminEmail, password }, mine, quiet, other }
 }
