@@ -126,6 +126,16 @@ t.test('a nurse signs in, sees only her patients, and a deteriorating patient ri
   await page.getByRole('heading', { name: 'Not found' }).waitFor()
   t.notOk((await page.content()).includes(ward.other.name))
 
+  // Break-glass from the screen: a reason, then the page opens, with the time left shown.
+  await page.getByLabel('Reason').fill('Rapid response call, covering for the ward team')
+  await page.getByRole('button', { name: 'Open with break-glass' }).click()
+  await page.getByRole('heading', { name: ward.other.name }).waitFor()
+  t.match(await page.getByRole('status').filter({ hasText: 'Break-glass' }).textContent(), /Break-glass access: (59|60) min left\. Everything you open is audited/)
+  t.equal(await page.title(), 'Patient · Vigil')
+  const audit = (await vigil.api<any>('GET', `/v1/audit?patientId=${ward.other.id}&actorId=${ward.nurse.id}&limit=50`)).body.items
+  t.ok(audit.some((r: any) => r.action === 'break-glass' && r.outcome === 'allowed'), 'the grant is audited')
+  t.ok(audit.some((r: any) => r.action === 'patients:read' && r.breakGlassReason !== null), 'and so is what it opened, with the reason')
+
   // Narrow screen.
   await page.setViewportSize({ width: 375, height: 800 })
   await page.goto(`${base}/`)
@@ -196,6 +206,26 @@ t.test('an admin registers a device and sees its MQTT password once, with a copy
   await row.waitFor()
   t.equal(await page.getByTestId('one-time-password').count(), 0, 'the password is not shown again')
   t.notOk((await page.content()).includes(password))
+  await page.getByRole('button', { name: 'Sign out' }).click()
+  await page.getByRole('button', { name: 'Sign in' }).waitFor()
+})
+
+t.test('a patient sees her own readings and who viewed her data', async (t) => {
+  const patched = await vigil.api('PATCH', `/v1/users/${ward.mine.id}`, { email: `patient-${ward.mine.id.slice(0, 8)}@home.example`, password: 'my own long password 7' })
+  t.equal(patched.status, 200)
+  await page.goto(`${base}/`)
+  await page.getByLabel('Email').fill(`patient-${ward.mine.id.slice(0, 8)}@home.example`)
+  await page.getByLabel('Password').fill('my own long password 7')
+  await page.getByRole('button', { name: 'Sign in' }).click()
+  await page.getByRole('heading', { name: 'Who viewed my data' }).waitFor()
+  const log = page.locator('table').filter({ hasText: 'Nurse' })
+  await log.waitFor()
+  t.match(await log.textContent(), /\(Nurse\)/, 'the nurse who opened her page, by role')
+  t.equal(await page.title(), 'My data · Vigil')
+  t.same(await seriousAxeViolations(page), [], 'my data: no serious or critical axe violations')
+  await screenshot(page, 'patient-self-1280')
+  await page.getByRole('link', { name: 'My readings and alerts' }).click()
+  await page.locator('figure.chart[data-metric="heart_rate"]').waitFor()
   await page.getByRole('button', { name: 'Sign out' }).click()
   await page.getByRole('button', { name: 'Sign in' }).waitFor()
 })

@@ -10,6 +10,7 @@ import { PatientPage } from './patient.tsx'
 import { AlertsPage } from './alerts.tsx'
 import { AdminPage } from './admin.tsx'
 import { NotFound } from './not-found.tsx'
+import { MePage } from './me.tsx'
 
 // Activity that keeps a session alive on screen; live updates do not count.
 const ACTIVITY_EVENTS = ['pointerdown', 'keydown', 'wheel', 'touchstart'] as const
@@ -53,7 +54,10 @@ function SignIn ({ onSession, notice }: { onSession: (s: Session) => void, notic
 function Nav ({ session, path, onSignOut }: { session: Session, path: string, onSignOut: () => void }) {
   const [muted, setMutedState] = useState(isMuted())
   const can = (p: string): boolean => session.permissions.includes(p)
-  const links: Array<[string, string]> = [['/', 'Worklist'], ['/alerts', 'Alerts']]
+  const self = session.patientScopes.includes('self')
+  const links: Array<[string, string]> = self && session.patientScopes.length === 1
+    ? [['/me', 'My data'], ['/alerts', 'My alerts']]
+    : [['/', 'Worklist'], ['/alerts', 'Alerts']]
   if (can('users:admin') || can('devices:write') && !session.patientScopes.includes('care-team')) links.push(['/admin', 'Admin'])
   const current = (href: string): boolean => href === '/' ? path === '/' || path.startsWith('/patients/') : path.startsWith(href)
   return (
@@ -125,7 +129,8 @@ function App () {
   if (patient !== null) page = <PatientPage key={patient[1]} patientId={patient[1]!} session={session} />
   else if (path === '/alerts') page = <AlertsPage session={session} />
   else if (path.startsWith('/admin')) page = <AdminPage session={session} />
-  else if (path === '/' || path === '/me') page = <Worklist session={session} />
+  else if (path === '/me') page = <MePage session={session} />
+  else if (path === '/') page = session.patientScopes.length === 1 && session.patientScopes[0] === 'self' ? <MePage session={session} /> : <Worklist session={session} />
   else page = <NotFound />
   return (
     <>

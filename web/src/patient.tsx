@@ -7,6 +7,7 @@ import { clock, metricLong } from './format.ts'
 import { AlertCard } from './alerts.tsx'
 import type { Alert } from './alerts.tsx'
 import { NotFound } from './not-found.tsx'
+import { BreakGlassBanner, BreakGlassForm } from './break-glass.tsx'
 
 interface Reading { metric: string, value: number, unit: string, ts: string }
 interface Rule { id: string, kind: string, metric?: string, above?: number | null, below?: number | null }
@@ -28,6 +29,7 @@ export function PatientPage ({ patientId, session }: { patientId: string, sessio
   const [notes, setNotes] = useState<VoiceNote[]>([])
   const [record, setRecord] = useState<unknown>(undefined)
   const [recordError, setRecordError] = useState<string | null>(null)
+  const [reload, setReload] = useState(0)
 
   useEffect(() => {
     document.title = 'Patient · Vigil'
@@ -36,7 +38,7 @@ export function PatientPage ({ patientId, session }: { patientId: string, sessio
     })
     if (can('rules:read')) api<{ rules: Rule[] }>('GET', '/v1/alert-rules?limit=1').then((r) => setRules(r.rules), () => {})
     if (can('voice-notes:read')) api<{ items: VoiceNote[] }>('GET', `/v1/patients/${patientId}/voice-notes?limit=50`).then((r) => setNotes(r.items), () => {})
-  }, [patientId])
+  }, [patientId, reload])
 
   async function loadAlerts (): Promise<void> {
     if (!can('alerts:read')) return
@@ -94,7 +96,15 @@ export function PatientPage ({ patientId, session }: { patientId: string, sessio
       ...(typeof r.below !== 'number' ? [] : [{ value: r.below, label: `below ${r.below} (${r.id})` }])
     ]), [rules])
 
-  if (name === null) return <NotFound what="patient" />
+  if (name === null) {
+    const canBreakGlass = can('break-glass') && session.patientScopes.includes('care-team')
+    return (
+      <>
+        <NotFound what="patient" />
+        {canBreakGlass && <div class="page"><BreakGlassForm patientId={patientId} onGranted={() => { setName(undefined); setReload((n) => n + 1) }} /></div>}
+      </>
+    )
+  }
   if (name === undefined) return <main id="main" class="page" aria-busy="true">Loading…</main>
 
   function pick (key: string, hours: number): void {
@@ -120,6 +130,7 @@ export function PatientPage ({ patientId, session }: { patientId: string, sessio
   return (
     <main id="main" class="page">
       <h1>{name}</h1>
+      <BreakGlassBanner patientId={patientId} />
       <section aria-labelledby="range-h">
         <h2 id="range-h" class="visually-hidden">Time range</h2>
         <div class="ranges" role="group" aria-label="Time range">
