@@ -19,6 +19,8 @@ t.teardown(async () => {
 const base = `http://127.0.0.1:${vigil.httpPort}`
 const ward = await seedWard(vigil)
 const { page } = browser
+// Fake timers, running at real speed until a test jumps them (the idle sign-out below).
+await page.clock.install()
 
 t.test('sign in, live alert, acknowledge, sign out (PostgreSQL)', async (t) => {
   await page.goto(`${base}/`)
@@ -62,4 +64,20 @@ t.test('sign in, live alert, acknowledge, sign out (PostgreSQL)', async (t) => {
   await page.goBack()
   await page.getByRole('button', { name: 'Sign in' }).waitFor()
   t.notOk((await page.content()).includes(ward.mine.name), 'nothing of the worklist after sign-out and back')
+})
+
+t.test('after 30 minutes without input the screen signs out, and so does the server', async (t) => {
+  await page.goto(`${base}/`)
+  await page.getByLabel('Email').fill(ward.nurse.email)
+  await page.getByLabel('Password').fill(ward.nurse.password)
+  await page.getByRole('button', { name: 'Sign in' }).click()
+  await page.locator('.worklist .row').nth(1).waitFor()
+  const cookie = (await browser.context.cookies(base)).find((c) => c.name === 'vigil_session')!
+  // VIGIL_SESSION_IDLE_SECONDS' default, 1800 s: jump past it with no input in between.
+  await page.clock.fastForward('31:00')
+  await page.getByRole('status').filter({ hasText: 'signed out after a period without activity' }).waitFor()
+  t.equal(await page.locator('.worklist').count(), 0, 'the worklist is gone from the screen')
+  t.notOk((await page.content()).includes(ward.mine.name))
+  const res = await fetch(`${base}/v1/worklist`, { headers: { cookie: `vigil_session=${cookie.value}` } })
+  t.equal(res.status, 401, 'the page ended the session on the server too')
 })
