@@ -64,6 +64,9 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // created from here on are private to Vigil's user, and anything left readable by others
     // (an older Vigil, PGlite's own 0666 files, a copy) is fixed and reported (docs/security.md).
     process.umask(0o077)
+    // The web app's bundle (esbuild runs in its own process): built while the database starts.
+    const webApp = buildWebApp()
+    webApp.catch(() => {}) // awaited below; a failure before that must not be an unhandled rejection
     await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 })
     const loose = await makePrivate(config.dataDir)
     if (loose.length > 0) {
@@ -219,7 +222,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       jobs: jobs.queue,
       voiceNotes: jobs.voiceNotes,
       spool,
-      webApp: await buildWebApp(),
+      webApp: await webApp,
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,

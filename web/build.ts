@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { brotliCompressSync, constants, gzipSync } from 'node:zlib'
+import { promisify } from 'node:util'
+import { brotliCompress, constants, gzip } from 'node:zlib'
 import * as esbuild from 'esbuild'
 
 // The web app is bundled when Vigil starts, in memory (docs/web-app.md "Build"): the served
@@ -28,15 +29,17 @@ export interface WebAssets {
   assets: ReadonlyMap<string, WebAsset>
 }
 
-function asset (base: string, ext: string, type: string, body: Buffer): WebAsset {
+const gzipAsync = promisify(gzip)
+const brotliAsync = promisify(brotliCompress)
+
+// Compressed on libuv's thread pool, not the event loop: start-up goes on meanwhile.
+async function asset (base: string, ext: string, type: string, body: Buffer): Promise<WebAsset> {
   const hash = createHash('sha256').update(body).digest('base64url').slice(0, 12)
-  return {
-    name: `${base}-${hash}.${ext}`,
-    type,
-    body,
-    gzip: gzipSync(body, { level: 9 }),
-    brotli: brotliCompressSync(body, { params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_SIZE_HINT]: body.length } })
-  }
+  const [gzipped, brotli] = await Promise.all([
+    gzipAsync(body, { level: 9 }),
+    brotliAsync(body, { params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_SIZE_HINT]: body.length } })
+  ])
+  return { name: `${base}-${hash}.${ext}`, type, body, gzip: gzipped, brotli }
 }
 
 /** Bundles web/src into one script and one stylesheet, compressed, with the page that loads them. */
@@ -58,8 +61,8 @@ export async function buildWebApp (options: { minify?: boolean } = {}): Promise<
   let js: WebAsset | undefined
   let css: WebAsset | undefined
   for (const file of result.outputFiles) {
-    if (file.path.endsWith('.js')) js = asset('app', 'js', 'text/javascript; charset=utf-8', Buffer.from(file.contents))
-    if (file.path.endsWith('.css')) css = asset('app', 'css', 'text/css; charset=utf-8', Buffer.from(file.contents))
+    if (file.path.endsWith('.js')) js = await asset('app', 'js', 'text/javascript; charset=utf-8', Buffer.from(file.contents))
+    if (file.path.endsWith('.css')) css = await asset('app', 'css', 'text/css; charset=utf-8', Buffer.from(file.contents))
   }
   if (js === undefined || css === undefined) throw new Error('web app build: esbuild gave no script or no stylesheet')
   const index = Buffer.from(`<!doctype html>
