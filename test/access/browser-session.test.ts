@@ -9,7 +9,7 @@ import { startApiFixture } from '../helpers/api-deps.ts'
 const { app, headers: admin } = await startApiFixture(t, 'browser session test', { apiOptions: { trustProxy: true, maxEventLoopDelayMs: 0 } })
 const password = 'correct horse battery 42'
 const created = await app.inject({ method: 'POST', url: '/v1/users', headers: admin, payload: { email: 'admin@web.example', displayName: 'Web Admin', password, roles: ['admin'] } })
-t.equal(created.statusCode, 201)
+if (created.statusCode !== 201) throw new Error(`create user: ${created.statusCode} ${created.body}`)
 
 function cookiesOf (res: { headers: Record<string, unknown> }): Map<string, string> {
   const raw = res.headers['set-cookie']

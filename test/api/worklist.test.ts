@@ -13,7 +13,10 @@ const offTeam = await newPatient(app, admin, 'Elsewhere Patient')
 for (const p of [calm, sick]) await onCareTeam(app, admin, nurse.id, p)
 
 const device = (await app.inject({ method: 'POST', url: '/v1/devices', headers: admin, payload: { name: 'Monitor', mac: '02:00:00:00:aa:01', firmwareVersion: '1', softwareVersion: '1', startedAt: '2026-01-01' } })).json()
-t.equal((await app.inject({ method: 'PUT', url: `/v1/devices/${device.id}/assignment`, headers: admin, payload: { patientId: sick, validFrom: new Date(Date.now() - 3_600_000).toISOString() } })).statusCode, 200)
+// Setup checks throw (an assertion at the top level would let tap end the root test while a
+// later top-level await is still pending).
+const assigned = await app.inject({ method: 'PUT', url: `/v1/devices/${device.id}/assignment`, headers: admin, payload: { patientId: sick, validFrom: new Date(Date.now() - 3_600_000).toISOString() } })
+if (assigned.statusCode !== 200) throw new Error(`assignment: ${assigned.statusCode} ${assigned.body}`)
 const now = Date.now()
 await deps.readings.write([
   { patientId: sick, deviceId: device.id, seq: 1, metric: 'heart_rate', value: 131, unit: '/min', ts: now - 60_000 },
