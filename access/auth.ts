@@ -1,5 +1,7 @@
+import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { TokenRole } from './api-tokens.ts'
+import { isAccessToken } from './sessions.ts'
 import { VigilError } from '../errors/catalogue.ts'
 
 /** Every permission a route can require. Routes name one in `config.permission`. */
@@ -93,6 +95,73 @@ declare module 'fastify' {
 // length cap so a huge header is not hashed and looked up.
 const BEARER = /^Bearer +([\x21-\x7E]{1,512})$/i
 
+// ---------------------------------------------------------------------------------------
+// The web app's session cookie (docs/web-app.md). A browser holds its login session's access
+// token in an HttpOnly, SameSite=Strict cookie (Secure and __Host- under TLS), never in script
+// reach. Only session access tokens ride in it: an API token in a cookie is ignored. A request
+// that carries an Authorization header is judged on that header alone.
+// ---------------------------------------------------------------------------------------
+
+/** RFC 6265bis §4.1.3.2: a __Host- cookie needs Secure, Path=/ and no Domain, so only TLS gets the prefix. */
+export function sessionCookieName (secure: boolean): string {
+  return secure ? '__Host-vigil_session' : 'vigil_session'
+}
+
+const SAFE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS'])
+const COOKIE_VALUE = /^[\x21-\x7E]{1,512}$/
+
+/** One cookie's value from the Cookie header (RFC 6265 §5.4), or null. */
+export function cookieValue (request: FastifyRequest, name: string): string | null {
+  const header = request.headers.cookie
+  if (typeof header !== 'string' || header.length > 8192) return null
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=')
+    if (eq === -1 || part.slice(0, eq).trim() !== name) continue
+    const value = part.slice(eq + 1).trim()
+    return COOKIE_VALUE.test(value) ? value : null
+  }
+  return null
+}
+
+/**
+ * The CSRF token of a cookie session: derived from the access token (a keyed digest the page
+ * gets from /v1/auth/browser/*, which another origin cannot read). It changes with every
+ * refresh, needs no server state, and holds no secret the cookie does not already hold.
+ */
+export function csrfTokenFor (accessToken: string): string {
+  return createHash('sha256').update('vigil-csrf\0').update(accessToken).digest('base64url')
+}
+
+/** Where the request's credential came from: the Authorization header, else the session cookie. */
+export function credentialOf (request: FastifyRequest): { secret: string, via: 'bearer' | 'cookie' } | null {
+  const authorization = request.headers.authorization
+  if (authorization !== undefined) {
+    const match = BEARER.exec(authorization)
+    return match === null ? null : { secret: match[1]!, via: 'bearer' }
+  }
+  const cookie = cookieValue(request, sessionCookieName(request.protocol === 'https'))
+  return cookie !== null && isAccessToken(cookie) ? { secret: cookie, via: 'cookie' } : null
+}
+
+/**
+ * A cookie rides along on requests another site makes the browser send, so a state-changing
+ * request authenticated by the cookie must prove it comes from Vigil's own page: the
+ * X-CSRF-Token header (which a cross-site form cannot set, and a cross-origin fetch cannot
+ * without a preflight Vigil never answers) must match, and a browser's Sec-Fetch-Site, when
+ * present, must say same-origin (OWASP CSRF Prevention Cheat Sheet: synchronizer token and
+ * Fetch Metadata). SameSite=Strict is the first line; this is the second.
+ */
+export function refuseCrossSite (request: FastifyRequest, accessToken: string | null): void {
+  const site = request.headers['sec-fetch-site']
+  if (site !== undefined && site !== 'same-origin') throw new VigilError('VIGIL_ERR_CSRF', 'cross-site requests are refused')
+  if (accessToken === null) return
+  const sent = request.headers['x-csrf-token']
+  const expected = Buffer.from(csrfTokenFor(accessToken))
+  if (typeof sent !== 'string' || sent.length !== expected.length || !timingSafeEqual(Buffer.from(sent), expected)) {
+    throw new VigilError('VIGIL_ERR_CSRF', 'the X-CSRF-Token header is missing or wrong: reload the page')
+  }
+}
+
 function unauthenticated (reply: FastifyReply): VigilError {
   // RFC 6750 §3: a 401 names the scheme. Missing and wrong tokens get the same answer so
   // the response does not tell a caller which of the two it got wrong.
@@ -136,15 +205,16 @@ export function requireAuthentication (app: FastifyInstance, authenticate: Authe
   // onRequest: before the body is read, so unauthenticated callers cannot make us parse it.
   app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     await budgets.refuseExhaustedAddress(request, reply)
-    const match = BEARER.exec(request.headers.authorization ?? '')
+    const credential = credentialOf(request)
     // A database outage throws here and becomes a 503: it is not the caller's failure.
-    const principal = match === null ? null : await authenticate(match[1]!)
+    const principal = credential === null ? null : await authenticate(credential.secret)
     if (principal === null) {
       await budgets.chargeAddress(request, reply)
       throw unauthenticated(reply)
     }
     request.principal = principal
     await budgets.chargeToken(request, reply)
+    if (credential!.via === 'cookie' && !SAFE_METHODS.has(request.method)) refuseCrossSite(request, credential!.secret)
     const required = request.routeOptions.config.permission
     if (required === undefined || !request.principal.permissions.has(required)) {
       throw new VigilError('VIGIL_ERR_FORBIDDEN', 'this token is not allowed to do this')

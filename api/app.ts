@@ -13,6 +13,7 @@ import { registerRequestBudgets } from './plugins/rate-limits.ts'
 import { registerRequestIds, requestIdOptions } from './plugins/request-ids.ts'
 import { registerSecurityHeaders } from './plugins/security-headers.ts'
 import { createValidatorCompiler } from './plugins/validator.ts'
+import { registerWebApp } from './plugins/web-app.ts'
 import { alertRoutes } from './routes/alerts.ts'
 import { apiTokenRoutes } from './routes/api-tokens.ts'
 import { auditRoutes } from './routes/audit.ts'
@@ -30,7 +31,8 @@ import { jobRoutes } from './routes/jobs.ts'
 import { metricsRoutes } from './routes/metrics.ts'
 import { patientRecordRoutes } from './routes/patient-records.ts'
 import { patientRoutes } from './routes/patients.ts'
-import { sessionRoutes } from './routes/sessions.ts'
+import { loginBudgetFor, sessionRoutes } from './routes/sessions.ts'
+import { browserSessionRoutes } from './routes/browser-session.ts'
 import { readingRoutes } from './routes/readings.ts'
 import { roleRoutes } from './routes/roles.ts'
 import { userRoutes } from './routes/users.ts'
@@ -40,6 +42,7 @@ import { spoolRoutes } from './routes/spool.ts'
 import { fhirRoutes } from './routes/fhir.ts'
 import { readingsCsvRoutes } from './routes/readings-csv.ts'
 import { researchExportRoutes } from './routes/research-exports.ts'
+import { worklistRoutes } from './routes/worklist.ts'
 import type { ApiDeps, ApiInstance, ApiLimits, RouteDeps } from './routes/route-deps.ts'
 import { defaults } from '../config/schema/defaults.ts'
 
@@ -121,7 +124,11 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     patientAccess: deps.patientAccess ?? bound.patientAccess
   }
   const access = deps.access
-  await app.register(async (auth) => { sessionRoutes(auth as ApiInstance, { access }) }, { prefix: '/v1/auth' })
+  await app.register(async (auth) => {
+    const budget = loginBudgetFor(access)
+    sessionRoutes(auth as ApiInstance, { access, budget })
+    browserSessionRoutes(auth as ApiInstance, { access, authenticate: routeDeps.authenticate, budget })
+  }, { prefix: '/v1/auth' })
   await app.register(async (v1) => {
     requireAuthentication(v1, routeDeps.authenticate, budgets)
     if (deps.diskReserve !== undefined) refuseWritesWhileDiskLow(v1, deps.diskReserve)
@@ -150,12 +157,14 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     if (routeDeps.voiceNotes !== undefined) voiceNoteRoutes(v1, { ...routeDeps, voiceNotes: routeDeps.voiceNotes })
     if (routeDeps.spool != null) spoolRoutes(v1, { ...routeDeps, spool: routeDeps.spool })
     if (routeDeps.researchExports !== undefined) researchExportRoutes(v1, { ...routeDeps, researchExports: routeDeps.researchExports })
+    worklistRoutes(v1, routeDeps)
   }, { prefix: '/v1' })
 
   // FHIR R4 read and search (issue 17): the same authentication, access policy and audit as /v1;
   // described by its own CapabilityStatement (GET /fhir/R4/metadata), not in /docs.
   await app.register(async (fhir) => { await fhirRoutes(fhir as ApiInstance, { ...routeDeps, budgets }) }, { prefix: '/fhir/R4' })
 
+  if (deps.webApp !== undefined) registerWebApp(app as unknown as FastifyInstance, deps.webApp)
   healthRoutes(app, { ...deps, isUnderPressure: () => app.isUnderPressure() })
   metricsRoutes(app, deps)
 

@@ -107,6 +107,14 @@ export function createDeviceRecords (pool: pg.Pool) {
 
     get,
 
+    /** The devices currently assigned to any of these patients (the worklist's device column). */
+    async currentForPatients (patientIds: readonly string[]): Promise<Device[]> {
+      if (patientIds.length === 0) return []
+      const { rows } = await pool.query(
+        `SELECT ${columns} FROM ${fromDevices} WHERE a.patient_id = ANY($1::uuid[]) ORDER BY d.id`, [[...patientIds]])
+      return rows.map(toDevice)
+    },
+
     /** By id; `patientId`: only the devices assigned to this patient now. */
     async list (options: { limit: number, afterId?: string, patientId?: string }): Promise<Device[]> {
       const { rows } = await pool.query(

@@ -9,6 +9,8 @@ export const errorCatalogue = {
   VIGIL_ERR_UNAUTHENTICATED: 401,
   VIGIL_ERR_LOGIN_FAILED: 401,
   VIGIL_ERR_FORBIDDEN: 403,
+  // A cookie-authenticated write without the page's X-CSRF-Token, or sent cross-site (the web app).
+  VIGIL_ERR_CSRF: 403,
   VIGIL_ERR_NOT_FOUND: 404,
   VIGIL_ERR_UNKNOWN_DEVICE: 404,
   VIGIL_ERR_UNKNOWN_PATIENT: 404,

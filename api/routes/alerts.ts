@@ -5,6 +5,7 @@ import type { Alert, AlertEvent, Actor, CommittedEvent } from '../../alerts/life
 import { notificationPayload } from '../../alerts/lifecycle/alert-store.ts'
 import type { AlertingApi } from '../../alerts/lifecycle/alerting.ts'
 import type { ApiInstance, RouteDeps } from './route-deps.ts'
+import { credentialOf } from '../../access/auth.ts'
 import type { Principal } from '../../access/auth.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { IdParams, PageLimit, Uuid, decodeSerialCursor, errorResponses, instantMs, invalid, page, pageOf } from '../schemas/common.ts'
@@ -212,7 +213,8 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
     res.write('retry: 5000\n\n')
     // At each heartbeat the caller's token is checked again (logout, revocation, expiry end the
     // stream; a reconnect then gets 401) and the visible patients are recomputed (care teams change).
-    const bearer = /^Bearer +(\S+)$/i.exec(request.headers.authorization ?? '')?.[1]
+    // The bearer token, or the web app's session cookie.
+    const bearer = credentialOf(request)?.secret
     await streamAlerts(request, res, principal, typeof lastEventId === 'string' ? lastEventId : null, recipient,
       () => visible, async () => {
         const current = deps.authenticate === undefined || bearer === undefined ? principal : await deps.authenticate(bearer)

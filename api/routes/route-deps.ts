@@ -19,6 +19,7 @@ import type { StoredReading } from '../../readings/reading.ts'
 import type { Database } from '../../store/database.ts'
 import type { AlertRulesApi } from './alert-rules.ts'
 import type { SpoolAdmin } from './spool.ts'
+import type { WebAssets } from '../../web/build.ts'
 
 // The contract between api/app.ts (which builds the instance and fills in defaults) and the
 // route plugins here: what each route receives.
@@ -96,6 +97,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
   alertRules?: AlertRulesApi
   /** De-identified exports for ML scientists: /v1/exports/deidentified exists only when set. */
   researchExports?: ResearchExports
+  /** The web app's bundle (web/build.ts): served at / when set. */
+  webApp?: WebAssets
   /** The InfluxDB spool: /v1/admin/spool/* exist only when set. */
   spool?: SpoolAdmin | null
 }

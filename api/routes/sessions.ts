@@ -4,6 +4,7 @@ import { LoginRequest, RefreshRequest, TokenPair } from '../schemas/access.ts'
 import type { ApiInstance } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { createLoginBudget } from '../../access/login-budget.ts'
+import type { LoginBudget } from '../../access/login-budget.ts'
 import { errorResponses } from '../schemas/common.ts'
 
 const BEARER = /^Bearer +([\x21-\x7E]{1,512})$/i
@@ -12,9 +13,8 @@ const BEARER = /^Bearer +([\x21-\x7E]{1,512})$/i
  * Login, refresh and logout: public routes (no bearer needed to log in), charged to the
  * caller's address budget like every public route.
  */
-export function sessionRoutes (app: ApiInstance, { access }: { access: Access }): void {
+export function sessionRoutes (app: ApiInstance, { access, budget = loginBudgetFor(access) }: { access: Access, budget?: LoginBudget }): void {
   const { sessions } = access
-  const budget = createLoginBudget({ perAddressPerMinute: access.settings.loginsPerAddressPerMinute, perAccountPerMinute: access.settings.loginsPerAccountPerMinute })
 
   app.post('/login', {
     schema: {
@@ -87,4 +87,9 @@ export function sessionRoutes (app: ApiInstance, { access }: { access: Access })
     }
     return await reply.code(204).send(null)
   })
+}
+
+/** One login budget per API: the web app's sign-in (browser-session.ts) spends the same one. */
+export function loginBudgetFor (access: Access): LoginBudget {
+  return createLoginBudget({ perAddressPerMinute: access.settings.loginsPerAddressPerMinute, perAccountPerMinute: access.settings.loginsPerAccountPerMinute })
 }

@@ -47,6 +47,12 @@ t.test('/docs/json is an OpenAPI 3 document listing every route', async (t) => {
     '/v1/auth/login': ['post'],
     '/v1/auth/refresh': ['post'],
     '/v1/auth/logout': ['post'],
+    // The web app's cookie sign-in and its worklist (issue 15)
+    '/v1/auth/browser/login': ['post'],
+    '/v1/auth/browser/session': ['get'],
+    '/v1/auth/browser/refresh': ['post'],
+    '/v1/auth/browser/logout': ['post'],
+    '/v1/worklist': ['get'],
     '/v1/users': ['get', 'post'],
     '/v1/users/{id}': ['delete', 'get', 'patch'],
     '/v1/users/{id}/roles/{roleId}': ['delete', 'put'],
