@@ -195,6 +195,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,
+      trustProxy: config.trustedProxies.length === 0 ? false : config.trustedProxies,
       ...(diskReserve === null ? {} : { diskReserve })
     })
     closers.push(() => api.close())

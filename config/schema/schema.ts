@@ -48,6 +48,7 @@ export const configSchema = Type.Object({
   HTTP_TLS_CERT_FILE: Type.Optional(file({ section: 'API', description: 'PEM certificate chain: set with `HTTP_TLS_KEY_FILE` and the API speaks HTTPS only (TLS 1.2+) on `HTTP_PORT`' })),
   HTTP_TLS_KEY_FILE: Type.Optional(file({ section: 'API', description: 'PEM private key of `HTTP_TLS_CERT_FILE`\'s certificate (the pair is read and checked at start)' })),
   API_RATE_LIMIT_PER_MINUTE: integer(1, 10_000_000, { section: 'API', default: defaults.API_RATE_LIMIT_PER_MINUTE, description: 'API requests per minute per token (429 with `Retry-After` beyond)' }),
+  TRUST_PROXY: Type.Optional(text({ section: 'API', allowed: 'a comma-separated list of IP addresses or CIDR ranges (e.g. `10.0.0.5,172.16.0.0/12`)', description: 'the reverse proxies in front of the API: a request from one of them is taken to come from the client its `X-Forwarded-For` names, so per-address limits and audit rows see the client, not the proxy. Unset: the socket\'s address, forwarded headers ignored' })),
   API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE: integer(1, 10_000_000, { section: 'API', default: defaults.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE, description: 'per client address, for requests without a valid token (public routes, 404s, failed authentication)' }),
 
   // MQTT
