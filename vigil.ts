@@ -12,6 +12,7 @@ import { startAlertEngine } from './alerts/engine/alert-engine.ts'
 import { rulesSourceOf, startRulesFile } from './alerts/engine/rules-file.ts'
 import { buildApi } from './api/app.ts'
 import { brokerLimitsFrom, createBroker } from './broker/broker.ts'
+import { proxyTrustList } from './broker/proxy-protocol.ts'
 import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './net/listen.ts'
 import { startIngest } from './ingest/ingest.ts'
@@ -173,6 +174,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
             ca: mqttTls.caFile === null ? null : await fs.readFile(mqttTls.caFile)
           },
       wsPort: config.mqttWsPort,
+      proxyProtocol: config.mqttProxyProtocol ? proxyTrustList(config.trustedProxies) : null,
       limits: brokerLimitsFrom(config),
       devices,
       ingest,

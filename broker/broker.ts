@@ -11,6 +11,7 @@ import { createAddressGuard } from './address-guard.ts'
 import { aedesPublisher, type PublishMqtt } from './alert-publisher.ts'
 import { FrameTooLargeError, SlowSubscriberError, UnexpectedPacketTypeError, limitFrames } from './frame-limit.ts'
 import { listenTcp, listenTls, listenWebSocket, type MqttConnection, type MqttListener, type TlsMaterial, type Transport } from './listeners.ts'
+import type { ProxyProtocol } from './proxy-protocol.ts'
 import { reasonOfAedesError, reasonOfTlsError, type RefusalReason } from './refusal-reasons.ts'
 
 export interface BrokerLimits {
@@ -58,6 +59,8 @@ export interface BrokerDeps {
   tls?: (TlsMaterial & { port: number }) | null
   /** MQTT over WebSocket on `/mqtt`. */
   wsPort?: number | null
+  /** PROXY protocol on every listener (MQTT_PROXY_PROTOCOL): required from, and only accepted from, trusted addresses. */
+  proxyProtocol?: ProxyProtocol | null
   limits: BrokerLimits
   devices: DeviceRegistry
   ingest: Ingest
@@ -540,6 +543,9 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
         return
       }
       refuse(reason, { remoteAddress, transport: 'tls', detail: err.message })
+    },
+    proxyRefused (reason: RefusalReason, remoteAddress: string | undefined, transport: Transport, detail: string): void {
+      refuse(reason, { remoteAddress, transport, detail })
     }
   }
 
@@ -547,7 +553,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   const closeListeners = async (): Promise<void> => {
     await Promise.all(listeners.splice(0).map((l) => l.close()))
   }
-  const common = { host: deps.host, connectTimeoutMs: limits.connectTimeoutMs, hooks, log }
+  const common = { host: deps.host, connectTimeoutMs: limits.connectTimeoutMs, hooks, log, proxyProtocol: deps.proxyProtocol ?? null }
   try {
     listeners.push(await listenTcp({ ...common, port: deps.port, portFallback: deps.portFallback, variable: 'MQTT_PORT' }))
     if (deps.tls != null) {

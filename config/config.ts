@@ -70,6 +70,8 @@ export interface Config {
   /** API requests per minute per token, and per address without a valid token. */
   apiRateLimitPerMinute: number
   apiUnauthenticatedRateLimitPerMinute: number
+  /** MQTT_PROXY_PROTOCOL: listeners read a PROXY header from trusted proxies (TRUST_PROXY). */
+  mqttProxyProtocol: boolean
   /** TRUST_PROXY: addresses and CIDR ranges of the reverse proxies in front of the API (empty: none). */
   trustedProxies: string[]
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
@@ -285,6 +287,14 @@ function trustedProxies (raw: string | undefined): string[] {
   return entries
 }
 
+function mqttProxyProtocol (s: Settings): boolean {
+  if (s.MQTT_PROXY_PROTOCOL === 'false') return false
+  if (trustedProxies(s.TRUST_PROXY).length === 0) {
+    throw new ConfigError('MQTT_PROXY_PROTOCOL', 'MQTT_PROXY_PROTOCOL=true needs TRUST_PROXY: the addresses of the proxies allowed to send a PROXY header')
+  }
+  return true
+}
+
 /** The documented default rules shipped next to this file (not relative to the working directory). */
 export const defaultAlertRulesPath = fileURLToPath(new URL('./alert-rules.yaml', import.meta.url))
 
@@ -343,6 +353,7 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     apiRateLimitPerMinute: s.API_RATE_LIMIT_PER_MINUTE,
     apiUnauthenticatedRateLimitPerMinute: s.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE,
     trustedProxies: trustedProxies(s.TRUST_PROXY),
+    mqttProxyProtocol: mqttProxyProtocol(s),
     logLevel: s.LOG_LEVEL,
     secretKeys: secretKeys(s),
     access: accessConfig(s)

@@ -59,6 +59,12 @@ t.test('TRUST_PROXY accepts addresses and CIDR ranges only', async (t) => {
   t.same(loadConfig({}).trustedProxies, [], 'unset: no proxy trusted')
   t.same(loadConfig({ TRUST_PROXY: '10.0.0.5,172.16.0.0/12,fd00::/8' }).trustedProxies, ['10.0.0.5', '172.16.0.0/12', 'fd00::/8'])
   for (const bad of ['true', 'loopback', '10.0.0.0/33', '10.0.0.1/8/1', '1']) {
-    t.throws(() => loadConfig({ TRUST_PROXY: bad }), { variable: 'TRUST_PROXY' }, bad)
+    t.throws(() => loadConfig({ TRUST_PROXY: bad }), /^TRUST_PROXY must be a comma-separated list/, bad)
   }
+})
+
+t.test('MQTT_PROXY_PROTOCOL=true needs TRUST_PROXY', async (t) => {
+  t.equal(loadConfig({}).mqttProxyProtocol, false)
+  t.throws(() => loadConfig({ MQTT_PROXY_PROTOCOL: 'true' }), /^MQTT_PROXY_PROTOCOL=true needs TRUST_PROXY/)
+  t.equal(loadConfig({ MQTT_PROXY_PROTOCOL: 'true', TRUST_PROXY: '10.0.0.5' }).mqttProxyProtocol, true)
 })
