@@ -1,13 +1,21 @@
 import net from 'node:net'
+import tls from 'node:tls'
+import fs from 'node:fs/promises'
 import mqttPacket from 'mqtt-packet'
 import t from 'tap'
+import { createTestPki } from '../helpers/certificates.ts'
 import { startTestVigil } from '../helpers/vigil.ts'
 
 // Issue 16: behind HAProxy (TCP mode, send-proxy) every device had the balancer's address, so
 // one device's wrong passwords locked out the fleet. With MQTT_PROXY_PROTOCOL the header's
 // address is the one limits, lockouts and logs use. Raw sockets: the test writes the PROXY
 // header itself, then the MQTT CONNECT. 127.0.0.1 plays the trusted proxy; 127.0.0.2 is not one.
+const pki = await createTestPki()
+t.teardown(() => pki.remove())
 const vigil = await startTestVigil({
+  MQTT_TLS_PORT: '0',
+  MQTT_TLS_CERT_FILE: pki.server.certFile,
+  MQTT_TLS_KEY_FILE: pki.server.keyFile,
   MQTT_PROXY_PROTOCOL: 'true',
   TRUST_PROXY: '127.0.0.1/32',
   MQTT_AUTH_FAILURES_BEFORE_LOCKOUT: '2',
@@ -41,11 +49,20 @@ function connectPacket (password: string): Buffer {
 }
 
 /** The CONNACK return code, or 'closed' when the broker closed the socket without one. */
-async function attempt (bytes: Buffer, port: number, localAddress = '127.0.0.1'): Promise<number | 'closed'> {
-  const socket = net.connect({ port, host: '127.0.0.1', localAddress })
-  socket.on('error', () => {})
-  t.teardown(() => { socket.destroy() })
-  await new Promise((resolve, reject) => { socket.once('connect', resolve); socket.once('close', reject) })
+async function attempt (bytes: Buffer, port: number, localAddress = '127.0.0.1', tlsAfter?: Buffer): Promise<number | 'closed'> {
+  const raw = net.connect({ port, host: '127.0.0.1', localAddress })
+  raw.on('error', () => {})
+  t.teardown(() => { raw.destroy() })
+  await new Promise((resolve, reject) => { raw.once('connect', resolve); raw.once('close', reject) })
+  let socket: net.Socket = raw
+  if (tlsAfter !== undefined) {
+    // The PROXY header in clear, then the TLS handshake on the same connection (HAProxy in TCP mode).
+    raw.write(bytes)
+    bytes = tlsAfter
+    socket = tls.connect({ socket: raw, ca: await fs.readFile(pki.ca.certFile), servername: 'localhost' })
+    socket.on('error', () => {})
+    await new Promise((resolve, reject) => { socket.once('secureConnect', resolve); socket.once('close', reject) })
+  }
   const parser = mqttPacket.parser({ protocolVersion: 4 })
   const answer = new Promise<number | 'closed'>((resolve) => {
     parser.on('packet', (p) => { if (p.cmd === 'connack') resolve(p.returnCode ?? 0) })
@@ -70,6 +87,12 @@ t.test('limits see the address in the PROXY header (v1 and v2)', async (t) => {
   t.equal(await vigil.refusedCount('locked_out'), lockedBefore + 1, 'counted as locked_out')
   t.equal(await attempt(Buffer.concat([v1('198.51.100.8'), connectPacket(device.password)]), port), 0,
     'another device behind the same proxy is not: the lockout is not the proxy\'s')
+})
+
+t.test('over TLS: the header comes before the handshake', async (t) => {
+  const port = vigil.mqttTlsPort!
+  t.equal(await attempt(v2('198.51.100.7'), port, '127.0.0.1', connectPacket(device.password)), 5, 'the address locked out above is locked out over TLS too')
+  t.equal(await attempt(v1('198.51.100.41'), port, '127.0.0.1', connectPacket(device.password)), 0, 'another address connects')
 })
 
 t.test('only trusted proxies, and only with a header', async (t) => {
