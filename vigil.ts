@@ -13,6 +13,7 @@ import { rulesSourceOf, startRulesFile } from './alerts/engine/rules-file.ts'
 import { buildApi } from './api/app.ts'
 import { buildWebApp } from './web/build.ts'
 import { brokerLimitsFrom, createBroker } from './broker/broker.ts'
+import { proxyTrustList } from './broker/proxy-protocol.ts'
 import type { Config, TlsFiles } from './config/config.ts'
 import { listen } from './net/listen.ts'
 import { startIngest } from './ingest/ingest.ts'
@@ -187,6 +188,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
             ca: mqttTls.caFile === null ? null : await fs.readFile(mqttTls.caFile)
           },
       wsPort: config.mqttWsPort,
+      proxyProtocol: config.mqttProxyProtocol ? proxyTrustList(config.trustedProxies) : null,
       limits: brokerLimitsFrom(config),
       devices,
       ingest,
@@ -211,6 +213,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,
+      trustProxy: config.trustedProxies.length === 0 ? false : config.trustedProxies,
       ...(diskReserve === null ? {} : { diskReserve })
     })
     closers.push(() => api.close())

@@ -121,7 +121,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
   })
   let listeners: MqttListener[]
   try {
-    listeners = await openListeners({ host: deps.host, port: deps.port, portFallback: deps.portFallback, tls: deps.tls, wsPort: deps.wsPort, connectTimeoutMs: limits.connectTimeoutMs, maxPacketBytes: limits.maxPacketBytes, hooks, log })
+    listeners = await openListeners({ host: deps.host, port: deps.port, portFallback: deps.portFallback, tls: deps.tls, wsPort: deps.wsPort, connectTimeoutMs: limits.connectTimeoutMs, maxPacketBytes: limits.maxPacketBytes, proxyProtocol: deps.proxyProtocol, hooks, log })
   } catch (err) {
     await new Promise<void>((resolve) => aedes.close(() => resolve()))
     guard.close()

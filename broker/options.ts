@@ -6,6 +6,7 @@ import type { Ingest } from '../ingest/ingest.ts'
 import type { Metrics } from '../observability/metrics.ts'
 import type { TlsMaterial } from './listeners.ts'
 import type { PublishMqtt } from './alert-publisher.ts'
+import type { ProxyProtocol } from './proxy-protocol.ts'
 
 /**
  * The broker's own defaults, in one place (as aedes keeps its `defaultOptions`). The limits an
@@ -67,6 +68,8 @@ export interface BrokerDeps {
   tls?: (TlsMaterial & { port: number }) | null
   /** MQTT over WebSocket on `/mqtt`. */
   wsPort?: number | null
+  /** PROXY protocol on every listener (MQTT_PROXY_PROTOCOL): required from, and only accepted from, trusted addresses. */
+  proxyProtocol?: ProxyProtocol | null
   limits: BrokerLimits
   devices: DeviceRegistry
   ingest: Ingest

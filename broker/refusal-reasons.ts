@@ -7,6 +7,8 @@ export const refusalReasons = [
   // connection level, before MQTT
   'connect_rate_limited', 'tls_protocol_version', 'tls_client_certificate', 'tls_handshake_failed',
   'packet_too_large', 'malformed_packet', 'connect_timeout', 'queue_limit', 'protocol_violation',
+  // MQTT_PROXY_PROTOCOL: a connection from an address not in TRUST_PROXY, or without a valid PROXY header.
+  'proxy_untrusted', 'proxy_header_invalid',
   // CONNECT
   'protocol_version', 'keepalive_not_allowed', 'client_id_empty', 'client_id_invalid', 'username_invalid',
   'locked_out', 'anonymous', 'client_id_mismatch', 'client_id_not_owned', 'certificate_mismatch', 'bad_credentials', 'auth_unavailable',

@@ -5,6 +5,7 @@ import type { Logger } from 'pino'
 import type { AddressGuard } from './address-guard.ts'
 import { FrameTooLargeError, SlowSubscriberError, UnexpectedPacketTypeError, limitFrames, type StreamLimits } from './frame-limit.ts'
 import { listenTcp, listenTls, listenWebSocket, type ListenerHooks, type MqttListener, type TlsMaterial } from './listeners.ts'
+import type { ProxyProtocol } from './proxy-protocol.ts'
 import { reasonOfTlsError, type RefusalReason } from './refusal-reasons.ts'
 import type { Connections, DeviceSessions, Refuse } from './shared.ts'
 
@@ -53,6 +54,9 @@ export function listenerHooks (ctx: TransportContext): ListenerHooks {
         return
       }
       ctx.refuse(reason, { remoteAddress, transport: 'tls', detail: err.message })
+    },
+    proxyRefused (reason, remoteAddress, transport, detail) {
+      ctx.refuse(reason, { remoteAddress, transport, detail })
     }
   }
 }
@@ -65,6 +69,8 @@ export interface OpenListenersOptions {
   wsPort?: number | null
   connectTimeoutMs: number
   maxPacketBytes: number
+  /** PROXY protocol on every listener (MQTT_PROXY_PROTOCOL). */
+  proxyProtocol?: ProxyProtocol | null
   hooks: ListenerHooks
   log: Logger
 }
@@ -72,7 +78,7 @@ export interface OpenListenersOptions {
 /** Opens TCP, and TLS and WebSocket when configured; when one fails, closes those already open and throws. */
 export async function openListeners (options: OpenListenersOptions): Promise<MqttListener[]> {
   const listeners: MqttListener[] = []
-  const common = { host: options.host, connectTimeoutMs: options.connectTimeoutMs, hooks: options.hooks, log: options.log }
+  const common = { host: options.host, connectTimeoutMs: options.connectTimeoutMs, hooks: options.hooks, log: options.log, proxyProtocol: options.proxyProtocol ?? null }
   try {
     listeners.push(await listenTcp({ ...common, port: options.port, portFallback: options.portFallback, variable: 'MQTT_PORT' }))
     if (options.tls != null) {

@@ -1,5 +1,6 @@
 import { X509Certificate } from 'node:crypto'
 import fs from 'node:fs'
+import net from 'node:net'
 import path from 'node:path'
 import tls from 'node:tls'
 import type { Keyring } from '../crypto/field-encryption.ts'
@@ -73,6 +74,10 @@ export interface Config {
   /** API requests per minute per token, and per address without a valid token. */
   apiRateLimitPerMinute: number
   apiUnauthenticatedRateLimitPerMinute: number
+  /** MQTT_PROXY_PROTOCOL: listeners read a PROXY header from trusted proxies (TRUST_PROXY). */
+  mqttProxyProtocol: boolean
+  /** TRUST_PROXY: addresses and CIDR ranges of the reverse proxies in front of the API (empty: none). */
+  trustedProxies: string[]
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
   /**
    * Field-encryption keys for PHI at rest (VIGIL_SECRET_KEY or VIGIL_SECRET_KEY_FILE); null:
@@ -266,6 +271,34 @@ function accessConfig (s: Settings): AccessConfig {
   }
 }
 
+/**
+ * TRUST_PROXY as Fastify's trustProxy takes it: each entry an address or a CIDR range. Names
+ * (`loopback`, `true`, hop counts) are refused on purpose: trusting every sender would let any
+ * client choose the address its limits and audit rows are kept under.
+ */
+function trustedProxies (raw: string | undefined): string[] {
+  if (raw === undefined) return []
+  const entries = raw.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '')
+  for (const entry of entries) {
+    const [address, prefix, extra] = entry.split('/')
+    const family = net.isIP(address ?? '')
+    const maxPrefix = family === 4 ? 32 : 128
+    const prefixOk = prefix === undefined || (/^\d{1,3}$/.test(prefix) && Number(prefix) <= maxPrefix)
+    if (family === 0 || !prefixOk || extra !== undefined) {
+      throw new ConfigError('TRUST_PROXY', `TRUST_PROXY must be a comma-separated list of IP addresses or CIDR ranges (got "${entry}")`)
+    }
+  }
+  return entries
+}
+
+function mqttProxyProtocol (s: Settings): boolean {
+  if (s.MQTT_PROXY_PROTOCOL === 'false') return false
+  if (trustedProxies(s.TRUST_PROXY).length === 0) {
+    throw new ConfigError('MQTT_PROXY_PROTOCOL', 'MQTT_PROXY_PROTOCOL=true needs TRUST_PROXY: the addresses of the proxies allowed to send a PROXY header')
+  }
+  return true
+}
+
 /** The documented default rules shipped next to this file (not relative to the working directory). */
 export const defaultAlertRulesPath = fileURLToPath(new URL('./alert-rules.yaml', import.meta.url))
 
@@ -325,6 +358,8 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     diskReserveBytes: s.VIGIL_DISK_RESERVE_MB * 1024 * 1024,
     apiRateLimitPerMinute: s.API_RATE_LIMIT_PER_MINUTE,
     apiUnauthenticatedRateLimitPerMinute: s.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE,
+    trustedProxies: trustedProxies(s.TRUST_PROXY),
+    mqttProxyProtocol: mqttProxyProtocol(s),
     logLevel: s.LOG_LEVEL,
     secretKeys: secretKeys(s),
     access: accessConfig(s)

@@ -7,6 +7,21 @@ import type { RequestBudgets } from '../../access/auth.ts'
 // request: a client can fit up to twice its limit across a window boundary, never more.
 const WINDOW_MS = 60_000
 
+// Health and metrics have their own per-address budget, apart from the public one: a flood of
+// /docs or 404s from one address (or from a proxy's address when TRUST_PROXY is unset) must not
+// make the container healthcheck or the Prometheus scrape see 429 (issue 16). Both cost little
+// but are not free (/healthz asks the database and the reading store; /metrics renders every
+// series), so they are still limited: a healthcheck every 15 s and a scrape every 15 s use 8 a
+// minute; 600 leaves room for several monitors behind one address.
+export const OPERATIONS_REQUESTS_PER_MINUTE = 600
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** 'operations': the route is charged to the per-address operations budget, not the public one (health, metrics). */
+    budget?: 'operations'
+  }
+}
+
 export type { RequestBudgets } from '../../access/auth.ts'
 
 export interface RequestBudgetLimits {
@@ -26,6 +41,11 @@ export async function registerRequestBudgets (app: FastifyInstance, limits: Requ
   // The plugin's default key: request.ip, IPv6 masked to its /64 (one subscriber's
   // allocation, so rotating addresses inside it does not buy a fresh budget).
   const byAddress = app.createRateLimit({ max: limits.perAddressPerMinute, timeWindow: WINDOW_MS })
+  const byAddressForOperations = app.createRateLimit({
+    max: OPERATIONS_REQUESTS_PER_MINUTE,
+    // Each limiter made here has its own store (its own counts), keyed like byAddress.
+    timeWindow: WINDOW_MS
+  })
   const byToken = app.createRateLimit({
     max: limits.perTokenPerMinute,
     timeWindow: WINDOW_MS,
@@ -45,7 +65,7 @@ export async function registerRequestBudgets (app: FastifyInstance, limits: Requ
   }
 
   return {
-    chargeAddress: (request, reply) => charge(byAddress, request, reply),
+    chargeAddress: (request, reply) => charge(request.routeOptions.config.budget === 'operations' ? byAddressForOperations : byAddress, request, reply),
     chargeToken: (request, reply) => charge(byToken, request, reply),
     async refuseExhaustedAddress (request, reply) {
       const state = await byAddress(request, { increment: false })

@@ -48,7 +48,8 @@ export function healthRoutes (app: ApiInstance, { db, readings, healthChecks = {
   }
 
   app.get('/healthz', {
-    config: { shed: false },
+    // Its own address budget (api/plugins/rate-limits.ts): a container healthcheck must not get 429.
+    config: { shed: false, budget: 'operations' },
     schema: {
       tags: ['operations'],
       summary: 'Liveness and dependencies (no auth)',

@@ -9,7 +9,8 @@ import type { ApiDeps, ApiInstance } from './route-deps.ts'
 export function metricsRoutes (app: ApiInstance, { metrics }: Pick<ApiDeps, 'metrics'>): void {
   app.get('/metrics', {
     // Never shed: an overloaded process is exactly when its metrics are needed.
-    config: { shed: false },
+    // Its own address budget (api/plugins/rate-limits.ts): scrapes are not public traffic.
+    config: { shed: false, budget: 'operations' },
     schema: {
       tags: ['operations'],
       summary: 'Prometheus metrics (text exposition format; no auth, restrict by network)',

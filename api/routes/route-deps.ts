@@ -81,7 +81,7 @@ export interface ApiDeps extends Partial<ApiLimits> {
   /** Extra health checks (e.g. spool) -> name: async () => void (throws when unhealthy). */
   healthChecks?: Record<string, () => Promise<void>>
   /**
-   * Fastify's trustProxy: set it (to the proxy's address, preferably) only when a reverse
+   * Fastify's trustProxy (vigil.ts passes TRUST_PROXY): set it (to the proxy's address, preferably) only when a reverse
    * proxy fronts the API, so per-address limits see the client's address from
    * X-Forwarded-For instead of the proxy's. Default false: the socket's address.
    */

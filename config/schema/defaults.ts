@@ -24,6 +24,7 @@ export const defaults = {
 
   // MQTT
   MQTT_PORT: 1883,
+  MQTT_PROXY_PROTOCOL: 'false',
   MQTT_MAX_PACKET_BYTES: 256 * KiB,
   // devices/{id}/telemetry and devices/{id}/# have 3 levels; Aedes caps the setting at 100.
   MQTT_MAX_TOPIC_LEVELS: 8,

@@ -48,6 +48,7 @@ export const configSchema = Type.Object({
   HTTP_TLS_CERT_FILE: Type.Optional(file({ section: 'API', description: 'PEM certificate chain: set with `HTTP_TLS_KEY_FILE` and the API speaks HTTPS only (TLS 1.2+) on `HTTP_PORT`' })),
   HTTP_TLS_KEY_FILE: Type.Optional(file({ section: 'API', description: 'PEM private key of `HTTP_TLS_CERT_FILE`\'s certificate (the pair is read and checked at start)' })),
   API_RATE_LIMIT_PER_MINUTE: integer(1, 10_000_000, { section: 'API', default: defaults.API_RATE_LIMIT_PER_MINUTE, description: 'API requests per minute per token (429 with `Retry-After` beyond)' }),
+  TRUST_PROXY: Type.Optional(text({ section: 'API', allowed: 'a comma-separated list of IP addresses or CIDR ranges (e.g. `10.0.0.5,172.16.0.0/12`)', description: 'the reverse proxies in front of the API: a request from one of them is taken to come from the client its `X-Forwarded-For` names, so per-address limits and audit rows see the client, not the proxy. Unset: the socket\'s address, forwarded headers ignored' })),
   API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE: integer(1, 10_000_000, { section: 'API', default: defaults.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE, description: 'per client address, for requests without a valid token (public routes, 404s, failed authentication)' }),
 
   // MQTT
@@ -58,6 +59,7 @@ export const configSchema = Type.Object({
   MQTT_TLS_KEY_FILE: Type.Optional(file({ section: 'MQTT', description: 'PEM private key of `MQTT_TLS_CERT_FILE`\'s certificate' })),
   MQTT_TLS_CA_FILE: Type.Optional(file({ section: 'MQTT', description: 'PEM CA bundle: set, every TLS client must present a certificate it signed whose common name is its device id (mutual TLS; the password is still required)' })),
   MQTT_WS_PORT: Type.Optional(port({ section: 'MQTT', description: 'MQTT over WebSocket, path `/mqtt` (plain `ws://`: put a TLS proxy in front for browsers); `0` picks a free port' })),
+  MQTT_PROXY_PROTOCOL: Type.Union([Type.Literal('false'), Type.Literal('true')], { section: 'MQTT', default: defaults.MQTT_PROXY_PROTOCOL, description: '`true`: every MQTT connection (TCP, TLS, WebSocket) must start with a PROXY protocol header (v1 or v2, HAProxy `send-proxy`) and come from an address in `TRUST_PROXY`; per-address limits, lockouts and logs then see the device\'s address. Others are refused (`proxy_untrusted`, `proxy_header_invalid`). `false`: a PROXY header is refused like any bad packet' }),
   MQTT_MAX_PACKET_BYTES: integer(1024, 256 * MiB, { section: 'MQTT', default: defaults.MQTT_MAX_PACKET_BYTES, description: 'largest MQTT packet (also WebSocket message) accepted; a bigger one closes the connection before it is read' }),
   MQTT_MAX_OUTGOING_BYTES: Type.Optional(integer(1024, 1024 * MiB, { section: 'MQTT', defaultText: '`1048576` or 4 × `MQTT_MAX_PACKET_BYTES`, the larger', description: 'bytes queued for a client that is not reading, past which it is disconnected (at least `MQTT_MAX_PACKET_BYTES`)' })),
   MQTT_MAX_TOPIC_LEVELS: integer(3, 100, { section: 'MQTT', default: defaults.MQTT_MAX_TOPIC_LEVELS, description: 'deepest topic or filter accepted; deeper closes the connection' }),
