@@ -206,6 +206,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,
+      maxEventLoopDelayMs: config.apiMaxEventLoopDelayMs,
       ...(diskReserve === null ? {} : { diskReserve })
     })
     closers.push(() => api.close())

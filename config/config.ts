@@ -73,6 +73,8 @@ export interface Config {
   /** API requests per minute per token, and per address without a valid token. */
   apiRateLimitPerMinute: number
   apiUnauthenticatedRateLimitPerMinute: number
+  /** Load shedding: mean event-loop delay (ms) past which API requests get 503; 0: off (API_MAX_EVENT_LOOP_DELAY_MS). */
+  apiMaxEventLoopDelayMs: number
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
   /**
    * Field-encryption keys for PHI at rest (VIGIL_SECRET_KEY or VIGIL_SECRET_KEY_FILE); null:
@@ -325,6 +327,7 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     diskReserveBytes: s.VIGIL_DISK_RESERVE_MB * 1024 * 1024,
     apiRateLimitPerMinute: s.API_RATE_LIMIT_PER_MINUTE,
     apiUnauthenticatedRateLimitPerMinute: s.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE,
+    apiMaxEventLoopDelayMs: s.API_MAX_EVENT_LOOP_DELAY_MS,
     logLevel: s.LOG_LEVEL,
     secretKeys: secretKeys(s),
     access: accessConfig(s)

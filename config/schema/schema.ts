@@ -49,6 +49,7 @@ export const configSchema = Type.Object({
   HTTP_TLS_KEY_FILE: Type.Optional(file({ section: 'API', description: 'PEM private key of `HTTP_TLS_CERT_FILE`\'s certificate (the pair is read and checked at start)' })),
   API_RATE_LIMIT_PER_MINUTE: integer(1, 10_000_000, { section: 'API', default: defaults.API_RATE_LIMIT_PER_MINUTE, description: 'API requests per minute per token (429 with `Retry-After` beyond)' }),
   API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE: integer(1, 10_000_000, { section: 'API', default: defaults.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE, description: 'per client address, for requests without a valid token (public routes, 404s, failed authentication)' }),
+  API_MAX_EVENT_LOOP_DELAY_MS: integer(0, 60_000, { section: 'API', default: defaults.API_MAX_EVENT_LOOP_DELAY_MS, description: 'load shedding: while the event loop\'s mean delay over a 5 s sample is past this, API requests get 503 `VIGIL_ERR_UNAVAILABLE` with `Retry-After` (not `/healthz`, `/metrics`), so the broker keeps up; `0` turns the check off' }),
 
   // MQTT
   MQTT_HOST: Type.Optional(text({ section: 'MQTT', defaultText: '`HTTP_HOST`', description: 'address the MQTT listeners (TCP, TLS, WebSocket) bind to' })),
