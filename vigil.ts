@@ -214,6 +214,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,
       trustProxy: config.trustedProxies.length === 0 ? false : config.trustedProxies,
+      maxEventLoopDelayMs: config.apiMaxEventLoopDelayMs,
       ...(diskReserve === null ? {} : { diskReserve })
     })
     closers.push(() => api.close())

@@ -55,11 +55,8 @@ export const apiLimitDefaults: Readonly<ApiLimits> = {
   // (config/schema/defaults.ts says why these numbers).
   rateLimitPerMinute: defaults.API_RATE_LIMIT_PER_MINUTE,
   unauthenticatedRateLimitPerMinute: defaults.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE,
-  // The mean of the loop's 10 ms ticks over a 5 s sample: past 1 s the loop is stalled
-  // nearly throughout (answers and the broker's PUBACKs are late). One long pause, such as
-  // Fastify compiling its serializers at start-up (about a second), stays far below it;
-  // with 1 s samples that pause alone shed the end-to-end tests' first requests.
-  maxEventLoopDelayMs: 1000,
+  // API_MAX_EVENT_LOOP_DELAY_MS (defaults.ts says why 1 s over a 5 s sample).
+  maxEventLoopDelayMs: defaults.API_MAX_EVENT_LOOP_DELAY_MS,
   // Off: utilization near 1 is normal load here, not overload. Embedded PGlite runs its
   // queries on this event loop, and at 0.98 (even over 5 s samples) the API refused the
   // end-to-end tests' provisioning of 100 devices at once and the embedded flow's reads.

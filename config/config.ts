@@ -78,6 +78,8 @@ export interface Config {
   mqttProxyProtocol: boolean
   /** TRUST_PROXY: addresses and CIDR ranges of the reverse proxies in front of the API (empty: none). */
   trustedProxies: string[]
+  /** Load shedding: mean event-loop delay (ms) past which API requests get 503; 0: off (API_MAX_EVENT_LOOP_DELAY_MS). */
+  apiMaxEventLoopDelayMs: number
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
   /**
    * Field-encryption keys for PHI at rest (VIGIL_SECRET_KEY or VIGIL_SECRET_KEY_FILE); null:
@@ -360,6 +362,7 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     apiUnauthenticatedRateLimitPerMinute: s.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE,
     trustedProxies: trustedProxies(s.TRUST_PROXY),
     mqttProxyProtocol: mqttProxyProtocol(s),
+    apiMaxEventLoopDelayMs: s.API_MAX_EVENT_LOOP_DELAY_MS,
     logLevel: s.LOG_LEVEL,
     secretKeys: secretKeys(s),
     access: accessConfig(s)

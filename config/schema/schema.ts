@@ -50,6 +50,7 @@ export const configSchema = Type.Object({
   API_RATE_LIMIT_PER_MINUTE: integer(1, 10_000_000, { section: 'API', default: defaults.API_RATE_LIMIT_PER_MINUTE, description: 'API requests per minute per token (429 with `Retry-After` beyond)' }),
   TRUST_PROXY: Type.Optional(text({ section: 'API', allowed: 'a comma-separated list of IP addresses or CIDR ranges (e.g. `10.0.0.5,172.16.0.0/12`)', description: 'the reverse proxies in front of the API: a request from one of them is taken to come from the client its `X-Forwarded-For` names, so per-address limits and audit rows see the client, not the proxy. Unset: the socket\'s address, forwarded headers ignored' })),
   API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE: integer(1, 10_000_000, { section: 'API', default: defaults.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE, description: 'per client address, for requests without a valid token (public routes, 404s, failed authentication)' }),
+  API_MAX_EVENT_LOOP_DELAY_MS: integer(0, 60_000, { section: 'API', default: defaults.API_MAX_EVENT_LOOP_DELAY_MS, description: 'load shedding: while the event loop\'s mean delay over a 5 s sample is past this, API requests get 503 `VIGIL_ERR_UNAVAILABLE` with `Retry-After` (not `/healthz`, `/metrics`), so the broker keeps up; `0` turns the check off' }),
 
   // MQTT
   MQTT_HOST: Type.Optional(text({ section: 'MQTT', defaultText: '`HTTP_HOST`', description: 'address the MQTT listeners (TCP, TLS, WebSocket) bind to' })),

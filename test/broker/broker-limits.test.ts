@@ -457,7 +457,7 @@ t.test('100 hostile sockets declaring huge packets raise Vigil\'s RSS by less th
   t.teardown(() => fs.rm(dataDir, { recursive: true, force: true }))
   const child = spawn(process.execPath, ['--import', 'tsx', 'main.ts'], {
     cwd: root,
-    env: { ...process.env, HTTP_PORT: '0', MQTT_PORT: '0', VIGIL_DATA_DIR: dataDir, LOG_LEVEL: 'warn' },
+    env: { ...process.env, HTTP_PORT: '0', MQTT_PORT: '0', VIGIL_DATA_DIR: dataDir, LOG_LEVEL: 'warn', API_MAX_EVENT_LOOP_DELAY_MS: '0' },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let output = ''

@@ -30,8 +30,8 @@ t.test('unset variables take the defaults object, and modules built without a Co
   const settings = parseEnvironment({})
   for (const [name, value] of Object.entries(defaults)) t.equal((settings as Record<string, unknown>)[name], value, name)
   const c = loadConfig({})
-  t.same({ rateLimitPerMinute: c.apiRateLimitPerMinute, unauthenticatedRateLimitPerMinute: c.apiUnauthenticatedRateLimitPerMinute },
-    { rateLimitPerMinute: apiLimitDefaults.rateLimitPerMinute, unauthenticatedRateLimitPerMinute: apiLimitDefaults.unauthenticatedRateLimitPerMinute }, 'buildApi')
+  t.same({ rateLimitPerMinute: c.apiRateLimitPerMinute, unauthenticatedRateLimitPerMinute: c.apiUnauthenticatedRateLimitPerMinute, maxEventLoopDelayMs: c.apiMaxEventLoopDelayMs },
+    { rateLimitPerMinute: apiLimitDefaults.rateLimitPerMinute, unauthenticatedRateLimitPerMinute: apiLimitDefaults.unauthenticatedRateLimitPerMinute, maxEventLoopDelayMs: apiLimitDefaults.maxEventLoopDelayMs }, 'buildApi')
   t.same({ maxBytes: c.voiceNoteMaxBytes, maxSeconds: c.voiceNoteMaxSeconds }, voiceNoteLimitDefaults, 'the voice-note route')
   t.same(c.access, accessDefaults, 'createAccess')
   t.equal(c.diskReserveBytes, DEFAULT_DISK_RESERVE_BYTES, 'the disk reserve')

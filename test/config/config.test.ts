@@ -46,6 +46,12 @@ t.test('the outgoing bound follows a larger packet size unless set', async (t) =
   t.equal(loadConfig({ MQTT_MAX_PACKET_BYTES: '4096', MQTT_MAX_OUTGOING_BYTES: '4096' }).mqttMaxOutgoingBytes, 4096)
 })
 
+t.test('load shedding: 1 s of mean event-loop delay by default, 0 turns it off', async (t) => {
+  t.equal(loadConfig({}).apiMaxEventLoopDelayMs, 1000)
+  t.equal(loadConfig({ API_MAX_EVENT_LOOP_DELAY_MS: '0' }).apiMaxEventLoopDelayMs, 0)
+  t.equal(loadConfig({ API_MAX_EVENT_LOOP_DELAY_MS: '250' }).apiMaxEventLoopDelayMs, 250)
+})
+
 t.test('port 0 is allowed (pick a free port)', async (t) => {
   t.equal(loadConfig({ HTTP_PORT: '0', MQTT_PORT: '0' }).mqttPort, 0)
 })
@@ -58,6 +64,8 @@ t.test('InfluxDB settings', async (t) => {
 const bad: Array<[Record<string, string>, string]> = [
   [{ HTTP_PORT: 'abc' }, 'HTTP_PORT'],
   [{ HTTP_PORT: '70000' }, 'HTTP_PORT'],
+  [{ API_MAX_EVENT_LOOP_DELAY_MS: '-1' }, 'API_MAX_EVENT_LOOP_DELAY_MS'],
+  [{ API_MAX_EVENT_LOOP_DELAY_MS: 'off' }, 'API_MAX_EVENT_LOOP_DELAY_MS'],
   [{ MQTT_PORT: '-1' }, 'MQTT_PORT'],
   [{ MQTT_TLS_PORT: '1.5' }, 'MQTT_TLS_PORT'],
   [{ DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],

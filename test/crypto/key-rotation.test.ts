@@ -37,7 +37,7 @@ for (const kind of ['postgres', 'pglite'] as const) {
     /** Starts Vigil on the same data dir and database with VIGIL_SECRET_KEY = `secretKey`. */
     async function start (secretKey: string) {
       const config = loadConfig({
-        HTTP_PORT: '0', MQTT_PORT: '0', VIGIL_DATA_DIR: dataDir, VIGIL_ADMIN_TOKEN: adminToken, LOG_LEVEL: 'info',
+        HTTP_PORT: '0', MQTT_PORT: '0', VIGIL_DATA_DIR: dataDir, VIGIL_ADMIN_TOKEN: adminToken, LOG_LEVEL: 'info', API_MAX_EVENT_LOOP_DELAY_MS: '0',
         VIGIL_SECRET_KEY: secretKey, ...(databaseUrl === null ? {} : { DATABASE_URL: databaseUrl })
       })
       const vigil = await startVigil(config, createLogger('info', logs.stream))

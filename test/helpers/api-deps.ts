@@ -22,7 +22,11 @@ import { createTestDatabase } from './postgres.ts'
 /** A cheap scrypt cost for test passwords (OWASP's minimum costs ~0.3 s and 128 MiB each). */
 export const testPasswordCost = { N: 1024, r: 8, p: 1 } as const
 
-/** The API's dependencies on one database, as vigil.ts wires them (readings in Postgres). */
+/**
+ * The API's dependencies on one database, as vigil.ts wires them (readings in Postgres), with
+ * load shedding off: a test not about shedding must not get 503 because the machine is busy
+ * (test/api/api-hardening.test.ts turns it on with its own values).
+ */
 export function apiDepsFor (db: Database, log: Logger, access: Partial<Omit<AccessOptions, 'pool' | 'patients' | 'tokens'>> = {}): ApiDeps {
   const patients = createPatientStore(db.pool)
   const tokens = createApiTokenStore(db.pool)
@@ -41,7 +45,8 @@ export function apiDepsFor (db: Database, log: Logger, access: Partial<Omit<Acce
     metrics: createMetrics(),
     patientRecords: createPatientRecordStore(db.pool, keyring, log),
     jobs,
-    voiceNotes: createVoiceNoteStore(db.pool, jobs, keyring)
+    voiceNotes: createVoiceNoteStore(db.pool, jobs, keyring),
+    maxEventLoopDelayMs: 0
   }
 }
 

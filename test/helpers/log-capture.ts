@@ -84,6 +84,8 @@ export async function startVigilWithLogCapture (options: { env?: Record<string, 
     // connect rate and lockout would refuse the rest before their packets were read.
     MQTT_CONNECT_RATE_PER_ADDRESS: '0',
     MQTT_AUTH_FAILURES_BEFORE_LOCKOUT: '0',
+    // Load shedding off: a busy machine must not fail tests with 503.
+    API_MAX_EVENT_LOOP_DELAY_MS: '0',
     ...(database === null ? {} : { DATABASE_URL: database.url }),
     ...options.env
   })

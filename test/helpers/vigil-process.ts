@@ -34,13 +34,14 @@ function portsFromLog (out: string): { httpPort: number, mqttPort: number } | un
  * Runs the real entry point (`node --import tsx main.ts`) and waits until it listens: until it
  * wrote listening.json, or logged `vigil started` (LOG_LEVEL info); 60 s by
  * default (an embedded first start runs PGlite's initdb, which takes tens of seconds on a busy machine).
+ * Load shedding is off unless `env` sets API_MAX_EVENT_LOOP_DELAY_MS: a busy machine must not fail tests with 503.
  */
 export async function spawnVigil (env: Record<string, string>, dataDir: string, options: { startTimeoutMs?: number } = {}): Promise<VigilProcess> {
   const listeningFile = path.join(dataDir, 'listening.json')
   await fs.rm(listeningFile, { force: true })
   const child = spawn(process.execPath, ['--import', 'tsx', 'main.ts'], {
     cwd: root,
-    env: { ...process.env, HTTP_PORT: '0', MQTT_PORT: '0', LOG_LEVEL: 'warn', VIGIL_DATA_DIR: dataDir, ...env },
+    env: { ...process.env, HTTP_PORT: '0', MQTT_PORT: '0', LOG_LEVEL: 'warn', VIGIL_DATA_DIR: dataDir, API_MAX_EVENT_LOOP_DELAY_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let out = ''

@@ -24,13 +24,15 @@ export interface TestVigil extends Vigil {
 export type MqttTransport = 'tcp' | 'tls' | 'ws'
 
 /**
- * Starts the whole service in-process on free ports. env adds to the test defaults. With
+ * Starts the whole service in-process on free ports, load shedding off (a busy machine must not
+ * fail tests with 503). env adds to the test defaults. With
  * HTTP_TLS_CERT_FILE set, pass the CA that signed it as `httpsCa`: the API helpers then use HTTPS.
  */
 export async function startTestVigil (env: Record<string, string> = {}, dataDir?: string, options: { httpsCa?: Buffer } = {}): Promise<TestVigil> {
   const dir = dataDir ?? await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-test-'))
   const config = loadConfig({
-    HTTP_PORT: '0', MQTT_PORT: '0', VIGIL_DATA_DIR: dir, VIGIL_ADMIN_TOKEN: adminToken, LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent', ...env
+    HTTP_PORT: '0', MQTT_PORT: '0', VIGIL_DATA_DIR: dir, VIGIL_ADMIN_TOKEN: adminToken, LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+    API_MAX_EVENT_LOOP_DELAY_MS: '0', ...env
   })
   const vigil = await startVigil(config, createLogger(config.logLevel))
   const base = `${vigil.httpTls ? 'https' : 'http'}://127.0.0.1:${vigil.httpPort}`
