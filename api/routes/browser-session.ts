@@ -8,6 +8,7 @@ import { VigilError } from '../../errors/catalogue.ts'
 import { LoginRequest } from '../schemas/access.ts'
 import { Uuid, errorResponses } from '../schemas/common.ts'
 import type { ApiInstance } from './route-deps.ts'
+import { logIn } from './sessions.ts'
 
 // The refresh token's cookie reaches only these routes (Path), so no other request carries it.
 const REFRESH_PATH = '/v1/auth/browser'
@@ -73,21 +74,9 @@ export function browserSessionRoutes (app: ApiInstance, { access, authenticate, 
     }
   }, async (request, reply) => {
     refuseCrossSite(request, null)
-    const admission = budget.admit(request.ip, request.body.email)
-    if (!admission.admitted) {
-      request.log.info({ budget: admission.budget }, 'login refused: budget spent')
-      reply.header('retry-after', admission.retryAfterSeconds)
-      throw new VigilError('VIGIL_ERR_RATE_LIMITED', `too many login attempts, retry in ${admission.retryAfterSeconds} s`)
-    }
-    const outcome = await sessions.login(request.body.email, request.body.password)
-    if (!outcome.ok) {
-      request.log.info({ reason: outcome.reason }, 'login refused')
-      if (outcome.reason === 'just-locked') request.log.warn('account locked after repeated failed logins')
-      throw new VigilError('VIGIL_ERR_LOGIN_FAILED', 'the email or password is wrong, or the account is locked or inactive')
-    }
-    request.log.info({ userId: outcome.tokens.userId, sessionId: outcome.tokens.sessionId, via: 'browser' }, 'login')
-    setCookies(request, reply, outcome.tokens)
-    return await describe(outcome.tokens.accessToken, outcome.tokens.expiresIn)
+    const tokens = await logIn(access, budget, request.body, request, reply, 'browser')
+    setCookies(request, reply, tokens)
+    return await describe(tokens.accessToken, tokens.expiresIn)
   })
 
   app.get('/browser/session', {

@@ -1,5 +1,7 @@
 import { Type } from '@fastify/type-provider-typebox'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Access } from '../../access/access.ts'
+import type { IssuedTokens } from '../../access/sessions.ts'
 import { LoginRequest, RefreshRequest, TokenPair } from '../schemas/access.ts'
 import type { ApiInstance } from './route-deps.ts'
 import { VigilError } from '../../errors/catalogue.ts'
@@ -30,22 +32,8 @@ export function sessionRoutes (app: ApiInstance, { access, budget = loginBudgetF
       response: { 200: TokenPair, ...errorResponses(413) }
     }
   }, async (request, reply) => {
-    // Before the password is hashed: a flood costs a map lookup, not scrypt.
-    const admission = budget.admit(request.ip, request.body.email)
-    if (!admission.admitted) {
-      request.log.info({ budget: admission.budget }, 'login refused: budget spent')
-      reply.header('retry-after', admission.retryAfterSeconds)
-      throw new VigilError('VIGIL_ERR_RATE_LIMITED', `too many login attempts, retry in ${admission.retryAfterSeconds} s`)
-    }
-    const outcome = await sessions.login(request.body.email, request.body.password)
-    if (!outcome.ok) {
-      // The reason is for operators; the email is not logged (it identifies a person).
-      request.log.info({ reason: outcome.reason }, 'login refused')
-      if (outcome.reason === 'just-locked') request.log.warn('account locked after repeated failed logins')
-      throw new VigilError('VIGIL_ERR_LOGIN_FAILED', 'the email or password is wrong, or the account is locked or inactive')
-    }
-    request.log.info({ userId: outcome.tokens.userId, sessionId: outcome.tokens.sessionId }, 'login')
-    const { accessToken, refreshToken, expiresIn, userId } = outcome.tokens
+    const tokens = await logIn(access, budget, request.body, request, reply, 'api')
+    const { accessToken, refreshToken, expiresIn, userId } = tokens
     return { tokenType: 'Bearer' as const, accessToken, refreshToken, expiresIn, userId }
   })
 
@@ -87,6 +75,29 @@ export function sessionRoutes (app: ApiInstance, { access, budget = loginBudgetF
     }
     return await reply.code(204).send(null)
   })
+}
+
+/**
+ * Email + password login, shared by POST /v1/auth/login and the web app's sign-in: the budget
+ * is charged before the password is hashed (a flood costs a map lookup, not scrypt), and every
+ * failure is the same 401. The reason is logged for operators; the email never is (it
+ * identifies a person).
+ */
+export async function logIn (access: Access, budget: LoginBudget, credentials: { email: string, password: string }, request: FastifyRequest, reply: FastifyReply, via: 'api' | 'browser'): Promise<IssuedTokens> {
+  const admission = budget.admit(request.ip, credentials.email)
+  if (!admission.admitted) {
+    request.log.info({ budget: admission.budget }, 'login refused: budget spent')
+    reply.header('retry-after', admission.retryAfterSeconds)
+    throw new VigilError('VIGIL_ERR_RATE_LIMITED', `too many login attempts, retry in ${admission.retryAfterSeconds} s`)
+  }
+  const outcome = await access.sessions.login(credentials.email, credentials.password)
+  if (!outcome.ok) {
+    request.log.info({ reason: outcome.reason }, 'login refused')
+    if (outcome.reason === 'just-locked') request.log.warn('account locked after repeated failed logins')
+    throw new VigilError('VIGIL_ERR_LOGIN_FAILED', 'the email or password is wrong, or the account is locked or inactive')
+  }
+  request.log.info({ userId: outcome.tokens.userId, sessionId: outcome.tokens.sessionId, ...(via === 'browser' ? { via } : {}) }, 'login')
+  return outcome.tokens
 }
 
 /** One login budget per API: the web app's sign-in (browser-session.ts) spends the same one. */
