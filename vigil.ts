@@ -8,6 +8,7 @@ import { startAlerting } from './alerts/lifecycle/alerting.ts'
 import { createMqttAlertRelay } from './alerts/lifecycle/mqtt-relay.ts'
 import type { Schedule } from './alerts/contract.ts'
 import { createAccess } from './access/access.ts'
+import { PASSWORD_SCRYPT } from './access/passwords.ts'
 import { startAlertEngine } from './alerts/engine/alert-engine.ts'
 import { rulesSourceOf, startRulesFile } from './alerts/engine/rules-file.ts'
 import { buildApi } from './api/app.ts'
@@ -97,7 +98,9 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
     if (config.secretKeys !== null) log.info({ source: config.secretKeys.source, activeKeyId: keyring.activeKeyId, keyIds: [...keyring.keys.keys()] }, 'PHI encryption keys loaded')
     const patientRecords = createPatientRecordStore(db.pool, keyring, log.child({ component: 'patient-records' }))
-    const access = createAccess({ pool: db.pool, patients, tokens, settings: config.access, keyring })
+    const passwordCost = { ...PASSWORD_SCRYPT, N: 2 ** config.access.passwordScryptLog2N }
+    if (passwordCost.N < PASSWORD_SCRYPT.N) log.warn({ log2N: config.access.passwordScryptLog2N }, 'VIGIL_PASSWORD_SCRYPT_LOG2_N is below OWASP\'s minimum (17): new password hashes are cheaper to crack')
+    const access = createAccess({ pool: db.pool, patients, tokens, settings: config.access, keyring, passwordCost })
 
     if (config.adminToken !== null) {
       const { created, revoked } = await tokens.ensureBootstrap(config.adminToken)

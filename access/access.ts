@@ -50,7 +50,7 @@ export interface Access {
   /** The principal a user would be when signed in now (roles as they stand); null when unknown or deactivated. */
   principalOfUser (userId: string): Promise<Principal | null>
   settings: AccessSettings
-  /** The scrypt cost for new passwords (OWASP's minimum; tests lower it). */
+  /** The scrypt cost for new passwords (VIGIL_PASSWORD_SCRYPT_LOG2_N; OWASP's minimum by default). */
   passwordCost: ScryptCost
   now: () => Date
 }
@@ -89,7 +89,8 @@ export function createAccess (options: AccessOptions): Access {
   const now = options.now ?? (() => new Date())
   const settings: AccessSettings = { ...accessDefaults, ...options.settings }
   const people = createPeopleStore(options.pool, options.keyring)
-  const sessions = createSessionStore(options.pool, settings, now)
+  const passwordCost = options.passwordCost ?? PASSWORD_SCRYPT
+  const sessions = createSessionStore(options.pool, settings, now, passwordCost)
   const audit = createAuditLog(options.pool, options.keyring)
 
   const bind = (stores: { patients: PatientStore, tokens: ApiTokenStore }) => ({
@@ -182,5 +183,5 @@ export function createAccess (options: AccessOptions): Access {
   }
 
   const { authenticate, patientAccess } = bind(options)
-  return { people, sessions, audit, authenticate, patientAccess, bind, principalOfUser, settings, passwordCost: options.passwordCost ?? PASSWORD_SCRYPT, now }
+  return { people, sessions, audit, authenticate, patientAccess, bind, principalOfUser, settings, passwordCost, now }
 }

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
-import { verifyPassword } from './passwords.ts'
+import { PASSWORD_SCRYPT, verifyPassword, type ScryptCost } from './passwords.ts'
 import { newSecret, sha256 } from '../crypto/secrets.ts'
 import { inTransaction as runInTransaction } from '../store/database.ts'
 import { defaults } from '../config/schema/defaults.ts'
@@ -44,7 +44,10 @@ export type LoginOutcome = { ok: true, tokens: IssuedTokens } | { ok: false, rea
 
 // A real hash of a random password: an unknown email costs the same scrypt as a known one,
 // so response time does not tell whether an account exists.
-const DUMMY_HASH = 'scrypt$131072$8$1$AAAAAAAAAAAAAAAAAAAAAA$aPoTmj5gxuoCDXtYGvXl_6Cf2SwNHBCmElfAwNoyztA'
+/** A hash at `cost` that no password matches: an unknown or locked account costs what a known one does. */
+function dummyHash (cost: ScryptCost): string {
+  return `scrypt$${cost.N}$${cost.r}$${cost.p}$AAAAAAAAAAAAAAAAAAAAAA$aPoTmj5gxuoCDXtYGvXl_6Cf2SwNHBCmElfAwNoyztA`
+}
 
 const ACCESS_PREFIX = 'vga'
 const REFRESH_PREFIX = 'vgr'
@@ -59,7 +62,8 @@ export function isAccessToken (bearer: string): boolean {
  * secrets stored as SHA-256 (like API tokens): revocation is a row update, checked on every
  * request, which a signed token could not offer. `now` is the clock (tests move it).
  */
-export function createSessionStore (pool: pg.Pool, settings: SessionSettings, now: () => Date = () => new Date()) {
+export function createSessionStore (pool: pg.Pool, settings: SessionSettings, now: () => Date = () => new Date(), passwordCost: ScryptCost = PASSWORD_SCRYPT) {
+  const DUMMY_HASH = dummyHash(passwordCost)
   const inTransaction = async <T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> => await runInTransaction(pool, work)
 
   async function issue (client: pg.PoolClient, sessionId: string, userId: string, at: Date): Promise<IssuedTokens> {

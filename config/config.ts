@@ -100,6 +100,8 @@ export interface AccessConfig {
   breakGlassGrantsPerHour: number
   loginsPerAddressPerMinute: number
   loginsPerAccountPerMinute: number
+  /** VIGIL_PASSWORD_SCRYPT_LOG2_N */
+  passwordScryptLog2N: number
 }
 
 export interface TlsFiles {
@@ -269,7 +271,8 @@ function accessConfig (s: Settings): AccessConfig {
     breakGlassMinutes: s.VIGIL_BREAK_GLASS_MINUTES,
     breakGlassGrantsPerHour: s.VIGIL_BREAK_GLASS_PER_HOUR,
     loginsPerAddressPerMinute: s.VIGIL_LOGIN_RATE_PER_ADDRESS,
-    loginsPerAccountPerMinute: s.VIGIL_LOGIN_RATE_PER_ACCOUNT
+    loginsPerAccountPerMinute: s.VIGIL_LOGIN_RATE_PER_ACCOUNT,
+    passwordScryptLog2N: s.VIGIL_PASSWORD_SCRYPT_LOG2_N
   }
 }
 

@@ -78,6 +78,7 @@ export const defaults = {
   // Checked before the password is hashed (0.65 s of scrypt each): a flood costs no CPU.
   VIGIL_LOGIN_RATE_PER_ADDRESS: 20,
   VIGIL_LOGIN_RATE_PER_ACCOUNT: 10,
+  VIGIL_PASSWORD_SCRYPT_LOG2_N: 17,
 
   // Logging
   LOG_LEVEL: 'info'

@@ -10,6 +10,7 @@ import type { Database } from '../../store/database.ts'
 import { apiDepsFor } from '../helpers/api-deps.ts'
 import { newPatient, onCareTeam, patientWithLogin, userWithLogin } from '../helpers/people.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
+import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 
 type Role = 'patient' | 'nurse' | 'doctor' | 'admin' | 'developer' | 'device-integrator' | 'ml-scientist'
 const roles: Role[] = ['patient', 'nurse', 'doctor', 'admin', 'developer', 'device-integrator', 'ml-scientist']
@@ -238,7 +239,7 @@ t.test('access matrix on PostgreSQL', async (t) => {
 
 t.test('access matrix on embedded PGlite (patient, nurse, integrator, ML scientist)', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-access-'))
-  const db = await openDatabase({ databaseUrl: null, dataDir: dir, log })
+  const db = await openDatabase({ databaseUrl: null, dataDir: await seedEmbeddedDatabase(dir), log })
   t.teardown(async () => {
     await db.close()
     await fs.rm(dir, { recursive: true, force: true })

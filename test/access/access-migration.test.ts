@@ -10,7 +10,7 @@ import { createTestDatabase } from '../helpers/postgres.ts'
 const migrations = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'store', 'migrations')
 
 t.test('patients that existed before migration 003 become users with the patient role', async (t) => {
-  const testDb = await createTestDatabase()
+  const testDb = await createTestDatabase({ empty: true })
   t.teardown(() => testDb.drop())
   // The database as the ingest spine left it: 001 and 002 applied, two patients, an admin token.
   const client = new pg.Client({ connectionString: testDb.url })

@@ -9,6 +9,7 @@ import { openDatabase } from '../../store/database.ts'
 import { apiDepsFor } from '../helpers/api-deps.ts'
 import { newPatient, onCareTeam, patientWithLogin, userWithLogin } from '../helpers/people.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
+import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 
 // Every log line the API writes, to check that no PHI reaches the logs.
 const logLines: string[] = []
@@ -76,7 +77,7 @@ t.test('the audit table refuses UPDATE, DELETE and TRUNCATE', async (t) => {
 
 t.test('the audit table refuses changes on embedded PGlite too', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-audit-'))
-  const lite = await openDatabase({ databaseUrl: null, dataDir: dir, log: pino({ level: 'silent' }) })
+  const lite = await openDatabase({ databaseUrl: null, dataDir: await seedEmbeddedDatabase(dir), log: pino({ level: 'silent' }) })
   t.teardown(async () => {
     await lite.close()
     await fs.rm(dir, { recursive: true, force: true })

@@ -7,6 +7,7 @@ import { buildApi } from '../../api/app.ts'
 import { openDatabase } from '../../store/database.ts'
 import { apiDepsFor, startApiFixture } from '../helpers/api-deps.ts'
 import { newPatient, patientWithLogin, userWithLogin } from '../helpers/people.ts'
+import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 
 let nowMs = Date.parse('2026-03-01T09:00:00Z')
 const now = (): Date => new Date(nowMs)
@@ -115,7 +116,7 @@ t.test('parallel break-glass requests cannot beat the hourly limit on embedded P
   const log = pino({ level: 'silent' })
   const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-break-glass-'))
   t.teardown(async () => { await fs.rm(dataDir, { recursive: true, force: true }) })
-  const embedded = await openDatabase({ databaseUrl: null, dataDir, log })
+  const embedded = await openDatabase({ databaseUrl: null, dataDir: await seedEmbeddedDatabase(dataDir), log })
   t.teardown(async () => { await embedded.close() })
   const deps = apiDepsFor(embedded, log, { settings: { breakGlassGrantsPerHour: 3 } })
   const api = await buildApi({ ...deps, rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000 })

@@ -82,6 +82,8 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ VIGIL_BREAK_GLASS_MINUTES: '100000' }, 'VIGIL_BREAK_GLASS_MINUTES'],
   [{ VIGIL_BREAK_GLASS_PER_HOUR: '0' }, 'VIGIL_BREAK_GLASS_PER_HOUR'],
   [{ WORKER_THREADS: '0' }, 'WORKER_THREADS'],
+  [{ VIGIL_PASSWORD_SCRYPT_LOG2_N: '13' }, 'VIGIL_PASSWORD_SCRYPT_LOG2_N'],
+  [{ VIGIL_PASSWORD_SCRYPT_LOG2_N: '21' }, 'VIGIL_PASSWORD_SCRYPT_LOG2_N'],
   [{ VOICE_NOTE_MAX_BYTES: '10' }, 'VOICE_NOTE_MAX_BYTES'],
   [{ VOICE_NOTE_MAX_SECONDS: '0' }, 'VOICE_NOTE_MAX_SECONDS'],
   [{ TRANSCRIPTION_ENGINE: 'whisper' }, 'TRANSCRIPTION_ENGINE'],
@@ -180,7 +182,7 @@ t.test('TLS files are read and checked at start', async (t) => {
 t.test('access settings: defaults and overrides', async (t) => {
   t.same(loadConfig({}).access, {
     accessTokenTtlSeconds: 900, sessionIdleSeconds: 1800, sessionMaxSeconds: 43200, loginMaxFailures: 5, loginLockoutSeconds: 900, breakGlassMinutes: 60,
-    breakGlassGrantsPerHour: 10, loginsPerAddressPerMinute: 20, loginsPerAccountPerMinute: 10
+    breakGlassGrantsPerHour: 10, loginsPerAddressPerMinute: 20, loginsPerAccountPerMinute: 10, passwordScryptLog2N: 17
   })
   const c = loadConfig({
     VIGIL_ACCESS_TOKEN_TTL_SECONDS: '300', VIGIL_LOGIN_MAX_FAILURES: '3', VIGIL_BREAK_GLASS_MINUTES: '15', VIGIL_BREAK_GLASS_PER_HOUR: '4',

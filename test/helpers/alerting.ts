@@ -15,6 +15,7 @@ import { openDatabase, type Database } from '../../store/database.ts'
 import { apiDepsFor } from './api-deps.ts'
 import { testKeyring } from './keys.ts'
 import { createTestDatabase } from './postgres.ts'
+import { seedEmbeddedDatabase } from './pglite-template.ts'
 
 /** A clock tests move by hand. */
 export function manualClock (start = Date.parse('2026-11-20T08:00:00Z')) {
@@ -92,7 +93,8 @@ export interface AlertingFixture {
 export async function startAlertingFixture (options: Partial<AlertingDeps> & { manualClock?: boolean, databaseUrl?: string | null, dataDir?: string, network?: boolean, realAccess?: boolean, streamHeartbeatMs?: number } = {}): Promise<AlertingFixture> {
   const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
   const testDb = options.databaseUrl === undefined ? await createTestDatabase() : null
-  const db = await openDatabase({ databaseUrl: testDb?.url ?? options.databaseUrl ?? null, dataDir: options.dataDir ?? '', log })
+  const databaseUrl = testDb?.url ?? options.databaseUrl ?? null
+  const db = await openDatabase({ databaseUrl, dataDir: databaseUrl === null && options.dataDir !== undefined ? await seedEmbeddedDatabase(options.dataDir) : options.dataDir ?? '', log })
   const deps = apiDepsFor(db, log)
   const access = testAccess(deps)
   // realAccess: the production access policy (care teams, on call, break-glass, audit) instead of the test one.

@@ -5,6 +5,7 @@ import { loadConfig } from '../../config/config.ts'
 import { createLogger } from '../../observability/logger.ts'
 import { startVigil, type Vigil } from '../../vigil.ts'
 import { createTestDatabase } from './postgres.ts'
+import { seedEmbeddedDatabase } from './pglite-template.ts'
 
 export const adminToken = 'test-admin-token-0123456789abcdef'
 
@@ -86,9 +87,13 @@ export async function startVigilWithLogCapture (options: { env?: Record<string, 
     MQTT_AUTH_FAILURES_BEFORE_LOCKOUT: '0',
     // Load shedding off: a busy machine must not fail tests with 503.
     API_MAX_EVENT_LOOP_DELAY_MS: '0',
+    // One thread per pool, as in helpers/vigil.ts.
+    WORKER_THREADS: '1',
+    VIGIL_PASSWORD_SCRYPT_LOG2_N: '14',
     ...(database === null ? {} : { DATABASE_URL: database.url }),
     ...options.env
   })
+  if (database === null) await seedEmbeddedDatabase(dataDir)
   let vigil: Vigil
   try {
     vigil = await startVigil(config, createLogger(config.logLevel, logs.stream))

@@ -6,6 +6,7 @@ import mqtt from 'mqtt'
 import { loadConfig } from '../../config/config.ts'
 import { createLogger } from '../../observability/logger.ts'
 import { startVigil, type Vigil } from '../../vigil.ts'
+import { seedEmbeddedDatabase } from './pglite-template.ts'
 
 export const adminToken = 'test-admin-token-0123456789abcdef'
 
@@ -25,14 +26,19 @@ export type MqttTransport = 'tcp' | 'tls' | 'ws'
 
 /**
  * Starts the whole service in-process on free ports, load shedding off (a busy machine must not
- * fail tests with 503). env adds to the test defaults. With
+ * fail tests with 503) and one worker thread per pool (each thread loads the TypeScript sources
+ * again: about a second of CPU; a test of concurrency sets WORKER_THREADS), and passwords
+ * hashed at scrypt N=2^14, an eighth of the default's CPU. env adds to the test defaults. With
  * HTTP_TLS_CERT_FILE set, pass the CA that signed it as `httpsCa`: the API helpers then use HTTPS.
+ * On the embedded database, a new data directory gets a copy of the migrated template
+ * (helpers/pglite-template.ts) unless `freshDatabase` asks for a real first start.
  */
-export async function startTestVigil (env: Record<string, string> = {}, dataDir?: string, options: { httpsCa?: Buffer } = {}): Promise<TestVigil> {
+export async function startTestVigil (env: Record<string, string> = {}, dataDir?: string, options: { httpsCa?: Buffer, freshDatabase?: boolean } = {}): Promise<TestVigil> {
   const dir = dataDir ?? await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-test-'))
+  if ((env.DATABASE_URL ?? '') === '' && options.freshDatabase !== true) await seedEmbeddedDatabase(dir)
   const config = loadConfig({
     HTTP_PORT: '0', MQTT_PORT: '0', VIGIL_DATA_DIR: dir, VIGIL_ADMIN_TOKEN: adminToken, LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
-    API_MAX_EVENT_LOOP_DELAY_MS: '0', ...env
+    API_MAX_EVENT_LOOP_DELAY_MS: '0', WORKER_THREADS: '1', VIGIL_PASSWORD_SCRYPT_LOG2_N: '14', ...env
   })
   const vigil = await startVigil(config, createLogger(config.logLevel))
   const base = `${vigil.httpTls ? 'https' : 'http'}://127.0.0.1:${vigil.httpPort}`

@@ -11,6 +11,7 @@ import { openDatabase, type Database } from '../../store/database.ts'
 import { sentences, speechDir, synthesize } from '../helpers/speech.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { testKeyring } from '../helpers/keys.ts'
+import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 
 // Audio and transcripts are encrypted at rest.
 const keyring = testKeyring()
@@ -188,7 +189,7 @@ t.test('list filters by type and state, newest first, and by visible patients', 
 
 t.test('embedded PGlite: claim, heartbeat, complete, fail and cancel; a voice note transcribed', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-jobs-pglite-'))
-  const lite: Database = await openDatabase({ databaseUrl: null, dataDir: dir, log })
+  const lite: Database = await openDatabase({ databaseUrl: null, dataDir: await seedEmbeddedDatabase(dir), log })
   t.teardown(async () => {
     await lite.close()
     await fs.rm(dir, { recursive: true, force: true })

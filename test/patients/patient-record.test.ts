@@ -8,6 +8,7 @@ import { openDatabase } from '../../store/database.ts'
 import { apiDepsFor } from '../helpers/api-deps.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { fullRecord } from '../helpers/records.ts'
+import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 
 for (const kind of ['postgres', 'pglite'] as const) {
   t.test(`patient records on ${kind}`, async (t) => {
@@ -20,7 +21,7 @@ for (const kind of ['postgres', 'pglite'] as const) {
     } else {
       const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-records-'))
       t.teardown(() => fs.rm(dataDir, { recursive: true, force: true }))
-      db = await openDatabase({ databaseUrl: null, dataDir, log })
+      db = await openDatabase({ databaseUrl: null, dataDir: await seedEmbeddedDatabase(dataDir), log })
     }
     t.teardown(() => db.close())
     const deps = apiDepsFor(db, log)

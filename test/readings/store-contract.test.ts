@@ -16,6 +16,7 @@ import { aggregateBuckets, compareReadingPositions } from '../../readings/readin
 import type { ReadingQuery, ReadingStore } from '../../readings/reading-store.ts'
 import { startInfluxd } from '../helpers/influxd.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
+import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 
 const log = pino({ level: 'silent' })
 /** 2025-11-26T00:00:00Z: a minute boundary, so bucket arithmetic below is easy to read. */
@@ -270,7 +271,7 @@ for (const api of ['auto', 'v1'] as const) {
 }
 
 readingStoreContract(t, 'postgres readings store on PGlite', async (t) => {
-  const db = await openDatabase({ databaseUrl: null, dataDir: path.join(tmp, 'pglite'), log })
+  const db = await openDatabase({ databaseUrl: null, dataDir: await seedEmbeddedDatabase(path.join(tmp, 'pglite')), log })
   t.teardown(() => db.close())
   const store = createPostgresReadingStore(db.pool)
   t.teardown(() => store.close())

@@ -18,6 +18,7 @@ import { createPostgresReadingStore } from '../../../readings/postgres-store.ts'
 import { parseMetrics } from '../../helpers/log-capture.ts'
 import { createTestDatabase } from '../../helpers/postgres.ts'
 import { testKeyring } from '../../helpers/keys.ts'
+import { seedEmbeddedDatabase } from '../../helpers/pglite-template.ts'
 
 // Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
 const clinicalTextKeyring = testKeyring()
@@ -42,7 +43,7 @@ rules:
 const testDb = await createTestDatabase()
 const postgres = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
 const pgliteDir = path.join(dir, 'pglite-data')
-const pglite = await openDatabase({ databaseUrl: null, dataDir: pgliteDir, log })
+const pglite = await openDatabase({ databaseUrl: null, dataDir: await seedEmbeddedDatabase(pgliteDir), log })
 t.teardown(async () => {
   await postgres.close()
   await pglite.close()
