@@ -83,7 +83,9 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     clientErrorHandler: answerMalformedRequest
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as ApiInstance
 
-  app.setValidatorCompiler(createValidatorCompiler())
+  const validator = createValidatorCompiler()
+  app.setValidatorCompiler(validator.compiler)
+  app.decorate('compileAllSchemas', validator.compileAll)
   app.decorateRequest('principal', null)
   app.setErrorHandler(handleError)
 

@@ -1,4 +1,4 @@
-import { Ajv } from 'ajv'
+import { Ajv, type ValidateFunction } from 'ajv'
 import ajvFormats from 'ajv-formats'
 import type { FastifySchemaCompiler } from 'fastify'
 
@@ -7,13 +7,58 @@ import type { FastifySchemaCompiler } from 'fastify'
  * URL parts (strings by nature) are coerced: in a JSON body `"displayName": 42` is a client
  * bug, not "42". Unknown properties are refused: a typo such as `firmwareVersoin` must be a
  * 400, not a PATCH that changes nothing. (The pattern from Fastify's validation docs.)
+ *
+ * Each schema is checked against the JSON Schema meta-schema when its route is registered (a
+ * malformed schema still stops start-up) but compiled on its first request: compiling all of
+ * them up front cost about a second of CPU at every start for routes most processes never see.
+ * test/api/api-docs.test.ts compiles every route's schemas, so none can fail only in production.
  */
-export function createValidatorCompiler (): FastifySchemaCompiler<object> {
+export interface LazyValidator {
+  compiler: FastifySchemaCompiler<object>
+  /** Compiles every schema not compiled yet; returns how many were compiled (tests). */
+  compileAll (): number
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** LazyValidator.compileAll of this instance's validator. */
+    compileAllSchemas (): number
+  }
+}
+
+export function createValidatorCompiler (): LazyValidator {
   // allErrors stays off, as in Fastify's defaults: with it a crafted body costs one error each.
   const common = { useDefaults: true, removeAdditional: false, allErrors: false, addUsedSchema: false } as const
   const body = new Ajv({ ...common, coerceTypes: false })
   const url = new Ajv({ ...common, coerceTypes: 'array' })
   ajvFormats.default(body)
   ajvFormats.default(url)
-  return ({ schema, httpPart }) => (httpPart === 'body' ? body : url).compile(schema)
+  const pending = new Set<() => void>()
+  const compiler: FastifySchemaCompiler<object> = ({ schema, httpPart }) => {
+    const ajv = httpPart === 'body' ? body : url
+    if (ajv.validateSchema(schema) !== true) throw new Error(`invalid ${httpPart ?? ''} schema: ${ajv.errorsText(ajv.errors)}`)
+    let compiled: ValidateFunction | undefined
+    const compile = (): ValidateFunction => {
+      compiled ??= ajv.compile(schema)
+      pending.delete(compile)
+      return compiled
+    }
+    pending.add(compile)
+    // Fastify reads `.errors` from the function it was given after a false result.
+    const validate = Object.assign((data: unknown): boolean => {
+      const fn = compiled ?? compile()
+      const valid = fn(data)
+      validate.errors = fn.errors
+      return valid
+    }, { errors: null as ValidateFunction['errors'] })
+    return validate
+  }
+  return {
+    compiler,
+    compileAll () {
+      const all = [...pending]
+      for (const compile of all) compile()
+      return all.length
+    }
+  }
 }
