@@ -48,7 +48,7 @@ export function fhirBulkExportRoutes (app: ApiInstance, deps: FhirRouteDeps & { 
 
   /** Which types to export: `_type` (checked against the caller's permissions), else every type the caller may read. */
   function typesOf (request: FastifyRequest, value: string | undefined): BulkType[] {
-    const allowed = (t: BulkType) => request.principal!.permissions.has(typePermission[t]) && (t !== 'Flag' || deps.alerts !== undefined)
+    const allowed = (t: BulkType) => request.principal!.permissions.has(typePermission[t])
     if (value === undefined) return bulkTypes.filter(allowed)
     const asked = [...new Set(value.split(',').map((v) => v.trim()))]
     const types: BulkType[] = []
