@@ -290,15 +290,17 @@ export function createBulkExports (options: BulkExportsOptions) {
       await checkpoint('done', 1, true)
       const expiresAt = new Date(now().getTime() + options.ttlMs)
       const result: Json = { files: output.length, resources: output.reduce((n, o) => n + o.count, 0), expiresAt: expiresAt.toISOString() }
+      // Recorded before the completion's transaction, not in it: the audit log writes through the
+      // pool, and embedded PGlite has one connection (a write inside the transaction would wait forever).
+      await options.audit.record({
+        actorId: exp.actorId, actorKind: exp.owner.startsWith('user:') ? 'user' : 'token', role: null,
+        patientId: null, action: 'export:fhir-bulk', fields: request.phi ? ['displayName', 'record'] : ['displayName'], outcome: 'allowed',
+        details: { jobId: job.id, stage: 'completed', files: output.map((o) => ({ type: o.type, count: o.count })) }
+      })
       return {
         result,
         apply: async (client) => {
           await client.query('UPDATE bulk_exports SET output = $2, expires_at = $3 WHERE job_id = $1', [job.id, JSON.stringify(output), expiresAt])
-          await options.audit.record({
-            actorId: exp.actorId, actorKind: exp.owner.startsWith('user:') ? 'user' : 'token', role: null,
-            patientId: null, action: 'export:fhir-bulk', fields: request.phi ? ['displayName', 'record'] : ['displayName'], outcome: 'allowed',
-            details: { jobId: job.id, stage: 'completed', files: output.map((o) => ({ type: o.type, count: o.count })) }
-          })
         }
       }
     },
