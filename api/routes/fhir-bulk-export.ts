@@ -39,10 +39,12 @@ export function fhirBulkExportRoutes (app: ApiInstance, deps: FhirRouteDeps & { 
   async function ownExport (request: FastifyRequest): Promise<{ job: Job, exp: BulkExport }> {
     const id = (request.params as { id: string }).id
     if (!UUID.test(id)) throw notFound()
-    const exp = await exports.get(id)
-    if (exp === null || exp.owner !== ownerOf(request) || exp.deletedAt !== null) throw notFound()
+    // The job first: its completion and the export's output commit together, so an export read
+    // after a succeeded job always has its output (read the other way round, it can lag).
     const job = await jobs.get(id)
     if (job === null) throw notFound()
+    const exp = await exports.get(id)
+    if (exp === null || exp.owner !== ownerOf(request) || exp.deletedAt !== null) throw notFound()
     return { job, exp }
   }
 
@@ -114,11 +116,11 @@ export function fhirBulkExportRoutes (app: ApiInstance, deps: FhirRouteDeps & { 
       await exports.register(client, created.id, ownerOf(request), principal.userId ?? principal.tokenId, bulkRequest, patientIds)
       return created
     })
-    jobs.announce(job)
     await access.audit.record({
       ...auditActor(request), patientId: null, action: 'export:fhir-bulk', fields: phi ? ['displayName', 'record'] : ['displayName'], outcome: 'allowed',
       details: { jobId: job.id, stage: 'requested', level, group, types, since: bulkRequest.since, patients: patientIds === null ? 'all' : patientIds.length }
     })
+    jobs.announce(job)
     return await reply.code(202).header('content-location', `${fhirBase(request)}/bulk-status/${job.id}`).send()
   }
 
@@ -167,9 +169,10 @@ export function fhirBulkExportRoutes (app: ApiInstance, deps: FhirRouteDeps & { 
 
   app.delete('/bulk-status/:id', { config: { permission: 'patients:read' }, schema: { hide: true, summary: 'Cancel a bulk export, or delete its files' } }, async (request, reply) => {
     const { job } = await ownExport(request)
-    let finished = !(job.state === 'queued' || job.state === 'running')
     // A running export stops at its next chunk; its files are deleted when it does (onFinal).
-    if (!finished) finished = (await jobs.cancel(job.id))?.state === 'cancelled'
+    // One that ended meanwhile (cancel returns it unchanged) has its files deleted now.
+    const now = job.state === 'queued' || job.state === 'running' ? await jobs.cancel(job.id) : job
+    const finished = now === null || now.state !== 'running'
     await exports.markDeleted(job.id, finished)
     await access.audit.record({ ...auditActor(request), patientId: null, action: 'export:fhir-bulk', fields: [], outcome: 'allowed', details: { jobId: job.id, stage: 'deleted' } })
     return await reply.code(202).send()
