@@ -21,6 +21,7 @@ import { startIngest } from './ingest/ingest.ts'
 import { deviceSessionHooks } from './ingest/decode-status.ts'
 import { startJobs } from './jobs/start-jobs.ts'
 import { createResearchExports, DEIDENTIFIED_EXPORT_JOB } from './research/exports.ts'
+import { BULK_EXPORT_JOB, createBulkExports } from './fhir/bulk/bulk-exports.ts'
 import { parseEngineSpec } from './jobs/transcription/engine.ts'
 import { openSpool, type Spool } from './readings/spool.ts'
 import { createMetrics } from './observability/metrics.ts'
@@ -111,6 +112,10 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       log.warn('no API token exists: set VIGIL_ADMIN_TOKEN (at least 24 characters) and restart to create the first admin token')
     }
 
+    // Readings: InfluxDB behind the spool, or Postgres. NEWS2 scores take the same way. Opened
+    // before the jobs (the FHIR bulk export reads them) and so closed after them.
+    const { readings, spool, writeDerived } = await openReadings(config, db, metrics, log, closers)
+
     // De-identified exports for ML scientists (docs/research-export.md): a job type, files under the data dir.
     const researchExports = createResearchExports({
       pool: db.pool, keyring, patientRecords, audit: access.audit, log: log.child({ component: 'research-exports' }),
@@ -119,9 +124,17 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const sweepExports = setInterval(() => { researchExports.sweepExpired().catch((err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'research export sweep failed')) }, 60_000)
     closers.push(async () => { clearInterval(sweepExports) })
 
-    // Background jobs (voice note transcription, de-identified exports): after the database, closed before it.
+    // FHIR Bulk Data export (docs/fhir.md#bulk-export): a job type, encrypted NDJSON under the data dir.
+    const bulkExports = createBulkExports({
+      pool: db.pool, keyring, readings, patients, devices, patientRecords, audit: access.audit, log: log.child({ component: 'fhir-bulk-export' }),
+      dir: path.join(config.dataDir, 'bulk-exports'), ttlMs: config.bulkExportTtlHours * 3_600_000
+    })
+    const sweepBulk = setInterval(() => { bulkExports.sweepExpired().catch((err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'FHIR bulk export sweep failed')) }, 60_000)
+    closers.push(async () => { clearInterval(sweepBulk) })
+
+    // Background jobs (voice note transcription, de-identified and FHIR bulk exports): after the database, closed before it.
     const jobs = await startJobs({
-      handlers: { [DEIDENTIFIED_EXPORT_JOB]: researchExports.handler },
+      handlers: { [DEIDENTIFIED_EXPORT_JOB]: researchExports.handler, [BULK_EXPORT_JOB]: bulkExports.handler },
       pool: db.pool,
       workerThreads: config.workerThreads,
       engine: parseEngineSpec(config.transcriptionEngine),
@@ -134,9 +147,6 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const reencryption = startReencryption(patientRecords, log, { voiceNotes: jobs.voiceNotes, clinicalText: { pool: db.pool, keyring } })
     closers.push(() => reencryption.close())
     closers.push(() => jobs.close())
-
-    // Readings: InfluxDB behind the spool, or Postgres. NEWS2 scores take the same way.
-    const { readings, spool, writeDerived } = await openReadings(config, db, metrics, log, closers)
 
     // People (users, sessions, API tokens) and who may see which patient: the API, the alert
     // stream and MQTT alert subscribers all decide through these.
@@ -211,6 +221,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       jobs: jobs.queue,
       voiceNotes: jobs.voiceNotes,
       researchExports,
+      bulkExports,
       spool,
       webApp: await webApp,
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },

@@ -66,6 +66,8 @@ export interface Config {
   deidentifyKMin: number
   /** DEIDENTIFY_EXPORT_TTL_HOURS. */
   deidentifyExportTtlHours: number
+  /** BULK_EXPORT_TTL_HOURS. */
+  bulkExportTtlHours: number
   spoolMaxBytes: number
   /** Free space kept in the data directory: below it publishes and API writes are refused (VIGIL_DISK_RESERVE_MB). */
   diskReserveBytes: number
@@ -358,6 +360,7 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     jobMaxAttempts: s.JOB_MAX_ATTEMPTS,
     deidentifyKMin: s.DEIDENTIFY_K_MIN,
     deidentifyExportTtlHours: s.DEIDENTIFY_EXPORT_TTL_HOURS,
+    bulkExportTtlHours: s.BULK_EXPORT_TTL_HOURS,
     spoolMaxBytes: s.VIGIL_SPOOL_MAX_BYTES,
     assignmentToleranceMs: s.VIGIL_ASSIGNMENT_TOLERANCE_SECONDS * 1000,
     diskReserveBytes: s.VIGIL_DISK_RESERVE_MB * 1024 * 1024,

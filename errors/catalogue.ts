@@ -34,6 +34,8 @@ export const errorCatalogue = {
   VIGIL_ERR_BREAK_GLASS_LIMIT: 429,
   VIGIL_ERR_HEADERS_TOO_LARGE: 431,
   VIGIL_ERR_INTERNAL: 500,
+  // A FHIR bulk export job that failed (its status URL; the reason is logged, not served).
+  VIGIL_ERR_EXPORT_FAILED: 500,
   // PHI at rest: a stored record names a key the configuration lacks, or fails authentication.
   VIGIL_ERR_KEY_UNAVAILABLE: 500,
   VIGIL_ERR_DECRYPTION_FAILED: 500,

@@ -2,10 +2,13 @@ import { BP_PANEL, fhirMetrics } from './vital-signs.ts'
 import type { Resource } from './resources.ts'
 
 /** What /fhir/R4 implements, and nothing more (R4 §8.? CapabilityStatement). Keep in step with api/routes/fhir*.ts. */
-export function capabilityStatementOf (options: { base: string, softwareVersion: string, date: string, flags: boolean }): Resource {
+export function capabilityStatementOf (options: { base: string, softwareVersion: string, date: string, flags: boolean, bulkExport?: boolean }): Resource {
   const profiles = [...new Set([BP_PANEL.profile, ...Object.values(fhirMetrics).flatMap((m) => 'profile' in m ? [m.profile] : [])])]
   const read = [{ code: 'read' }, { code: 'search-type' }]
   const reference = (name: string, documentation: string) => ({ name, type: 'reference', documentation })
+  // FHIR Bulk Data Access v2 (https://hl7.org/fhir/uv/bulkdata/): the three $export operations.
+  const bulk = options.bulkExport === true
+  const bulkOperation = (name: string, kind: string, documentation: string) => ({ name, definition: `http://hl7.org/fhir/uv/bulkdata/OperationDefinition/${kind}`, documentation })
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',
@@ -15,6 +18,7 @@ export function capabilityStatementOf (options: { base: string, softwareVersion:
     software: { name: 'Vigil', version: options.softwareVersion },
     implementation: { description: 'Vigil remote patient monitoring: read and search', url: options.base },
     fhirVersion: '4.0.1',
+    ...(bulk ? { instantiates: ['http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data'] } : {}),
     format: ['application/fhir+json', 'json'],
     rest: [{
       mode: 'server',
@@ -29,7 +33,8 @@ export function capabilityStatementOf (options: { base: string, softwareVersion:
           searchParam: [
             { name: '_id', type: 'token', documentation: 'A Vigil patient id' },
             { name: 'identifier', type: 'token', documentation: 'urn:ietf:rfc:3986|urn:uuid:{id} (Vigil\'s id); a medical card number only through POST Patient/_search (form body) with phi:read. Without identifier or _id: the patients the caller may see' }
-          ]
+          ],
+          ...(bulk ? { operation: [bulkOperation('export', 'patient-export', 'Patient/$export: the patients the caller reaches (as Patient search)')] } : {})
         },
         {
           type: 'Observation',
@@ -53,8 +58,20 @@ export function capabilityStatementOf (options: { base: string, softwareVersion:
               interaction: read,
               searchParam: [reference('patient', 'The patient\'s unresolved alerts (open or acknowledged)')]
             }]
+          : []),
+        ...(bulk
+          ? [{
+              type: 'Group',
+              documentation: 'A Group is a clinician\'s care team: its id is the clinician\'s user id, its members the patients on their care team now (assignments and active on-call shifts). Only $export is implemented: by that clinician, or by a caller who reaches every patient.',
+              operation: [bulkOperation('export', 'group-export', 'Group/{id}/$export: the care team\'s patients the caller reaches')]
+            }]
           : [])
-      ]
+      ],
+      ...(bulk
+        ? {
+            operation: [bulkOperation('export', 'export', '$export: everything the caller reaches. Prefer: respond-async; _type (Patient, Device, Observation, Flag), _since, _outputFormat application/fhir+ndjson. Status and files only for the caller; files expire (BULK_EXPORT_TTL_HOURS)')]
+          }
+        : {})
     }]
   }
 }

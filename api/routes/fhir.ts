@@ -3,7 +3,8 @@ import { requireAuthentication } from '../../access/auth.ts'
 import { capabilityStatementOf } from '../../fhir/capability-statement.ts'
 import { operationOutcomeOf } from '../../fhir/resources.ts'
 import type { ApiInstance } from './route-deps.ts'
-import { FHIR_JSON, fhirBase } from './fhir-context.ts'
+import { FHIR_JSON, fhirBase, keepsContentType } from './fhir-context.ts'
+import { fhirBulkExportRoutes } from './fhir-bulk-export.ts'
 import type { FhirRouteDeps } from './fhir-context.ts'
 import { fhirObservationRoutes } from './fhir-observations.ts'
 import { fhirPatientRoutes } from './fhir-patients.ts'
@@ -31,7 +32,7 @@ export async function fhirRoutes (app: ApiInstance, deps: FhirRouteDeps): Promis
     return JSON.stringify(operationOutcomeOf(reply.statusCode, error as { code: string, message: string }))
   })
   app.addHook('onSend', async (_request, reply, payload) => {
-    if (reply.statusCode < 400) reply.type(FHIR_JSON)
+    if (reply.statusCode < 400 && !keepsContentType(reply)) reply.type(FHIR_JSON)
     return payload
   })
   app.setNotFoundHandler(async (_request: FastifyRequest, reply: FastifyReply) => {
@@ -44,7 +45,8 @@ export async function fhirRoutes (app: ApiInstance, deps: FhirRouteDeps): Promis
       base: fhirBase(request),
       softwareVersion: deps.softwareVersion ?? '0.1.0',
       date: STARTED_AT,
-      flags: deps.alerts !== undefined
+      flags: deps.alerts !== undefined,
+      bulkExport: deps.bulkExports !== undefined
     })
   })
 
@@ -58,6 +60,7 @@ export async function fhirRoutes (app: ApiInstance, deps: FhirRouteDeps): Promis
     })
     fhirPatientRoutes(authenticated as ApiInstance, deps)
     fhirObservationRoutes(authenticated as ApiInstance, deps)
+    if (deps.bulkExports !== undefined) fhirBulkExportRoutes(authenticated as ApiInstance, { ...deps, bulkExports: deps.bulkExports })
   })
 }
 

@@ -15,6 +15,7 @@ import type { PatientRecordStore } from '../../patients/patient-records.ts'
 import type { PatientStore } from '../../patients/patients.ts'
 import type { ReadingStore } from '../../readings/reading-store.ts'
 import type { ResearchExports } from '../../research/exports.ts'
+import type { BulkExports } from '../../fhir/bulk/bulk-exports.ts'
 import type { StoredReading } from '../../readings/reading.ts'
 import type { Database } from '../../store/database.ts'
 import type { AlertRulesApi } from './alert-rules.ts'
@@ -97,6 +98,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
   alertRules?: AlertRulesApi
   /** De-identified exports for ML scientists: /v1/exports/deidentified exists only when set. */
   researchExports?: ResearchExports
+  /** FHIR Bulk Data export: /fhir/R4/$export and its status and file URLs exist only when set. */
+  bulkExports?: BulkExports
   /** The web app's bundle (web/build.ts): served at / when set. */
   webApp?: WebAssets
   /** The InfluxDB spool: /v1/admin/spool/* exist only when set. */

@@ -65,6 +65,7 @@ export const defaults = {
   // De-identified exports (research/): k of the quasi-identifier check, and how long files live.
   DEIDENTIFY_K_MIN: 5,
   DEIDENTIFY_EXPORT_TTL_HOURS: 24,
+  BULK_EXPORT_TTL_HOURS: 24,
 
   // People and sessions: short-lived access tokens (15 min) with a refresh path; a session idle
   // 30 min is over (HIPAA §164.312(a)(2)(iii) automatic logoff); 5 failures lock an account for 15 min.

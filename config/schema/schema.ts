@@ -101,6 +101,7 @@ export const configSchema = Type.Object({
   JOB_MAX_ATTEMPTS: integer(1, 100, { section: 'Voice notes and jobs', default: defaults.JOB_MAX_ATTEMPTS, description: 'attempts before a job fails for good (retries wait 5 s, 10 s, 20 s … at most 10 min)' }),
   DEIDENTIFY_K_MIN: integer(2, 1000, { section: 'Voice notes and jobs', default: defaults.DEIDENTIFY_K_MIN, description: 'de-identified exports: a quasi-identifier cell (age group, sex) with fewer subjects than this is suppressed ([research-export.md](research-export.md))' }),
   DEIDENTIFY_EXPORT_TTL_HOURS: integer(1, 24 * 30, { section: 'Voice notes and jobs', default: defaults.DEIDENTIFY_EXPORT_TTL_HOURS, description: 'de-identified export files are deleted this long after the export finished' }),
+  BULK_EXPORT_TTL_HOURS: integer(1, 24 * 30, { section: 'Voice notes and jobs', default: defaults.BULK_EXPORT_TTL_HOURS, description: 'FHIR bulk export (`$export`) files are served this long after the export finished, then deleted ([fhir.md](fhir.md#bulk-export))' }),
 
   // Security
   VIGIL_ADMIN_TOKEN: Type.Optional(text({ section: 'Security', secret: true, minLength: 24, allowed: 'at least 24 characters (use e.g. `openssl rand -hex 24`)', description: 'creates this admin API token at start if it does not exist' })),

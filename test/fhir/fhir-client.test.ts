@@ -6,7 +6,8 @@ import { waitFor } from '../helpers/wait.ts'
 
 // A third-party FHIR client (fhir-kit-client 2.0.3) reads a patient's vitals from a running
 // Vigil over HTTP: readings published by a device over MQTT, NEWS2 scored by the alert engine
-// (with its sub-scores), the NEWS2 alert as a Flag.
+// (with its sub-scores), the NEWS2 alert as a Flag; and the same vitals through a bulk $export,
+// run by the process's own job runner.
 
 const vigil = await startTestVigil()
 t.teardown(() => vigil.close())
@@ -35,7 +36,7 @@ t.test('the client reads the CapabilityStatement and the Patient', async (t) => 
   const capability: any = await client.capabilityStatement()
   t.equal(capability.resourceType, 'CapabilityStatement')
   t.same(fhirErrors(capability), [])
-  t.same(capability.rest[0].resource.map((r: any) => r.type), ['Patient', 'Observation', 'Device', 'Flag'])
+  t.same(capability.rest[0].resource.map((r: any) => r.type), ['Patient', 'Observation', 'Device', 'Flag', 'Group'], 'Group: bulk export of a care team')
   const patient: any = await client.read({ resourceType: 'Patient', id: patientId })
   t.same(fhirErrors(patient), [])
   t.same(patient.name, [{ use: 'usual', text: 'Test Patient' }])
@@ -96,4 +97,29 @@ t.test('a refusal reaches the client as an OperationOutcome', async (t) => {
   const err: any = await anonymous.read({ resourceType: 'Patient', id: patientId }).catch((e: unknown) => e)
   t.equal(err.response?.status, 401)
   t.equal(err.response?.data?.resourceType, 'OperationOutcome')
+})
+
+t.test('the running Vigil serves a bulk $export of the same vitals', async (t) => {
+  const base = `http://127.0.0.1:${vigil.httpPort}/fhir/R4`
+  const auth = { authorization: `Bearer ${adminToken}` }
+  const kickOff = await fetch(`${base}/Patient/$export?_type=Patient,Observation,Flag`, { headers: { ...auth, prefer: 'respond-async', accept: 'application/fhir+json' } })
+  t.equal(kickOff.status, 202)
+  const status = kickOff.headers.get('content-location')!
+  const manifest = await waitFor('the manifest', async () => {
+    const res = await fetch(status, { headers: auth })
+    return res.status === 200 ? await res.json() as any : undefined
+  }, 60_000)
+  t.same(manifest.output.map((o: any) => o.type), ['Patient', 'Observation', 'Flag'])
+  const observations: any[] = []
+  for (const o of manifest.output.filter((x: any) => x.type === 'Observation')) {
+    const res = await fetch(o.url, { headers: auth })
+    t.equal(res.headers.get('content-type'), 'application/fhir+ndjson')
+    for (const line of (await res.text()).split('\n').filter((l) => l !== '')) observations.push(JSON.parse(line))
+  }
+  t.ok(observations.length >= 8, 'every vital sign and the NEWS2 score')
+  t.ok(observations.every((o) => o.subject.reference === `Patient/${patientId}`))
+  t.ok(observations.some((o) => o.code.coding[0].code === '85354-9'), 'the BP panel')
+  for (const o of observations) if (fhirErrors(o).length > 0) t.same(fhirErrors(o), [], o.id)
+  t.equal((await fetch(status, { method: 'DELETE', headers: auth })).status, 202)
+  t.equal((await fetch(status, { headers: auth })).status, 404)
 })
