@@ -82,15 +82,15 @@ t.test('a nurse signs in, sees only her patients, and a deteriorating patient ri
     ]), { qos: 1 })
   }
   const mineRow = page.locator(`.row[data-patient-id="${ward.mine.id}"]`)
-  // A bounded wait (the 5 s target is measured in the bench, not asserted here).
+  // Bounded waits. Issue 15's target is 5 s from the reading to the screen: recorded and printed,
+  // not asserted (a loaded 2-core machine must not fail the suite); see docs/web-app.md.
+  await page.getByRole('alert').filter({ hasText: 'New critical alert' }).waitFor({ timeout: 30_000 })
+  const bannerMs = Math.round(performance.now() - lastPublishedAt)
   await mineRow.locator('.badge.sev-critical').first().waitFor({ timeout: 30_000 })
-  await page.getByRole('alert').filter({ hasText: 'New critical alert' }).waitFor()
-  // Issue 15's target is 5 s from the reading to the screen: recorded and printed, not asserted
-  // (a loaded 2-core machine must not fail the suite); see docs/web-app.md for measured values.
-  const visibleMs = Math.round(performance.now() - lastPublishedAt)
-  t.comment(`critical alert visible on the worklist ${visibleMs} ms after its reading was published (target 5000 ms)`)
+  const rowMs = Math.round(performance.now() - lastPublishedAt)
+  t.comment(`critical alert visible ${bannerMs} ms (banner) and ${rowMs} ms (worklist row) after its reading was published (target 5000 ms)`)
   await fs.mkdir(artifactsDir, { recursive: true })
-  await fs.writeFile(path.join(artifactsDir, 'critical-alert-visible-ms.json'), JSON.stringify({ visibleMs, at: new Date().toISOString() }) + '\n')
+  await fs.writeFile(path.join(artifactsDir, 'critical-alert-visible-ms.json'), JSON.stringify({ bannerMs, rowMs, at: new Date().toISOString() }) + '\n')
   t.equal(await page.locator('.worklist .row').first().getAttribute('data-patient-id'), ward.mine.id, 'the deteriorating patient is first')
   t.match(await mineRow.textContent(), /CRITICAL · open/, 'severity in words, not only colour')
   t.match(await mineRow.textContent(), /HR162/, 'latest heart rate shown')
