@@ -46,6 +46,7 @@ export interface AuditQuery {
   patientId?: string
   actorId?: string
   outcome?: 'allowed' | 'denied'
+  action?: string
   /** Inclusive. */
   from?: Date
   /** Exclusive. */
@@ -116,8 +117,9 @@ export function createAuditLog (pool: pg.Pool, keyring: Keyring) {
             AND ($4::timestamptz IS NULL OR at >= $4::timestamptz)
             AND ($5::timestamptz IS NULL OR at < $5::timestamptz)
             AND ($6::bigint IS NULL OR id < $6::bigint)
+            AND ($8::text IS NULL OR action = $8::text)
           ORDER BY id DESC LIMIT $7`,
-        [q.patientId ?? null, q.actorId ?? null, q.outcome ?? null, q.from ?? null, q.to ?? null, q.beforeId ?? null, q.limit])
+        [q.patientId ?? null, q.actorId ?? null, q.outcome ?? null, q.from ?? null, q.to ?? null, q.beforeId ?? null, q.limit, q.action ?? null])
       return rows.map((r) => toRow(keyring, r))
     }
   }

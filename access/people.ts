@@ -254,6 +254,42 @@ export function createPeopleStore (pool: pg.Pool, keyring: Keyring) {
       return rows.map(toCareTeam)
     },
 
+    /** A clinician's care-team assignments, current and past, newest first. */
+    async careTeamsOfClinician (clinicianId: string): Promise<CareTeamAssignment[]> {
+      const { rows } = await pool.query('SELECT * FROM care_team WHERE clinician_id = $1 ORDER BY valid_from DESC, id DESC', [clinicianId])
+      return rows.map(toCareTeam)
+    },
+
+    /** Users who reach the patient at `at` as clinicians: care team, on-call shift or unexpired break-glass. */
+    async cliniciansOf (patientId: string, at: Date): Promise<string[]> {
+      const { rows } = await pool.query(
+        `SELECT clinician_id AS user_id FROM care_team WHERE patient_id = $1 AND valid_from <= $2 AND (valid_to IS NULL OR valid_to > $2)
+         UNION SELECT user_id FROM on_call WHERE patient_id = $1 AND valid_from <= $2 AND valid_to > $2
+         UNION SELECT user_id FROM break_glass_grants WHERE patient_id = $1 AND granted_at <= $2 AND expires_at > $2`,
+        [patientId, at])
+      return rows.map((r) => r.user_id as string)
+    },
+
+    /** The user's unexpired break-glass grants at `at`: patient and expiry only (the reason stays sealed). */
+    async activeBreakGlass (userId: string, at: Date): Promise<Array<{ patientId: string, expiresAt: string }>> {
+      const { rows } = await pool.query(
+        `SELECT patient_id, max(expires_at) AS expires_at FROM break_glass_grants
+          WHERE user_id = $1 AND granted_at <= $2 AND expires_at > $2 GROUP BY patient_id ORDER BY patient_id`, [userId, at])
+      return rows.map((r) => ({ patientId: r.patient_id as string, expiresAt: iso(r.expires_at) }))
+    },
+
+    /** Of these patients, those the clinician reaches at `at` only through break-glass (one query for a whole worklist). */
+    async breakGlassOnly (clinicianId: string, patientIds: readonly string[], at: Date): Promise<Set<string>> {
+      if (patientIds.length === 0) return new Set()
+      const { rows } = await pool.query(
+        `SELECT DISTINCT g.patient_id FROM break_glass_grants g
+          WHERE g.user_id = $1 AND g.patient_id = ANY($2::uuid[]) AND g.granted_at <= $3 AND g.expires_at > $3
+            AND NOT EXISTS (SELECT 1 FROM care_team c WHERE c.clinician_id = $1 AND c.patient_id = g.patient_id AND c.valid_from <= $3 AND (c.valid_to IS NULL OR c.valid_to > $3))
+            AND NOT EXISTS (SELECT 1 FROM on_call o WHERE o.user_id = $1 AND o.patient_id = g.patient_id AND o.valid_from <= $3 AND o.valid_to > $3)`,
+        [clinicianId, patientIds, at])
+      return new Set(rows.map((r) => r.patient_id as string))
+    },
+
     /** Patients the clinician may see at `at`: care team (an active on-call shift counts), or unexpired break-glass. */
     async patientsOf (clinicianId: string, at: Date): Promise<Set<string>> {
       const { rows } = await pool.query(

@@ -6,6 +6,8 @@ export const errorCatalogue = {
   VIGIL_ERR_VALIDATION: 400,
   VIGIL_ERR_BAD_CURSOR: 400,
   VIGIL_ERR_RULES_INVALID: 400,
+  // An alert rules document that is not YAML (or JSON) at all; details give line and column.
+  VIGIL_ERR_RULES_SYNTAX: 400,
   VIGIL_ERR_UNAUTHENTICATED: 401,
   VIGIL_ERR_LOGIN_FAILED: 401,
   VIGIL_ERR_FORBIDDEN: 403,

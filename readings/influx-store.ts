@@ -397,6 +397,46 @@ export async function createInfluxReadingStore (config: InfluxConfig, log: Logge
     return [...newest.values()].sort((a, b) => a.metric < b.metric ? -1 : a.metric > b.metric ? 1 : 0)
   }
 
+  // Patients per InfluxQL statement: the statement travels in the query string.
+  const PATIENTS_PER_QUERY = 100
+  async function perChunk (patientIds: readonly string[], statement: (where: string) => string, collect: (series: InfluxqlSeries) => void): Promise<void> {
+    await ensureReady()
+    for (let i = 0; i < patientIds.length; i += PATIENTS_PER_QUERY) {
+      const chunk = patientIds.slice(i, i + PATIENTS_PER_QUERY)
+      const where = `(${chunk.map((id) => `"patient_id" = ${influxqlString(canonicalId(id))}`).join(' OR ')})`
+      for (const s of await influxql(statement(where))) collect(s)
+    }
+  }
+
+  async function latestForPatients (patientIds: readonly string[]): Promise<Map<string, StoredReading[]>> {
+    const newest = new Map<string, Map<string, StoredReading>>()
+    await perChunk(patientIds, (where) => `SELECT last("value"), "unit", "seq" FROM "${measurement}" WHERE ${where} GROUP BY "patient_id", "metric", "device_id"`, (s) => {
+      const patientId = s.tags?.patient_id
+      if (patientId === undefined) return
+      const metrics = newest.get(patientId) ?? new Map<string, StoredReading>()
+      newest.set(patientId, metrics)
+      for (const row of rowsOf(s)) {
+        const reading = readingFromRow(patientId, { ...row, metric: s.tags?.metric, device_id: s.tags?.device_id }, 'last')
+        const current = metrics.get(reading.metric)
+        if (current === undefined || compareReadingPositions(reading, current) < 0) metrics.set(reading.metric, reading)
+      }
+    })
+    return new Map([...newest].map(([id, metrics]) => [id, [...metrics.values()].sort((a, b) => a.metric < b.metric ? -1 : a.metric > b.metric ? 1 : 0)]))
+  }
+
+  async function recentForPatients (patientIds: readonly string[], metric: string, limit: number): Promise<Map<string, StoredReading[]>> {
+    if (!Number.isSafeInteger(limit) || limit < 1) throw new RangeError('limit must be a positive integer')
+    const out = new Map<string, StoredReading[]>()
+    // GROUP BY a tag subset merges a patient's device series; LIMIT then applies per patient.
+    await perChunk(patientIds, (where) => `SELECT ${columns} FROM "${measurement}" WHERE ${where} AND "metric" = ${influxqlString(metric)} GROUP BY "patient_id" ORDER BY time DESC LIMIT ${limit}`, (s) => {
+      const patientId = s.tags?.patient_id
+      if (patientId === undefined) return
+      const rows = rowsOf(s).map((row) => readingFromRow(patientId, row)).sort(compareReadingPositions)
+      out.set(canonicalId(patientId), [...(out.get(canonicalId(patientId)) ?? []), ...rows].sort(compareReadingPositions).slice(0, limit))
+    })
+    return out
+  }
+
   async function aggregate (q: AggregateQuery): Promise<AggregateBucket[]> {
     await ensureReady()
     const buckets = aggregateBuckets(q)
@@ -446,6 +486,8 @@ export async function createInfluxReadingStore (config: InfluxConfig, log: Logge
     write,
     query,
     latest,
+    latestForPatients,
+    recentForPatients,
     aggregate,
     ping: async () => {
       if (closed) throw new InfluxStoreError('InfluxDB store is closed', null, false)

@@ -115,6 +115,54 @@ export function createPostgresReadingStore (pool: pg.Pool): ReadingStore {
       .sort((a, b) => a.metric < b.metric ? -1 : a.metric > b.metric ? 1 : 0)
   }
 
+  function byPatient (rows: Array<ReadingRow & { for_patient: string }>): Map<string, StoredReading[]> {
+    const out = new Map<string, StoredReading[]>()
+    for (const row of rows) {
+      const id = canonicalId(row.for_patient)
+      const list = out.get(id) ?? []
+      list.push(readingFromRow(id, row))
+      out.set(id, list)
+    }
+    return out
+  }
+
+  async function latestForPatients (patientIds: readonly string[]): Promise<Map<string, StoredReading[]>> {
+    const ids = patientIds.filter(isUuid)
+    if (ids.length === 0) return new Map()
+    // latest()'s skip scan, for every patient at once.
+    const result = await pool.query<ReadingRow & { for_patient: string }>(
+      `WITH RECURSIVE metrics AS (
+         SELECT p.id AS patient_id, (SELECT r.metric FROM readings r WHERE r.patient_id = p.id ORDER BY r.metric LIMIT 1) AS metric
+         FROM unnest($1::uuid[]) AS p(id)
+         UNION ALL
+         SELECT m.patient_id, (SELECT r.metric FROM readings r WHERE r.patient_id = m.patient_id AND r.metric > m.metric ORDER BY r.metric LIMIT 1)
+         FROM metrics m WHERE m.metric IS NOT NULL
+       )
+       SELECT m.patient_id::text AS for_patient, l.* FROM metrics m CROSS JOIN LATERAL (
+         SELECT ${readingColumns} FROM readings
+         WHERE readings.patient_id = m.patient_id AND readings.metric = m.metric
+         ORDER BY ts DESC, device_id::text COLLATE "C" LIMIT 1
+       ) l
+       ORDER BY 1, l.metric`,
+      [ids]
+    )
+    return byPatient(result.rows)
+  }
+
+  async function recentForPatients (patientIds: readonly string[], metric: string, limit: number): Promise<Map<string, StoredReading[]>> {
+    if (!Number.isSafeInteger(limit) || limit < 1) throw new RangeError('limit must be a positive integer')
+    const ids = patientIds.filter(isUuid)
+    if (ids.length === 0) return new Map()
+    const result = await pool.query<ReadingRow & { for_patient: string }>(
+      `SELECT p.id::text AS for_patient, l.* FROM unnest($1::uuid[]) AS p(id) CROSS JOIN LATERAL (
+         SELECT ${readingColumns} FROM readings WHERE readings.patient_id = p.id AND readings.metric = $2
+         ORDER BY ts DESC, device_id::text COLLATE "C" LIMIT $3
+       ) l`,
+      [ids, metric, limit]
+    )
+    return byPatient(result.rows)
+  }
+
   async function aggregate (q: AggregateQuery): Promise<AggregateBucket[]> {
     const buckets = aggregateBuckets(q)
     if (buckets.length === 0 || !isUuid(q.patientId)) return buckets
@@ -140,6 +188,8 @@ export function createPostgresReadingStore (pool: pg.Pool): ReadingStore {
     write,
     query,
     latest,
+    latestForPatients,
+    recentForPatients,
     aggregate,
     ping: async () => { await pool.query('SELECT 1') },
     // The pool belongs to the database handle (store/database.ts), which closes it.

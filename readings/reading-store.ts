@@ -47,6 +47,10 @@ export interface ReadingStore {
   query (q: ReadingQuery): Promise<StoredReading[]>
   /** Latest reading per metric for the patient. */
   latest (patientId: string): Promise<StoredReading[]>
+  /** latest() for many patients in one round trip (a worklist); patients with no readings are absent. */
+  latestForPatients (patientIds: readonly string[]): Promise<Map<string, StoredReading[]>>
+  /** The newest `limit` readings of one metric per patient, newest first (the last two NEWS2 scores of a worklist). */
+  recentForPatients (patientIds: readonly string[], metric: string, limit: number): Promise<Map<string, StoredReading[]>>
   aggregate (q: AggregateQuery): Promise<AggregateBucket[]>
   /** Throws when the store cannot be reached. */
   ping (): Promise<void>

@@ -14,6 +14,10 @@ export interface VitalDefinition {
   /** Canonical UCUM unit: every stored value is in this unit. */
   readonly unit: string
   readonly displayName: string
+  /** What a screen calls it (chart titles, the worklist's long label). */
+  readonly label: string
+  /** The worklist's column heading: HR, SpO₂ … */
+  readonly abbreviation: string
   /** Physiologically possible range in the canonical unit (not alert thresholds). */
   readonly min: number
   readonly max: number
@@ -41,6 +45,8 @@ export const vitalsCatalogue = {
     loinc: '8867-4',
     unit: '/min',
     displayName: 'Heart rate',
+    label: 'Heart rate',
+    abbreviation: 'HR',
     min: 20,
     max: 300,
     decimals: 0,
@@ -57,6 +63,8 @@ export const vitalsCatalogue = {
     loinc: '9279-1',
     unit: '/min',
     displayName: 'Respiratory rate',
+    label: 'Respiratory rate',
+    abbreviation: 'RR',
     min: 2,
     max: 80,
     decimals: 0,
@@ -74,6 +82,8 @@ export const vitalsCatalogue = {
     loincAliases: ['59408-5'],
     unit: '%',
     displayName: 'Oxygen saturation (SpO2)',
+    label: 'Oxygen saturation',
+    abbreviation: 'SpO₂',
     min: 50,
     max: 100,
     decimals: 0,
@@ -85,6 +95,8 @@ export const vitalsCatalogue = {
     loinc: '8310-5',
     unit: 'Cel',
     displayName: 'Body temperature',
+    label: 'Body temperature',
+    abbreviation: 'Temp',
     min: 25,
     max: 45,
     decimals: 2,
@@ -104,6 +116,8 @@ export const vitalsCatalogue = {
     loinc: '8480-6',
     unit: 'mm[Hg]',
     displayName: 'Systolic blood pressure',
+    label: 'Systolic blood pressure',
+    abbreviation: 'Sys',
     min: 40,
     max: 300,
     decimals: 1,
@@ -117,6 +131,8 @@ export const vitalsCatalogue = {
     loinc: '8462-4',
     unit: 'mm[Hg]',
     displayName: 'Diastolic blood pressure',
+    label: 'Diastolic blood pressure',
+    abbreviation: 'Dia',
     min: 20,
     max: 200,
     decimals: 1,
@@ -130,6 +146,8 @@ export const vitalsCatalogue = {
     loinc: '29463-7',
     unit: 'kg',
     displayName: 'Body weight',
+    label: 'Body weight',
+    abbreviation: 'Wt',
     min: 0.5,
     max: 500,
     decimals: 3,
@@ -145,6 +163,8 @@ export const vitalsCatalogue = {
     loinc: '8302-2',
     unit: 'cm',
     displayName: 'Body height',
+    label: 'Body height',
+    abbreviation: 'Ht',
     min: 20,
     max: 275,
     decimals: 1,
@@ -160,6 +180,8 @@ export const vitalsCatalogue = {
     loinc: '39156-5',
     unit: 'kg/m2',
     displayName: 'Body mass index',
+    label: 'Body mass index',
+    abbreviation: 'BMI',
     min: 5,
     max: 150,
     decimals: 1,
@@ -172,6 +194,8 @@ export const vitalsCatalogue = {
     loinc: '2339-0',
     unit: 'mg/dL',
     displayName: 'Blood glucose',
+    label: 'Glucose',
+    abbreviation: 'Glu',
     min: 10,
     max: 1500,
     decimals: 1,
@@ -191,6 +215,8 @@ export const vitalsCatalogue = {
     loinc: 'vigil-o2-supplemental',
     unit: '1',
     displayName: 'Supplemental oxygen (0 air, 1 oxygen)',
+    label: 'Supplemental oxygen',
+    abbreviation: 'O₂',
     min: 0,
     max: 1,
     decimals: 0,
@@ -201,6 +227,8 @@ export const vitalsCatalogue = {
     // ACVPU coded in order of severity: A(lert)=0, new C(onfusion)=1, V(oice)=2, P(ain)=3, U(nresponsive)=4.
     unit: '1',
     displayName: 'Level of consciousness (ACVPU: A=0 C=1 V=2 P=3 U=4)',
+    label: 'Consciousness (ACVPU)',
+    abbreviation: 'ACVPU',
     min: 0,
     max: 4,
     decimals: 0,
@@ -211,6 +239,8 @@ export const vitalsCatalogue = {
     // Written by the alert engine (device id 00000000-0000-0000-0000-000000000000), only for complete scores.
     unit: '{score}',
     displayName: 'NEWS2 aggregate score',
+    label: 'NEWS2 score',
+    abbreviation: 'NEWS2',
     derived: true,
     min: 0,
     max: 20,
@@ -254,6 +284,16 @@ export function lookupMetric (name: string): MetricEntry | undefined {
 
 export function lookupMetricByLoinc (code: string): MetricEntry | undefined {
   return metricsByLoinc.get(code)
+}
+
+// How a screen writes a UCUM unit: `Cel` is °C, and counts and scores need no unit at all.
+const UNIT_SYMBOLS: Readonly<Record<string, string>> = { Cel: '°C', 'mm[Hg]': 'mmHg', '1': '', '{score}': '', '[in_i]': 'in', '[lb_av]': 'lb' }
+
+/** The catalogue as screens label it (the web app's one source of metric names). */
+export function metricLabels (): Array<{ metric: MetricName, label: string, abbreviation: string, unit: string, unitSymbol: string }> {
+  return [...metricsByName.values()].map((entry) => ({
+    metric: entry.name, label: entry.label, abbreviation: entry.abbreviation, unit: entry.unit, unitSymbol: UNIT_SYMBOLS[entry.unit] ?? entry.unit
+  }))
 }
 
 export function listMetrics (): MetricRow[] {

@@ -2,7 +2,8 @@ import { Type } from '@fastify/type-provider-typebox'
 import type { Static, TSchema } from '@fastify/type-provider-typebox'
 import { Ajv } from 'ajv'
 import type { ErrorObject, ValidateFunction } from 'ajv'
-import { parseDocument } from 'yaml'
+import { LineCounter, isMap, isSeq, parseDocument } from 'yaml'
+import type { Document } from 'yaml'
 import { lookupMetric } from '../../readings/vitals-catalogue.ts'
 import type { EscalationPolicy, Severity, WebhookTarget } from '../contract.ts'
 import { news2BandOrder } from './news2.ts'
@@ -180,9 +181,13 @@ export interface RuleSetProblem {
   path: string
   /** Names the rule and field: `rules[3] (id "tachy"): above must be a number`. */
   message: string
+  /** 1-based line and column in the document where the problem is (the nearest node that exists). */
+  line?: number
+  column?: number
 }
 
-export type ParseResult = { ok: true, ruleSet: RuleSet } | { ok: false, problems: RuleSetProblem[] }
+/** syntax: the text is not YAML (or JSON); schema: it is, but not a valid rules file. */
+export type ParseResult = { ok: true, ruleSet: RuleSet } | { ok: false, kind: 'syntax' | 'schema', problems: RuleSetProblem[] }
 
 // The file is the operator's, not the network's: report every problem at once.
 const ajv = new Ajv({ allErrors: true, strict: false })
@@ -219,23 +224,53 @@ export function defaultHysteresis (metric: string): number {
 
 /** Parses and validates a rules document (YAML, JSON being YAML too). Pure. */
 export function parseRuleSet (text: string): ParseResult {
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true })
+  const lines = new LineCounter()
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, lineCounter: lines })
+  const at = (offset: number): { line: number, column: number } => {
+    const { line, col } = lines.linePos(offset)
+    return { line, column: col }
+  }
   if (doc.errors.length > 0) {
-    return { ok: false, problems: doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}` })) }
+    return { ok: false, kind: 'syntax', problems: doc.errors.map((e) => ({ path: '', message: `YAML: ${e.message.split('\n')[0]}`, ...at(e.pos[0]) })) }
   }
   let data: unknown
   try {
     data = doc.toJS({ maxAliasCount: 100 })
   } catch (err) {
     // yaml throws a ReferenceError past maxAliasCount ("billion laughs"): a bad document, not a crash.
-    if (err instanceof ReferenceError) return { ok: false, problems: [{ path: '', message: `YAML: ${err.message.split('\n')[0]}` }] }
+    if (err instanceof ReferenceError) return { ok: false, kind: 'syntax', problems: [{ path: '', message: `YAML: ${err.message.split('\n')[0]}` }] }
     throw err
   }
+  const result = validateRuleSet(data)
+  if (result.ok) return result
+  // Each schema problem at the line of the node it names, or of its nearest ancestor that exists
+  // (a missing field: the object that lacks it).
+  return { ok: false, kind: 'schema', problems: result.problems.map((p) => ({ ...p, ...positionOf(doc, p.path, at) })) }
+}
+
+/** Line and column of the node at a problem path (`rules[3].nOfM.n`), or of its nearest existing ancestor. */
+function positionOf (doc: Document, problemPath: string, at: (offset: number) => { line: number, column: number }): { line: number, column: number } | Record<string, never> {
+  const segments: Array<string | number> = []
+  for (const m of problemPath.matchAll(/([^.[\]]+)|\[(\d+)\]/g)) segments.push(m[2] !== undefined ? Number(m[2]) : m[1]!)
+  let node: unknown = doc.contents
+  let found = node
+  for (const segment of segments) {
+    if (isMap(node)) node = node.get(segment, true)
+    else if (isSeq(node) && typeof segment === 'number') node = node.get(segment, true)
+    else break
+    if (node === undefined || node === null) break
+    found = node
+  }
+  const range = (found as { range?: [number, number, number] } | null)?.range
+  return range === undefined ? {} : at(range[0])
+}
+
+function validateRuleSet (data: unknown): ParseResult {
   const problems: RuleSetProblem[] = []
   const top = validatorFor(RuleSetDocument)
   if (!top(data)) {
     for (const e of top.errors ?? []) problems.push(problem('', '', e))
-    return { ok: false, problems }
+    return { ok: false, kind: 'schema', problems }
   }
   const raw = data as Static<typeof RuleSetDocument>
 
@@ -341,7 +376,7 @@ export function parseRuleSet (text: string): ParseResult {
       })
     }
   })
-  return problems.length > 0 ? { ok: false, problems } : { ok: true, ruleSet: { rules, escalationPolicies, webhooks } }
+  return problems.length > 0 ? { ok: false, kind: 'schema', problems } : { ok: true, ruleSet: { rules, escalationPolicies, webhooks } }
 }
 
 function labelOf (item: unknown): string {

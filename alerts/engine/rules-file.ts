@@ -45,7 +45,7 @@ export class RulesNotWritableError extends Error {
 }
 
 export class RulesInvalidError extends Error {
-  constructor (readonly problems: RuleSetProblem[]) {
+  constructor (readonly problems: RuleSetProblem[], readonly kind: 'syntax' | 'schema' = 'schema') {
     super(`the rules document is invalid: ${problems.slice(0, 3).map((p) => p.message).join('; ')}${problems.length > 3 ? ` (+${problems.length - 3} more)` : ''}`)
     this.name = 'RulesInvalidError'
   }
@@ -66,6 +66,8 @@ export interface RulesFile {
   /** The last rejected edit, until a valid version is loaded. */
   lastError (): RulesLoadError | null
   history (page: { limit: number, before?: number }): Promise<{ items: RulesVersion[], nextCursor: number | null }>
+  /** One recorded version with its document; null when there is none with this id. */
+  version (id: number): Promise<(RulesVersion & { document: string }) | null>
   /** Validates, writes the file atomically (temp file + rename) and loads it. Throws RulesInvalidError. */
   replace (document: string, loadedBy: string): Promise<ActiveRules>
   /** Re-reads the file now (what the watcher does after an edit). */
@@ -244,10 +246,20 @@ export async function startRulesFile (options: RulesFileOptions): Promise<RulesF
       }))
       return { items, nextCursor: rows.length > limit ? items[items.length - 1]!.id : null }
     },
+    async version (id) {
+      const { rows } = await options.pool.query(
+        'SELECT id, version, loaded_at, loaded_by, source, added, removed, changed, document FROM alert_rule_versions WHERE id = $1', [id])
+      const r = rows[0]
+      if (r === undefined) return null
+      return {
+        id: Number(r.id), version: r.version, loadedAt: new Date(r.loaded_at).getTime(), loadedBy: r.loaded_by, source: r.source,
+        added: r.added, removed: r.removed, changed: r.changed, document: r.document
+      }
+    },
     replace (document, loadedBy) {
       return serially(async () => {
         const parsed = parseRuleSet(document)
-        if (!parsed.ok) throw new RulesInvalidError(parsed.problems)
+        if (!parsed.ok) throw new RulesInvalidError(parsed.problems, parsed.kind)
         if (sha256(document) === active.version) return active
         const tmp = `${file}.${process.pid}.tmp`
         try {

@@ -13,7 +13,7 @@ import { httpLimits } from './http-limits.ts'
 export interface ErrorResponse {
   code: ErrorCode
   message: string
-  details?: Array<{ path: string, message: string }>
+  details?: Array<{ path: string, message: string, line?: number, column?: number }>
   requestId?: string
 }
 

@@ -19,11 +19,18 @@ export interface AlertRulesApi {
 // An override is a temporary clinical decision: it must be renewed, not forgotten.
 const MAX_OVERRIDE_MS = 90 * 86_400_000
 
-const Problem = Type.Object({ path: Type.String(), message: Type.String() })
+const Problem = Type.Object({
+  path: Type.String(),
+  message: Type.String(),
+  line: Type.Optional(Type.Integer({ description: '1-based line in the document' })),
+  column: Type.Optional(Type.Integer())
+})
 const RulesVersion = Type.Object({
+  id: Type.String({ description: 'GET /v1/alert-rules/versions/{id} shows this version' }),
   version: Type.String({ description: 'sha256 of the document' }),
   loadedAt: Type.String({ format: 'date-time' }),
   loadedBy: Type.String({ description: '`file (uid N)` for edits on disk, `token:<id>` or `user:<id>` through this API' }),
+  loadedByName: Type.Union([Type.String(), Type.Null()], { description: 'The display name of the user in loadedBy, if a user' }),
   source: Type.String(),
   added: Type.Array(Type.String()),
   removed: Type.Array(Type.String()),
@@ -91,6 +98,12 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
   if (engine === undefined) return
   const { rulesFile, store } = engine
   const iso = (ms: number): string => new Date(ms).toISOString()
+  /** `user:<id>` → that user's display name (authors of rule versions). */
+  async function namesOf (authors: string[]): Promise<Map<string, string>> {
+    const ids = [...new Set(authors.filter((a) => /^user:[0-9a-f-]{36}$/i.test(a)).map((a) => a.slice(5)))]
+    const names = ids.length === 0 ? new Map<string, string | null>() : await deps.access.people.displayNames(ids)
+    return new Map([...names].filter((e): e is [string, string] => e[1] !== null).map(([id, name]) => [`user:${id}`, name]))
+  }
 
   async function rulesState (request: FastifyRequest, limit: number, cursor: string | undefined) {
     const active = rulesFile.current()
@@ -99,6 +112,7 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
     const admin = request.principal?.permissions.has('users:admin') === true
     const aboutWebhooks = (p: { path: string }): boolean => p.path.startsWith('webhook')
     const history = await rulesFile.history({ limit, before: cursor === undefined ? undefined : Number(cursor) })
+    const names = await namesOf(history.items.map((h) => h.loadedBy))
     return {
       version: active.version,
       loadedAt: iso(active.loadedAt),
@@ -116,7 +130,7 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
             problems: admin ? error.problems : error.problems.map((p) => aboutWebhooks(p) ? { path: p.path, message: `${p.path}: a webhook problem (details for admins only)` } : p)
           },
       history: {
-        items: history.items.map((h) => ({ ...h, loadedAt: iso(h.loadedAt) })),
+        items: history.items.map((h) => ({ ...h, id: String(h.id), loadedAt: iso(h.loadedAt), loadedByName: names.get(h.loadedBy) ?? null })),
         nextCursor: history.nextCursor === null ? null : String(history.nextCursor)
       }
     }
@@ -138,7 +152,8 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
       tags: ['alerts'],
       summary: 'Replace the rules file',
       description: 'Validates the YAML document, writes the rules file atomically and loads it; recorded in the history with the caller as author. ' +
-        'An invalid document gives 400 VIGIL_ERR_RULES_INVALID with one detail per problem, and changes nothing; ' +
+        'A document that is not YAML (or JSON) gives 400 VIGIL_ERR_RULES_SYNTAX, a valid YAML document that is not a valid rules file ' +
+        '400 VIGIL_ERR_RULES_INVALID; both with one detail per problem (path, message, line and column), and change nothing; ' +
         'a rules file Vigil may not write (read-only mount) gives 409 VIGIL_ERR_CONFLICT.',
       body: Type.Object({ document: Type.String({ minLength: 1, maxLength: 60_000 }) }, { additionalProperties: false }),
       response: { 200: RulesState, ...errorResponses(413) }
@@ -147,11 +162,31 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
     try {
       await rulesFile.replace(request.body.document, actor(request))
     } catch (err) {
-      if (err instanceof RulesInvalidError) throw new VigilError('VIGIL_ERR_RULES_INVALID', err.message, err.problems)
+      if (err instanceof RulesInvalidError) throw new VigilError(err.kind === 'syntax' ? 'VIGIL_ERR_RULES_SYNTAX' : 'VIGIL_ERR_RULES_INVALID', err.message, err.problems)
       if (err instanceof RulesNotWritableError) throw new VigilError('VIGIL_ERR_CONFLICT', err.message)
       throw err
     }
     return await rulesState(request, 20, undefined)
+  })
+
+  app.get('/alert-rules/versions/:id', {
+    config: { permission: 'rules:read' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'One version of the rules file from the history, as written',
+      description: 'document is null unless the caller is an admin (users:admin): it holds the webhook URLs.',
+      params: Type.Object({ id: Type.String({ pattern: '^[0-9]{1,18}$' }) }, { additionalProperties: false }),
+      response: { 200: Type.Object({ ...RulesVersion.properties, document: Type.Union([Type.String(), Type.Null()]), active: Type.Boolean() }), ...errorResponses(404) }
+    }
+  }, async (request) => {
+    const found = await rulesFile.version(Number(request.params.id))
+    if (found === null) throw new VigilError('VIGIL_ERR_NOT_FOUND', 'no rules version with this id')
+    const admin = request.principal?.permissions.has('users:admin') === true
+    return {
+      ...found, id: String(found.id), loadedAt: iso(found.loadedAt), loadedByName: (await namesOf([found.loadedBy])).get(found.loadedBy) ?? null,
+      document: admin ? found.document : null,
+      active: found.version === rulesFile.current().version
+    }
   })
 
   const toBody = (o: RuleOverride, nowMs: number) => ({

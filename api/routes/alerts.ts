@@ -47,8 +47,10 @@ const AlertEventBody = Type.Object({
   actorKind: Type.String(),
   actor: NullableString,
   at: Instant,
-  body: Type.Object({}, { additionalProperties: true, description: 'commented: {text} (a clinical note); opened/escalated: {tier, notify, notified (user ids reached), reopenedFrom?}; updated: {from, to}; resolved: {resolution, reason?}' })
+  body: Type.Object({}, { additionalProperties: true, description: 'commented: {text} (a clinical note); opened/escalated: {tier, notify, notified (user ids reached), reopenedFrom?}; updated: {from, to}; resolved: {resolution, reason?}' }),
+  notifiedPeople: Type.Optional(Type.Array(Type.Object({ userId: Uuid, displayName: NullableString }), { description: 'opened/escalated: the people body.notified names, with their display names' }))
 })
+const Person = Type.Object({ userId: Uuid, displayName: NullableString })
 
 const AlertListQuery = Type.Object({
   status: Type.Optional(Status),
@@ -355,7 +357,12 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
   }, async (request) => {
     const alert = await alertFor(request, request.params.id, 'alerts:read')
     const events: AlertEvent[] = await store.events(alert.id)
-    const items = events.map(({ patientId: _p, ...e }) => e)
+    // Who each tier reached, by name (the screen shows people, not a count of ids): one query.
+    const notifiedOf = (e: Pick<AlertEvent, 'body'>): string[] => Array.isArray(e.body.notified) ? (e.body.notified as unknown[]).filter((id): id is string => typeof id === 'string') : []
+    const names = await deps.access.people.displayNames([...new Set(events.flatMap(notifiedOf))])
+    const items = events.map(({ patientId: _p, ...e }) => Array.isArray(e.body.notified)
+      ? { ...e, notifiedPeople: notifiedOf(e).map((userId) => ({ userId, displayName: names.get(userId) ?? null })) }
+      : e)
     // Issue 13 §4: comments and resolve reasons are clinicians' notes, not shown to patients.
     if (request.principal!.permissions.has('clinical-notes:read')) return { items }
     return {
@@ -378,6 +385,28 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
   }, async (request) => {
     await alertFor(request, request.params.id, 'alerts:ack')
     return await store.acknowledge(request.params.id, actorOf(request.principal!))
+  })
+
+  app.get('/alerts/:id/assignees', {
+    config: { permission: 'alerts:write' },
+    schema: {
+      tags: ['alerts'],
+      summary: 'Who an alert can be assigned to: the clinicians who reach its patient now, by name',
+      description: 'Care team, on-call shift or break-glass; the same test POST /v1/alerts/{id}/assign applies.',
+      params: IdParams,
+      response: { 200: Type.Object({ items: Type.Array(Person) }), ...errorResponses(404) }
+    }
+  }, async (request) => {
+    const alert = await alertFor(request, request.params.id, 'alerts:write')
+    const candidates = await deps.access.people.cliniciansOf(alert.patientId, deps.access.now())
+    const eligible: string[] = []
+    for (const userId of candidates) {
+      const person = await deps.access.principalOfUser(userId)
+      if (person !== null && person.patientScopes.has('care-team') && person.permissions.has('alerts:read')) eligible.push(userId)
+    }
+    const names = await deps.access.people.displayNames(eligible)
+    const items = eligible.map((userId) => ({ userId, displayName: names.get(userId) ?? null }))
+    return { items: items.sort((a, b) => (a.displayName ?? '').localeCompare(b.displayName ?? '')) }
   })
 
   app.post('/alerts/:id/assign', {

@@ -19,11 +19,11 @@ export function auditRoutes (app: ApiInstance, deps: RouteDeps): void {
       response: { 200: page(AuditRow), ...errorResponses() }
     }
   }, async (request) => {
-    const { limit, cursor, patientId, actorId, outcome } = request.query
+    const { limit, cursor, patientId, actorId, outcome, action } = request.query
     if (cursor !== undefined && !/^[0-9]{1,18}$/.test(cursor)) throw new VigilError('VIGIL_ERR_BAD_CURSOR', 'cursor is not one this API returned')
     const from = request.query.from === undefined ? undefined : new Date(instantMs(request.query.from, 'querystring/from'))
     const to = request.query.to === undefined ? undefined : new Date(instantMs(request.query.to, 'querystring/to'))
-    const rows = await audit.query({ patientId, actorId, outcome, from, to, beforeId: cursor, limit: limit + 1 })
+    const rows = await audit.query({ patientId, actorId, outcome, action, from, to, beforeId: cursor, limit: limit + 1 })
     return pageOf(rows, limit, (last) => last.id)
   })
 

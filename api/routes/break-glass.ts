@@ -3,7 +3,7 @@ import { auditActor } from '../../access/access-policy.ts'
 import type { Principal } from '../../access/auth.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { BreakGlassGrant, BreakGlassQuery, BreakGlassRequest } from '../schemas/access.ts'
-import { IdParams, errorResponses, instantMs, invalid } from '../schemas/common.ts'
+import { IdParams, Uuid, errorResponses, instantMs, invalid } from '../schemas/common.ts'
 import type { ApiInstance, RouteDeps } from './route-deps.ts'
 
 const MIN_REASON_LENGTH = 10
@@ -72,6 +72,20 @@ export function breakGlassRoutes (app: ApiInstance, deps: RouteDeps): void {
     request.log.warn({ userId: principal.userId, grantId: grant.id }, 'break-glass access granted')
     reply.code(201)
     return grant
+  })
+
+  app.get('/me/break-glass', {
+    config: { permission: 'break-glass' },
+    schema: {
+      tags: ['people'],
+      summary: 'My unexpired break-glass grants: which patients, until when',
+      description: 'For the web app\'s "time left" after a reload; the reasons are not repeated here.',
+      response: { 200: Type.Object({ items: Type.Array(Type.Object({ patientId: Uuid, expiresAt: Type.String({ format: 'date-time' }) })) }), ...errorResponses() }
+    }
+  }, async (request) => {
+    const principal = request.principal as Principal
+    if (principal.userId === null) return { items: [] }
+    return { items: await people.activeBreakGlass(principal.userId, access.now()) }
   })
 
   app.get('/break-glass', {

@@ -2,7 +2,7 @@ import { Type } from '@fastify/type-provider-typebox'
 import { actorOf } from '../../access/access-policy.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { CareTeamAssignment, NewCareTeamAssignment, SerialParams } from '../schemas/access.ts'
-import { IdParams, errorResponses, instantMs, invalid } from '../schemas/common.ts'
+import { IdParams, Uuid, errorResponses, instantMs, invalid } from '../schemas/common.ts'
 import type { ApiInstance, RouteDeps } from './route-deps.ts'
 
 /** Care teams: which clinicians reach which patient, for which period (issue 3 §4). */
@@ -32,6 +32,16 @@ export function careTeamRoutes (app: ApiInstance, deps: RouteDeps): void {
     reply.code(201)
     return await people.assignCareTeam({ clinicianId, patientId, validFrom, validTo, assignedBy: actorOf(request) })
   })
+
+  app.get('/care-teams', {
+    config: { permission: 'care-teams:write' },
+    schema: {
+      tags: ['people'],
+      summary: 'A clinician\'s care-team assignments, current and past (newest first)',
+      querystring: Type.Object({ clinicianId: Uuid }, { additionalProperties: false }),
+      response: { 200: Type.Object({ items: Type.Array(CareTeamAssignment) }), ...errorResponses() }
+    }
+  }, async (request) => ({ items: await people.careTeamsOfClinician(request.query.clinicianId) }))
 
   app.delete('/care-teams/:id', {
     config: { permission: 'care-teams:write' },

@@ -1,6 +1,7 @@
 import { Type } from '@fastify/type-provider-typebox'
 import type { StoredReading } from '../../readings/reading.ts'
 import { maxAggregateBuckets } from '../../readings/reading-store.ts'
+import { metricLabels } from '../../readings/vitals-catalogue.ts'
 import type { ApiInstance, RouteDeps } from './route-deps.ts'
 import {
   instantMs,
@@ -24,6 +25,20 @@ function range (from: string | undefined, to: string | undefined): { from?: numb
 }
 
 export function readingRoutes (app: ApiInstance, { patientAccess, readings }: Pick<RouteDeps, 'patientAccess' | 'readings'>): void {
+  app.get('/vitals', {
+    config: { permission: 'readings:read' },
+    schema: {
+      tags: ['readings'],
+      summary: 'The vitals catalogue as screens label it: name, abbreviation, canonical unit and how to write it',
+      description: 'The web app labels every metric from this list (readings/vitals-catalogue.ts), so a new metric needs no change to the page.',
+      response: {
+        200: Type.Object({
+          items: Type.Array(Type.Object({ metric: Type.String(), label: Type.String(), abbreviation: Type.String(), unit: Type.String(), unitSymbol: Type.String() }))
+        }),
+        ...errorResponses()
+      }
+    }
+  }, async () => ({ items: metricLabels() }))
 
   app.get('/patients/:id/readings', {
     config: { permission: 'readings:read' },

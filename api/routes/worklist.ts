@@ -87,18 +87,20 @@ export function worklistRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patient
       }
     }
     const now = access.now()
-    const rows = await Promise.all(shown.map(async (patient) => {
-      const latest = can('readings:read') ? await readings.latest(patient.id) : []
-      const news2Readings = latest.some((r) => r.metric === NEWS2_METRIC)
-        ? await readings.query({ patientId: patient.id, metric: NEWS2_METRIC, limit: 2 })
-        : []
+    // One query each for every shown patient (not one per patient): latest readings, the last
+    // two NEWS2 scores, and which patients the caller reaches only through break-glass.
+    const [latestByPatient, news2ByPatient, breakGlassOnly] = await Promise.all([
+      can('readings:read') ? readings.latestForPatients(ids) : new Map<string, never[]>(),
+      can('readings:read') ? readings.recentForPatients(ids, NEWS2_METRIC, 2) : new Map<string, never[]>(),
+      visible !== null && principal.userId !== null ? access.people.breakGlassOnly(principal.userId, ids, now) : new Set<string>()
+    ])
+    const rows = shown.map((patient) => {
+      const latest = latestByPatient.get(patient.id) ?? []
+      const news2Readings = news2ByPatient.get(patient.id) ?? []
       const alerts = (alertsByPatient.get(patient.id) ?? [])
         .sort((a, b) => severityRank[b.severity as Severity] - severityRank[a.severity as Severity] || b.openedAt.localeCompare(a.openedAt))
       let reach: 'care-team' | 'break-glass' | 'self' | 'all' = visible === null ? 'all' : principal.userId === patient.id ? 'self' : 'care-team'
-      if (reach === 'care-team' && principal.userId !== null) {
-        const relationship = await access.people.relationship(principal.userId, patient.id, now)
-        if (!relationship.careTeam && relationship.breakGlassReason !== null) reach = 'break-glass'
-      }
+      if (reach === 'care-team' && breakGlassOnly.has(patient.id)) reach = 'break-glass'
       const [newest, before] = news2Readings
       return {
         patientId: patient.id,
@@ -118,7 +120,7 @@ export function worklistRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patient
           lastReadingAt: d.presence.lastReadingAt, batteryPercent: d.presence.batteryPercent
         }))
       }
-    }))
+    })
     const facts = (row: typeof rows[number]) => ({
       openSeverity: (row.alerts.find((a) => a.status === 'open')?.severity ?? null) as Severity | null,
       acknowledgedSeverity: (row.alerts.find((a) => a.status === 'acknowledged')?.severity ?? null) as Severity | null,

@@ -124,6 +124,7 @@ export const AuditQuery = Type.Object({
   patientId: Type.Optional(Uuid),
   actorId: Type.Optional(Type.String({ maxLength: 64 })),
   outcome: Type.Optional(Type.Union([Type.Literal('allowed'), Type.Literal('denied')])),
+  action: Type.Optional(Type.String({ maxLength: 64, description: 'Exact action, e.g. patients:read, break-glass, worklist:read' })),
   from: Type.Optional(Type.String({ format: 'date-time' })),
   to: Type.Optional(Type.String({ format: 'date-time' }))
 }, { additionalProperties: false })

@@ -16,7 +16,12 @@ export const IdParams = Type.Object({ id: Uuid }, { additionalProperties: false 
 export const ErrorBody = Type.Object({
   code: Type.String({ description: 'Stable error code, e.g. VIGIL_ERR_VALIDATION' }),
   message: Type.String(),
-  details: Type.Optional(Type.Array(Type.Object({ path: Type.String(), message: Type.String() }))),
+  details: Type.Optional(Type.Array(Type.Object({
+    path: Type.String(),
+    message: Type.String(),
+    line: Type.Optional(Type.Integer({ minimum: 1, description: 'In a submitted document (alert rules): 1-based line of the problem' })),
+    column: Type.Optional(Type.Integer({ minimum: 1, description: '1-based column' }))
+  }))),
   requestId: Type.Optional(Type.String())
 })
 

@@ -4,7 +4,8 @@ import { newPatient, onCareTeam, patientWithLogin, userWithLogin } from '../help
 
 // GET /v1/worklist: who sees which rows, what a row holds, the order, the audit row.
 
-const { app, deps, headers: admin } = await startApiFixture(t, 'worklist test', { apiOptions: { maxEventLoopDelayMs: 0 } })
+const fixture = await startApiFixture(t, 'worklist test', { apiOptions: { maxEventLoopDelayMs: 0 } })
+const { app, deps, headers: admin } = fixture
 const nurse = await userWithLogin(app, admin, ['nurse'], 'nurse@worklist.example')
 const integrator = await userWithLogin(app, admin, ['device-integrator'], 'integrator@worklist.example')
 const calm = await newPatient(app, admin, 'Calm Patient')
@@ -69,4 +70,35 @@ t.test('break-glass patients are on the list, marked as such', async (t) => {
   t.equal(glass.statusCode, 201, glass.body)
   const items = (await app.inject({ method: 'GET', url: '/v1/worklist', headers: nurse.headers })).json().items
   t.same(items.map((r: any) => [r.displayName, r.reach]), [['Elsewhere Patient', 'break-glass'], ['Sick Patient', 'care-team'], ['Calm Patient', 'care-team']])
+})
+
+t.test('a worklist read costs the same number of queries for 2 patients as for 8 (no query per patient)', async (t) => {
+  let queries = 0
+  const original = fixture.db.pool.query.bind(fixture.db.pool)
+  // Authentication's own queries (the session, touched at most once a minute) are not the worklist's.
+  fixture.db.pool.query = ((...args: Parameters<typeof original>) => {
+    if (!/\bsessions\b/.test(String(args[0]))) queries++
+    return original(...args)
+  }) as typeof original
+  t.teardown(() => { fixture.db.pool.query = original })
+  const count = async (headers: Record<string, string>): Promise<number> => {
+    queries = 0
+    const res = await app.inject({ method: 'GET', url: '/v1/worklist', headers })
+    t.equal(res.statusCode, 200)
+    return queries
+  }
+  const ward = await userWithLogin(app, admin, ['nurse'], 'counting-nurse@worklist.example')
+  for (const p of [calm, sick]) await onCareTeam(app, admin, ward.id, p)
+  const two = await count(ward.headers)
+  for (let i = 0; i < 6; i++) {
+    const p = await newPatient(app, admin, `Counted Patient ${i}`)
+    await onCareTeam(app, admin, ward.id, p)
+    await deps.readings.write([
+      { patientId: p, deviceId: device.id, seq: 1, metric: 'heart_rate', value: 80 + i, unit: '/min', ts: now - 60_000 },
+      { patientId: p, deviceId: device.id, seq: 1, metric: 'news2_score', value: i, unit: '{score}', ts: now - 60_000 }
+    ])
+  }
+  const eight = await count(ward.headers)
+  t.equal((await app.inject({ method: 'GET', url: '/v1/worklist', headers: ward.headers })).json().items.length, 8)
+  t.equal(eight, two, `${two} queries for 2 patients, ${eight} for 8`)
 })

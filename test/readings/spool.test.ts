@@ -43,6 +43,8 @@ function recordingStore (fail: (call: number, batch: readonly StoredReading[]) =
     },
     query: unused,
     latest: unused,
+    latestForPatients: unused,
+    recentForPatients: unused,
     aggregate: unused,
     ping: async () => {},
     close: async () => {}

@@ -169,6 +169,30 @@ function readingStoreContract (t: Test, name: string, open: (t: Test) => Promise
       t.strictSame(await store.latest(randomUUID()), [])
     })
 
+    t.test('latestForPatients and recentForPatients: the per-patient answers, for many patients at once', async (t) => {
+      const [p, q, none] = [randomUUID(), randomUUID(), randomUUID()]
+      await store.write([
+        reading(p, { ts: base, value: 60 }),
+        reading(p, { deviceId: deviceB, ts: base + 5 * minute, value: 65 }),
+        reading(p, { metric: 'spo2', unit: '%', ts: base + minute, value: 96 }),
+        reading(p, { metric: 'news2_score', unit: '{score}', ts: base, value: 2 }),
+        reading(p, { metric: 'news2_score', unit: '{score}', deviceId: deviceB, ts: base + minute, value: 3 }),
+        reading(p, { metric: 'news2_score', unit: '{score}', ts: base + 2 * minute, value: 5 }),
+        reading(q, { metric: 'body_temp', unit: 'Cel', ts: base, value: 37.5 }),
+        reading(q, { metric: 'news2_score', unit: '{score}', ts: base, value: 1 })
+      ])
+      const latest = await store.latestForPatients([p, q, none])
+      t.strictSame(latest.get(p), await store.latest(p))
+      t.strictSame(latest.get(q), await store.latest(q))
+      t.notOk(latest.has(none), 'no readings: no entry')
+      const news2 = await store.recentForPatients([p, q, none], 'news2_score', 2)
+      t.strictSame(news2.get(p), await store.query({ patientId: p, metric: 'news2_score', limit: 2 }))
+      t.strictSame(news2.get(p)?.map((r) => r.value), [5, 3], 'newest first, across devices')
+      t.strictSame(news2.get(q)?.map((r) => r.value), [1])
+      t.notOk(news2.has(none))
+      t.strictSame(await store.latestForPatients([]), new Map())
+    })
+
     t.test('aggregate: epoch-aligned buckets over [from, to), empty buckets null (count 0)', async (t) => {
       const p = randomUUID()
       await store.write([

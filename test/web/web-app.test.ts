@@ -2,7 +2,7 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import t from 'tap'
-import { openBrowser, screenshot, seriousAxeViolations } from '../helpers/browser.ts'
+import { artifactsDir, openBrowser, screenshot, seriousAxeViolations } from '../helpers/browser.ts'
 import { startTestVigil, telemetry } from '../helpers/vigil.ts'
 import { seedWard } from './ward.ts'
 
@@ -68,7 +68,9 @@ t.test('a nurse signs in, sees only her patients, and a deteriorating patient ri
   const now = Date.now()
   const series = [[now - 120_000, 118], [now - 60_000, 139], [now - 1000, 162]] as const
   let seq = 1
+  let lastPublishedAt = 0
   for (const [ts, hr] of series) {
+    lastPublishedAt = performance.now()
     await client.publishAsync(`devices/${ward.mine.deviceId}/telemetry`, telemetry(seq++, [
       { metric: 'heart_rate', value: hr, unit: '/min', ts },
       { metric: 'resp_rate', value: 24, unit: '/min', ts },
@@ -80,9 +82,15 @@ t.test('a nurse signs in, sees only her patients, and a deteriorating patient ri
     ]), { qos: 1 })
   }
   const mineRow = page.locator(`.row[data-patient-id="${ward.mine.id}"]`)
-  // A bounded wait (the 5 s target is measured in the bench, not asserted here).
+  // Bounded waits. Issue 15's target is 5 s from the reading to the screen: recorded and printed,
+  // not asserted (a loaded 2-core machine must not fail the suite); see docs/web-app.md.
+  await page.getByRole('alert').filter({ hasText: 'New critical alert' }).waitFor({ timeout: 30_000 })
+  const bannerMs = Math.round(performance.now() - lastPublishedAt)
   await mineRow.locator('.badge.sev-critical').first().waitFor({ timeout: 30_000 })
-  await page.getByRole('alert').filter({ hasText: 'New critical alert' }).waitFor()
+  const rowMs = Math.round(performance.now() - lastPublishedAt)
+  t.comment(`critical alert visible ${bannerMs} ms (banner) and ${rowMs} ms (worklist row) after its reading was published (target 5000 ms)`)
+  await fs.mkdir(artifactsDir, { recursive: true })
+  await fs.writeFile(path.join(artifactsDir, 'critical-alert-visible-ms.json'), JSON.stringify({ bannerMs, rowMs, at: new Date().toISOString() }) + '\n')
   t.equal(await page.locator('.worklist .row').first().getAttribute('data-patient-id'), ward.mine.id, 'the deteriorating patient is first')
   t.match(await mineRow.textContent(), /CRITICAL · open/, 'severity in words, not only colour')
   t.match(await mineRow.textContent(), /HR162/, 'latest heart rate shown')
@@ -132,6 +140,11 @@ t.test('a nurse signs in, sees only her patients, and a deteriorating patient ri
   await page.getByRole('heading', { name: ward.other.name }).waitFor()
   t.match(await page.getByRole('status').filter({ hasText: 'Break-glass' }).textContent(), /Break-glass access: (59|60) min left\. Everything you open is audited/)
   t.equal(await page.title(), 'Patient · Vigil')
+  // A reload keeps the countdown: the expiry comes from the server (GET /v1/me/break-glass).
+  await page.reload()
+  await page.getByRole('heading', { name: ward.other.name }).waitFor()
+  t.match(await page.getByRole('status').filter({ hasText: 'Break-glass' }).textContent(), /Break-glass access: (5[89]|60) min left/, 'the time left survives a reload')
+  t.same(await page.evaluate(() => [localStorage.length, sessionStorage.length]), [0, 0], 'and is in no browser storage')
   const audit = (await vigil.api<any>('GET', `/v1/audit?patientId=${ward.other.id}&actorId=${ward.nurse.id}&limit=50`)).body.items
   t.ok(audit.some((r: any) => r.action === 'break-glass' && r.outcome === 'allowed'), 'the grant is audited')
   t.ok(audit.some((r: any) => r.action === 'patients:read' && r.breakGlassReason !== null), 'and so is what it opened, with the reason')

@@ -3,10 +3,13 @@ import { ApiError, api } from './api.ts'
 import type { Session } from './api.ts'
 import { age, clock } from './format.ts'
 import { linkClick } from './router.ts'
+import { RulesEditor } from './admin-rules.tsx'
+import { PeopleAdmin } from './admin-people.tsx'
+import { AuditSearch } from './admin-audit.tsx'
 
-// The admin and integrator screens plug in here, one component per path under /admin. Built:
-// devices (register, issue credentials shown once, rejections). Still to come: the rules
-// editor, users, roles and care teams, audit search (the API serves them meanwhile, /docs).
+// The admin and integrator screens, one component per path under /admin: devices (register,
+// credentials shown once, rejections), the alert rules editor and its versions, people (users,
+// roles, care teams) and audit search. Each shows only what the role's permissions allow.
 
 interface Device {
   id: string, name: string, mac: string, firmwareVersion: string, softwareVersion: string, patientId: string | null,
@@ -14,20 +17,31 @@ interface Device {
 }
 interface Rejection { id: string, reason: string, message: string, receivedAt: string, payloadBytes: number }
 
-export function AdminPage ({ session }: { session: Session }) {
-  useEffect(() => { document.title = 'Admin · Vigil' }, [])
+const SECTIONS: Array<{ path: string, label: string, permission: string }> = [
+  { path: '/admin', label: 'Devices', permission: 'devices:read' },
+  { path: '/admin/rules', label: 'Alert rules', permission: 'rules:read' },
+  { path: '/admin/people', label: 'People', permission: 'users:admin' },
+  { path: '/admin/audit', label: 'Audit', permission: 'audit:read' }
+]
+
+export function AdminPage ({ session, path }: { session: Session, path: string }) {
   const can = (p: string): boolean => session.permissions.includes(p)
+  const sections = SECTIONS.filter((s) => can(s.permission))
+  const current = sections.find((s) => s.path === path) ?? sections[0]
+  useEffect(() => { document.title = `${current?.label ?? 'Admin'} · Vigil` }, [current?.path])
   return (
     <main id="main" class="page">
       <h1>Administration</h1>
-      {can('devices:read') ? <Devices session={session} /> : <p>Nothing here for your role.</p>}
-      <h2>Still to come</h2>
-      <ul>
-        {can('rules:write') && <li>Alert rules editor and versions</li>}
-        {can('users:admin') && <li>Users, roles and care teams</li>}
-        {can('audit:read') && <li>Audit search</li>}
-      </ul>
-      <p>Meanwhile the API serves these: <a href="/docs">API documentation</a>.</p>
+      {sections.length > 1 && (
+        <nav aria-label="Administration" class="subnav">
+          {sections.map((s) => <a key={s.path} href={s.path} onClick={linkClick} aria-current={s === current ? 'page' : undefined}>{s.label}</a>)}
+        </nav>
+      )}
+      {current === undefined ? <p>Nothing here for your role.</p>
+        : current.path === '/admin/rules' ? <RulesEditor session={session} />
+          : current.path === '/admin/people' ? <PeopleAdmin session={session} />
+            : current.path === '/admin/audit' ? <AuditSearch />
+              : <Devices session={session} />}
     </main>
   )
 }

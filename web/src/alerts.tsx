@@ -11,13 +11,17 @@ export interface Alert {
   openedAt: string, acknowledgedBy: string | null, acknowledgedAt: string | null, assignedTo: string | null,
   resolvedAt: string | null, escalationTier: number, escalationPolicy: string | null, nextEscalationAt: string | null
 }
-interface AlertEvent { id: string, type: string, actor: string | null, at: string, body: Record<string, unknown> }
+interface Person { userId: string, displayName: string | null }
+interface AlertEvent { id: string, type: string, actor: string | null, at: string, body: Record<string, unknown>, notifiedPeople?: Person[] }
+
+const nameOf = (p: Person): string => p.displayName ?? 'a user without a name'
 
 function describe (e: AlertEvent): string {
   const b = e.body
   if (e.type === 'opened' || e.type === 'escalated') {
-    const notified = Array.isArray(b.notified) ? b.notified.length : 0
-    return `${e.type} · tier ${String(b.tier ?? 0)} · notify ${Array.isArray(b.notify) ? b.notify.join(', ') : '—'} · ${notified} person(s) reached`
+    const people = e.notifiedPeople ?? []
+    const reached = people.length === 0 ? 'no one reached' : `notified ${people.map(nameOf).join(', ')}`
+    return `${e.type} · escalation tier ${String(b.tier ?? 0)} (${Array.isArray(b.notify) ? b.notify.join(', ') : '—'}) · ${reached}`
   }
   if (e.type === 'commented') return `comment: ${String(b.text ?? '')}`
   if (e.type === 'resolved') return `resolved (${String(b.resolution ?? '')})${b.reason === undefined ? '' : `: ${String(b.reason)}`}`
@@ -28,6 +32,17 @@ export function AlertCard ({ alert, session, onChange }: { alert: Alert, session
   const can = (p: string): boolean => session.permissions.includes(p)
   const [events, setEvents] = useState<AlertEvent[] | null>(null)
   const [error, setError] = useState<string | null>(null)
+  // Who the alert may be assigned to, by name: loaded when the picker is first opened.
+  const [assignees, setAssignees] = useState<Person[] | null>(null)
+  async function loadAssignees (): Promise<void> {
+    if (assignees !== null) return
+    try {
+      setAssignees((await api<{ items: Person[] }>('GET', `/v1/alerts/${alert.id}/assignees`)).items)
+    } catch {
+      setAssignees([])
+    }
+  }
+  useEffect(() => { if (alert.assignedTo !== null && can('alerts:write')) void loadAssignees() }, [alert.assignedTo])
   async function act (path: string, body: unknown): Promise<void> {
     try {
       await api('POST', `/v1/alerts/${alert.id}/${path}`, body)
@@ -60,7 +75,7 @@ export function AlertCard ({ alert, session, onChange }: { alert: Alert, session
         Opened {clock(alert.openedAt)} · rule {alert.ruleId} · escalation {alert.escalationPolicy ?? 'none'}, tier {alert.escalationTier}
         {alert.nextEscalationAt !== null && alert.status === 'open' ? ` · next tier ${clock(alert.nextEscalationAt)}` : ''}
         {alert.acknowledgedAt !== null ? ` · acknowledged ${clock(alert.acknowledgedAt)}` : ''}
-        {alert.assignedTo !== null ? ` · assigned` : ''}
+        {alert.assignedTo !== null ? ` · assigned to ${assignees?.find((p) => p.userId === alert.assignedTo)?.displayName ?? 'a clinician'}` : ''}
       </p>
       <div class="actions">
         {can('alerts:ack') && alert.status === 'open' && <button type="button" onClick={() => { void act('acknowledge', {}) }}>Acknowledge</button>}
@@ -77,7 +92,12 @@ export function AlertCard ({ alert, session, onChange }: { alert: Alert, session
       {can('alerts:write') && alert.status !== 'resolved' && (
         <>
           <form class="inline" onSubmit={submit('assign', 'userId')}>
-            <label>Assign to (user id) <input name="userId" pattern="[0-9a-fA-F-]{36}" /></label>
+            <label>Assign to
+              <select name="userId" required onFocus={() => { void loadAssignees() }} onPointerDown={() => { void loadAssignees() }}>
+                <option value="">{assignees === null ? 'Choose a clinician…' : assignees.length === 0 ? 'No clinician reaches this patient' : 'Choose a clinician…'}</option>
+                {(assignees ?? []).map((p) => <option key={p.userId} value={p.userId} selected={p.userId === alert.assignedTo}>{nameOf(p)}</option>)}
+              </select>
+            </label>
             <button type="submit">Assign</button>
           </form>
           <form class="inline" onSubmit={submit('resolve', 'reason')}>

@@ -12,7 +12,7 @@ export interface Session {
 }
 
 export class ApiError extends Error {
-  constructor (readonly status: number, readonly code: string, message: string) {
+  constructor (readonly status: number, readonly code: string, message: string, readonly details?: unknown) {
     super(message)
   }
 }
@@ -46,7 +46,7 @@ async function raw (method: string, path: string, body?: unknown): Promise<Respo
 async function parse<T> (res: Response): Promise<T> {
   const text = await res.text()
   const json = text === '' ? undefined : JSON.parse(text)
-  if (!res.ok) throw new ApiError(res.status, json?.code ?? 'VIGIL_ERR_INTERNAL', json?.message ?? res.statusText)
+  if (!res.ok) throw new ApiError(res.status, json?.code ?? 'VIGIL_ERR_INTERNAL', json?.message ?? res.statusText, json?.details)
   return json as T
 }
 

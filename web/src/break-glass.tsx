@@ -1,13 +1,20 @@
 import { useEffect, useState } from 'preact/hooks'
 import { ApiError, api } from './api.ts'
 
-// Break-glass grants made in this tab: patient id → expiry. Memory only (no storage); a
-// reload forgets the countdown, not the grant (the server keeps it and audits its use).
+// Break-glass grants: patient id → expiry, as the server last said (GET /v1/me/break-glass),
+// so the time left survives a reload. Memory only, never browser storage.
 const grants = new Map<string, number>()
 
 export function breakGlassExpiry (patientId: string): number | null {
   const until = grants.get(patientId)
   return until === undefined || until <= Date.now() ? null : until
+}
+
+/** The caller's unexpired grants from the server. */
+async function loadGrants (): Promise<void> {
+  const body = await api<{ items: Array<{ patientId: string, expiresAt: string }> }>('GET', '/v1/me/break-glass')
+  grants.clear()
+  for (const g of body.items) grants.set(g.patientId, Date.parse(g.expiresAt))
 }
 
 /** The form on a patient page the clinician cannot see: reason required, then the page opens. */
@@ -39,13 +46,14 @@ export function BreakGlassForm ({ patientId, onGranted }: { patientId: string, o
   )
 }
 
-/** "Break-glass access, N min left", on the patient page while a grant from this tab runs. */
-export function BreakGlassBanner ({ patientId }: { patientId: string }) {
+/** "Break-glass access, N min left", on the patient page while a grant runs (the server's expiry). */
+export function BreakGlassBanner ({ patientId, canBreakGlass }: { patientId: string, canBreakGlass: boolean }) {
   const [, tick] = useState(0)
   useEffect(() => {
+    if (canBreakGlass) void loadGrants().then(() => tick((n) => n + 1), () => {})
     const timer = setInterval(() => tick((n) => n + 1), 15_000)
     return () => clearInterval(timer)
-  }, [])
+  }, [patientId, canBreakGlass])
   const until = breakGlassExpiry(patientId)
   if (until === null) return null
   const minutes = Math.max(1, Math.ceil((until - Date.now()) / 60_000))

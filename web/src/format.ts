@@ -1,30 +1,29 @@
 // Labels for catalogue names and times. Colour is never the only signal: every severity and
 // band also reads as text.
 
-export const metricLabels: Record<string, { short: string, long: string }> = {
-  heart_rate: { short: 'HR', long: 'Heart rate' },
-  resp_rate: { short: 'RR', long: 'Respiratory rate' },
-  spo2: { short: 'SpO₂', long: 'Oxygen saturation' },
-  body_temp: { short: 'Temp', long: 'Body temperature' },
-  bp_systolic: { short: 'Sys', long: 'Systolic blood pressure' },
-  bp_diastolic: { short: 'Dia', long: 'Diastolic blood pressure' },
-  body_weight: { short: 'Wt', long: 'Body weight' },
-  glucose: { short: 'Glu', long: 'Glucose' },
-  o2_supplemental: { short: 'O₂', long: 'Supplemental oxygen' },
-  consciousness: { short: 'ACVPU', long: 'Consciousness (ACVPU)' },
-  news2_score: { short: 'NEWS2', long: 'NEWS2 score' }
+// Metric names come from the API's one catalogue (GET /v1/vitals), loaded once after sign-in;
+// until then (or for a metric it does not know) the catalogue name stands in.
+interface MetricLabel { label: string, abbreviation: string, unitSymbol: string }
+const labels = new Map<string, MetricLabel>()
+const unitSymbols = new Map<string, string>()
+
+export function setMetricLabels (items: Array<MetricLabel & { metric: string, unit: string }>): void {
+  for (const item of items) {
+    labels.set(item.metric, item)
+    unitSymbols.set(item.unit, item.unitSymbol)
+  }
 }
 
 export function metricShort (metric: string): string {
-  return metricLabels[metric]?.short ?? metric
+  return labels.get(metric)?.abbreviation ?? metric
 }
 
 export function metricLong (metric: string): string {
-  return metricLabels[metric]?.long ?? metric.replace(/_/g, ' ')
+  return labels.get(metric)?.label ?? metric.replace(/_/g, ' ')
 }
 
 export function unitLabel (unit: string): string {
-  return ({ Cel: '°C', 'mm[Hg]': 'mmHg', '1': '', '{score}': '' } as Record<string, string>)[unit] ?? unit
+  return unitSymbols.get(unit) ?? unit
 }
 
 /** "just now", "4 min ago", "3 h ago", "2 d ago". */

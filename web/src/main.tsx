@@ -1,10 +1,11 @@
 import { render } from 'preact'
 import { useEffect, useState } from 'preact/hooks'
 import './styles.css'
-import { ApiError, currentSession, refreshSession, signIn, signOutOnServer, whenSignedOut } from './api.ts'
+import { ApiError, api, currentSession, refreshSession, signIn, signOutOnServer, whenSignedOut } from './api.ts'
 import type { Session } from './api.ts'
 import { currentPath, linkClick, navigate, onNavigate } from './router.ts'
 import { isMuted, setMuted } from './sound.ts'
+import { setMetricLabels } from './format.ts'
 import { Worklist } from './worklist.tsx'
 import { PatientPage } from './patient.tsx'
 import { AlertsPage } from './alerts.tsx'
@@ -121,14 +122,24 @@ function App () {
     }
   }, [session])
 
-  if (session === undefined) return <main id="main" class="loading" aria-busy="true">Loading…</main>
+  // The metric labels (one catalogue, served by the API) before any screen that shows readings.
+  const [labelsFor, setLabelsFor] = useState<string | null>(null)
+  useEffect(() => {
+    if (session === null || session === undefined) return
+    if (!session.permissions.includes('readings:read')) { setLabelsFor(session.userId); return }
+    api<{ items: Parameters<typeof setMetricLabels>[0] }>('GET', '/v1/vitals')
+      .then((body) => setMetricLabels(body.items), () => {})
+      .finally(() => setLabelsFor(session.userId))
+  }, [session])
+
+  if (session === undefined || (session !== null && labelsFor !== session.userId)) return <main id="main" class="loading" aria-busy="true">Loading…</main>
   if (session === null) return <SignIn notice={notice} onSession={(s) => { setNotice(null); setSession(s) }} />
 
   let page
   const patient = /^\/patients\/([0-9a-f-]{36})$/i.exec(path)
   if (patient !== null) page = <PatientPage key={patient[1]} patientId={patient[1]!} session={session} />
   else if (path === '/alerts') page = <AlertsPage session={session} />
-  else if (path.startsWith('/admin')) page = <AdminPage session={session} />
+  else if (path.startsWith('/admin')) page = <AdminPage key={path} session={session} path={path} />
   else if (path === '/me') page = <MePage session={session} />
   else if (path === '/') page = session.patientScopes.length === 1 && session.patientScopes[0] === 'self' ? <MePage session={session} /> : <Worklist session={session} />
   else page = <NotFound />

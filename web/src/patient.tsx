@@ -130,7 +130,7 @@ export function PatientPage ({ patientId, session }: { patientId: string, sessio
   return (
     <main id="main" class="page">
       <h1>{name}</h1>
-      <BreakGlassBanner patientId={patientId} />
+      <BreakGlassBanner patientId={patientId} canBreakGlass={can('break-glass') && session.patientScopes.includes('care-team')} />
       <section aria-labelledby="range-h">
         <h2 id="range-h" class="visually-hidden">Time range</h2>
         <div class="ranges" role="group" aria-label="Time range">

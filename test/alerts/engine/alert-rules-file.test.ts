@@ -133,7 +133,8 @@ t.test('PUT /v1/alert-rules: validated, written atomically, recorded with the ca
   const invalid = await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: 'rules:\n  - id: x\n    kind: threshold\n    metric: pulse\n    above: 1\n    severity: high\n' } })
   t.equal(invalid.statusCode, 400)
   t.equal(invalid.json().code, 'VIGIL_ERR_RULES_INVALID')
-  t.same(invalid.json().details, [{ path: 'rules[0].metric', message: 'rules[0] (id "x"): metric is not in the vitals catalogue ("pulse")' }])
+  t.same(invalid.json().details, [{ path: 'rules[0].metric', message: 'rules[0] (id "x"): metric is not in the vitals catalogue ("pulse")', line: 4, column: 13 }],
+    'a schema problem carries the line and column of the value it concerns')
 
   const v3 = rulesAt(130).replace(/  - id: news2[\s\S]*$/, '')
   const res = await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: v3 } })
@@ -152,6 +153,38 @@ t.test('PUT /v1/alert-rules: validated, written atomically, recorded with the ca
   t.equal((await get('?cursor=abc')).statusCode, 400)
 })
 
+t.test('PUT /v1/alert-rules: errors at their line and column (YAML, JSON, schema), each version viewable', async (t) => {
+  const before = (await get('')).json().version
+  const yaml = await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: 'rules:\n  - id: x\n    kind: threshold\n   metric: heart_rate\n' } })
+  t.equal(yaml.statusCode, 400)
+  t.equal(yaml.json().code, 'VIGIL_ERR_RULES_SYNTAX', 'not YAML: its own code')
+  t.match(yaml.json().details, [{ path: '', message: /^YAML: /, line: 4, column: Number }])
+  const json = await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: '{\n  "rules": [\n    {"id": "x", "kind": "threshold",, "metric": "heart_rate"}\n  ]\n}\n' } })
+  t.equal(json.json().code, 'VIGIL_ERR_RULES_SYNTAX')
+  t.match(json.json().details[0], { line: 3 }, 'a JSON document: the line of the stray comma')
+  const schema = await app.inject({
+    method: 'PUT', url: '/v1/alert-rules', headers,
+    payload: { document: 'rules:\n  - id: ok\n    kind: threshold\n    metric: heart_rate\n    above: 120\n    severity: high\n  - id: y\n    kind: threshold\n    metric: heart_rate\n    above: lots\n    severity: high\n' }
+  })
+  t.equal(schema.json().code, 'VIGIL_ERR_RULES_INVALID')
+  t.same(schema.json().details, [{ path: 'rules[1].above', message: 'rules[1] (id "y"): above must be a number', line: 10, column: 12 }])
+  const missing = await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: 'rules:\n  - id: z\n    kind: threshold\n    metric: heart_rate\n    above: 120\n' } })
+  t.match(missing.json().details, [{ path: 'rules[0].severity', message: /severity is required/, line: 2, column: 5 }], 'a missing field: the line of the rule that lacks it')
+  t.equal((await get('')).json().version, before, 'nothing changed')
+
+  const state = (await get('')).json()
+  const newest = state.history.items[0]
+  t.match(newest, { id: /^[0-9]+$/, version: state.version, loadedByName: null }, 'a token edited it: no user name')
+  const version = await app.inject({ method: 'GET', url: `/v1/alert-rules/versions/${newest.id}`, headers })
+  t.equal(version.statusCode, 200)
+  t.match(version.json(), { id: newest.id, version: state.version, active: true, document: state.document })
+  const oldest = state.history.items[state.history.items.length - 1]
+  t.match((await app.inject({ method: 'GET', url: `/v1/alert-rules/versions/${oldest.id}`, headers })).json(), { version: sha256(v1), active: false, document: v1 })
+  t.equal((await app.inject({ method: 'GET', url: '/v1/alert-rules/versions/999999', headers })).json().code, 'VIGIL_ERR_NOT_FOUND')
+  const nurse = await userWithLogin(app, headers, ['nurse'], 'rules-version-nurse@example.org')
+  t.equal((await app.inject({ method: 'GET', url: `/v1/alert-rules/versions/${newest.id}`, headers: nurse.headers })).json().document, null, 'the document (webhook URLs) is for admins only')
+})
+
 t.test('PUT /v1/alert-rules: a YAML alias bomb is a 400 with the reason, not a 500', async (t) => {
   // "Billion laughs": each level doubles the references to the level before it.
   const levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
@@ -159,7 +192,7 @@ t.test('PUT /v1/alert-rules: a YAML alias bomb is a 400 with the reason, not a 5
   const before = (await get('')).json().version
   const res = await app.inject({ method: 'PUT', url: '/v1/alert-rules', headers, payload: { document: levels.join('\n') + '\nrules: []\n' } })
   t.equal(res.statusCode, 400)
-  t.equal(res.json().code, 'VIGIL_ERR_RULES_INVALID')
+  t.equal(res.json().code, 'VIGIL_ERR_RULES_SYNTAX')
   t.match(res.json().details, [{ path: '', message: /alias/i }])
   t.equal((await get('')).json().version, before, 'the active rules are unchanged')
 })
