@@ -179,6 +179,8 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       sink: alerting.sink,
       presence: alerting.presence,
       schedule: leaderSchedule('no-data'),
+      // Other processes may share this database: rule state is read and written under per-patient locks.
+      sharedState: db.kind === 'postgres',
       writeDerived,
       log,
       registry: metrics.registry
