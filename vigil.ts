@@ -40,7 +40,8 @@ import { createPostgresReadingStore } from './readings/postgres-store.ts'
 import type { StoredReading } from './readings/reading.ts'
 import type { ReadingStore } from './readings/reading-store.ts'
 import type { Database } from './store/database.ts'
-import { startReencryption } from './crypto/reencryption.ts'
+import { startReencryption, type Reencryption } from './crypto/reencryption.ts'
+import { startLeadership, type LeaderTask } from './store/leadership.ts'
 import { createRejectionLog } from './devices/rejections.ts'
 
 export interface Vigil {
@@ -64,6 +65,7 @@ export interface Vigil {
  */
 export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
   const closers: Array<() => Promise<void>> = []
+  let closing = false
   const close = async (): Promise<void> => {
     for (const c of closers.reverse()) await c()
     closers.length = 0
@@ -92,6 +94,13 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const diskLow = (): boolean => diskReserve?.low() ?? false
     const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log })
     closers.push(() => db.close())
+    // Work that runs once across several processes sharing this database (escalation, no-data
+    // checks, housekeeping, re-encryption): only where this process holds the task's lock.
+    const leadership = await startLeadership({ databaseUrl: config.databaseUrl, takeoverMs: config.leaderTakeoverSeconds * 1000, log })
+    closers.push(() => leadership.close())
+    leadership.onChange((task, leading) => metrics.clusterLeader.set({ task }, leading ? 1 : 0))
+    const leaderSchedule = (task: LeaderTask): Schedule => (expression, run) =>
+      cron.schedule(expression, async () => { if (leadership.isLeader(task)) await run() }, { noOverlap: true })
     const patients = createPatientStore(db.pool)
     const devices = createDeviceRegistry(db.pool, { earlyReadingToleranceMs: config.assignmentToleranceMs })
     const tokens = createApiTokenStore(db.pool)
@@ -144,8 +153,16 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       keyring
     })
     // Records and transcripts left under a retired key are moved to the active one in the background.
-    const reencryption = startReencryption(patientRecords, log, { voiceNotes: jobs.voiceNotes, clinicalText: { pool: db.pool, keyring } })
-    closers.push(() => reencryption.close())
+    // Once per process lifetime, in the process leading it (now, or when it takes over).
+    let reencryptionPass: Reencryption | null = null
+    let reencryptionFinished: Promise<ReencryptionProgress | null> = Promise.resolve(null)
+    const startReencryptionPass = (): void => {
+      reencryptionPass ??= startReencryption(patientRecords, log, { voiceNotes: jobs.voiceNotes, clinicalText: { pool: db.pool, keyring } })
+      reencryptionFinished = reencryptionPass.finished
+    }
+    if (leadership.isLeader('reencryption')) startReencryptionPass()
+    leadership.onChange((task, leading) => { if (task === 'reencryption' && leading && !closing) startReencryptionPass() })
+    closers.push(async () => { closing = true; await reencryptionPass?.close() })
     closers.push(() => jobs.close())
 
     // People (users, sessions, API tokens) and who may see which patient: the API, the alert
@@ -160,10 +177,13 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // the broker takes readings that end as alerts, so it cannot come first.
     const rulesFile = await startRulesFile({ pool: db.pool, path: config.alertRulesPath, log })
     closers.push(() => rulesFile.close())
-    const schedule: Schedule = (expression, run) => cron.schedule(expression, run, { noOverlap: true })
     const alertRelay = createMqttAlertRelay()
-    const alerting = await startAlerting({ pool: db.pool, keyring, log, metrics, ...rulesSourceOf(rulesFile), mqtt: alertRelay, schedule })
+    const alerting = await startAlerting({ pool: db.pool, keyring, log, metrics, ...rulesSourceOf(rulesFile), mqtt: alertRelay, schedule: leaderSchedule('escalation') })
     closers.push(() => alerting.close())
+    // Webhook deliveries a dead process left in the outbox are picked up by the housekeeping
+    // leader (each process drains after its own events; claims are SKIP LOCKED with a lease).
+    const outboxSweep = leaderSchedule('housekeeping')('*/15 * * * * *', () => alerting.notifier.drain())
+    closers.push(async () => { await outboxSweep.stop() })
     const alertEngine = await startAlertEngine({
       pool: db.pool,
       keyring,
@@ -171,7 +191,9 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       workerThreads: config.workerThreads,
       sink: alerting.sink,
       presence: alerting.presence,
-      schedule,
+      schedule: leaderSchedule('no-data'),
+      // Other processes may share this database: rule state is read and written under per-patient locks.
+      sharedState: db.kind === 'postgres',
       writeDerived,
       log,
       registry: metrics.registry
@@ -253,7 +275,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       database: db.kind,
       readingStore: readings.kind
     }, 'vigil started')
-    return { httpPort, httpTls: config.httpTls !== null, mqttPort: broker.port, mqttTlsPort: broker.tlsPort, mqttWsPort: broker.wsPort, readings, reencryption: reencryption.finished, close }
+    return { httpPort, httpTls: config.httpTls !== null, mqttPort: broker.port, mqttTlsPort: broker.tlsPort, mqttWsPort: broker.wsPort, readings, get reencryption () { return reencryptionFinished }, close }
   } catch (err) {
     await close().catch((closeErr) => log.error({ err: closeErr }, 'cleanup after failed start failed'))
     throw err

@@ -73,6 +73,8 @@ export interface Config {
   diskReserveBytes: number
   /** Readings this long before a device's first assignment still belong to it (VIGIL_ASSIGNMENT_TOLERANCE_SECONDS). */
   assignmentToleranceMs: number
+  /** Several processes on one Postgres: the longest a dead leader's tasks stay unrun (VIGIL_LEADER_TAKEOVER_SECONDS). */
+  leaderTakeoverSeconds: number
   /** API requests per minute per token, and per address without a valid token. */
   apiRateLimitPerMinute: number
   apiUnauthenticatedRateLimitPerMinute: number
@@ -363,6 +365,7 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     bulkExportTtlHours: s.BULK_EXPORT_TTL_HOURS,
     spoolMaxBytes: s.VIGIL_SPOOL_MAX_BYTES,
     assignmentToleranceMs: s.VIGIL_ASSIGNMENT_TOLERANCE_SECONDS * 1000,
+    leaderTakeoverSeconds: s.VIGIL_LEADER_TAKEOVER_SECONDS,
     diskReserveBytes: s.VIGIL_DISK_RESERVE_MB * 1024 * 1024,
     apiRateLimitPerMinute: s.API_RATE_LIMIT_PER_MINUTE,
     apiUnauthenticatedRateLimitPerMinute: s.API_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE,

@@ -16,6 +16,12 @@ export function createMetrics () {
   collectDefaultMetrics({ register: registry, prefix: 'vigil_process_' })
   return {
     registry,
+    clusterLeader: new Gauge({
+      name: 'vigil_cluster_leader',
+      help: '1 while this process runs the cluster-wide task (escalation, no-data, housekeeping, reencryption); always 1 in the embedded mode',
+      labelNames: ['task'] as const,
+      registers: [registry]
+    }),
     watchSpool (stats: () => SpoolStats): void { spoolStats = stats },
     watchDisk (reserve: { low: () => boolean, freeBytes: () => number }): void { disk = reserve },
     diskLow: new Gauge({

@@ -40,6 +40,12 @@ export interface AlertEngineOptions {
   batchSize?: number
   /** Readings queued beyond this (evaluation stalled, e.g. database down) are dropped from evaluation, oldest first; they stay stored. */
   maxQueued?: number
+  /**
+   * Several processes may evaluate readings of one patient (a Postgres server, not PGlite):
+   * each batch loads its patients' rule state from the database under their advisory locks and
+   * saves it before they are released, instead of trusting this process's cache.
+   */
+  sharedState?: boolean
 }
 
 export interface AlertEngine extends AlertEngineSeam {
@@ -154,40 +160,47 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       byPatient.set(r.patientId, list)
     }
     const ids = [...byPatient.keys()]
-    const t0 = performance.now()
-    await statesFor(ids)
-    const [overrides, scales] = await Promise.all([store.overridesOf(ids), store.spo2Scales(ids)])
-    const rules = rulesFile.current().ruleSet.rules
-    const nowMs = now()
-    const patients: PatientBatch[] = ids.map((id) => ({
-      patientId: id, state: states.get(id) ?? {}, readings: byPatient.get(id)!, overrides: overrides.get(id) ?? [], spo2Scale: scales.get(id) ?? 1
-    }))
-    // One task per thread at most: batches, not one task per reading.
-    const chunks: PatientBatch[][] = Array.from({ length: Math.min(workers.threads, patients.length) }, () => [])
-    patients.forEach((p, i) => chunks[i % chunks.length]!.push(p))
-    const t1 = performance.now()
-    let results: EvaluateOutput[]
-    try {
-      results = await Promise.all(chunks.map((chunk) => workers.run({ rules, patients: chunk, nowMs })))
-    } catch (err) {
-      throw new EvaluationError(err)
+    const evaluateBatch = async (client: pg.ClientBase | undefined): Promise<{ t0: number, t1: number, t2: number, tasks: number }> => {
+      const t0 = performance.now()
+      if (client === undefined) await statesFor(ids)
+      else for (const [id, s] of await store.loadStates(ids, client)) states.set(id, s)
+      const [overrides, scales] = await Promise.all([store.overridesOf(ids), store.spo2Scales(ids)])
+      const rules = rulesFile.current().ruleSet.rules
+      const nowMs = now()
+      const patients: PatientBatch[] = ids.map((id) => ({
+        patientId: id, state: states.get(id) ?? {}, readings: byPatient.get(id)!, overrides: overrides.get(id) ?? [], spo2Scale: scales.get(id) ?? 1
+      }))
+      // One task per thread at most: batches, not one task per reading.
+      const chunks: PatientBatch[][] = Array.from({ length: Math.min(workers.threads, patients.length) }, () => [])
+      patients.forEach((p, i) => chunks[i % chunks.length]!.push(p))
+      const t1 = performance.now()
+      let results: EvaluateOutput[]
+      try {
+        results = await Promise.all(chunks.map((chunk) => workers.run({ rules, patients: chunk, nowMs })))
+      } catch (err) {
+        throw new EvaluationError(err)
+      }
+      const t2 = performance.now()
+      const derived = results.flatMap((r) => r.derivedReadings)
+      // Derived readings and changes before the state: after a failure the batch is evaluated
+      // again from the old state, so the sink may see a change twice but never misses one.
+      if (derived.length > 0) await options.writeDerived(derived)
+      await deliver(results.flatMap((r) => r.changes), results.flatMap((r) => r.triggeredAt))
+      const newStates = results.flatMap((r) => r.states)
+      // Only the rules whose state changed are written (a reading touches few of them).
+      await store.saveStates(newStates.filter((s) => s.changed.length > 0).map(({ patientId, state, changed }) => {
+        return { patientId, state: Object.fromEntries(changed.map((id) => [id, state[id]])) }
+      }), client)
+      for (const { patientId, state } of newStates) states.set(patientId, state)
+      return { t0, t1, t2, tasks: chunks.length }
     }
-    const t2 = performance.now()
-    const derived = results.flatMap((r) => r.derivedReadings)
-    // Derived readings and changes before the state: after a failure the batch is evaluated
-    // again from the old state, so the sink may see a change twice but never misses one.
-    if (derived.length > 0) await options.writeDerived(derived)
-    await deliver(results.flatMap((r) => r.changes), results.flatMap((r) => r.triggeredAt))
-    const newStates = results.flatMap((r) => r.states)
-    // Only the rules whose state changed are written (a reading touches few of them).
-    await store.saveStates(newStates.filter((s) => s.changed.length > 0).map(({ patientId, state, changed }) => {
-      return { patientId, state: Object.fromEntries(changed.map((id) => [id, state[id]])) }
-    }))
-    for (const { patientId, state } of newStates) states.set(patientId, state)
+    const { t0, t1, t2, tasks } = options.sharedState === true
+      ? await store.withPatientsLocked(ids, evaluateBatch)
+      : await evaluateBatch(undefined)
     metrics.readingsEvaluated.inc(batch.length)
     end()
     log.debug({
-      readingCount: batch.length, patientCount: ids.length, tasks: chunks.length,
+      readingCount: batch.length, patientCount: ids.length, tasks,
       loadMs: Math.round(t1 - t0), evaluateMs: Math.round(t2 - t1), storeMs: Math.round(performance.now() - t2)
     }, 'alert batch evaluated')
   }
@@ -259,18 +272,36 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const ids = rules.filter((r) => r.kind === 'no_data').map((r) => r.id)
       if (ids.length === 0) return []
       const current = await store.statesOfRules(ids)
-      for (const [patientId, s] of states) {
-        const merged = current.get(patientId) ?? {}
-        for (const id of ids) if (s[id] !== undefined) merged[id] = s[id]
-        current.set(patientId, merged)
+      if (options.sharedState !== true) {
+        for (const [patientId, s] of states) {
+          const merged = current.get(patientId) ?? {}
+          for (const id of ids) if (s[id] !== undefined) merged[id] = s[id]
+          current.set(patientId, merged)
+        }
       }
-      const result = evaluateNoData({ rules, presence, states: current, nowMs: now() })
-      await deliver(result.changes, null)
-      const changed = [...result.states].map(([patientId, state]) => ({ patientId, state }))
-      await store.saveStates(changed)
-      for (const { patientId, state } of changed) {
-        const cached = states.get(patientId)
-        if (cached !== undefined) Object.assign(cached, state)
+      let result = evaluateNoData({ rules, presence, states: current, nowMs: now() })
+      const save = async (db?: pg.ClientBase): Promise<void> => {
+        await deliver(result.changes, null)
+        const changed = [...result.states].map(([patientId, state]) => ({ patientId, state }))
+        await store.saveStates(changed, db)
+        for (const { patientId, state } of changed) {
+          const cached = states.get(patientId)
+          if (cached !== undefined) Object.assign(cached, state)
+        }
+      }
+      const touched = [...new Set([...result.states.keys(), ...result.changes.map((c) => c.patientId)])]
+      if (options.sharedState !== true || touched.length === 0) {
+        await save()
+      } else {
+        // Another process may have evaluated a reading of these patients since they were read:
+        // again under their locks, from the state as it is now; only these patients are kept.
+        await store.withPatientsLocked(touched, async (client) => {
+          const fresh = await store.loadStates(touched, client)
+          const again = evaluateNoData({ rules, presence, states: fresh, nowMs: now() })
+          const keep = new Set(touched)
+          result = { changes: again.changes.filter((c) => keep.has(c.patientId)), states: new Map([...again.states].filter(([id]) => keep.has(id))) }
+          await save(client)
+        })
       }
       return result.changes
     })

@@ -5,6 +5,9 @@ import type { PatientRuleState } from './evaluate.ts'
 import type { OverrideParameters, RuleOverride } from './evaluate.ts'
 import type { Spo2Scale } from './news2.ts'
 
+/** First key of the per-patient rule-state advisory locks ("VgRs"); store/leadership.ts uses "VgLd". */
+export const PATIENT_RULE_LOCK_SPACE = 0x56675273
+
 /**
  * The alert engine's tables (migration 005): rule state, overrides, NEWS2 scale. Override and
  * scale reasons are clinical free text (they may name a medication): encrypted, bound to the
@@ -13,10 +16,10 @@ import type { Spo2Scale } from './news2.ts'
 export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
   const toOverride = (row: any): RuleOverride => overrideOf(keyring, row)
   return {
-    async loadStates (patientIds: readonly string[]): Promise<Map<string, PatientRuleState>> {
+    async loadStates (patientIds: readonly string[], db: pg.ClientBase | pg.Pool = pool): Promise<Map<string, PatientRuleState>> {
       const out = new Map<string, PatientRuleState>()
       if (patientIds.length === 0) return out
-      const { rows } = await pool.query<{ patient_id: string, rule_id: string, state: any }>(
+      const { rows } = await db.query<{ patient_id: string, rule_id: string, state: any }>(
         'SELECT patient_id, rule_id, state FROM alert_rule_state WHERE patient_id = ANY($1::uuid[])', [patientIds])
       for (const id of patientIds) out.set(id, {})
       for (const row of rows) out.get(row.patient_id)![row.rule_id] = row.state
@@ -38,7 +41,7 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
     },
 
     /** Upserts each (patient, rule) state; one statement. */
-    async saveStates (states: ReadonlyArray<{ patientId: string, state: Record<string, unknown> }>): Promise<void> {
+    async saveStates (states: ReadonlyArray<{ patientId: string, state: Record<string, unknown> }>, db: pg.ClientBase | pg.Pool = pool): Promise<void> {
       const rows: Array<{ p: string, r: string, s: unknown }> = []
       for (const { patientId, state } of states) {
         for (const [ruleId, s] of Object.entries(state)) rows.push({ p: patientId, r: ruleId, s })
@@ -46,11 +49,33 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
       if (rows.length === 0) return
       // One JSON parameter: pg's array literals escape every quote of every JSON string on the
       // event loop (3 % of Vigil's CPU at 8,000 readings/s); jsonb_to_recordset unpacks it in Postgres.
-      await pool.query(
+      await db.query(
         `INSERT INTO alert_rule_state (patient_id, rule_id, state, updated_at)
          SELECT u.p, u.r, u.s, now() FROM jsonb_to_recordset($1::jsonb) AS u(p uuid, r text, s jsonb)
          ON CONFLICT (patient_id, rule_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()`,
         [JSON.stringify(rows)])
+    },
+
+    /**
+     * Runs `task` in a transaction holding each patient's advisory lock (taken in id order, so two
+     * processes locking overlapping sets never deadlock; released at commit or rollback): the
+     * load-state → evaluate → save-state of one patient never interleaves across processes.
+     */
+    async withPatientsLocked<T> (patientIds: readonly string[], task: (client: pg.ClientBase) => Promise<T>): Promise<T> {
+      const client = await pool.connect()
+      try {
+        await client.query('BEGIN')
+        // Volatile functions in the select list run after the sort: the locks are taken in order.
+        await client.query('SELECT pg_advisory_xact_lock($1, hashtext(id)) FROM unnest($2::text[]) AS id ORDER BY id', [PATIENT_RULE_LOCK_SPACE, [...patientIds]])
+        const result = await task(client)
+        await client.query('COMMIT')
+        return result
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => {})
+        throw err
+      } finally {
+        client.release()
+      }
     },
 
     /** Removes the state of rules no longer in the rules file. */

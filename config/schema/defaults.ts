@@ -55,6 +55,9 @@ export const defaults = {
   // A device clock a little behind the server's stamps its first readings before the
   // assignment made on the server (issue 12: 1.5 s).
   VIGIL_ASSIGNMENT_TOLERANCE_SECONDS: 300,
+  // Several processes on one Postgres: a dead leader's escalations wait at most this (plus one
+  // 15 s escalation tick). Locks are tried every third of it.
+  VIGIL_LEADER_TAKEOVER_SECONDS: 15,
 
   // Voice notes and jobs
   VOICE_NOTE_MAX_BYTES: 25 * MiB,

@@ -11,7 +11,8 @@ import { parse } from 'yaml'
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const here = path.dirname(fileURLToPath(import.meta.url))
 const composeText = fs.readFileSync(path.join(root, 'docker-compose.yml'), 'utf8')
-const compose = parse(composeText)
+// merge: true: the two Vigil services share one definition through YAML merge keys, as Compose reads them.
+const compose = parse(composeText, { merge: true })
 
 function validator () {
   const { $schema, ...schema } = JSON.parse(fs.readFileSync(path.join(here, 'compose-spec/compose-spec.json'), 'utf8'))
@@ -31,19 +32,26 @@ t.test('docker-compose.yml is valid against the Compose Specification schema', a
 t.test('the schema check is not a rubber stamp: a wrong compose file fails it', async (t) => {
   const validate = validator()
   const typo = structuredClone(compose)
-  typo.services.vigil.restart_policy = 'always'
+  typo.services['vigil-1'].restart_policy = 'always'
   t.notOk(validate(typo), 'an unknown service key is refused')
   const badPorts = structuredClone(compose)
-  badPorts.services.vigil.ports = { tcp: 8883 }
+  badPorts.services.haproxy.ports = { tcp: 8883 }
   t.notOk(validate(badPorts), 'ports must be a list')
 })
 
 t.test('what the deployment publishes and mounts', async (t) => {
-  const vigil = compose.services.vigil
-  t.same(vigil.ports, ['8883:8883', '127.0.0.1:3000:3000'], 'MQTT over TLS to all; the API (and /metrics) on loopback only; no plain 1883')
+  t.same(compose.services.haproxy.ports, ['8883:8883', '127.0.0.1:3000:3000'], 'through HAProxy: MQTT over TLS to all; the API on loopback only; no plain 1883')
   t.notOk(composeText.includes('"1883:1883"'), 'plain MQTT is not published')
-  t.equal(vigil.environment.VIGIL_ALERT_RULES, '/etc/vigil/rules/alert-rules.yaml')
-  t.ok(vigil.volumes.includes('vigil-rules:/etc/vigil/rules'), 'the rules directory is a writable volume (PUT /v1/alert-rules)')
+  const data = new Set<string>()
+  for (const name of ['vigil-1', 'vigil-2']) {
+    const vigil = compose.services[name]
+    t.same(vigil.ports, undefined, `${name} publishes nothing itself (HAProxy does)`)
+    t.equal(vigil.environment.VIGIL_ALERT_RULES, '/etc/vigil/rules/alert-rules.yaml')
+    t.ok(vigil.volumes.includes('vigil-rules:/etc/vigil/rules'), 'the rules directory is a writable volume both processes mount (PUT /v1/alert-rules)')
+    data.add(vigil.volumes.find((v: string) => v.endsWith(':/var/lib/vigil')))
+    t.equal(vigil.environment.REDIS_URL, 'redis://redis:6379', `${name} joins the cluster bus`)
+  }
+  t.equal(data.size, 2, 'each Vigil has its own data volume (its spool, its data directory lock)')
   for (const service of Object.values(compose.services) as Array<{ volumes?: string[] }>) {
     for (const volume of service.volumes ?? []) {
       const source = volume.split(':')[0]!
