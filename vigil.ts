@@ -40,6 +40,8 @@ import type { ReadingStore } from './readings/reading-store.ts'
 import type { Database } from './store/database.ts'
 import { startReencryption } from './crypto/reencryption.ts'
 import { createRejectionLog } from './devices/rejections.ts'
+import { startCluster, type Cluster } from './cluster/cluster.ts'
+import type { AlertEventPeers } from './alerts/lifecycle/alerting.ts'
 
 export interface Vigil {
   readonly httpPort: number
@@ -91,7 +93,25 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log })
     closers.push(() => db.close())
     const patients = createPatientStore(db.pool)
-    const devices = createDeviceRegistry(db.pool, { earlyReadingToleranceMs: config.assignmentToleranceMs })
+    // Several processes (REDIS_URL): the cluster bus, membership and invalidations (docs/operations.md).
+    const cluster = config.cluster === null ? null : await startCluster({ redisUrl: config.cluster.redisUrl, prefix: config.cluster.prefix, log, registry: metrics.registry })
+    if (cluster !== null) closers.push(() => cluster.close())
+    const devices = createDeviceRegistry(db.pool, {
+      earlyReadingToleranceMs: config.assignmentToleranceMs,
+      ...(cluster === null
+        ? {}
+        : {
+            announce: async (change) => await cluster.send(change.kind, { deviceId: change.deviceId }),
+            cacheTrusted: () => cluster.up()
+          })
+    })
+    if (cluster !== null) {
+      for (const kind of ['credential-revoked', 'assignment-changed'] as const) {
+        cluster.on(kind, (message) => { if (typeof message.deviceId === 'string') devices.applyChange({ kind, deviceId: message.deviceId }) })
+      }
+      // What was announced during an outage is lost: drop every cache it could have corrected.
+      cluster.onRecovered(() => devices.forgetCached())
+    }
     const tokens = createApiTokenStore(db.pool)
     const rejections = createRejectionLog(db.pool)
     const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
@@ -149,7 +169,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     closers.push(() => rulesFile.close())
     const schedule: Schedule = (expression, run) => cron.schedule(expression, run, { noOverlap: true })
     const alertRelay = createMqttAlertRelay()
-    const alerting = await startAlerting({ pool: db.pool, keyring, log, metrics, ...rulesSourceOf(rulesFile), mqtt: alertRelay, schedule })
+    const alerting = await startAlerting({ pool: db.pool, keyring, log, metrics, ...rulesSourceOf(rulesFile), mqtt: alertRelay, schedule, ...(cluster === null ? {} : { peers: alertPeers(cluster) }) })
     closers.push(() => alerting.close())
     const alertEngine = await startAlertEngine({
       pool: db.pool,
@@ -197,9 +217,16 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       presence: deviceSessionHooks({ presence: alerting.presence, rejections, metrics, log }),
       diskLow,
       alertSubscribers: { authenticate, canSee: patientAccess.canSee, visiblePatients: patientAccess.visiblePatients },
-      alertRelay
+      alertRelay,
+      mq: cluster?.brokerEmitter() ?? null
     })
     closers.push(() => broker.close())
+    // Revocations announced while Redis was down never reached this process.
+    cluster?.onRecovered(() => {
+      broker.recheckDevices().then((closed) => {
+        if (closed > 0) log.info({ closed }, 'device sessions with credentials revoked during the Redis outage closed')
+      }, () => {})
+    })
 
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
@@ -215,6 +242,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,
       trustProxy: config.trustedProxies.length === 0 ? false : config.trustedProxies,
       maxEventLoopDelayMs: config.apiMaxEventLoopDelayMs,
+      ...(cluster === null ? {} : { degradingHealthChecks: { redis: () => cluster.ping() } }),
       ...(diskReserve === null ? {} : { diskReserve })
     })
     closers.push(() => api.close())
@@ -237,7 +265,8 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       ...(broker.wsPort === null ? {} : { mqttWs: `ws://${config.mqttHost}:${broker.wsPort}/mqtt` }),
       docs: `${scheme}://${config.httpHost}:${httpPort}/docs`,
       database: db.kind,
-      readingStore: readings.kind
+      readingStore: readings.kind,
+      ...(cluster === null ? {} : { cluster: { nodeId: cluster.nodeId, redisUp: cluster.up() } })
     }, 'vigil started')
     return { httpPort, httpTls: config.httpTls !== null, mqttPort: broker.port, mqttTlsPort: broker.tlsPort, mqttWsPort: broker.wsPort, readings, reencryption: reencryption.finished, close }
   } catch (err) {
@@ -274,6 +303,17 @@ async function openReadings (config: Config, db: Database, metrics: ReturnType<t
   wireSpoolMetrics(spool, metrics)
   spool.startDelivery(readings)
   return { readings, spool, writeDerived: (derived) => spool.append(derived) }
+}
+
+/** Alert event ids over the cluster's control channel. */
+function alertPeers (cluster: Cluster): AlertEventPeers {
+  return {
+    announce: (eventIds) => { void cluster.send('alert-events', { eventIds }) },
+    onAnnounced: (listener) => cluster.on('alert-events', (message) => {
+      const ids = message.eventIds
+      if (Array.isArray(ids) && ids.every((id) => typeof id === 'string' && /^[0-9]{1,18}$/.test(id))) listener(ids as string[])
+    })
+  }
 }
 
 /**
