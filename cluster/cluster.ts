@@ -61,12 +61,14 @@ export async function startCluster (options: ClusterOptions) {
 
   // Up while all three connections are ready. One line per change of state, never per error.
   let up: boolean | null = null
+  // Connections become ready one by one at start: the state is judged once start-up has waited.
+  let judging = false
   let lastError: string | null = null
   const recovered = new Set<() => void>()
   const stateChanged = (): void => {
     const now = connections.every((c) => c.status === 'ready')
     metrics.redisUp.set(now ? 1 : 0)
-    if (now === up) return
+    if (!judging || now === up) return
     const before = up
     up = now
     if (!now) {
@@ -159,6 +161,7 @@ export async function startCluster (options: ClusterOptions) {
     for (const c of connections) c.once('ready', check)
     check()
   })
+  judging = true
   stateChanged()
   await heartbeat()
 
