@@ -89,6 +89,10 @@ t.test('Redis down: ingest acknowledged, one log line and a metric, degraded hea
   await publish(onA, device.deviceId, 20, now - 5000)
   await waitFor('the reading after the change stored for the second patient', async () => (await readingsOf(a, second.body.id)).length === 1)
 
+  // A device connecting during the outage connects and is acknowledged too.
+  const newcomer = await provisionDevice(b.base, clusterAdminToken)
+  await publish(await connectDevice(t, b, newcomer), newcomer.deviceId, 1, now - 2000)
+
   // A revocation on B during the outage cannot be announced: the API still answers.
   const lostRevoked = closed(toBeRevoked)
   t.equal((await b.api('DELETE', `/v1/devices/${revokedLater.deviceId}/credentials`)).status, 204)
