@@ -43,6 +43,8 @@ import type { Database } from './store/database.ts'
 import { startReencryption, type Reencryption } from './crypto/reencryption.ts'
 import { startLeadership, type LeaderTask } from './store/leadership.ts'
 import { createRejectionLog } from './devices/rejections.ts'
+import { startCluster, type Cluster } from './cluster/cluster.ts'
+import type { AlertEventPeers } from './alerts/lifecycle/alerting.ts'
 
 export interface Vigil {
   readonly httpPort: number
@@ -102,7 +104,25 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const leaderSchedule = (task: LeaderTask): Schedule => (expression, run) =>
       cron.schedule(expression, async () => { if (leadership.isLeader(task)) await run() }, { noOverlap: true })
     const patients = createPatientStore(db.pool)
-    const devices = createDeviceRegistry(db.pool, { earlyReadingToleranceMs: config.assignmentToleranceMs })
+    // Several processes (REDIS_URL): the cluster bus, membership and invalidations (docs/operations.md).
+    const cluster = config.cluster === null ? null : await startCluster({ redisUrl: config.cluster.redisUrl, prefix: config.cluster.prefix, log, registry: metrics.registry })
+    if (cluster !== null) closers.push(() => cluster.close())
+    const devices = createDeviceRegistry(db.pool, {
+      earlyReadingToleranceMs: config.assignmentToleranceMs,
+      ...(cluster === null
+        ? {}
+        : {
+            announce: async (change) => await cluster.send(change.kind, { deviceId: change.deviceId }),
+            cacheTrusted: () => cluster.up()
+          })
+    })
+    if (cluster !== null) {
+      for (const kind of ['credential-revoked', 'assignment-changed'] as const) {
+        cluster.on(kind, (message) => { if (typeof message.deviceId === 'string') devices.applyChange({ kind, deviceId: message.deviceId }) })
+      }
+      // What was announced during an outage is lost: drop every cache it could have corrected.
+      cluster.onRecovered(() => devices.forgetCached())
+    }
     const tokens = createApiTokenStore(db.pool)
     const rejections = createRejectionLog(db.pool)
     const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
@@ -178,7 +198,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const rulesFile = await startRulesFile({ pool: db.pool, path: config.alertRulesPath, log })
     closers.push(() => rulesFile.close())
     const alertRelay = createMqttAlertRelay()
-    const alerting = await startAlerting({ pool: db.pool, keyring, log, metrics, ...rulesSourceOf(rulesFile), mqtt: alertRelay, schedule: leaderSchedule('escalation') })
+    const alerting = await startAlerting({ pool: db.pool, keyring, log, metrics, ...rulesSourceOf(rulesFile), mqtt: alertRelay, schedule: leaderSchedule('escalation'), ...(cluster === null ? {} : { peers: alertPeers(cluster) }) })
     closers.push(() => alerting.close())
     // Webhook deliveries a dead process left in the outbox are picked up by the housekeeping
     // leader (each process drains after its own events; claims are SKIP LOCKED with a lease).
@@ -232,9 +252,16 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       presence: deviceSessionHooks({ presence: alerting.presence, rejections, metrics, log }),
       diskLow,
       alertSubscribers: { authenticate, canSee: patientAccess.canSee, visiblePatients: patientAccess.visiblePatients },
-      alertRelay
+      alertRelay,
+      mq: cluster?.brokerEmitter() ?? null
     })
     closers.push(() => broker.close())
+    // Revocations announced while Redis was down never reached this process.
+    cluster?.onRecovered(() => {
+      broker.recheckDevices().then((closed) => {
+        if (closed > 0) log.info({ closed }, 'device sessions with credentials revoked during the Redis outage closed')
+      }, () => {})
+    })
 
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
@@ -251,6 +278,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,
       trustProxy: config.trustedProxies.length === 0 ? false : config.trustedProxies,
       maxEventLoopDelayMs: config.apiMaxEventLoopDelayMs,
+      ...(cluster === null ? {} : { degradingHealthChecks: { redis: () => cluster.ping() } }),
       ...(diskReserve === null ? {} : { diskReserve })
     })
     closers.push(() => api.close())
@@ -273,7 +301,8 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       ...(broker.wsPort === null ? {} : { mqttWs: `ws://${config.mqttHost}:${broker.wsPort}/mqtt` }),
       docs: `${scheme}://${config.httpHost}:${httpPort}/docs`,
       database: db.kind,
-      readingStore: readings.kind
+      readingStore: readings.kind,
+      ...(cluster === null ? {} : { cluster: { nodeId: cluster.nodeId, redisUp: cluster.up() } })
     }, 'vigil started')
     return { httpPort, httpTls: config.httpTls !== null, mqttPort: broker.port, mqttTlsPort: broker.tlsPort, mqttWsPort: broker.wsPort, readings, get reencryption () { return reencryptionFinished }, close }
   } catch (err) {
@@ -310,6 +339,17 @@ async function openReadings (config: Config, db: Database, metrics: ReturnType<t
   wireSpoolMetrics(spool, metrics)
   spool.startDelivery(readings)
   return { readings, spool, writeDerived: (derived) => spool.append(derived) }
+}
+
+/** Alert event ids over the cluster's control channel. */
+function alertPeers (cluster: Cluster): AlertEventPeers {
+  return {
+    announce: (eventIds) => { void cluster.send('alert-events', { eventIds }) },
+    onAnnounced: (listener) => cluster.on('alert-events', (message) => {
+      const ids = message.eventIds
+      if (Array.isArray(ids) && ids.every((id) => typeof id === 'string' && /^[0-9]{1,18}$/.test(id))) listener(ids as string[])
+    })
+  }
 }
 
 /**

@@ -9,7 +9,7 @@ import { authorizePublish } from './authorize-publish.ts'
 import { authorizeSubscribe } from './authorize-subscribe.ts'
 import { clientError } from './client-errors.ts'
 import { preConnect, type ConnectContext, type ConnectPackets } from './connect.ts'
-import { credentialRevoked, deviceGone, deviceReady, type DeviceSessionContext } from './device-sessions.ts'
+import { credentialRevoked, deviceGone, deviceReady, recheckDeviceCredentials, type DeviceSessionContext } from './device-sessions.ts'
 import type { MqttListener, Transport } from './listeners.ts'
 import { defaultOptions, type BrokerDeps } from './options.ts'
 import { createPeopleSessions, forgetPersonSession, recheckPeople, recheckTiming, startRechecks, type RecheckContext } from './people-sessions.ts'
@@ -29,6 +29,8 @@ export interface BrokerHandle {
   readonly aedes: Aedes
   /** Checks every person's session again now (the interval does it on its own); resolves with how many were closed. */
   recheckPeople (): Promise<number>
+  /** Checks every device session's credential again now (revocations may have been missed: clustering); resolves with how many were closed. */
+  recheckDevices (): Promise<number>
   close (): Promise<void>
 }
 
@@ -84,6 +86,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
     maxClientsIdLength: defaultOptions.maxClientIdLength,
     maxTopicLevels: limits.maxTopicLevels,
     drainTimeout: defaultOptions.drainTimeoutMs,
+    ...(deps.mq == null ? {} : { mq: deps.mq }),
     preConnect: (client, packet, done) => preConnect(connect, client, packet, done),
     authenticate: (client, username, password, done) => authenticate(authenticateContext, client, username, password, done),
     authorizePublish: (client, packet, done) => authorizePublish(publishContext, client, packet, done),
@@ -136,6 +139,7 @@ export async function createBroker (deps: BrokerDeps): Promise<BrokerHandle> {
 
   return {
     recheckPeople: async () => await recheckPeople(recheckContext),
+    recheckDevices: async () => await recheckDeviceCredentials(deviceContext, Object.values((aedes as unknown as { clients: Record<string, Client> }).clients)),
     port: portOf('tcp')!,
     tlsPort: portOf('tls'),
     wsPort: portOf('ws'),

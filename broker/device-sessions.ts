@@ -54,3 +54,22 @@ export function credentialRevoked (ctx: DeviceSessionContext, deviceId: string):
     client.close()
   }
 }
+
+/**
+ * Every device session's credential checked again (a revocation in another process was
+ * announced while Redis was down, so this process never heard of it). Resolves with how many
+ * sessions were closed; a session whose check fails (Postgres down) stays.
+ */
+export async function recheckDeviceCredentials (ctx: DeviceSessionContext, clients: readonly Client[]): Promise<number> {
+  let closed = 0
+  await Promise.all(clients.map(async (client) => {
+    const session = ctx.deviceSessions.get(client)
+    if (session === undefined) return
+    const active = await ctx.devices.isCredentialActive(session.credentialId).catch(() => true)
+    if (active || ctx.deviceSessions.get(client) !== session) return
+    ctx.deviceSessions.delete(client)
+    client.close()
+    closed++
+  }))
+  return closed
+}

@@ -1,3 +1,4 @@
+import type { MQEmitter } from 'mqemitter'
 import type { Logger } from 'pino'
 import type { Authenticate, Principal } from '../access/auth.ts'
 import type { Config } from '../config/config.ts'
@@ -81,6 +82,12 @@ export interface BrokerDeps {
   alertSubscribers?: AlertSubscriberAuth | null
   /** True while the data directory is below its free-space reserve: publishes are refused (disk_low) without PUBACK. */
   diskLow?: () => boolean
+  /**
+   * Several processes: Aedes' emitter, carrying what has subscribers in other processes
+   * (alert notifications, session takeover) over Redis (cluster/bus-emitter.ts). Absent: Aedes'
+   * own in-process mqemitter.
+   */
+  mq?: MQEmitter | null
   /** Alert notifications (alerts/lifecycle/mqtt-relay.ts): the broker attaches its publish once listening, detaches at close. */
   alertRelay?: { attach (publish: PublishMqtt): () => void } | null
 }

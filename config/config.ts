@@ -92,6 +92,14 @@ export interface Config {
   secretKeys: { source: 'VIGIL_SECRET_KEY' | 'VIGIL_SECRET_KEY_FILE', keyring: Keyring } | null
   /** People and sessions (issue 3): token lifetimes, lockout, break-glass. */
   access: AccessConfig
+  /** Clustering (REDIS_URL, REDIS_PREFIX); null: one process, no Redis. */
+  cluster: ClusterConfig | null
+}
+
+export interface ClusterConfig {
+  redisUrl: string
+  /** Of every key and channel. */
+  prefix: string
 }
 
 export interface AccessConfig {
@@ -374,6 +382,14 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     apiMaxEventLoopDelayMs: s.API_MAX_EVENT_LOOP_DELAY_MS,
     logLevel: s.LOG_LEVEL,
     secretKeys: secretKeys(s),
-    access: accessConfig(s)
+    access: accessConfig(s),
+    cluster: clusterConfig(s)
   }
+}
+
+/** Several processes share Postgres: each process's embedded PGlite would be a fleet of its own. */
+function clusterConfig (s: Settings): ClusterConfig | null {
+  if (s.REDIS_URL === undefined) return null
+  if (s.DATABASE_URL === undefined) throw new ConfigError('REDIS_URL', 'REDIS_URL is set but DATABASE_URL is not: the processes of a cluster share one PostgreSQL (set DATABASE_URL)')
+  return { redisUrl: s.REDIS_URL, prefix: s.REDIS_PREFIX }
 }

@@ -27,15 +27,27 @@ const ASSIGNMENT_CACHE_MS = 30_000
  * Which patient a device serves when: its assignment history, changed here, and a cache of
  * its periods per device on the ingest hot path (every change made here invalidates it).
  */
-export function createDeviceAssignments (pool: pg.Pool, earlyToleranceMs: number) {
+export interface AssignmentCacheHooks {
+  /** A change made here: awaited before the change's caller is answered (other processes' caches). */
+  changed (deviceId: string): Promise<void>
+  /** False while changes made elsewhere may go unannounced: the cache is then read through. */
+  trusted (): boolean
+}
+
+export function createDeviceAssignments (pool: pg.Pool, earlyToleranceMs: number, hooks: AssignmentCacheHooks = { changed: async () => {}, trusted: () => true }) {
   const periods = new Map<string, { expiresAt: number, periods: Period[] }>()
 
   // Bumped on every invalidation: a load that started before an assignment committed must not
   // put its stale snapshot into the cache after the invalidation.
   let generation = 0
-  function invalidate (deviceId: string): void {
+  function forget (deviceId?: string): void {
     generation++
-    periods.delete(deviceId)
+    if (deviceId === undefined) periods.clear()
+    else periods.delete(deviceId)
+  }
+  async function invalidate (deviceId: string): Promise<void> {
+    forget(deviceId)
+    await hooks.changed(deviceId)
   }
 
   // Devices whose expired snapshot is being reloaded in the background.
@@ -43,11 +55,14 @@ export function createDeviceAssignments (pool: pg.Pool, earlyToleranceMs: number
 
   async function loadPeriods (deviceId: string): Promise<Period[]> {
     const cached = periods.get(deviceId)
+    // Another process's change may have gone unannounced: the snapshot is only a fallback for
+    // a Postgres outage.
+    if (cached !== undefined && !hooks.trusted()) return await fetchPeriods(deviceId, cached)
     if (cached !== undefined) {
       if (Date.now() < cached.expiresAt) return cached.periods
-      // Expired: serve it and reload behind. Every change made through this registry
-      // invalidates at once (the next read waits for the database), so an expired snapshot
-      // only misses edits made elsewhere, which the refresh picks up. Publishers never wait for
+      // Expired: serve it and reload behind. Every change made through a registry invalidates
+      // at once (in every process, when clustered: announce), so an expired snapshot only
+      // misses edits made outside Vigil, which the refresh picks up. Publishers never wait for
       // it: when the whole fleet's entries expired together, each publish waited for a query
       // (the p99 PUBACK spike every 30 s in the benchmark).
       if (!refreshing.has(deviceId)) {
@@ -84,6 +99,9 @@ export function createDeviceAssignments (pool: pg.Pool, earlyToleranceMs: number
   }
 
   return {
+    /** Drops the cached periods of one device (a change another process announced) or of all. */
+    forgetAssignments: forget,
+
     /**
      * Ends the current assignment at validFrom and opens a new one. With `expectedCurrent`
      * (a patient id, or null for none), refuses with AssignmentChangedError when the current
@@ -119,7 +137,7 @@ export function createDeviceAssignments (pool: pg.Pool, earlyToleranceMs: number
           await client.query('UPDATE devices SET assigned_by_user_id = $2, updated_at = now() WHERE id = $1', [deviceId, actor])
         })
       } finally {
-        invalidate(deviceId)
+        await invalidate(deviceId)
       }
       return { patientId, validFrom: validFrom.toISOString(), validTo: null }
     },
@@ -149,7 +167,7 @@ export function createDeviceAssignments (pool: pg.Pool, earlyToleranceMs: number
           return { patientId: current.patient_id as string, validFrom: validFrom.toISOString(), validTo: null }
         })
       } finally {
-        invalidate(deviceId)
+        await invalidate(deviceId)
       }
     },
 
@@ -162,7 +180,7 @@ export function createDeviceAssignments (pool: pg.Pool, earlyToleranceMs: number
         `UPDATE device_assignments SET valid_to = greatest(now(), valid_from + interval '1 millisecond')
           WHERE device_id = $1 AND valid_to IS NULL AND ($2::uuid IS NULL OR patient_id = $2::uuid)`,
         [deviceId, expectedPatient ?? null])
-      invalidate(deviceId)
+      await invalidate(deviceId)
       return (rowCount ?? 0) > 0
     },
 

@@ -12,10 +12,21 @@ interface VerifiedSecret { credentialId: string, digest: Buffer }
  * of the last secret that passed scrypt per device, so a reconnecting device skips scrypt.
  * Emits `credentials-revoked` (deviceId) on `events` when a device's sessions must end.
  */
-export function createDeviceCredentials (pool: pg.Pool, events: EventEmitter) {
+export function createDeviceCredentials (pool: pg.Pool, events: EventEmitter, announceRevoked: (deviceId: string) => Promise<void> = async () => {}) {
   const verified = new Map<string, VerifiedSecret>()
 
   return {
+    /** Another process revoked the device's credential: its sessions here end too. */
+    credentialRevokedElsewhere (deviceId: string): void {
+      verified.delete(deviceId)
+      events.emit('credentials-revoked', deviceId)
+    },
+
+    /** Drops every verified secret (changes may have been missed). */
+    forgetVerified (): void {
+      verified.clear()
+    },
+
     /** Issues a new MQTT secret, revoking the previous one (whose live sessions are ended). */
     async rotateCredential (deviceId: string): Promise<{ username: string, password: string }> {
       const password = newSecret('vgl')
@@ -30,7 +41,10 @@ export function createDeviceCredentials (pool: pg.Pool, events: EventEmitter) {
         return (r.rowCount ?? 0) > 0
       })
       verified.delete(deviceId)
-      if (revoked) events.emit('credentials-revoked', deviceId)
+      if (revoked) {
+        events.emit('credentials-revoked', deviceId)
+        await announceRevoked(deviceId)
+      }
       return { username: deviceId, password }
     },
 
@@ -40,7 +54,10 @@ export function createDeviceCredentials (pool: pg.Pool, events: EventEmitter) {
         'UPDATE device_credentials SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL', [deviceId])
       verified.delete(deviceId)
       const revoked = (r.rowCount ?? 0) > 0
-      if (revoked) events.emit('credentials-revoked', deviceId)
+      if (revoked) {
+        events.emit('credentials-revoked', deviceId)
+        await announceRevoked(deviceId)
+      }
       return revoked
     },
 

@@ -423,6 +423,22 @@ export function createAlertStore (deps: AlertStoreDeps) {
     },
 
     /** Events after `afterId` with their alerts, oldest first: what an SSE client missed (with `recipient`: of that person's alerts only). */
+    /** Committed events by id, in id order (another process announced them: clustering). */
+    async eventsByIds (ids: readonly string[]): Promise<CommittedEvent[]> {
+      const { rows } = await pool.query(
+        `SELECT e.id AS e_id, e.alert_id AS e_alert_id, e.patient_id AS e_patient_id, e.type AS e_type, e.actor_kind AS e_actor_kind,
+                e.actor AS e_actor, e.at AS e_at, e.body AS e_body, e.key_id AS e_key_id, a.*,
+                (SELECT array_agg(DISTINCT r.user_id::text) FROM alert_recipients r WHERE r.alert_id = e.alert_id AND r.event_id <= e.id) AS e_recipients
+         FROM alert_events e JOIN alerts a ON a.id = e.alert_id
+         WHERE e.id = ANY($1::bigint[])
+         ORDER BY e.id`, [ids])
+      return rows.map((r) => ({
+        event: eventOf({ id: r.e_id, alert_id: r.e_alert_id, patient_id: r.e_patient_id, type: r.e_type, actor_kind: r.e_actor_kind, actor: r.e_actor, at: r.e_at, body: r.e_body, key_id: r.e_key_id }),
+        alert: alertOf(r),
+        recipients: r.e_recipients ?? []
+      }))
+    },
+
     async eventsAfter (afterId: string, limit: number, recipient?: string): Promise<CommittedEvent[]> {
       const { rows } = await pool.query(
         `SELECT e.id AS e_id, e.alert_id AS e_alert_id, e.patient_id AS e_patient_id, e.type AS e_type, e.actor_kind AS e_actor_kind,

@@ -27,6 +27,15 @@ export interface AlertingDeps extends AlertRulesSource {
   now?: () => number
   webhookMaxAttempts?: number
   webhookRetryBaseMs?: number
+  /** Several processes: the others hear of the events committed here, and this one of theirs, so every SSE stream gets every event. */
+  peers?: AlertEventPeers
+}
+
+/** Alert event ids between processes (cluster/ carries them); the events themselves are read from Postgres. */
+export interface AlertEventPeers {
+  announce (eventIds: readonly string[]): void
+  /** Returns the unsubscribe function. */
+  onAnnounced (listener: (eventIds: readonly string[]) => void): () => void
 }
 
 /** What the API's alert routes use. */
@@ -59,7 +68,22 @@ export async function startAlerting (deps: AlertingDeps) {
     webhookRetryBaseMs: deps.webhookRetryBaseMs
   })
   const store = createAlertStore({
-    pool: deps.pool, keyring: deps.keyring, now, policies: deps.policies, webhooks: deps.webhooks, onCommitted: (events) => notifier.publish(events)
+    pool: deps.pool,
+    keyring: deps.keyring,
+    now,
+    policies: deps.policies,
+    webhooks: deps.webhooks,
+    onCommitted: (events) => {
+      notifier.publish(events)
+      deps.peers?.announce(events.map((committed) => committed.event.id))
+    }
+  })
+  // Ids only cross Redis: comments and resolve reasons are clinical notes, read (and decrypted)
+  // here from Postgres, with the recipients as committed.
+  const stopPeers = deps.peers?.onAnnounced((ids) => {
+    store.eventsByIds(ids).then((events) => notifier.relay(events), (err: Error) => {
+      log.warn({ err: err.message, events: ids.length }, 'alert events from another process not read: SSE streams here miss them until they resume')
+    })
   })
   const sink: ConditionSink = { apply: (changes) => store.apply(changes) }
   const escalation = startEscalation({ store, policies: deps.policies, now, log: deps.log, schedule: deps.schedule })
@@ -78,6 +102,7 @@ export async function startAlerting (deps: AlertingDeps) {
     /** For buildApi's `alerts`. */
     api: { store, notifier, onCall: createOnCallStore(deps.pool) } satisfies AlertingApi,
     async close (): Promise<void> {
+      stopPeers?.()
       await escalation.close()
       await notifier.close()
       await presence.close()

@@ -202,6 +202,22 @@ export function createNotifier (deps: NotifierDeps) {
       }
       void drain()
     },
+    /**
+     * Events another process committed (clustering): to this process's SSE streams only. MQTT
+     * subscribers got them through the broker's bus, and webhooks from the shared outbox.
+     */
+    relay (events: readonly CommittedEvent[]): void {
+      if (closed) return
+      for (const committed of events) {
+        for (const listener of listeners) {
+          try {
+            listener(committed)
+          } catch (err) {
+            log.error({ err }, 'alert listener failed')
+          }
+        }
+      }
+    },
     /** Live events for an SSE stream; returns the unsubscribe function. */
     subscribe (listener: AlertListener): () => void {
       listeners.add(listener)

@@ -238,21 +238,27 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
 
   async function streamAlerts (request: FastifyRequest, res: ServerResponse, principal: Principal, lastEventId: string | null, recipient: string | null,
     visible: () => ReadonlySet<string> | null, refreshVisible: () => Promise<void>): Promise<void> {
-    let lastSent = lastEventId === null ? null : BigInt(lastEventId)
+    const resumeAfter = lastEventId === null ? null : BigInt(lastEventId)
     let replaying = lastEventId !== null
+    // Events the backlog wrote: the same events may also come live (buffered while the backlog
+    // was read, or late from another process). Live events are not held to id order: ids are
+    // taken at insert and committed in any order, within one process and across several, so
+    // "not above the last id sent" would drop events committed late.
+    const replayed = new Set<string>()
     const buffered: CommittedEvent[] = []
     streams.add(res)
 
     function send (committed: CommittedEvent): void {
       const { event, alert } = committed
-      if (lastSent !== null && BigInt(event.id) <= lastSent) return
+      if (resumeAfter !== null && BigInt(event.id) <= resumeAfter) return
+      if (replayed.has(event.id)) return
       if (recipient !== null && !committed.recipients.includes(recipient)) return
       // Comments are clinical notes: not even their type and time without clinical-notes:read (as /alerts/{id}/events).
       if (event.type === 'commented' && !principal.permissions.has('clinical-notes:read')) return
       const seen = visible()
       if (seen !== null && !seen.has(alert.patientId)) return
       if (res.destroyed || res.writableEnded) return
-      lastSent = BigInt(event.id)
+      if (replaying) replayed.add(event.id)
       res.write(`id: ${event.id}\ndata: ${JSON.stringify(notificationPayload(event, alert))}\n\n`)
       notifier.recordDelivery({ eventId: event.id, alertId: alert.id, channel: 'sse', target: principal.tokenId, attempt: 1, status: 'delivered' })
       if (res.writableLength > MAX_UNSENT_BYTES) {

@@ -82,6 +82,12 @@ export interface ApiDeps extends Partial<ApiLimits> {
   /** Extra health checks (e.g. spool) -> name: async () => void (throws when unhealthy). */
   healthChecks?: Record<string, () => Promise<void>>
   /**
+   * Checks of parts whose loss degrades Vigil without stopping it (Redis when clustered:
+   * ingest goes on): a failure is reported (`degraded`, 200), so a load balancer keeps
+   * sending traffic here.
+   */
+  degradingHealthChecks?: Record<string, () => Promise<void>>
+  /**
    * Fastify's trustProxy (vigil.ts passes TRUST_PROXY): set it (to the proxy's address, preferably) only when a reverse
    * proxy fronts the API, so per-address limits see the client's address from
    * X-Forwarded-For instead of the proxy's. Default false: the socket's address.

@@ -41,6 +41,9 @@ export const defaults = {
   MQTT_AUTH_FAILURE_WINDOW_SECONDS: 60,
   MQTT_LOCKOUT_SECONDS: 300,
 
+  // Cluster
+  REDIS_PREFIX: 'vigil:',
+
   // Storage
   INFLUX_TOKEN: '',
   INFLUX_ORG: 'vigil',

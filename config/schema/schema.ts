@@ -16,7 +16,7 @@ import { defaults } from './defaults.ts'
  * `allowed` (what an error says is allowed when the schema alone would not say it well).
  */
 
-export const sections = ['API', 'MQTT', 'Storage', 'Alerts and workers', 'Voice notes and jobs', 'Security', 'People and sessions', 'Logging'] as const
+export const sections = ['API', 'MQTT', 'Storage', 'Alerts and workers', 'Voice notes and jobs', 'Security', 'People and sessions', 'Cluster', 'Logging'] as const
 export type Section = typeof sections[number]
 
 // A type, not an interface: TypeBox's options need an index signature.
@@ -32,7 +32,7 @@ export type VariableDoc = {
 
 const integer = (minimum: number, maximum: number, doc: VariableDoc & { default?: number }) => Type.Integer({ minimum, maximum, ...doc })
 const port = (doc: VariableDoc & { default?: number }) => integer(0, 65535, doc)
-const text = (doc: VariableDoc & { default?: string, minLength?: number }) => Type.String(doc)
+const text = (doc: VariableDoc & { default?: string, minLength?: number, pattern?: string }) => Type.String(doc)
 const file = (doc: VariableDoc) => Type.String({ ...doc, file: true as const })
 const url = (protocols: readonly string[], doc: VariableDoc) => Type.String({ ...doc, protocols })
 
@@ -120,6 +120,10 @@ export const configSchema = Type.Object({
   VIGIL_PASSWORD_SCRYPT_LOG2_N: integer(14, 20, { section: 'People and sessions', default: defaults.VIGIL_PASSWORD_SCRYPT_LOG2_N, description: 'scrypt cost of new password hashes as log2 of N (r=8, p=1): 17 is OWASP\'s minimum (128 MiB and about 0.65 s a hash on 2 cores), each step doubles time and memory; below 17 start-up logs a warning (the tests use 14 to save CPU). A hash keeps the cost it was made with' }),
   VIGIL_BREAK_GLASS_MINUTES: integer(1, 24 * 60, { section: 'People and sessions', default: defaults.VIGIL_BREAK_GLASS_MINUTES, description: 'how long a break-glass grant opens a patient to a clinician' }),
   VIGIL_BREAK_GLASS_PER_HOUR: integer(1, 1000, { section: 'People and sessions', default: defaults.VIGIL_BREAK_GLASS_PER_HOUR, description: 'break-glass grants one clinician may take in any hour; more get 429 `VIGIL_ERR_BREAK_GLASS_LIMIT` (audited)' }),
+
+  // Cluster
+  REDIS_URL: Type.Optional(url(['redis:', 'rediss:'], { section: 'Cluster', secret: true, description: 'Redis (`redis://[:password@]host:6379[/db]`, `rediss://` for TLS): turns on clustering, several Vigil processes sharing one fleet (docs/operations.md): the broker\'s bus for alert notifications and session takeover, cache invalidation, alert events for every SSE stream. Needs `DATABASE_URL` (the shared PostgreSQL). Unset: one process, no Redis' })),
+  REDIS_PREFIX: text({ section: 'Cluster', default: defaults.REDIS_PREFIX, pattern: '^[A-Za-z0-9_.:-]{1,64}$', allowed: '1 to 64 letters, digits and `_ . : -`', description: 'prefix of every Redis key and pub/sub channel Vigil uses; channels are server-wide (a database index in `REDIS_URL` separates keys only), so deployments sharing one Redis need different prefixes' }),
 
   // Logging
   LOG_LEVEL: Type.Union(logLevels.map((level) => Type.Literal(level)) as [TLiteral<typeof logLevels[number]>], { section: 'Logging', default: defaults.LOG_LEVEL, description: 'how much Vigil logs (pino levels)' })

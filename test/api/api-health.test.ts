@@ -36,6 +36,19 @@ t.test('healthz is 503 when a check throws or hangs, without the reasons', async
   t.match(lines.join(''), /timed out/)
 })
 
+t.test('healthz is 200 degraded when only a degrading check (Redis, clustered) fails', async (t) => {
+  const degraded = await buildApi({ ...deps, degradingHealthChecks: { redis: async () => { throw new Error('connect ECONNREFUSED') } } })
+  t.teardown(() => degraded.close())
+  const res = await degraded.inject({ method: 'GET', url: '/healthz' })
+  t.equal(res.statusCode, 200)
+  t.same(res.json(), { status: 'degraded', checks: { postgres: 'ok', readings: 'ok', load: 'ok', redis: 'failed' } })
+  const both = await buildApi({ ...deps, degradingHealthChecks: { redis: async () => { throw new Error('down') } }, healthChecks: { spool: async () => { throw new Error('down') } } })
+  t.teardown(() => both.close())
+  const worse = await both.inject({ method: 'GET', url: '/healthz' })
+  t.equal(worse.statusCode, 503)
+  t.equal(worse.json().status, 'unavailable')
+})
+
 t.test('healthz is 503 when the reading store is down', async (t) => {
   const down = await buildApi({ ...deps, readings: { ...deps.readings, ping: async () => { throw new Error('connect ECONNREFUSED') } } })
   t.teardown(() => down.close())
