@@ -97,8 +97,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
   alertRules?: AlertRulesApi
   /** De-identified exports for ML scientists: /v1/exports/deidentified exists only when set. */
   researchExports?: ResearchExports
-  /** The web app's bundle (web/build.ts): served at / when set. */
-  webApp?: WebAssets
+  /** The web app's bundle (web/build.ts lazyWebApp: built on the first request): served at / when set. */
+  webApp?: () => Promise<WebAssets>
   /** The InfluxDB spool: /v1/admin/spool/* exist only when set. */
   spool?: SpoolAdmin | null
 }
