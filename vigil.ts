@@ -12,7 +12,7 @@ import { PASSWORD_SCRYPT } from './access/passwords.ts'
 import { startAlertEngine } from './alerts/engine/alert-engine.ts'
 import { rulesSourceOf, startRulesFile } from './alerts/engine/rules-file.ts'
 import { buildApi } from './api/app.ts'
-import { buildWebApp } from './web/build.ts'
+import { lazyWebApp } from './web/build.ts'
 import { brokerLimitsFrom, createBroker } from './broker/broker.ts'
 import { proxyTrustList } from './broker/proxy-protocol.ts'
 import type { Config, TlsFiles } from './config/config.ts'
@@ -77,9 +77,6 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // created from here on are private to Vigil's user, and anything left readable by others
     // (an older Vigil, PGlite's own 0666 files, a copy) is fixed and reported (docs/security.md).
     process.umask(0o077)
-    // The web app's bundle (esbuild runs in its own process): built while the database starts.
-    const webApp = buildWebApp()
-    webApp.catch(() => {}) // awaited below; a failure before that must not be an unhandled rejection
     await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 })
     const loose = await makePrivate(config.dataDir)
     if (loose.length > 0) {
@@ -272,7 +269,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       researchExports,
       bulkExports,
       spool,
-      webApp: await webApp,
+      webApp: lazyWebApp(),
       voiceNoteLimits: { maxBytes: config.voiceNoteMaxBytes, maxSeconds: config.voiceNoteMaxSeconds },
       rateLimitPerMinute: config.apiRateLimitPerMinute,
       unauthenticatedRateLimitPerMinute: config.apiUnauthenticatedRateLimitPerMinute,

@@ -38,6 +38,8 @@ export interface RunLoadOptions {
   durationMs: number
   drainMs: number
   sampleEvery: number
+  /** Readings per message (default 1). */
+  readingsPerMessage?: number
   onSample?: (sample: SampleReport) => void
 }
 
@@ -103,7 +105,8 @@ export class GeneratorPool {
           durationMs: options.durationMs,
           drainMs: options.drainMs,
           // Each process samples its own 1-in-N, so the overall rate of samples is the same.
-          sampleEvery: options.sampleEvery
+          sampleEvery: options.sampleEvery,
+          readingsPerMessage: options.readingsPerMessage ?? 1
         } satisfies GeneratorCommand)
         return reply
       }))

@@ -22,6 +22,8 @@ export type GeneratorCommand =
     drainMs: number
     /** Report 1 in `sampleEvery` PUBACKed messages as a `sample` (0: none). */
     sampleEvery: number
+    /** Readings per message (1: the common shape; 6: the simulator's; 50: a backlog upload). */
+    readingsPerMessage: number
   }
   | { type: 'disconnect' }
 

@@ -47,6 +47,7 @@ interface ActiveRun {
   /** key `${deviceIndex}:${messageId}` of sampled messages awaiting PUBACK. */
   samples: Map<string, { seq: number, ts: number, publishedAt: number }>
   sentTotal: number
+  readingsPerMessage: number
 }
 
 function send (report: GeneratorReport): void {
@@ -65,10 +66,15 @@ function publish (device: Device, index: number, run: ActiveRun): void {
   // Strictly increasing per device: two readings of one device with equal timestamps would be
   // one point in InfluxDB (same series and time), which would look like a lost reading.
   const ts = Math.max(Date.now(), device.lastTs + 1)
-  device.lastTs = ts
+  const n = run.readingsPerMessage
+  device.lastTs = ts + n - 1
   const messageId = device.nextMessageId
   device.nextMessageId = messageId === 65535 ? 1 : messageId + 1
-  const payload = `{"seq":${device.seq},"readings":[{"metric":"heart_rate","value":${heartRate(device.seq)},"unit":"/min","ts":${ts}}]}`
+  // More than one reading: consecutive milliseconds (a backlog upload, or a monitor's readings
+  // of one round), each its own point in InfluxDB.
+  let readings = `{"metric":"heart_rate","value":${heartRate(device.seq)},"unit":"/min","ts":${ts}}`
+  for (let i = 1; i < n; i++) readings += `,{"metric":"heart_rate","value":${heartRate(device.seq + i)},"unit":"/min","ts":${ts + i}}`
+  const payload = `{"seq":${device.seq},"readings":[${readings}]}`
   const packet = mqttPacket.generate({ cmd: 'publish', topic: device.topic, payload, qos: 1, messageId, retain: false, dup: false })
   const now = performance.now()
   device.pending.set(messageId, now)
@@ -218,10 +224,10 @@ setInterval(() => {
   }
 }, 5000).unref()
 
-async function runLoad (ratePerSecond: number, durationMs: number, drainMs: number, sampleEvery: number): Promise<RunResult> {
+async function runLoad (ratePerSecond: number, durationMs: number, drainMs: number, sampleEvery: number, readingsPerMessage: number): Promise<RunResult> {
   const live = devices.map((d, i) => ({ d, i })).filter(({ d }) => d.connected)
   const run: ActiveRun = {
-    ackedInWindow: 0, acked: 0, lost: 0, windowOpen: true, latency: new LatencyHistogram(), sampleEvery, samples: new Map(), sentTotal: 0
+    ackedInWindow: 0, acked: 0, lost: 0, windowOpen: true, latency: new LatencyHistogram(), sampleEvery, samples: new Map(), sentTotal: 0, readingsPerMessage
   }
   current = run
   const disconnectsBefore = disconnects
@@ -255,7 +261,7 @@ async function runLoad (ratePerSecond: number, durationMs: number, drainMs: numb
         cursor = (cursor + 1) % live.length
         if (!d.connected) break
         publish(d, i, run)
-        if (sent === 0) firstTs = d.lastTs
+        if (sent === 0) firstTs = d.lastTs - (readingsPerMessage - 1)
         sent++
       }
       if (elapsed >= durationMs) {
@@ -301,7 +307,7 @@ process.on('message', (command: GeneratorCommand) => {
         await connectAll(command.devices, command.host, command.port, command.concurrency)
         break
       case 'run':
-        send(await runLoad(command.ratePerSecond, command.durationMs, command.drainMs, command.sampleEvery))
+        send(await runLoad(command.ratePerSecond, command.durationMs, command.drainMs, command.sampleEvery, command.readingsPerMessage))
         break
       case 'disconnect':
         await disconnectAll()

@@ -33,6 +33,8 @@ export interface StepOptions {
   durationMs: number
   /** Sample 1 in N messages for publish → queryable (0: none). */
   sampleEvery: number
+  /** Readings per message (default 1): every acknowledged message must add this many. */
+  readingsPerMessage?: number
 }
 
 export interface VigilDiagnostics {
@@ -125,13 +127,14 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
   let load: LoadSummary
   try {
     load = await ctx.pool.run({
-      rate, durationMs: options.durationMs, drainMs: ackDrainMs, sampleEvery: options.sampleEvery, onSample: (s) => probe?.add(s)
+      rate, durationMs: options.durationMs, drainMs: ackDrainMs, sampleEvery: options.sampleEvery, readingsPerMessage: options.readingsPerMessage ?? 1, onSample: (s) => probe?.add(s)
     })
   } finally {
     clearTimeout(rssTimer)
   }
   if (rssBytes === 0) rssBytes = totalUsage(pipeline.pids()).rssBytes
   const windowEnd = started + load.windowMs
+  const ackedReadings = load.acked * (options.readingsPerMessage ?? 1)
 
   let stored: number | null = null
   let storeCaughtUpMs: number | null = null
@@ -148,7 +151,7 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
       const now = performance.now()
       if (stored === null || count > stored) lastProgress = now
       stored = count
-      if (count >= load.acked) {
+      if (count >= ackedReadings) {
         if (pipeline.vigilUrl === undefined) storeCaughtUpMs = now - windowEnd
         break
       }
@@ -165,7 +168,7 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
   const influxAfter = ctx.influxdPid === null ? null : processUsage(ctx.influxdPid)
   const elapsedMs = performance.now() - started
   const queryable = probe === null ? null : await probe.finish(5000)
-  const denominator = stored ?? load.acked
+  const denominator = stored ?? ackedReadings
   const cpuUs = cpuAfter.cpuUs - cpuBefore.cpuUs
 
   let vigil: VigilDiagnostics | undefined
@@ -196,8 +199,8 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
     reasons.push(`PUBACKs fell behind (${backlog} of ${load.sent} unacknowledged when the window ended)`)
   }
   if (load.unacked > 0) reasons.push(`${load.unacked} never acknowledged within ${ackDrainMs / 1000} s`)
-  if (stored !== null && stored < load.acked) reasons.push(`stored ${stored} of ${load.acked} acknowledged (loss)`)
-  if (stored !== null && stored > load.acked) reasons.push(`stored ${stored} > ${load.acked} acknowledged (unacknowledged messages were stored)`)
+  if (stored !== null && stored < ackedReadings) reasons.push(`stored ${stored} of ${ackedReadings} acknowledged readings (loss)`)
+  if (stored !== null && stored > ackedReadings) reasons.push(`stored ${stored} > ${ackedReadings} acknowledged readings (unacknowledged messages were stored)`)
   if (storeCaughtUpMs !== null && storeCaughtUpMs > 1000 + 0.1 * options.durationMs) {
     reasons.push(`storage fell behind (caught up ${(storeCaughtUpMs / 1000).toFixed(1)} s after the window)`)
   }

@@ -99,6 +99,11 @@ function generatorNote (steps: StepResult[]): string[] {
 }
 
 /** The human-readable report printed at the end of a run. */
+function perMessage (options: Record<string, unknown>): string {
+  const n = typeof options.readingsPerMessage === 'number' ? options.readingsPerMessage : 1
+  return n === 1 ? 'one reading (~90-byte JSON)' : `${n} readings (~${20 + 70 * n}-byte JSON)`
+}
+
 export function renderReport (r: BenchResults): string {
   const out: string[] = []
   const m = r.machine
@@ -129,7 +134,7 @@ export function renderReport (r: BenchResults): string {
     const v = vigil?.best ?? null
     const p = peer?.best ?? null
     const a = aedes?.best ?? null
-    out.push('', `1–3. Ingest: ${int(r.ingest.devices)} devices, one TCP connection each, QoS 1, one reading (~90-byte JSON) per message`)
+    out.push('', `1–3. Ingest: ${int(r.ingest.devices)} devices, one TCP connection each, QoS 1, ${perMessage(r.options)} per message`)
     const rows: string[][] = [
       ['', 'Vigil', 'peer', 'Vigil/peer', 'bare Aedes'],
       ['max rate held with 0 loss (msg/s)', int(v?.rate), int(p?.rate), ratio(v?.rate, p?.rate), int(a?.rate)],

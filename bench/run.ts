@@ -213,7 +213,7 @@ async function main (): Promise<void> {
   results.caveats.push(
     `all processes (load generator, Vigil, influxd, PostgreSQL, Mosquitto, the peer consumer) share these ${results.machine.cores} cores: ` +
     'each figure is for the whole machine under that load, not for the component alone',
-    'one reading per message; a "held" rate had every message sent on schedule, at most 0.5 s of load (or 3 %) un-PUBACKed when the ' +
+    `${options.readingsPerMessage === 1 ? 'one reading' : `${options.readingsPerMessage} readings`} per message; a "held" rate had every message sent on schedule, at most 0.5 s of load (or 3 %) un-PUBACKed when the ` +
     'window ended and all PUBACKed within 3 s, none lost, and every acknowledged reading counted in InfluxDB within 1 s + 10 % of the window after it')
   if (options.profile) results.caveats.push('--profile: Vigil ran under the V8 sampling profiler in scenarios 1 and 5, which costs it some CPU')
 
@@ -278,7 +278,7 @@ async function main (): Promise<void> {
   const ctx: StepContext = { pool, influxUrl: influxd.url, influxdPid, probeDir: root, progress }
   const grid = rateGrid()
   const firstRate = options.rates?.[0] ?? options.startRate
-  const searchBase = { durationMs: options.durationMs, sampleEvery: 50, refine: options.rates === null }
+  const searchBase = { durationMs: options.durationMs, sampleEvery: 50, refine: options.rates === null, readingsPerMessage: options.readingsPerMessage }
   const loadDevices = devices.slice(0, options.devices)
 
   const vigilPipeline = (v: VigilProcess): PipelineUnderTest => ({
@@ -322,11 +322,11 @@ async function main (): Promise<void> {
     if (options.scenarios.has(5) && best !== null) {
       const rate = Math.round(best.rate / 2)
       progress(`scenario 5 · query side: ingest alone at ${rate} msg/s (half of max)`)
-      const ingestOnly = await measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 50 })
+      const ingestOnly = await measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 50, readingsPerMessage: options.readingsPerMessage })
       progress(`scenario 5 · query side: ingest at ${rate} msg/s with readings/latest and 24 h aggregate queries on 100 patients`)
       const patientIds = devices.slice(0, 100).map((d) => d.patientId)
       const [withQueries, queries] = await Promise.all([
-        measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 50 }),
+        measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 50, readingsPerMessage: options.readingsPerMessage }),
         runQueryLoad(current.baseUrl, adminToken, patientIds, { durationMs: options.durationMs, concurrency: 2 })
       ])
       results.querySide = { rate, ingestOnly, withQueries, queries }
@@ -421,7 +421,7 @@ async function main (): Promise<void> {
       // Every device publishes at least once before measuring (its assignment is then cached).
       await warmup(label, pipeline, rate, Math.max(warmupMs, 1.2 * n / rate * 1000))
       progress(`${label}: ${rate} msg/s for ${options.durationMs / 1000} s`)
-      const step = await measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 0 })
+      const step = await measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 0, readingsPerMessage: options.readingsPerMessage })
       await pool.disconnect()
       rows.push({
         devices: n, rate, connectMs: c.elapsedMs, connected: c.connected, idleCores, rssBeforeBytes, rssConnectedBytes,

@@ -115,6 +115,16 @@ export function limitFrames (transport: Duplex, limits: StreamLimits, remoteAddr
       if (transport.writableLength > limits.maxOutgoingBytes) violation(new SlowSubscriberError(transport.writableLength, limits.maxOutgoingBytes))
       callback()
     },
+    // mqtt-packet corks this stream for each packet it writes and uncorks it on the next tick,
+    // so a packet's pieces (a PUBACK is three writes: header, length, packet id), and every packet
+    // written to this client in the same tick, arrive here together: one write to the socket (one
+    // syscall) instead of one per piece. PUBACK writes were 20 % of Vigil's CPU at 8,500 msg/s.
+    writev (chunks, callback) {
+      if (transport.destroyed) return callback(new Error('connection closed'))
+      transport.write(chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk as Buffer)))
+      if (transport.writableLength > limits.maxOutgoingBytes) violation(new SlowSubscriberError(transport.writableLength, limits.maxOutgoingBytes))
+      callback()
+    },
     final (callback) { transport.end(callback) },
     destroy (err, callback) {
       transport.destroy()

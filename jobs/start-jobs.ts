@@ -47,7 +47,9 @@ export async function startJobs (options: JobsOptions): Promise<Jobs> {
   if (swept > 0) options.log.info({ count: swept }, 'audio of ended voice note jobs deleted')
   const workerPool: TranscriptionPool = createWorkerPool({
     filename: taskFile(import.meta.url, 'transcription/transcribe-task'),
-    threads: options.workerThreads
+    threads: options.workerThreads,
+    // No idle thread: a transcription waits in the queue anyway, and a thread starts in about a second.
+    minThreads: 0
   })
   const runner = startJobRunner({
     queue,

@@ -1,7 +1,9 @@
 import { execFile } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import v8 from 'node:v8'
 import pg from 'pg'
 import type { Logger } from 'pino'
 import { makePrivate } from './data-dir-permissions.ts'
@@ -53,11 +55,17 @@ export async function openDatabase (options: OpenDatabaseOptions): Promise<Datab
 }
 
 async function openEmbedded (dataDir: string, log: Logger): Promise<Database> {
+  // PGlite's WASM (9 MB) compiled by Liftoff only, never tiered up by TurboFan: the optimised
+  // code of the functions migrations and queries make hot held ~80 MB resident, and measured
+  // here it bought nothing (CPU per insert+aggregate round 3,190-3,344 ms default vs 2,754-3,010
+  // ms Liftoff-only; docs/performance.md "Memory"). Process-wide, but PGlite is Vigil's only WASM.
+  v8.setFlagsFromString(WASM_FLAGS)
   const { PGlite } = await import('@electric-sql/pglite')
   const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
   const dir = path.join(dataDir, 'pglite')
   await fs.mkdir(dir, { recursive: true, mode: 0o700 })
-  const db = await PGlite.create({ dataDir: dir })
+  if (!existsSync(path.join(dir, 'PG_VERSION'))) await initdbInChildProcess(dir)
+  const db = await PGlite.create({ dataDir: dir, startParams: [...PGlite.defaultStartParams, ...PGLITE_SETTINGS] })
   // PGlite writes a new database's files 0666 whatever the umask: private before any PHI is written.
   await makePrivate(dir)
   // PGlite has one backend: pglite-socket multiplexes connections at the query level, so two
@@ -87,6 +95,32 @@ async function openEmbedded (dataDir: string, log: Logger): Promise<Database> {
   }
   log.info({ dataDir: dir }, 'embedded PGlite started')
   return { pool, kind: 'pglite', url, flushToDisk: coalesce(() => syncFilesystem(dir)), close }
+}
+
+/**
+ * Memory settings of the embedded server (docs/performance.md "Memory"). Postgres touches all
+ * of shared_buffers at start, inside the one WASM heap: the default 128 MB was a quarter of an
+ * idle Vigil. 16 MB (2,048 pages) holds the hot catalogue and index pages of a small site; the
+ * data files are read through the OS page cache like any file, so a miss costs a syscall.
+ */
+const PGLITE_SETTINGS = ['-c', 'shared_buffers=16MB']
+const WASM_FLAGS = '--liftoff-only'
+
+/**
+ * A new data directory is made (initdb) in a short-lived child process: PGlite runs initdb in
+ * its own WASM instance, and the memory it leaves behind (~350 MB resident, measured) would stay
+ * in Vigil's process for good. A child gives all of it back when it exits. Only the first start
+ * pays for it (one extra Node start, well under a second beside initdb itself).
+ */
+async function initdbInChildProcess (dir: string): Promise<void> {
+  const pglite = import.meta.resolve('@electric-sql/pglite')
+  const script = `const { PGlite } = await import(${JSON.stringify(pglite)}); const db = await PGlite.create({ dataDir: ${JSON.stringify(dir)} }); await db.close()`
+  await new Promise<void>((resolve, reject) => {
+    execFile(process.execPath, [WASM_FLAGS, '--input-type=module', '--eval', script], { maxBuffer: 1024 * 1024 }, (err, _stdout, stderr) => {
+      if (err === null) resolve()
+      else reject(new Error(`creating the embedded database in ${dir} failed: ${err.message} ${stderr.slice(-2000)}`))
+    })
+  })
 }
 
 /**

@@ -8,7 +8,9 @@ import * as esbuild from 'esbuild'
 // The web app is bundled when Vigil starts, in memory (docs/web-app.md "Build"): the served
 // bundle is always the source's, whatever the install did (npm ci --ignore-scripts, a copied
 // checkout, a Docker layer), and there is no build output to go stale or to commit. esbuild
-// is a runtime dependency for it; bundling takes well under a second.
+// is a runtime dependency for it; bundling takes well under a second. It runs on the first
+// request for a page (lazyWebApp), not at start: an idle Vigil nobody opens a browser on holds
+// no esbuild service process and no build garbage.
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const entry = path.join(here, 'src', 'main.tsx')
@@ -81,4 +83,21 @@ export async function buildWebApp (options: { minify?: boolean } = {}): Promise<
 </html>
 `)
   return { index, assets: new Map([[js.name, js], [css.name, css]]) }
+}
+
+/**
+ * The bundle, built on first use and kept; esbuild's service process is stopped once it is
+ * built. A failed build is not kept: the next request tries again.
+ */
+export function lazyWebApp (options: { minify?: boolean } = {}): () => Promise<WebAssets> {
+  let built: Promise<WebAssets> | null = null
+  return async () => {
+    built ??= buildWebApp(options).finally(() => { void esbuild.stop() })
+    try {
+      return await built
+    } catch (err) {
+      built = null
+      throw err
+    }
+  }
 }

@@ -12,15 +12,18 @@ export function taskFile (callerUrl: string, name: string): string {
 export interface WorkerPoolOptions {
   /** From taskFile(); the file's default export is the task: (input) => output. */
   filename: string
-  /** Threads at most (WORKER_THREADS); at least one is kept alive. */
+  /** Threads at most (WORKER_THREADS). */
   threads: number
   /** Tasks waiting beyond this are refused at once ('Task queue is at limit') instead of queued without bound. */
   maxQueue?: number
   /**
-   * Threads kept alive while idle (default 1). Piscina ends idle threads above this at once, and
-   * starting one costs seconds under tsx: latency-bound pools (alert evaluation) keep them all.
+   * Threads kept alive while idle (default 1; 0 lets an idle pool hold no thread). A thread
+   * costs ~20-40 MB resident under tsx and starting one takes a second or more, so threads above
+   * this end only after idleTimeoutMs without a task.
    */
   minThreads?: number
+  /** How long a thread above minThreads may sit idle before it ends (default 60 s). */
+  idleTimeoutMs?: number
 }
 
 export interface WorkerPool<Input, Output> {
@@ -34,7 +37,8 @@ export function createWorkerPool<Input, Output> (options: WorkerPoolOptions): Wo
   const threads = Math.max(1, Math.floor(options.threads))
   const pool = new Piscina<Input, Output>({
     filename: options.filename,
-    minThreads: Math.min(threads, Math.max(1, Math.floor(options.minThreads ?? 1))),
+    minThreads: Math.min(threads, Math.max(0, Math.floor(options.minThreads ?? 1))),
+    idleTimeout: options.idleTimeoutMs ?? 60_000,
     maxThreads: threads,
     maxQueue: options.maxQueue ?? threads * 64,
     // One task per thread: the tasks here are CPU-bound.

@@ -66,6 +66,9 @@ type Queued = EvalReading & { patientId: string }
 /** Every 30 s: no-data windows are minutes long. */
 export const NO_DATA_CRON = '*/30 * * * * *'
 
+/** Readings per task below which a batch is not split across threads. */
+const READINGS_PER_SPLIT = 250
+
 /** The pure evaluation (in a worker) threw: not an outage, so not retried. */
 class EvaluationError extends Error {
   constructor (cause: unknown) {
@@ -109,11 +112,11 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   const rulesFile = options.rulesFile
   let pool: WorkerPool<EvaluateInput, EvaluateOutput> | null = null
   try {
-    pool = createWorkerPool<EvaluateInput, EvaluateOutput>({ filename: taskFile(import.meta.url, 'evaluate-task'), threads: options.workerThreads, minThreads: options.workerThreads })
-    // Loading the task in each thread takes seconds under tsx: do it now (one empty task per
-    // thread, run together), not on the first readings, which would wait for it.
-    const warm = pool
-    await Promise.all(Array.from({ length: warm.threads }, () => warm.run({ rules: [], patients: [], nowMs: 0 })))
+    // One thread always (loading the task takes seconds under tsx: warmed now, not on the first
+    // readings); more only while batches are big enough to split (below), ending after a minute
+    // idle, so a quiet site does not hold WORKER_THREADS idle threads (~30 MB each).
+    pool = createWorkerPool<EvaluateInput, EvaluateOutput>({ filename: taskFile(import.meta.url, 'evaluate-task'), threads: options.workerThreads, minThreads: 1 })
+    await pool.run({ rules: [], patients: [], nowMs: 0 })
   } catch (err) {
     await pool?.close()
     throw err
@@ -170,8 +173,11 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const patients: PatientBatch[] = ids.map((id) => ({
         patientId: id, state: states.get(id) ?? {}, readings: byPatient.get(id)!, overrides: overrides.get(id) ?? [], spo2Scale: scales.get(id) ?? 1
       }))
-      // One task per thread at most: batches, not one task per reading.
-      const chunks: PatientBatch[][] = Array.from({ length: Math.min(workers.threads, patients.length) }, () => [])
+      // One task per thread at most: batches, not one task per reading. A thread evaluates
+      // ~160,000 readings/s, so a batch is split only when each part keeps it busy for more than a
+      // millisecond or so; small batches stay on the one warm thread.
+      const parts = Math.min(workers.threads, patients.length, Math.ceil(batch.length / READINGS_PER_SPLIT))
+      const chunks: PatientBatch[][] = Array.from({ length: parts }, () => [])
       patients.forEach((p, i) => chunks[i % chunks.length]!.push(p))
       const t1 = performance.now()
       let results: EvaluateOutput[]

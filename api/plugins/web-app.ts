@@ -41,7 +41,7 @@ function send (request: FastifyRequest, reply: FastifyReply, asset: WebAsset): B
 }
 
 /** Serves the web app at / (docs/web-app.md): the page for each screen and /assets/*. */
-export function registerWebApp (app: FastifyInstance, web: WebAssets): void {
+export function registerWebApp (app: FastifyInstance, webApp: () => Promise<WebAssets>): void {
   for (const url of PAGES) {
     app.get(url, { schema: { hide: true } }, async (_request, reply) => {
       // The page itself holds no PHI, but no-store keeps a signed-out tab's history from
@@ -49,11 +49,11 @@ export function registerWebApp (app: FastifyInstance, web: WebAssets): void {
       reply.header('content-security-policy', webContentSecurityPolicy)
         .header('cache-control', 'no-store')
         .header('content-type', 'text/html; charset=utf-8')
-      return web.index
+      return (await webApp()).index
     })
   }
   app.get('/assets/:name', { schema: { hide: true } }, async (request, reply) => {
-    const asset = web.assets.get((request.params as { name: string }).name)
+    const asset = (await webApp()).assets.get((request.params as { name: string }).name)
     if (asset === undefined) return await reply.code(404).send({ code: 'VIGIL_ERR_NOT_FOUND', message: 'no such route' })
     return send(request, reply, asset)
   })

@@ -106,8 +106,8 @@ export interface ApiDeps extends Partial<ApiLimits> {
   researchExports?: ResearchExports
   /** FHIR Bulk Data export: /fhir/R4/$export and its status and file URLs exist only when set. */
   bulkExports?: BulkExports
-  /** The web app's bundle (web/build.ts): served at / when set. */
-  webApp?: WebAssets
+  /** The web app's bundle (web/build.ts lazyWebApp: built on the first request): served at / when set. */
+  webApp?: () => Promise<WebAssets>
   /** The InfluxDB spool: /v1/admin/spool/* exist only when set. */
   spool?: SpoolAdmin | null
 }
