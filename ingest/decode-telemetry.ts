@@ -6,7 +6,6 @@ import type { TLocalizedValidationError } from 'typebox/error'
 import { PayloadRejection } from '../readings/reading.ts'
 import type { NormalizedReading } from '../readings/reading.ts'
 import { normalizeValue } from '../readings/vitals-catalogue.ts'
-import { parseCommonTelemetry } from './telemetry-fast-path.ts'
 
 /** How far ahead of the server's clock a device's clock may run. */
 export const MAX_CLOCK_AHEAD_MS = 5 * 60_000
@@ -69,18 +68,6 @@ export interface DecodedPayload {
  * device can resend it without creating a partial duplicate.
  */
 export function decodeTelemetry (payload: Buffer, nowMs: number): DecodedPayload {
-  // The common shape is read straight from the bytes; anything else (and anything wrong) takes
-  // the schema path, which alone decides what is refused and says why.
-  return normalizeTelemetry(parseCommonTelemetry(payload, MAX_ITEMS) ?? checkedTelemetry(payload), nowMs)
-}
-
-/** decodeTelemetry without the fast path: the reference the fast path is tested against. */
-export function decodeTelemetryBySchema (payload: Buffer, nowMs: number): DecodedPayload {
-  return normalizeTelemetry(checkedTelemetry(payload), nowMs)
-}
-
-/** JSON.parse and the schema: the document, or the rejection that says what is wrong with it. */
-function checkedTelemetry (payload: Buffer): TelemetryPayload {
   const document = parseJsonPayload(payload)
   const readingsField = typeof document === 'object' && document !== null ? (document as { readings?: unknown }).readings : undefined
   if (Array.isArray(readingsField)) refuseLongArray(readingsField, '/readings', 'payload_schema')
@@ -90,10 +77,6 @@ function checkedTelemetry (payload: Buffer): TelemetryPayload {
   if (!telemetryChecker.Check(document)) {
     throw new PayloadRejection('payload_schema', describeFirstBadItem(document.readings, telemetryReadingChecker, '/readings'))
   }
-  return document
-}
-
-function normalizeTelemetry (document: TelemetryPayload, nowMs: number): DecodedPayload {
   const readings = document.readings.map((reading, index): NormalizedReading => {
     const where = `/readings/${index}`
     const ts = checkReadingTime(reading.ts, nowMs, `${where}/ts`)
