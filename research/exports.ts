@@ -230,16 +230,18 @@ export function createResearchExports (options: ResearchExportsOptions) {
       const allFiles: ExportFile[] = [{ name: 'manifest.json', bytes: Buffer.byteLength(manifestText), sha256: createHash('sha256').update(manifestText).digest('hex'), records: 1 }, ...written]
       const expiresAt = new Date(now().getTime() + options.ttlMs)
       const result: Json = { subjects: kept.length, readings: files.readings.records, alertEvents: files.alerts.records, suppressedSubjects: suppression.suppressedSubjects, expiresAt: expiresAt.toISOString() }
+      // Recorded before the completion's transaction, not in it: the audit log writes through the
+      // pool, and embedded PGlite has one connection (a write inside the transaction would wait forever).
+      await options.audit.record({
+        actorId: (row.actor_id as string | null) ?? (row.created_by as string), actorKind: row.actor_id === null ? 'token' : 'user', role: 'ml-scientist',
+        patientId: null, action: 'export:deidentified', fields: [], outcome: 'allowed',
+        details: { jobId: job.id, stage: 'completed', cohort: cohort as unknown as Record<string, unknown>, subjects: kept.length, suppressedSubjects: suppression.suppressedSubjects }
+      })
       return {
         result,
         apply: async (client) => {
           await client.query('UPDATE research_exports SET subjects = $2, files = $3, expires_at = $4 WHERE job_id = $1',
             [job.id, kept.length, JSON.stringify(allFiles), expiresAt])
-          await options.audit.record({
-            actorId: (row.actor_id as string | null) ?? (row.created_by as string), actorKind: row.actor_id === null ? 'token' : 'user', role: 'ml-scientist',
-            patientId: null, action: 'export:deidentified', fields: [], outcome: 'allowed',
-            details: { jobId: job.id, stage: 'completed', cohort: cohort as unknown as Record<string, unknown>, subjects: kept.length, suppressedSubjects: suppression.suppressedSubjects }
-          })
         }
       }
     },
