@@ -125,8 +125,8 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const keyring = config.secretKeys?.keyring ?? await openEmbeddedKeyring(config.dataDir, log)
     if (config.secretKeys !== null) log.info({ source: config.secretKeys.source, activeKeyId: keyring.activeKeyId, keyIds: [...keyring.keys.keys()] }, 'PHI encryption keys loaded')
     const patientRecords = createPatientRecordStore(db.pool, keyring, log.child({ component: 'patient-records' }))
-    const passwordCost = { ...PASSWORD_SCRYPT, N: 2 ** config.access.passwordScryptLog2N }
-    if (passwordCost.N < PASSWORD_SCRYPT.N) log.warn({ log2N: config.access.passwordScryptLog2N }, 'VIGIL_PASSWORD_SCRYPT_LOG2_N is below OWASP\'s minimum (17): new password hashes are cheaper to crack')
+    const passwordCost = { ...PASSWORD_SCRYPT, N: 2 ** config.passwordScryptLog2N }
+    if (passwordCost.N < PASSWORD_SCRYPT.N) log.warn({ log2N: config.passwordScryptLog2N }, 'VIGIL_PASSWORD_SCRYPT_LOG2_N is below OWASP\'s minimum (17): new password hashes are cheaper to crack')
     const access = createAccess({ pool: db.pool, patients, tokens, settings: config.access, keyring, passwordCost })
 
     if (config.adminToken !== null) {

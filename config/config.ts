@@ -92,6 +92,8 @@ export interface Config {
   secretKeys: { source: 'VIGIL_SECRET_KEY' | 'VIGIL_SECRET_KEY_FILE', keyring: Keyring } | null
   /** People and sessions (issue 3): token lifetimes, lockout, break-glass. */
   access: AccessConfig
+  /** VIGIL_PASSWORD_SCRYPT_LOG2_N: scrypt cost (log2 N) of new password hashes. */
+  passwordScryptLog2N: number
   /** Clustering (REDIS_URL, REDIS_PREFIX); null: one process, no Redis. */
   cluster: ClusterConfig | null
 }
@@ -112,8 +114,6 @@ export interface AccessConfig {
   breakGlassGrantsPerHour: number
   loginsPerAddressPerMinute: number
   loginsPerAccountPerMinute: number
-  /** VIGIL_PASSWORD_SCRYPT_LOG2_N */
-  passwordScryptLog2N: number
 }
 
 export interface TlsFiles {
@@ -283,8 +283,7 @@ function accessConfig (s: Settings): AccessConfig {
     breakGlassMinutes: s.VIGIL_BREAK_GLASS_MINUTES,
     breakGlassGrantsPerHour: s.VIGIL_BREAK_GLASS_PER_HOUR,
     loginsPerAddressPerMinute: s.VIGIL_LOGIN_RATE_PER_ADDRESS,
-    loginsPerAccountPerMinute: s.VIGIL_LOGIN_RATE_PER_ACCOUNT,
-    passwordScryptLog2N: s.VIGIL_PASSWORD_SCRYPT_LOG2_N
+    loginsPerAccountPerMinute: s.VIGIL_LOGIN_RATE_PER_ACCOUNT
   }
 }
 
@@ -383,6 +382,7 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
     logLevel: s.LOG_LEVEL,
     secretKeys: secretKeys(s),
     access: accessConfig(s),
+    passwordScryptLog2N: s.VIGIL_PASSWORD_SCRYPT_LOG2_N,
     cluster: clusterConfig(s)
   }
 }

@@ -182,8 +182,10 @@ t.test('TLS files are read and checked at start', async (t) => {
 t.test('access settings: defaults and overrides', async (t) => {
   t.same(loadConfig({}).access, {
     accessTokenTtlSeconds: 900, sessionIdleSeconds: 1800, sessionMaxSeconds: 43200, loginMaxFailures: 5, loginLockoutSeconds: 900, breakGlassMinutes: 60,
-    breakGlassGrantsPerHour: 10, loginsPerAddressPerMinute: 20, loginsPerAccountPerMinute: 10, passwordScryptLog2N: 17
+    breakGlassGrantsPerHour: 10, loginsPerAddressPerMinute: 20, loginsPerAccountPerMinute: 10
   })
+  t.equal(loadConfig({}).passwordScryptLog2N, 17, 'OWASP\'s scrypt minimum by default')
+  t.equal(loadConfig({ VIGIL_PASSWORD_SCRYPT_LOG2_N: '14' }).passwordScryptLog2N, 14)
   const c = loadConfig({
     VIGIL_ACCESS_TOKEN_TTL_SECONDS: '300', VIGIL_LOGIN_MAX_FAILURES: '3', VIGIL_BREAK_GLASS_MINUTES: '15', VIGIL_BREAK_GLASS_PER_HOUR: '4',
     VIGIL_LOGIN_RATE_PER_ADDRESS: '50', VIGIL_LOGIN_RATE_PER_ACCOUNT: '4'
