@@ -124,6 +124,15 @@ t.test('users, roles and care teams', async (t) => {
   await page.getByRole('status').filter({ hasText: 'no longer holds Nurse' }).waitFor()
   t.same((await vigil.api<any>('GET', `/v1/users/${userId}`)).body.roles, ['doctor'])
   t.ok(await page.locator('h2', { hasText: 'Roles' }).count() === 1, 'the roles are listed')
+  const roleForm = page.getByRole('form', { name: 'Create a role' })
+  await roleForm.getByLabel('Role name').fill('Ward clerk')
+  await roleForm.getByLabel('Reaches').selectOption({ label: 'care team and break-glass' })
+  await roleForm.getByLabel('readings:read').check()
+  await roleForm.getByRole('button', { name: 'Create role' }).click()
+  await page.getByRole('status').filter({ hasText: 'The role Ward clerk was created.' }).waitFor()
+  await page.locator('tr', { hasText: 'Ward clerk (custom)' }).waitFor()
+  const created = (await vigil.api<any>('GET', '/v1/roles')).body.items.find((r: any) => r.name === 'Ward clerk')
+  t.match(created, { category: 'clinician', permissions: ['readings:read'], builtin: false }, 'a custom role, made from the screen')
 
   // Care teams: her two patients; add the third, end one.
   await page.getByLabel('Clinician').selectOption({ label: nurseName })

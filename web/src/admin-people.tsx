@@ -64,6 +64,16 @@ export function PeopleAdmin ({ session }: { session: Session }) {
     const data = Object.fromEntries(new FormData(form)) as Record<string, string>
     if (await run(() => api('POST', '/v1/users', { email: data.email, displayName: data.displayName, password: data.password, roles: data.role === '' ? [] : [data.role] }), `${data.displayName} can now sign in.`)) form.reset()
   }
+  async function createRole (event: Event): Promise<void> {
+    event.preventDefault()
+    const form = event.currentTarget as HTMLFormElement
+    const data = new FormData(form)
+    const name = String(data.get('name') ?? '').trim()
+    const permissions = data.getAll('permission').map(String)
+    if (await run(() => api('POST', '/v1/roles', { name, category: String(data.get('category')), permissions }), `The role ${name} was created.`)) form.reset()
+  }
+  // The permissions a custom role may hold: every one some role holds (the builtin roles hold them all).
+  const allPermissions = [...new Set(roles.flatMap((r) => r.permissions))].sort()
   function grant (user: User) {
     return (event: Event) => {
       event.preventDefault()
@@ -148,6 +158,23 @@ export function PeopleAdmin ({ session }: { session: Session }) {
               ))}
             </tbody>
           </table>
+          <form class="role-form" onSubmit={(e) => { void createRole(e) }} aria-label="Create a role">
+            <label>Role name <input name="name" required maxLength={200} autocomplete="off" /></label>
+            <label>Reaches
+              <select name="category">
+                <option value="clinician">care team and break-glass</option>
+                <option value="admin">every patient</option>
+                <option value="developer">no patient (developer)</option>
+                <option value="integrator">no patient (device integrator)</option>
+                <option value="research">no patient (research)</option>
+              </select>
+            </label>
+            <fieldset>
+              <legend>Permissions</legend>
+              {allPermissions.map((p) => <label key={p} class="permission"><input type="checkbox" name="permission" value={p} /> {p}</label>)}
+            </fieldset>
+            <button type="submit">Create role</button>
+          </form>
         </section>
       )}
       {can('care-teams:write') && <CareTeams users={users} roles={roles} />}
