@@ -48,10 +48,13 @@ export function researchExportRoutes (app: ApiInstance, deps: RouteDeps & { rese
   }
 
   async function ownExport (request: Request, id: string): Promise<{ job: Job, exp: ResearchExport }> {
-    const exp = await exports.get(id)
-    if (exp === null || exp.owner !== ownerOf(request)) throw notFound()
+    // The job first: its completion commits the export's file list in the same transaction, so
+    // an export read after a succeeded job has its files. Read the other way round, a completion
+    // committed between the two reads answered "succeeded" with no files (seen once in CI).
     const job = await jobs.get(id)
     if (job === null) throw notFound()
+    const exp = await exports.get(id)
+    if (exp === null || exp.owner !== ownerOf(request)) throw notFound()
     return { job, exp }
   }
 
