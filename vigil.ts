@@ -11,6 +11,7 @@ import { createAccess } from './access/access.ts'
 import { PASSWORD_SCRYPT } from './access/passwords.ts'
 import { startAlertEngine } from './alerts/engine/alert-engine.ts'
 import { rulesSourceOf, startRulesFile } from './alerts/engine/rules-file.ts'
+import { createRuleStateStore } from './alerts/engine/rule-state-store.ts'
 import { buildApi } from './api/app.ts'
 import { lazyWebApp } from './web/build.ts'
 import { brokerLimitsFrom, createBroker } from './broker/broker.ts'
@@ -150,10 +151,20 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const sweepExports = setInterval(() => { researchExports.sweepExpired().catch((err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'research export sweep failed')) }, 60_000)
     closers.push(async () => { clearInterval(sweepExports) })
 
+    // The alert rules file (docs/alerts.md), before everything that reads it: the bulk export
+    // (NEWS2 freshness), the alert lifecycle and the engine (below).
+    const rulesFile = await startRulesFile({ pool: db.pool, path: config.alertRulesPath, log })
+    closers.push(() => rulesFile.close())
+
     // FHIR Bulk Data export (docs/fhir.md#bulk-export): a job type, encrypted NDJSON under the data dir.
+    const ruleStates = createRuleStateStore(db.pool, keyring)
     const bulkExports = createBulkExports({
       pool: db.pool, keyring, readings, patients, devices, patientRecords, audit: access.audit, log: log.child({ component: 'fhir-bulk-export' }),
-      dir: path.join(config.dataDir, 'bulk-exports'), ttlMs: config.bulkExportTtlHours * 3_600_000
+      dir: path.join(config.dataDir, 'bulk-exports'), ttlMs: config.bulkExportTtlHours * 3_600_000,
+      news2: {
+        freshnessMs: () => (rulesFile.current().ruleSet.rules.find((r) => r.kind === 'news2') as { freshnessMs?: number } | undefined)?.freshnessMs ?? null,
+        spo2Scales: async (ids) => await ruleStates.spo2Scales(ids)
+      }
     })
     const sweepBulk = setInterval(() => { bulkExports.sweepExpired().catch((err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'FHIR bulk export sweep failed')) }, 60_000)
     closers.push(async () => { clearInterval(sweepBulk) })
@@ -186,14 +197,12 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // stream and MQTT alert subscribers all decide through these.
     const { authenticate, patientAccess } = access
 
-    // Alerting (docs/alerts.md). The rules file first: the engine evaluates its rules, the
+    // Alerting (docs/alerts.md). The rules file (started above): the engine evaluates its rules, the
     // lifecycle escalates and notifies by its policies and webhooks, both reading it at each use
     // so hot reloads apply. The lifecycle (alerts, escalation, notifications, device presence)
     // starts next; the engine hands it condition changes and reads its presence for no_data rules.
     // Notifications reach MQTT through a relay the broker attaches to when it starts (below):
     // the broker takes readings that end as alerts, so it cannot come first.
-    const rulesFile = await startRulesFile({ pool: db.pool, path: config.alertRulesPath, log })
-    closers.push(() => rulesFile.close())
     const alertRelay = createMqttAlertRelay()
     const alerting = await startAlerting({ pool: db.pool, keyring, log, metrics, ...rulesSourceOf(rulesFile), mqtt: alertRelay, schedule: leaderSchedule('escalation'), ...(cluster === null ? {} : { peers: alertPeers(cluster) }) })
     closers.push(() => alerting.close())

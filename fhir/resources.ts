@@ -216,6 +216,46 @@ export function news2Breakdown (score: StoredReading, inputs: Iterable<StoredRea
   return { subScores: result.subScores, spo2Scale }
 }
 
+/**
+ * NEWS2 breakdowns over one patient's readings streamed newest first (the bulk export): each
+ * stored total waits until every reading that could be among its inputs (its parameters within
+ * `freshnessMs` before it) has gone by, keeping only each parameter's latest, so memory is the
+ * totals within one freshness window. Readings of the total's own instant that came before it
+ * in the stream (sorted by metric) count too. `push` and `flush` return the settled totals.
+ */
+export function createNews2Breakdowns (freshnessMs: number, spo2Scale: Spo2Scale) {
+  const isParameter = (metric: string): boolean => (news2Parameters as readonly string[]).includes(metric)
+  const waiting: Array<{ score: StoredReading, latest: Map<string, StoredReading> }> = []
+  let instant: StoredReading[] = []
+  // Totals wait in stream order (newest first), and the newest one's window closes first.
+  function settle (olderThan: number | null): Array<[StoredReading, News2Breakdown | null]> {
+    const out: Array<[StoredReading, News2Breakdown | null]> = []
+    while (waiting.length > 0 && (olderThan === null || waiting[0]!.score.ts - freshnessMs > olderThan)) {
+      const { score, latest } = waiting.shift()!
+      out.push([score, news2Breakdown(score, latest.values(), freshnessMs, spo2Scale)])
+    }
+    return out
+  }
+  return {
+    push (reading: StoredReading): Array<[StoredReading, News2Breakdown | null]> {
+      const settled = settle(reading.ts)
+      if (instant.length > 0 && instant[0]!.ts !== reading.ts) instant = []
+      if (reading.metric === 'news2_score') {
+        const latest = new Map<string, StoredReading>()
+        for (const r of instant) if (!latest.has(r.metric)) latest.set(r.metric, r)
+        waiting.push({ score: reading, latest })
+      } else if (isParameter(reading.metric)) {
+        for (const w of waiting) {
+          if (!w.latest.has(reading.metric) && reading.ts <= w.score.ts && w.score.ts - reading.ts <= freshnessMs) w.latest.set(reading.metric, reading)
+        }
+        instant.push(reading)
+      }
+      return settled
+    },
+    flush: (): Array<[StoredReading, News2Breakdown | null]> => settle(null)
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Patient (R4 §8.1)
 // ---------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import { PermanentJobError, type JobHandler } from '../../jobs/job-runner.ts'
 import type { PatientRecordStore } from '../../patients/patient-records.ts'
 import type { PatientStore } from '../../patients/patients.ts'
 import type { ReadingPosition, ReadingStore } from '../../readings/reading-store.ts'
-import { createReadingGrouper, deviceOf, flagOf, observationOf, operationOutcomeOf, patientOf } from '../resources.ts'
-import type { ReadingGroup } from '../resources.ts'
+import { createNews2Breakdowns, createReadingGrouper, deviceOf, flagOf, observationOf, operationOutcomeOf, patientOf } from '../resources.ts'
+import type { News2Breakdown, ReadingGroup } from '../resources.ts'
+import type { Spo2Scale } from '../../alerts/engine/news2.ts'
 import { EncryptedNdjsonWriter, openDecrypted, type FileBinding } from './encrypted-ndjson.ts'
 
 export const BULK_EXPORT_JOB = 'fhir-bulk-export'
@@ -64,6 +65,11 @@ export interface BulkExportsOptions {
   /** BULK_EXPORT_TTL_HOURS × 3 600 000. */
   ttlMs: number
   log: Logger
+  /**
+   * The NEWS2 rule's freshness (null without a news2 rule) and the patients' SpO2 scales: NEWS2
+   * Observations then carry their sub-scores as components. Without it they carry the total only.
+   */
+  news2?: { freshnessMs: () => number | null, spo2Scales: (patientIds: readonly string[]) => Promise<Map<string, Spo2Scale>> }
   /** Readings per store query (one chunk). Default 5000. */
   chunkSize?: number
   now?: () => Date
@@ -250,10 +256,10 @@ export function createBulkExports (options: BulkExportsOptions) {
             ? `Observation ${pct}%: ${done} of ${total}`
             : `Observation ${pct}%: ${patientsDone} of ${patientTotal} patients`, base + share * typeShare]
         }
-        const write = async (group: ReadingGroup): Promise<void> => {
+        const write = async (group: ReadingGroup, news2?: News2Breakdown | null): Promise<void> => {
           let observation
           try {
-            observation = observationOf(group)
+            observation = observationOf(group, news2)
           } catch (err) {
             // A metric without a FHIR mapping: named in the manifest's error file, never its value.
             if (err instanceof RangeError) { await problem('VIGIL_ERR_VALIDATION', err.message); return }
@@ -264,10 +270,20 @@ export function createBulkExports (options: BulkExportsOptions) {
         for await (const ids of patientPages(patientIds)) {
           for (const patientId of ids) {
             const grouper = createReadingGrouper()
+            // NEWS2 totals get their sub-scores as components, as in the search API, from the
+            // readings that follow them in this newest-first stream (fhir/resources.ts).
+            const freshnessMs = options.news2?.freshnessMs() ?? null
+            const breakdowns = freshnessMs === null ? null : createNews2Breakdowns(freshnessMs, (await options.news2!.spo2Scales([patientId])).get(patientId) ?? 1)
             let after: ReadingPosition | undefined
             for (;;) {
               const chunk = await readings.query({ patientId, from: since?.getTime(), limit: chunkSize, after })
-              for (const r of chunk) for (const g of grouper.push(r)) await write(g)
+              for (const r of chunk) {
+                if (breakdowns !== null) {
+                  for (const [score, news2] of breakdowns.push(r)) await write([score], news2)
+                  if (r.metric === 'news2_score') continue
+                }
+                for (const g of grouper.push(r)) await write(g)
+              }
               done += chunk.length
               await checkpoint(...progress())
               if (chunk.length < chunkSize) break
@@ -275,6 +291,7 @@ export function createBulkExports (options: BulkExportsOptions) {
               after = { ts: last.ts, deviceId: last.deviceId, metric: last.metric }
             }
             for (const g of grouper.flush()) await write(g)
+            for (const [score, news2] of breakdowns?.flush() ?? []) await write([score], news2)
             patientsDone++
           }
         }

@@ -33,7 +33,9 @@ const { deps } = fixture
 const pool = fixture.db.pool
 const bulk = createBulkExports({
   pool, keyring: testKeyring(), readings: deps.readings, patients: deps.patients, devices: deps.devices, patientRecords: deps.patientRecords,
-  audit: deps.access.audit, dir, ttlMs: 3_600_000, log: fixture.log, chunkSize: 7, now: () => clock
+  audit: deps.access.audit, dir, ttlMs: 3_600_000, log: fixture.log, chunkSize: 7, now: () => clock,
+  // The NEWS2 breakdown runs beside the BP grouper (test/fhir/news2-breakdowns.test.ts checks its results).
+  news2: { freshnessMs: () => 3_600_000, spo2Scales: async () => new Map() }
 })
 const app = await buildApi({ ...deps, bulkExports: bulk, rateLimitPerMinute: 1_000_000, unauthenticatedRateLimitPerMinute: 1_000_000, maxEventLoopDelayMs: 0 })
 t.teardown(async () => { await app.close() })
