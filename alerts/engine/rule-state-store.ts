@@ -1,6 +1,7 @@
 import type pg from 'pg'
 import { openClinicalText, sealClinicalText } from '../../crypto/clinical-text.ts'
 import type { Keyring } from '../../crypto/field-encryption.ts'
+import { inTransaction } from '../../store/database.ts'
 import type { PatientRuleState } from './evaluate.ts'
 import type { OverrideParameters, RuleOverride } from './evaluate.ts'
 import type { Spo2Scale } from './news2.ts'
@@ -62,20 +63,11 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
      * load-state → evaluate → save-state of one patient never interleaves across processes.
      */
     async withPatientsLocked<T> (patientIds: readonly string[], task: (client: pg.ClientBase) => Promise<T>): Promise<T> {
-      const client = await pool.connect()
-      try {
-        await client.query('BEGIN')
+      return await inTransaction(pool, async (client) => {
         // Volatile functions in the select list run after the sort: the locks are taken in order.
         await client.query('SELECT pg_advisory_xact_lock($1, hashtext(id)) FROM unnest($2::text[]) AS id ORDER BY id', [PATIENT_RULE_LOCK_SPACE, [...patientIds]])
-        const result = await task(client)
-        await client.query('COMMIT')
-        return result
-      } catch (err) {
-        await client.query('ROLLBACK').catch(() => {})
-        throw err
-      } finally {
-        client.release()
-      }
+        return await task(client)
+      })
     },
 
     /** Removes the state of rules no longer in the rules file. */
