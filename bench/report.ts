@@ -56,6 +56,8 @@ export interface ScaleOut {
   /** 'private': a redis-server of the bench's own (CPU exact); 'given': --redis-url (CPU from INFO, shared). */
   redis: 'private' | 'given'
   multi: SearchResult
+  /** vigil_readings_accepted_total of each process at the end (warm-up included): how the devices spread. */
+  acceptedPerProcess: number[]
   /** From the N-process run's maximum; null when it held no rate. */
   projection: Projection | null
 }
@@ -328,6 +330,7 @@ function renderScaleOut (r: BenchResults, s: ScaleOut): string[] {
   }
   out.push(table(rows))
   out.push(...stepsLines(`${n} processes`, s.multi))
+  out.push(`  readings accepted per process over the ${n}-process run: ${s.acceptedPerProcess.map((a) => int(a)).join(', ')}`)
   out.push(...generatorNote(s.multi.steps))
   if (many !== null) {
     const cores = r.machine.cores

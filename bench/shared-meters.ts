@@ -48,8 +48,8 @@ async function deleteKeys (redis: Redis, prefix: string): Promise<void> {
 
 /**
  * A Redis for the run. Without `url`: a private `redis-server` (no persistence) on a free
- * loopback port, whose CPU is read from /proc/<pid>/stat — exactly the bench's. With `url`: that
- * Redis under a fresh prefix, CPU from INFO (includes anyone else's use of it).
+ * loopback port: its CPU (INFO cpu, getrusage of that process) is exactly the bench's. With
+ * `url`: that Redis under a fresh prefix, CPU from INFO too (includes anyone else's use of it).
  */
 export async function startBenchRedis (url: string | null): Promise<BenchRedis> {
   const prefix = `vigil-bench-${randomBytes(6).toString('hex')}:`
@@ -72,12 +72,18 @@ export async function startBenchRedis (url: string | null): Promise<BenchRedis> 
     // Whatever happens to the bench, the server does not outlive it.
     const killOnExit = (): void => { child.kill('SIGKILL') }
     process.on('exit', killOnExit)
+    const url = `redis://127.0.0.1:${port}`
+    const info = new Redis(url, { maxRetriesPerRequest: 1, retryStrategy: () => null })
+    info.on('error', () => {})
     return {
-      url: `redis://127.0.0.1:${port}`,
+      url,
       prefix,
       pid,
-      meter: { name: 'Redis', read: async () => ({ [pid]: processUsage(pid)?.cpuUs ?? 0 }) },
+      // INFO's getrusage figures have µs resolution where /proc/<pid>/stat counts 10 ms ticks:
+      // a few ticks would be all of Redis's work in a short step. Same process, same CPU.
+      meter: { name: 'Redis', read: async () => ({ [pid]: await redisInfoCpuUs(info) }) },
       close: async () => {
+        info.disconnect()
         process.off('exit', killOnExit)
         child.kill('SIGTERM')
         await Promise.race([exited, sleep(3000)])
