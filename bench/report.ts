@@ -330,6 +330,11 @@ function renderScaleOut (r: BenchResults, s: ScaleOut): string[] {
   }
   out.push(table(rows))
   out.push(...stepsLines(`${n} processes`, s.multi))
+  if (one !== null && many !== null && Math.abs(one.otherCores - many.otherCores) >= 0.25) {
+    // The two searches run one after the other: a change in everyone else's load moves the ratio.
+    out.push(`  ⚠ other processes used ${one.otherCores.toFixed(2)} cores during the 1-process maximum and ${many.otherCores.toFixed(2)} during the ` +
+      `${n}-process one: the ${n}/1 ratios measure that change as much as the number of processes`)
+  }
   out.push(`  readings accepted per process over the ${n}-process run: ${s.acceptedPerProcess.map((a) => int(a)).join(', ')}`)
   out.push(...generatorNote(s.multi.steps))
   if (many !== null) {

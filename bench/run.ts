@@ -21,8 +21,8 @@ import { provisionDevices, type ProvisionedDevice } from './provision-devices.ts
 import { runQueryLoad } from './query-load.ts'
 import { findMaxRate, measureIdle, measureStep, waitForIdle, type PipelineUnderTest, type SearchResult, type SharedCpuMeter, type StepContext } from './rate-search.ts'
 import { evaluateTargets, projectFromRun, renderReport, type BenchResults, type CostGrowthRow, type MachineInfo } from './report.ts'
-import { scrapeVigilMetrics } from './vigil-metrics.ts'
 import { postgresBackendsMeter, startBenchRedis, type BenchRedis } from './shared-meters.ts'
+import { scrapeVigilMetrics } from './vigil-metrics.ts'
 
 /*
  * npm run bench [-- --full | --duration S | --devices N | --rates R1,R2 | --instances N | --help]
@@ -297,7 +297,7 @@ async function main (): Promise<void> {
   const pool = await GeneratorPool.start(options.generators)
   onCleanup('load generators', () => pool.close())
   const ctx: StepContext = {
-    pool, influxUrl: influxd.url, influxdPid, probeDir: root, progress, meters, extraPids: benchRedis?.pid == null ? [] : [benchRedis.pid]
+    pool, influxUrl: influxd.url, influxdPid, probeDir: root, progress, meters, extraPids: benchRedis === null || benchRedis.pid === null ? [] : [benchRedis.pid]
   }
   const grid = rateGrid()
   const firstRate = options.rates?.[0] ?? options.startRate
