@@ -18,6 +18,16 @@ export interface BenchOptions {
   profile: boolean
   /** Readings per message: 1 (default), 6 (the simulator's shape), 50 (a backlog upload). */
   readingsPerMessage: number
+  /**
+   * Scale-out (issue 16): the ingest search also through this many Vigil processes (devices
+   * spread over them), beside the 1-process one; every Vigil of the run in cluster mode
+   * (REDIS_URL). Null: one process, no Redis.
+   */
+  instances: number | null
+  /** An existing Redis for cluster mode; null: a private redis-server the bench starts. */
+  redisUrl: string | null
+  /** Cores of the machine the scale-out figures are projected to. */
+  projectCores: number
 }
 
 export const usage = `Usage: npm run bench -- [options]
@@ -40,6 +50,14 @@ this machine and prints a table (and writes bench/results/<timestamp>.json).
   --readings-per-message N  readings in each message (default 1; 6 is the simulator's shape,
                       50 a backlog upload): rates stay in msg/s, "readings/s stored" counts readings
   --profile           CPU-profile Vigil during scenarios 1 and 5 and print where its time goes
+  --instances N       scale-out: after scenario 1 (1 process), the same search through N Vigil
+                      processes, devices spread over them; every Vigil of the run in cluster mode
+                      (REDIS_URL, same Postgres and influxd). Runs scenario 1 only unless
+                      --scenarios says more. Prints the per-process figures projected to
+                      --project-cores
+  --redis-url URL     with --instances: this Redis (a prefix of its own, keys deleted after; its
+                      CPU from INFO, approximate if others use it) instead of a private redis-server
+  --project-cores C   cores of the machine to project to (default 16)
   --help
 `
 
@@ -76,14 +94,24 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
       scenarios: { type: 'string' },
       profile: { type: 'boolean', default: false },
       'readings-per-message': { type: 'string' },
+      instances: { type: 'string' },
+      'redis-url': { type: 'string' },
+      'project-cores': { type: 'string' },
       help: { type: 'boolean', default: false }
     },
     strict: true
   })
   if (values.help) return 'help'
   const full = values.full
-  const scenarios = values.scenarios === undefined ? [1, 2, 3, 4, 5] : list('scenarios', values.scenarios, true)
+  const instances = values.instances === undefined ? null : positive('instances', values.instances, 2, true)
+  if (instances !== null && instances < 2) throw new Error('--instances must be at least 2 (1 process is scenario 1 itself)')
+  if (instances === null && values['redis-url'] !== undefined) throw new Error('--redis-url needs --instances')
+  if (values['redis-url'] !== undefined && !/^rediss?:\/\//.test(values['redis-url'])) {
+    throw new Error(`--redis-url must be a redis:// or rediss:// URL (got "${values['redis-url']}")`)
+  }
+  const scenarios = values.scenarios === undefined ? (instances === null ? [1, 2, 3, 4, 5] : [1]) : list('scenarios', values.scenarios, true)
   if (scenarios.some((s) => s > 5)) throw new Error('--scenarios takes numbers from 1 to 5')
+  if (instances !== null && !scenarios.includes(1)) throw new Error('--instances needs scenario 1 (its 1-process baseline)')
   if (scenarios.includes(5) && !scenarios.includes(1)) throw new Error('--scenarios: 5 (query side) needs 1 (it runs at half of the maximum 1 finds)')
   return {
     mode: full ? 'full' : 'quick',
@@ -97,6 +125,9 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
     generators: positive('generators', values.generators, 1, true),
     scenarios: new Set(scenarios),
     profile: values.profile,
-    readingsPerMessage: positive('readings-per-message', values['readings-per-message'], 1, true)
+    readingsPerMessage: positive('readings-per-message', values['readings-per-message'], 1, true),
+    instances,
+    redisUrl: values['redis-url'] ?? null,
+    projectCores: positive('project-cores', values['project-cores'], 16, true)
   }
 }

@@ -39,6 +39,20 @@ export function processUsage (pid: number): ProcessUsage | null {
   }
 }
 
+/**
+ * CPU (µs, utime + stime) of a process's main thread alone (/proc/<pid>/task/<pid>/stat): for
+ * Node, the event loop, which no number of cores makes faster. Null when the process is gone.
+ */
+export function mainThreadCpuUs (pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11]) + Number(fields[12])) * 1e6 / clockTicksPerSecond
+  } catch {
+    return null
+  }
+}
+
 /** CPU time (µs) all cores of the machine spent busy since boot, from /proc/stat. */
 export function machineBusyCpuUs (): number {
   const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!
@@ -191,6 +205,8 @@ export interface StartVigilOptions {
   logFile: string
   /** Extra arguments for node before `--import tsx` (e.g. --cpu-prof). */
   nodeArgs?: string[]
+  /** More environment (e.g. REDIS_URL and REDIS_PREFIX for cluster mode). */
+  env?: Record<string, string>
 }
 
 /**
@@ -203,7 +219,7 @@ export async function startVigil (options: StartVigilOptions): Promise<VigilProc
   await fs.rm(listeningFile, { force: true })
   const env: NodeJS.ProcessEnv = { ...process.env }
   for (const key of Object.keys(env)) {
-    if (/^(HTTP_|MQTT_|INFLUX_|VIGIL_|DATABASE_URL$|LOG_LEVEL$|WORKER_THREADS$)/.test(key)) delete env[key]
+    if (/^(HTTP_|MQTT_|INFLUX_|VIGIL_|REDIS_|DATABASE_URL$|LOG_LEVEL$|WORKER_THREADS$)/.test(key)) delete env[key]
   }
   Object.assign(env, {
     DATABASE_URL: options.databaseUrl,
@@ -217,7 +233,7 @@ export async function startVigil (options: StartVigilOptions): Promise<VigilProc
     // Every simulated device connects from 127.0.0.1: a per-address connect rate limit meant for
     // the internet would throttle the fleet (0 = no limit; ignored by versions without it).
     MQTT_CONNECT_RATE_PER_ADDRESS: '0'
-  })
+  }, options.env)
   const log = createWriteStream(options.logFile, { flags: 'a' })
   const child = spawn(process.execPath, [...(options.nodeArgs ?? []), '--import', 'tsx', 'main.ts'], {
     cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe']

@@ -75,12 +75,22 @@ export class GeneratorPool {
     return this.processes.reduce((n, p) => n + (processUsage(p.pid)?.rssBytes ?? 0), 0)
   }
 
-  async connect (host: string, port: number, devices: DeviceCredential[], concurrency = 64): Promise<ConnectSummary> {
-    const shares = this.processes.map((_, i) => devices.filter((_, j) => j % this.processes.length === i))
+  /**
+   * Connects the devices, split over the generator processes. With several ports (several
+   * brokers), each generator process spreads its devices round-robin over the ports: every
+   * broker gets an equal share of the devices, and so of the rate, from every generator.
+   */
+  async connect (host: string, port: number | readonly number[], devices: DeviceCredential[], concurrency = 64): Promise<ConnectSummary> {
+    const ports = typeof port === 'number' ? [port] : port
+    if (ports.length === 0) throw new Error('connect: no port')
+    const k = this.processes.length
+    // Generator i takes devices i, i + k, i + 2k, …: the port cycles along its own list.
+    const assigned = ports.length === 1 ? devices : devices.map((d, j) => ({ ...d, port: ports[Math.floor(j / k) % ports.length]! }))
+    const shares = this.processes.map((_, i) => assigned.filter((_, j) => j % this.processes.length === i))
     const replies = await Promise.all(this.processes.map((p, i) => {
       this.deviceCounts[i] = shares[i]!.length
       const reply = nextMessage<ConnectResult>(p, 'connected')
-      p.child.send({ type: 'connect', host, port, devices: shares[i]!, concurrency: Math.ceil(concurrency / this.processes.length) } satisfies GeneratorCommand)
+      p.child.send({ type: 'connect', host, port: ports[0]!, devices: shares[i]!, concurrency: Math.ceil(concurrency / this.processes.length) } satisfies GeneratorCommand)
       return reply
     }))
     return {

@@ -2,7 +2,12 @@ import type { SparseHistogram } from './latency-histogram.ts'
 
 /** The IPC messages between bench/run.ts and its load-generator child processes. */
 
-export interface DeviceCredential { deviceId: string, password: string }
+export interface DeviceCredential {
+  deviceId: string
+  password: string
+  /** The broker port this device connects to, when not the command's `port` (several Vigil processes). */
+  port?: number
+}
 
 export type GeneratorCommand =
   | {

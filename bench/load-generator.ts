@@ -188,7 +188,7 @@ async function connectAll (credentials: DeviceCredential[], host: string, port: 
   const worker = async (): Promise<void> => {
     while (next < devices.length) {
       const index = next++
-      const outcome = await connectDevice(devices[index]!, index, host, port)
+      const outcome = await connectDevice(devices[index]!, index, host, credentials[index]!.port ?? port)
       if (outcome === 'connected') connected++
       else if (outcome === 'refused') refused++
       else {

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import { diskBusyMs, machineBusyCpuUs, processUsage, totalUsage } from './child-processes.ts'
+import { diskBusyMs, machineBusyCpuUs, mainThreadCpuUs, processUsage, totalUsage } from './child-processes.ts'
 import type { GeneratorPool, LoadSummary } from './generator-pool.ts'
 import { FsyncProbe } from './fsync-probe.ts'
 import { countReadings } from './influx-queries.ts'
@@ -16,8 +16,34 @@ export interface PipelineUnderTest {
   pids: () => number[]
   /** InfluxDB database its readings land in; null when it stores nothing (bare Aedes). */
   database: string | null
-  /** Vigil: its base URL, for spool depth and diagnostics from /metrics. */
-  vigilUrl?: string
+  /** Vigil: the base URL of each of its processes, for spool depth and diagnostics from /metrics. */
+  vigilUrls?: string[]
+}
+
+/**
+ * CPU of a component shared by the pipeline's processes (Redis, PostgreSQL's backends): `read`
+ * returns cumulative CPU µs per key (a pid, or one key for a whole server); a step's cost is the
+ * sum of each key's growth (a key new since the start counts from 0).
+ */
+export interface SharedCpuMeter {
+  name: string
+  read: () => Promise<Record<string, number>>
+  /**
+   * Its CPU with the pipeline connected and silent (µs per second; set by measureIdle): Redis's
+   * heartbeats and cron, job polling. A step's cost per reading is what it used above this.
+   */
+  idleUsPerSecond?: number
+}
+
+/** Sets each meter's idleUsPerSecond from a window of `ms` with no load. */
+export async function measureIdle (meters: SharedCpuMeter[], ms = 3000): Promise<void> {
+  if (meters.length === 0) return
+  const before = await readMeters(meters)
+  const started = performance.now()
+  await sleep(ms)
+  const after = await readMeters(meters)
+  const seconds = (performance.now() - started) / 1000
+  meters.forEach((m, i) => { m.idleUsPerSecond = Math.max(0, meterDelta(before[i]!, after[i]!)) / seconds })
 }
 
 export interface StepContext {
@@ -27,6 +53,10 @@ export interface StepContext {
   /** A directory on the filesystem Vigil's spool uses, for the fsync probe. */
   probeDir: string
   progress: (message: string) => void
+  /** Shared components whose CPU per reading each step reports (beside influxd's). */
+  meters?: SharedCpuMeter[]
+  /** The bench's own processes besides the pipeline, generators and influxd (a private Redis): not "other processes". */
+  extraPids?: number[]
 }
 
 export interface StepOptions {
@@ -67,6 +97,14 @@ export interface StepResult {
   cpuCores: number
   rssBytes: number
   influxdCpuUsPerReading: number | null
+  /** CPU of each `ctx.meters` component from window start until caught up, above its idle, per reading stored. */
+  sharedCpuUsPerReading?: Record<string, number | null>
+  /** The idle rate (µs/s) subtracted for each meter. */
+  sharedIdleUsPerSecond?: Record<string, number>
+  /** The pipeline processes' main threads (Node's event loops) alone, per reading stored. */
+  mainThreadCpuUsPerReading?: number | null
+  /** The busiest main thread's share of one core over the step (1: that event loop was saturated). */
+  busiestMainThreadCores?: number
   /**
    * CPU (cores) the rest of the machine used meanwhile: everything busy minus the bench's own
    * processes (pipeline, generators, influxd, this process). Other people's work shows up here.
@@ -87,15 +125,47 @@ function cpuOfThisProcess (): number {
 const ackDrainMs = 3000
 const storeTimeoutMs = 30_000
 
-async function spoolDepth (vigilUrl: string): Promise<number> {
-  return (await scrapeVigilMetrics(vigilUrl)).get('vigil_spool_depth_readings') ?? 0
+/** Readings waiting in the spools of all of Vigil's processes. */
+async function spoolDepth (vigilUrls: string[]): Promise<number> {
+  let depth = 0
+  for (const url of vigilUrls) depth += (await scrapeVigilMetrics(url)).get('vigil_spool_depth_readings') ?? 0
+  return depth
+}
+
+/** Every process's metrics, summed by name. */
+async function scrapeAll (vigilUrls: string[]): Promise<Map<string, number>> {
+  const total = new Map<string, number>()
+  for (const url of vigilUrls) {
+    for (const [name, value] of await scrapeVigilMetrics(url)) total.set(name, (total.get(name) ?? 0) + value)
+  }
+  return total
+}
+
+async function readMeters (meters: SharedCpuMeter[]): Promise<Array<Record<string, number>>> {
+  return await Promise.all(meters.map(async (m) => await m.read().catch(() => ({}))))
+}
+
+/** Sum over keys of after − before (a key missing before counts from 0). */
+export function meterDelta (before: Record<string, number>, after: Record<string, number>): number {
+  let sum = 0
+  for (const [key, value] of Object.entries(after)) sum += value - (before[key] ?? 0)
+  return sum
+}
+
+function mainThreads (pids: number[]): Map<number, number> {
+  const cpu = new Map<number, number>()
+  for (const pid of pids) {
+    const us = mainThreadCpuUs(pid)
+    if (us !== null) cpu.set(pid, us)
+  }
+  return cpu
 }
 
 /** Waits until the pipeline has written everything it holds (best effort, bounded). */
 export async function waitForIdle (pipeline: PipelineUnderTest, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs
-  if (pipeline.vigilUrl !== undefined) {
-    while (Date.now() < deadline && await spoolDepth(pipeline.vigilUrl) > 0) await sleep(100)
+  if (pipeline.vigilUrls !== undefined) {
+    while (Date.now() < deadline && await spoolDepth(pipeline.vigilUrls) > 0) await sleep(100)
   } else {
     await sleep(1000)
   }
@@ -111,14 +181,17 @@ export async function waitForIdle (pipeline: PipelineUnderTest, timeoutMs = 60_0
 export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest, rate: number, options: StepOptions): Promise<StepResult> {
   const { influxUrl } = ctx
   const cpuBefore = totalUsage(pipeline.pids())
-  const benchPids = (): number[] => [...pipeline.pids(), ...ctx.pool.pids, ...(ctx.influxdPid === null ? [] : [ctx.influxdPid])]
+  const mainBefore = mainThreads(pipeline.pids())
+  const meters = ctx.meters ?? []
+  const metersBefore = await readMeters(meters)
+  const benchPids = (): number[] => [...pipeline.pids(), ...ctx.pool.pids, ...(ctx.influxdPid === null ? [] : [ctx.influxdPid]), ...(ctx.extraPids ?? [])]
   const benchBefore = totalUsage(benchPids()).cpuUs + cpuOfThisProcess()
   const machineBefore = machineBusyCpuUs()
   const diskBefore = diskBusyMs()
   const fsyncProbe = new FsyncProbe(ctx.probeDir)
   fsyncProbe.start()
   const influxBefore = ctx.influxdPid === null ? null : processUsage(ctx.influxdPid)
-  const metricsBefore = pipeline.vigilUrl === undefined ? null : await scrapeVigilMetrics(pipeline.vigilUrl)
+  const metricsBefore = pipeline.vigilUrls === undefined ? null : await scrapeAll(pipeline.vigilUrls)
   const probe = pipeline.database !== null && options.sampleEvery > 0 ? new QueryableProbe(influxUrl, pipeline.database) : null
   probe?.start()
   let rssBytes = 0
@@ -140,9 +213,9 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
   let storeCaughtUpMs: number | null = null
   if (pipeline.database !== null && load.sent > 0) {
     const deadline = performance.now() + storeTimeoutMs
-    if (pipeline.vigilUrl !== undefined) {
+    if (pipeline.vigilUrls !== undefined) {
       // Vigil tells when its spool is empty; only then is the count final.
-      while (performance.now() < deadline && await spoolDepth(pipeline.vigilUrl) > 0) await sleep(50)
+      while (performance.now() < deadline && await spoolDepth(pipeline.vigilUrls) > 0) await sleep(50)
       storeCaughtUpMs = performance.now() - windowEnd
     }
     let lastProgress = performance.now()
@@ -152,7 +225,7 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
       if (stored === null || count > stored) lastProgress = now
       stored = count
       if (count >= ackedReadings) {
-        if (pipeline.vigilUrl === undefined) storeCaughtUpMs = now - windowEnd
+        if (pipeline.vigilUrls === undefined) storeCaughtUpMs = now - windowEnd
         break
       }
       // The peer gives no signal of being done: stop once nothing more arrives for 3 s.
@@ -161,6 +234,8 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
     }
   }
   const cpuAfter = totalUsage(pipeline.pids())
+  const mainAfter = mainThreads(pipeline.pids())
+  const metersAfter = await readMeters(meters)
   const benchCpuUs = totalUsage(benchPids()).cpuUs + cpuOfThisProcess() - benchBefore
   const machineCpuUs = machineBusyCpuUs() - machineBefore
   const diskMs = diskBusyMs() - diskBefore
@@ -170,10 +245,25 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
   const queryable = probe === null ? null : await probe.finish(5000)
   const denominator = stored ?? ackedReadings
   const cpuUs = cpuAfter.cpuUs - cpuBefore.cpuUs
+  let mainUs = 0
+  let busiestMainUs = 0
+  for (const [pid, after] of mainAfter) {
+    const used = after - (mainBefore.get(pid) ?? after)
+    mainUs += used
+    busiestMainUs = Math.max(busiestMainUs, used)
+  }
+  const sharedCpuUsPerReading: Record<string, number | null> = {}
+  const sharedIdleUsPerSecond: Record<string, number> = {}
+  meters.forEach((m, i) => {
+    const idle = m.idleUsPerSecond ?? 0
+    sharedIdleUsPerSecond[m.name] = idle
+    const above = meterDelta(metersBefore[i]!, metersAfter[i]!) - idle * elapsedMs / 1000
+    sharedCpuUsPerReading[m.name] = denominator > 0 ? Math.max(0, above) / denominator : null
+  })
 
   let vigil: VigilDiagnostics | undefined
-  if (metricsBefore !== null && pipeline.vigilUrl !== undefined) {
-    const d = metricDeltas(metricsBefore, await scrapeVigilMetrics(pipeline.vigilUrl))
+  if (metricsBefore !== null && pipeline.vigilUrls !== undefined) {
+    const d = metricDeltas(metricsBefore, await scrapeAll(pipeline.vigilUrls))
     const durableCount = d.get('vigil_ingest_durable_seconds_count') ?? 0
     const writes = d.get('vigil_store_write_seconds_count') ?? 0
     vigil = {
@@ -221,6 +311,9 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
     influxdCpuUsPerReading: influxBefore !== null && influxAfter !== null && stored !== null && stored > 0
       ? (influxAfter.cpuUs - influxBefore.cpuUs) / stored
       : null,
+    ...(meters.length === 0 ? {} : { sharedCpuUsPerReading, sharedIdleUsPerSecond }),
+    mainThreadCpuUsPerReading: denominator > 0 && mainAfter.size > 0 ? mainUs / denominator : null,
+    busiestMainThreadCores: busiestMainUs / 1000 / elapsedMs,
     otherCores: Math.max(0, (machineCpuUs - benchCpuUs) / 1000 / elapsedMs),
     diskBusy: Math.min(1, diskMs / elapsedMs),
     fsync,

@@ -1,6 +1,7 @@
 import type { WriteCeilingResult } from './influx-write-ceiling.ts'
 import type { QueryLoadResult } from './query-load.ts'
 import { fmtMs, type SearchResult, type StepResult } from './rate-search.ts'
+import { projectScale, type Projection } from './scale-projection.ts'
 
 export interface MachineInfo {
   cores: number
@@ -49,6 +50,18 @@ export interface ProfileSummary {
   byArea: Array<{ area: string, selfMs: number, share: number }>
 }
 
+/** --instances N: scenario 1's search again through N Vigil processes of one cluster. */
+export interface ScaleOut {
+  instances: number
+  /** 'private': a redis-server of the bench's own (CPU exact); 'given': --redis-url (CPU from INFO, shared). */
+  redis: 'private' | 'given'
+  multi: SearchResult
+  /** vigil_readings_accepted_total of each process at the end (warm-up included): how the devices spread. */
+  acceptedPerProcess: number[]
+  /** From the N-process run's maximum; null when it held no rate. */
+  projection: Projection | null
+}
+
 export interface BenchResults {
   startedAt: string
   finishedAt: string
@@ -69,6 +82,20 @@ export interface BenchResults {
   costGrowth: CostGrowthRow[] | null
   targets: Target[]
   profile: ProfileSummary | null
+  scaleOut: ScaleOut | null
+}
+
+/** The scale-out run's per-reading costs at its maximum, projected to `cores` (bench/scale-projection.ts). */
+export function projectFromRun (s: ScaleOut, cores: number): Projection | null {
+  const best = s.multi.best
+  if (best === null || best.cpuUsPerReading === null || best.cpuUsPerReading <= 0) return null
+  return projectScale(cores, {
+    vigilUs: best.cpuUsPerReading,
+    vigilMainThreadUs: best.mainThreadCpuUsPerReading ?? null,
+    influxdUs: best.influxdCpuUsPerReading,
+    redisUs: best.sharedCpuUsPerReading?.Redis ?? null,
+    postgresUs: best.sharedCpuUsPerReading?.PostgreSQL ?? null
+  })
 }
 
 const mb = (bytes: number): string => `${(bytes / 1048576).toFixed(0)} MB`
@@ -231,6 +258,8 @@ export function renderReport (r: BenchResults): string {
     }
   }
 
+  if (r.scaleOut !== null) out.push(...renderScaleOut(r, r.scaleOut))
+
   if (r.targets.length > 0) {
     out.push('', 'Targets (issue 7)')
     out.push(table(r.targets.map((t) => [t.status, t.name, t.value]), 3))
@@ -250,8 +279,91 @@ function allSteps (r: BenchResults): StepResult[] {
   return [
     ...(r.ingest.vigil?.steps ?? []), ...(r.ingest.peer?.steps ?? []), ...(r.ingest.aedes?.steps ?? []),
     ...(r.querySide === null ? [] : [r.querySide.ingestOnly, r.querySide.withQueries]),
-    ...(r.costGrowth ?? []).map((row) => row.step)
+    ...(r.costGrowth ?? []).map((row) => row.step),
+    ...(r.scaleOut?.multi.steps ?? [])
   ]
+}
+
+const us = (n: number | null | undefined): string => n === null || n === undefined ? '–' : n < 10 ? n.toFixed(2) : Math.round(n).toLocaleString('en-US')
+
+function renderScaleOut (r: BenchResults, s: ScaleOut): string[] {
+  const out: string[] = []
+  const n = s.instances
+  const one = r.ingest.vigil?.best ?? null
+  const many = s.multi.best
+  const shared = (x: StepResult | null, name: string): number | null => x?.sharedCpuUsPerReading?.[name] ?? null
+  const idle = (x: StepResult | null): string => x?.sharedIdleUsPerSecond === undefined
+    ? '–'
+    : `${((x.sharedIdleUsPerSecond.Redis ?? 0) / 1000).toFixed(1)} / ${((x.sharedIdleUsPerSecond.PostgreSQL ?? 0) / 1000).toFixed(1)}`
+  const total = (x: StepResult | null): number | null => x === null || x.cpuUsPerReading === null
+    ? null
+    : x.cpuUsPerReading + (x.influxdCpuUsPerReading ?? 0) + (shared(x, 'Redis') ?? 0) + (shared(x, 'PostgreSQL') ?? 0)
+  out.push('', `6. Scale-out: scenario 1 through 1 and ${n} Vigil processes, every one in cluster mode (REDIS_URL to ` +
+    `${s.redis === 'private' ? 'a private redis-server' : 'the given Redis'}, one Postgres database, one influxd), so the two differ only in the ` +
+    `number of processes; with ${n}, the devices are spread evenly over them, each device on one process`)
+  const rows: string[][] = [
+    ['', '1 process', `${n} processes`, `${n}/1`],
+    ['max rate held with 0 loss (msg/s)', int(one?.rate), int(many?.rate), ratio(many?.rate, one?.rate)],
+    ['  per process (msg/s)', int(one?.rate), int(many === null ? null : many.rate / n), ''],
+    ['readings/s stored (counted in InfluxDB)', int(one?.storedPerSecond), int(many?.storedPerSecond), ratio(many?.storedPerSecond, one?.storedPerSecond)],
+    ['publish→PUBACK p50 / p99', pair(one?.load.puback.p50Ms ?? null, one?.load.puback.p99Ms ?? null), pair(many?.load.puback.p50Ms ?? null, many?.load.puback.p99Ms ?? null),
+      ratio(many?.load.puback.p99Ms, one?.load.puback.p99Ms)],
+    ['CPU µs per reading: Vigil (all processes, all threads)', us(one?.cpuUsPerReading), us(many?.cpuUsPerReading), ratio(many?.cpuUsPerReading, one?.cpuUsPerReading)],
+    ['  of which main threads (event loops)', us(one?.mainThreadCpuUsPerReading), us(many?.mainThreadCpuUsPerReading), ''],
+    ['  influxd', us(one?.influxdCpuUsPerReading), us(many?.influxdCpuUsPerReading), ''],
+    [`  Redis above idle${s.redis === 'given' ? ' (whole server, approximate)' : ''}`, us(shared(one, 'Redis')), us(shared(many, 'Redis')), ''],
+    ['  PostgreSQL above idle (backends of the bench database)', us(shared(one, 'PostgreSQL')), us(shared(many, 'PostgreSQL')), ''],
+    ['  server total', us(total(one)), us(total(many)), ratio(total(many), total(one))],
+    ['idle, connected and silent: Redis / PostgreSQL (ms CPU per s)', idle(one), idle(many), ''],
+    ['Vigil cores used (all processes)', one?.cpuCores.toFixed(2) ?? '–', many?.cpuCores.toFixed(2) ?? '–', ''],
+    ['busiest event loop (share of a core)', one?.busiestMainThreadCores?.toFixed(2) ?? '–', many?.busiestMainThreadCores?.toFixed(2) ?? '–', ''],
+    ['generator CPU (share of one core)', genCpu(one), genCpu(many), ''],
+    ['other processes\' CPU meanwhile (cores)', one?.otherCores.toFixed(2) ?? '–', many?.otherCores.toFixed(2) ?? '–', '']
+  ]
+  const same = one === null ? undefined : s.multi.steps.find((x) => x.rate === one.rate && x.held)
+  if (one !== null && same !== undefined && same !== many) {
+    rows.push(
+      [`same rate as 1 process's max (${int(one.rate)} msg/s):`, '', '', ''],
+      ['  publish→PUBACK p50 / p99', pair(one.load.puback.p50Ms, one.load.puback.p99Ms), pair(same.load.puback.p50Ms, same.load.puback.p99Ms), ratio(same.load.puback.p99Ms, one.load.puback.p99Ms)],
+      ['  CPU µs per reading: Vigil / server total', `${us(one.cpuUsPerReading)} / ${us(total(one))}`, `${us(same.cpuUsPerReading)} / ${us(total(same))}`, ratio(total(same), total(one))]
+    )
+  }
+  out.push(table(rows))
+  out.push(...stepsLines(`${n} processes`, s.multi))
+  if (one !== null && many !== null && Math.abs(one.otherCores - many.otherCores) >= 0.25) {
+    // The two searches run one after the other: a change in everyone else's load moves the ratio.
+    out.push(`  ⚠ other processes used ${one.otherCores.toFixed(2)} cores during the 1-process maximum and ${many.otherCores.toFixed(2)} during the ` +
+      `${n}-process one: the ${n}/1 ratios measure that change as much as the number of processes`)
+  }
+  out.push(`  readings accepted per process over the ${n}-process run: ${s.acceptedPerProcess.map((a) => int(a)).join(', ')}`)
+  out.push(...generatorNote(s.multi.steps))
+  if (many !== null) {
+    const cores = r.machine.cores
+    const influxCores = (many.influxdCpuUsPerReading ?? 0) * many.rate / 1e6
+    const generator = many.load.generatorCpu.reduce((a, b) => a + b, 0)
+    out.push(`  On this machine the gain is bounded by its ${cores} cores: at ${int(many.rate)} msg/s Vigil used ${many.cpuCores.toFixed(2)} cores, influxd ~${influxCores.toFixed(2)}, ` +
+      `the load generator ${generator.toFixed(2)}, other processes ${many.otherCores.toFixed(2)} — more processes only divide the same cores.`)
+  }
+  const p = s.projection
+  if (p !== null) {
+    const parts = p.coresAtRate.map((c) => `${c.name} ${c.cores.toFixed(1)}`).join(', ')
+    out.push('', `  Projection to ${p.cores} cores, from the ${n}-process run's costs per reading at its maximum (model: bench/scale-projection.ts; ` +
+      'an upper bound: every core busy, the load generator elsewhere, CPU per reading as measured here):')
+    out.push(`    server CPU per reading: ${p.coresAtRate.map((c) => c.name).join(' + ')} = ${us(p.serverUs)} µs → all ${p.cores} cores busy at ${int(p.cpuBound)} readings/s`)
+    out.push(p.perProcessRate === null
+      ? '    one Vigil process: its main thread was not measured'
+      : `    one Vigil process: its event loop (one thread) takes ${us(1e6 / p.perProcessRate)} µs per reading → at most ${int(p.perProcessRate)} readings/s, ` +
+        `using ${p.coresPerProcess?.toFixed(1)} cores (workers, GC) when it is full`)
+    out.push(`    Redis: one thread, ${us(shared(many, 'Redis'))} µs per reading → ${p.redisBound !== null ? `at most ${int(p.redisBound)} readings/s` : 'no measurable cost (telemetry does not cross Redis)'}` +
+      (s.redis === 'given' ? ' (its CPU includes others\' use of that Redis)' : ''))
+    out.push(`    → ${int(p.rate)} readings/s, bound by ${p.bottleneck}` + (p.processes === null ? '' : `, with ${p.processes} Vigil processes`) + `; cores at that rate: ${parts}`)
+    out.push(`    with influxd, Redis and PostgreSQL on other machines, ${p.cores} cores of Vigil alone: ${int(p.vigilOnlyRate)} readings/s, needing elsewhere ` +
+      p.elsewhereAtVigilOnlyRate.map((c) => `${c.name} ${c.cores.toFixed(1)} cores`).join(', ') +
+      `: the next bottleneck is ${p.elsewhereAtVigilOnlyRate.reduce((a, b) => (b.cores > a.cores ? b : a)).name}`)
+    out.push('    Not modelled: InfluxDB\'s and PostgreSQL\'s disk (WAL fsync, compaction), the network, the balancer in front of MQTT, and ' +
+      'CPU per reading measured on a saturated 2-core machine (contention inflates it; batching at higher rates deflates it).')
+  }
+  return out
 }
 
 function genCpu (s: StepResult | null): string {

@@ -19,11 +19,13 @@ import { createDatabase } from './influx-queries.ts'
 import { measureInfluxWriteCeiling } from './influx-write-ceiling.ts'
 import { provisionDevices, type ProvisionedDevice } from './provision-devices.ts'
 import { runQueryLoad } from './query-load.ts'
-import { findMaxRate, measureStep, waitForIdle, type PipelineUnderTest, type SearchResult, type StepContext } from './rate-search.ts'
-import { evaluateTargets, renderReport, type BenchResults, type CostGrowthRow, type MachineInfo } from './report.ts'
+import { findMaxRate, measureIdle, measureStep, waitForIdle, type PipelineUnderTest, type SearchResult, type SharedCpuMeter, type StepContext } from './rate-search.ts'
+import { evaluateTargets, projectFromRun, renderReport, type BenchResults, type CostGrowthRow, type MachineInfo } from './report.ts'
+import { postgresBackendsMeter, startBenchRedis, type BenchRedis } from './shared-meters.ts'
+import { scrapeVigilMetrics } from './vigil-metrics.ts'
 
 /*
- * npm run bench [-- --full | --duration S | --devices N | --rates R1,R2 | --help]
+ * npm run bench [-- --full | --duration S | --devices N | --rates R1,R2 | --instances N | --help]
  *
  * Starts everything it measures — a private influxd, a throwaway Postgres database, Vigil as a
  * child process, a private Mosquitto with a Node consumer (the peer pipeline), bare Aedes — and
@@ -158,7 +160,8 @@ const results: BenchResults = {
   finishedAt: '',
   elapsedSeconds: 0,
   mode: options.mode,
-  options: { ...options, scenarios: [...options.scenarios] },
+  // A Redis URL may hold a password: only whether one was given is kept.
+  options: { ...options, scenarios: [...options.scenarios], redisUrl: options.redisUrl === null ? null : '(given)' },
   machine: {
     cores: os.availableParallelism(), cpuModel: '', memoryGb: 0, kernel: '', node: process.version, influxd: null, mosquitto: null, postgres: null, openFilesLimit: null, fdatasync: null
   },
@@ -169,7 +172,8 @@ const results: BenchResults = {
   querySide: null,
   costGrowth: null,
   targets: [],
-  profile: null
+  profile: null,
+  scaleOut: null
 }
 
 const adminToken = `bench-${randomBytes(24).toString('hex')}`
@@ -209,6 +213,22 @@ async function main (): Promise<void> {
   const database = await createTestDatabase()
   onCleanup('postgres database', () => database.drop())
 
+  // Scale-out: every Vigil of the run in cluster mode on one Redis, whose CPU (and that of the
+  // database's Postgres backends) each step reports per reading.
+  let clusterEnv: Record<string, string> | undefined
+  let benchRedis: BenchRedis | null = null
+  const meters: SharedCpuMeter[] = []
+  if (options.instances !== null) {
+    progress(options.redisUrl === null ? 'setup: starting a private redis-server (cluster mode)' : 'setup: using the given Redis under a prefix of its own (cluster mode)')
+    const redis = await startBenchRedis(options.redisUrl)
+    benchRedis = redis
+    onCleanup('redis', () => redis.close())
+    clusterEnv = { REDIS_URL: redis.url, REDIS_PREFIX: redis.prefix }
+    const postgresMeter = postgresBackendsMeter(postgresServerUrl, new URL(database.url).pathname.slice(1))
+    onCleanup('postgres meter', () => postgresMeter.close())
+    meters.push(redis.meter, postgresMeter)
+  }
+
   results.machine = await machineInfo(influxd.url, database.url, root)
   results.caveats.push(
     `all processes (load generator, Vigil, influxd, PostgreSQL, Mosquitto, the peer consumer) share these ${results.machine.cores} cores: ` +
@@ -223,6 +243,7 @@ async function main (): Promise<void> {
   const startVigilProcess = async (profileDir?: string): Promise<VigilProcess> => {
     vigilInstance++
     const started = await startVigil({
+      env: clusterEnv,
       dataDir: vigilDataDir,
       databaseUrl: database.url,
       influxUrl: influxd.url,
@@ -275,18 +296,20 @@ async function main (): Promise<void> {
 
   const pool = await GeneratorPool.start(options.generators)
   onCleanup('load generators', () => pool.close())
-  const ctx: StepContext = { pool, influxUrl: influxd.url, influxdPid, probeDir: root, progress }
+  const ctx: StepContext = {
+    pool, influxUrl: influxd.url, influxdPid, probeDir: root, progress, meters, extraPids: benchRedis === null || benchRedis.pid === null ? [] : [benchRedis.pid]
+  }
   const grid = rateGrid()
   const firstRate = options.rates?.[0] ?? options.startRate
   const searchBase = { durationMs: options.durationMs, sampleEvery: 50, refine: options.rates === null, readingsPerMessage: options.readingsPerMessage }
   const loadDevices = devices.slice(0, options.devices)
 
   const vigilPipeline = (v: VigilProcess): PipelineUnderTest => ({
-    key: 'vigil', label: 'Vigil', mqttPort: v.mqttPort, pids: () => [v.pid], database: 'vigil', vigilUrl: v.baseUrl
+    key: 'vigil', label: 'Vigil', mqttPort: v.mqttPort, pids: () => [v.pid], database: 'vigil', vigilUrls: [v.baseUrl]
   })
 
-  const connect = async (label: string, port: number, which: ProvisionedDevice[]): Promise<{ connected: number, elapsedMs: number }> => {
-    progress(`${label}: connecting ${which.length} devices`)
+  const connect = async (label: string, port: number | number[], which: ProvisionedDevice[]): Promise<{ connected: number, elapsedMs: number }> => {
+    progress(`${label}: connecting ${which.length} devices` + (typeof port === 'number' ? '' : ` spread over ${port.length} processes`))
     const c = await pool.connect('127.0.0.1', port, which)
     progress(`${label}: ${c.connected} connected in ${(c.elapsedMs / 1000).toFixed(1)} s` +
       (c.refused + c.failed > 0 ? ` (${c.refused} refused, ${c.failed} failed${c.firstError === null ? '' : `: ${c.firstError}`})` : ''))
@@ -312,6 +335,12 @@ async function main (): Promise<void> {
     }
     const pipeline = vigilPipeline(current)
     await connect('scenario 1 · Vigil', current.mqttPort, loadDevices)
+    if (meters.length > 0) {
+      // Before any publish: after one, the alert engine and rule-state writes trail on for a while.
+      progress('scenario 1 · Vigil: Redis and PostgreSQL CPU with the devices connected and silent, 1 + 4 s (subtracted from the steps)')
+      await sleep(1000)
+      await measureIdle(meters, 4000)
+    }
     await warmup('scenario 1 · Vigil', pipeline, firstRate / 2)
     // The profile summary covers the measured steps only (not start-up, connecting, disconnecting).
     const profileFrom = Number(process.hrtime.bigint() / 1000n)
@@ -350,6 +379,60 @@ async function main (): Promise<void> {
     }
   }
   const vigilBestRate = results.ingest.vigil?.best?.rate
+
+  // Scale-out: the same search through N Vigil processes in one cluster, devices spread over them.
+  if (options.instances !== null && options.scenarios.has(1)) {
+    const n = options.instances
+    const label = `scale-out · ${n} processes`
+    progress(`${label}: stopping the 1-process Vigil, starting ${n} (cluster mode: same Postgres database, Redis and influxd)`)
+    await stopVigil()
+    const members: VigilProcess[] = []
+    onCleanup('scale-out Vigil processes', async () => { await Promise.all(members.map((m) => m.stop('SIGTERM', 15_000))) })
+    // One after the other: they share the database and its migrations.
+    for (let i = 1; i <= n; i++) {
+      const member = await startVigil({
+        env: clusterEnv,
+        dataDir: path.join(root, `vigil-data-${i}`),
+        databaseUrl: database.url,
+        influxUrl: influxd.url,
+        influxBucket: 'vigil',
+        adminToken,
+        logFile: path.join(root, `vigil-scale-${i}.log`)
+      })
+      members.push(member)
+      vigilLogFile = member.logFile
+      progress(`${label}: Vigil ${i} pid ${member.pid}, MQTT ${member.mqttPort}`)
+    }
+    const pipeline: PipelineUnderTest = {
+      key: 'vigil',
+      label: `Vigil × ${n}`,
+      mqttPort: members[0]!.mqttPort,
+      pids: () => members.map((m) => m.pid),
+      database: 'vigil',
+      vigilUrls: members.map((m) => m.baseUrl)
+    }
+    await connect(label, members.map((m) => m.mqttPort), loadDevices)
+    progress(`${label}: Redis and PostgreSQL CPU with the devices connected and silent, 1 + 4 s (subtracted from the steps)`)
+    await sleep(1000)
+    await measureIdle(meters, 4000)
+    await warmup(label, pipeline, firstRate / 2)
+    // From the 1-process maximum: the first step compares the two at the same rate.
+    const multi = await findMaxRate(ctx, pipeline, { ...searchBase, grid, startRate: vigilBestRate ?? firstRate, label })
+    progress(`${label}: max held ${multi.best === null ? 'none' : `${multi.best.rate} msg/s`}`)
+    // Evidence of the spread: what each process accepted over the whole run (warm-up included).
+    const acceptedPerProcess = await Promise.all(members.map(async (m) => (await scrapeVigilMetrics(m.baseUrl)).get('vigil_readings_accepted_total') ?? 0))
+    progress(`${label}: readings accepted per process: ${acceptedPerProcess.join(', ')}`)
+    await pool.disconnect()
+    await Promise.all(members.map((m) => m.stop('SIGTERM', 15_000)))
+    results.scaleOut = {
+      instances: n,
+      redis: options.redisUrl === null ? 'private' : 'given',
+      multi,
+      acceptedPerProcess,
+      projection: null
+    }
+    results.scaleOut.projection = projectFromRun(results.scaleOut, options.projectCores)
+  }
 
   // 2: the peer pipeline (Mosquitto + Node consumer → InfluxDB)
   if (options.scenarios.has(2)) {
