@@ -104,8 +104,9 @@ export interface JobQueue {
   /** Adds a job; pass `client` to enqueue inside the caller's transaction (atomic with the job's input). */
   enqueue (job: NewJob, client?: pg.ClientBase): Promise<Job>
   /**
-   * Claims up to `max` jobs of `type` that are due, never letting more than `typeLimit` jobs of
-   * the type run at once across every runner sharing the database.
+   * Claims up to `max` jobs of `type` that are due, never letting `runnerId` hold more than
+   * `typeLimit` running jobs of the type (its unexpired leases). The limit is per runner: each
+   * process sharing the database runs up to its own, so the cluster's capacity is their sum.
    */
   claim (options: { type: string, max: number, typeLimit: number, runnerId: string }): Promise<ClaimedJob[]>
   /**
@@ -180,21 +181,27 @@ export function createJobQueue (options: JobQueueOptions): JobQueue {
       if (max <= 0 || typeLimit <= 0) return []
       return await transaction(async (client) => {
         const at = now()
-        // Claims of one type are serialized (a transaction-scoped advisory lock), so counting the
-        // running jobs and claiming up to the limit cannot race with another runner's claim.
-        // Different types claim in parallel; SKIP LOCKED passes over rows another transaction
-        // holds (a cancel, a completion) instead of waiting for it.
-        await client.query("SELECT pg_advisory_xact_lock(hashtext('vigil.jobs.claim'), hashtext($1))", [type])
+        // One runner's claims of one type are serialized (a transaction-scoped advisory lock on
+        // the type and the runner), so counting what it holds and claiming up to its limit cannot
+        // race with its own other claim. Other runners claim in parallel: SKIP LOCKED passes over
+        // rows another transaction holds (another runner's claim, a cancel, a completion) instead
+        // of waiting for it.
+        await client.query("SELECT pg_advisory_xact_lock(hashtext('vigil.jobs.claim:' || $1), hashtext($2))", [type, runnerId])
         // Leases that ran out: the runner died. Cancelled if that was asked, failed if the
         // attempts are used up (the job may be what kills its runner), else claimable below.
+        // SKIP LOCKED: rows another runner's claim is ending right now are left to it.
         await client.query(
-          `UPDATE jobs SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END,
-             error = CASE WHEN cancel_requested THEN error ELSE 'the runner stopped during the last attempt (lease expired)' END,
+          `WITH expired AS (
+             SELECT id FROM jobs
+             WHERE type = $1 AND state = 'running' AND locked_until < $2 AND (cancel_requested OR attempts >= max_attempts)
+             FOR UPDATE SKIP LOCKED)
+           UPDATE jobs j SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END,
+             error = CASE WHEN j.cancel_requested THEN j.error ELSE 'the runner stopped during the last attempt (lease expired)' END,
              finished_at = $2, updated_at = $2, lock_token = NULL, locked_by = NULL, locked_until = NULL
-           WHERE type = $1 AND state = 'running' AND locked_until < $2 AND (cancel_requested OR attempts >= max_attempts)`,
+           FROM expired WHERE j.id = expired.id`,
           [type, at])
         const { rows: [running] } = await client.query(
-          "SELECT count(*)::int AS n FROM jobs WHERE type = $1 AND state = 'running' AND locked_until >= $2", [type, at])
+          "SELECT count(*)::int AS n FROM jobs WHERE type = $1 AND state = 'running' AND locked_by = $2 AND locked_until >= $3", [type, runnerId, at])
         const free = Math.min(max, typeLimit - (running.n as number))
         if (free <= 0) return []
         const { rows } = await client.query(

@@ -37,7 +37,7 @@ export interface JobRunnerOptions {
   handlers: Record<string, JobHandler>
   /** Jobs this runner runs at once, all types together (WORKER_THREADS: each job holds a pool thread). */
   workers: number
-  /** Per type: jobs running at once across every runner sharing the database. Default `workers`. */
+  /** Per type: jobs of the type this runner runs at once (other processes have their own). Default `workers`. */
   concurrency?: Record<string, number>
   log: Logger
   /** How often to look for due jobs and renew leases. Default 1000 ms. */

@@ -155,12 +155,25 @@ export function coalesce (flush: () => Promise<void>): () => Promise<void> {
   }
 }
 
-/** Applies store/migrations/*.sql in name order, each once, each in its own transaction. */
+/**
+ * Applies store/migrations/*.sql in name order, each once, each in its own transaction, under an
+ * advisory lock that serializes processes starting together on one database.
+ */
 export async function migrate (pool: pg.Pool, log: Logger): Promise<void> {
   const files = (await fs.readdir(migrationsDir)).filter((f) => f.endsWith('.sql')).sort()
   const client = await pool.connect()
   try {
-    await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())')
+    // Under the lock too: two `CREATE TABLE IF NOT EXISTS` at once on an empty database both find
+    // no table and the second fails on pg_type's unique index (23505), crashing that process.
+    await client.query('BEGIN')
+    try {
+      await client.query('SELECT pg_advisory_xact_lock(7415001)')
+      await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())')
+      await client.query('COMMIT')
+    } catch (err) {
+      await client.query('ROLLBACK')
+      throw err
+    }
     for (const name of files) {
       await client.query('BEGIN')
       try {

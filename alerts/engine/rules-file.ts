@@ -4,6 +4,7 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import type pg from 'pg'
 import type { Logger } from 'pino'
+import { inTransaction } from '../../store/database.ts'
 import type { AlertRulesSource, EscalationPolicy } from '../contract.ts'
 import { parseRuleSet } from './rule-set.ts'
 import type { RuleSet, RuleSetProblem } from './rule-set.ts'
@@ -76,6 +77,9 @@ export interface RulesFile {
   close (): Promise<void>
 }
 
+/** First key of the advisory lock that serializes recording a rules version ("VgAr"); see store/leadership.ts. */
+const RULES_RECORD_LOCK_SPACE = 0x56674172
+
 export function sha256 (text: string): string {
   return createHash('sha256').update(text).digest('hex')
 }
@@ -131,13 +135,28 @@ export async function startRulesFile (options: RulesFileOptions): Promise<RulesF
     return row === undefined ? null : { document: row.document, loadedAt: new Date(row.loaded_at).getTime(), loadedBy: row.loaded_by, source: row.source }
   }
 
-  async function record (rules: ActiveRules, previous: RuleSet | null): Promise<void> {
-    const diff = diffRuleSets(previous, rules.ruleSet)
-    await options.pool.query(
-      `INSERT INTO alert_rule_versions (version, loaded_at, source, loaded_by, added, removed, changed, document)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-      [rules.version, new Date(rules.loadedAt), rules.source, rules.loadedBy, diff.added, diff.removed, diff.changed, rules.document])
-    log.info({ version: rules.version, loadedBy: rules.loadedBy, ...diff }, 'alert rules loaded')
+  /**
+   * Records `rules` as the newest version, unless it already is (another process sharing the
+   * database recorded the same file first: processes started together, or all reloading one
+   * edit). Serialized by an advisory lock, so N processes record one row, not N. Returns when
+   * and by whom the recorded version was loaded, for this process to report the same.
+   */
+  async function record (rules: ActiveRules): Promise<{ loadedAt: number, loadedBy: string }> {
+    return await inTransaction(options.pool, async (client) => {
+      await client.query('SELECT pg_advisory_xact_lock($1, 0)', [RULES_RECORD_LOCK_SPACE])
+      const { rows: [latest] } = await client.query('SELECT version, document, loaded_at, loaded_by FROM alert_rule_versions ORDER BY id DESC LIMIT 1')
+      if (latest !== undefined && latest.version === rules.version) {
+        return { loadedAt: new Date(latest.loaded_at).getTime(), loadedBy: latest.loaded_by as string }
+      }
+      const before = latest === undefined ? null : parseRuleSet(latest.document as string)
+      const diff = diffRuleSets(before?.ok === true ? before.ruleSet : null, rules.ruleSet)
+      await client.query(
+        `INSERT INTO alert_rule_versions (version, loaded_at, source, loaded_by, added, removed, changed, document)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+        [rules.version, new Date(rules.loadedAt), rules.source, rules.loadedBy, diff.added, diff.removed, diff.changed, rules.document])
+      log.info({ version: rules.version, loadedBy: rules.loadedBy, ...diff }, 'alert rules loaded')
+      return { loadedAt: rules.loadedAt, loadedBy: rules.loadedBy }
+    })
   }
 
   async function fileOwner (): Promise<string> {
@@ -153,17 +172,12 @@ export async function startRulesFile (options: RulesFileOptions): Promise<RulesF
   {
     const text = await fsp.readFile(file, 'utf8')
     const parsed = parseRuleSet(text)
-    const recorded = await lastRecorded()
     if (parsed.ok) {
-      const version = sha256(text)
-      active = { version, loadedAt: now(), loadedBy: await fileOwner(), source: file, ruleSet: parsed.ruleSet, document: text }
-      if (recorded === null || sha256(recorded.document) !== version) {
-        const before = recorded === null ? null : parseRuleSet(recorded.document)
-        await record(active, before?.ok === true ? before.ruleSet : null)
-      } else {
-        active = { ...active, loadedAt: recorded.loadedAt, loadedBy: recorded.loadedBy }
-      }
+      active = { version: sha256(text), loadedAt: now(), loadedBy: await fileOwner(), source: file, ruleSet: parsed.ruleSet, document: text }
+      // Already the newest recorded version (an earlier start, or another process): its record stands.
+      active = { ...active, ...await record(active) }
     } else {
+      const recorded = await lastRecorded()
       const fallback = recorded === null ? null : parseRuleSet(recorded.document)
       if (recorded === null || fallback === null || !fallback.ok) {
         throw new Error(`VIGIL_ALERT_RULES (${file}) is invalid: ${parsed.problems.map((p) => p.message).join('; ')}`)
@@ -209,9 +223,10 @@ export async function startRulesFile (options: RulesFileOptions): Promise<RulesF
       log.error({ problems: parsed.problems, file, activeVersion: active.version }, 'alert rules edit rejected: keeping the previous rules')
       return
     }
-    const previous = active.ruleSet
     const next = accept(text, parsed.ruleSet, await fileOwner())
-    await record(next, previous)
+    // Another process that reads the same file (or wrote it through the API) may have recorded it first.
+    const recorded = await record(next)
+    if (active.version === next.version) active = { ...active, ...recorded }
   }
 
   let timer: NodeJS.Timeout | null = null
@@ -284,9 +299,8 @@ export async function startRulesFile (options: RulesFileOptions): Promise<RulesF
           if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') throw new RulesNotWritableError(file, code)
           throw err
         }
-        const previous = active.ruleSet
         const next = accept(document, parsed.ruleSet, loadedBy)
-        await record(next, previous)
+        await record(next)
         return next
       })
     },

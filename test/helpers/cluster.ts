@@ -41,15 +41,27 @@ export interface ClusterMember extends VigilProcess {
   metric (name: string): Promise<number | undefined>
 }
 
+export interface StartClusterOptions {
+  redisUrl?: string
+  env?: Record<string, string>
+  /** A database with nothing in it (not even the migrations): a real first start. */
+  emptyDatabase?: boolean
+  /** All `count` processes spawned at the same moment (a concurrent first start), not one after the other. */
+  together?: boolean
+  /** Per process; spawnVigil's default (60 s) unless given. */
+  startTimeoutMs?: number
+}
+
 /**
  * Vigil processes of one cluster, each a real child process with its own data directory and
  * ports 0, on a Postgres database of their own and the given Redis under a prefix of their own.
- * Started one after the other (the first applies the migrations). `teardown` kills them,
- * drops the database and deletes the prefix's keys.
+ * Started one after the other (the first applies the migrations), or all at once (`together`).
+ * `teardown` kills them, drops the database and deletes the prefix's keys; a start that fails
+ * cleans up the same way and throws with every failed process's output.
  */
-export async function startCluster (count: number, options: { redisUrl?: string, env?: Record<string, string> } = {}) {
+export async function startCluster (count: number, options: StartClusterOptions = {}) {
   const redisUrl = options.redisUrl ?? sharedRedisUrl
-  const database = await createTestDatabase()
+  const database = await createTestDatabase({ empty: options.emptyDatabase === true })
   const { prefix, deleteKeys } = redisPrefix(redisUrl)
   const dirs: string[] = []
   const members: ClusterMember[] = []
@@ -57,7 +69,7 @@ export async function startCluster (count: number, options: { redisUrl?: string,
   async function start (dataDir?: string): Promise<ClusterMember> {
     const dir = dataDir ?? await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-cluster-'))
     if (dataDir === undefined) dirs.push(dir)
-    const p = await spawnVigil(env(), dir)
+    const p = await spawnVigil(env(), dir, { startTimeoutMs: options.startTimeoutMs })
     const base = `http://127.0.0.1:${p.httpPort}`
     const member: ClusterMember = {
       ...p,
@@ -80,23 +92,33 @@ export async function startCluster (count: number, options: { redisUrl?: string,
     members.push(member)
     return member
   }
-  for (let i = 0; i < count; i++) await start()
+  async function teardown (): Promise<void> {
+    for (const m of members) {
+      if (m.child.exitCode === null && m.child.signalCode === null) {
+        m.child.kill('SIGKILL')
+        await m.exited
+      }
+    }
+    await database.drop()
+    await deleteKeys().catch(() => {})
+    for (const dir of dirs) await fs.rm(dir, { recursive: true, force: true })
+  }
+  if (options.together === true) {
+    const started = await Promise.allSettled(Array.from({ length: count }, async () => await start()))
+    const failed = started.filter((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed.length > 0) {
+      await teardown()
+      throw new Error(`${failed.length} of ${count} processes started together failed:\n${failed.map((r) => String(r.reason instanceof Error ? r.reason.message : r.reason)).join('\n---\n')}`)
+    }
+  } else {
+    for (let i = 0; i < count; i++) await start()
+  }
   return {
     members,
     prefix,
     databaseUrl: database.url,
     /** Another process of the same cluster (a fresh data directory unless given). */
     start,
-    async teardown (): Promise<void> {
-      for (const m of members) {
-        if (m.child.exitCode === null && m.child.signalCode === null) {
-          m.child.kill('SIGKILL')
-          await m.exited
-        }
-      }
-      await database.drop()
-      await deleteKeys().catch(() => {})
-      for (const dir of dirs) await fs.rm(dir, { recursive: true, force: true })
-    }
+    teardown
   }
 }

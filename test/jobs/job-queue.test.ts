@@ -54,21 +54,22 @@ t.test('concurrent runners claiming with SKIP LOCKED never get the same job', as
   t.equal(rest.length, 6, 'the rest is left for the next claim')
 })
 
-t.test('the per-type limit holds across runners; other types are not held back', async (t) => {
+t.test('the per-type limit holds per runner; other types are not held back', async (t) => {
   const queue = createJobQueue({ pool: db.pool })
   const [limited, other] = [freshType(), freshType()]
   for (let i = 0; i < 10; i++) {
     await queue.enqueue({ type: limited })
     await queue.enqueue({ type: other })
   }
-  const claims = await Promise.all(Array.from({ length: 4 }, (_, r) =>
-    queue.claim({ type: limited, max: 5, typeLimit: 3, runnerId: `r${r}` })))
-  t.equal(claims.flat().length, 3, 'three of the limited type run, whoever claims')
-  t.same(await queue.claim({ type: limited, max: 5, typeLimit: 3, runnerId: 'again' }), [], 'none while three run')
+  const claims = await Promise.all(Array.from({ length: 4 }, async () =>
+    await queue.claim({ type: limited, max: 5, typeLimit: 3, runnerId: 'r' })))
+  t.equal(claims.flat().length, 3, 'three of the limited type run in this runner, whichever claim got them')
+  t.same(await queue.claim({ type: limited, max: 5, typeLimit: 3, runnerId: 'r' }), [], 'none while three run')
   t.equal((await queue.claim({ type: other, max: 5, typeLimit: 5, runnerId: 'r' })).length, 5)
   const done = claims.flat()[0]!
   t.equal(await queue.complete(done, { ok: true }), 'done')
-  t.equal((await queue.claim({ type: limited, max: 5, typeLimit: 3, runnerId: 'again' })).length, 1, 'one slot freed, one claimed')
+  t.equal((await queue.claim({ type: limited, max: 5, typeLimit: 3, runnerId: 'r' })).length, 1, 'one slot freed, one claimed')
+  t.equal((await queue.claim({ type: limited, max: 5, typeLimit: 3, runnerId: 'another' })).length, 3, 'another runner has its own three')
 })
 
 t.test('a failing job is retried with backoff until its attempts are used up, then fails', async (t) => {
@@ -135,7 +136,7 @@ t.test('a job whose runner died is reclaimed after its lease; the dead runner ca
   clock.advance(9000)
   t.same((await queue.heartbeat([{ id: first!.id, lockToken: first!.lockToken, progress: 0.1 }])).lost, [], 'the heartbeat renews the lease')
   clock.advance(9000)
-  t.same(await queue.claim({ type, max: 1, typeLimit: 1, runnerId: 'b' }), [], 'renewed: not reclaimable yet (and it counts against the limit)')
+  t.same(await queue.claim({ type, max: 1, typeLimit: 1, runnerId: 'b' }), [], 'renewed: not reclaimable yet')
   clock.advance(1001)
   const [second] = await queue.claim({ type, max: 1, typeLimit: 1, runnerId: 'b' })
   t.equal(second?.id, job.id, 'reclaimed after the lease ran out')
