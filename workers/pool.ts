@@ -24,6 +24,11 @@ export interface WorkerPoolOptions {
   minThreads?: number
   /** How long a thread above minThreads may sit idle before it ends (default 60 s). */
   idleTimeoutMs?: number
+  /**
+   * Start no thread until the first task (then keep minThreads): a process that never gets this
+   * kind of task never pays a thread's start (a second or more under tsx) or its memory.
+   */
+  startOnFirstTask?: boolean
 }
 
 export interface WorkerPool<Input, Output> {
@@ -35,7 +40,7 @@ export interface WorkerPool<Input, Output> {
 /** One Piscina pool for one kind of task. startWorkers (the composition root) owns them and closes them last. */
 export function createWorkerPool<Input, Output> (options: WorkerPoolOptions): WorkerPool<Input, Output> {
   const threads = Math.max(1, Math.floor(options.threads))
-  const pool = new Piscina<Input, Output>({
+  const start = (): Piscina<Input, Output> => new Piscina<Input, Output>({
     filename: options.filename,
     minThreads: Math.min(threads, Math.max(0, Math.floor(options.minThreads ?? 1))),
     idleTimeout: options.idleTimeoutMs ?? 60_000,
@@ -44,13 +49,18 @@ export function createWorkerPool<Input, Output> (options: WorkerPoolOptions): Wo
     // One task per thread: the tasks here are CPU-bound.
     concurrentTasksPerWorker: 1
   })
+  let pool = options.startOnFirstTask === true ? null : start()
+  let closed = false
   return {
     threads,
     async run (input, runOptions) {
+      if (closed) throw new Error('worker pool is closed')
+      pool ??= start()
       return await pool.run(input, runOptions?.signal === undefined ? undefined : { signal: runOptions.signal })
     },
     async close () {
-      await pool.close()
+      closed = true
+      await pool?.close()
     }
   }
 }

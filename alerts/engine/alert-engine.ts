@@ -5,7 +5,6 @@ import { Counter, Histogram } from 'prom-client'
 import type { Registry } from 'prom-client'
 import type { StoredReading } from '../../readings/reading.ts'
 import { createWorkerPool, taskFile } from '../../workers/pool.ts'
-import type { WorkerPool } from '../../workers/pool.ts'
 import { createRuleStateStore } from './rule-state-store.ts'
 import type { RuleStateStore } from './rule-state-store.ts'
 import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence, DevicePresenceSource, Schedule, ScheduledJob } from '../contract.ts'
@@ -110,18 +109,13 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   }
 
   const rulesFile = options.rulesFile
-  let pool: WorkerPool<EvaluateInput, EvaluateOutput> | null = null
-  try {
-    // One thread always (loading the task takes seconds under tsx: warmed now, not on the first
-    // readings); more only while batches are big enough to split (below), ending after a minute
-    // idle, so a quiet site does not hold WORKER_THREADS idle threads (~30 MB each).
-    pool = createWorkerPool<EvaluateInput, EvaluateOutput>({ filename: taskFile(import.meta.url, 'evaluate-task'), threads: options.workerThreads, minThreads: 1 })
-    await pool.run({ rules: [], patients: [], nowMs: 0 })
-  } catch (err) {
-    await pool?.close()
-    throw err
-  }
-  const workers = pool
+  // One thread from the first batch on (starting one takes a second or more under tsx, so it is
+  // kept); more only while batches are big enough to split (below), ending after a minute idle,
+  // so a quiet site does not hold WORKER_THREADS idle threads (~30 MB each). A process that has
+  // not received a reading yet holds none: the first batch waits for the thread's start.
+  const workers = createWorkerPool<EvaluateInput, EvaluateOutput>({
+    filename: taskFile(import.meta.url, 'evaluate-task'), threads: options.workerThreads, minThreads: 1, startOnFirstTask: true
+  })
 
   const states = new Map<string, PatientRuleState>()
   let queue: Queued[] = []

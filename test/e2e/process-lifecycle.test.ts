@@ -4,6 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 
 // The real entry point as an operator runs it: config errors, start-up, signals.
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
@@ -31,15 +32,21 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   t.test(`${signal} stops the service cleanly within 10 s`, async (t) => {
     const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-proc-'))
     t.teardown(() => fs.rm(dataDir, { recursive: true, force: true }))
+    // SIGTERM's run starts on an empty data directory, as `npm start` on a fresh clone does
+    // (initdb in a child process, migrations); SIGINT's on a copy of a migrated one.
+    if (signal === 'SIGINT') await seedEmbeddedDatabase(dataDir)
     const p = run({ HTTP_PORT: '0', MQTT_PORT: '0', VIGIL_DATA_DIR: dataDir })
     t.teardown(() => { p.child.kill('SIGKILL') })
-    const deadline = Date.now() + 60_000
+    let exitedEarly = false
+    void p.exited.then(() => { exitedEarly = true })
+    // Until it listens or exits: a fresh start took 33 s on a loaded 2-core machine, and a start
+    // that never comes fails on tap's timeout rather than on a guessed deadline.
     let listening: { httpPort: number, mqttPort: number } | undefined
-    while (listening === undefined && Date.now() < deadline) {
+    while (listening === undefined && !exitedEarly) {
       listening = await fs.readFile(path.join(dataDir, 'listening.json'), 'utf8').then(JSON.parse, () => undefined)
       if (listening === undefined) await new Promise((resolve) => setTimeout(resolve, 200))
     }
-    t.ok(listening, 'started and wrote its ports')
+    t.ok(listening, `started and wrote its ports${exitedEarly ? ` (it exited: ${p.output().stderr.slice(-2000)})` : ''}`)
     const health = await fetch(`http://127.0.0.1:${listening!.httpPort}/healthz`)
     t.equal(health.status, 200)
 

@@ -5,6 +5,7 @@ import { VitalChart } from './chart.tsx'
 import type { Marker } from './chart.tsx'
 import { clock, metricLong } from './format.ts'
 import { AlertCard } from './alerts.tsx'
+import { openAlertStream } from './live.ts'
 import type { Alert } from './alerts.tsx'
 import { NotFound } from './not-found.tsx'
 import { BreakGlassBanner, BreakGlassForm } from './break-glass.tsx'
@@ -45,6 +46,13 @@ export function PatientPage ({ patientId, session }: { patientId: string, sessio
     const page = await api<{ items: Alert[] }>('GET', `/v1/alerts?patientId=${patientId}&limit=100`).catch(() => ({ items: [] }))
     setAlerts(page.items)
   }
+
+  // An alert that opens, escalates or changes hands while the page is open shows at once: the
+  // alert stream names the patient, and only this patient's events fetch the list again.
+  useEffect(() => {
+    if (name === null || name === undefined || !can('alerts:read')) return
+    return openAlertStream((event) => { if (event.alert.patientId === patientId) void loadAlerts() }, () => {})
+  }, [name, patientId])
 
   useEffect(() => {
     if (name === null || name === undefined) return
