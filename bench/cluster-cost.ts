@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import { spawn } from 'node:child_process'
 import fs from 'node:fs/promises'
 import os from 'node:os'
@@ -35,7 +36,7 @@ async function run (label: string, redisUrl: string | null, redis: Redis | null)
   const database = await createTestDatabase()
   const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-cluster-bench-'))
   const env: Record<string, string> = { DATABASE_URL: database.url, VIGIL_ADMIN_TOKEN: token, LOG_LEVEL: 'warn' }
-  if (redisUrl !== null) Object.assign(env, { REDIS_URL: redisUrl, REDIS_PREFIX: 'vigil-bench:' })
+  if (redisUrl !== null) Object.assign(env, { REDIS_URL: redisUrl, REDIS_PREFIX: 'vigil-bench:', VIGIL_SECRET_KEY: randomBytes(32).toString('base64') })
   const vigil = await spawnVigil(env, dataDir)
   try {
     const base = `http://127.0.0.1:${vigil.httpPort}`

@@ -223,7 +223,8 @@ async function main (): Promise<void> {
     const redis = await startBenchRedis(options.redisUrl)
     benchRedis = redis
     onCleanup('redis', () => redis.close())
-    clusterEnv = { REDIS_URL: redis.url, REDIS_PREFIX: redis.prefix }
+    // A cluster shares one PHI key (config refuses REDIS_URL without one).
+    clusterEnv = { REDIS_URL: redis.url, REDIS_PREFIX: redis.prefix, VIGIL_SECRET_KEY: randomBytes(32).toString('base64') }
     const postgresMeter = postgresBackendsMeter(postgresServerUrl, new URL(database.url).pathname.slice(1))
     onCleanup('postgres meter', () => postgresMeter.close())
     meters.push(redis.meter, postgresMeter)

@@ -391,5 +391,10 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
 function clusterConfig (s: Settings): ClusterConfig | null {
   if (s.REDIS_URL === undefined) return null
   if (s.DATABASE_URL === undefined) throw new ConfigError('REDIS_URL', 'REDIS_URL is set but DATABASE_URL is not: the processes of a cluster share one PostgreSQL (set DATABASE_URL)')
+  // Without a key given, each process would create its own in its data directory and could not
+  // read the PHI the others encrypted.
+  if (s.VIGIL_SECRET_KEY === undefined && s.VIGIL_SECRET_KEY_FILE === undefined) {
+    throw new ConfigError('VIGIL_SECRET_KEY', 'VIGIL_SECRET_KEY (or VIGIL_SECRET_KEY_FILE) must be set when REDIS_URL is: the processes of a cluster share one PHI key (openssl rand -base64 32)')
+  }
   return { redisUrl: s.REDIS_URL, prefix: s.REDIS_PREFIX }
 }

@@ -122,7 +122,7 @@ export const configSchema = Type.Object({
   VIGIL_BREAK_GLASS_PER_HOUR: integer(1, 1000, { section: 'People and sessions', default: defaults.VIGIL_BREAK_GLASS_PER_HOUR, description: 'break-glass grants one clinician may take in any hour; more get 429 `VIGIL_ERR_BREAK_GLASS_LIMIT` (audited)' }),
 
   // Cluster
-  REDIS_URL: Type.Optional(url(['redis:', 'rediss:'], { section: 'Cluster', secret: true, description: 'Redis (`redis://[:password@]host:6379[/db]`, `rediss://` for TLS): turns on clustering, several Vigil processes sharing one fleet (docs/operations.md): the broker\'s bus for alert notifications and session takeover, cache invalidation, alert events for every SSE stream. Needs `DATABASE_URL` (the shared PostgreSQL). Unset: one process, no Redis' })),
+  REDIS_URL: Type.Optional(url(['redis:', 'rediss:'], { section: 'Cluster', secret: true, description: 'Redis (`redis://[:password@]host:6379[/db]`, `rediss://` for TLS): turns on clustering, several Vigil processes sharing one fleet (docs/operations.md): the broker\'s bus for alert notifications and session takeover, cache invalidation, alert events for every SSE stream. Needs `DATABASE_URL` (the shared PostgreSQL) and `VIGIL_SECRET_KEY` or `VIGIL_SECRET_KEY_FILE` (one PHI key for every process). Unset: one process, no Redis' })),
   REDIS_PREFIX: text({ section: 'Cluster', default: defaults.REDIS_PREFIX, pattern: '^[A-Za-z0-9_.:-]{1,64}$', allowed: '1 to 64 letters, digits and `_ . : -`', description: 'prefix of every Redis key and pub/sub channel Vigil uses; channels are server-wide (a database index in `REDIS_URL` separates keys only), so deployments sharing one Redis need different prefixes' }),
 
   // Logging

@@ -69,6 +69,9 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ MQTT_PORT: '-1' }, 'MQTT_PORT'],
   [{ MQTT_TLS_PORT: '1.5' }, 'MQTT_TLS_PORT'],
   [{ DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],
+  // Each process of a cluster would create its own PHI key in its data directory and could not
+  // read what the others wrote.
+  [{ REDIS_URL: 'redis://127.0.0.1:6379', DATABASE_URL: 'postgres://postgres@127.0.0.1/vigil' }, 'VIGIL_SECRET_KEY'],
   [{ DATABASE_URL: 'not a url' }, 'DATABASE_URL'],
   [{ INFLUX_URL: 'ftp://x' }, 'INFLUX_URL'],
   [{ INFLUX_TOKEN: 'x' }, 'INFLUX_TOKEN'],

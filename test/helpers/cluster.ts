@@ -65,7 +65,9 @@ export async function startCluster (count: number, options: StartClusterOptions 
   const { prefix, deleteKeys } = redisPrefix(redisUrl)
   const dirs: string[] = []
   const members: ClusterMember[] = []
-  const env = (): Record<string, string> => ({ DATABASE_URL: database.url, REDIS_URL: redisUrl, REDIS_PREFIX: prefix, VIGIL_ADMIN_TOKEN: clusterAdminToken, WORKER_THREADS: '1', LOG_LEVEL: 'info', ...options.env })
+  // One PHI key for every member, as a cluster must have (config refuses REDIS_URL without one).
+  const secretKey = randomBytes(32).toString('base64')
+  const env = (): Record<string, string> => ({ DATABASE_URL: database.url, REDIS_URL: redisUrl, REDIS_PREFIX: prefix, VIGIL_ADMIN_TOKEN: clusterAdminToken, VIGIL_SECRET_KEY: secretKey, WORKER_THREADS: '1', LOG_LEVEL: 'info', ...options.env })
   async function start (dataDir?: string): Promise<ClusterMember> {
     const dir = dataDir ?? await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-cluster-'))
     if (dataDir === undefined) dirs.push(dir)
