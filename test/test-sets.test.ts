@@ -42,3 +42,11 @@ t.test('every test file is in exactly one set', async (t) => {
   t.strictSame([...fast, ...resilience].sort(), all, 'the two sets together are every test file')
   t.ok(resilience.length > 0 && fast.length > resilience.length, `${fast.length} fast, ${resilience.length} resilience`)
 })
+
+// tap passes each file the loaders of the Test class it was built with: after `npm ci` that is
+// the default build (ts-node) until `tap build` runs (the `prepare` script), and a first run
+// would load every file through ts-node and tsx both (the fast set's first CI run did).
+t.test('test files load TypeScript through tsx alone, not ts-node', async (t) => {
+  t.ok(process.execArgv.includes('--import=tsx'), 'tsx is a loader')
+  t.notOk(process.execArgv.some((a) => a.includes('@tapjs/typescript') || a.includes('ts-node')), 'ts-node is not')
+})
