@@ -229,11 +229,14 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
       })
   }
 
-  const streams = new Set<ServerResponse>()
+  // Each open stream and what ends it (its heartbeat, its subscription).
+  const streams = new Map<ServerResponse, () => void>()
   // Streams never end on their own: close them before the server waits for its connections.
   app.addHook('preClose', async () => {
-    for (const res of streams) res.end()
-    streams.clear()
+    for (const [res, cleanup] of streams) {
+      res.end()
+      cleanup()
+    }
   })
 
   async function streamAlerts (request: FastifyRequest, res: ServerResponse, principal: Principal, lastEventId: string | null, recipient: string | null,
@@ -246,7 +249,6 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
     // "not above the last id sent" would drop events committed late.
     const replayed = new Set<string>()
     const buffered: CommittedEvent[] = []
-    streams.add(res)
 
     function send (committed: CommittedEvent): void {
       const { event, alert } = committed
@@ -277,12 +279,21 @@ export function alertRoutes (app: ApiInstance, deps: Pick<RouteDeps, 'patientAcc
         if (!res.writableEnded && !res.destroyed) res.write(': heartbeat\n\n')
       })
     }, deps.alerts.streamHeartbeatMs ?? HEARTBEAT_MS)
+    // The connection holds the process open while it lasts; the heartbeat alone never does.
+    heartbeat.unref()
     const cleanup = (): void => {
       clearInterval(heartbeat)
       unsubscribe()
       streams.delete(res)
     }
+    streams.set(res, cleanup)
     res.on('close', cleanup)
+    // The client may have left while the route looked up its patients: 'close' has then been
+    // emitted already, and the heartbeat would run on for ever.
+    if (res.destroyed || res.socket === null || res.socket.destroyed) {
+      cleanup()
+      return
+    }
 
     if (lastEventId !== null) {
       try {
