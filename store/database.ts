@@ -202,6 +202,10 @@ export async function migrate (pool: pg.Pool, log: Logger): Promise<void> {
  */
 export async function inTransaction<T> (pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect()
+  // The connection can fail mid-transaction (an outage): the failing query rejects, and the
+  // client's 'error' event must find a listener while it is checked out.
+  const onError = (): void => {}
+  client.on('error', onError)
   try {
     await client.query('BEGIN')
     const result = await work(client)
@@ -211,6 +215,7 @@ export async function inTransaction<T> (pool: pg.Pool, work: (client: pg.PoolCli
     await client.query('ROLLBACK').catch(() => {})
     throw err
   } finally {
+    client.removeListener('error', onError)
     client.release()
   }
 }
