@@ -6,6 +6,7 @@ import { Redis } from 'ioredis'
 import pg from 'pg'
 import { freePort, processUsage } from './child-processes.ts'
 import type { SharedCpuMeter } from './rate-search.ts'
+import { deleteKeysWithPrefix } from '../test/helpers/cluster.ts'
 
 /**
  * The components Vigil's processes share in cluster mode, for the scale-out run: a Redis (a
@@ -37,14 +38,6 @@ async function redisInfoCpuUs (redis: Redis): Promise<number> {
   return (field('used_cpu_sys') + field('used_cpu_user')) * 1e6
 }
 
-async function deleteKeys (redis: Redis, prefix: string): Promise<void> {
-  let cursor = '0'
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-    cursor = next
-    if (keys.length > 0) await redis.del(...keys)
-  } while (cursor !== '0')
-}
 
 /**
  * A Redis for the run. Without `url`: a private `redis-server` (no persistence) on a free
@@ -101,7 +94,7 @@ export async function startBenchRedis (url: string | null): Promise<BenchRedis> 
     meter: { name: 'Redis', read: async () => ({ server: await redisInfoCpuUs(redis) }) },
     close: async () => {
       try {
-        await deleteKeys(redis, prefix)
+        await deleteKeysWithPrefix(redis, prefix)
       } finally {
         redis.disconnect()
       }

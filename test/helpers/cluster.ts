@@ -11,6 +11,16 @@ export const sharedRedisUrl = process.env.VIGIL_TEST_REDIS_URL ?? 'redis://127.0
 
 export const clusterAdminToken = 'cluster-test-admin-token-0123456789abcdef'
 
+/** Deletes every key under `prefix` (SCAN, so a shared Redis is never blocked). */
+export async function deleteKeysWithPrefix (redis: Redis, prefix: string): Promise<void> {
+  let cursor = '0'
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+    cursor = next
+    if (keys.length > 0) await redis.del(...keys)
+  } while (cursor !== '0')
+}
+
 /** A prefix of its own, and a function deleting every key under it. */
 export function redisPrefix (redisUrl = sharedRedisUrl): { prefix: string, deleteKeys: () => Promise<void> } {
   const prefix = `vigil-test-${randomBytes(6).toString('hex')}:`
@@ -20,12 +30,7 @@ export function redisPrefix (redisUrl = sharedRedisUrl): { prefix: string, delet
       const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, retryStrategy: () => null })
       redis.on('error', () => {})
       try {
-        let cursor = '0'
-        do {
-          const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-          cursor = next
-          if (keys.length > 0) await redis.del(...keys)
-        } while (cursor !== '0')
+        await deleteKeysWithPrefix(redis, prefix)
       } finally {
         redis.disconnect()
       }

@@ -5,6 +5,7 @@ import { startJobRunner } from '../../jobs/job-runner.ts'
 import { openDatabase } from '../../store/database.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { waitFor } from '../helpers/wait.ts'
+import { manualDateClock } from '../helpers/job-clock.ts'
 
 // Issue 16: several processes share one database, each running up to its own WORKER_THREADS
 // jobs. A claim's type limit counts the jobs THIS runner holds (unexpired leases locked by it),
@@ -19,11 +20,7 @@ t.teardown(async () => {
   await testDb.drop()
 })
 
-/** A clock the test moves by hand: leases without sleeping. */
-function manualClock (start = Date.parse('2026-01-01T00:00:00Z')) {
-  let ms = start
-  return { now: () => new Date(ms), advance: (by: number) => { ms += by } }
-}
+const manualClock = manualDateClock
 
 let typeCounter = 0
 const freshType = (): string => `per-runner-${++typeCounter}`

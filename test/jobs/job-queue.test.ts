@@ -12,6 +12,7 @@ import { sentences, speechDir, synthesize } from '../helpers/speech.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { testKeyring } from '../helpers/keys.ts'
 import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
+import { manualDateClock } from '../helpers/job-clock.ts'
 
 // Audio and transcripts are encrypted at rest.
 const keyring = testKeyring()
@@ -24,11 +25,7 @@ t.teardown(async () => {
   await testDb.drop()
 })
 
-/** A clock the test moves by hand: leases and backoff without sleeping. */
-function manualClock (start = Date.parse('2026-01-01T00:00:00Z')) {
-  let ms = start
-  return { now: () => new Date(ms), advance: (by: number) => { ms += by } }
-}
+const manualClock = manualDateClock
 
 let typeCounter = 0
 /** A fresh job type per test, so tests do not see each other's jobs. */
