@@ -5,9 +5,12 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import t from 'tap'
 import YAML from 'yaml'
+import { roomFiles } from './helpers/rooms.ts'
 
-// `npm test` runs the fast set (tap with .taprc: every test file but the excluded ones);
-// `npm run test:resilience` runs the files package.json names. Together: every test file, once.
+// `npm test` runs the fast set: tap with .taprc, which names the room runners (test/rooms/*: a
+// room's files one after another in one process, test/helpers/rooms.ts) and any file that runs
+// alone; `npm run test:resilience` runs the files package.json names (.taprc excludes them).
+// Together: every test file, once.
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 
 async function allTestFiles (): Promise<string[]> {
@@ -17,30 +20,47 @@ async function allTestFiles (): Promise<string[]> {
 
 const taprc = YAML.parse(await fs.readFile(path.join(root, '.taprc'), 'utf8')) as { include?: string[], exclude?: string[], files?: string[] }
 const scripts = (JSON.parse(await fs.readFile(path.join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts
+const runners = (await fs.readdir(path.join(root, 'test/rooms'))).filter((f) => f.endsWith('.test.ts')).sort()
+const rooms = (await fs.readdir(path.join(root, 'test'), { withFileTypes: true }))
+  .filter((d) => d.isDirectory() && !['helpers', 'rooms'].includes(d.name)).map((d) => d.name).sort()
 
 t.test('the resilience set is named the same in .taprc and package.json', async (t) => {
   t.equal(scripts.test, 'tap', 'npm test is plain tap (.taprc decides)')
   t.equal(taprc.files, undefined, '.taprc has no `files:` (tap would run them past `exclude`)')
-  t.strictSame(taprc.include, ['test/**/*.test.ts'])
+  t.equal(taprc.include?.[0], 'test/rooms/*.test.ts', 'the room runners are the fast set')
+  t.ok(taprc.include?.slice(1).every((f) => f.endsWith('.test.ts') && !f.includes('*')), 'besides them, .taprc names single files')
   const [command, ...args] = scripts['test:resilience']!.split(/\s+/)
   t.equal(command, 'tap')
   t.strictSame([...args].sort(), [...(taprc.exclude ?? [])].sort(), 'test:resilience runs exactly the files .taprc excludes')
   t.equal(new Set(args).size, args.length, 'no file named twice')
 })
 
+t.test('every room has a runner that runs it', async (t) => {
+  t.strictSame(runners, rooms.map((r) => `${r}.test.ts`), 'one test/rooms/<room>.test.ts per test/<room>/')
+  for (const runner of runners) {
+    const text = await fs.readFile(path.join(root, 'test/rooms', runner), 'utf8')
+    t.match(text, `runRoom('${runner.replace(/\.test\.ts$/, '')}')`, `${runner} runs its own room`)
+  }
+})
+
 t.test('every test file is in exactly one set', async (t) => {
-  const all = await allTestFiles()
+  const all = (await allTestFiles()).filter((f) => !f.startsWith('test/rooms/'))
   const resilience = scripts['test:resilience']!.split(/\s+/).slice(1)
   for (const f of resilience) t.ok(all.includes(f), `${f} (resilience set) exists`)
-  // What tap itself would run for `npm test`.
+  // What tap itself runs for `npm test`: the runners, and the files that run alone.
   const { stdout } = await promisify(execFile)(path.join(root, 'node_modules/.bin/tap'), ['list'], { cwd: root })
-  const fast = stdout.split('\n').filter((l) => l !== '').sort()
+  const listed = stdout.split('\n').filter((l) => l !== '').sort()
+  t.strictSame(listed.filter((f) => f.startsWith('test/rooms/')), runners.map((r) => `test/rooms/${r}`), 'tap runs every room runner')
+  const alone = listed.filter((f) => !f.startsWith('test/rooms/'))
+  const inRooms = (await Promise.all(rooms.map(async (r) => await roomFiles(r)))).flat()
+  const fast = [...inRooms, ...alone].sort()
+  t.equal(new Set(fast).size, fast.length, 'no file run twice in the fast set')
   const inNeither = all.filter((f) => !fast.includes(f) && !resilience.includes(f))
   const inBoth = fast.filter((f) => resilience.includes(f))
   t.strictSame(inNeither, [], 'no test file left out of both sets')
   t.strictSame(inBoth, [], 'no test file in both sets')
   t.strictSame([...fast, ...resilience].sort(), all, 'the two sets together are every test file')
-  t.ok(resilience.length > 0 && fast.length > resilience.length, `${fast.length} fast, ${resilience.length} resilience`)
+  t.ok(resilience.length > 0 && fast.length > resilience.length, `${fast.length} fast (${alone.length} alone, in ${runners.length} room processes), ${resilience.length} resilience`)
 })
 
 // tap passes each file the loaders of the Test class it was built with: after `npm ci` that is

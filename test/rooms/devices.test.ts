@@ -1,0 +1,3 @@
+import { runRoom } from '../helpers/rooms.ts'
+
+await runRoom('devices')
