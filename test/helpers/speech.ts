@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -21,17 +22,53 @@ export const sentences = [
 /**
  * Speech from text with Debian's festival and the festvox-us-slt-hts voice (text2wave), as
  * festival writes it (the HTS voice: 32 kHz mono 16-bit) or, with `engineNative`, resampled
- * by sox to 16 kHz mono 16-bit.
+ * by sox to 16 kHz mono 16-bit. festival's output for a text is the same every time and costs
+ * about a second of CPU a sentence, so it is kept in a cache in the temporary directory (keyed by
+ * the text, the shape and text2wave's binary) and copied to `dir`: the recognizer's work is what
+ * the tests measure, not the synthesis repeated by every file.
  */
 export async function synthesize (text: string, dir: string, name: string, options: { engineNative?: boolean } = {}): Promise<string> {
+  const native = options.engineNative === true
+  const out = path.join(dir, native ? `${name}.wav` : `${name}.raw.wav`)
+  const cached = path.join(await cacheDir(), `${createHash('sha256').update(JSON.stringify([text, native, await synthesizerId()])).digest('hex')}.wav`)
+  try {
+    await fs.copyFile(cached, out)
+    return out
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
   const txt = path.join(dir, `${name}.txt`)
   const raw = path.join(dir, `${name}.raw.wav`)
   await fs.writeFile(txt, `${text}\n`)
   await run('text2wave', ['-eval', '(voice_cmu_us_slt_arctic_hts)', txt, '-o', raw])
-  if (options.engineNative !== true) return raw
-  const out = path.join(dir, `${name}.wav`)
-  await run('sox', [raw, '-r', '16000', '-c', '1', '-b', '16', '-e', 'signed-integer', out])
+  if (native) await run('sox', [raw, '-r', '16000', '-c', '1', '-b', '16', '-e', 'signed-integer', out])
+  // Into the cache by rename, so a concurrent reader sees a whole file or none.
+  const temp = `${cached}.${process.pid}.${Math.random().toString(36).slice(2)}`
+  await fs.copyFile(out, temp)
+  await fs.rename(temp, cached)
   return out
+}
+
+let cache: Promise<string> | null = null
+async function cacheDir (): Promise<string> {
+  cache ??= (async () => {
+    const d = path.join(os.tmpdir(), 'vigil-speech-cache')
+    await fs.mkdir(d, { recursive: true })
+    return d
+  })()
+  return await cache
+}
+
+let synthesizer: Promise<string> | null = null
+/** text2wave's path, size and mtime: a new festival gives new keys. */
+async function synthesizerId (): Promise<string> {
+  synthesizer ??= (async () => {
+    const { stdout } = await run('sh', ['-c', 'command -v text2wave'])
+    const file = stdout.trim()
+    const st = await fs.stat(await fs.realpath(file))
+    return `${file}:${st.size}:${st.mtimeMs}`
+  })()
+  return await synthesizer
 }
 
 /** Several files joined with `pauseSeconds` of silence between them (a longer note). */
