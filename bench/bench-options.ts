@@ -28,6 +28,9 @@ export interface BenchOptions {
   redisUrl: string | null
   /** Cores of the machine the scale-out figures are projected to. */
   projectCores: number
+  /** Scenario 7 (small site): these total rates (msg/s), Vigil and the peer each, from smallSiteDevices devices. */
+  smallSiteRates: number[]
+  smallSiteDevices: number
 }
 
 export const usage = `Usage: npm run bench -- [options]
@@ -46,7 +49,9 @@ this machine and prints a table (and writes bench/results/<timestamp>.json).
   --cost-rate R       total msg/s for the cost-growth scenario (default 1000, or half of Vigil's max if lower)
   --generators K      load-generator processes (default 1)
   --scenarios 1,2,..  run only these: 1 Vigil ingest, 2 peer pipeline, 3 ceilings, 4 cost growth,
-                      5 query side (5 needs 1)
+                      5 query side (5 needs 1), 7 small site (Vigil and the peer at low rates)
+  --small-site-rates R1,R2  scenario 7's total rates, msg/s (default 100,1000)
+  --small-site-devices N    scenario 7's devices (default 100)
   --readings-per-message N  readings in each message (default 1; 6 is the simulator's shape,
                       50 a backlog upload): rates stay in msg/s, "readings/s stored" counts readings
   --profile           CPU-profile Vigil during scenarios 1 and 5 and print where its time goes
@@ -97,6 +102,8 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
       instances: { type: 'string' },
       'redis-url': { type: 'string' },
       'project-cores': { type: 'string' },
+      'small-site-rates': { type: 'string' },
+      'small-site-devices': { type: 'string' },
       help: { type: 'boolean', default: false }
     },
     strict: true
@@ -109,8 +116,8 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
   if (values['redis-url'] !== undefined && !/^rediss?:\/\//.test(values['redis-url'])) {
     throw new Error(`--redis-url must be a redis:// or rediss:// URL (got "${values['redis-url']}")`)
   }
-  const scenarios = values.scenarios === undefined ? (instances === null ? [1, 2, 3, 4, 5] : [1]) : list('scenarios', values.scenarios, true)
-  if (scenarios.some((s) => s > 5)) throw new Error('--scenarios takes numbers from 1 to 5')
+  const scenarios = values.scenarios === undefined ? (instances === null ? [1, 2, 3, 4, 5, 7] : [1]) : list('scenarios', values.scenarios, true)
+  if (scenarios.some((s) => s > 7 || s === 6)) throw new Error('--scenarios takes 1 to 5 and 7 (scale-out is --instances)')
   if (instances !== null && !scenarios.includes(1)) throw new Error('--instances needs scenario 1 (its 1-process baseline)')
   if (scenarios.includes(5) && !scenarios.includes(1)) throw new Error('--scenarios: 5 (query side) needs 1 (it runs at half of the maximum 1 finds)')
   return {
@@ -128,6 +135,8 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
     readingsPerMessage: positive('readings-per-message', values['readings-per-message'], 1, true),
     instances,
     redisUrl: values['redis-url'] ?? null,
-    projectCores: positive('project-cores', values['project-cores'], 16, true)
+    projectCores: positive('project-cores', values['project-cores'], 16, true),
+    smallSiteRates: values['small-site-rates'] === undefined ? [100, 1000] : list('small-site-rates', values['small-site-rates'], false).sort((a, b) => a - b),
+    smallSiteDevices: positive('small-site-devices', values['small-site-devices'], 100, true)
   }
 }

@@ -30,6 +30,13 @@ export interface CostGrowthRow {
   step: StepResult
 }
 
+/** Scenario 7: Vigil and the peer at one low total rate, from the same few devices. */
+export interface SmallSiteRow {
+  rate: number
+  vigil: StepResult | null
+  peer: StepResult | null
+}
+
 export interface QuerySide {
   rate: number
   ingestOnly: StepResult
@@ -80,6 +87,7 @@ export interface BenchResults {
   influxCeiling: WriteCeilingResult | null
   querySide: QuerySide | null
   costGrowth: CostGrowthRow[] | null
+  smallSite: { devices: number, rows: SmallSiteRow[] } | null
   targets: Target[]
   profile: ProfileSummary | null
   scaleOut: ScaleOut | null
@@ -236,6 +244,24 @@ export function renderReport (r: BenchResults): string {
     ]))
     const unheld = g.filter((row) => !row.step.held)
     for (const row of unheld) out.push(`  ${int(row.devices)} devices not held: ${row.step.reasons.join('; ')}`)
+  }
+
+  const ss = r.smallSite
+  if (ss !== null && ss.rows.length > 0) {
+    out.push('', `7. Small site: ${int(ss.devices)} devices, fixed total rates; CPU of each pipeline's own processes (Vigil; Mosquitto + consumer)`)
+    out.push(table([
+      ['rate', 'Vigil µs/reading', 'peer µs/reading', 'Vigil ÷ peer', 'Vigil cores', 'peer cores', 'PUBACK p99 Vigil / peer', 'held'],
+      ...ss.rows.map((row) => {
+        const v = row.vigil?.cpuUsPerReading ?? null
+        const p = row.peer?.cpuUsPerReading ?? null
+        const cores = (us: number | null): string => us === null ? '?' : (us * row.rate / 1e6).toFixed(3)
+        return [
+          `${int(row.rate)} msg/s`, int(v), int(p), v === null || p === null || p <= 0 ? '?' : `${(v / p).toFixed(2)}×`, cores(v), cores(p),
+          pair(row.vigil?.load.puback.p99Ms ?? null, row.peer?.load.puback.p99Ms ?? null),
+          `${row.vigil?.held === true ? 'yes' : 'no'} / ${row.peer?.held === true ? 'yes' : 'no'}`
+        ]
+      })
+    ]))
   }
 
   const q = r.querySide
@@ -410,6 +436,20 @@ export function evaluateTargets (r: BenchResults): Target[] {
       value: growth === null
         ? 'not measured'
         : `${growth.toFixed(2)}× from ${int(first.devices)} to ${int(largest.devices)} devices` + (reaches5000 ? '' : ' (run --full for 5,000)')
+    })
+  }
+  const ss = r.smallSite
+  if (ss !== null) {
+    const ratios = ss.rows.map((row) => {
+      const v = row.vigil?.cpuUsPerReading ?? null
+      const p = row.peer?.cpuUsPerReading ?? null
+      return { rate: row.rate, ratio: v === null || p === null || p <= 0 ? null : v / p }
+    })
+    const measured = ratios.filter((x) => x.ratio !== null)
+    targets.push({
+      name: 'small site: CPU per reading at 100 and 1,000 msg/s within 2× the peer\'s',
+      status: measured.length === 0 ? 'n/a' : measured.length === ratios.length && measured.every((x) => x.ratio! <= 2) ? 'met' : 'not met',
+      value: ratios.map((x) => `${x.ratio === null ? '?' : `${x.ratio.toFixed(2)}×`} at ${int(x.rate)} msg/s`).join(', ')
     })
   }
   return targets

@@ -20,7 +20,7 @@ import { measureInfluxWriteCeiling } from './influx-write-ceiling.ts'
 import { provisionDevices, type ProvisionedDevice } from './provision-devices.ts'
 import { runQueryLoad } from './query-load.ts'
 import { findMaxRate, measureIdle, measureStep, waitForIdle, type PipelineUnderTest, type SearchResult, type SharedCpuMeter, type StepContext } from './rate-search.ts'
-import { evaluateTargets, projectFromRun, renderReport, type BenchResults, type CostGrowthRow, type MachineInfo } from './report.ts'
+import { evaluateTargets, projectFromRun, renderReport, type BenchResults, type CostGrowthRow, type MachineInfo, type SmallSiteRow } from './report.ts'
 import { postgresBackendsMeter, startBenchRedis, type BenchRedis } from './shared-meters.ts'
 import { scrapeVigilMetrics } from './vigil-metrics.ts'
 
@@ -171,6 +171,7 @@ const results: BenchResults = {
   influxCeiling: null,
   querySide: null,
   costGrowth: null,
+  smallSite: null,
   targets: [],
   profile: null,
   scaleOut: null
@@ -272,6 +273,7 @@ async function main (): Promise<void> {
     options.scenarios.has(1) || options.scenarios.has(2) || options.scenarios.has(3) ? options.devices : 0,
     options.scenarios.has(4) ? Math.max(...options.costDevices) : 0,
     options.scenarios.has(5) ? 100 : 0,
+    options.scenarios.has(7) ? options.smallSiteDevices : 0,
     100)
   progress(`setup: provisioning ${deviceCount} patients and devices through the HTTP API`)
   const provisionStarted = performance.now()
@@ -516,6 +518,50 @@ async function main (): Promise<void> {
         `(${((rssConnectedBytes - rssBeforeBytes) / Math.max(1, c.connected) / 1024).toFixed(1)} KB/device)`)
     }
   }
+
+  // 7: a small site — Vigil and the peer at low total rates, from a few devices: fixed costs
+  // (timers, fsync cadence, checkpoints, engine batches) per reading, which the maximum hides.
+  if (options.scenarios.has(7)) {
+    const which = devices.slice(0, options.smallSiteDevices)
+    // At least 10 s a step: at 100 msg/s a 4 s window is 400 readings, too few to divide CPU by.
+    const durationMs = Math.max(options.durationMs, 10_000)
+    const rows: SmallSiteRow[] = options.smallSiteRates.map((rate) => ({ rate, vigil: null, peer: null }))
+    results.smallSite = { devices: which.length, rows }
+    const measureAt = async (label: string, pipeline: PipelineUnderTest, key: 'vigil' | 'peer'): Promise<void> => {
+      // Every device publishes at least once before measuring (Vigil then has its assignment cached).
+      await warmup(label, pipeline, options.smallSiteRates[0]!, Math.max(warmupMs, 1.2 * which.length / options.smallSiteRates[0]! * 1000))
+      for (const row of rows) {
+        progress(`${label}: ${row.rate} msg/s for ${durationMs / 1000} s`)
+        const step = await measureStep(ctx, pipeline, row.rate, { durationMs, sampleEvery: 0, readingsPerMessage: options.readingsPerMessage })
+        row[key] = step
+        progress(`${label}: ${row.rate} msg/s ${step.held ? 'held' : `NOT held (${step.reasons.join('; ')})`}, ${step.cpuUsPerReading?.toFixed(0)} µs CPU/reading`)
+      }
+    }
+    const label = `scenario 7 · small site · Vigil`
+    progress(`${label}: restarting Vigil, ${which.length} devices`)
+    await stopVigil()
+    current = await startVigilProcess()
+    await connect(label, current.mqttPort, which)
+    await measureAt(label, vigilPipeline(current), 'vigil')
+    await pool.disconnect()
+
+    const peerLabel = 'scenario 7 · small site · peer'
+    const mosquittoDir = path.join(root, 'mosquitto-small')
+    await fs.mkdir(mosquittoDir, { recursive: true })
+    const mosquitto = await startMosquitto(mosquittoDir)
+    onCleanup('mosquitto (small site)', () => mosquitto.stop())
+    const consumer = forkTypeScript('peer-consumer', 'peer-consumer.ts', [`mqtt://127.0.0.1:${mosquitto.port}`, influxd.url, 'peer'])
+    onCleanup('peer consumer (small site)', () => consumer.stop())
+    await nextMessage(consumer, 'ready', 60_000)
+    const pipeline: PipelineUnderTest = {
+      key: 'peer', label: 'peer', mqttPort: mosquitto.port, pids: () => [mosquitto.pid, consumer.pid], database: 'peer'
+    }
+    await connect(peerLabel, mosquitto.port, which)
+    await measureAt(peerLabel, pipeline, 'peer')
+    await pool.disconnect()
+    await consumer.stop()
+    await mosquitto.stop()
+  }
 }
 
 let failed = false
@@ -537,7 +583,7 @@ if (!interrupted) {
   results.elapsedSeconds = (performance.now() - benchStarted) / 1000
   results.targets = evaluateTargets(results)
   const hasData = results.ingest.vigil !== null || results.ingest.peer !== null || results.ingest.aedes !== null ||
-    results.influxCeiling !== null || results.costGrowth !== null
+    results.influxCeiling !== null || results.costGrowth !== null || results.smallSite !== null
   if (hasData) {
     process.stdout.write(renderReport(results))
     const dir = path.join(repoRoot, 'bench', 'results')
