@@ -57,8 +57,10 @@ t.test('SSE: a clinician receives alert events for their patients only, and Last
   t.equal(resumed.events[3]!.data.type, 'opened')
   await resumed.close()
 
-  const sse = await f.db.pool.query("SELECT count(*)::int AS n FROM notification_deliveries WHERE channel = 'sse' AND alert_id = $1", [alertId])
-  t.equal(sse.rows[0].n, 4, 'every SSE write recorded')
+  // A write is recorded after it is sent, not before: the last one may still be on its way.
+  const recorded = async (): Promise<number> => (await f.db.pool.query("SELECT count(*)::int AS n FROM notification_deliveries WHERE channel = 'sse' AND alert_id = $1", [alertId])).rows[0].n
+  await waitFor('4 SSE writes recorded', async () => await recorded() >= 4).catch(() => {})
+  t.equal(await recorded(), 4, 'every SSE write recorded')
 })
 
 t.test('SSE: authentication and permission are required; closing the app ends open streams', async (t) => {
