@@ -61,7 +61,7 @@ module.exports = {
     tsPreCompilationDeps: true,
     tsConfig: { fileName: 'tsconfig.json' },
     doNotFollow: { path: 'node_modules' },
-    exclude: { path: '^(node_modules|data|\\.tap|scratch|coverage|bench/results)/' },
+    exclude: { path: '^(node_modules|dist|data|\\.tap|scratch|coverage|bench/results)/' },
     includeOnly: { path: '\\.ts$' }
   }
 }

@@ -7,7 +7,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 
-/** The checkout's root: Vigil's main.ts and node_modules (for `--import tsx`) live there. */
+/** The checkout's root: Vigil's sources, dist/ and node_modules live there. */
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 
 const clockTicksPerSecond = (() => {
@@ -203,17 +203,27 @@ export interface StartVigilOptions {
   influxBucket: string
   adminToken: string
   logFile: string
-  /** Extra arguments for node before `--import tsx` (e.g. --cpu-prof). */
+  /** Extra arguments for node before the script (e.g. --cpu-prof). */
   nodeArgs?: string[]
   /** More environment (e.g. REDIS_URL and REDIS_PREFIX for cluster mode). */
   env?: Record<string, string>
 }
 
+let built = false
+/** Compiles the service into dist/ once per bench run (scripts/build.mjs, as `npm start` does). */
+function buildOnce (): void {
+  if (built) return
+  execFileSync(process.execPath, [path.join(repoRoot, 'scripts/build.mjs'), '--quiet'], { cwd: repoRoot, stdio: 'inherit' })
+  built = true
+}
+
 /**
- * Starts Vigil as its own process (`node --import tsx main.ts`, the process measured) and waits
- * for the listening.json it writes once everything is up.
+ * Starts Vigil as its own process, as `npm start` and the image run it (`node dist/main.js`,
+ * compiled once per run: no TypeScript loader in the process measured), and waits for the
+ * listening.json it writes once everything is up.
  */
 export async function startVigil (options: StartVigilOptions): Promise<VigilProcess> {
+  buildOnce()
   const listeningFile = path.join(options.dataDir, 'listening.json')
   await fs.mkdir(options.dataDir, { recursive: true })
   await fs.rm(listeningFile, { force: true })
@@ -235,7 +245,7 @@ export async function startVigil (options: StartVigilOptions): Promise<VigilProc
     MQTT_CONNECT_RATE_PER_ADDRESS: '0'
   }, options.env)
   const log = createWriteStream(options.logFile, { flags: 'a' })
-  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), '--import', 'tsx', 'main.ts'], {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), path.join(repoRoot, 'dist', 'main.js')], {
     cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe']
   })
   child.stdout!.pipe(log)

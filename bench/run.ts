@@ -265,7 +265,7 @@ async function main (): Promise<void> {
   }
   onCleanup('vigil', stopVigil)
 
-  progress('setup: starting Vigil (node --import tsx main.ts)')
+  progress('setup: compiling Vigil (scripts/build.mjs) and starting it (node dist/main.js)')
   let current = await startVigilProcess()
   progress(`setup: Vigil pid ${current.pid}, HTTP ${current.httpPort}, MQTT ${current.mqttPort}`)
 

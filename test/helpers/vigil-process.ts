@@ -31,15 +31,16 @@ function portsFromLog (out: string): { httpPort: number, mqttPort: number } | un
 }
 
 /**
- * Runs the real entry point (`node --import tsx main.ts`) and waits until it listens: until it
+ * Runs the real entry point (`node --import tsx main.ts`, or `node <entry>`) and waits until it listens: until it
  * wrote listening.json, or logged `vigil started` (LOG_LEVEL info); 60 s by
  * default (an embedded first start runs PGlite's initdb, which takes tens of seconds on a busy machine).
  * Load shedding is off unless `env` sets API_MAX_EVENT_LOOP_DELAY_MS: a busy machine must not fail tests with 503.
  */
-export async function spawnVigil (env: Record<string, string>, dataDir: string, options: { startTimeoutMs?: number } = {}): Promise<VigilProcess> {
+export async function spawnVigil (env: Record<string, string>, dataDir: string, options: { startTimeoutMs?: number, entry?: string } = {}): Promise<VigilProcess> {
   const listeningFile = path.join(dataDir, 'listening.json')
   await fs.rm(listeningFile, { force: true })
-  const child = spawn(process.execPath, ['--import', 'tsx', 'main.ts'], {
+  // `entry`: a compiled main.js (scripts/build.mjs), run by plain node; by default the sources.
+  const child = spawn(process.execPath, options.entry === undefined ? ['--import', 'tsx', 'main.ts'] : [options.entry], {
     cwd: root,
     env: { ...process.env, HTTP_PORT: '0', MQTT_PORT: '0', LOG_LEVEL: 'warn', VIGIL_DATA_DIR: dataDir, API_MAX_EVENT_LOOP_DELAY_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
