@@ -21,15 +21,20 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const { values } = parseArgs({ options: { outdir: { type: 'string' }, quiet: { type: 'boolean', default: false } } })
 const outdir = path.resolve(values.outdir ?? path.join(root, 'dist'))
 
-// What is not the service: tests, benchmarks, dev scripts, docs, deployment files, data.
-const skipped = new Set(['node_modules', 'dist', 'test', 'bench', 'scripts', 'docs', 'deploy', 'data', 'scratch', 'coverage', 'test-artifacts'])
+// What is the service: the rooms of the layout (scripts/layout-floors.json, floors up to the API's;
+// a new room gets its line there) and the top-level sources (main.ts, vigil.ts, rekey.ts).
+// Named, not "everything but": a data directory or anything else left in the checkout is never copied.
+const floors = JSON.parse(await fs.readFile(path.join(root, 'scripts/layout-floors.json'), 'utf8'))
+const apiFloor = floors.api
+const rooms = [...new Set(Object.entries(floors)
+  .filter(([name, floor]) => name !== '(root)' && typeof floor === 'number' && floor <= apiFloor)
+  .map(([name]) => name.split('/')[0]))].sort()
 
-async function walk (dir, rel = '') {
+async function walk (dir, rel) {
   const out = []
   for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
-    const relPath = rel === '' ? entry.name : `${rel}/${entry.name}`
     if (entry.name.startsWith('.')) continue
-    if (rel === '' && (skipped.has(entry.name) || path.resolve(root, entry.name) === outdir)) continue
+    const relPath = `${rel}/${entry.name}`
     if (entry.isDirectory()) out.push(...await walk(path.join(dir, entry.name), relPath))
     else if (entry.isFile()) out.push(relPath)
   }
@@ -37,8 +42,8 @@ async function walk (dir, rel = '') {
 }
 
 const started = performance.now()
-const files = await walk(root)
-// Top-level files other than the entry points' sources (package.json, README …) stay where they are.
+const topLevel = (await fs.readdir(root, { withFileTypes: true })).filter((e) => e.isFile() && e.name.endsWith('.ts')).map((e) => e.name)
+const files = [...topLevel, ...(await Promise.all(rooms.map(async (room) => await walk(path.join(root, room), room)))).flat()]
 // web/src is compiled too (the server imports web/src/urgency.ts) and copied as it is (the browser bundle's input).
 const sources = files.filter((f) => /\.tsx?$/.test(f) && !f.endsWith('.d.ts'))
 // The folders' README.md pages are docs, not the service's (and their links point into docs/).

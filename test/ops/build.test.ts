@@ -41,6 +41,13 @@ t.test('the compiled service starts with plain node and takes a reading end to e
   for (const task of ['alerts/engine/evaluate-task.js', 'jobs/transcription/transcribe-task.js']) {
     t.ok(await fs.stat(path.join(outdir, task)).then(() => true, () => false), `worker task ${task} is built`)
   }
+  // Only the layout's rooms (scripts/layout-floors.json, up to the API's floor) and the top-level
+  // sources: never tests, benches, docs or a data directory someone left in the checkout.
+  const floors = JSON.parse(await fs.readFile(path.join(root, 'scripts/layout-floors.json'), 'utf8')) as Record<string, number>
+  const rooms = new Set(Object.entries(floors).filter(([name, floor]) => name !== '(root)' && floor <= floors.api!).map(([name]) => name.split('/')[0]!))
+  const top = await fs.readdir(outdir, { withFileTypes: true })
+  t.strictSame(top.filter((e) => e.isDirectory() && !rooms.has(e.name)).map((e) => e.name), [], 'no folder but the rooms')
+  t.ok(top.filter((e) => e.isFile()).every((e) => /\.js(\.map)?$/.test(e.name)), 'no top-level file but compiled sources')
   for (const asset of ['config/alert-rules.yaml', 'store/migrations', 'web/src/main.tsx']) {
     t.ok(await fs.stat(path.join(outdir, asset)).then(() => true, () => false), `${asset} is beside the compiled code`)
   }
