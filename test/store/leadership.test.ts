@@ -12,18 +12,19 @@ import { waitFor } from '../helpers/wait.ts'
 const log = createLogger('silent')
 const db = await createTestDatabase()
 const admin = new pg.Pool({ connectionString: db.url, max: 1 })
-t.teardown(async () => {
-  await admin.end()
-  await db.drop()
-})
-
 const contenders: Leadership[] = []
 async function contender (): Promise<Leadership> {
   const l = await startLeadership({ databaseUrl: db.url, takeoverMs: 3000, log })
   contenders.push(l)
   return l
 }
-t.teardown(async () => { for (const c of contenders) await c.close() })
+// One teardown, in this order: the contenders end their sessions before the database is dropped
+// (DROP … WITH (FORCE) would otherwise terminate them under a check in flight).
+t.teardown(async () => {
+  for (const c of contenders) await c.close()
+  await admin.end()
+  await db.drop()
+})
 
 const leadersOf = (all: Leadership[], task: typeof LEADER_TASKS[number]): Leadership[] => all.filter((l) => l.isLeader(task))
 
@@ -56,7 +57,10 @@ t.test('three contenders: one leader per task; closing it hands over; a killed s
   second.onChange((task, leading) => changes.push([task, leading]))
   changes.length = 0
   const { rows } = await admin.query<{ n: number }>(
-    "SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::int::oid AND granted AND pid <> pg_backend_pid()",
+    // This database's sessions only: pg_locks is server-wide, and other test processes (and other
+    // files of this room's process) hold Vigil advisory locks in their own databases.
+    "SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::int::oid AND granted AND pid <> pg_backend_pid() " +
+    'AND database = (SELECT oid FROM pg_database WHERE datname = current_database())',
     [0x56674c64])
   t.ok(rows[0]!.n >= 1, 'the leader\'s session was terminated')
   await waitFor('the old leader stepping down', () => changes.some(([task, leading]) => task === 'escalation' && !leading), { timeoutMs: 5000 })
