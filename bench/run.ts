@@ -437,28 +437,34 @@ async function main (): Promise<void> {
     results.scaleOut.projection = projectFromRun(results.scaleOut, options.projectCores)
   }
 
+  /** The peer pipeline: a private Mosquitto (its data in `dirName`) and the Node consumer writing to influxd's `peer` database. */
+  const startPeer = async (label: string, dirName: string): Promise<{ pipeline: PipelineUnderTest, stop: () => Promise<void> }> => {
+    const mosquittoDir = path.join(root, dirName)
+    await fs.mkdir(mosquittoDir, { recursive: true })
+    progress(`${label}: starting Mosquitto on a free port and the peer consumer`)
+    const mosquitto = await startMosquitto(mosquittoDir)
+    onCleanup(`mosquitto (${dirName})`, () => mosquitto.stop())
+    const consumer = forkTypeScript('peer-consumer', 'peer-consumer.ts', [`mqtt://127.0.0.1:${mosquitto.port}`, influxd.url, 'peer'])
+    onCleanup(`peer consumer (${dirName})`, () => consumer.stop())
+    await nextMessage(consumer, 'ready', 60_000)
+    return {
+      pipeline: { key: 'peer', label: 'peer', mqttPort: mosquitto.port, pids: () => [mosquitto.pid, consumer.pid], database: 'peer' },
+      stop: async () => { await consumer.stop(); await mosquitto.stop() }
+    }
+  }
+
   // 2: the peer pipeline (Mosquitto + Node consumer → InfluxDB)
   if (options.scenarios.has(2)) {
-    const mosquittoDir = path.join(root, 'mosquitto')
-    await fs.mkdir(mosquittoDir, { recursive: true })
-    progress('scenario 2 · peer: starting Mosquitto on a free port and the peer consumer')
-    const mosquitto = await startMosquitto(mosquittoDir)
-    onCleanup('mosquitto', () => mosquitto.stop())
-    const consumer = forkTypeScript('peer-consumer', 'peer-consumer.ts', [`mqtt://127.0.0.1:${mosquitto.port}`, influxd.url, 'peer'])
-    onCleanup('peer consumer', () => consumer.stop())
-    await nextMessage(consumer, 'ready', 60_000)
-    const pipeline: PipelineUnderTest = {
-      key: 'peer', label: 'peer', mqttPort: mosquitto.port, pids: () => [mosquitto.pid, consumer.pid], database: 'peer'
-    }
-    await connect('scenario 2 · peer', mosquitto.port, loadDevices)
+    const peer = await startPeer('scenario 2 · peer', 'mosquitto')
+    const pipeline = peer.pipeline
+    await connect('scenario 2 · peer', pipeline.mqttPort, loadDevices)
     await warmup('scenario 2 · peer', pipeline, firstRate / 2)
     results.ingest.peer = await findMaxRate(ctx, pipeline, {
       ...searchBase, grid, startRate: vigilBestRate ?? firstRate, label: 'scenario 2 · peer'
     })
     progress(`scenario 2 · peer: max held ${results.ingest.peer.best === null ? 'none' : `${results.ingest.peer.best.rate} msg/s`}`)
     await pool.disconnect()
-    await consumer.stop()
-    await mosquitto.stop()
+    await peer.stop()
   }
 
   // 3: ceilings — bare Aedes with the same generator, InfluxDB's raw write rate
@@ -546,21 +552,11 @@ async function main (): Promise<void> {
     await pool.disconnect()
 
     const peerLabel = 'scenario 7 · small site · peer'
-    const mosquittoDir = path.join(root, 'mosquitto-small')
-    await fs.mkdir(mosquittoDir, { recursive: true })
-    const mosquitto = await startMosquitto(mosquittoDir)
-    onCleanup('mosquitto (small site)', () => mosquitto.stop())
-    const consumer = forkTypeScript('peer-consumer', 'peer-consumer.ts', [`mqtt://127.0.0.1:${mosquitto.port}`, influxd.url, 'peer'])
-    onCleanup('peer consumer (small site)', () => consumer.stop())
-    await nextMessage(consumer, 'ready', 60_000)
-    const pipeline: PipelineUnderTest = {
-      key: 'peer', label: 'peer', mqttPort: mosquitto.port, pids: () => [mosquitto.pid, consumer.pid], database: 'peer'
-    }
-    await connect(peerLabel, mosquitto.port, which)
-    await measureAt(peerLabel, pipeline, 'peer')
+    const peer = await startPeer(peerLabel, 'mosquitto-small')
+    await connect(peerLabel, peer.pipeline.mqttPort, which)
+    await measureAt(peerLabel, peer.pipeline, 'peer')
     await pool.disconnect()
-    await consumer.stop()
-    await mosquitto.stop()
+    await peer.stop()
   }
 }
 
