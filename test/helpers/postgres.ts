@@ -88,7 +88,19 @@ export async function createTestDatabase (options: { empty?: boolean } = {}): Pr
   return {
     url: urlOf(name),
     drop: async () => {
-      await withAdmin(async (admin) => await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`))
+      await withAdmin(async (admin) => {
+        // pg's pool.end() resolves once it has sent its clients' goodbyes, not once their sessions
+        // have ended: DROP … WITH (FORCE) right after it terminated a session still closing, and
+        // the pool, which had no 'error' listener to catch the 57P01 (tests' pools rarely do),
+        // threw it as an uncaught exception into whichever file was running. So let those
+        // sessions end first; FORCE is for the ones a test leaves open on purpose (a killed process's).
+        const deadline = Date.now() + 2000
+        while (Date.now() < deadline && (await admin.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1', [name])).rows[0]!.n > 0) {
+          await new Promise((resolve) => setTimeout(resolve, 20))
+        }
+        await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+      })
     }
   }
 }
