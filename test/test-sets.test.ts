@@ -36,10 +36,15 @@ t.test('the resilience set is named the same in .taprc and package.json', async 
 })
 
 t.test('every room has a runner that runs it', async (t) => {
-  t.strictSame(runners, rooms.map((r) => `${r}.test.ts`), 'one test/rooms/<room>.test.ts per test/<room>/')
-  for (const runner of runners) {
+  // test/rooms/<nn>-<room>.test.ts: tap starts files in name order, so the number orders the rooms
+  // longest first (test/rooms/README.md).
+  const named = runners.map((r) => /^(\d{2})-([a-z0-9-]+)\.test\.ts$/.exec(r))
+  t.strictSame(runners.filter((_r, i) => named[i] === null), [], 'every runner is named <nn>-<room>.test.ts')
+  t.strictSame(named.map((m) => m?.[2]).sort(), rooms, 'one runner per test/<room>/')
+  t.strictSame(named.map((m) => Number(m?.[1])), runners.map((_r, i) => i + 1), 'numbered 01, 02 … without gaps or repeats')
+  for (const [i, runner] of runners.entries()) {
     const text = await fs.readFile(path.join(root, 'test/rooms', runner), 'utf8')
-    t.match(text, `runRoom('${runner.replace(/\.test\.ts$/, '')}')`, `${runner} runs its own room`)
+    t.match(text, `runRoom('${named[i]?.[2] ?? ''}')`, `${runner} runs its own room`)
   }
 })
 
