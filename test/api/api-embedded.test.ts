@@ -6,10 +6,13 @@ import t from 'tap'
 import { buildApi } from '../../api/app.ts'
 import { openDatabase } from '../../store/database.ts'
 import { apiDepsFor } from '../helpers/api-deps.ts'
+import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 
-// The embedded default (`npm start` on a fresh clone): PGlite behind pglite-socket, one connection.
+// The embedded default: PGlite behind pglite-socket, one connection. On a copy of the migrated
+// template: the first start on an empty data directory (initdb in a child process, every
+// migration) is test/e2e/process-lifecycle.test.ts's, through main.ts as `npm start` runs it.
 const log = pino({ level: 'silent' })
-const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-api-embedded-'))
+const dataDir = await seedEmbeddedDatabase(await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-api-embedded-')))
 const db = await openDatabase({ databaseUrl: null, dataDir, log })
 const deps = apiDepsFor(db, log)
 const app = await buildApi(deps)
