@@ -16,19 +16,16 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import * as esbuild from 'esbuild'
+import { serviceRooms } from './service-rooms.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const { values } = parseArgs({ options: { outdir: { type: 'string' }, quiet: { type: 'boolean', default: false } } })
 const outdir = path.resolve(values.outdir ?? path.join(root, 'dist'))
 
-// What is the service: the rooms of the layout (scripts/layout-floors.json, floors up to the API's;
-// a new room gets its line there) and the top-level sources (main.ts, vigil.ts, rekey.ts).
+// What is the service: the rooms of the layout (scripts/service-rooms.mjs; a new room gets its line
+// in scripts/layout-floors.json) and the top-level sources (main.ts, vigil.ts, rekey.ts).
 // Named, not "everything but": a data directory or anything else left in the checkout is never copied.
-const floors = JSON.parse(await fs.readFile(path.join(root, 'scripts/layout-floors.json'), 'utf8'))
-const apiFloor = floors.api
-const rooms = [...new Set(Object.entries(floors)
-  .filter(([name, floor]) => name !== '(root)' && typeof floor === 'number' && floor <= apiFloor)
-  .map(([name]) => name.split('/')[0]))].sort()
+const rooms = await serviceRooms(root)
 
 async function walk (dir, rel) {
   const out = []

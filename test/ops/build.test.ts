@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import mqtt from 'mqtt'
 import t from 'tap'
+import { serviceRooms } from '../../scripts/service-rooms.mjs'
 import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 import { provisionDevice } from '../helpers/provision.ts'
 import { spawnVigil } from '../helpers/vigil-process.ts'
@@ -43,8 +44,8 @@ t.test('the compiled service starts with plain node and takes a reading end to e
   }
   // Only the layout's rooms (scripts/layout-floors.json, up to the API's floor) and the top-level
   // sources: never tests, benches, docs or a data directory someone left in the checkout.
-  const floors = JSON.parse(await fs.readFile(path.join(root, 'scripts/layout-floors.json'), 'utf8')) as Record<string, number>
-  const rooms = new Set(Object.entries(floors).filter(([name, floor]) => name !== '(root)' && floor <= floors.api!).map(([name]) => name.split('/')[0]!))
+  const rooms = new Set(await serviceRooms(root))
+  t.ok(['alerts', 'api', 'readings', 'store'].every((r) => rooms.has(r)) && !rooms.has('test') && !rooms.has('bench'), 'the rooms are the service\'s')
   const top = await fs.readdir(outdir, { withFileTypes: true })
   t.strictSame(top.filter((e) => e.isDirectory() && !rooms.has(e.name)).map((e) => e.name), [], 'no folder but the rooms')
   t.ok(top.filter((e) => e.isFile()).every((e) => /\.js(\.map)?$/.test(e.name)), 'no top-level file but compiled sources')

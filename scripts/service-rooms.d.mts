@@ -1,0 +1,2 @@
+/** The service's top-level folders (scripts/service-rooms.mjs). */
+export function serviceRooms (root: string): Promise<string[]>
