@@ -3,6 +3,7 @@ import pg from 'pg'
 import { createLogger } from '../../observability/logger.ts'
 import { openDatabase } from '../../store/database.ts'
 import { schemaKey } from './schema-key.ts'
+import { waitFor } from './wait.ts'
 
 /** The machine's PostgreSQL (CI and dev machines: 127.0.0.1:5432, trust auth). */
 export const serverUrl = process.env.VIGIL_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
@@ -93,12 +94,11 @@ export async function createTestDatabase (options: { empty?: boolean } = {}): Pr
         // have ended: DROP … WITH (FORCE) right after it terminated a session still closing, and
         // the pool, which had no 'error' listener to catch the 57P01 (tests' pools rarely do),
         // threw it as an uncaught exception into whichever file was running. So let those
-        // sessions end first; FORCE is for the ones a test leaves open on purpose (a killed process's).
-        const deadline = Date.now() + 2000
-        while (Date.now() < deadline && (await admin.query<{ n: number }>(
-          'SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1', [name])).rows[0]!.n > 0) {
-          await new Promise((resolve) => setTimeout(resolve, 20))
-        }
+        // sessions end first (2 s at most); FORCE is for the ones a test leaves open on purpose (a
+        // killed process's), so running out of time here is not a failure.
+        await waitFor(`the sessions of ${name} to end`, async () => (await admin.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1', [name])).rows[0]!.n === 0, { timeoutMs: 2000, everyMs: 20 })
+          .catch(() => {})
         await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
       })
     }
