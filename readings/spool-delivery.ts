@@ -33,6 +33,12 @@ export interface DeliveryOptions {
    * (writes are idempotent). 0: after every write.
    */
   checkpointIntervalMs?: number
+  /**
+   * Store writes in flight at once while a backlog of at least lingerReadings waits past them
+   * (default 2; 1: one at a time). Batches are still consumed in the order read, so the cursor
+   * and the checkpoint only pass a contiguous delivered prefix.
+   */
+  maxWritesInFlight?: number
 }
 
 export interface DeliveryEvents {
@@ -98,6 +104,25 @@ interface Batch extends RecordRun {
   dead: DeadReading[]
   delivered: number
   latencyMs: number
+  /** Its points' keys (pointKeys), once compared with a batch read after it. */
+  keys?: Set<string>
+}
+
+/** A batch in the delivery window; outcome is null until its write is started (again). */
+interface Flight {
+  batch: Batch
+  outcome: Promise<'delivered' | 'stopped' | Error> | null
+}
+
+function newBatch (read: RecordRun): Batch {
+  return { ...read, done: 0, dead: [], delivered: 0, latencyMs: 0 }
+}
+
+/** Device, metric and timestamp of each reading: the stores' point identity without the patient. */
+function pointKeys (readings: readonly StoredReading[]): Set<string> {
+  const keys = new Set<string>()
+  for (const r of readings) keys.add(`${r.ts} ${r.metric} ${r.deviceId.toLowerCase()}`)
+  return keys
 }
 
 /**
@@ -125,11 +150,15 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
   const lingerMs = options.lingerMs ?? 20
   const lingerReadings = options.lingerReadings ?? 1000
   const checkpointInterval = options.checkpointIntervalMs ?? 250
+  const maxInFlight = Math.max(1, options.maxWritesInFlight ?? 2)
   let stopping = false
   // Ends the current wait (linger, checkpoint due, idle, backoff) at once: set while one runs.
   let endWait: (() => void) | null = null
   let abandoned = false
-  let abandonWrite: (() => void) | null = null
+  // Rejects each store write in flight with WriteAbandoned (stop() past closeTimeoutMs).
+  const abandonWrites = new Set<() => void>()
+  // Batches read and not yet consumed, in read order: at most maxInFlight.
+  const window: Flight[] = []
   let blocked = false
   let lastCheckpointAt = 0
 
@@ -157,10 +186,13 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
     const write = Promise.resolve().then(async () => { await store.write(readings) })
     // Once abandoned nobody awaits it; a late rejection must not become an unhandled one.
     write.catch(() => {})
+    let abandon!: () => void
+    const abandoning = new Promise<never>((_resolve, reject) => { abandon = () => reject(new WriteAbandoned()) })
+    abandonWrites.add(abandon)
     try {
-      await Promise.race([write, new Promise<never>((_resolve, reject) => { abandonWrite = () => reject(new WriteAbandoned()) })])
+      await Promise.race([write, abandoning])
     } finally {
-      abandonWrite = null
+      abandonWrites.delete(abandon)
     }
   }
 
@@ -218,14 +250,52 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
     }
   }
 
+  /** Writes `batch` (from batch.done on); never rejects: its outcome says how it ended. */
+  function launch (flight: Flight): void {
+    flight.outcome = deliverBatch(flight.batch).then((finished) => finished ? 'delivered' : 'stopped', (err: unknown) => err instanceof Error ? err : new Error(String(err)))
+  }
+
+  /**
+   * Whether `batch` writes a point that an unconsumed batch before it writes too. InfluxDB and
+   * the Postgres store keep the last write of a point, so such a batch waits until those are
+   * consumed: writes in flight together never race over one point, and the later reading wins
+   * as it would with one write at a time. The key is coarser than a point's (no patient), which
+   * only ever holds a batch back, never lets one through.
+   */
+  function overlaps (batch: Batch, earlier: readonly Flight[]): boolean {
+    const keys = new Set<string>()
+    for (const { batch: before } of earlier) {
+      before.keys ??= pointKeys(before.readings)
+      for (const key of before.keys) keys.add(key)
+    }
+    batch.keys = pointKeys(batch.readings)
+    for (const key of batch.keys) if (keys.has(key)) return true
+    return false
+  }
+
+  /**
+   * Consumes the window's oldest batch once its write succeeded: dead letters fsync'd first,
+   * then the cursor moves past it (in read order, so the checkpoint only ever passes a
+   * contiguous delivered prefix).
+   */
+  async function consumeOldest (): Promise<void> {
+    const { batch } = window[0]!
+    if (batch.dead.length > 0) {
+      // Before the checkpoint can pass them (checkpointIfDue below or later).
+      await setAside(batch.dead)
+      batch.dead = []
+    }
+    await segments.consume(batch)
+    window.shift()
+    if (batch.delivered > 0) emit('delivered', batch.delivered, batch.latencyMs)
+  }
+
   async function run (): Promise<void> {
     let backoff = minBackoff
-    // Kept across retries so a failing batch is retried as it was, not re-read.
-    let batch: Batch | null = null
     while (!stopping) {
       try {
         const seen = appended.generation()
-        if (batch === null) {
+        if (window.length === 0) {
           // Linger: a small backlog waits (from its first append) for more to share one write.
           const backlog = segments.backlog()
           const waited = backlog.oldestAppendedAt === null ? 0 : Date.now() - backlog.oldestAppendedAt
@@ -234,33 +304,56 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
             if (stopping) break
           }
           const read = await segments.read(maxBatch)
-          batch = read === null ? null : { ...read, done: 0, dead: [], delivered: 0, latencyMs: 0 }
-        }
-        if (batch === null) {
-          // Caught up: free the active segment if it is worth it, move the checkpoint once it is
-          // due, then sleep until the next append.
-          if (await segments.reclaim()) continue
-          if (segments.checkpointBehind()) {
-            const due = checkpointInterval - (performance.now() - lastCheckpointAt)
-            if (due > 0 && appended.generation() === seen) await wait(due, true)
-            if (appended.generation() === seen || stopping) await checkpointIfDue(true)
+          if (read === null) {
+            // Caught up: free the active segment if it is worth it, move the checkpoint once it
+            // is due, then sleep until the next append.
+            if (await segments.reclaim()) continue
+            if (segments.checkpointBehind()) {
+              const due = checkpointInterval - (performance.now() - lastCheckpointAt)
+              if (due > 0 && appended.generation() === seen) await wait(due, true)
+              if (appended.generation() === seen || stopping) await checkpointIfDue(true)
+              continue
+            }
+            if (appended.generation() === seen && !stopping) await wait(null, true)
             continue
           }
-          if (appended.generation() === seen && !stopping) await wait(null, true)
-          continue
+          const flight: Flight = { batch: newBatch(read), outcome: null }
+          window.push(flight)
+          launch(flight)
         }
-        if (!(await deliverBatch(batch))) break
-        if (batch.dead.length > 0) {
-          // Before the checkpoint can pass them (checkpointIfDue below or later).
-          await setAside(batch.dead)
-          batch.dead = []
+        // Another write beside those in flight, only for a backlog past them of at least
+        // lingerReadings (a trickle keeps one write at a time) and not while retrying.
+        const growable = window.length < maxInFlight && backoff === minBackoff
+        if (growable) {
+          const ahead = segments.backlog().readings - window.reduce((n, f) => n + f.batch.readings.length, 0)
+          if (ahead >= lingerReadings) {
+            const read = await segments.read(maxBatch, window.at(-1)!.batch.end)
+            if (read !== null) {
+              const flight: Flight = { batch: newBatch(read), outcome: null }
+              // Launched when it reaches the front of the window if it writes a point an earlier one does.
+              if (!overlaps(flight.batch, window)) launch(flight)
+              window.push(flight)
+              continue
+            }
+          }
         }
-        await segments.consume(batch)
-        const { delivered, latencyMs } = batch
-        batch = null
+        const oldest = window[0]!
+        if (oldest.outcome === null) launch(oldest)
+        // While the window could grow, an append (or stop) also ends the wait: the loop looks again.
+        const outcome = growable && appended.generation() === seen
+          ? await Promise.race([oldest.outcome!, wait(null, true).then(() => 'woken' as const)])
+          : growable ? 'woken' : await oldest.outcome!
+        if (outcome === 'woken') continue
+        endWait?.()
+        if (outcome === 'stopped') break
+        if (outcome instanceof Error) {
+          // Retried as it stands (batch.done kept), after the backoff.
+          oldest.outcome = null
+          throw outcome
+        }
+        await consumeOldest()
         backoff = minBackoff
         blocked = false
-        if (delivered > 0) emit('delivered', delivered, latencyMs)
         await checkpointIfDue(false)
       } catch (err) {
         // stop() gave up on the store write: stop without touching anything (the readings are
@@ -283,7 +376,16 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
         backoff = Math.min(backoff * 2, maxBackoff)
       }
     }
-    // Stopping: what was delivered need not be delivered again at the next start.
+    // Stopping: writes still in flight finish (stop() abandons them after closeTimeoutMs), and
+    // what was delivered, in order from the front, need not be delivered again at the next start.
+    try {
+      while (!abandoned && window.length > 0 && window[0]!.outcome !== null) {
+        if (await window[0]!.outcome !== 'delivered' || abandoned) break
+        await consumeOldest()
+      }
+    } catch (err) {
+      log.warn({ code: ioCode(err) }, 'spool: consuming the last delivered batch failed; the next start re-delivers it')
+    }
     if (!abandoned) {
       await checkpointIfDue(true).catch((err: unknown) => log.warn({ code: ioCode(err) }, 'spool: final checkpoint failed; the next start re-delivers a little'))
     }
@@ -302,9 +404,9 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
       // store write is given up on: local file work always finishes before stop resolves.
       const timer = setTimeout(() => {
         abandoned = true
-        if (abandonWrite === null) return
-        log.warn({ closeTimeoutMs }, 'spool: stopped waiting for the in-flight store write; its readings stay spooled for the next start')
-        abandonWrite()
+        if (abandonWrites.size === 0) return
+        log.warn({ closeTimeoutMs, writes: abandonWrites.size }, 'spool: stopped waiting for the store writes in flight; their readings stay spooled for the next start')
+        for (const abandon of abandonWrites) abandon()
       }, closeTimeoutMs)
       try {
         await running

@@ -20,10 +20,11 @@ import { appendedAtOfPrefix, declaredRecordLength, decodeRecordBody, recordHeade
 
 export interface Position { segment: number, offset: number }
 
-/** Whole records read from the cursor on, not yet consumed. */
+/** Whole records read from the cursor (or a position past it) on, not yet consumed. */
 export interface RecordRun {
   readings: StoredReading[]
   bytes: number
+  start: Position
   end: Position
 }
 
@@ -56,9 +57,13 @@ export interface Segments {
   appendSyncs (): number
   /** Resolves once `record` (of `count` readings) is written and fdatasync'd. */
   append (record: Buffer, count: number, appendedAt: number): Promise<void>
-  /** Records from the cursor on, up to maxReadings (at least one record); null when caught up. */
-  read (maxReadings: number): Promise<RecordRun | null>
-  /** Moves the cursor past `run` (delivered or dead-lettered). */
+  /**
+   * Records from `from` (default: the cursor) on, up to maxReadings (at least one record); null
+   * when nothing follows. `from` must be the cursor or a run's end read since (delivery reads
+   * ahead while earlier runs are still being written).
+   */
+  read (maxReadings: number, from?: Position): Promise<RecordRun | null>
+  /** Moves the cursor past `run` (delivered or dead-lettered); runs are consumed in the order read, with no gap. */
   consume (run: RecordRun): Promise<void>
   /** The cursor has moved since the checkpoint was last written. */
   checkpointBehind (): boolean
@@ -344,8 +349,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     return i < 0 ? null : { segment: segments[i]!, next: segments[i + 1] }
   }
 
-  async function read (maxReadings: number): Promise<RecordRun | null> {
-    const from = cursor
+  async function read (maxReadings: number, from: Position = cursor): Promise<RecordRun | null> {
     const readings: StoredReading[] = []
     let bytes = 0
     let pos = { ...from }
@@ -379,7 +383,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
       if (!progressed) throw new Error(`spool segment ${segmentName(pos.segment)} ends inside a record at byte ${pos.offset}`)
     }
     if (bytes === 0 && pos.segment === from.segment && pos.offset === from.offset) return null
-    return { readings, bytes, end: pos }
+    return { readings, bytes, start: from, end: pos }
   }
 
   /** appendedAt of the first undelivered record, for stats. */
@@ -397,6 +401,10 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
   }
 
   async function consume (run: RecordRun): Promise<void> {
+    // The checkpoint follows the cursor: it may only ever pass a contiguous delivered prefix.
+    if (run.start.segment !== cursor.segment || run.start.offset !== cursor.offset) {
+      throw new Error(`spool: a run starting at ${segmentName(run.start.segment)}:${run.start.offset} consumed with the cursor at ${segmentName(cursor.segment)}:${cursor.offset}`)
+    }
     cursor = run.end
     backlog.bytes -= run.bytes
     backlog.readings -= run.readings.length

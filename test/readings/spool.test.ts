@@ -695,3 +695,150 @@ t.test('linger: a trickle of appends goes out in fewer writes', async (t) => {
   t.strictSame(store.all(), all, 'every reading once, in order')
   t.ok(store.writes.length < all.length, `${store.writes.length} writes for ${all.length} appends`)
 })
+
+// --- several store writes in flight (maxWritesInFlight) --------------------------------------
+
+/** Small batches and a low read-ahead threshold, so a backlog of a few records goes out as concurrent writes. */
+const concurrent = { maxBatchReadings: 10, lingerReadings: 5, lingerMs: 0, checkpointIntervalMs: 0 }
+
+/** A gate a store write can wait on. */
+function gate (): { wait: Promise<void>, open: () => void } {
+  let open!: () => void
+  const wait = new Promise<void>((resolve) => { open = resolve })
+  return { wait, open }
+}
+
+t.test('two writes in flight: a later batch finishing first moves neither the cursor nor the checkpoint past the earlier one', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const first = gate()
+  let inFlight = 0
+  let most = 0
+  const store = recordingStore(async (call) => {
+    inFlight++
+    most = Math.max(most, inFlight)
+    try {
+      if (call === 1) await first.wait
+    } finally {
+      inFlight--
+    }
+  })
+  const written: StoredReading[] = []
+  for (let i = 0; i < 4; i++) {
+    const batch = readings(10)
+    written.push(...batch)
+    await spool.append(batch)
+  }
+  spool.startDelivery(store, concurrent)
+  await waitFor('the second write to finish while the first is held', () => store.writes.length >= 1, { timeoutMs: 15_000, everyMs: 10 })
+  t.equal(most, 2, 'two writes were in flight at once')
+  t.strictSame(store.writes[0], written.slice(10, 20), 'the second batch finished first')
+  await sleep(100)
+  t.equal(store.writes.length, 1, 'no third write while the first is unanswered (the window is two)')
+  t.equal(spool.stats().depthReadings, 40, 'nothing counts as delivered before the first batch is')
+  // The files as a crash would leave them now: everything is replayed.
+  const crashed = await tempDir(t)
+  await fs.cp(dir, crashed, { recursive: true })
+  const reopened = await open(t, crashed)
+  t.equal(reopened.stats().depthReadings, 40, 'the checkpoint did not pass the unanswered first batch')
+
+  first.open()
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
+  t.equal(store.all().length, 40, 'each reading written once')
+  t.strictSame([...store.all()].sort((a, b) => a.ts - b.ts), written, 'every reading arrived')
+  t.ok(await checkpointAtEnd(dir), 'the checkpoint reaches the end once the front is delivered')
+})
+
+t.test('two writes in flight: a batch that writes a point an earlier unconsumed batch writes waits for it, so the later value wins', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const first = gate()
+  const calls: number[] = []
+  const store = recordingStore(async (call) => {
+    calls.push(call)
+    if (call === 1) await first.wait
+  })
+  const a = readings(10)
+  const b = readings(10)
+  // A correction: b rewrites a's fourth point (same device, metric and time) with a new value.
+  b[5] = { ...a[3]!, value: a[3]!.value + 10 }
+  await spool.append(a)
+  await spool.append(b)
+  spool.startDelivery(store, concurrent)
+  await waitFor('the first write', () => calls.length === 1, { timeoutMs: 15_000, everyMs: 10 })
+  await sleep(150)
+  t.strictSame(calls, [1], 'the overlapping batch is not written beside the first')
+  first.open()
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
+  t.strictSame(store.writes, [a, b], 'written one after the other, in order')
+  const last = store.all().filter((r) => r.ts === a[3]!.ts).at(-1)
+  t.equal(last?.value, a[3]!.value + 10, 'the correction is the last write of the point')
+})
+
+t.test('two writes in flight: the earlier fails and is retried, the later is not written twice', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const first = gate()
+  let failures = 0
+  spool.on('deliveryFailed', () => { failures++ })
+  const store = recordingStore(async (call) => {
+    if (call === 1) {
+      await first.wait
+      throw storeError(503)
+    }
+  })
+  const a = readings(10)
+  const b = readings(10)
+  await spool.append(a)
+  await spool.append(b)
+  spool.startDelivery(store, { ...concurrent, minBackoffMs: 20 })
+  await waitFor('the second write', () => store.writes.length === 1, { timeoutMs: 15_000, everyMs: 10 })
+  first.open()
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
+  t.equal(failures, 1)
+  t.strictSame(store.writes, [b, a], 'the failed batch was retried; the delivered one was kept')
+  t.ok(await checkpointAtEnd(dir))
+})
+
+t.test('close with two writes hung: both are abandoned, nothing is checkpointed, a reopened spool replays them', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await openSpool({ dir, maxBytes: 1 << 20, log, closeTimeoutMs: 200 })
+  let calls = 0
+  const hung = recordingStore(async () => {
+    calls++
+    await new Promise<never>(() => {})
+  })
+  const written = [...readings(10), ...readings(10)]
+  await spool.append(written.slice(0, 10))
+  await spool.append(written.slice(10))
+  spool.startDelivery(hung, concurrent)
+  await waitFor('two writes in flight', () => calls === 2, { timeoutMs: 15_000, everyMs: 10 })
+  const started = performance.now()
+  await spool.close()
+  t.ok(performance.now() - started < 1500, 'close gave up on both after closeTimeoutMs')
+  const reopened = await open(t, dir)
+  t.equal(reopened.stats().depthReadings, 20, 'both batches are still spooled')
+  const store = recordingStore()
+  reopened.startDelivery(store)
+  await waitFor('replay', () => reopened.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
+  t.strictSame(store.all(), written)
+})
+
+t.test('maxWritesInFlight 1: one write at a time', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const first = gate()
+  const calls: number[] = []
+  const store = recordingStore(async (call) => {
+    calls.push(call)
+    if (call === 1) await first.wait
+  })
+  for (let i = 0; i < 3; i++) await spool.append(readings(10))
+  spool.startDelivery(store, { ...concurrent, maxWritesInFlight: 1 })
+  await waitFor('the first write', () => calls.length === 1, { timeoutMs: 15_000, everyMs: 10 })
+  await sleep(150)
+  t.strictSame(calls, [1])
+  first.open()
+  await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
+  t.equal(store.all().length, 30)
+})
