@@ -1,6 +1,6 @@
 import { ConfigError, loadConfig } from './config/config.ts'
 import { createLogger } from './observability/logger.ts'
-import { startVigil } from './vigil.ts'
+import type { startVigil } from './vigil.ts'
 import os from 'node:os'
 
 // The composition root's entry point: read config, make the logger, start, stop on signals.
@@ -15,10 +15,13 @@ try {
   throw err
 }
 const log = createLogger(config.logLevel)
+// Loaded once the configuration is known to be good: a configuration error is reported before
+// the whole service's modules are loaded.
+const { startVigil: start } = await import('./vigil.ts')
 
 let vigil: Awaited<ReturnType<typeof startVigil>>
 try {
-  vigil = await startVigil(config, log)
+  vigil = await start(config, log)
 } catch (err) {
   log.fatal({ err }, 'start-up failed')
   process.exit(1)

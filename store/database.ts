@@ -29,6 +29,8 @@ export interface OpenDatabaseOptions {
   log: Logger
   /** Pool size against a real server. PGlite always gets one connection. */
   poolSize?: number
+  /** How long a request waits for a new connection to a real server before it fails (ms, default 5000). */
+  connectTimeoutMs?: number
 }
 
 const migrationsDir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations')
@@ -41,7 +43,7 @@ export async function openDatabase (options: OpenDatabaseOptions): Promise<Datab
   const log = options.log.child({ component: 'database' })
   if (options.databaseUrl !== null) {
     // A bounded connect wait: during an outage requests fail fast (503) instead of queueing.
-    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10, connectionTimeoutMillis: 5000 })
+    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10, connectionTimeoutMillis: options.connectTimeoutMs ?? 5000 })
     pool.on('error', (err) => log.error({ err }, 'idle database connection failed'))
     try {
       await migrate(pool, log)

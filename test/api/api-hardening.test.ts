@@ -379,8 +379,8 @@ t.test('Postgres outage: 503 with Retry-After (never 500), also from the token l
   t.teardown(() => proxy.close())
   const viaProxy = new URL(testDb.url)
   viaProxy.host = `127.0.0.1:${proxy.port}`
-  // The production pool (openDatabase: bounded connect wait), through the proxy.
-  const proxiedDb = await openDatabase({ databaseUrl: viaProxy.toString(), dataDir: '', log })
+  // The production pool (openDatabase: bounded connect wait, 1 s here instead of 5), through the proxy.
+  const proxiedDb = await openDatabase({ databaseUrl: viaProxy.toString(), dataDir: '', log, connectTimeoutMs: 1000 })
   t.teardown(() => proxiedDb.close())
   const api = await buildWith(t, {
     db: proxiedDb,

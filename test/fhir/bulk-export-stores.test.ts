@@ -14,6 +14,7 @@ import { apiDepsFor } from '../helpers/api-deps.ts'
 import { fhirErrors } from '../helpers/fhir-validation.ts'
 import { startInfluxd } from '../helpers/influxd.ts'
 import { testKeyring } from '../helpers/keys.ts'
+import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 import { waitFor } from '../helpers/wait.ts'
 
 // The bulk export on the embedded default (PGlite: metadata and readings) and with readings in
@@ -25,7 +26,8 @@ const influxdStarting = startInfluxd()
 influxdStarting.catch(() => {}) // awaited, and reported, below
 t.teardown(async () => { await (await influxdStarting).close() })
 const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-bulk-stores-'))
-const db = await openDatabase({ databaseUrl: null, dataDir, log })
+// A copy of the migrated template: process-lifecycle is the fast set's real first start.
+const db = await openDatabase({ databaseUrl: null, dataDir: await seedEmbeddedDatabase(dataDir), log })
 t.teardown(async () => {
   await db.close()
   await fs.rm(dataDir, { recursive: true, force: true })

@@ -79,3 +79,15 @@ export async function screenshot (page: Page, name: string): Promise<string> {
   }
   return file
 }
+
+/**
+ * Opens the browser while `starting` (a Vigil, say) starts, and returns both; whichever fails,
+ * the other is closed before the error is thrown, so a failed start never leaves a process behind.
+ */
+export async function openBrowserBeside<T extends { close: () => Promise<void> }> (starting: Promise<T>, viewport?: { width: number, height: number }): Promise<[T, TestBrowser]> {
+  const [started, browser] = await Promise.allSettled([starting, openBrowser(viewport)])
+  if (started.status === 'fulfilled' && browser.status === 'fulfilled') return [started.value, browser.value]
+  if (started.status === 'fulfilled') await started.value.close().catch(() => {})
+  if (browser.status === 'fulfilled') await browser.value.close().catch(() => {})
+  throw started.status === 'rejected' ? started.reason : (browser as PromiseRejectedResult).reason
+}

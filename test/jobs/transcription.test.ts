@@ -112,7 +112,8 @@ t.test('a cancel kills the recognizer and the task rejects', async (t) => {
   const control = new SharedArrayBuffer(CONTROL_SLOTS * 4)
   const flags = new Int32Array(control)
   let settled = false
-  const running = transcribeTask({ audio, engine: { kind: 'pocketsphinx' }, control })
+  // Short chunks: progress (and so the cancel) comes after ~2 s of audio instead of ~10.
+  const running = transcribeTask({ audio, engine: { kind: 'pocketsphinx', chunkSeconds: 2 }, control })
   running.then(() => { settled = true }, () => { settled = true })
   // Cancel once the recognizer has reported progress: it is running.
   while (Atomics.load(flags, CONTROL_PROGRESS) === 0 && !settled) await new Promise((resolve) => setTimeout(resolve, 10))

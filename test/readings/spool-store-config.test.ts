@@ -21,9 +21,8 @@ async function storedCount (influxUrl: string, bucket: string): Promise<number> 
 }
 
 t.test('a series limit keeps every acknowledged reading in the spool until InfluxDB is reconfigured; dead letters replay', async (t) => {
-  const database = await createTestDatabase()
+  const [database, influxd] = await Promise.all([createTestDatabase(), startInfluxd({ maxValuesPerTag: 20 })])
   t.teardown(() => database.drop())
-  const influxd = await startInfluxd({ maxValuesPerTag: 20 })
   t.teardown(() => influxd.close())
   const bucket = 'series_limit'
   const vigil = await startTestVigil({ DATABASE_URL: database.url, INFLUX_URL: influxd.url, INFLUX_BUCKET: bucket })
@@ -34,15 +33,14 @@ t.test('a series limit keeps every acknowledged reading in the spool until Influ
     return Number(line?.split(' ')[1] ?? Number.NaN)
   }
 
-  const devices = []
-  for (let i = 0; i < patients; i++) devices.push(await vigil.provision())
+  const devices = await Promise.all(Array.from({ length: patients }, async () => await vigil.provision()))
   const base = Date.now() - 600_000
-  for (const [n, device] of devices.entries()) {
+  await Promise.all(devices.map(async (device, n) => {
     const client = await vigil.connect(device.deviceId, device.password)
     const readings = Array.from({ length: perDevice }, (_, i) => ({ metric: 'heart_rate', value: 70 + i, unit: '/min', ts: base + n * 1000 + i }))
     await within(`the PUBACK for device ${n}`, client.publishAsync(`devices/${device.deviceId}/telemetry`, telemetry(1, readings), { qos: 1 }))
     await client.endAsync()
-  }
+  }))
   const acked = patients * perDevice
   t.pass(`${acked} readings acknowledged`)
 

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import t from 'tap'
-import { openBrowser, screenshot, seriousAxeViolations } from '../helpers/browser.ts'
+import { openBrowserBeside, screenshot, seriousAxeViolations } from '../helpers/browser.ts'
 import { startTestVigil, telemetry } from '../helpers/vigil.ts'
 import { seedWard } from './ward.ts'
 
@@ -28,8 +28,8 @@ rules:
     escalation: standard
 `
 await fs.writeFile(rulesPath, rules)
-const vigil = await startTestVigil({ VIGIL_ALERT_RULES: rulesPath, WORKER_THREADS: '1' })
-const browser = await openBrowser()
+// Chromium starts while Vigil does.
+const [vigil, browser] = await openBrowserBeside(startTestVigil({ VIGIL_ALERT_RULES: rulesPath, WORKER_THREADS: '1' }))
 t.teardown(async () => {
   await browser.close()
   await vigil.close()

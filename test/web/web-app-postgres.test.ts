@@ -1,5 +1,5 @@
 import t from 'tap'
-import { openBrowser, seriousAxeViolations } from '../helpers/browser.ts'
+import { openBrowserBeside, seriousAxeViolations } from '../helpers/browser.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { startTestVigil, telemetry } from '../helpers/vigil.ts'
 import { seedWard } from './ward.ts'
@@ -9,8 +9,11 @@ import { seedWard } from './ward.ts'
 
 t.setTimeout(600_000)
 const db = await createTestDatabase()
-const vigil = await startTestVigil({ DATABASE_URL: db.url, WORKER_THREADS: '1' })
-const browser = await openBrowser()
+// Chromium starts while Vigil does.
+const [vigil, browser] = await openBrowserBeside(startTestVigil({ DATABASE_URL: db.url, WORKER_THREADS: '1' })).catch(async (err: unknown) => {
+  await db.drop()
+  throw err
+})
 t.teardown(async () => {
   await browser.close()
   await vigil.close()

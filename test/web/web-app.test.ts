@@ -2,7 +2,7 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import t from 'tap'
-import { artifactsDir, openBrowser, screenshot, seriousAxeViolations } from '../helpers/browser.ts'
+import { artifactsDir, openBrowserBeside, screenshot, seriousAxeViolations } from '../helpers/browser.ts'
 import { startTestVigil, telemetry } from '../helpers/vigil.ts'
 import { seedWard } from './ward.ts'
 
@@ -24,8 +24,8 @@ rules:
   - { id: high-hr, kind: threshold, metric: heart_rate, above: 150, severity: critical, escalation: standard }
   - { id: news2, kind: news2, freshness: 1h, bands: { low_medium: medium, medium: high, high: critical } }
 `)
-const vigil = await startTestVigil({ VIGIL_ALERT_RULES: rulesPath, WORKER_THREADS: '1' })
-const browser = await openBrowser()
+// Chromium starts while Vigil does.
+const [vigil, browser] = await openBrowserBeside(startTestVigil({ VIGIL_ALERT_RULES: rulesPath, WORKER_THREADS: '1' }))
 t.teardown(async () => {
   await browser.close()
   await vigil.close()
