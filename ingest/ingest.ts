@@ -75,7 +75,10 @@ export async function startIngest (deps: IngestDeps) {
     for (const r of readings) {
       const patientId = patientAt(r.ts)
       if (patientId === null) unassigned.push(r)
-      else stored.push({ ...r, patientId, deviceId, seq })
+      // Spelled out, not `{ ...r, patientId, deviceId, seq }`: an object spread plus new keys cost
+      // ~2.3 µs a reading against ~0.05 (node 20, one-reading messages), and this is the shape
+      // (key order) decodeRecordBody gives the spool's readings, so both stay one hidden class.
+      else stored.push({ patientId, deviceId, metric: r.metric, value: r.value, unit: r.unit, ts: r.ts, seq })
     }
     return { stored, unassigned }
   }
