@@ -16,6 +16,8 @@ export interface BenchOptions {
   generators: number
   scenarios: Set<number>
   profile: boolean
+  /** Sample Vigil's allocations (freed ones included) during scenario 1's measured steps. */
+  allocProfile: boolean
   /** Readings per message: 1 (default), 6 (the simulator's shape), 50 (a backlog upload). */
   readingsPerMessage: number
   /**
@@ -55,6 +57,8 @@ this machine and prints a table (and writes bench/results/<timestamp>.json).
   --readings-per-message N  readings in each message (default 1; 6 is the simulator's shape,
                       50 a backlog upload): rates stay in msg/s, "readings/s stored" counts readings
   --profile           CPU-profile Vigil during scenarios 1 and 5 and print where its time goes
+  --alloc-profile     sample Vigil's allocations (freed ones too) during scenario 1's measured
+                      steps and print which functions allocate how much a message (not with --profile)
   --instances N       scale-out: after scenario 1 (1 process), the same search through N Vigil
                       processes, devices spread over them; every Vigil of the run in cluster mode
                       (REDIS_URL, same Postgres and influxd). Runs scenario 1 only unless
@@ -98,6 +102,7 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
       generators: { type: 'string' },
       scenarios: { type: 'string' },
       profile: { type: 'boolean', default: false },
+      'alloc-profile': { type: 'boolean', default: false },
       'readings-per-message': { type: 'string' },
       instances: { type: 'string' },
       'redis-url': { type: 'string' },
@@ -120,6 +125,9 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
   if (scenarios.some((s) => s > 7 || s === 6)) throw new Error('--scenarios takes 1 to 5 and 7 (scale-out is --instances)')
   if (instances !== null && !scenarios.includes(1)) throw new Error('--instances needs scenario 1 (its 1-process baseline)')
   if (scenarios.includes(5) && !scenarios.includes(1)) throw new Error('--scenarios: 5 (query side) needs 1 (it runs at half of the maximum 1 finds)')
+  if (values['alloc-profile'] === true && !scenarios.includes(1)) throw new Error('--alloc-profile needs scenario 1')
+  // Each would bill its own overhead to the other.
+  if (values['alloc-profile'] === true && values.profile === true) throw new Error('--alloc-profile and --profile: one at a time')
   return {
     mode: full ? 'full' : 'quick',
     durationMs: positive('duration', values.duration, full ? 20 : 4) * 1000,
@@ -132,6 +140,7 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
     generators: positive('generators', values.generators, 1, true),
     scenarios: new Set(scenarios),
     profile: values.profile,
+    allocProfile: values['alloc-profile'],
     readingsPerMessage: positive('readings-per-message', values['readings-per-message'], 1, true),
     instances,
     redisUrl: values['redis-url'] ?? null,

@@ -16,7 +16,7 @@ interface CpuProfile {
 }
 
 /** Where a frame's code lives: a file of this checkout, an npm package, a Node core area, or V8. */
-function areaOf (frame: ProfileNode['callFrame'], repoRoot: string): string {
+export function areaOf (frame: ProfileNode['callFrame'], repoRoot: string): string {
   const { url, functionName } = frame
   if (url === '') {
     if (functionName === '(garbage collector)') return 'V8: garbage collection'

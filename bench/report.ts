@@ -50,6 +50,15 @@ export interface Target {
   value: string
 }
 
+/** --alloc-profile: sampled allocations over the measured steps of scenario 1 (bench/allocation-profile.ts). */
+export interface AllocationSummary {
+  seconds: number
+  /** Messages acknowledged in the measured windows (the denominator of "a message"). */
+  messages: number
+  totalBytes: number
+  sites: Array<{ name: string, where: string, bytes: number, share: number }>
+}
+
 export interface ProfileSummary {
   file: string
   totalMs: number
@@ -90,6 +99,7 @@ export interface BenchResults {
   smallSite: { devices: number, rows: SmallSiteRow[] } | null
   targets: Target[]
   profile: ProfileSummary | null
+  allocations: AllocationSummary | null
   scaleOut: ScaleOut | null
 }
 
@@ -297,6 +307,13 @@ export function renderReport (r: BenchResults): string {
     out.push(table([['area', 'self time', 'share'], ...pr.byArea.map((a) => [a.area, `${Math.round(a.selfMs)} ms`, `${(100 * a.share).toFixed(1)} %`])]))
     out.push('')
     out.push(table([['function', 'where', 'self time', 'share'], ...pr.byFunction.map((f) => [f.name, f.where, `${Math.round(f.selfMs)} ms`, `${(100 * f.share).toFixed(1)} %`])], 2))
+  }
+  const al = r.allocations
+  if (al !== null && al.messages > 0) {
+    const perMessage = (bytes: number): string => `${(bytes / al.messages / 1024).toFixed(2)} KB`
+    out.push('', `Vigil allocations, main thread (sampled over ${al.seconds.toFixed(1)} s of scenario 1's measured steps: ` +
+      `${(al.totalBytes / al.seconds / 1e6).toFixed(0)} MB/s, ${perMessage(al.totalBytes)} a message acknowledged, freed or not)`)
+    out.push(table([['function', 'where', 'a message', 'share'], ...al.sites.map((s) => [s.name, s.where, perMessage(s.bytes), `${(100 * s.share).toFixed(1)} %`])], 2))
   }
   return out.join('\n') + '\n'
 }

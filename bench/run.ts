@@ -14,6 +14,7 @@ import {
   type ManagedProcess, type VigilProcess
 } from './child-processes.ts'
 import { findCpuProfile, summarizeCpuProfile } from './cpu-profile-summary.ts'
+import { freePort, startAllocationSampling, summarizeAllocations } from './allocation-profile.ts'
 import { GeneratorPool } from './generator-pool.ts'
 import { createDatabase } from './influx-queries.ts'
 import { measureInfluxWriteCeiling } from './influx-write-ceiling.ts'
@@ -174,6 +175,7 @@ const results: BenchResults = {
   smallSite: null,
   targets: [],
   profile: null,
+  allocations: null,
   scaleOut: null
 }
 
@@ -242,7 +244,7 @@ async function main (): Promise<void> {
   const vigilDataDir = path.join(root, 'vigil-data')
   let vigilInstance = 0
   let vigil: VigilProcess | null = null
-  const startVigilProcess = async (profileDir?: string): Promise<VigilProcess> => {
+  const startVigilProcess = async (profileDir?: string, inspectPort?: number): Promise<VigilProcess> => {
     vigilInstance++
     const started = await startVigil({
       env: clusterEnv,
@@ -252,7 +254,10 @@ async function main (): Promise<void> {
       influxBucket: 'vigil',
       adminToken,
       logFile: path.join(root, `vigil-${vigilInstance}.log`),
-      nodeArgs: profileDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir]
+      nodeArgs: [
+        ...(profileDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir]),
+        ...(inspectPort === undefined ? [] : [`--inspect=127.0.0.1:${inspectPort}`])
+      ]
     })
     vigil = started
     vigilLogFile = started.logFile
@@ -336,6 +341,12 @@ async function main (): Promise<void> {
       await stopVigil()
       current = await startVigilProcess(profileDir)
     }
+    const inspectPort = options.allocProfile ? await freePort() : undefined
+    if (inspectPort !== undefined) {
+      progress('scenario 1: restarting Vigil with the inspector on a loopback port (allocation sampling)')
+      await stopVigil()
+      current = await startVigilProcess(undefined, inspectPort)
+    }
     const pipeline = vigilPipeline(current)
     await connect('scenario 1 · Vigil', current.mqttPort, loadDevices)
     if (meters.length > 0) {
@@ -347,7 +358,15 @@ async function main (): Promise<void> {
     await warmup('scenario 1 · Vigil', pipeline, firstRate / 2)
     // The profile summary covers the measured steps only (not start-up, connecting, disconnecting).
     const profileFrom = Number(process.hrtime.bigint() / 1000n)
+    const sampler = inspectPort === undefined ? null : await startAllocationSampling(inspectPort)
     results.ingest.vigil = await findMaxRate(ctx, pipeline, { ...searchBase, grid, startRate: firstRate, label: 'scenario 1 · Vigil' })
+    if (sampler !== null) {
+      const head = await sampler.stop()
+      sampler.close()
+      const seconds = (Number(process.hrtime.bigint() / 1000n) - profileFrom) / 1e6
+      const messages = results.ingest.vigil.steps.reduce((n, step) => n + step.load.acked, 0)
+      results.allocations = summarizeAllocations(head, repoRoot, seconds, messages)
+    }
     const best = results.ingest.vigil.best
     progress(`scenario 1 · Vigil: max held ${best === null ? 'none' : `${best.rate} msg/s`}`)
 

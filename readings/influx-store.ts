@@ -61,21 +61,45 @@ export function escapeStringField (value: string): string {
   return `"${value.replace(/[\\"]/g, (c) => `\\${c}`)}"`
 }
 
+/**
+ * Escaped ids, metrics and units by their raw value: a fleet repeats a few thousand of each, and
+ * escaping each one anew (id check, lower case, three regular expressions) was most of the cost
+ * of a line (10,000 readings: 25–37 ms to encode before, 13–14 ms after, 2026-12-06). Only values
+ * that passed the checks are kept (a refused one throws every time); a cache is emptied when it
+ * holds `maxCached`.
+ */
+const maxCached = 100_000
+const idTags = new Map<string, string>()
+const metricTags = new Map<string, string>()
+const unitFields = new Map<string, string>()
+
+function cached (cache: Map<string, string>, raw: string, encode: (raw: string) => string): string {
+  let encoded = cache.get(raw)
+  if (encoded === undefined) {
+    encoded = encode(raw)
+    if (cache.size >= maxCached) cache.clear()
+    cache.set(raw, encoded)
+  }
+  return encoded
+}
+
+const idTag = (name: string) => (id: string): string => escapeTagValue(canonicalId(id), name)
+const deviceIdTag = idTag('deviceId')
+const patientIdTag = idTag('patientId')
+const metricTag = (metric: string): string => escapeTagValue(metric, 'metric')
+
 /** One line of line protocol for a reading (precision ms). Tags are in key order, as InfluxDB stores them. */
 export function encodeReading (reading: StoredReading): string {
   if (!Number.isFinite(reading.value)) throw new RangeError('reading value must be a finite number')
   if (!Number.isSafeInteger(reading.ts)) throw new RangeError('reading ts must be an integer (ms since epoch)')
   if (reading.seq !== null && !Number.isSafeInteger(reading.seq)) throw new RangeError('reading seq must be an integer or null')
-  const tags = `device_id=${escapeTagValue(canonicalId(reading.deviceId), 'deviceId')},` +
-    `metric=${escapeTagValue(reading.metric, 'metric')},` +
-    `patient_id=${escapeTagValue(canonicalId(reading.patientId), 'patientId')}`
   // A bare number is a float field: every value is written as float so the field's type never
   // conflicts between an integral and a fractional reading.
-  let fields = `value=${String(reading.value)},unit=${escapeStringField(reading.unit)}`
-  // Always written: InfluxDB merges the fields of a rewritten point, so omitting seq would
-  // keep an older write's value. -1 stands for "no seq" (device seqs are non-negative).
-  fields += `,seq=${reading.seq ?? -1}i`
-  return `${measurement},${tags} ${fields} ${reading.ts}`
+  // seq is always written: InfluxDB merges the fields of a rewritten point, so omitting seq
+  // would keep an older write's value. -1 stands for "no seq" (device seqs are non-negative).
+  return `${measurement},device_id=${cached(idTags, reading.deviceId, deviceIdTag)},metric=${cached(metricTags, reading.metric, metricTag)},` +
+    `patient_id=${cached(idTags, reading.patientId, patientIdTag)} value=${String(reading.value)},unit=${cached(unitFields, reading.unit, escapeStringField)},` +
+    `seq=${reading.seq ?? -1}i ${reading.ts}`
 }
 
 export function encodeReadings (readings: readonly StoredReading[]): string {
