@@ -8,7 +8,7 @@ import type { Test } from 'tap'
 import type { StoredReading } from '../../readings/reading.ts'
 import { openDatabase } from '../../store/database.ts'
 import {
-  apiForVersion, createInfluxReadingStore, encodeReading, escapeStringField, escapeTagValue,
+  apiForVersion, createInfluxReadingStore, createLineEncoder, encodeReading, escapeStringField, escapeTagValue,
   influxqlIdentifier, influxqlString, InfluxStoreError, readingsWhere
 } from '../../readings/influx-store.ts'
 import { createPostgresReadingStore } from '../../readings/postgres-store.ts'
@@ -371,17 +371,21 @@ t.test('line protocol and InfluxQL encoding', async (t) => {
   t.throws(() => encodeReading(reading('p', { value: Number.POSITIVE_INFINITY })), RangeError)
   t.throws(() => encodeReading(reading('p', { ts: 1.5 })), RangeError)
   t.throws(() => encodeReading(reading('p', { seq: 2.5 })), RangeError)
-  // Encoded ids, metrics and units are cached: the second encoding of each is the same line,
-  // an upper-case uuid is still written lower-case, and a refused value is refused every time.
+  // A store's encoder caches encoded ids, metrics and units: the second encoding of each is
+  // the same line, an upper-case uuid is still written lower-case, a string used as a device id
+  // and as a patient id is right in both places, and a refused value is refused every time.
+  const lines = createLineEncoder(2)
   const upper = { patientId: 'AAAAAAAA-AAAA-4AAA-8AAA-AAAAAAAAAAAA', deviceId: 'BBBBBBBB-BBBB-4BBB-8BBB-BBBBBBBBBBBB', metric: 'spo2', value: 97, unit: '%', ts: 7, seq: 1 }
   const line = 'reading,device_id=bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb,metric=spo2,patient_id=aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa value=97,unit="%",seq=1i 7'
-  t.equal(encodeReading(upper), line)
-  t.equal(encodeReading(upper), line, 'the same line from the cache')
-  t.equal(encodeReading({ ...upper, deviceId: upper.patientId, patientId: upper.deviceId }),
+  t.equal(lines.line(upper), line)
+  t.equal(lines.line(upper), line, 'the same line from the cache')
+  t.equal(lines.line({ ...upper, deviceId: upper.patientId, patientId: upper.deviceId }),
     'reading,device_id=aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa,metric=spo2,patient_id=bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb value=97,unit="%",seq=1i 7', 'one id as device and as patient')
+  t.equal(lines.lines([upper, { ...upper, patientId: 'p 1', deviceId: 'd,1', unit: 'a"b' }, upper]),
+    `${line}\nreading,device_id=d\\,1,metric=spo2,patient_id=p\\ 1 value=97,unit="a\\"b",seq=1i 7\n${line}`, 'past the cache\'s size (2 here) it starts again')
   for (let i = 0; i < 2; i++) {
-    t.throws(() => encodeReading({ ...upper, deviceId: 'd\\' }), /deviceId must not contain a backslash/, `a refused device id, time ${i + 1}`)
-    t.throws(() => encodeReading({ ...upper, patientId: '' }), /patientId must not be empty/, `an empty patient id, time ${i + 1}`)
+    t.throws(() => lines.line({ ...upper, deviceId: 'd\\' }), /deviceId must not contain a backslash/, `a refused device id, time ${i + 1}`)
+    t.throws(() => lines.line({ ...upper, patientId: '' }), /patientId must not be empty/, `an empty patient id, time ${i + 1}`)
   }
   t.equal(influxqlString("it's"), "'it\\'s'")
   t.equal(influxqlString('a\\b'), "'a\\\\b'")
