@@ -35,7 +35,8 @@ export interface AssignmentCacheHooks {
 }
 
 export function createDeviceAssignments (pool: pg.Pool, earlyToleranceMs: number, hooks: AssignmentCacheHooks = { changed: async () => {}, trusted: () => true }) {
-  const periods = new Map<string, { expiresAt: number, periods: Period[] }>()
+  // `lookup` is made once per load, so the hot path allocates nothing for a cached device.
+  const periods = new Map<string, { expiresAt: number, periods: Period[], lookup: (ts: number) => string | null }>()
 
   // Bumped on every invalidation: a load that started before an assignment committed must not
   // put its stale snapshot into the cache after the invalidation.
@@ -94,7 +95,13 @@ export function createDeviceAssignments (pool: pg.Pool, earlyToleranceMs: number
     }))
     // Expiry spread over 75–100 % of the lifetime so entries loaded
     // together (a fleet reconnecting) do not all expire in the same second.
-    if (generation === startedAt) periods.set(deviceId, { expiresAt: Date.now() + ASSIGNMENT_CACHE_MS * (0.75 + Math.random() * 0.25), periods: loaded })
+    if (generation === startedAt) {
+      periods.set(deviceId, {
+        expiresAt: Date.now() + ASSIGNMENT_CACHE_MS * (0.75 + Math.random() * 0.25),
+        periods: loaded,
+        lookup: (ts) => patientIn(loaded, ts, earlyToleranceMs)
+      })
+    }
     return loaded
   }
 
@@ -202,6 +209,18 @@ export function createDeviceAssignments (pool: pg.Pool, earlyToleranceMs: number
     async assignmentsOf (deviceId: string): Promise<(ts: number) => string | null> {
       const loaded = await loadPeriods(deviceId)
       return (ts) => patientIn(loaded, ts, earlyToleranceMs)
+    },
+
+    /**
+     * assignmentsOf without a promise when the device's periods are cached, fresh and trusted
+     * (every publish of a connected device, nearly): null otherwise, and the caller awaits
+     * assignmentsOf, which loads or refreshes them. The same answer, one await and two
+     * promises fewer a message.
+     */
+    cachedAssignmentsOf (deviceId: string): ((ts: number) => string | null) | null {
+      const cached = periods.get(deviceId)
+      if (cached === undefined || Date.now() >= cached.expiresAt || !hooks.trusted()) return null
+      return cached.lookup
     }
   }
 }

@@ -69,7 +69,7 @@ export async function startIngest (deps: IngestDeps) {
   /** Decodes and resolves each reading's patient; readings no assignment covers are returned apart. */
   async function resolve (deviceId: string, kind: TopicKind, payload: Buffer, nowMs: number): Promise<{ stored: StoredReading[], unassigned: NormalizedReading[] }> {
     const { seq, readings } = decoders[kind](payload, nowMs)
-    const patientAt = await deps.devices.assignmentsOf(deviceId)
+    const patientAt = deps.devices.cachedAssignmentsOf(deviceId) ?? await deps.devices.assignmentsOf(deviceId)
     const stored: StoredReading[] = []
     const unassigned: NormalizedReading[] = []
     for (const r of readings) {
