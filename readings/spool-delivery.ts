@@ -292,6 +292,8 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
 
   async function run (): Promise<void> {
     let backoff = minBackoff
+    // A failed batch is waiting to be written again: no read-ahead until it is delivered.
+    let retrying = false
     while (!stopping) {
       try {
         const seen = appended.generation()
@@ -323,7 +325,7 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
         }
         // Another write beside those in flight, only for a backlog past them of at least
         // lingerReadings (a trickle keeps one write at a time) and not while retrying.
-        const growable = window.length < maxInFlight && backoff === minBackoff
+        const growable = window.length < maxInFlight && !retrying
         if (growable) {
           const ahead = segments.backlog().readings - window.reduce((n, f) => n + f.batch.readings.length, 0)
           if (ahead >= lingerReadings) {
@@ -340,7 +342,7 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
         const oldest = window[0]!
         if (oldest.outcome === null) launch(oldest)
         // While the window could grow, an append (or stop) also ends the wait: the loop looks again.
-        const outcome = growable && appended.generation() === seen
+        const outcome = growable && appended.generation() === seen && !stopping
           ? await Promise.race([oldest.outcome!, wait(null, true).then(() => 'woken' as const)])
           : growable ? 'woken' : await oldest.outcome!
         if (outcome === 'woken') continue
@@ -353,6 +355,7 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
         }
         await consumeOldest()
         backoff = minBackoff
+        retrying = false
         blocked = false
         await checkpointIfDue(false)
       } catch (err) {
@@ -370,6 +373,7 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
           throttled.log('warn', `deliver:${error.message}`, { error: error.message, retryInMs: backoff }, 'spool delivery failed; retrying')
         }
         emit('deliveryFailed', error)
+        retrying = true
         if (stopping) break
         // A cleared timer, not a sleep left pending: stop() must leave no timer behind.
         await wait(backoff, false)
@@ -379,6 +383,10 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
     // Stopping: writes still in flight finish (stop() abandons them after closeTimeoutMs), and
     // what was delivered, in order from the front, need not be delivered again at the next start.
     try {
+      // Every write started is waited for, not only the front one (a failed front batch may
+      // sit in its backoff while a later write runs): stop() never returns with a store request
+      // still running. The abandon timer bounds this, and outcomes never reject.
+      await Promise.all(window.flatMap((f) => f.outcome === null ? [] : [f.outcome]))
       while (!abandoned && window.length > 0 && window[0]!.outcome !== null) {
         if (await window[0]!.outcome !== 'delivered' || abandoned) break
         await consumeOldest()

@@ -842,3 +842,36 @@ t.test('maxWritesInFlight 1: one write at a time', async (t) => {
   await waitFor('delivery', () => spool.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
   t.equal(store.all().length, 30)
 })
+
+t.test('close after the earlier write failed waits for the later one still in flight', async (t) => {
+  // Review of the two-writes change: stop() returned during A's backoff while B was still
+  // writing, so close() resolved with a store request running (and never abandoned).
+  const dir = await tempDir(t)
+  const spool = await openSpool({ dir, maxBytes: 1 << 20, log, closeTimeoutMs: 5000 })
+  const failA = gate()
+  const finishB = gate()
+  let calls = 0
+  let bFinished = false
+  let failures = 0
+  spool.on('deliveryFailed', () => { failures++ })
+  const store = recordingStore(async (call) => {
+    calls++
+    if (call === 1) {
+      await failA.wait
+      throw storeError(503)
+    }
+    await finishB.wait
+    bFinished = true
+  })
+  await spool.append(readings(10))
+  await spool.append(readings(10))
+  spool.startDelivery(store, { ...concurrent, minBackoffMs: 60_000 })
+  await waitFor('two writes in flight', () => calls === 2, { timeoutMs: 15_000, everyMs: 10 })
+  failA.open()
+  await waitFor('the first write to fail', () => failures === 1, { timeoutMs: 15_000, everyMs: 10 })
+  setTimeout(() => finishB.open(), 300)
+  await spool.close()
+  t.ok(bFinished, 'close returned only after the write in flight finished')
+  const reopened = await open(t, dir)
+  t.equal(reopened.stats().depthReadings, 20, 'nothing checkpointed past the failed first batch')
+})
