@@ -63,6 +63,16 @@ async function open (t: Test, dir: string, options: Partial<OpenSpoolOptions> = 
   return spool
 }
 
+/** Reopens the spool in `dir` and delivers all it holds to a fresh store: the depth it reopened with, and what the store received. */
+async function reopenAndReplay (t: Test, dir: string): Promise<{ depth: number, delivered: StoredReading[] }> {
+  const reopened = await open(t, dir)
+  const depth = reopened.stats().depthReadings
+  const store = recordingStore()
+  reopened.startDelivery(store)
+  await waitFor('replay', () => reopened.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
+  return { depth, delivered: store.all() }
+}
+
 async function segmentFiles (dir: string): Promise<string[]> {
   return (await fs.readdir(dir)).filter((f) => f.endsWith('.wal')).sort()
 }
@@ -399,12 +409,9 @@ t.test('close gives up on a never-settling write after closeTimeoutMs; a reopene
   t.ok(elapsed >= 250 && elapsed < 1500, `close took ${Math.round(elapsed)} ms`)
   t.equal(calls, 1, 'no further write was started')
 
-  const reopened = await open(t, dir)
-  t.equal(reopened.stats().depthReadings, 5, 'the records are still spooled')
-  const store = recordingStore()
-  reopened.startDelivery(store)
-  await waitFor('replay', () => reopened.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
-  t.strictSame(store.all(), batch)
+  const replay = await reopenAndReplay(t, dir)
+  t.equal(replay.depth, 5, 'the records are still spooled')
+  t.strictSame(replay.delivered, batch)
 })
 
 t.test('an abandoned write that settles after close changes nothing', async (t) => {
@@ -566,12 +573,9 @@ t.test('a failed write (ENOSPC) rejects the append and earlier records survive',
   await t.rejects(spool.append(readings(1)), /unusable/)
   await spool.close()
   await fs.rm(full)
-  const reopened = await open(t, dir)
-  t.equal(reopened.stats().depthReadings, 2)
-  const store = recordingStore()
-  reopened.startDelivery(store)
-  await waitFor('delivery', () => reopened.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
-  t.strictSame(store.all(), ok)
+  const replay = await reopenAndReplay(t, dir)
+  t.equal(replay.depth, 2)
+  t.strictSame(replay.delivered, ok)
 })
 
 t.test('openSpool fails when the directory cannot be created', async (t) => {
@@ -816,12 +820,9 @@ t.test('close with two writes hung: both are abandoned, nothing is checkpointed,
   const started = performance.now()
   await spool.close()
   t.ok(performance.now() - started < 1500, 'close gave up on both after closeTimeoutMs')
-  const reopened = await open(t, dir)
-  t.equal(reopened.stats().depthReadings, 20, 'both batches are still spooled')
-  const store = recordingStore()
-  reopened.startDelivery(store)
-  await waitFor('replay', () => reopened.stats().depthReadings === 0, { timeoutMs: 15_000, everyMs: 10 })
-  t.strictSame(store.all(), written)
+  const replay = await reopenAndReplay(t, dir)
+  t.equal(replay.depth, 20, 'both batches are still spooled')
+  t.strictSame(replay.delivered, written)
 })
 
 t.test('maxWritesInFlight 1: one write at a time', async (t) => {
