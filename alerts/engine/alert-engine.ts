@@ -161,7 +161,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const t0 = performance.now()
       if (client === undefined) await statesFor(ids)
       else for (const [id, s] of await store.loadStates(ids, client)) states.set(id, s)
-      const [overrides, scales] = await Promise.all([store.overridesOf(ids), store.spo2Scales(ids)])
+      const { overrides, scales } = await store.settingsOf(ids)
       const rules = rulesFile.current().ruleSet.rules
       const nowMs = now()
       const patients: PatientBatch[] = ids.map((id) => ({

@@ -91,6 +91,34 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
       return out
     },
 
+    /**
+     * overridesOf and spo2Scales in one round trip: what each evaluation batch reads besides
+     * rule state (a small site's batches are a few readings each, so their queries are most of
+     * the engine's cost).
+     */
+    async settingsOf (patientIds: readonly string[]): Promise<{ overrides: Map<string, RuleOverride[]>, scales: Map<string, Spo2Scale> }> {
+      const overrides = new Map<string, RuleOverride[]>()
+      const scales = new Map<string, Spo2Scale>()
+      if (patientIds.length === 0) return { overrides, scales }
+      const { rows } = await pool.query(
+        `SELECT patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at, NULL::smallint AS spo2_scale
+           FROM patient_rule_overrides WHERE patient_id = ANY($1::uuid[])
+         UNION ALL
+         SELECT patient_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, spo2_scale
+           FROM patient_news2_scale WHERE patient_id = ANY($1::uuid[])
+         ORDER BY rule_id`, [patientIds])
+      for (const row of rows) {
+        if (row.rule_id === null) {
+          scales.set(row.patient_id, row.spo2_scale === 2 ? 2 : 1)
+          continue
+        }
+        const list = overrides.get(row.patient_id) ?? []
+        list.push(toOverride(row))
+        overrides.set(row.patient_id, list)
+      }
+      return { overrides, scales }
+    },
+
     async putOverride (o: { patientId: string, ruleId: string, parameters: OverrideParameters, reason: string, setBy: string, expiresAt: number }): Promise<RuleOverride> {
       const { rows } = await pool.query(
         `INSERT INTO patient_rule_overrides (patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at)

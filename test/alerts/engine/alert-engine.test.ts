@@ -166,6 +166,28 @@ t.test('overrides apply until they expire', async (t) => {
   t.match(highHr(), [{ ruleId: 'high-hr', status: 'firing', details: { threshold: 150 } }], 'expired: the rule\'s own threshold')
 })
 
+for (const [name, db] of [['postgres', postgres], ['pglite', pglite]] as const) {
+  t.test(`${name}: a batch's overrides and SpO2 scales in one query, the same as read apart`, async (t) => {
+    const h = await start(db)
+    t.teardown(() => h.engine.close())
+    const patients = createPatientStore(db.pool)
+    const [both, overrideOnly, scaleOnly, neither] = await Promise.all(['Both', 'Override', 'Scale', 'Neither'].map(async (n) => (await patients.create(`Settings ${n}`)).id))
+    const store = h.engine.store
+    await store.putOverride({ patientId: both!, ruleId: 'tachycardia', parameters: { above: 130 }, reason: 'beta blocker paused', setBy: 'user:doc', expiresAt: T0 + MIN })
+    await store.putOverride({ patientId: both!, ruleId: 'high-hr', parameters: { above: 170 }, reason: 'athlete', setBy: 'user:doc', expiresAt: T0 + MIN })
+    await store.putOverride({ patientId: overrideOnly!, ruleId: 'high-hr', parameters: { above: 160 }, reason: 'r', setBy: 'user:doc', expiresAt: T0 + MIN })
+    await store.setSpo2Scale(both!, 2, 'user:doc', 'COPD')
+    await store.setSpo2Scale(scaleOnly!, 2, 'user:doc', 'COPD')
+    const ids = [both!, overrideOnly!, scaleOnly!, neither!]
+    const settings = await store.settingsOf(ids)
+    t.same(settings, { overrides: await store.overridesOf(ids), scales: await store.spo2Scales(ids) })
+    t.same(settings.overrides.get(both!)?.map((o) => o.ruleId), ['high-hr', 'tachycardia'], 'in rule order')
+    t.equal(settings.overrides.get(both!)?.[1]?.reason, 'beta blocker paused', 'reasons decrypted')
+    t.same([...settings.scales], [[both, 2], [scaleOnly, 2]])
+    t.same(await store.settingsOf([]), { overrides: new Map(), scales: new Map() })
+  })
+}
+
 t.test('NEWS2 scores are stored as readings', async (t) => {
   const h = await start(postgres)
   t.teardown(() => h.engine.close())
