@@ -18,6 +18,8 @@ export interface BenchOptions {
   profile: boolean
   /** Sample Vigil's allocations (freed ones included) during scenario 1's measured steps. */
   allocProfile: boolean
+  /** Extra Node.js flags for Vigil's process (e.g. a V8 heap setting to compare against the default). */
+  vigilNodeArgs: string[]
   /** Readings per message: 1 (default), 6 (the simulator's shape), 50 (a backlog upload). */
   readingsPerMessage: number
   /**
@@ -57,6 +59,7 @@ this machine and prints a table (and writes bench/results/<timestamp>.json).
   --readings-per-message N  readings in each message (default 1; 6 is the simulator's shape,
                       50 a backlog upload): rates stay in msg/s, "readings/s stored" counts readings
   --profile           CPU-profile Vigil during scenarios 1 and 5 and print where its time goes
+  --vigil-node-arg F  a Node.js flag for Vigil's process (repeatable), e.g. --vigil-node-arg=--max-semi-space-size=8
   --alloc-profile     sample Vigil's allocations (freed ones too) during scenario 1's measured
                       steps and print which functions allocate how much a message (not with --profile)
   --instances N       scale-out: after scenario 1 (1 process), the same search through N Vigil
@@ -103,6 +106,7 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
       scenarios: { type: 'string' },
       profile: { type: 'boolean', default: false },
       'alloc-profile': { type: 'boolean', default: false },
+      'vigil-node-arg': { type: 'string', multiple: true },
       'readings-per-message': { type: 'string' },
       instances: { type: 'string' },
       'redis-url': { type: 'string' },
@@ -128,6 +132,9 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
   if (values['alloc-profile'] === true && !scenarios.includes(1)) throw new Error('--alloc-profile needs scenario 1')
   // Each would bill its own overhead to the other.
   if (values['alloc-profile'] === true && values.profile === true) throw new Error('--alloc-profile and --profile: one at a time')
+  const vigilNodeArgs = values['vigil-node-arg'] ?? []
+  const badFlag = vigilNodeArgs.find((a) => !/^--[a-z]/.test(a))
+  if (badFlag !== undefined) throw new Error(`--vigil-node-arg takes one Node.js flag such as --max-semi-space-size=8 (got "${badFlag}")`)
   return {
     mode: full ? 'full' : 'quick',
     durationMs: positive('duration', values.duration, full ? 20 : 4) * 1000,
@@ -141,6 +148,7 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
     scenarios: new Set(scenarios),
     profile: values.profile,
     allocProfile: values['alloc-profile'],
+    vigilNodeArgs,
     readingsPerMessage: positive('readings-per-message', values['readings-per-message'], 1, true),
     instances,
     redisUrl: values['redis-url'] ?? null,

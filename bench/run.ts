@@ -239,6 +239,7 @@ async function main (): Promise<void> {
     'each figure is for the whole machine under that load, not for the component alone',
     `${options.readingsPerMessage === 1 ? 'one reading' : `${options.readingsPerMessage} readings`} per message; a "held" rate had every message sent on schedule, at most 0.5 s of load (or 3 %) un-PUBACKed when the ` +
     'window ended and all PUBACKed within 3 s, none lost, and every acknowledged reading counted in InfluxDB within 1 s + 10 % of the window after it')
+  if (options.vigilNodeArgs.length > 0) results.caveats.push(`Vigil ran with node ${options.vigilNodeArgs.join(' ')}`)
   if (options.profile) results.caveats.push('--profile: Vigil ran under the V8 sampling profiler in scenarios 1 and 5, which costs it some CPU')
 
   const vigilDataDir = path.join(root, 'vigil-data')
@@ -255,6 +256,7 @@ async function main (): Promise<void> {
       adminToken,
       logFile: path.join(root, `vigil-${vigilInstance}.log`),
       nodeArgs: [
+        ...options.vigilNodeArgs,
         ...(profileDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', profileDir]),
         ...(inspectPort === undefined ? [] : [`--inspect=127.0.0.1:${inspectPort}`])
       ]
