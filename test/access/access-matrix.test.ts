@@ -9,7 +9,7 @@ import { openDatabase } from '../../store/database.ts'
 import type { Database } from '../../store/database.ts'
 import { apiDepsFor } from '../helpers/api-deps.ts'
 import { newPatient, onCareTeam, patientWithLogin, userWithLogin } from '../helpers/people.ts'
-import { createTestDatabase } from '../helpers/postgres.ts'
+import { openTestDatabase } from '../helpers/postgres.ts'
 import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 
 type Role = 'patient' | 'nurse' | 'doctor' | 'admin' | 'developer' | 'device-integrator' | 'ml-scientist'
@@ -228,12 +228,7 @@ async function runMatrix (t: Test, db: Database, only?: readonly Role[]): Promis
 }
 
 t.test('access matrix on PostgreSQL', async (t) => {
-  const testDb = await createTestDatabase()
-  const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-  t.teardown(async () => {
-    await db.close()
-    await testDb.drop()
-  })
+  const db = await openTestDatabase(t)
   await runMatrix(t, db)
 })
 

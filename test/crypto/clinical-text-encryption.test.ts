@@ -1,22 +1,15 @@
-import pino from 'pino'
 import t from 'tap'
 import { createAuditLog } from '../../access/audit-log.ts'
 import { clinicalTextKeyUsage, reencryptClinicalText } from '../../crypto/clinical-text.ts'
-import { openDatabase } from '../../store/database.ts'
 import { createKeyring } from '../../crypto/field-encryption.ts'
 import { createPatientStore } from '../../patients/patients.ts'
 import { createPeopleStore } from '../../access/people.ts'
 import { randomKeys } from '../helpers/keys.ts'
-import { createTestDatabase } from '../helpers/postgres.ts'
+import { openTestDatabase } from '../helpers/postgres.ts'
 
 // Issue 11 item 8: clinical free text written before migration 008 is encrypted by the pass,
 // rotated with the rest, counted per key; audit_log stays append-only except for that pass.
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log: pino({ level: 'silent' }) })
-t.teardown(async () => {
-  await db.close()
-  await testDb.drop()
-})
+const db = await openTestDatabase(t)
 const keys = randomKeys('k1', 'k2')
 const indexKey = Buffer.alloc(32, 7)
 const k1 = createKeyring('k1', new Map([['k1', keys.get('k1')!]]), indexKey)

@@ -1,21 +1,13 @@
-import pino from 'pino'
 import t from 'tap'
 import { createDeviceRegistry } from '../../devices/device-registry.ts'
-import { openDatabase } from '../../store/database.ts'
 import { createPatientStore } from '../../patients/patients.ts'
-import { createTestDatabase } from '../helpers/postgres.ts'
+import { openTestDatabase } from '../helpers/postgres.ts'
 
 // The ingest hot path asks cachedAssignmentsOf first (no promise) and awaits assignmentsOf
 // only when it answers null: both must give the same patient, and the cached answer must never
 // outlive a change made here or be used while changes made elsewhere may go unannounced.
 
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-t.teardown(async () => {
-  await db.close()
-  await testDb.drop()
-})
+const db = await openTestDatabase(t)
 const patients = createPatientStore(db.pool)
 let trusted = true
 const devices = createDeviceRegistry(db.pool, { cacheTrusted: () => trusted })

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { createLogger } from '../../observability/logger.ts'
-import { openDatabase } from '../../store/database.ts'
+import { openDatabase, type Database } from '../../store/database.ts'
 import { schemaKey } from './schema-key.ts'
 import { waitFor } from './wait.ts'
 
@@ -103,4 +103,18 @@ export async function createTestDatabase (options: { empty?: boolean } = {}): Pr
       })
     }
   }
+}
+
+/**
+ * A migrated database of its own for a test file (or one test), opened with `openDatabase`;
+ * closed and dropped when `t` ends.
+ */
+export async function openTestDatabase (t: { teardown: (fn: () => Promise<void>) => void }, options: { poolSize?: number } = {}): Promise<Database> {
+  const testDb = await createTestDatabase()
+  const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log: createLogger('silent'), ...options })
+  t.teardown(async () => {
+    await db.close()
+    await testDb.drop()
+  })
+  return db
 }

@@ -2,8 +2,7 @@ import pino from 'pino'
 import t from 'tap'
 import { createJobQueue } from '../../jobs/job-queue.ts'
 import { startJobRunner } from '../../jobs/job-runner.ts'
-import { openDatabase } from '../../store/database.ts'
-import { createTestDatabase } from '../helpers/postgres.ts'
+import { openTestDatabase } from '../helpers/postgres.ts'
 import { waitFor } from '../helpers/wait.ts'
 import { manualDateClock } from '../helpers/job-clock.ts'
 
@@ -13,12 +12,7 @@ import { manualDateClock } from '../helpers/job-clock.ts'
 // run two transcriptions at once, not one).
 
 const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log, poolSize: 12 })
-t.teardown(async () => {
-  await db.close()
-  await testDb.drop()
-})
+const db = await openTestDatabase(t, { poolSize: 12 })
 
 const manualClock = manualDateClock
 

@@ -9,7 +9,7 @@ import { readWavInfo } from '../../jobs/transcription/wav.ts'
 import { wordErrorRate } from '../../jobs/transcription/word-error-rate.ts'
 import { openDatabase, type Database } from '../../store/database.ts'
 import { sentences, speechDir, synthesize } from '../helpers/speech.ts'
-import { createTestDatabase } from '../helpers/postgres.ts'
+import { openTestDatabase } from '../helpers/postgres.ts'
 import { testKeyring } from '../helpers/keys.ts'
 import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
 import { manualDateClock } from '../helpers/job-clock.ts'
@@ -18,12 +18,7 @@ import { manualDateClock } from '../helpers/job-clock.ts'
 const keyring = testKeyring()
 
 const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log, poolSize: 12 })
-t.teardown(async () => {
-  await db.close()
-  await testDb.drop()
-})
+const db = await openTestDatabase(t, { poolSize: 12 })
 
 const manualClock = manualDateClock
 

@@ -1,22 +1,14 @@
-import pino from 'pino'
 import t from 'tap'
 import { createJobQueue } from '../../jobs/job-queue.ts'
 import { pcm16WavHeader, readWavInfo } from '../../jobs/transcription/wav.ts'
-import { openDatabase } from '../../store/database.ts'
 import { createKeyring } from '../../crypto/field-encryption.ts'
 import { createVoiceNoteStore } from '../../jobs/voice-notes.ts'
 import { randomKeys } from '../helpers/keys.ts'
-import { createTestDatabase } from '../helpers/postgres.ts'
+import { openTestDatabase } from '../helpers/postgres.ts'
 
 // Voice notes are PHI: audio (until transcribed), transcript and word timings are encrypted at
 // rest, bound to their row, and survive a key rotation (re-encryption pass, old key retired).
-const log = pino({ level: 'silent' })
-const testDb = await createTestDatabase()
-const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
-t.teardown(async () => {
-  await db.close()
-  await testDb.drop()
-})
+const db = await openTestDatabase(t)
 
 const keys = randomKeys('k1', 'k2')
 const indexKey = Buffer.alloc(32, 7)
