@@ -15,7 +15,11 @@ export const PATIENT_RULE_LOCK_SPACE = 0x56675273
  * patient and rule (crypto/clinical-text.ts).
  */
 export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
-  const toOverride = (row: any): RuleOverride => overrideOf(keyring, row)
+  const addOverride = (out: Map<string, RuleOverride[]>, row: any): void => {
+    const list = out.get(row.patient_id) ?? []
+    list.push(overrideOf(keyring, row))
+    out.set(row.patient_id, list)
+  }
   return {
     async loadStates (patientIds: readonly string[], db: pg.ClientBase | pg.Pool = pool): Promise<Map<string, PatientRuleState>> {
       const out = new Map<string, PatientRuleState>()
@@ -83,11 +87,7 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
       const { rows } = await pool.query(
         `SELECT patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at FROM patient_rule_overrides
          WHERE patient_id = ANY($1::uuid[]) ORDER BY rule_id`, [patientIds])
-      for (const row of rows) {
-        const list = out.get(row.patient_id) ?? []
-        list.push(toOverride(row))
-        out.set(row.patient_id, list)
-      }
+      for (const row of rows) addOverride(out, row)
       return out
     },
 
@@ -108,13 +108,8 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
            FROM patient_news2_scale WHERE patient_id = ANY($1::uuid[])
          ORDER BY rule_id`, [patientIds])
       for (const row of rows) {
-        if (row.rule_id === null) {
-          scales.set(row.patient_id, row.spo2_scale === 2 ? 2 : 1)
-          continue
-        }
-        const list = overrides.get(row.patient_id) ?? []
-        list.push(toOverride(row))
-        overrides.set(row.patient_id, list)
+        if (row.rule_id === null) scales.set(row.patient_id, scaleOf(row))
+        else addOverride(overrides, row)
       }
       return { overrides, scales }
     },
@@ -128,7 +123,7 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
          RETURNING patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at`,
         [o.patientId, o.ruleId, JSON.stringify(o.parameters), sealClinicalText(keyring, o.reason, overrideReasonAt(o.patientId, o.ruleId)),
           keyring.activeKeyId, o.setBy, new Date(o.expiresAt)])
-      return toOverride(rows[0])
+      return overrideOf(keyring, rows[0])
     },
 
     async deleteOverride (patientId: string, ruleId: string): Promise<boolean> {
@@ -140,7 +135,7 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
       const out = new Map<string, Spo2Scale>()
       if (patientIds.length === 0) return out
       const { rows } = await pool.query('SELECT patient_id, spo2_scale FROM patient_news2_scale WHERE patient_id = ANY($1::uuid[])', [patientIds])
-      for (const row of rows) out.set(row.patient_id, row.spo2_scale === 2 ? 2 : 1)
+      for (const row of rows) out.set(row.patient_id, scaleOf(row))
       return out
     },
 
@@ -167,4 +162,8 @@ function overrideOf (keyring: Keyring, row: any): RuleOverride {
     patientId: row.patient_id, ruleId: row.rule_id, parameters: row.parameters, reason, setBy: row.set_by,
     setAt: new Date(row.set_at).getTime(), expiresAt: new Date(row.expires_at).getTime()
   }
+}
+
+function scaleOf (row: { spo2_scale: unknown }): Spo2Scale {
+  return row.spo2_scale === 2 ? 2 : 1
 }
