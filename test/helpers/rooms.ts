@@ -65,15 +65,18 @@ export async function runRoom (room: string, split?: { part: number, parts: numb
         const method = subT[name]
         if (typeof method === 'function') rootT[name] = (...args: unknown[]) => (method as (...a: unknown[]) => unknown).apply(sub, args)
       }
-      const cpuBefore = process.cpuUsage()
-      const startedAt = Date.now()
-      sub.teardown(async () => {
-        // TEST_CPU_REPORT=<file>: one JSON line per test file with the CPU its room process
-        // (worker threads included, child processes not) spent on it, to find where the fast set's time goes.
-        if (process.env.TEST_CPU_REPORT === undefined) return
-        const cpu = process.cpuUsage(cpuBefore)
-        await fs.appendFile(process.env.TEST_CPU_REPORT, JSON.stringify({ file, cpuMs: Math.round((cpu.user + cpu.system) / 1000), wallMs: Date.now() - startedAt }) + '\n')
-      })
+      // TEST_CPU_REPORT=<file>: one JSON line per test file with the CPU its room process
+      // (worker threads included, child processes not) spent on it, to find where the fast set's
+      // time goes. Registered first, so it runs after the file's own teardowns (they run last first).
+      const report = process.env.TEST_CPU_REPORT
+      if (report !== undefined) {
+        const cpuBefore = process.cpuUsage()
+        const startedAt = Date.now()
+        sub.teardown(async () => {
+          const cpu = process.cpuUsage(cpuBefore)
+          await fs.appendFile(report, JSON.stringify({ file, cpuMs: Math.round((cpu.user + cpu.system) / 1000), wallMs: Date.now() - startedAt }) + '\n')
+        })
+      }
       try {
         await import(pathToFileURL(path.join(root, file)).href)
       } finally {
