@@ -22,7 +22,7 @@ import { openSegments } from './spool-segments.ts'
  *
  * This file composes four parts (docs/durability.md says what they promise together):
  *   spool-record.ts       the record codec: framing, checksum, torn and corrupt records
- *   spool-segments.ts     the segment files: append (group commit, fdatasync), roll, read, checkpoint
+ *   spool-segments.ts     the segment files: append (group commit, O_DSYNC writes), roll, read, checkpoint
  *   spool-delivery.ts     the delivery loop: batches, retries with backoff, blocked delivery, bisection
  *   spool-dead-letter.ts  the dead-letter file and its replay
  */
@@ -58,7 +58,7 @@ export interface SpoolStats {
   depthBytes: number
   /** Age of the oldest undelivered record; 0 when empty. */
   oldestUnwrittenAgeMs: number
-  /** fdatasync calls made by append() so far (group commit makes this far fewer than appends). */
+  /** Durable writes made by append() so far (group commit makes this far fewer than appends). */
   appendSyncs: number
   /** Readings moved to the dead-letter file since the spool was opened. */
   deadLettered: number
