@@ -21,8 +21,10 @@ export interface DeliveryOptions {
   maxBackoffMs?: number
   /**
    * While fewer than `lingerReadings` are waiting, the first of them waits up to this long
-   * (ms, default 20) for company, so a steady stream goes out in few large writes instead of
-   * many tiny ones: each write costs an HTTP request whatever its size. 0: no wait.
+   * (ms, default 100) for company, so a steady stream goes out in few large writes instead of
+   * many tiny ones: each write costs an HTTP request whatever its size (at 100 msg/s a 20 ms
+   * linger made 50 requests a second, a third of Vigil's CPU). A reading is durable and
+   * acknowledged before this; the linger only delays when it can be queried. 0: no wait.
    */
   lingerMs?: number
   /** Backlog at which delivery starts at once, without lingering (default 1000). */
@@ -147,7 +149,7 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
   const maxBatch = options.maxBatchReadings ?? 10_000
   const minBackoff = options.minBackoffMs ?? 100
   const maxBackoff = options.maxBackoffMs ?? 10_000
-  const lingerMs = options.lingerMs ?? 20
+  const lingerMs = options.lingerMs ?? 100
   const lingerReadings = options.lingerReadings ?? 1000
   const checkpointInterval = options.checkpointIntervalMs ?? 250
   const maxInFlight = Math.max(1, options.maxWritesInFlight ?? 2)

@@ -240,7 +240,8 @@ t.test('close waits for the in-flight write and drops nothing', async (t) => {
   const store = recordingStore(async (call) => { if (call === 1) await gate })
   const batch = readings(3)
   await spool.append(batch)
-  spool.startDelivery(store)
+  // No linger: the write must be in flight before close() is called.
+  spool.startDelivery(store, { lingerMs: 0 })
   await sleep(50)
   let closed = false
   const closing = spool.close().then(() => { closed = true })
