@@ -205,8 +205,17 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     }, 'alert batch evaluated')
   }
 
-  async function drain (): Promise<void> {
-    while (queue.length > 0 && !closedHard) {
+  /**
+   * Evaluates the queue a batch at a time. From the timer (`all` false) it goes on past the first
+   * batch only while a full batch is waiting: readings that arrived during a batch have a window
+   * of their own (onAccepted set the timer), so they wait it out for company instead of following
+   * as a batch of one or two (at 100 readings/s that made 33 batches a second instead of 20, each
+   * several database round trips). flush() and close() drain everything.
+   */
+  async function drain (all: boolean): Promise<void> {
+    let first = true
+    while (queue.length > 0 && !closedHard && (all || first || queue.length >= batchSize)) {
+      first = false
       const batch = queue.splice(0, batchSize * 10)
       try {
         await runBatch(batch)
@@ -230,6 +239,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         return
       }
     }
+    if (queue.length > 0 && timer === null) schedule(flushIntervalMs)
   }
 
   function schedule (delayMs: number): void {
@@ -241,7 +251,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     }
     timer = setTimeout(() => {
       timer = null
-      exclusive(drain).catch((err) => log.error({ err }, 'alert evaluation loop failed'))
+      exclusive(async () => { await drain(false) }).catch((err) => log.error({ err }, 'alert evaluation loop failed'))
     }, delayMs)
   }
 
@@ -349,7 +359,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         clearTimeout(timer)
         timer = null
       }
-      await exclusive(drain)
+      await exclusive(async () => { await drain(true) })
     },
     async close () {
       closed = true
@@ -358,7 +368,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       if (timer !== null) clearTimeout(timer)
       timer = null
       // Evaluate what was accepted before shutdown (one attempt), then stop.
-      await exclusive(drain).catch(() => {})
+      await exclusive(async () => { await drain(true) }).catch(() => {})
       closedHard = true
       await chain
       await workers.close()

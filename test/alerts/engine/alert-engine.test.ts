@@ -19,6 +19,8 @@ import { parseMetrics } from '../../helpers/log-capture.ts'
 import { createTestDatabase } from '../../helpers/postgres.ts'
 import { testKeyring } from '../../helpers/keys.ts'
 import { seedEmbeddedDatabase } from '../../helpers/pglite-template.ts'
+import { waitFor } from '../../helpers/wait.ts'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 // Encrypts clinical free text (alert comments, override reasons) for every engine/lifecycle this file starts.
 const clinicalTextKeyring = testKeyring()
@@ -215,6 +217,35 @@ t.test('no-data evaluation through the engine fires once and is stored', async (
   h.engine.onAccepted([reading(patient.id, 'heart_rate', 70, T0 + 61 * MIN)])
   await h.engine.flush()
   t.match(h.changes.filter((c) => c.ruleId === 'silent').map((c) => c.status), ['firing', 'cleared'])
+})
+
+t.test('readings that arrive during a batch wait for their own window, not a batch of their own right behind it', async (t) => {
+  const registry = new Registry()
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  let applied = 0
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry, writeDerived: async () => {},
+    flushIntervalMs: 1000,
+    sink: { async apply () { if (applied++ === 0) await gate } }
+  })
+  t.teardown(() => engine.close())
+  const patients = createPatientStore(postgres.pool)
+  const first = (await patients.create('Window Patient 1')).id
+  const second = (await patients.create('Window Patient 2')).id
+  const batches = async (): Promise<number> => await metric(registry, 'vigil_alert_evaluation_seconds_count')
+  engine.onAccepted([reading(first, 'heart_rate', 165, Date.now())])
+  // The first batch (after its 1 s window) hands a change to the sink, which holds it.
+  await waitFor('the first batch at the sink', () => applied === 1, { timeoutMs: 10_000, everyMs: 10 })
+  const straggler = Date.now()
+  engine.onAccepted([reading(second, 'heart_rate', 80, Date.now())])
+  release()
+  await waitFor('the first batch done', async () => await batches() === 1, { timeoutMs: 10_000, everyMs: 5 })
+  await sleep(100)
+  t.equal(await batches(), 1, 'the reading that came during the batch did not follow it at once as a batch of one')
+  await waitFor('the second batch', async () => await batches() === 2, { timeoutMs: 10_000, everyMs: 10 })
+  t.ok(Date.now() - straggler >= 900, `it waited out its window (${Date.now() - straggler} ms)`)
+  t.equal(await metric(registry, 'vigil_alert_readings_evaluated_total'), 2, 'both readings evaluated')
 })
 
 t.test('a failed batch is retried: no condition change is lost', async (t) => {
