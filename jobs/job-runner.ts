@@ -93,11 +93,14 @@ export function startJobRunner (options: JobRunnerOptions): JobRunner {
 
   async function tick (): Promise<void> {
     await renewLeases()
+    // A claim is a transaction of six statements per type: only for types with work due.
+    const due = workers - held.size > 0 ? await queue.dueTypes(types) : new Set<string>()
     // Round-robin over types, so one busy type does not starve the others of free slots.
     for (let i = 0; i < types.length && !closing; i++) {
       const free = workers - held.size
       if (free <= 0) break
       const type = types[(typeCursor + i) % types.length]!
+      if (!due.has(type)) continue
       const claimed = await queue.claim({ type, max: free, typeLimit: options.concurrency?.[type] ?? workers, runnerId })
       for (const job of claimed) start(job)
     }
