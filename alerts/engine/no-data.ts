@@ -2,6 +2,7 @@ import type { ConditionChange, DevicePresence, NoDataCause } from '../contract.t
 import { formatDuration, initialState, reminderDue } from './evaluate.ts'
 import type { NoDataState, PatientRuleState } from './evaluate.ts'
 import type { NoDataRule, Rule } from './rule-set.ts'
+import { copyJson } from './json-state.ts'
 
 export interface NoDataInput {
   rules: readonly Rule[]
@@ -40,7 +41,7 @@ export function evaluateNoData (input: NoDataInput): NoDataOutput {
     const devices = devicesByPatient.get(patientId) ?? []
     for (const rule of rules) {
       const held = input.states.get(patientId)?.[rule.id]
-      const st = structuredClone(held?.kind === 'no_data' ? held : initialState(rule) as NoDataState)
+      const st = copyJson(held?.kind === 'no_data' ? held : initialState(rule) as NoDataState)
       const silence = rule.metric === null
         ? silentDevices(rule, devices, input.nowMs)
         : silentMetric(rule, st, devices, input.nowMs)
