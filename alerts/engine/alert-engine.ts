@@ -8,7 +8,7 @@ import { createWorkerPool, taskFile } from '../../workers/pool.ts'
 import { createRuleStateStore } from './rule-state-store.ts'
 import type { RuleStateStore } from './rule-state-store.ts'
 import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence, DevicePresenceSource, Schedule, ScheduledJob } from '../contract.ts'
-import type { EvalReading, EvaluateInput, EvaluateOutput, PatientBatch, PatientRuleState } from './evaluate.ts'
+import type { EvalReading, EvaluateInput, EvaluateTaskOutput, PatientBatch, PatientRuleState } from './evaluate.ts'
 import { evaluateNoData } from './no-data.ts'
 import type { ActiveRules, RulesFile } from './rules-file.ts'
 
@@ -113,7 +113,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   // kept); more only while batches are big enough to split (below), ending after a minute idle,
   // so a quiet site does not hold WORKER_THREADS idle threads (~30 MB each). A process that has
   // not received a reading yet holds none: the first batch waits for the thread's start.
-  const workers = createWorkerPool<EvaluateInput, EvaluateOutput>({
+  const workers = createWorkerPool<EvaluateInput, EvaluateTaskOutput>({
     filename: taskFile(import.meta.url, 'evaluate-task'), threads: options.workerThreads, minThreads: 1, startOnFirstTask: true
   })
 
@@ -174,7 +174,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const chunks: PatientBatch[][] = Array.from({ length: parts }, () => [])
       patients.forEach((p, i) => chunks[i % chunks.length]!.push(p))
       const t1 = performance.now()
-      let results: EvaluateOutput[]
+      let results: EvaluateTaskOutput[]
       try {
         results = await Promise.all(chunks.map((chunk) => workers.run({ rules, patients: chunk, nowMs })))
       } catch (err) {
@@ -187,11 +187,15 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       if (derived.length > 0) await options.writeDerived(derived)
       await deliver(results.flatMap((r) => r.changes), results.flatMap((r) => r.triggeredAt))
       const newStates = results.flatMap((r) => r.states)
-      // Only the rules whose state changed are written (a reading touches few of them).
-      await store.saveStates(newStates.filter((s) => s.changed.length > 0).map(({ patientId, state, changed }) => {
-        return { patientId, state: Object.fromEntries(changed.map((id) => [id, state[id]])) }
-      }), client)
-      for (const { patientId, state } of newStates) states.set(patientId, state)
+      // Only the rules whose state changed come back, and only they are written (a reading touches few of them).
+      await store.saveStates(newStates.filter((s) => Object.keys(s.changed).length > 0).map(({ patientId, changed }) => ({ patientId, state: changed })), client)
+      // Stored: now the cache (on a failure it keeps the old state, which the retry starts from).
+      for (const { patientId, changed, dropped } of newStates) {
+        const state = states.get(patientId) ?? {}
+        Object.assign(state, changed)
+        for (const id of dropped) delete state[id]
+        states.set(patientId, state)
+      }
       return { t0, t1, t2, tasks: chunks.length }
     }
     const { t0, t1, t2, tasks } = options.sharedState === true

@@ -1,3 +1,3 @@
 // Piscina task: rule evaluation off the event loop (alerts/engine/alert-engine.ts sends batches).
-import { evaluate } from './evaluate.ts'
-export default evaluate
+import { evaluateTask } from './evaluate.ts'
+export default evaluateTask

@@ -1,6 +1,6 @@
 /**
  * Rule evaluation: pure functions of (state, rules, readings, overrides, now). The Piscina task
- * (alerts/engine/evaluate-task.ts) wraps `evaluate`; the engine (alert-engine.ts) owns I/O and state storage.
+ * (alerts/engine/evaluate-task.ts) is `evaluateTask`; the engine (alert-engine.ts) owns I/O and state storage.
  */
 import type { StoredReading } from '../../readings/reading.ts'
 import { lookupMetric } from '../../readings/vitals-catalogue.ts'
@@ -120,6 +120,28 @@ export function evaluate (input: EvaluateInput): EvaluateOutput {
     out.derivedReadings.push(...result.derivedReadings)
   }
   return out
+}
+
+/**
+ * What the worker hands back: per patient, only the states of the rules that changed (the
+ * engine holds the rest) and the rules whose state is gone (no longer in the rules). Sending
+ * whole states back cost as much again as sending them in.
+ */
+export interface EvaluateTaskOutput extends Omit<EvaluateOutput, 'states'> {
+  states: Array<{ patientId: string, changed: PatientRuleState, dropped: string[] }>
+}
+
+/** The Piscina task (alerts/engine/evaluate-task.ts): evaluate, answering with changed states only. */
+export function evaluateTask (input: EvaluateInput): EvaluateTaskOutput {
+  const out = evaluate(input)
+  return {
+    ...out,
+    states: out.states.map(({ patientId, state, changed }, i) => ({
+      patientId,
+      changed: Object.fromEntries(changed.map((id) => [id, state[id]!])),
+      dropped: Object.keys(input.patients[i]!.state).filter((id) => state[id] === undefined)
+    }))
+  }
 }
 
 /** The rule with this patient's unexpired override applied (overrides expiring at or before now are ignored). */

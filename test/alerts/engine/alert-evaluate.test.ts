@@ -1,6 +1,7 @@
+import fs from 'node:fs'
 import t from 'tap'
 import type { ConditionChange, DevicePresence } from '../../../alerts/contract.ts'
-import { DERIVED_DEVICE_ID, evaluate, leastSquaresSlope } from '../../../alerts/engine/evaluate.ts'
+import { DERIVED_DEVICE_ID, evaluate, evaluateTask, leastSquaresSlope } from '../../../alerts/engine/evaluate.ts'
 import type { EvalReading, PatientRuleState, RuleOverride } from '../../../alerts/engine/evaluate.ts'
 import { evaluateNoData } from '../../../alerts/engine/no-data.ts'
 import { parseRuleSet } from '../../../alerts/engine/rule-set.ts'
@@ -392,4 +393,44 @@ t.test('a condition still firing is restated every third of reAlertAfter, and on
     ['update', MIN, 'NEWS2 8'], ['reminder', 2 * MIN, 'NEWS2 8'], ['reminder', 3 * MIN, 'NEWS2 8'], ['reminder', 4 * MIN, 'NEWS2 8']
   ], 'pulse 136 scores as 135 did: the same total, restated every minute')
   t.equal(news2.changes.length, 1)
+})
+
+t.test('evaluateTask answers with the changed states only: merged into the old state, they are evaluate\'s new state', async (t) => {
+  const parsed = parseRuleSet(fs.readFileSync(new URL('../../../config/alert-rules.yaml', import.meta.url), 'utf8'))
+  if (!parsed.ok) throw new Error('the shipped rules do not parse')
+  const rules = parsed.ruleSet.rules
+  const metrics = ['heart_rate', 'spo2', 'resp_rate', 'temperature', 'systolic_bp', 'consciousness']
+  const ids = ['11111111-1111-4111-8111-000000000001', '11111111-1111-4111-8111-000000000002', '11111111-1111-4111-8111-000000000003']
+  // Each patient's state as the engine keeps it (merged) and as evaluate returns it (whole); one starts with a retired rule's state.
+  const merged = new Map<string, PatientRuleState>(ids.map((id) => [id, {}]))
+  const whole = new Map<string, PatientRuleState>(ids.map((id) => [id, {}]))
+  merged.get(ids[0]!)!['retired-rule'] = { kind: 'threshold', metric: 'heart_rate', firing: false, breachSince: null, recent: [] } as never
+  whole.get(ids[0]!)!['retired-rule'] = merged.get(ids[0]!)!['retired-rule']!
+  let unchangedRules = 0
+  for (let step = 0; step < 300; step++) {
+    const at = T0 + step * 20_000
+    const patients = ids.filter((_, i) => (step + i) % 2 === 0).map((id, i) => ({
+      patientId: id,
+      readings: [{ metric: metrics[(step + i) % metrics.length]!, value: 60 + ((step * 37) % 90), ts: at, deviceId, receivedAt: at }],
+      overrides: [],
+      spo2Scale: 1 as const
+    }))
+    const full = evaluate({ rules, patients: patients.map((p) => ({ ...p, state: structuredClone(whole.get(p.patientId)!) })), nowMs: at })
+    const task = evaluateTask({ rules, patients: patients.map((p) => ({ ...p, state: structuredClone(merged.get(p.patientId)!) })), nowMs: at })
+    t.same(task.changes, full.changes)
+    full.states.forEach(({ patientId, state, changed }, i) => {
+      const answer = task.states[i]!
+      const before = merged.get(patientId)!
+      unchangedRules += Object.keys(state).length - Object.keys(answer.changed).length
+      Object.assign(before, answer.changed)
+      for (const id of answer.dropped) delete before[id]
+      whole.set(patientId, state)
+      if (JSON.stringify(before) !== JSON.stringify(Object.fromEntries(Object.keys(before).map((k) => [k, state[k]]))) ||
+        Object.keys(before).length !== Object.keys(state).length || JSON.stringify(Object.keys(answer.changed).sort()) !== JSON.stringify([...changed].sort())) {
+        t.fail(`step ${step}, patient ${patientId}: the merged state differs from evaluate's`)
+      }
+    })
+  }
+  t.notOk('retired-rule' in merged.get(ids[0]!)!, 'a rule no longer in the rules is dropped from the kept state')
+  t.ok(unchangedRules > 1000, `${unchangedRules} unchanged rule states not sent back`)
 })
