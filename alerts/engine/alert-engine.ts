@@ -9,6 +9,7 @@ import { createRuleStateStore } from './rule-state-store.ts'
 import type { RuleStateStore } from './rule-state-store.ts'
 import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence, DevicePresenceSource, Schedule, ScheduledJob } from '../contract.ts'
 import type { EvalReading, EvaluateInput, EvaluateTaskOutput, PatientBatch, PatientRuleState } from './evaluate.ts'
+import { applyChangedStates } from './evaluate.ts'
 import { evaluateNoData } from './no-data.ts'
 import type { ActiveRules, RulesFile } from './rules-file.ts'
 
@@ -190,12 +191,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       // Only the rules whose state changed come back, and only they are written (a reading touches few of them).
       await store.saveStates(newStates.filter((s) => Object.keys(s.changed).length > 0).map(({ patientId, changed }) => ({ patientId, state: changed })), client)
       // Stored: now the cache (on a failure it keeps the old state, which the retry starts from).
-      for (const { patientId, changed, dropped } of newStates) {
-        const state = states.get(patientId) ?? {}
-        Object.assign(state, changed)
-        for (const id of dropped) delete state[id]
-        states.set(patientId, state)
-      }
+      const ruleIds = new Set(rules.map((r) => r.id))
+      for (const { patientId, changed } of newStates) states.set(patientId, applyChangedStates(states.get(patientId) ?? {}, changed, ruleIds))
       return { t0, t1, t2, tasks: chunks.length }
     }
     const { t0, t1, t2, tasks } = options.sharedState === true

@@ -124,11 +124,11 @@ export function evaluate (input: EvaluateInput): EvaluateOutput {
 
 /**
  * What the worker hands back: per patient, only the states of the rules that changed (the
- * engine holds the rest) and the rules whose state is gone (no longer in the rules). Sending
- * whole states back cost as much again as sending them in.
+ * engine holds the rest; applyChangedStates brings them together). Sending whole states back
+ * cost as much again as sending them in.
  */
 export interface EvaluateTaskOutput extends Omit<EvaluateOutput, 'states'> {
-  states: Array<{ patientId: string, changed: PatientRuleState, dropped: string[] }>
+  states: Array<{ patientId: string, changed: PatientRuleState }>
 }
 
 /** The Piscina task (alerts/engine/evaluate-task.ts): evaluate, answering with changed states only. */
@@ -136,12 +136,19 @@ export function evaluateTask (input: EvaluateInput): EvaluateTaskOutput {
   const out = evaluate(input)
   return {
     ...out,
-    states: out.states.map(({ patientId, state, changed }, i) => ({
-      patientId,
-      changed: Object.fromEntries(changed.map((id) => [id, state[id]!])),
-      dropped: Object.keys(input.patients[i]!.state).filter((id) => state[id] === undefined)
-    }))
+    states: out.states.map(({ patientId, state, changed }) => ({ patientId, changed: Object.fromEntries(changed.map((id) => [id, state[id]!])) }))
   }
+}
+
+/**
+ * `kept`, the state a patient's batch was evaluated from, made into evaluate's new state from
+ * the task's answer: the changed rules' states in, and the states of rules not among `ruleIds`
+ * (the batch's rules) out, as evaluate keeps only the rules it was given. Changes `kept`.
+ */
+export function applyChangedStates (kept: PatientRuleState, changed: PatientRuleState, ruleIds: ReadonlySet<string>): PatientRuleState {
+  Object.assign(kept, changed)
+  for (const id of Object.keys(kept)) if (!ruleIds.has(id)) delete kept[id]
+  return kept
 }
 
 /** The rule with this patient's unexpired override applied (overrides expiring at or before now are ignored). */

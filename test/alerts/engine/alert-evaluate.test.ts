@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import t from 'tap'
 import type { ConditionChange, DevicePresence } from '../../../alerts/contract.ts'
-import { DERIVED_DEVICE_ID, evaluate, evaluateTask, leastSquaresSlope } from '../../../alerts/engine/evaluate.ts'
+import { applyChangedStates, DERIVED_DEVICE_ID, evaluate, evaluateTask, leastSquaresSlope } from '../../../alerts/engine/evaluate.ts'
 import type { EvalReading, PatientRuleState, RuleOverride } from '../../../alerts/engine/evaluate.ts'
 import { evaluateNoData } from '../../../alerts/engine/no-data.ts'
 import { parseRuleSet } from '../../../alerts/engine/rule-set.ts'
@@ -420,10 +420,8 @@ t.test('evaluateTask answers with the changed states only: merged into the old s
     t.same(task.changes, full.changes)
     full.states.forEach(({ patientId, state, changed }, i) => {
       const answer = task.states[i]!
-      const before = merged.get(patientId)!
       unchangedRules += Object.keys(state).length - Object.keys(answer.changed).length
-      Object.assign(before, answer.changed)
-      for (const id of answer.dropped) delete before[id]
+      const before = applyChangedStates(merged.get(patientId)!, answer.changed, new Set(rules.map((r) => r.id)))
       whole.set(patientId, state)
       if (JSON.stringify(before) !== JSON.stringify(Object.fromEntries(Object.keys(before).map((k) => [k, state[k]]))) ||
         Object.keys(before).length !== Object.keys(state).length || JSON.stringify(Object.keys(answer.changed).sort()) !== JSON.stringify([...changed].sort())) {
