@@ -12,6 +12,7 @@ import { registerOpenApi } from './plugins/openapi.ts'
 import { registerRequestBudgets } from './plugins/rate-limits.ts'
 import { registerRequestIds, requestIdOptions } from './plugins/request-ids.ts'
 import { registerSecurityHeaders } from './plugins/security-headers.ts'
+import { createSerializerCompiler } from './plugins/serializer.ts'
 import { createValidatorCompiler } from './plugins/validator.ts'
 import { registerWebApp } from './plugins/web-app.ts'
 import { alertRoutes } from './routes/alerts.ts'
@@ -85,7 +86,9 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
 
   const validator = createValidatorCompiler()
   app.setValidatorCompiler(validator.compiler)
-  app.decorate('compileAllSchemas', validator.compileAll)
+  const serializer = createSerializerCompiler()
+  app.setSerializerCompiler(serializer.compiler)
+  app.decorate('compileAllSchemas', () => ({ validators: validator.compileAll(), serializers: serializer.compileAll() }))
   app.decorateRequest('principal', null)
   app.setErrorHandler(handleError)
 
