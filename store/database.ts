@@ -57,6 +57,17 @@ export async function openDatabase (options: OpenDatabaseOptions): Promise<Datab
 }
 
 async function openEmbedded (dataDir: string, log: Logger): Promise<Database> {
+  const dir = path.join(dataDir, 'pglite')
+  await fs.mkdir(dataDir, { recursive: true, mode: 0o700 })
+  if (!existsSync(path.join(dir, 'PG_VERSION'))) await createInChildProcess(dir, log)
+  return await openPglite(dir, log)
+}
+
+/**
+ * Opens the PGlite database in `dir` (initdb first when the directory is empty), serves it on a
+ * loopback socket for `pg`, and applies the migrations.
+ */
+async function openPglite (dir: string, log: Logger): Promise<Database> {
   // PGlite's WASM (9 MB) compiled by Liftoff only, never tiered up by TurboFan: the optimised
   // code of the functions migrations and queries make hot held ~80 MB resident, and measured
   // here it bought nothing (CPU per insert+aggregate round 3,190-3,344 ms default vs 2,754-3,010
@@ -64,9 +75,7 @@ async function openEmbedded (dataDir: string, log: Logger): Promise<Database> {
   v8.setFlagsFromString(WASM_FLAGS)
   const { PGlite } = await import('@electric-sql/pglite')
   const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
-  const dir = path.join(dataDir, 'pglite')
   await fs.mkdir(dir, { recursive: true, mode: 0o700 })
-  if (!existsSync(path.join(dir, 'PG_VERSION'))) await initdbInChildProcess(dir)
   const db = await PGlite.create({ dataDir: dir, startParams: [...PGlite.defaultStartParams, ...PGLITE_SETTINGS] })
   // PGlite writes a new database's files 0666 whatever the umask: private before any PHI is written.
   await makePrivate(dir)
@@ -109,20 +118,44 @@ const PGLITE_SETTINGS = ['-c', 'shared_buffers=16MB']
 const WASM_FLAGS = '--liftoff-only'
 
 /**
- * A new data directory is made (initdb) in a short-lived child process: PGlite runs initdb in
- * its own WASM instance, and the memory it leaves behind (~350 MB resident, measured) would stay
- * in Vigil's process for good. A child gives all of it back when it exits. Only the first start
- * pays for it (one extra Node start, well under a second beside initdb itself).
+ * A new embedded database is made, initdb and every migration, in a short-lived child process
+ * (store/create-database.ts): PGlite runs initdb in its own WASM instance, and the memory it leaves
+ * behind (~350 MB resident, measured) would stay in Vigil's process for good; the migrations
+ * leave their share too (an idle Vigil 15 s after a first start: 200-204 MB resident with the
+ * migrations run in-process, 165 MB once they ran in the child; docs/performance.md "Memory"). A
+ * child gives all of it back when it exits. It builds the database in a sibling directory that
+ * is flushed to disk and then renamed into place, so a first start cut short (a crash, a kill, a
+ * full disk) leaves no half-made database behind: the next start makes it again. Only the first
+ * start pays for it (one extra Node start and PGlite open, well under a second beside initdb).
+ * The migrations it applied are logged here, as when they run in-process.
  */
-async function initdbInChildProcess (dir: string): Promise<void> {
-  const pglite = import.meta.resolve('@electric-sql/pglite')
-  const script = `const { PGlite } = await import(${JSON.stringify(pglite)}); const db = await PGlite.create({ dataDir: ${JSON.stringify(dir)} }); await db.close()`
-  await new Promise<void>((resolve, reject) => {
-    execFile(process.execPath, [WASM_FLAGS, '--input-type=module', '--eval', script], { maxBuffer: 1024 * 1024 }, (err, _stdout, stderr) => {
-      if (err === null) resolve()
+async function createInChildProcess (dir: string, log: Logger): Promise<void> {
+  const building = `${dir}.creating`
+  await fs.rm(building, { recursive: true, force: true })
+  // Beside this file, with its extension: TypeScript through tsx under the tests and the dev
+  // scripts, the compiled JavaScript of dist/ under `npm start`.
+  const typescript = import.meta.url.endsWith('.ts')
+  const script = fileURLToPath(new URL(`./create-database.${typescript ? 'ts' : 'js'}`, import.meta.url))
+  const loader = typescript ? ['--import', import.meta.resolve('tsx')] : []
+  const stdout = await new Promise<string>((resolve, reject) => {
+    execFile(process.execPath, [...loader, WASM_FLAGS, script, building], { maxBuffer: 16 * 1024 * 1024 }, (err, out, stderr) => {
+      if (err === null) resolve(out)
       else reject(new Error(`creating the embedded database in ${dir} failed: ${err.message} ${stderr.slice(-2000)}`))
     })
   })
+  for (const line of stdout.split('\n')) {
+    const migration = line.startsWith('{') ? (JSON.parse(line) as { migration?: unknown }).migration : undefined
+    if (typeof migration === 'string') log.info({ migration }, 'migration applied')
+  }
+  await syncFilesystem(building)
+  // rename(2) replaces an empty directory (an earlier start cut short before this point).
+  await fs.rename(building, dir)
+}
+
+/** What store/create-database.ts runs in its child process: a new database in `dir`, migrated, closed. */
+export async function createEmbeddedDatabase (dir: string, log: Logger): Promise<void> {
+  const db = await openPglite(dir, log)
+  await db.close()
 }
 
 /**
