@@ -8,7 +8,7 @@ import { createWorkerPool, taskFile } from '../../workers/pool.ts'
 import { createRuleStateStore } from './rule-state-store.ts'
 import type { RuleStateStore } from './rule-state-store.ts'
 import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence, DevicePresenceSource, Schedule, ScheduledJob } from '../contract.ts'
-import type { EvalReading, EvaluateInput, EvaluateTaskOutput, PatientBatch, PatientRuleState } from './evaluate.ts'
+import type { EvalReading, EvaluatedTask, EvaluateTaskInput, EvaluateTaskOutput, PatientRuleState, TaskPatient } from './evaluate.ts'
 import { applyChangedStates } from './evaluate.ts'
 import { evaluateNoData } from './no-data.ts'
 import type { ActiveRules, RulesFile } from './rules-file.ts'
@@ -114,11 +114,16 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   // kept); more only while batches are big enough to split (below), ending after a minute idle,
   // so a quiet site does not hold WORKER_THREADS idle threads (~30 MB each). A process that has
   // not received a reading yet holds none: the first batch waits for the thread's start.
-  const workers = createWorkerPool<EvaluateInput, EvaluateTaskOutput>({
+  const workers = createWorkerPool<EvaluateTaskInput, EvaluateTaskOutput>({
     filename: taskFile(import.meta.url, 'evaluate-task'), threads: options.workerThreads, minThreads: 1, startOnFirstTask: true
   })
 
   const states = new Map<string, PatientRuleState>()
+  // The stamp under which a worker thread may keep a patient's state (createEvaluateTask): set
+  // when a batch's new state is stored, deleted whenever the state here changes any other way
+  // (loaded, a no-data pass, a rule removed), so the next task sends the state again.
+  const stamps = new Map<string, number>()
+  let lastStamp = 0
   let queue: Queued[] = []
   let timer: NodeJS.Timeout | null = null
   let closed = false
@@ -146,7 +151,25 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   async function statesFor (patientIds: string[]): Promise<void> {
     const missing = patientIds.filter((id) => !states.has(id))
     if (missing.length === 0) return
-    for (const [id, s] of await store.loadStates(missing)) states.set(id, s)
+    for (const [id, s] of await store.loadStates(missing)) {
+      states.set(id, s)
+      stamps.delete(id)
+    }
+  }
+
+  /** One task, sent again with the states a thread did not hold (another thread had them, or it restarted). */
+  async function runTask (input: EvaluateTaskInput): Promise<EvaluatedTask> {
+    const first = await workers.run(input)
+    if (first.missing === undefined) return first
+    const missing = new Set(first.missing)
+    const again = await workers.run({ ...input, patients: input.patients.map((p) => missing.has(p.patientId) ? { ...p, state: states.get(p.patientId) ?? {} } : p) })
+    if (again.missing !== undefined) {
+      // A thread may lose its states only by ending; the states are sent whole then.
+      const whole = await workers.run({ ...input, patients: input.patients.map((p) => ({ ...p, state: states.get(p.patientId) ?? {} })) })
+      if (whole.missing !== undefined) throw new Error('alert worker asked for states it was sent')
+      return whole
+    }
+    return again
   }
 
   async function runBatch (batch: Queued[]): Promise<void> {
@@ -161,23 +184,38 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     const evaluateBatch = async (client: pg.ClientBase | undefined): Promise<{ t0: number, t1: number, t2: number, tasks: number }> => {
       const t0 = performance.now()
       if (client === undefined) await statesFor(ids)
-      else for (const [id, s] of await store.loadStates(ids, client)) states.set(id, s)
+      else {
+        for (const [id, s] of await store.loadStates(ids, client)) {
+          states.set(id, s)
+          stamps.delete(id)
+        }
+      }
       const { overrides, scales } = await store.settingsOf(ids)
       const rules = rulesFile.current().ruleSet.rules
       const nowMs = now()
-      const patients: PatientBatch[] = ids.map((id) => ({
-        patientId: id, state: states.get(id) ?? {}, readings: byPatient.get(id)!, overrides: overrides.get(id) ?? [], spo2Scale: scales.get(id) ?? 1
-      }))
+      // A state a thread keeps (its stamp) is not sent: most batches go to the one warm thread.
+      const patients: TaskPatient[] = ids.map((id) => {
+        const stamp = stamps.get(id) ?? null
+        return {
+          patientId: id,
+          ...(stamp === null ? { state: states.get(id) ?? {} } : {}),
+          stamp,
+          next: ++lastStamp,
+          readings: byPatient.get(id)!,
+          overrides: overrides.get(id) ?? [],
+          spo2Scale: scales.get(id) ?? 1
+        }
+      })
       // One task per thread at most: batches, not one task per reading. A thread evaluates
       // ~160,000 readings/s, so a batch is split only when each part keeps it busy for more than a
       // millisecond or so; small batches stay on the one warm thread.
       const parts = Math.min(workers.threads, patients.length, Math.ceil(batch.length / READINGS_PER_SPLIT))
-      const chunks: PatientBatch[][] = Array.from({ length: parts }, () => [])
+      const chunks: TaskPatient[][] = Array.from({ length: parts }, () => [])
       patients.forEach((p, i) => chunks[i % chunks.length]!.push(p))
       const t1 = performance.now()
-      let results: EvaluateTaskOutput[]
+      let results: EvaluatedTask[]
       try {
-        results = await Promise.all(chunks.map((chunk) => workers.run({ rules, patients: chunk, nowMs })))
+        results = await Promise.all(chunks.map((chunk) => runTask({ rules, patients: chunk, nowMs })))
       } catch (err) {
         throw new EvaluationError(err)
       }
@@ -192,7 +230,12 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       await store.saveStates(newStates.filter((s) => Object.keys(s.changed).length > 0).map(({ patientId, changed }) => ({ patientId, state: changed })), client)
       // Stored: now the cache (on a failure it keeps the old state, which the retry starts from).
       const ruleIds = new Set(rules.map((r) => r.id))
-      for (const { patientId, changed } of newStates) states.set(patientId, applyChangedStates(states.get(patientId) ?? {}, changed, ruleIds))
+      const nextStamp = new Map(patients.map((p) => [p.patientId, p.next]))
+      for (const { patientId, changed } of newStates) {
+        states.set(patientId, applyChangedStates(states.get(patientId) ?? {}, changed, ruleIds))
+        // The thread that evaluated it keeps the same state under this stamp.
+        stamps.set(patientId, nextStamp.get(patientId)!)
+      }
       return { t0, t1, t2, tasks: chunks.length }
     }
     const { t0, t1, t2, tasks } = options.sharedState === true
@@ -264,6 +307,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     exclusive(async () => {
       const rows = await store.deleteStatesExcept(kept)
       for (const s of states.values()) for (const r of removed) delete s[r.id]
+      stamps.clear()
       const changes: ConditionChange[] = []
       for (const row of rows) {
         const rule = removed.find((r) => r.id === row.ruleId)
@@ -298,6 +342,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         for (const { patientId, state } of changed) {
           const cached = states.get(patientId)
           if (cached !== undefined) Object.assign(cached, state)
+          stamps.delete(patientId)
         }
       }
       const touched = [...new Set([...result.states.keys(), ...result.changes.map((c) => c.patientId)])]

@@ -1,3 +1,4 @@
 // Piscina task: rule evaluation off the event loop (alerts/engine/alert-engine.ts sends batches).
-import { evaluateTask } from './evaluate.ts'
-export default evaluateTask
+// One per thread: it keeps the states of the patients it evaluated (createEvaluateTask).
+import { createEvaluateTask } from './evaluate.ts'
+export default createEvaluateTask()

@@ -218,6 +218,21 @@ t.test('no-data evaluation through the engine fires once and is stored', async (
   t.match(h.changes.filter((c) => c.ruleId === 'silent').map((c) => c.status), ['firing', 'cleared'])
 })
 
+t.test('a no-data pass between two batches: the next batch starts from the state the pass stored, not the one the alert thread kept', async (t) => {
+  const h = await start(postgres)
+  t.teardown(() => h.engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Silent Between Batches')
+  h.clock.now = T0 + 10 * MIN
+  h.engine.onAccepted([reading(patient.id, 'heart_rate', 70, T0 + 10 * MIN)])
+  await h.engine.flush() // the alert thread now keeps this patient's state: not silent
+  h.clock.now = T0 + 60 * MIN
+  const presence: DevicePresence[] = [{ deviceId, patientId: patient.id, connected: false, changedAt: T0 + 30 * MIN, lastReadingAt: T0 + 10 * MIN, batteryPercent: null, lastStatusAt: null }]
+  t.match(await h.engine.evaluateNoData(presence), [{ ruleId: 'silent', status: 'firing' }])
+  h.engine.onAccepted([reading(patient.id, 'heart_rate', 70, T0 + 61 * MIN)])
+  await h.engine.flush()
+  t.same(h.changes.filter((c) => c.ruleId === 'silent').map((c) => c.status), ['firing', 'cleared'], 'the reading ends the condition the pass opened')
+})
+
 t.test('readings that arrive during a batch wait for their own window, not a batch of their own right behind it', async (t) => {
   const registry = new Registry()
   let release!: () => void

@@ -1,7 +1,8 @@
 import fs from 'node:fs'
 import t from 'tap'
 import type { ConditionChange, DevicePresence } from '../../../alerts/contract.ts'
-import { applyChangedStates, DERIVED_DEVICE_ID, evaluate, evaluateTask, leastSquaresSlope } from '../../../alerts/engine/evaluate.ts'
+import { applyChangedStates, createEvaluateTask, DERIVED_DEVICE_ID, evaluate, leastSquaresSlope } from '../../../alerts/engine/evaluate.ts'
+import type { EvaluateTaskInput, EvaluateTaskOutput, EvaluatedTask } from '../../../alerts/engine/evaluate.ts'
 import type { EvalReading, PatientRuleState, RuleOverride } from '../../../alerts/engine/evaluate.ts'
 import { evaluateNoData } from '../../../alerts/engine/no-data.ts'
 import { parseRuleSet } from '../../../alerts/engine/rule-set.ts'
@@ -395,7 +396,7 @@ t.test('a condition still firing is restated every third of reAlertAfter, and on
   t.equal(news2.changes.length, 1)
 })
 
-t.test('evaluateTask answers with the changed states only: merged into the old state, they are evaluate\'s new state', async (t) => {
+t.test('the worker task answers with the changed states only and keeps the new ones: the engine\'s merged state is evaluate\'s, across threads and failed stores', async (t) => {
   const parsed = parseRuleSet(fs.readFileSync(new URL('../../../config/alert-rules.yaml', import.meta.url), 'utf8'))
   if (!parsed.ok) throw new Error('the shipped rules do not parse')
   const rules = parsed.ruleSet.rules
@@ -406,6 +407,26 @@ t.test('evaluateTask answers with the changed states only: merged into the old s
   const whole = new Map<string, PatientRuleState>(ids.map((id) => [id, {}]))
   merged.get(ids[0]!)!['retired-rule'] = { kind: 'threshold', metric: 'heart_rate', firing: false, breachSince: null, recent: [] } as never
   whole.get(ids[0]!)!['retired-rule'] = merged.get(ids[0]!)!['retired-rule']!
+  // Two threads, each with its task (and its kept states; the second keeps at most two patients),
+  // taken in a fixed pseudo-random order, as Piscina may; the engine's stamps and its retry.
+  const threads = [createEvaluateTask(), createEvaluateTask(2)]
+  const stamps = new Map<string, number>()
+  let lastStamp = 0
+  let random = 7
+  const pick = (): number => { random = (random * 1103515245 + 12345) % 2147483648; return random }
+  let statesLeftOut = 0
+  let missed = 0
+  const run = (input: EvaluateTaskInput): EvaluatedTask => {
+    let answer: EvaluateTaskOutput = threads[pick() % 2]!(structuredClone(input))
+    if (answer.missing !== undefined) {
+      missed++
+      const missing = new Set(answer.missing)
+      answer = threads[pick() % 2]!(structuredClone({ ...input, patients: input.patients.map((p) => ({ ...p, state: merged.get(p.patientId)! })) }))
+      t.equal(answer.missing, undefined, 'every state sent: nothing missing')
+      t.ok(missing.size > 0)
+    }
+    return answer as EvaluatedTask
+  }
   let unchangedRules = 0
   for (let step = 0; step < 300; step++) {
     const at = T0 + step * 20_000
@@ -416,12 +437,28 @@ t.test('evaluateTask answers with the changed states only: merged into the old s
       spo2Scale: 1 as const
     }))
     const full = evaluate({ rules, patients: patients.map((p) => ({ ...p, state: structuredClone(whole.get(p.patientId)!) })), nowMs: at })
-    const task = evaluateTask({ rules, patients: patients.map((p) => ({ ...p, state: structuredClone(merged.get(p.patientId)!) })), nowMs: at })
+    const input: EvaluateTaskInput = {
+      rules,
+      nowMs: at,
+      patients: patients.map((p) => {
+        const stamp = stamps.get(p.patientId) ?? null
+        if (stamp !== null) statesLeftOut++
+        return { ...p, ...(stamp === null ? { state: merged.get(p.patientId)! } : {}), stamp, next: ++lastStamp }
+      })
+    }
+    const task = run(input)
     t.same(task.changes, full.changes)
+    // Every seventh batch fails to be stored: the engine keeps the old state and stamp and evaluates it again.
+    if (step % 7 === 3) {
+      const retry = run({ ...input, patients: input.patients.map((p) => ({ ...p, next: ++lastStamp })) })
+      t.same(retry.changes, full.changes, 'the retry from the old state gives the same changes')
+      continue
+    }
     full.states.forEach(({ patientId, state, changed }, i) => {
       const answer = task.states[i]!
       unchangedRules += Object.keys(state).length - Object.keys(answer.changed).length
       const before = applyChangedStates(merged.get(patientId)!, answer.changed, new Set(rules.map((r) => r.id)))
+      stamps.set(patientId, input.patients[i]!.next)
       whole.set(patientId, state)
       if (JSON.stringify(before) !== JSON.stringify(Object.fromEntries(Object.keys(before).map((k) => [k, state[k]]))) ||
         Object.keys(before).length !== Object.keys(state).length || JSON.stringify(Object.keys(answer.changed).sort()) !== JSON.stringify([...changed].sort())) {
@@ -431,4 +468,6 @@ t.test('evaluateTask answers with the changed states only: merged into the old s
   }
   t.notOk('retired-rule' in merged.get(ids[0]!)!, 'a rule no longer in the rules is dropped from the kept state')
   t.ok(unchangedRules > 1000, `${unchangedRules} unchanged rule states not sent back`)
+  t.ok(statesLeftOut > 300, `${statesLeftOut} states not sent to a thread that kept them`)
+  t.ok(missed > 50, `${missed} tasks sent again: a thread without the state says so instead of evaluating from nothing`)
 })
