@@ -69,6 +69,14 @@ export const NO_DATA_CRON = '*/30 * * * * *'
 /** Readings per task below which a batch is not split across threads. */
 const READINGS_PER_SPLIT = 250
 
+/** Which of `parts` parts a patient's readings go to: the same one for as long as `parts` is the same. */
+export function partOf (patientId: string, parts: number): number {
+  if (parts <= 1) return 0
+  let h = 0
+  for (let i = 0; i < patientId.length; i++) h = (h * 31 + patientId.charCodeAt(i)) | 0
+  return (h >>> 0) % parts
+}
+
 /** The pure evaluation (in a worker) threw: not an outage, so not retried. */
 class EvaluationError extends Error {
   constructor (cause: unknown) {
@@ -106,7 +114,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     readingsEvaluated: new Counter({ name: 'vigil_alert_readings_evaluated_total', help: 'Readings evaluated against the alert rules', registers: [options.registry] }),
     changes: new Counter({ name: 'vigil_alert_condition_changes_total', help: 'Condition changes emitted, by kind and status', labelNames: ['kind', 'status'] as const, registers: [options.registry] }),
     dropped: new Counter({ name: 'vigil_alert_readings_dropped_total', help: 'Readings not evaluated (still stored): the evaluation queue was full, or their batch evaluation threw', registers: [options.registry] }),
-    failures: new Counter({ name: 'vigil_alert_batch_failures_total', help: 'Evaluation batches that failed and were retried', registers: [options.registry] })
+    failures: new Counter({ name: 'vigil_alert_batch_failures_total', help: 'Evaluation batches that failed and were retried', registers: [options.registry] }),
+    resent: new Counter({ name: 'vigil_alert_tasks_resent_total', help: 'Evaluation tasks sent to a worker thread again with patient states it did not hold (another thread evaluated them last, or it was restarted)', registers: [options.registry] })
   }
 
   const rulesFile = options.rulesFile
@@ -161,6 +170,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   async function runTask (input: EvaluateTaskInput): Promise<EvaluatedTask> {
     const first = await workers.run(input)
     if (first.missing === undefined) return first
+    metrics.resent.inc()
     const missing = new Set(first.missing)
     const again = await workers.run({ ...input, patients: input.patients.map((p) => missing.has(p.patientId) ? { ...p, state: states.get(p.patientId) ?? {} } : p) })
     if (again.missing !== undefined) {
@@ -211,7 +221,9 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       // millisecond or so; small batches stay on the one warm thread.
       const parts = Math.min(workers.threads, patients.length, Math.ceil(batch.length / READINGS_PER_SPLIT))
       const chunks: TaskPatient[][] = Array.from({ length: parts }, () => [])
-      patients.forEach((p, i) => chunks[i % chunks.length]!.push(p))
+      // A patient goes to the same part each time (by its id), and Piscina hands parts posted
+      // together to its threads in the same order, so the thread holding its state usually gets it.
+      for (const p of patients) chunks[partOf(p.patientId, chunks.length)]!.push(p)
       const t1 = performance.now()
       let results: EvaluatedTask[]
       try {
