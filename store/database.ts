@@ -59,8 +59,18 @@ export async function openDatabase (options: OpenDatabaseOptions): Promise<Datab
 async function openEmbedded (dataDir: string, log: Logger): Promise<Database> {
   const dir = path.join(dataDir, 'pglite')
   await fs.mkdir(dataDir, { recursive: true, mode: 0o700 })
-  if (!existsSync(path.join(dir, 'PG_VERSION'))) await createInChildProcess(dir, log)
+  if (!existsSync(path.join(dir, 'PG_VERSION'))) {
+    // An empty directory is what a first start cut short leaves (replaced below); anything else
+    // is not a database Vigil made, and is left alone.
+    const entries = await fs.readdir(dir).catch((err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return []; throw err })
+    if (entries.length > 0) throw notADatabase(dir)
+    await createInChildProcess(dir, log)
+  }
   return await openPglite(dir, log)
+}
+
+function notADatabase (dir: string, cause?: unknown): Error {
+  return new Error(`${dir} holds files but no database (no PG_VERSION): not a database Vigil made; move it aside and start again`, { cause })
 }
 
 /**
@@ -149,7 +159,11 @@ async function createInChildProcess (dir: string, log: Logger): Promise<void> {
   }
   await syncFilesystem(building)
   // rename(2) replaces an empty directory (an earlier start cut short before this point).
-  await fs.rename(building, dir)
+  await fs.rename(building, dir).catch(async (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err
+    await fs.rm(building, { recursive: true, force: true })
+    throw notADatabase(dir, err)
+  })
 }
 
 /** What store/create-database.ts runs in its child process: a new database in `dir`, migrated, closed. */

@@ -34,3 +34,12 @@ t.test('a first start makes the whole database, logs each migration, and clears 
   t.same((await fs.readdir(dataDir)).sort(), ['pglite'], 'nothing left beside the database')
   t.equal(((await fs.stat(path.join(dataDir, 'pglite'))).mode & 0o777), 0o700, 'private')
 })
+
+t.test('a database directory with files but no database stops the start with a message naming it', async (t) => {
+  const dataDir = await emptyDataDir(t)
+  await fs.mkdir(path.join(dataDir, 'pglite'), { mode: 0o700 })
+  await fs.writeFile(path.join(dataDir, 'pglite', 'notes.txt'), 'not a database\n')
+  await t.rejects(openDatabase({ databaseUrl: null, dataDir, log: pino({ level: 'silent' }) }), { message: /pglite holds files but no database \(no PG_VERSION\)/ })
+  t.same((await fs.readdir(dataDir)).sort(), ['pglite'], 'no database built beside it')
+  t.same(await fs.readdir(path.join(dataDir, 'pglite')), ['notes.txt'], 'what was there is left as it was')
+})
