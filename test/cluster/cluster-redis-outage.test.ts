@@ -1,27 +1,20 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs/promises'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import mqtt from 'mqtt'
 import t, { type Test } from 'tap'
 import { clusterAdminToken, startCluster, type ClusterMember } from '../helpers/cluster.ts'
 import { provisionDevice } from '../helpers/provision.ts'
+import { stablePort } from '../helpers/ports.ts'
 import { waitFor, within } from '../helpers/wait.ts'
 
 // Redis stops under a 2-process cluster (a private redis-server: the machine's Redis is shared
 // and must not be stopped). Ingest goes on without it; cross-process features degrade with one
 // log line and a metric, and come back with Redis (issue 16, item 7).
 
-async function freePort (): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const port = (server.address() as net.AddressInfo).port
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
-}
-
-const redisPort = await freePort()
+// Restarted on the same port after the outage: one no outgoing connection can take meanwhile.
+const redisPort = await stablePort()
 const redisDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-redis-'))
 let redis: ChildProcess | null = null
 async function startRedis (): Promise<void> {

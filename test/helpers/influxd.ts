@@ -2,10 +2,10 @@ import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { accessSync, constants, createWriteStream, readFileSync } from 'node:fs'
 import fs from 'node:fs/promises'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { stablePort } from './ports.ts'
 
 /** A real influxd (Debian's `influxdb` package, 1.6.7) owned by one test file. */
 export interface Influxd {
@@ -35,20 +35,6 @@ export const influxdBinary = process.env.INFLUXD ?? '/usr/bin/influxd'
 
 const startTimeoutMs = 20_000
 
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.unref()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => {
-        if (address !== null && typeof address === 'object') resolve(address.port)
-        else reject(new Error('no port assigned'))
-      })
-    })
-  })
-}
 
 function configFile (dir: string, httpPort: number, rpcPort: number, options: InfluxdOptions = {}): string {
   // Everything that listens is either bound to 127.0.0.1 on a free port or disabled, so
@@ -118,9 +104,9 @@ export async function startInfluxd (options: InfluxdOptions = {}): Promise<Influ
     throw new Error(`influxd not found at ${influxdBinary}: install it with \`apt-get install -y influxdb\` (Debian's InfluxDB 1.6.7), or set INFLUXD to its path`)
   }
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-influxd-'))
-  const port = await freePort()
-  let rpcPort = await freePort()
-  while (rpcPort === port) rpcPort = await freePort()
+  const port = await stablePort()
+  let rpcPort = await stablePort()
+  while (rpcPort === port) rpcPort = await stablePort()
   const configPath = path.join(dir, 'influxdb.conf')
   const logPath = path.join(dir, 'influxd.log')
   await fs.writeFile(configPath, configFile(dir, port, rpcPort, options))

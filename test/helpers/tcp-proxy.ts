@@ -1,5 +1,6 @@
 import net from 'node:net'
 import { once } from 'node:events'
+import { listenOnStablePort } from './ports.ts'
 
 export interface TcpProxy {
   readonly port: number
@@ -26,9 +27,8 @@ export async function startTcpProxy (targetPort: number, targetHost = '127.0.0.1
     inbound.on('error', end).on('close', end)
     outbound.on('error', end).on('close', end)
   })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const port = (server.address() as net.AddressInfo).port
+  // restore() listens on the same port again: one no outgoing connection can take meanwhile.
+  const port = await listenOnStablePort(server)
   return {
     port,
     async cut () {
