@@ -1,5 +1,6 @@
 import fastJsonStringify from 'fast-json-stringify'
 import type { FastifySerializerCompiler } from 'fastify'
+import { createLazyCompilations } from './lazy-compile.ts'
 
 /**
  * Response serializers compiled on a route's first answer, as the validators are
@@ -17,23 +18,10 @@ export interface LazySerializer {
 }
 
 export function createSerializerCompiler (): LazySerializer {
-  const pending = new Set<() => (data: unknown) => string>()
+  const lazy = createLazyCompilations()
   const compiler: FastifySerializerCompiler<unknown> = ({ schema }) => {
-    let compiled: ((data: unknown) => string) | undefined
-    const compile = (): (data: unknown) => string => {
-      compiled ??= fastJsonStringify(schema as Parameters<typeof fastJsonStringify>[0])
-      pending.delete(compile)
-      return compiled
-    }
-    pending.add(compile)
-    return (data: unknown): string => (compiled ?? compile())(data)
+    const compiled = lazy.defer(() => fastJsonStringify(schema as Parameters<typeof fastJsonStringify>[0]))
+    return (data: unknown): string => compiled()(data)
   }
-  return {
-    compiler,
-    compileAll () {
-      const all = [...pending]
-      for (const compile of all) compile()
-      return all.length
-    }
-  }
+  return { compiler, compileAll: lazy.compileAll }
 }

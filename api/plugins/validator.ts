@@ -1,6 +1,7 @@
 import { Ajv, type ValidateFunction } from 'ajv'
 import ajvFormats from 'ajv-formats'
 import type { FastifySchemaCompiler } from 'fastify'
+import { createLazyCompilations } from './lazy-compile.ts'
 
 /**
  * Fastify's default validator coerces every part and drops unknown properties. Here only the
@@ -33,34 +34,21 @@ export function createValidatorCompiler (): LazyValidator {
   const url = new Ajv({ ...common, coerceTypes: 'array' })
   ajvFormats.default(body)
   ajvFormats.default(url)
-  const pending = new Set<() => void>()
+  const lazy = createLazyCompilations()
   const compiler: FastifySchemaCompiler<object> = ({ schema, httpPart }) => {
     const ajv = httpPart === 'body' ? body : url
     // One instance checks every schema against the meta-schema (the same draft for both): each
     // Ajv compiles its meta-schema on its first check, ~17 ms of CPU a start.
     if (body.validateSchema(schema) !== true) throw new Error(`invalid ${httpPart ?? ''} schema: ${body.errorsText(body.errors)}`)
-    let compiled: ValidateFunction | undefined
-    const compile = (): ValidateFunction => {
-      compiled ??= ajv.compile(schema)
-      pending.delete(compile)
-      return compiled
-    }
-    pending.add(compile)
+    const compiled = lazy.defer(() => ajv.compile(schema))
     // Fastify reads `.errors` from the function it was given after a false result.
     const validate = Object.assign((data: unknown): boolean => {
-      const fn = compiled ?? compile()
+      const fn = compiled()
       const valid = fn(data)
       validate.errors = fn.errors
       return valid
     }, { errors: null as ValidateFunction['errors'] })
     return validate
   }
-  return {
-    compiler,
-    compileAll () {
-      const all = [...pending]
-      for (const compile of all) compile()
-      return all.length
-    }
-  }
+  return { compiler, compileAll: lazy.compileAll }
 }
