@@ -63,14 +63,10 @@ async function openEmbedded (dataDir: string, log: Logger): Promise<Database> {
     // An empty directory is what a first start cut short leaves (replaced below); anything else
     // is not a database Vigil made, and is left alone.
     const entries = await fs.readdir(dir).catch((err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return []; throw err })
-    if (entries.length > 0) throw notADatabase(dir)
+    if (entries.length > 0) throw new Error(`${dir} holds files but no database (no PG_VERSION): not a database Vigil made; move it aside and start again`)
     await createInChildProcess(dir, log)
   }
   return await openPglite(dir, log)
-}
-
-function notADatabase (dir: string, cause?: unknown): Error {
-  return new Error(`${dir} holds files but no database (no PG_VERSION): not a database Vigil made; move it aside and start again`, { cause })
 }
 
 /**
@@ -131,9 +127,8 @@ const WASM_FLAGS = '--liftoff-only'
  * A new embedded database is made, initdb and every migration, in a short-lived child process
  * (store/create-database.ts): PGlite runs initdb in its own WASM instance, and the memory it leaves
  * behind (~350 MB resident, measured) would stay in Vigil's process for good; the migrations
- * leave their share too (an idle Vigil 15 s after a first start: 200-204 MB resident with the
- * migrations run in-process, 165 MB once they ran in the child; docs/performance.md "Memory"). A
- * child gives all of it back when it exits. It builds the database in a sibling directory that
+ * leave their share too (garbage that grows V8's young generation during start-up;
+ * docs/performance.md "Memory of an idle embedded Vigil"). A child gives all of it back when it exits. It builds the database in a sibling directory that
  * is flushed to disk and then renamed into place, so a first start cut short (a crash, a kill, a
  * full disk) leaves no half-made database behind: the next start makes it again. Only the first
  * start pays for it (one extra Node start and PGlite open, well under a second beside initdb).
@@ -158,12 +153,9 @@ async function createInChildProcess (dir: string, log: Logger): Promise<void> {
     if (typeof migration === 'string') log.info({ migration }, 'migration applied')
   }
   await syncFilesystem(building)
-  // rename(2) replaces an empty directory (an earlier start cut short before this point).
-  await fs.rename(building, dir).catch(async (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err
-    await fs.rm(building, { recursive: true, force: true })
-    throw notADatabase(dir, err)
-  })
+  // rename(2) replaces the empty directory an earlier start cut short may have left (openEmbedded
+  // refused a non-empty one before any of this).
+  await fs.rename(building, dir)
 }
 
 /** What store/create-database.ts runs in its child process: a new database in `dir`, migrated, closed. */

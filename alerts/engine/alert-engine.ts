@@ -160,25 +160,24 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   async function statesFor (patientIds: string[]): Promise<void> {
     const missing = patientIds.filter((id) => !states.has(id))
     if (missing.length === 0) return
-    for (const [id, s] of await store.loadStates(missing)) {
+    loaded(await store.loadStates(missing))
+  }
+
+  /** States read from the database replace this process's: no thread holds them under a stamp. */
+  function loaded (fromDatabase: Map<string, PatientRuleState>): void {
+    for (const [id, s] of fromDatabase) {
       states.set(id, s)
       stamps.delete(id)
     }
   }
 
-  /** One task, sent again with the states a thread did not hold (another thread had them, or it restarted). */
+  /** One task, sent again with every state when the thread did not hold one it left out (another thread had it, or it restarted). */
   async function runTask (input: EvaluateTaskInput): Promise<EvaluatedTask> {
     const first = await workers.run(input)
     if (first.missing === undefined) return first
     metrics.resent.inc()
-    const missing = new Set(first.missing)
-    const again = await workers.run({ ...input, patients: input.patients.map((p) => missing.has(p.patientId) ? { ...p, state: states.get(p.patientId) ?? {} } : p) })
-    if (again.missing !== undefined) {
-      // A thread may lose its states only by ending; the states are sent whole then.
-      const whole = await workers.run({ ...input, patients: input.patients.map((p) => ({ ...p, state: states.get(p.patientId) ?? {} })) })
-      if (whole.missing !== undefined) throw new Error('alert worker asked for states it was sent')
-      return whole
-    }
+    const again = await workers.run({ ...input, patients: input.patients.map((p) => ({ ...p, state: states.get(p.patientId) ?? {} })) })
+    if (again.missing !== undefined) throw new Error('alert worker asked for states it was sent')
     return again
   }
 
@@ -194,12 +193,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     const evaluateBatch = async (client: pg.ClientBase | undefined): Promise<{ t0: number, t1: number, t2: number, tasks: number }> => {
       const t0 = performance.now()
       if (client === undefined) await statesFor(ids)
-      else {
-        for (const [id, s] of await store.loadStates(ids, client)) {
-          states.set(id, s)
-          stamps.delete(id)
-        }
-      }
+      else loaded(await store.loadStates(ids, client))
       const { overrides, scales } = await store.settingsOf(ids)
       const rules = rulesFile.current().ruleSet.rules
       const nowMs = now()
