@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import pino from 'pino'
 import t from 'tap'
 import type { Test } from 'tap'
@@ -18,9 +19,9 @@ function readings (count: number, start: number): StoredReading[] {
   return Array.from({ length: count }, (_, i) => ({ patientId: 'p', deviceId: 'd', metric: 'heart_rate', value: 60, unit: '/min', ts: start + i, seq: null }))
 }
 
-async function open (t: Test, dir: string, segmentBytes: number): Promise<Segments> {
+async function open (t: Test, dir: string, segmentBytes: number, appendLingerMs?: number): Promise<Segments> {
   const throttled = createLogThrottle(log)
-  const segments = await openSegments({ dir, segmentBytes, log, throttled, onChange: () => {} })
+  const segments = await openSegments({ dir, segmentBytes, log, throttled, onChange: () => {}, ...(appendLingerMs === undefined ? {} : { appendLingerMs }) })
   t.teardown(async () => {
     await segments.stopAppends()
     await segments.close()
@@ -71,4 +72,54 @@ t.test('open: a torn tail of the newest segment is cut off; a corrupt older segm
   await fs.writeFile(path.join(broken, '0000000000000001.wal'), first.subarray(0, 20))
   await fs.writeFile(path.join(broken, '0000000000000002.wal'), second)
   await t.rejects(open(t, broken, 1024), /0000000000000001\.wal is corrupt at byte 0 .*not the newest segment/)
+})
+
+t.test('appends soon after a durable write wait for company: one write for two; after a quiet spell, at once', async (t) => {
+  // A linger long enough that the second append (5 ms later) is always inside it, on any machine:
+  // timers fire in the order they expire.
+  const lingerMs = 200
+  const segments = await open(t, await tempDir(t), 1024 * 1024, lingerMs)
+  const append = (i: number): Promise<void> => segments.append(encodeRecord(readings(1, i), i), 1, i)
+  await append(0)
+  t.equal(segments.appendSyncs(), 1, 'the first append after opening is written at once')
+
+  // Right after that write: the next one lingers, and an append 5 ms later joins it.
+  const first = append(1)
+  await sleep(5)
+  const second = append(2)
+  await Promise.all([first, second])
+  t.equal(segments.appendSyncs(), 2, 'two appends, one durable write')
+
+  // After a quiet spell (more than twice the linger since the last write), no linger: the append
+  // 5 ms later finds the first one's write started (or done) and goes in a write of its own.
+  await sleep(2 * lingerMs + 50)
+  const third = append(3)
+  await sleep(5)
+  const fourth = append(4)
+  await Promise.all([third, fourth])
+  t.equal(segments.appendSyncs(), 4, 'an append after a quiet spell is not held back')
+  t.equal(segments.backlog().readings, 5, 'every append is durable')
+})
+
+t.test('stopAppends writes a lingering append at once and waits for it', async (t) => {
+  const segments = await open(t, await tempDir(t), 1024 * 1024, 10_000)
+  await segments.append(encodeRecord(readings(1, 0), 0), 1, 0)
+  const lingering = segments.append(encodeRecord(readings(1, 1), 1), 1, 1)
+  await segments.stopAppends()
+  t.equal(segments.backlog().readings, 2, 'the lingering append was written before stopAppends resolved')
+  await lingering
+})
+
+t.test('a lingering write starts at once when enough appends wait', async (t) => {
+  // A linger no test would wait for: the eight appends are durable long before it ends.
+  const segments = await open(t, await tempDir(t), 1024 * 1024, 10_000)
+  const append = (i: number): Promise<void> => segments.append(encodeRecord(readings(1, i), i), 1, i)
+  await append(0)
+  const eight = Promise.all(Array.from({ length: 8 }, (_, i) => append(i + 1)))
+  const outcome = await Promise.race([eight.then(() => 'written'), sleep(5_000).then(() => 'still lingering')])
+  t.equal(outcome, 'written', 'eight waiting appends end the linger')
+  t.equal(segments.appendSyncs(), 2, 'the eight went in one write')
+  // Behind a write that carried eight, the rate is past the linger's: the next append goes at once.
+  const next = await Promise.race([append(9).then(() => 'written'), sleep(5_000).then(() => 'still lingering')])
+  t.equal(next, 'written', 'no linger behind a full write')
 })
