@@ -128,11 +128,12 @@ const WASM_FLAGS = '--liftoff-only'
  * (store/create-database.ts): PGlite runs initdb in its own WASM instance, and the memory it leaves
  * behind (~350 MB resident, measured) would stay in Vigil's process for good; the migrations
  * leave their share too (garbage that grows V8's young generation during start-up;
- * docs/performance.md "Memory of an idle embedded Vigil"). A child gives all of it back when it exits. It builds the database in a sibling directory that
- * is flushed to disk and then renamed into place, so a first start cut short (a crash, a kill, a
- * full disk) leaves no half-made database behind: the next start makes it again. Only the first
- * start pays for it (one extra Node start and PGlite open, well under a second beside initdb).
- * The migrations it applied are logged here, as when they run in-process.
+ * docs/performance.md "Memory of an idle embedded Vigil"). A child gives all of it back when it
+ * exits. It builds the database in a sibling directory that is flushed to disk and then renamed
+ * into place, so a first start cut short (a crash, a kill, a full disk) leaves no half-made
+ * database behind: the next start makes it again. Only the first start pays for it (one extra
+ * Node start and PGlite open, well under a second beside initdb). The migrations it applied are
+ * logged here, as when they run in-process.
  */
 async function createInChildProcess (dir: string, log: Logger): Promise<void> {
   const building = `${dir}.creating`
