@@ -24,7 +24,7 @@ import { startJobs } from './jobs/start-jobs.ts'
 import { createResearchExports, DEIDENTIFIED_EXPORT_JOB } from './research/exports.ts'
 import { BULK_EXPORT_JOB, createBulkExports } from './fhir/bulk/bulk-exports.ts'
 import { parseEngineSpec } from './jobs/transcription/engine.ts'
-import { openSpool, type Spool } from './readings/spool.ts'
+import { openSpool, readAfterDelivery, type Spool } from './readings/spool.ts'
 import { createMetrics } from './observability/metrics.ts'
 import { createApiTokenStore } from './access/api-tokens.ts'
 import { lockDataDir } from './store/data-dir-lock.ts'
@@ -141,8 +141,8 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       log.warn('no API token exists: set VIGIL_ADMIN_TOKEN (at least 24 characters) and restart to create the first admin token')
     }
 
-    // Readings: InfluxDB behind the spool, or Postgres. NEWS2 scores take the same way. Opened
-    // before the jobs (the FHIR bulk export reads them) and so closed after them.
+    // Readings: InfluxDB or PGlite behind the spool, or a Postgres server. NEWS2 scores take the
+    // same way. Opened before the jobs (the FHIR bulk export reads them) and so closed after them.
     const { readings, spool, writeDerived } = await openReadings(config, db, metrics, log, closers)
 
     // De-identified exports for ML scientists (docs/research-export.md): a job type, files under the data dir.
@@ -320,14 +320,32 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
 }
 
 /**
- * The reading store, and the spool in front of it when it is InfluxDB (the spool delivers in
- * the background). `writeDerived` is where the alert engine's NEWS2 scores go: the same way.
+ * The reading store, and the spool in front of it when it is InfluxDB or the embedded PGlite
+ * (the spool delivers in the background); a Postgres server takes readings directly.
+ * `writeDerived` is where the alert engine's NEWS2 scores go: the same way.
  */
 async function openReadings (config: Config, db: Database, metrics: ReturnType<typeof createMetrics>, log: Logger, closers: Array<() => Promise<void>>): Promise<{
   readings: ReadingStore
   spool: Spool | null
   writeDerived: (derived: StoredReading[]) => Promise<void>
 }> {
+  if (config.influx === null && db.kind === 'pglite') {
+    // The embedded default: PGlite's commits reach the disk only through a filesystem sync (a
+    // `sync -f` child process, ~10 ms), which ran after every group commit of readings: at 100
+    // msg/s ~50 a second, most of a core. The spool makes an acknowledged reading durable
+    // instead (one O_DSYNC write per group commit) and delivers to PGlite in batches, each
+    // committed and synced before the spool lets it go: ~10 syncs a second at that rate. Reads
+    // wait for delivery, so a reading is queryable once acknowledged, as before (docs/durability.md).
+    const pglite = createPostgresReadingStore(db.pool)
+    const store: ReadingStore = { ...pglite, write: async (readings) => { await pglite.write(readings); await db.flushToDisk() } }
+    const spool = await openSpool({ dir: path.join(config.dataDir, 'spool'), maxBytes: config.spoolMaxBytes, log })
+    closers.push(() => spool.close())
+    wireSpoolMetrics(spool, metrics)
+    // Each delivery write is a sync (a child process): a longer linger than InfluxDB's 100 ms
+    // makes fewer of them, and no reader waits for it (reads cut it short).
+    spool.startDelivery(store, { lingerMs: 500 })
+    return { readings: readAfterDelivery(store, spool), spool, writeDerived: (derived) => spool.append(derived) }
+  }
   if (config.influx === null) {
     const readings = createPostgresReadingStore(db.pool)
     return {

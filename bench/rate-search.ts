@@ -18,6 +18,8 @@ export interface PipelineUnderTest {
   database: string | null
   /** Vigil: the base URL of each of its processes, for spool depth and diagnostics from /metrics. */
   vigilUrls?: string[]
+  /** Readings stored with timestamps in [firstTs, lastTs], when they are not in InfluxDB (the embedded default: PGlite). */
+  countStored?: (firstTs: number, lastTs: number) => Promise<number>
 }
 
 /**
@@ -211,7 +213,7 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
 
   let stored: number | null = null
   let storeCaughtUpMs: number | null = null
-  if (pipeline.database !== null && load.sent > 0) {
+  if ((pipeline.database !== null || pipeline.countStored !== undefined) && load.sent > 0) {
     const deadline = performance.now() + storeTimeoutMs
     if (pipeline.vigilUrls !== undefined) {
       // Vigil tells when its spool is empty; only then is the count final.
@@ -220,7 +222,9 @@ export async function measureStep (ctx: StepContext, pipeline: PipelineUnderTest
     }
     let lastProgress = performance.now()
     while (true) {
-      const count = await countReadings(influxUrl, pipeline.database, load.firstTs, load.lastTs)
+      const count = pipeline.countStored !== undefined
+        ? await pipeline.countStored(load.firstTs, load.lastTs)
+        : await countReadings(influxUrl, pipeline.database!, load.firstTs, load.lastTs)
       const now = performance.now()
       if (stored === null || count > stored) lastProgress = now
       stored = count

@@ -552,9 +552,9 @@ async function main (): Promise<void> {
     const which = devices.slice(0, options.smallSiteDevices)
     // At least 10 s a step: at 100 msg/s a 4 s window is 400 readings, too few to divide CPU by.
     const durationMs = Math.max(options.durationMs, 10_000)
-    const rows: SmallSiteRow[] = options.smallSiteRates.map((rate) => ({ rate, vigil: null, peer: null }))
+    const rows: SmallSiteRow[] = options.smallSiteRates.map((rate) => ({ rate, vigil: null, embedded: null, peer: null }))
     results.smallSite = { devices: which.length, rows }
-    const measureAt = async (label: string, pipeline: PipelineUnderTest, key: 'vigil' | 'peer'): Promise<void> => {
+    const measureAt = async (label: string, pipeline: PipelineUnderTest, key: 'vigil' | 'embedded' | 'peer'): Promise<void> => {
       // Every device publishes at least once before measuring (Vigil then has its assignment cached).
       await warmup(label, pipeline, options.smallSiteRates[0]!, Math.max(warmupMs, 1.2 * which.length / options.smallSiteRates[0]! * 1000))
       for (const row of rows) {
@@ -571,6 +571,27 @@ async function main (): Promise<void> {
     await connect(label, current.mqttPort, which)
     await measureAt(label, vigilPipeline(current), 'vigil')
     await pool.disconnect()
+
+    // The embedded default (`npm start`: PGlite, no other server), which a small site most
+    // likely runs: a Vigil of its own on a fresh data directory, its own patients and devices.
+    const embeddedLabel = 'scenario 7 · small site · Vigil embedded'
+    await stopVigil()
+    progress(`${embeddedLabel}: starting Vigil on its embedded default (fresh data directory: its first start makes the database)`)
+    vigilInstance++
+    const embedded = await startVigil({
+      dataDir: path.join(root, 'vigil-embedded-data'), databaseUrl: null, influxUrl: null, influxBucket: 'vigil', adminToken,
+      logFile: path.join(root, `vigil-${vigilInstance}.log`), nodeArgs: options.vigilNodeArgs
+    })
+    vigil = embedded
+    vigilLogFile = embedded.logFile
+    const embeddedDevices = await provisionDevices(embedded.baseUrl, adminToken, which.length, { concurrency: 8 })
+    await connect(embeddedLabel, embedded.mqttPort, embeddedDevices)
+    await measureAt(embeddedLabel, {
+      key: 'vigil', label: 'Vigil embedded', mqttPort: embedded.mqttPort, pids: () => [embedded.pid], database: null, vigilUrls: [embedded.baseUrl],
+      countStored: async (firstTs, lastTs) => await countThroughApi(embedded.baseUrl, embeddedDevices, firstTs, lastTs)
+    }, 'embedded')
+    await pool.disconnect()
+    await stopVigil()
 
     const peerLabel = 'scenario 7 · small site · peer'
     const peer = await startPeer(peerLabel, 'mosquitto-small')
@@ -613,4 +634,28 @@ if (!interrupted) {
   progress('cleaning up')
   await cleanup()
   process.exit(failed ? 1 : 0)
+}
+
+/**
+ * Readings stored with timestamps in [firstTs, lastTs] for these devices' patients, counted by
+ * Vigil itself (its readings aggregate, fn=count): the embedded default keeps them in PGlite,
+ * which only Vigil's process can open. Each answer waits for the spool's delivery first.
+ */
+async function countThroughApi (baseUrl: string, devices: readonly ProvisionedDevice[], firstTs: number, lastTs: number): Promise<number> {
+  const from = new Date(firstTs).toISOString()
+  const to = new Date(lastTs + 1).toISOString()
+  const every = `${Math.max(1, Math.ceil((lastTs + 1 - firstTs) / 1000 / 5000))}s`
+  const patients = [...new Set(devices.map((d) => d.patientId))]
+  let total = 0
+  for (let i = 0; i < patients.length; i += 8) {
+    const counts = await Promise.all(patients.slice(i, i + 8).map(async (id) => {
+      const url = `${baseUrl}/v1/patients/${id}/readings/aggregate?metric=heart_rate&fn=count&every=${every}&from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`
+      const res = await fetch(url, { headers: { authorization: `Bearer ${adminToken}` } })
+      if (!res.ok) throw new Error(`counting stored readings: GET ${url.replace(baseUrl, '')} answered ${res.status}`)
+      const body = await res.json() as { items: Array<{ value: number | null }> }
+      return body.items.reduce((n, b) => n + (b.value ?? 0), 0)
+    }))
+    total += counts.reduce((a, b) => a + b, 0)
+  }
+  return total
 }

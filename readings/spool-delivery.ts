@@ -93,6 +93,12 @@ export interface Delivery {
   /** Held up by an error retrying cannot cure but fixing the store can (auth, a missing database, a series limit). */
   blocked (): boolean
   /**
+   * Resolves true once every reading durable in the spool when it was called has reached the
+   * store (a linger under way is cut short), or false after `maxWaitMs` (the store is slow or
+   * down) or when delivery stops: a reader of the store then sees what was acknowledged.
+   */
+  caughtUp (maxWaitMs: number): Promise<boolean>
+  /**
    * Stops the loop: waits for local file work always, and for the in-flight store write at most
    * closeTimeoutMs (then it is abandoned: its readings stay spooled for the next start).
    */
@@ -163,6 +169,11 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
   const window: Flight[] = []
   let blocked = false
   let lastCheckpointAt = 0
+  // Readings consumed (delivered or dead-lettered) since start, and the callers of caughtUp
+  // waiting for this count to reach theirs: while any waits, delivery does not linger.
+  let consumedReadings = 0
+  const catchUps = new Set<{ target: number, resolve: (caught: boolean) => void }>()
+  let lingering = false
 
   /**
    * Resolves after `ms` (never when null), at the next append when `wakeOnAppend`, or at once
@@ -289,6 +300,12 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
     }
     await segments.consume(batch)
     window.shift()
+    consumedReadings += batch.readings.length
+    for (const c of catchUps) {
+      if (consumedReadings < c.target) continue
+      catchUps.delete(c)
+      c.resolve(true)
+    }
     if (batch.delivered > 0) emit('delivered', batch.delivered, batch.latencyMs)
   }
 
@@ -303,8 +320,13 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
           // Linger: a small backlog waits (from its first append) for more to share one write.
           const backlog = segments.backlog()
           const waited = backlog.oldestAppendedAt === null ? 0 : Date.now() - backlog.oldestAppendedAt
-          if (lingerMs > 0 && backlog.readings > 0 && backlog.readings < lingerReadings && waited < lingerMs) {
-            await wait(lingerMs - waited, false)
+          if (lingerMs > 0 && backlog.readings > 0 && backlog.readings < lingerReadings && waited < lingerMs && catchUps.size === 0) {
+            lingering = true
+            try {
+              await wait(lingerMs - waited, false)
+            } finally {
+              lingering = false
+            }
             if (stopping) break
           }
           const read = await segments.read(maxBatch)
@@ -407,9 +429,22 @@ export function startDelivery (store: ReadingStore, options: DeliveryOptions, de
 
   return {
     blocked: () => blocked,
+    async caughtUp (maxWaitMs) {
+      const backlog = segments.backlog().readings
+      if (backlog === 0) return true
+      if (stopping) return false
+      return await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => { catchUps.delete(entry); resolve(false) }, maxWaitMs)
+        const entry = { target: consumedReadings + backlog, resolve: (caught: boolean) => { clearTimeout(timer); resolve(caught) } }
+        catchUps.add(entry)
+        if (lingering) endWait?.()
+      })
+    },
     async stop (closeTimeoutMs) {
       stopping = true
       endWait?.()
+      for (const c of catchUps) c.resolve(false)
+      catchUps.clear()
       // The store's own request timeout can exceed the supervisor's shutdown budget. Only the
       // store write is given up on: local file work always finishes before stop resolves.
       const timer = setTimeout(() => {

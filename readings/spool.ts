@@ -12,7 +12,7 @@ import { encodeRecord } from './spool-record.ts'
 import { openSegments } from './spool-segments.ts'
 
 /*
- * A write-ahead log in front of InfluxDB. append() resolves once the readings are fsync'd, so
+ * A write-ahead log in front of the reading store (InfluxDB, or the embedded PGlite). append() resolves once the readings are fsync'd, so
  * the broker may PUBACK; a delivery loop copies them to the store in order and advances a
  * durable checkpoint only after the store answered 2xx. Nothing is dropped: undelivered data
  * stays on disk across store outages and restarts (re-delivery is harmless, writes are
@@ -75,6 +75,12 @@ export interface Spool extends EventEmitter<SpoolEvents> {
   append (readings: StoredReading[]): Promise<void>
   startDelivery (store: ReadingStore, options?: DeliveryOptions): void
   stats (): SpoolStats
+  /**
+   * Resolves true once every reading acknowledged before the call has reached the store (the
+   * delivery's linger is cut short), false after `maxWaitMs` (store slow or down) or when
+   * delivery has not started or stopped: for readers that must see what was acknowledged.
+   */
+  caughtUp (maxWaitMs: number): Promise<boolean>
   /**
    * Appends the readings of the dead-letter file to the spool again (after the store was fixed:
    * a longer retention policy …) and removes the file. Idempotent: rewriting a point is
@@ -157,6 +163,10 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
         deliveryBlocked: delivery?.blocked() ?? false
       }
     },
+    caughtUp: async (maxWaitMs: number): Promise<boolean> => {
+      if (segments.backlog().readings === 0) return true
+      return await (delivery?.caughtUp(maxWaitMs) ?? Promise.resolve(false))
+    },
     replayDeadLetters: () => deadLetters.replay(append, assertOpen),
     close (): Promise<void> {
       // A second caller waits for the same shutdown rather than returning while it runs.
@@ -164,4 +174,27 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
       return closing
     }
   })
+}
+
+/**
+ * `store` for readers, in front of a spool that delivers into it: each read first waits (at most
+ * `maxWaitMs`, and not while delivery is blocked) until what was acknowledged before it has
+ * been delivered, so a reading is in every answer once its PUBACK went. The embedded default's
+ * reads: its delivery is local and quick; InfluxDB's readers keep their delivery delay.
+ */
+export function readAfterDelivery (store: ReadingStore, spool: Pick<Spool, 'caughtUp' | 'stats'>, maxWaitMs = 1000): ReadingStore {
+  const delivered = async (): Promise<void> => {
+    if (!spool.stats().deliveryBlocked) await spool.caughtUp(maxWaitMs)
+  }
+  return {
+    kind: store.kind,
+    write: async (readings) => { await store.write(readings) },
+    query: async (q) => { await delivered(); return await store.query(q) },
+    latest: async (patientId) => { await delivered(); return await store.latest(patientId) },
+    latestForPatients: async (ids) => { await delivered(); return await store.latestForPatients(ids) },
+    recentForPatients: async (ids, metric, limit) => { await delivered(); return await store.recentForPatients(ids, metric, limit) },
+    aggregate: async (q) => { await delivered(); return await store.aggregate(q) },
+    ping: async () => { await store.ping() },
+    close: async () => { await store.close() }
+  }
 }

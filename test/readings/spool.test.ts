@@ -7,7 +7,7 @@ import pino from 'pino'
 import t from 'tap'
 import type { Test } from 'tap'
 import type { StoredReading } from '../../readings/reading.ts'
-import { deadLetterName, encodeRecord, openSpool, SpoolFullError } from '../../readings/spool.ts'
+import { deadLetterName, encodeRecord, openSpool, readAfterDelivery, SpoolFullError } from '../../readings/spool.ts'
 import type { OpenSpoolOptions, Spool } from '../../readings/spool.ts'
 import { createInfluxReadingStore } from '../../readings/influx-store.ts'
 import type { ReadingStore } from '../../readings/reading-store.ts'
@@ -699,6 +699,58 @@ t.test('linger: a trickle of appends goes out in fewer writes', async (t) => {
   await waitFor('delivery', () => store.all().length === all.length, { timeoutMs: 15_000, everyMs: 10 })
   t.strictSame(store.all(), all, 'every reading once, in order')
   t.ok(store.writes.length < all.length, `${store.writes.length} writes for ${all.length} appends`)
+})
+
+t.test('caughtUp: cuts a linger short and resolves once what was acknowledged is in the store', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const store = recordingStore()
+  t.equal(await spool.caughtUp(10), true, 'nothing spooled: caught up at once')
+  const first = readings(3)
+  await spool.append(first)
+  t.equal(await spool.caughtUp(10), false, 'no delivery started: not caught up')
+  // A linger far longer than the test: only caughtUp can end it.
+  spool.startDelivery(store, { lingerMs: 60_000, lingerReadings: 1000 })
+  await sleep(50)
+  t.equal(store.all().length, 0, 'the readings linger')
+  const started = performance.now()
+  t.equal(await spool.caughtUp(10_000), true)
+  t.ok(performance.now() - started < 5_000, 'well before the linger would have ended')
+  t.strictSame(store.all(), first, 'every acknowledged reading is in the store when it resolves')
+  // The next append lingers again: caughtUp hurries only the readings it waits for.
+  await spool.append(readings(1))
+  await sleep(50)
+  t.equal(store.all().length, 3, 'lingering again after the catch-up')
+})
+
+t.test('caughtUp: false after maxWaitMs while the store does not answer; readAfterDelivery then reads anyway', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir, { closeTimeoutMs: 50 })
+  const hung = gate()
+  t.teardown(() => hung.open())
+  const store = recordingStore(async () => { await hung.wait })
+  const latest: StoredReading[] = []
+  store.latest = async () => latest
+  spool.startDelivery(store, { lingerMs: 0 })
+  await spool.append(readings(2))
+  t.equal(await spool.caughtUp(100), false, 'not caught up: the write hangs')
+  const reader = readAfterDelivery(store, spool, 100)
+  const started = performance.now()
+  t.equal(await reader.latest(patientId), latest, 'the read goes to the store after the wait')
+  t.ok(performance.now() - started >= 90, 'it waited for delivery first')
+})
+
+t.test('readAfterDelivery: a read right after an append sees it, whatever the linger', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir)
+  const store = recordingStore()
+  store.query = async () => store.all()
+  spool.startDelivery(store, { lingerMs: 60_000 })
+  const reader = readAfterDelivery(store, spool)
+  const batch = readings(2)
+  await spool.append(batch)
+  t.strictSame(await reader.query({ patientId, limit: 10 } as never), batch)
+  t.strictSame(await store.query({ patientId, limit: 10 } as never), batch, 'and the store itself holds them')
 })
 
 // --- several store writes in flight (maxWritesInFlight) --------------------------------------
