@@ -299,3 +299,33 @@ t.test('a full evaluation queue drops the oldest readings from evaluation, count
   t.equal(dropped + evaluated, 25, 'every reading either evaluated or counted as dropped')
   t.ok(evaluated <= 10)
 })
+
+t.test('shared state (several processes on one Postgres): a state the database holds unchanged is not sent to the thread again; a changed one is', async (t) => {
+  const registry = new Registry()
+  const changes: ConditionChange[] = []
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry,
+    sharedState: true, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}, now: () => T0 + 10 * MIN
+  })
+  t.teardown(() => engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Shared State')
+  const sent = async (): Promise<number> => await metric(registry, 'vigil_alert_states_sent_total')
+
+  engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0)])
+  await engine.flush()
+  t.equal(await sent(), 1, 'the first evaluation sends the state read from the database')
+  for (let i = 1; i <= 3; i++) {
+    engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0 + i * MIN)])
+    await engine.flush()
+  }
+  t.equal(await sent(), 1, 'read again under the lock each batch, equal to the thread\'s copy: not sent again')
+
+  // Another process evaluated this patient meanwhile: its state in the database moved on.
+  await postgres.pool.query(`UPDATE alert_rule_state SET state = jsonb_set(state, '{breachSince}', to_jsonb($2::bigint)) WHERE patient_id = $1 AND rule_id = 'tachycardia'`,
+    [patient.id, T0 - 10 * MIN])
+  engine.onAccepted([reading(patient.id, 'heart_rate', 131, T0 + 4 * MIN)])
+  await engine.flush()
+  t.equal(await sent(), 2, 'the changed state is sent')
+  t.match(changes.filter((c) => c.ruleId === 'tachycardia'), [{ status: 'firing', details: { breachSince: T0 - 10 * MIN } }],
+    'and evaluated: the breach the other process saw began 14 minutes before this reading, past the 5 minutes')
+})
