@@ -15,8 +15,11 @@ let listening: { httpPort?: number, mqttPort?: number } = {}
 try {
   listening = JSON.parse(await fs.readFile(path.join(dataDir, 'listening.json'), 'utf8'))
 } catch { /* not started from here */ }
-const httpPort = process.env.HTTP_PORT ?? String(listening.httpPort ?? 3000)
-const mqttPort = process.env.MQTT_PORT ?? String(listening.mqttPort ?? 1883)
+// HTTP_PORT=0 (or MQTT_PORT=0) told Vigil to take any free port, which is not one to connect to:
+// a shell that started Vigil that way and then runs this finds the real one in listening.json.
+const setPort = (value: string | undefined): string | undefined => value === undefined || value === '' || value === '0' ? undefined : value
+const httpPort = setPort(process.env.HTTP_PORT) ?? String(listening.httpPort ?? 3000)
+const mqttPort = setPort(process.env.MQTT_PORT) ?? String(listening.mqttPort ?? 1883)
 
 const { values: args } = parseArgs({
   options: {
