@@ -98,7 +98,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   const flushIntervalMs = options.flushIntervalMs ?? 50
   const batchSize = options.batchSize ?? 500
   const maxQueued = options.maxQueued ?? 100_000
-  const store = createRuleStateStore(options.pool, options.keyring)
+  // One process (no sharedState): it writes every override and scale, so they can be kept.
+  const store = createRuleStateStore(options.pool, options.keyring, { cacheSettings: options.sharedState !== true })
   const metrics = {
     evaluationSeconds: new Histogram({
       name: 'vigil_alert_evaluation_seconds',

@@ -9,17 +9,58 @@ import type { Spo2Scale } from './news2.ts'
 /** First key of the per-patient rule-state advisory locks ("VgRs"); store/leadership.ts uses "VgLd". */
 export const PATIENT_RULE_LOCK_SPACE = 0x56675273
 
+/** Patients whose settings settingsOf keeps at most (each a few hundred bytes); past it the cache starts over. */
+const SETTINGS_CACHE_PATIENTS = 100_000
+
 /**
  * The alert engine's tables (migration 005): rule state, overrides, NEWS2 scale. Override and
  * scale reasons are clinical free text (they may name a medication): encrypted, bound to the
  * patient and rule (crypto/clinical-text.ts).
+ *
+ * `cacheSettings`: this process is the only one writing overrides and scales (the embedded
+ * default: one process per data directory), so settingsOf keeps what it read, and this store's
+ * own writes drop a patient's entry. Several processes on one Postgres must not set it: another
+ * process's override would go unseen.
  */
-export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
+export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: { cacheSettings?: boolean } = {}) {
+  const settingsCache = options.cacheSettings === true ? new Map<string, { overrides: RuleOverride[], scale: Spo2Scale | null }>() : null
+  // Counts this store's settings writes (started and ended): a read that saw it move is not cached.
+  let settingsWrites = 0
   const addOverride = (out: Map<string, RuleOverride[]>, row: any): void => {
     const list = out.get(row.patient_id) ?? []
     list.push(overrideOf(keyring, row))
     out.set(row.patient_id, list)
   }
+  /** overridesOf and spo2Scales in one round trip (settingsOf without its cache). */
+  async function readSettings (patientIds: readonly string[]): Promise<{ overrides: Map<string, RuleOverride[]>, scales: Map<string, Spo2Scale> }> {
+    const overrides = new Map<string, RuleOverride[]>()
+    const scales = new Map<string, Spo2Scale>()
+    if (patientIds.length === 0) return { overrides, scales }
+    const { rows } = await pool.query(
+      `SELECT patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at, NULL::smallint AS spo2_scale
+         FROM patient_rule_overrides WHERE patient_id = ANY($1::uuid[])
+       UNION ALL
+       SELECT patient_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, spo2_scale
+         FROM patient_news2_scale WHERE patient_id = ANY($1::uuid[])
+       ORDER BY rule_id`, [patientIds])
+    for (const row of rows) {
+      if (row.rule_id === null) scales.set(row.patient_id, scaleOf(row))
+      else addOverride(overrides, row)
+    }
+    return { overrides, scales }
+  }
+  /** A write of this store changes a patient's settings: read them again next time (before and after it, so a batch between does not keep the old). */
+  async function changingSettings<T> (patientId: string, write: () => Promise<T>): Promise<T> {
+    settingsWrites++
+    settingsCache?.delete(patientId)
+    try {
+      return await write()
+    } finally {
+      settingsWrites++
+      settingsCache?.delete(patientId)
+    }
+  }
+
   return {
     async loadStates (patientIds: readonly string[], db: pg.ClientBase | pg.Pool = pool): Promise<Map<string, PatientRuleState>> {
       const out = new Map<string, PatientRuleState>()
@@ -97,37 +138,43 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
      * the engine's cost).
      */
     async settingsOf (patientIds: readonly string[]): Promise<{ overrides: Map<string, RuleOverride[]>, scales: Map<string, Spo2Scale> }> {
+      if (patientIds.length === 0 || settingsCache === null) return await readSettings(patientIds)
+      // A small site's batches ask for the same few patients 20 times a second: each query was a
+      // round trip into PGlite's WASM Postgres.
+      const missing = patientIds.filter((id) => !settingsCache.has(id))
+      if (missing.length > 0) {
+        const generation = settingsWrites
+        const read = await readSettings(missing)
+        // A write while this read ran may have come before or after it: keep nothing of it.
+        if (generation !== settingsWrites) return read
+        if (settingsCache.size + missing.length > SETTINGS_CACHE_PATIENTS) settingsCache.clear()
+        for (const id of missing) settingsCache.set(id, { overrides: read.overrides.get(id) ?? [], scale: read.scales.get(id) ?? null })
+      }
       const overrides = new Map<string, RuleOverride[]>()
       const scales = new Map<string, Spo2Scale>()
-      if (patientIds.length === 0) return { overrides, scales }
-      const { rows } = await pool.query(
-        `SELECT patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at, NULL::smallint AS spo2_scale
-           FROM patient_rule_overrides WHERE patient_id = ANY($1::uuid[])
-         UNION ALL
-         SELECT patient_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, spo2_scale
-           FROM patient_news2_scale WHERE patient_id = ANY($1::uuid[])
-         ORDER BY rule_id`, [patientIds])
-      for (const row of rows) {
-        if (row.rule_id === null) scales.set(row.patient_id, scaleOf(row))
-        else addOverride(overrides, row)
+      for (const id of patientIds) {
+        const cached = settingsCache.get(id)
+        if (cached === undefined) continue
+        if (cached.overrides.length > 0) overrides.set(id, cached.overrides)
+        if (cached.scale !== null) scales.set(id, cached.scale)
       }
       return { overrides, scales }
     },
 
     async putOverride (o: { patientId: string, ruleId: string, parameters: OverrideParameters, reason: string, setBy: string, expiresAt: number }): Promise<RuleOverride> {
-      const { rows } = await pool.query(
+      const { rows } = await changingSettings(o.patientId, async () => await pool.query(
         `INSERT INTO patient_rule_overrides (patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, now(), $7)
          ON CONFLICT (patient_id, rule_id) DO UPDATE SET parameters = EXCLUDED.parameters, reason = EXCLUDED.reason,
            reason_key_id = EXCLUDED.reason_key_id, set_by = EXCLUDED.set_by, set_at = now(), expires_at = EXCLUDED.expires_at
          RETURNING patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at`,
         [o.patientId, o.ruleId, JSON.stringify(o.parameters), sealClinicalText(keyring, o.reason, overrideReasonAt(o.patientId, o.ruleId)),
-          keyring.activeKeyId, o.setBy, new Date(o.expiresAt)])
+          keyring.activeKeyId, o.setBy, new Date(o.expiresAt)]))
       return overrideOf(keyring, rows[0])
     },
 
     async deleteOverride (patientId: string, ruleId: string): Promise<boolean> {
-      const res = await pool.query('DELETE FROM patient_rule_overrides WHERE patient_id = $1 AND rule_id = $2', [patientId, ruleId])
+      const res = await changingSettings(patientId, async () => await pool.query('DELETE FROM patient_rule_overrides WHERE patient_id = $1 AND rule_id = $2', [patientId, ruleId]))
       return (res.rowCount ?? 0) > 0
     },
 
@@ -140,11 +187,11 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring) {
     },
 
     async setSpo2Scale (patientId: string, scale: Spo2Scale, setBy: string, reason: string): Promise<void> {
-      await pool.query(
+      await changingSettings(patientId, async () => await pool.query(
         `INSERT INTO patient_news2_scale (patient_id, spo2_scale, set_by, reason, reason_key_id) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (patient_id) DO UPDATE SET spo2_scale = EXCLUDED.spo2_scale, set_by = EXCLUDED.set_by, reason = EXCLUDED.reason,
            reason_key_id = EXCLUDED.reason_key_id, set_at = now()`,
-        [patientId, scale, setBy, sealClinicalText(keyring, reason, { table: 'patient_news2_scale', column: 'reason', rowId: patientId }), keyring.activeKeyId])
+        [patientId, scale, setBy, sealClinicalText(keyring, reason, { table: 'patient_news2_scale', column: 'reason', rowId: patientId }), keyring.activeKeyId]))
     }
   }
 }

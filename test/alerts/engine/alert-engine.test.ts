@@ -329,3 +329,26 @@ t.test('shared state (several processes on one Postgres): a state the database h
   t.match(changes.filter((c) => c.ruleId === 'tachycardia'), [{ status: 'firing', details: { breachSince: T0 - 10 * MIN } }],
     'and evaluated: the breach the other process saw began 14 minutes before this reading, past the 5 minutes')
 })
+
+t.test('settings kept by one process: its own writes are seen at once; several processes (shared state) read them every batch', async (t) => {
+  const { createRuleStateStore } = await import('../../../alerts/engine/rule-state-store.ts')
+  const patient = (await createPatientStore(postgres.pool).create('Cached Settings')).id
+  const single = createRuleStateStore(postgres.pool, clinicalTextKeyring, { cacheSettings: true })
+  const shared = createRuleStateStore(postgres.pool, clinicalTextKeyring)
+  const rules = async (store: typeof single): Promise<string[]> => ((await store.settingsOf([patient])).overrides.get(patient) ?? []).map((o) => o.ruleId)
+
+  t.same(await rules(single), [], 'nothing set')
+  await single.putOverride({ patientId: patient, ruleId: 'high-hr', parameters: { above: 170 }, reason: 'athlete', setBy: 'user:doc', expiresAt: T0 + MIN })
+  t.same(await rules(single), ['high-hr'], 'an override this store wrote is seen at the next batch')
+  await single.setSpo2Scale(patient, 2, 'user:doc', 'COPD')
+  t.equal((await single.settingsOf([patient])).scales.get(patient), 2, 'and a scale')
+  // Written behind its back (what another process would do): the kept settings do not see it,
+  // which is why only a process alone on its database keeps them.
+  await postgres.pool.query(`DELETE FROM patient_rule_overrides WHERE patient_id = $1`, [patient])
+  t.same(await rules(single), ['high-hr'], 'kept: not read again')
+  t.same(await rules(shared), [], 'a store without the cache reads the database each time')
+  await single.putOverride({ patientId: patient, ruleId: 'tachycardia', parameters: { above: 130 }, reason: 'r', setBy: 'user:doc', expiresAt: T0 + MIN })
+  t.same(await rules(single), ['tachycardia'], 'its next write reads the patient again')
+  t.ok(await single.deleteOverride(patient, 'tachycardia'))
+  t.same(await rules(single), [], 'a delete is seen at once')
+})
