@@ -9,7 +9,7 @@ export interface SpoolStats { depthReadings: number, depthBytes: number, oldestU
 
 export function createMetrics () {
   const registry = new Registry()
-  // Set when a spool exists (InfluxDB mode); the spool gauges read it at scrape time.
+  // Set when a spool exists (InfluxDB, the embedded default); the spool gauges read it at scrape time.
   let spoolStats: (() => SpoolStats) | null = null
   // Set when the data directory's free space is watched (store/disk-reserve.ts).
   let disk: { low: () => boolean, freeBytes: () => number } | null = null

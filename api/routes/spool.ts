@@ -4,7 +4,7 @@ import { auditActor } from '../../access/access-policy.ts'
 import { VigilError } from '../../errors/catalogue.ts'
 import { errorResponses } from '../schemas/common.ts'
 
-/** What the API needs of the InfluxDB spool (readings/spool.ts). */
+/** What the API needs of the spool (readings/spool.ts). */
 export interface SpoolAdmin {
   replayDeadLetters (): Promise<{ replayed: number }>
 }
@@ -13,7 +13,7 @@ const ReplayResult = Type.Object({
   replayed: Type.Integer({ minimum: 0, description: 'Readings appended to the spool again; 0 when there were no dead letters' })
 }, { additionalProperties: false })
 
-/** Spool administration; registered only in InfluxDB mode (there is no spool otherwise). */
+/** Spool administration; registered when readings go through a spool (InfluxDB, the embedded default; not a Postgres server). */
 export function spoolRoutes (app: ApiInstance, { spool, access }: Pick<RouteDeps, 'access'> & { spool: SpoolAdmin }): void {
   app.post('/admin/spool/dead-letter/replay', {
     config: { permission: 'users:admin' },
