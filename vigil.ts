@@ -334,8 +334,8 @@ async function openReadings (config: Config, db: Database, metrics: ReturnType<t
     // `sync -f` child process, ~10 ms), which ran after every group commit of readings: at 100
     // msg/s ~50 a second, most of a core. The spool makes an acknowledged reading durable
     // instead (one O_DSYNC write per group commit) and delivers to PGlite in batches, each
-    // committed and synced before the spool lets it go: ~10 syncs a second at that rate. Reads
-    // wait for delivery, so a reading is queryable once acknowledged, as before (docs/durability.md).
+    // committed and synced before the spool lets it go: about two syncs a second. Reads wait for
+    // delivery, so a reading is queryable once acknowledged, as before (docs/durability.md).
     const pglite = createPostgresReadingStore(db.pool)
     const store: ReadingStore = { ...pglite, write: async (readings) => { await pglite.write(readings); await db.flushToDisk() } }
     const spool = await openSpool({ dir: path.join(config.dataDir, 'spool'), maxBytes: config.spoolMaxBytes, log })

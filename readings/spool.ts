@@ -12,9 +12,10 @@ import { encodeRecord } from './spool-record.ts'
 import { openSegments } from './spool-segments.ts'
 
 /*
- * A write-ahead log in front of the reading store (InfluxDB, or the embedded PGlite). append() resolves once the readings are fsync'd, so
- * the broker may PUBACK; a delivery loop copies them to the store in order and advances a
- * durable checkpoint only after the store answered 2xx. Nothing is dropped: undelivered data
+ * A write-ahead log in front of the reading store (InfluxDB, or the embedded PGlite). append()
+ * resolves once the readings are fsync'd, so the broker may PUBACK; a delivery loop copies them
+ * to the store in order and advances a durable checkpoint only after the store's write resolved
+ * (InfluxDB answered 2xx; PGlite committed and synced). Nothing is dropped: undelivered data
  * stays on disk across store outages and restarts (re-delivery is harmless, writes are
  * idempotent). The one exception to "retry until delivered" is a reading the store rejects as
  * data it will never accept (HTTP 400/422): retrying it would block every reading behind it
