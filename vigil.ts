@@ -24,7 +24,7 @@ import { startJobs } from './jobs/start-jobs.ts'
 import { createResearchExports, DEIDENTIFIED_EXPORT_JOB } from './research/exports.ts'
 import { BULK_EXPORT_JOB, createBulkExports } from './fhir/bulk/bulk-exports.ts'
 import { parseEngineSpec } from './jobs/transcription/engine.ts'
-import { openSpool, readAfterDelivery, type Spool } from './readings/spool.ts'
+import { openSpool, readAfterDelivery, type DeliveryOptions, type Spool } from './readings/spool.ts'
 import { createMetrics } from './observability/metrics.ts'
 import { createApiTokenStore } from './access/api-tokens.ts'
 import { lockDataDir } from './store/data-dir-lock.ts'
@@ -329,42 +329,45 @@ async function openReadings (config: Config, db: Database, metrics: ReturnType<t
   spool: Spool | null
   writeDerived: (derived: StoredReading[]) => Promise<void>
 }> {
-  if (config.influx === null && db.kind === 'pglite') {
-    // The embedded default: PGlite's commits reach the disk only through a filesystem sync (a
-    // `sync -f` child process, ~10 ms), which ran after every group commit of readings: at 100
-    // msg/s ~50 a second, most of a core. The spool makes an acknowledged reading durable
-    // instead (one O_DSYNC write per group commit) and delivers to PGlite in batches, each
-    // committed and synced before the spool lets it go: about two syncs a second. Reads wait for
-    // delivery, so a reading is queryable once acknowledged, as before (docs/durability.md).
-    const pglite = createPostgresReadingStore(db.pool)
-    const store: ReadingStore = { ...pglite, write: async (readings) => { await pglite.write(readings); await db.flushToDisk() } }
-    const spool = await openSpool({ dir: path.join(config.dataDir, 'spool'), maxBytes: config.spoolMaxBytes, log })
-    closers.push(() => spool.close())
-    wireSpoolMetrics(spool, metrics)
-    // Each delivery write is a sync (a child process): a longer linger than InfluxDB's 100 ms
-    // makes fewer of them, and no reader waits for it (reads cut it short).
-    spool.startDelivery(store, { lingerMs: 500 })
-    return { readings: readAfterDelivery(store, spool), spool, writeDerived: (derived) => spool.append(derived) }
-  }
-  if (config.influx === null) {
+  if (config.influx === null && db.kind === 'postgres') {
+    // A Postgres server: each commit is durable when it returns, so readings go in directly.
     const readings = createPostgresReadingStore(db.pool)
     return {
       readings,
       spool: null,
       writeDerived: async (derived) => {
         await readings.write(derived)
-        await db.flushToDisk()
         metrics.readingsStored.inc(derived.length)
       }
     }
   }
-  const readings = await createInfluxReadingStore(config.influx, log)
-  closers.push(() => readings.close())
+  // Behind the spool: InfluxDB, or the embedded default's PGlite. PGlite's commits reach the disk
+  // only through a filesystem sync (a `sync -f` child process, ~10 ms), which ran after every
+  // group commit of readings: at 100 msg/s ~50 a second, most of a core. The spool makes an
+  // acknowledged reading durable instead (one O_DSYNC write per group commit) and delivers to
+  // PGlite in batches, each committed and synced before the spool lets it go; a longer linger
+  // than InfluxDB's 100 ms makes about two syncs a second. Reads of PGlite wait for delivery
+  // (and cut the linger short), so a reading is queryable once acknowledged (docs/durability.md).
+  let store: ReadingStore
+  let delivery: DeliveryOptions = {}
+  if (config.influx === null) {
+    const pglite = createPostgresReadingStore(db.pool)
+    store = { ...pglite, write: async (readings) => { await pglite.write(readings); await db.flushToDisk() } }
+    delivery = { lingerMs: 500 }
+  } else {
+    const influx = await createInfluxReadingStore(config.influx, log)
+    closers.push(() => influx.close())
+    store = influx
+  }
   const spool = await openSpool({ dir: path.join(config.dataDir, 'spool'), maxBytes: config.spoolMaxBytes, log })
   closers.push(() => spool.close())
   wireSpoolMetrics(spool, metrics)
-  spool.startDelivery(readings)
-  return { readings, spool, writeDerived: (derived) => spool.append(derived) }
+  spool.startDelivery(store, delivery)
+  return {
+    readings: config.influx === null ? readAfterDelivery(store, spool) : store,
+    spool,
+    writeDerived: (derived) => spool.append(derived)
+  }
 }
 
 /** Alert event ids over the cluster's control channel. */

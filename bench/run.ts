@@ -245,13 +245,15 @@ async function main (): Promise<void> {
   const vigilDataDir = path.join(root, 'vigil-data')
   let vigilInstance = 0
   let vigil: VigilProcess | null = null
-  const startVigilProcess = async (profileDir?: string, inspectPort?: number): Promise<VigilProcess> => {
+  /** Vigil on this run's Postgres and influxd, or with `embeddedDataDir` on its embedded default (`npm start`) there. */
+  const startVigilProcess = async (o: { profileDir?: string, inspectPort?: number, embeddedDataDir?: string } = {}): Promise<VigilProcess> => {
+    const { profileDir, inspectPort, embeddedDataDir } = o
     vigilInstance++
     const started = await startVigil({
-      env: clusterEnv,
-      dataDir: vigilDataDir,
-      databaseUrl: database.url,
-      influxUrl: influxd.url,
+      env: embeddedDataDir === undefined ? clusterEnv : {},
+      dataDir: embeddedDataDir ?? vigilDataDir,
+      databaseUrl: embeddedDataDir === undefined ? database.url : null,
+      influxUrl: embeddedDataDir === undefined ? influxd.url : null,
       influxBucket: 'vigil',
       adminToken,
       logFile: path.join(root, `vigil-${vigilInstance}.log`),
@@ -341,13 +343,13 @@ async function main (): Promise<void> {
       // A fresh Vigil under the profiler, so provisioning is not part of the profile.
       progress('scenario 1: restarting Vigil under the CPU profiler')
       await stopVigil()
-      current = await startVigilProcess(profileDir)
+      current = await startVigilProcess({ profileDir })
     }
     const inspectPort = options.allocProfile ? await freePort() : undefined
     if (inspectPort !== undefined) {
       progress('scenario 1: restarting Vigil with the inspector on a loopback port (allocation sampling)')
       await stopVigil()
-      current = await startVigilProcess(undefined, inspectPort)
+      current = await startVigilProcess({ inspectPort })
     }
     const pipeline = vigilPipeline(current)
     await connect('scenario 1 · Vigil', current.mqttPort, loadDevices)
@@ -577,13 +579,7 @@ async function main (): Promise<void> {
     const embeddedLabel = 'scenario 7 · small site · Vigil embedded'
     await stopVigil()
     progress(`${embeddedLabel}: starting Vigil on its embedded default (fresh data directory: its first start makes the database)`)
-    vigilInstance++
-    const embedded = await startVigil({
-      dataDir: path.join(root, 'vigil-embedded-data'), databaseUrl: null, influxUrl: null, influxBucket: 'vigil', adminToken,
-      logFile: path.join(root, `vigil-${vigilInstance}.log`), nodeArgs: options.vigilNodeArgs
-    })
-    vigil = embedded
-    vigilLogFile = embedded.logFile
+    const embedded = await startVigilProcess({ embeddedDataDir: path.join(root, 'vigil-embedded-data') })
     const embeddedDevices = await provisionDevices(embedded.baseUrl, adminToken, which.length, { concurrency: 8 })
     await connect(embeddedLabel, embedded.mqttPort, embeddedDevices)
     await measureAt(embeddedLabel, {

@@ -164,10 +164,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
         deliveryBlocked: delivery?.blocked() ?? false
       }
     },
-    caughtUp: async (maxWaitMs: number): Promise<boolean> => {
-      if (segments.backlog().readings === 0) return true
-      return await (delivery?.caughtUp(maxWaitMs) ?? Promise.resolve(false))
-    },
+    caughtUp: async (maxWaitMs: number): Promise<boolean> => await delivery?.caughtUp(maxWaitMs) ?? segments.backlog().readings === 0,
     replayDeadLetters: () => deadLetters.replay(append, assertOpen),
     close (): Promise<void> {
       // A second caller waits for the same shutdown rather than returning while it runs.
