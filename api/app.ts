@@ -98,7 +98,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
   await registerSecurityHeaders(app)
   registerRequestIds(app)
   registerUrlLengthLimit(app)
-  await registerLoadShedding(app, {
+  registerLoadShedding(app, {
     maxEventLoopDelayMs: limits.maxEventLoopDelayMs,
     maxEventLoopUtilization: limits.maxEventLoopUtilization,
     maxHeapUsedBytes: limits.maxHeapUsedBytes,

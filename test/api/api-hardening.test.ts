@@ -3,7 +3,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import type { Test } from 'tap'
-import { buildApi } from '../../api/app.ts'
+import { apiLimitDefaults, buildApi } from '../../api/app.ts'
+import { delayResolutionMs } from '../../api/plugins/load-shedding.ts'
 import type { ApiDeps } from '../../api/app.ts'
 import { docsContentSecurityPolicy } from '../../api/plugins/security-headers.ts'
 import { createApiTokenStore } from '../../access/api-tokens.ts'
@@ -283,6 +284,33 @@ t.test('load shedding: event-loop delay makes /v1 answer 503; /healthz says why;
 
   t.ok(await waitFor('pressure passes', () => !shedding.isUnderPressure(), { timeoutMs: 3000, everyMs: 1 }), 'pressure passes')
   t.equal((await shedding.inject({ method: 'GET', url: '/v1/patients', headers })).statusCode, 200, 'served again')
+})
+
+t.test('load shedding at the default 1 s limit: its coarse 100 ms tick still sees a loop whose turns take 1.3 s', async (t) => {
+  t.equal(delayResolutionMs(apiLimitDefaults.maxEventLoopDelayMs), 100, 'a tick every 100 ms against the default limit')
+  t.equal(delayResolutionMs(50), 10, 'no finer than 10 ms')
+  t.equal(delayResolutionMs(60_000), 100, 'no coarser than 100 ms')
+  const shedding = await buildWith(t, { maxEventLoopDelayMs: apiLimitDefaults.maxEventLoopDelayMs, maxEventLoopUtilization: 0, loadSampleIntervalMs: 1000 })
+  await shedding.ready()
+  await settle(t, shedding, 1000)
+  // Turns of 0.5 s are a busy loop, not a stalled one: under the limit.
+  let load = saturateEventLoop(500)
+  try {
+    await sleep(2500)
+    t.notOk(shedding.isUnderPressure(), 'turns of 0.5 s are under the 1 s limit')
+  } finally {
+    await load.stop()
+  }
+  load = saturateEventLoop(1300)
+  try {
+    t.ok(await waitFor('the stall was measured', () => shedding.isUnderPressure(), { timeoutMs: 8000, everyMs: 1 }), 'turns of 1.3 s are past it')
+    const res = await shedding.inject({ method: 'GET', url: '/v1/patients', headers })
+    t.equal(res.statusCode, 503)
+    t.equal(res.json().code, 'VIGIL_ERR_UNAVAILABLE')
+  } finally {
+    await load.stop()
+  }
+  t.ok(await waitFor('pressure passes', () => !shedding.isUnderPressure(), { timeoutMs: 5000, everyMs: 1 }), 'pressure passes')
 })
 
 t.test('load shedding: event-loop utilization', async (t) => {
