@@ -180,7 +180,11 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       leaseMs: config.jobLeaseSeconds * 1000,
       maxAttempts: config.jobMaxAttempts,
       log,
-      keyring
+      keyring,
+      // Embedded, every job is enqueued in this process (which wakes the runner), and retries and
+      // leases say when they fall due: an idle runner need not query PGlite every second. With a
+      // Postgres server other processes enqueue too, so it looks every second.
+      ...(config.databaseUrl === null ? { idlePollIntervalMs: 60_000 } : {})
     })
     // Records and transcripts left under a retired key are moved to the active one in the background.
     // Once per process lifetime, in the process leading it (now, or when it takes over).

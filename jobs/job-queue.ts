@@ -116,6 +116,12 @@ export interface JobQueue {
    */
   dueTypes (types: readonly string[]): Promise<Set<string>>
   /**
+   * `dueTypes`, and when the next job of `types` falls due (a queued job's `run_after`, or a
+   * running one's lease end; in the past when one is due now, null when none is queued or
+   * running): an idle runner that alone feeds its queue sleeps until then. One round trip.
+   */
+  dueWork (types: readonly string[]): Promise<{ due: Set<string>, nextAt: Date | null }>
+  /**
    * Renews the leases of jobs this runner holds and records their progress. Returns the ids
    * whose lease is lost and those whose cancel was requested.
    */
@@ -170,6 +176,27 @@ export function createJobQueue (options: JobQueueOptions): JobQueue {
     })
   }
 
+  async function dueWork (types: readonly string[]): Promise<{ due: Set<string>, nextAt: Date | null }> {
+    if (types.length === 0) return { due: new Set(), nextAt: null }
+    // The same conditions as claim's expired and due rows, each through its partial index
+    // (jobs_claimable, jobs_running): the earliest per type.
+    const { rows } = await pool.query(
+      `SELECT type, false AS lease, min(run_after) AS at FROM jobs WHERE state = 'queued' AND type = ANY($1::text[]) GROUP BY type
+       UNION ALL
+       SELECT type, true, min(locked_until) FROM jobs WHERE state = 'running' AND type = ANY($1::text[]) GROUP BY type`,
+      [[...types]])
+    const at = now().getTime()
+    const due = new Set<string>()
+    let nextAt: Date | null = null
+    for (const row of rows as Array<{ type: string, lease: boolean, at: Date | null }>) {
+      if (row.at === null) continue
+      // Due from run_after on; a lease is taken over only once it has run out.
+      if (row.lease ? row.at.getTime() < at : row.at.getTime() <= at) due.add(row.type)
+      if (nextAt === null || row.at < nextAt) nextAt = row.at
+    }
+    return { due, nextAt }
+  }
+
   return {
     async enqueue (job, client) {
       const at = now()
@@ -184,14 +211,10 @@ export function createJobQueue (options: JobQueueOptions): JobQueue {
     },
 
     async dueTypes (types) {
-      if (types.length === 0) return new Set()
-      // The same conditions as claim's expired and due rows (jobs_claimable, jobs_running).
-      const { rows } = await pool.query(
-        `SELECT DISTINCT type FROM jobs WHERE type = ANY($1::text[])
-           AND ((state = 'queued' AND run_after <= $2) OR (state = 'running' AND locked_until < $2))`,
-        [[...types], now()])
-      return new Set(rows.map((r) => r.type as string))
+      return (await dueWork(types)).due
     },
+
+    dueWork,
 
     async claim ({ type, max, typeLimit, runnerId }) {
       if (max <= 0 || typeLimit <= 0) return []

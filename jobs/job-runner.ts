@@ -42,6 +42,13 @@ export interface JobRunnerOptions {
   log: Logger
   /** How often to look for due jobs and renew leases. Default 1000 ms. */
   pollIntervalMs?: number
+  /**
+   * Holding no job: how long the runner may sleep until the next look, at most; it wakes sooner
+   * when a job falls due (a retry's delay, a lease running out) and at once on an enqueue in this
+   * process. Default `pollIntervalMs`: only a runner whose queue no other process feeds (the
+   * embedded default) may sleep longer.
+   */
+  idlePollIntervalMs?: number
   runnerId?: string
 }
 
@@ -83,6 +90,7 @@ export function startJobRunner (options: JobRunnerOptions): JobRunner {
   const log = parentLog.child({ component: 'job-runner' })
   const workers = Math.max(1, Math.floor(options.workers))
   const pollIntervalMs = options.pollIntervalMs ?? 1000
+  const idlePollIntervalMs = Math.max(pollIntervalMs, options.idlePollIntervalMs ?? pollIntervalMs)
   const runnerId = options.runnerId ?? `${os.hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`
   const types = Object.keys(handlers)
   const held = new Map<string, Held>()
@@ -90,11 +98,15 @@ export function startJobRunner (options: JobRunnerOptions): JobRunner {
   let typeCursor = 0
   let ticking: Promise<void> | null = null
   let again = false
+  // When the last look found the next job falling due (null: none queued or running, or unknown).
+  let nextDueAt: Date | null = null
+  let timer: NodeJS.Timeout | null = null
 
   async function tick (): Promise<void> {
     await renewLeases()
     // A claim is a transaction of six statements per type: only for types with work due.
-    const due = workers - held.size > 0 ? await queue.dueTypes(types) : new Set<string>()
+    let due = new Set<string>()
+    if (workers - held.size > 0) ({ due, nextAt: nextDueAt } = await queue.dueWork(types))
     // Round-robin over types, so one busy type does not starve the others of free slots.
     for (let i = 0; i < types.length && !closing; i++) {
       const free = workers - held.size
@@ -169,24 +181,44 @@ export function startJobRunner (options: JobRunnerOptions): JobRunner {
     })
   }
 
+  /**
+   * The next look: every pollIntervalMs while a job is held (its lease is renewed) or the last
+   * look failed; idle, when the next job falls due, within [pollIntervalMs, idlePollIntervalMs].
+   */
+  function arm (failed: boolean): void {
+    if (timer !== null) clearTimeout(timer)
+    let delay = pollIntervalMs
+    if (!failed && held.size === 0 && idlePollIntervalMs > pollIntervalMs) {
+      const untilDue = nextDueAt === null ? idlePollIntervalMs : nextDueAt.getTime() - Date.now()
+      delay = Math.min(idlePollIntervalMs, Math.max(pollIntervalMs, untilDue))
+    }
+    timer = setTimeout(wake, delay)
+  }
+
   function wake (): void {
     if (closing) return
     if (ticking !== null) {
       again = true
       return
     }
+    let failed = false
     ticking = tick()
-      .catch((err: unknown) => log.error({ err: loggable(err) }, 'job poll failed'))
+      .catch((err: unknown) => {
+        failed = true
+        nextDueAt = null
+        log.error({ err: loggable(err) }, 'job poll failed')
+      })
       .finally(() => {
         ticking = null
         if (again) {
           again = false
           wake()
+        } else if (!closing) {
+          arm(failed)
         }
       })
   }
 
-  const timer = setInterval(wake, pollIntervalMs)
   const unsubscribe = queue.onEnqueued(() => wake())
   wake()
   log.info({ runnerId, workers, types }, 'job runner started')
@@ -198,7 +230,7 @@ export function startJobRunner (options: JobRunnerOptions): JobRunner {
     async close () {
       if (closing) return
       closing = true
-      clearInterval(timer)
+      if (timer !== null) clearTimeout(timer)
       unsubscribe()
       await ticking
       for (const id of held.keys()) abort(id, 'shutdown')

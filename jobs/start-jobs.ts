@@ -21,6 +21,8 @@ export interface JobsOptions {
   /** PHI keys: audio and transcripts are encrypted at rest like the patient record. */
   keyring: Keyring
   pollIntervalMs?: number
+  /** The runner's idlePollIntervalMs (jobs/job-runner.ts): only where no other process enqueues. */
+  idlePollIntervalMs?: number
   now?: () => Date
   /** Handlers of job types owned by rooms above jobs/ (the de-identified export), by type. */
   handlers?: Record<string, JobHandler>
@@ -57,7 +59,8 @@ export async function startJobs (options: JobsOptions): Promise<Jobs> {
     workers: options.workerThreads,
     concurrency: { [TRANSCRIPTION_JOB]: options.workerThreads },
     log: options.log,
-    pollIntervalMs: options.pollIntervalMs
+    pollIntervalMs: options.pollIntervalMs,
+    idlePollIntervalMs: options.idlePollIntervalMs
   })
   return {
     queue,
