@@ -3,6 +3,7 @@ import Fastify from 'fastify'
 import type { FastifyInstance } from 'fastify'
 import { requireAuthentication } from '../access/auth.ts'
 import { refuseWritesWhileDiskLow } from './plugins/disk-reserve.ts'
+import { registerDurableWrites } from './plugins/durable-writes.ts'
 import { answerNotFound, handleError } from './plugins/error-handler.ts'
 import { httpServerOptions, registerUrlLengthLimit } from './plugins/http-limits.ts'
 import { registerLoadShedding } from './plugins/load-shedding.ts'
@@ -115,6 +116,8 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     if (request.routeOptions.config.permission === undefined) await budgets.chargeAddress(request, reply)
   })
   app.setNotFoundHandler(answerNotFound)
+  // Embedded: a successful write's answer waits for the data directory's sync (PGlite runs with fsync off).
+  if (deps.db.kind === 'pglite') registerDurableWrites(app, deps.db.flushToDisk)
 
   await registerOpenApi(app, limits)
 

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { createCuttableDisk, publishThenCut, verifyAcknowledged } from '../helpers/power-cut.ts'
+import { createCuttableDisk, cutWithControl, publishThenCut, verifyAcknowledged } from '../helpers/power-cut.ts'
 import { provisionDevice } from '../helpers/provision.ts'
 import { spawnVigil } from '../helpers/vigil-process.ts'
 
@@ -24,6 +24,30 @@ t.test('embedded PGlite: power cut mid-stream, nothing acknowledged is lost', as
   const second = await spawnVigil(env, disk.dir, { startTimeoutMs: FIRST_START_MS })
   t.teardown(() => { second.child.kill('SIGKILL') })
   await verifyAcknowledged(t, second, token, fleet, devices)
+  second.child.kill('SIGTERM')
+  t.equal(await second.exited, 0)
+})
+
+t.test('embedded PGlite: what the API answered 201 for survives a power cut right after the answer', async (t) => {
+  const disk = await createCuttableDisk(256)
+  t.teardown(() => disk.close())
+  const env = { VIGIL_ADMIN_TOKEN: token }
+  const first = await spawnVigil(env, disk.dir, { startTimeoutMs: FIRST_START_MS })
+  t.teardown(() => { first.child.kill('SIGKILL') })
+  const base = `http://127.0.0.1:${first.httpPort}`
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' }
+  const created = await fetch(`${base}/v1/patients`, { method: 'POST', headers, body: JSON.stringify({ displayName: 'Power Cut' }) })
+  t.equal(created.status, 201)
+  const { id } = await created.json() as { id: string }
+  // No reading flows, so nothing else syncs PGlite's data directory: only the write's own answer.
+  first.child.kill('SIGKILL')
+  await first.exited
+  await cutWithControl(t, disk)
+
+  const second = await spawnVigil(env, disk.dir, { startTimeoutMs: FIRST_START_MS })
+  t.teardown(() => { second.child.kill('SIGKILL') })
+  const read = await fetch(`http://127.0.0.1:${second.httpPort}/v1/patients/${id}`, { headers })
+  t.equal(read.status, 200, 'the patient created before the cut is there')
   second.child.kill('SIGTERM')
   t.equal(await second.exited, 0)
 })
