@@ -18,7 +18,8 @@ export function createMetrics () {
   let disk: { low: () => boolean, freeBytes: () => number } | null = null
   // The event-loop lag histogram ticks every 100 ms, not prom-client's default 10: each tick
   // wakes the process, and at 10 ms this timer and the load shedder's were most of an idle
-  // Vigil's wake-ups. The lag gauges are then a tenth of a second coarse.
+  // Vigil's wake-ups. Its gauges record the time between ticks, so an idle process now reads
+  // ~0.1 s where it read ~0.01 (docs/operations.md says so).
   collectDefaultMetrics({ register: registry, prefix: 'vigil_process_', eventLoopMonitoringPrecision: EVENT_LOOP_LAG_RESOLUTION_MS })
   return {
     registry,
