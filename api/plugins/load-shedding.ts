@@ -34,11 +34,14 @@ const WARN_EVERY_MS = 10_000
  * How often the delay histogram's timer ticks (ms): a tenth of the limit, between 10 and 100.
  * Each tick wakes the process, idle or not: `@fastify/under-pressure` (which this replaced) ticks
  * every 10 ms whatever its limit, and with prom-client's own 10 ms timer that was most of an idle
- * Vigil's 200 wake-ups a second. Against the default 1 s limit a tick every 100 ms measures the
- * delay to within a tenth of it.
+ * Vigil's 200 wake-ups a second. What is measured is the mean time between ticks less the tick,
+ * so a loop is shed once its turns take longer than the limit plus one tick: 1.1 s at the default
+ * 1 s limit (1.01 s with under-pressure).
  */
-export function delayResolutionMs (maxEventLoopDelayMs: number): number {
-  return Math.min(100, Math.max(10, Math.floor(maxEventLoopDelayMs / 10)))
+export function delayResolutionMs (maxEventLoopDelayMs: number, sampleIntervalMs = Number.POSITIVE_INFINITY): number {
+  // A sample needs several ticks (Node drops the first after each reset), so a short sample
+  // interval ticks faster: a sample without any tick reads as a stalled loop.
+  return Math.max(10, Math.min(100, Math.floor(maxEventLoopDelayMs / 10), Math.floor(sampleIntervalMs / 4)))
 }
 
 type Pressure = { type: 'eventLoopDelay' | 'eventLoopUtilization' | 'heapUsedBytes' | 'rssBytes', value: number }
@@ -61,7 +64,7 @@ export function registerLoadShedding (app: FastifyInstance, limits: LoadShedding
   const checkMemory = limits.maxHeapUsedBytes > 0 || limits.maxRssBytes > 0
   if (!checkDelay && !checkUtilization && !checkMemory) return
 
-  const resolution = delayResolutionMs(limits.maxEventLoopDelayMs)
+  const resolution = delayResolutionMs(limits.maxEventLoopDelayMs, limits.sampleIntervalMs)
   let histogram: IntervalHistogram | null = null
   if (checkDelay) {
     histogram = monitorEventLoopDelay({ resolution })

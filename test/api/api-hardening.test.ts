@@ -287,30 +287,35 @@ t.test('load shedding: event-loop delay makes /v1 answer 503; /healthz says why;
 })
 
 t.test('load shedding at the default 1 s limit: its coarse 100 ms tick still sees a loop whose turns take 1.3 s', async (t) => {
-  t.equal(delayResolutionMs(apiLimitDefaults.maxEventLoopDelayMs), 100, 'a tick every 100 ms against the default limit')
+  t.equal(delayResolutionMs(apiLimitDefaults.maxEventLoopDelayMs, apiLimitDefaults.loadSampleIntervalMs), 100, 'a tick every 100 ms against the default limit')
   t.equal(delayResolutionMs(50), 10, 'no finer than 10 ms')
   t.equal(delayResolutionMs(60_000), 100, 'no coarser than 100 ms')
-  const shedding = await buildWith(t, { maxEventLoopDelayMs: apiLimitDefaults.maxEventLoopDelayMs, maxEventLoopUtilization: 0, loadSampleIntervalMs: 1000 })
+  t.equal(delayResolutionMs(1000, 200), 50, 'a short sample ticks faster: several ticks each')
+  t.equal(delayResolutionMs(1000, 10), 10, 'but no finer than 10 ms')
+  // Samples of 3 s: several turns each, so the mean of the ticks decides (a sample with no tick
+  // at all would read as a stall whatever the resolution).
+  const sampleMs = 3000
+  const shedding = await buildWith(t, { maxEventLoopDelayMs: apiLimitDefaults.maxEventLoopDelayMs, maxEventLoopUtilization: 0, loadSampleIntervalMs: sampleMs })
   await shedding.ready()
-  await settle(t, shedding, 1000)
-  // Turns of 0.5 s are a busy loop, not a stalled one: under the limit.
-  let load = saturateEventLoop(500)
+  await settle(t, shedding, sampleMs)
+  // Turns of 0.6 s are a busy loop, not a stalled one: under the limit.
+  let load = saturateEventLoop(600)
   try {
-    await sleep(2500)
-    t.notOk(shedding.isUnderPressure(), 'turns of 0.5 s are under the 1 s limit')
+    await sleep(2.2 * sampleMs)
+    t.notOk(shedding.isUnderPressure(), 'turns of 0.6 s are under the 1 s limit')
   } finally {
     await load.stop()
   }
   load = saturateEventLoop(1300)
   try {
-    t.ok(await waitFor('the stall was measured', () => shedding.isUnderPressure(), { timeoutMs: 8000, everyMs: 1 }), 'turns of 1.3 s are past it')
+    t.ok(await waitFor('the stall was measured', () => shedding.isUnderPressure(), { timeoutMs: 3 * sampleMs, everyMs: 1 }), 'turns of 1.3 s are past it')
     const res = await shedding.inject({ method: 'GET', url: '/v1/patients', headers })
     t.equal(res.statusCode, 503)
     t.equal(res.json().code, 'VIGIL_ERR_UNAVAILABLE')
   } finally {
     await load.stop()
   }
-  t.ok(await waitFor('pressure passes', () => !shedding.isUnderPressure(), { timeoutMs: 5000, everyMs: 1 }), 'pressure passes')
+  t.ok(await waitFor('pressure passes', () => !shedding.isUnderPressure(), { timeoutMs: 3 * sampleMs, everyMs: 1 }), 'pressure passes')
 })
 
 t.test('load shedding: event-loop utilization', async (t) => {
