@@ -116,20 +116,22 @@ export function fhirBulkExportRoutes (app: ApiInstance, deps: FhirRouteDeps & { 
       await exports.register(client, created.id, ownerOf(request), principal.userId ?? principal.tokenId, bulkRequest, patientIds)
       return created
     })
+    // Committed: wake the runner before anything else can throw (an idle embedded runner sleeps up to a minute).
+    jobs.announce(job)
     await access.audit.record({
       ...auditActor(request), patientId: null, action: 'export:fhir-bulk', fields: phi ? ['displayName', 'record'] : ['displayName'], outcome: 'allowed',
       details: { jobId: job.id, stage: 'requested', level, group, types, since: bulkRequest.since, patients: patientIds === null ? 'all' : patientIds.length }
     })
-    jobs.announce(job)
     return await reply.code(202).header('content-location', `${fhirBase(request)}/bulk-status/${job.id}`).send()
   }
 
   const kickOffSchema = (summary: string) => ({ hide: true, summary })
-  app.get('/$export', { config: { permission: 'patients:read' }, schema: kickOffSchema('Bulk export of everything the caller reaches') },
+  // The kick-off is a GET (FHIR Bulk Data) that commits a job: synced like a write on the embedded default.
+  app.get('/$export', { config: { permission: 'patients:read', durable: true }, schema: kickOffSchema('Bulk export of everything the caller reaches') },
     async (request, reply) => await kickOff(request, reply, 'system'))
-  app.get('/Patient/$export', { config: { permission: 'patients:read' }, schema: kickOffSchema('Bulk export of the patients the caller reaches') },
+  app.get('/Patient/$export', { config: { permission: 'patients:read', durable: true }, schema: kickOffSchema('Bulk export of the patients the caller reaches') },
     async (request, reply) => await kickOff(request, reply, 'patient'))
-  app.get('/Group/:id/$export', { config: { permission: 'patients:read' }, schema: kickOffSchema('Bulk export of a care team (Group = a clinician\'s care team)') },
+  app.get('/Group/:id/$export', { config: { permission: 'patients:read', durable: true }, schema: kickOffSchema('Bulk export of a care team (Group = a clinician\'s care team)') },
     async (request, reply) => await kickOff(request, reply, 'group'))
 
   app.get('/bulk-status/:id', { config: { permission: 'patients:read' }, schema: { hide: true, summary: 'A bulk export\'s progress, then its manifest' } }, async (request, reply) => {

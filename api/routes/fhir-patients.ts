@@ -91,7 +91,8 @@ export function fhirPatientRoutes (app: ApiInstance, deps: FhirRouteDeps): void 
   }
 
   app.post('/Patient/_search', {
-    config: { permission: 'patients:read' },
+    // A read in a POST (the search stays out of URLs): no sync on the embedded default.
+    config: { permission: 'patients:read', durable: false },
     schema: { hide: true, summary: 'Patients by Vigil id or medical card number (form body)' }
   }, async (request) => {
     const params = searchParameters(request.body)

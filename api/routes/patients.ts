@@ -80,7 +80,8 @@ export function patientRoutes (app: ApiInstance, { patients, patientAccess, acce
   })
 
   app.post('/patients/search', {
-    config: { permission: 'patients:read' },
+    // A read in a POST (names stay out of URLs): no sync on the embedded default.
+    config: { permission: 'patients:read', durable: false },
     schema: {
       tags: ['patients'],
       summary: 'Find the patients you may see by name',
