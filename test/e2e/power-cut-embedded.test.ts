@@ -1,7 +1,8 @@
 import t from 'tap'
-import { createCuttableDisk, cutWithControl, publishThenCut, verifyAcknowledged } from '../helpers/power-cut.ts'
+import type { Test } from 'tap'
+import { createCuttableDisk, cutWithControl, publishThenCut, verifyAcknowledged, type CuttableDisk } from '../helpers/power-cut.ts'
 import { provisionDevice } from '../helpers/provision.ts'
-import { spawnVigil } from '../helpers/vigil-process.ts'
+import { spawnVigil, type VigilProcess } from '../helpers/vigil-process.ts'
 
 // Issue 12: SIGKILL keeps the page cache, so a missing fsync passes every crash test. Here the
 // data directory is a filesystem whose power is cut (test/helpers/power-cut.ts: what was not
@@ -11,29 +12,34 @@ const token = 'power-cut-admin-token-0123456789abcdef'
 // A first embedded start runs PGlite's initdb: about 50 s on a loaded 2-core machine.
 const FIRST_START_MS = 120_000
 
-t.test('embedded PGlite: power cut mid-stream, nothing acknowledged is lost', async (t) => {
+/** A cuttable disk, and a way to start Vigil on it (killed, and the disk removed, at the end). */
+async function cuttableVigil (t: Test): Promise<{ disk: CuttableDisk, start: () => Promise<VigilProcess> }> {
   const disk = await createCuttableDisk(256)
   t.teardown(() => disk.close())
-  const env = { VIGIL_ADMIN_TOKEN: token }
-  const first = await spawnVigil(env, disk.dir, { startTimeoutMs: FIRST_START_MS })
-  t.teardown(() => { first.child.kill('SIGKILL') })
+  const start = async (): Promise<VigilProcess> => {
+    const p = await spawnVigil({ VIGIL_ADMIN_TOKEN: token }, disk.dir, { startTimeoutMs: FIRST_START_MS })
+    t.teardown(() => { p.child.kill('SIGKILL') })
+    return p
+  }
+  return { disk, start }
+}
+
+t.test('embedded PGlite: power cut mid-stream, nothing acknowledged is lost', async (t) => {
+  const { disk, start } = await cuttableVigil(t)
+  const first = await start()
   const base = `http://127.0.0.1:${first.httpPort}`
   const devices = await Promise.all(Array.from({ length: 10 }, () => provisionDevice(base, token)))
   const fleet = await publishThenCut(t, first, disk, devices)
 
-  const second = await spawnVigil(env, disk.dir, { startTimeoutMs: FIRST_START_MS })
-  t.teardown(() => { second.child.kill('SIGKILL') })
+  const second = await start()
   await verifyAcknowledged(t, second, token, fleet, devices)
   second.child.kill('SIGTERM')
   t.equal(await second.exited, 0)
 })
 
 t.test('embedded PGlite: what the API answered 201 for survives a power cut right after the answer', async (t) => {
-  const disk = await createCuttableDisk(256)
-  t.teardown(() => disk.close())
-  const env = { VIGIL_ADMIN_TOKEN: token }
-  const first = await spawnVigil(env, disk.dir, { startTimeoutMs: FIRST_START_MS })
-  t.teardown(() => { first.child.kill('SIGKILL') })
+  const { disk, start } = await cuttableVigil(t)
+  const first = await start()
   const base = `http://127.0.0.1:${first.httpPort}`
   const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' }
   const created = await fetch(`${base}/v1/patients`, { method: 'POST', headers, body: JSON.stringify({ displayName: 'Power Cut' }) })
@@ -44,8 +50,7 @@ t.test('embedded PGlite: what the API answered 201 for survives a power cut righ
   await first.exited
   await cutWithControl(t, disk)
 
-  const second = await spawnVigil(env, disk.dir, { startTimeoutMs: FIRST_START_MS })
-  t.teardown(() => { second.child.kill('SIGKILL') })
+  const second = await start()
   const read = await fetch(`http://127.0.0.1:${second.httpPort}/v1/patients/${id}`, { headers })
   t.equal(read.status, 200, 'the patient created before the cut is there')
   second.child.kill('SIGTERM')
