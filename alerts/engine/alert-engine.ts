@@ -5,12 +5,11 @@ import { Counter, Histogram } from 'prom-client'
 import type { Registry } from 'prom-client'
 import type { StoredReading } from '../../readings/reading.ts'
 import { createWorkerPool, taskFile } from '../../workers/pool.ts'
-import { createRuleStateStore } from './rule-state-store.ts'
+import { createRuleStateStore, versionOf, xminsOf } from './rule-state-store.ts'
 import type { RuleStateStore } from './rule-state-store.ts'
 import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence, DevicePresenceSource, Schedule, ScheduledJob } from '../contract.ts'
 import type { EvalReading, EvaluatedTask, EvaluateTaskInput, EvaluateTaskOutput, PatientRuleState, TaskPatient } from './evaluate.ts'
 import { applyChangedStates } from './evaluate.ts'
-import { sameJson } from './json-state.ts'
 import { evaluateNoData } from './no-data.ts'
 import type { ActiveRules, RulesFile } from './rules-file.ts'
 
@@ -136,6 +135,9 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   // (loaded, a no-data pass, a rule removed), so the next task sends the state again.
   const stamps = new Map<string, number>()
   let lastStamp = 0
+  // Under sharedState: the version (stateVersions) of each patient's rows that this process's
+  // copy in `states` equals. Dropped with the stamp whenever the copy changes any other way.
+  const versions = new Map<string, string>()
   let queue: Queued[] = []
   let timer: NodeJS.Timeout | null = null
   let closed = false
@@ -171,22 +173,36 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     for (const [id, s] of fromDatabase) {
       states.set(id, s)
       stamps.delete(id)
+      versions.delete(id)
     }
   }
 
   /**
-   * Under sharedState each batch reads its patients' states again (another process may have
-   * evaluated them). One equal to this process's copy keeps its stamp, so the thread that holds
-   * it is not sent it again: at 1,000 msg/s copying states into tasks was ~8 % of the event loop.
-   * Any difference replaces the copy and drops the stamp.
+   * Under sharedState each batch checks its patients' states under their locks (another process
+   * may have evaluated them): by version, not content. A state whose rows are as this process
+   * last read or wrote them keeps its copy and its stamp, so the thread that holds it is not sent
+   * it again (at 1,000 msg/s copying states into tasks was ~8 % of the event loop); only the
+   * others are read, replacing the copy and dropping the stamp. Reading every state back and
+   * comparing it was another ~8 %.
    */
-  function reconciled (fromDatabase: Map<string, PatientRuleState>): void {
-    for (const [id, s] of fromDatabase) {
-      const mine = states.get(id)
-      if (mine !== undefined && stamps.has(id) && sameJson(mine, s)) continue
-      states.set(id, s)
-      stamps.delete(id)
-    }
+  async function checkedStates (patientIds: string[], client: pg.ClientBase): Promise<void> {
+    const current = await store.stateVersions(patientIds, client)
+    const stale = patientIds.filter((id) => !states.has(id) || versions.get(id) !== current.get(id))
+    if (stale.length === 0) return
+    // Under the same locks: no batch of another process writes these rows between the two reads.
+    loaded(await store.loadStates(stale, client))
+    for (const id of stale) versions.set(id, current.get(id)!)
+  }
+
+  /** The version a patient's rows have once this batch's save commits (null: not known, read them next time). */
+  function versionAfterSave (known: string | undefined, written: readonly string[], xmin: string | null, kept: PatientRuleState): string | null {
+    if (known === undefined || (written.length > 0 && xmin === null)) return null
+    const xmins = xminsOf(known)
+    for (const ruleId of written) xmins.set(ruleId, xmin!)
+    // A rule dropped from the copy (no longer in the rules file) while its row remains: the
+    // versions differ, so the next batch reads the rows, as it did before it was dropped.
+    for (const ruleId of [...xmins.keys()]) if (kept[ruleId] === undefined) xmins.delete(ruleId)
+    return versionOf(xmins)
   }
 
   /** One task, sent again with every state when the thread did not hold one it left out (another thread had it, or it restarted). */
@@ -212,7 +228,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     const evaluateBatch = async (client: pg.ClientBase | undefined): Promise<{ t0: number, t1: number, t2: number, tasks: number }> => {
       const t0 = performance.now()
       if (client === undefined) await statesFor(ids)
-      else reconciled(await store.loadStates(ids, client))
+      else await checkedStates(ids, client)
       const { overrides, scales } = await store.settingsOf(ids)
       const rules = rulesFile.current().ruleSet.rules
       const nowMs = now()
@@ -253,14 +269,20 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       await deliver(results.flatMap((r) => r.changes), results.flatMap((r) => r.triggeredAt))
       const newStates = results.flatMap((r) => r.states)
       // Only the rules whose state changed come back, and only they are written (a reading touches few of them).
-      await store.saveStates(newStates.filter((s) => Object.keys(s.changed).length > 0).map(({ patientId, changed }) => ({ patientId, state: changed })), client)
+      const xmin = await store.saveStates(newStates.filter((s) => Object.keys(s.changed).length > 0).map(({ patientId, changed }) => ({ patientId, state: changed })), client)
       // Stored: now the cache (on a failure it keeps the old state, which the retry starts from).
       const ruleIds = new Set(rules.map((r) => r.id))
       const nextStamp = new Map(patients.map((p) => [p.patientId, p.next]))
       for (const { patientId, changed } of newStates) {
-        states.set(patientId, applyChangedStates(states.get(patientId) ?? {}, changed, ruleIds))
+        const kept = applyChangedStates(states.get(patientId) ?? {}, changed, ruleIds)
+        states.set(patientId, kept)
         // The thread that evaluated it keeps the same state under this stamp.
         stamps.set(patientId, nextStamp.get(patientId)!)
+        if (client !== undefined) {
+          const version = versionAfterSave(versions.get(patientId), Object.keys(changed), xmin, kept)
+          if (version === null) versions.delete(patientId)
+          else versions.set(patientId, version)
+        }
       }
       return { t0, t1, t2, tasks: chunks.length }
     }
@@ -334,6 +356,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const rows = await store.deleteStatesExcept(kept)
       for (const s of states.values()) for (const r of removed) delete s[r.id]
       stamps.clear()
+      versions.clear()
       const changes: ConditionChange[] = []
       for (const row of rows) {
         const rule = removed.find((r) => r.id === row.ruleId)
@@ -369,6 +392,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
           const cached = states.get(patientId)
           if (cached !== undefined) Object.assign(cached, state)
           stamps.delete(patientId)
+          versions.delete(patientId)
         }
       }
       const touched = [...new Set([...result.states.keys(), ...result.changes.map((c) => c.patientId)])]

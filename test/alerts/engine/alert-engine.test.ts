@@ -330,6 +330,41 @@ t.test('shared state (several processes on one Postgres): a state the database h
     'and evaluated: the breach the other process saw began 14 minutes before this reading, past the 5 minutes')
 })
 
+t.test('shared state: a state another process deleted or rewrote is read again, though its content alone would not say so', async (t) => {
+  const registry = new Registry()
+  const changes: ConditionChange[] = []
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry,
+    sharedState: true, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}, now: () => T0 + 10 * MIN
+  })
+  t.teardown(() => engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Shared State Deleted')
+  const sent = async (): Promise<number> => await metric(registry, 'vigil_alert_states_sent_total')
+  for (let i = 0; i <= 4; i++) {
+    engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0 + i * MIN)])
+    await engine.flush()
+  }
+  t.equal(await sent(), 1, 'unchanged in the database: sent once')
+  t.same(changes.filter((c) => c.ruleId === 'tachycardia'), [], 'a 4-minute breach does not fire')
+
+  // Another process cleared this patient's tachycardia state (its breach began anew there).
+  await postgres.pool.query(`DELETE FROM alert_rule_state WHERE patient_id = $1 AND rule_id = 'tachycardia'`, [patient.id])
+  engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0 + 6 * MIN)])
+  await engine.flush()
+  t.equal(await sent(), 2, 'the deleted row is seen: the state is read and sent again')
+  t.same(changes.filter((c) => c.ruleId === 'tachycardia'), [],
+    'and evaluated from the database: the breach starts at this reading, not 6 minutes earlier as the kept copy said')
+
+  // Rewritten with the very content this process holds: a write all the same, read again.
+  await postgres.pool.query(`UPDATE alert_rule_state SET state = state WHERE patient_id = $1`, [patient.id])
+  engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0 + 7 * MIN)])
+  await engine.flush()
+  t.equal(await sent(), 3, 'a rewritten row is read again')
+  engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0 + 8 * MIN)])
+  await engine.flush()
+  t.equal(await sent(), 3, 'and then kept: this process\'s own writes do not count as changes')
+})
+
 t.test('settings kept by one process: its own writes are seen at once; several processes (shared state) read them every batch', async (t) => {
   const { createRuleStateStore } = await import('../../../alerts/engine/rule-state-store.ts')
   const patient = (await createPatientStore(postgres.pool).create('Cached Settings')).id
