@@ -5,7 +5,7 @@ import { Counter, Histogram } from 'prom-client'
 import type { Registry } from 'prom-client'
 import type { StoredReading } from '../../readings/reading.ts'
 import { createWorkerPool, taskFile } from '../../workers/pool.ts'
-import { createRuleStateStore, versionOf, xminsOf } from './rule-state-store.ts'
+import { createRuleStateStore, versionOf, marksOf } from './rule-state-store.ts'
 import type { RuleStateStore } from './rule-state-store.ts'
 import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence, DevicePresenceSource, Schedule, ScheduledJob } from '../contract.ts'
 import type { EvalReading, EvaluatedTask, EvaluateTaskInput, EvaluateTaskOutput, PatientRuleState, TaskPatient } from './evaluate.ts'
@@ -195,14 +195,14 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   }
 
   /** The version a patient's rows have once this batch's save commits (null: not known, read them next time). */
-  function versionAfterSave (known: string | undefined, written: readonly string[], xmin: string | null, kept: PatientRuleState): string | null {
-    if (known === undefined || (written.length > 0 && xmin === null)) return null
-    const xmins = xminsOf(known)
-    for (const ruleId of written) xmins.set(ruleId, xmin!)
+  function versionAfterSave (known: string | undefined, written: readonly string[], mark: string | null, kept: PatientRuleState): string | null {
+    if (known === undefined || (written.length > 0 && mark === null)) return null
+    const marks = marksOf(known)
+    for (const ruleId of written) marks.set(ruleId, mark!)
     // A rule dropped from the copy (no longer in the rules file) while its row remains: the
     // versions differ, so the next batch reads the rows, as it did before it was dropped.
-    for (const ruleId of [...xmins.keys()]) if (kept[ruleId] === undefined) xmins.delete(ruleId)
-    return versionOf(xmins)
+    for (const ruleId of [...marks.keys()]) if (kept[ruleId] === undefined) marks.delete(ruleId)
+    return versionOf(marks)
   }
 
   /** One task, sent again with every state when the thread did not hold one it left out (another thread had it, or it restarted). */
@@ -269,7 +269,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       await deliver(results.flatMap((r) => r.changes), results.flatMap((r) => r.triggeredAt))
       const newStates = results.flatMap((r) => r.states)
       // Only the rules whose state changed come back, and only they are written (a reading touches few of them).
-      const xmin = await store.saveStates(newStates.filter((s) => Object.keys(s.changed).length > 0).map(({ patientId, changed }) => ({ patientId, state: changed })), client)
+      const mark = await store.saveStates(newStates.filter((s) => Object.keys(s.changed).length > 0).map(({ patientId, changed }) => ({ patientId, state: changed })), client)
       // Stored: now the cache (on a failure it keeps the old state, which the retry starts from).
       const ruleIds = new Set(rules.map((r) => r.id))
       const nextStamp = new Map(patients.map((p) => [p.patientId, p.next]))
@@ -279,7 +279,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         // The thread that evaluated it keeps the same state under this stamp.
         stamps.set(patientId, nextStamp.get(patientId)!)
         if (client !== undefined) {
-          const version = versionAfterSave(versions.get(patientId), Object.keys(changed), xmin, kept)
+          const version = versionAfterSave(versions.get(patientId), Object.keys(changed), mark, kept)
           if (version === null) versions.delete(patientId)
           else versions.set(patientId, version)
         }

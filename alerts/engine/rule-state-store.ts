@@ -12,13 +12,21 @@ export const PATIENT_RULE_LOCK_SPACE = 0x56675273
 /** Patients whose settings settingsOf keeps at most (each a few hundred bytes); past it the cache starts over. */
 const SETTINGS_CACHE_PATIENTS = 100_000
 
-/** A state's version as stateVersions spells it, from its rule ids and their rows' xmins. */
-export function versionOf (xmins: ReadonlyMap<string, string>): string {
-  return [...xmins.keys()].sort().map((ruleId) => `${ruleId} ${xmins.get(ruleId)!}`).join(' ')
+/**
+ * What marks a row's write in a state's version: its xmin (the transaction that wrote it; any
+ * writer changes it) and its updated_at in microseconds (every write of this store sets it). The
+ * xmin alone is 32 bits: after 2³² transactions, or once a database is restored to an earlier
+ * point, a new write could carry an xmin a process remembers; not with the same write time too.
+ */
+const WRITTEN = `xmin::text || '.' || (extract(epoch FROM updated_at) * 1000000)::bigint::text`
+
+/** A state's version as stateVersions spells it, from its rule ids and their rows' WRITTEN marks. */
+export function versionOf (marks: ReadonlyMap<string, string>): string {
+  return [...marks.keys()].sort().map((ruleId) => `${ruleId} ${marks.get(ruleId)!}`).join(' ')
 }
 
-/** The rule ids and xmins of a version string (versionOf's inverse). */
-export function xminsOf (version: string): Map<string, string> {
+/** The rule ids and WRITTEN marks of a version string (versionOf's inverse). */
+export function marksOf (version: string): Map<string, string> {
   const out = new Map<string, string>()
   const parts = version === '' ? [] : version.split(' ')
   for (let i = 0; i + 1 < parts.length; i += 2) out.set(parts[i]!, parts[i + 1]!)
@@ -86,18 +94,18 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: 
     },
 
     /**
-     * Each patient's stored rows as one version string: every rule id with the xmin of its row
-     * (the transaction that last wrote it), in rule-id order, '' for a patient with none. Equal
-     * versions mean the same rows unchanged, so a process that knows a state's version need not
-     * read the state again: at 1,000 readings/s a batch read back every patient's whole state,
-     * and comparing it was ~8 % of the event loop. Rule ids are [a-z0-9_-] (rule-set.ts), so the
-     * "C" collation orders them as versionOf does.
+     * Each patient's stored rows as one version string: every rule id with its row's WRITTEN
+     * mark, in rule-id order, '' for a patient with none. Equal versions mean the same rows
+     * unchanged, so a process that knows a state's version need not read the state again: at
+     * 1,000 readings/s a batch read back every patient's whole state, and comparing it was ~8 %
+     * of the event loop. Rule ids are [a-z0-9_-] (rule-set.ts), so the "C" collation orders
+     * them as versionOf does.
      */
     async stateVersions (patientIds: readonly string[], db: pg.ClientBase | pg.Pool = pool): Promise<Map<string, string>> {
       const out = new Map<string, string>()
       if (patientIds.length === 0) return out
       const { rows } = await db.query<{ patient_id: string, v: string }>(
-        `SELECT patient_id, string_agg(rule_id || ' ' || xmin::text, ' ' ORDER BY rule_id COLLATE "C") AS v
+        `SELECT patient_id, string_agg(rule_id || ' ' || ${WRITTEN}, ' ' ORDER BY rule_id COLLATE "C") AS v
            FROM alert_rule_state WHERE patient_id = ANY($1::uuid[]) GROUP BY patient_id`, [patientIds])
       for (const id of patientIds) out.set(id, '')
       for (const row of rows) out.set(row.patient_id, row.v)
@@ -119,8 +127,8 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: 
     },
 
     /**
-     * Upserts each (patient, rule) state; one statement. Returns the xmin every written row now
-     * carries (stateVersions), or null when nothing was written or the rows differ.
+     * Upserts each (patient, rule) state; one statement. Returns the WRITTEN mark every written
+     * row now carries (stateVersions), or null when nothing was written or the rows differ.
      */
     async saveStates (states: ReadonlyArray<{ patientId: string, state: Record<string, unknown> }>, db: pg.ClientBase | pg.Pool = pool): Promise<string | null> {
       const rows: Array<{ p: string, r: string, s: unknown }> = []
@@ -135,7 +143,7 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: 
            INSERT INTO alert_rule_state (patient_id, rule_id, state, updated_at)
            SELECT u.p, u.r, u.s, now() FROM jsonb_to_recordset($1::jsonb) AS u(p uuid, r text, s jsonb)
            ON CONFLICT (patient_id, rule_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()
-           RETURNING xmin::text AS v)
+           RETURNING ${WRITTEN} AS v)
          SELECT DISTINCT v FROM w`,
         [JSON.stringify(rows)])
       return written.length === 1 ? written[0]!.v : null

@@ -365,6 +365,45 @@ t.test('shared state: a state another process deleted or rewrote is read again, 
   t.equal(await sent(), 3, 'and then kept: this process\'s own writes do not count as changes')
 })
 
+t.test('shared state: a batch whose commit failed is retried from the committed state, not from the copy its save left behind', async (t) => {
+  // A deferred trigger fails COMMIT while the flag is set: the save itself succeeds, so the engine
+  // has updated its copy (and remembered the rows' new marks) when the transaction rolls back.
+  await postgres.pool.query(`
+    CREATE TABLE fail_commit (fail boolean NOT NULL);
+    INSERT INTO fail_commit VALUES (false);
+    CREATE FUNCTION fail_commit_check () RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN IF (SELECT fail FROM fail_commit) THEN RAISE EXCEPTION 'commit refused (test)'; END IF; RETURN NULL; END $$;
+    CREATE CONSTRAINT TRIGGER fail_commit_check AFTER INSERT OR UPDATE ON alert_rule_state
+      DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_commit_check ();`)
+  t.teardown(async () => { await postgres.pool.query('DROP TRIGGER fail_commit_check ON alert_rule_state; DROP FUNCTION fail_commit_check (); DROP TABLE fail_commit') })
+  const registry = new Registry()
+  const changes: ConditionChange[] = []
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry,
+    sharedState: true, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}, now: () => T0 + 10 * MIN
+  })
+  t.teardown(() => engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Shared State Commit')
+  const sent = async (): Promise<number> => await metric(registry, 'vigil_alert_states_sent_total')
+  engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0)])
+  await engine.flush()
+  t.equal(await sent(), 1)
+
+  await postgres.pool.query('UPDATE fail_commit SET fail = true')
+  engine.onAccepted([reading(patient.id, 'heart_rate', 80, T0 + MIN)])
+  await engine.flush()
+  t.equal(await metric(registry, 'vigil_alert_batch_failures_total'), 1, 'the commit failed: the batch waits for its retry')
+  const stored = await postgres.pool.query(`SELECT state FROM alert_rule_state WHERE patient_id = $1 AND rule_id = 'tachycardia'`, [patient.id])
+  t.equal(stored.rows[0].state.breachSince, T0, 'the database still holds the breach that began at T0')
+
+  await postgres.pool.query('UPDATE fail_commit SET fail = false')
+  await waitFor('the retry', async () => await metric(registry, 'vigil_alert_readings_evaluated_total') === 2, { timeoutMs: 10_000 })
+  t.equal(await sent(), 2, 'the retry read the state again: the copy\'s marks were of a transaction that never committed')
+  engine.onAccepted([reading(patient.id, 'heart_rate', 80, T0 + 2 * MIN)])
+  await engine.flush()
+  t.equal(await sent(), 2, 'and the committed retry is remembered: not read again')
+})
+
 t.test('settings kept by one process: its own writes are seen at once; several processes (shared state) read them every batch', async (t) => {
   const { createRuleStateStore } = await import('../../../alerts/engine/rule-state-store.ts')
   const patient = (await createPatientStore(postgres.pool).create('Cached Settings')).id
