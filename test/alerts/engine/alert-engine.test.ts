@@ -300,7 +300,8 @@ t.test('a full evaluation queue drops the oldest readings from evaluation, count
   t.ok(evaluated <= 10)
 })
 
-t.test('shared state (several processes on one Postgres): a state the database holds unchanged is not sent to the thread again; a changed one is', async (t) => {
+/** An engine as one of several processes on one Postgres (sharedState), a new patient, and how many states its tasks have carried. */
+async function sharedStateEngine (t: { teardown: (fn: () => unknown) => void }, patientName: string) {
   const registry = new Registry()
   const changes: ConditionChange[] = []
   const engine = await startAlertEngine({
@@ -308,8 +309,13 @@ t.test('shared state (several processes on one Postgres): a state the database h
     sharedState: true, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}, now: () => T0 + 10 * MIN
   })
   t.teardown(() => engine.close())
-  const patient = await createPatientStore(postgres.pool).create('Shared State')
+  const patient = await createPatientStore(postgres.pool).create(patientName)
   const sent = async (): Promise<number> => await metric(registry, 'vigil_alert_states_sent_total')
+  return { registry, changes, engine, patient, sent }
+}
+
+t.test('shared state (several processes on one Postgres): a state the database holds unchanged is not sent to the thread again; a changed one is', async (t) => {
+  const { changes, engine, patient, sent } = await sharedStateEngine(t, 'Shared State')
 
   engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0)])
   await engine.flush()
@@ -331,15 +337,7 @@ t.test('shared state (several processes on one Postgres): a state the database h
 })
 
 t.test('shared state: a state another process deleted or rewrote is read again, though its content alone would not say so', async (t) => {
-  const registry = new Registry()
-  const changes: ConditionChange[] = []
-  const engine = await startAlertEngine({
-    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry,
-    sharedState: true, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}, now: () => T0 + 10 * MIN
-  })
-  t.teardown(() => engine.close())
-  const patient = await createPatientStore(postgres.pool).create('Shared State Deleted')
-  const sent = async (): Promise<number> => await metric(registry, 'vigil_alert_states_sent_total')
+  const { changes, engine, patient, sent } = await sharedStateEngine(t, 'Shared State Deleted')
   for (let i = 0; i <= 4; i++) {
     engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0 + i * MIN)])
     await engine.flush()
@@ -376,15 +374,7 @@ t.test('shared state: a batch whose commit failed is retried from the committed 
     CREATE CONSTRAINT TRIGGER fail_commit_check AFTER INSERT OR UPDATE ON alert_rule_state
       DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_commit_check ();`)
   t.teardown(async () => { await postgres.pool.query('DROP TRIGGER fail_commit_check ON alert_rule_state; DROP FUNCTION fail_commit_check (); DROP TABLE fail_commit') })
-  const registry = new Registry()
-  const changes: ConditionChange[] = []
-  const engine = await startAlertEngine({
-    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry,
-    sharedState: true, sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}, now: () => T0 + 10 * MIN
-  })
-  t.teardown(() => engine.close())
-  const patient = await createPatientStore(postgres.pool).create('Shared State Commit')
-  const sent = async (): Promise<number> => await metric(registry, 'vigil_alert_states_sent_total')
+  const { registry, engine, patient, sent } = await sharedStateEngine(t, 'Shared State Commit')
   engine.onAccepted([reading(patient.id, 'heart_rate', 130, T0)])
   await engine.flush()
   t.equal(await sent(), 1)
