@@ -110,15 +110,12 @@ export interface JobQueue {
    */
   claim (options: { type: string, max: number, typeLimit: number, runnerId: string }): Promise<ClaimedJob[]>
   /**
-   * Of `types`, those a claim would find work in now: a queued job that is due, or a running one
-   * whose lease ran out. One indexed query, so an idle runner's poll is one round trip instead
-   * of a claim transaction (six) per type.
-   */
-  dueTypes (types: readonly string[]): Promise<Set<string>>
-  /**
-   * `dueTypes`, and when the next job of `types` falls due (a queued job's `run_after`, or a
-   * running one's lease end; in the past when one is due now, null when none is queued or
-   * running): an idle runner that alone feeds its queue sleeps until then. One round trip.
+   * Of `types`, those a claim would find work in now (`due`: a queued job that is due, or a
+   * running one whose lease ran out), and when the next job of `types` falls due (`nextAt`: a
+   * queued job's `run_after` or a running one's lease end; in the past when one is due now, null
+   * when none is queued or running). One indexed query, so an idle runner's poll is one round
+   * trip instead of a claim transaction (six) per type, and a runner that alone feeds its queue
+   * can sleep until `nextAt`.
    */
   dueWork (types: readonly string[]): Promise<{ due: Set<string>, nextAt: Date | null }>
   /**
@@ -208,10 +205,6 @@ export function createJobQueue (options: JobQueueOptions): JobQueue {
       // Inside a caller's transaction the job is not visible yet: the caller wakes the runner after COMMIT.
       if (client === undefined) for (const listener of listeners) listener(created)
       return created
-    },
-
-    async dueTypes (types) {
-      return (await dueWork(types)).due
     },
 
     dueWork,

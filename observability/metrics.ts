@@ -8,7 +8,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 export interface SpoolStats { depthReadings: number, depthBytes: number, oldestUnwrittenAgeMs: number, deliveryBlocked?: boolean }
 
 /** How often prom-client's event-loop lag histogram ticks (ms). */
-export const EVENT_LOOP_LAG_RESOLUTION_MS = 100
+const EVENT_LOOP_LAG_RESOLUTION_MS = 100
 
 export function createMetrics () {
   const registry = new Registry()

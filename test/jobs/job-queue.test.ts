@@ -141,7 +141,7 @@ t.test('a job whose runner died is reclaimed after its lease; the dead runner ca
   t.match(await queue.get(job.id), { state: 'succeeded', result: { by: 'b' }, completions: 1, progress: 1 })
 })
 
-t.test('dueTypes names the types a claim would find work in, and only those', async (t) => {
+t.test('dueWork names the types a claim would find work in, and only those', async (t) => {
   const clock = manualClock()
   const queue = createJobQueue({ pool: db.pool, now: clock.now, leaseMs: 10_000 })
   const [queued, retrying, running, idle] = [freshType(), freshType(), freshType(), freshType()]
@@ -152,11 +152,11 @@ t.test('dueTypes names the types a claim would find work in, and only those', as
   await queue.enqueue({ type: running })
   t.equal((await queue.claim({ type: running, max: 1, typeLimit: 1, runnerId: 'a' })).length, 1)
   const all = [queued, retrying, running, idle]
-  t.same([...await queue.dueTypes(all)], [queued], 'a due job; not a retry waiting out its delay, a live lease, or no job at all')
+  t.same([...(await queue.dueWork(all)).due], [queued], 'a due job; not a retry waiting out its delay, a live lease, or no job at all')
   clock.advance(10_001)
-  t.same([...await queue.dueTypes(all)].sort(), [queued, retrying, running].sort(), 'the retry is due and the lease ran out')
+  t.same([...(await queue.dueWork(all)).due].sort(), [queued, retrying, running].sort(), 'the retry is due and the lease ran out')
   t.equal((await queue.claim({ type: running, max: 1, typeLimit: 1, runnerId: 'b' })).length, 1, 'and a claim finds the expired one')
-  t.same([...await queue.dueTypes([])], [])
+  t.same([...(await queue.dueWork([])).due], [])
 })
 
 t.test('an expired lease on the last attempt fails the job; with a cancel pending it is cancelled', async (t) => {

@@ -13,12 +13,11 @@ import { waitFor } from '../helpers/wait.ts'
 const log = pino({ level: 'silent' })
 const db = await openTestDatabase(t, { poolSize: 4 })
 
-/** The queue, counting the runner's looks for due work (whichever method it uses). */
+/** The queue, counting the runner's looks for due work. */
 function countingQueue (queue: JobQueue): { queue: JobQueue, looks: () => number } {
   let looks = 0
   const counted: JobQueue = {
     ...queue,
-    dueTypes: async (types) => { looks++; return await queue.dueTypes(types) },
     dueWork: async (types) => { looks++; return await queue.dueWork(types) }
   }
   return { queue: counted, looks: () => looks }
