@@ -138,6 +138,11 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   // Under sharedState: the version (stateVersions) of each patient's rows that this process's
   // copy in `states` equals. Dropped with the stamp whenever the copy changes any other way.
   const versions = new Map<string, string>()
+  /** The copy of a patient's state changed other than by a stored batch: neither its stamp nor its version holds. */
+  const forgetCopy = (patientId: string): void => {
+    stamps.delete(patientId)
+    versions.delete(patientId)
+  }
   let queue: Queued[] = []
   let timer: NodeJS.Timeout | null = null
   let closed = false
@@ -172,8 +177,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   function loaded (fromDatabase: Map<string, PatientRuleState>): void {
     for (const [id, s] of fromDatabase) {
       states.set(id, s)
-      stamps.delete(id)
-      versions.delete(id)
+      forgetCopy(id)
     }
   }
 
@@ -391,8 +395,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         for (const { patientId, state } of changed) {
           const cached = states.get(patientId)
           if (cached !== undefined) Object.assign(cached, state)
-          stamps.delete(patientId)
-          versions.delete(patientId)
+          forgetCopy(patientId)
         }
       }
       const touched = [...new Set([...result.states.keys(), ...result.changes.map((c) => c.patientId)])]
