@@ -13,19 +13,25 @@ export interface PresenceDeps {
   pool: pg.Pool
   log: Logger
   now?: () => number
+  /** Reading times are written at most this long (ms) after the first one remembered. Default 5,000. */
+  flushAfterMs?: number
 }
 
 /**
  * Device presence for no-data causes: connect/disconnect from the broker, battery from
  * devices/{id}/status, and the last accepted reading. Connects, disconnects and status reports
- * are written through (rare); reading times are kept in memory and written every `flush()`
- * (the no-data check calls it first), so the publish path never waits on this table. The engine
- * reads it as its DevicePresenceSource.
+ * are written through (rare); reading times are kept in memory and written by `flush()`, so the
+ * publish path never waits on this table: within `flushAfterMs` of a reading (the device list
+ * and the worklist read the table: they said "no reading yet" beside a reading until the next
+ * no-data check), and before the no-data check reads it. No reading, no timer. The engine reads
+ * it as its DevicePresenceSource.
  */
 export function createPresence (deps: PresenceDeps) {
   const log = deps.log.child({ component: 'presence' })
   const now = deps.now ?? Date.now
   const lastReading = new Map<string, number>()
+  const flushAfterMs = deps.flushAfterMs ?? 5000
+  let flushTimer: NodeJS.Timeout | null = null
   // Keeps connect/disconnect writes of one device in arrival order.
   let chain: Promise<void> = Promise.resolve()
 
@@ -44,6 +50,19 @@ export function createPresence (deps: PresenceDeps) {
       [deviceId, ...columns.map((c) => set[c])])
   }
 
+  async function flush (): Promise<void> {
+    if (flushTimer !== null) clearTimeout(flushTimer)
+    flushTimer = null
+    if (lastReading.size === 0) return
+    const entries = [...lastReading]
+    lastReading.clear()
+    await serial(() => deps.pool.query(
+      `INSERT INTO device_presence (device_id, last_reading_at)
+       SELECT d.id, to_timestamp(x.at / 1000.0) FROM unnest($1::uuid[], $2::float8[]) AS x(id, at) JOIN devices d ON d.id = x.id
+       ON CONFLICT (device_id) DO UPDATE SET last_reading_at = GREATEST(device_presence.last_reading_at, EXCLUDED.last_reading_at)`,
+      [entries.map((e) => e[0]), entries.map((e) => e[1])]))
+  }
+
   return {
     /** Broker clientReady for a device session. */
     connected (deviceId: string): Promise<void> {
@@ -59,6 +78,10 @@ export function createPresence (deps: PresenceDeps) {
     readingsAccepted (readings: readonly StoredReading[]): void {
       const at = now()
       for (const r of readings) lastReading.set(r.deviceId, at)
+      if (flushTimer === null && lastReading.size > 0) {
+        flushTimer = setTimeout(() => { flush().catch((err: Error) => log.error({ err }, 'presence flush failed')) }, flushAfterMs)
+        flushTimer.unref()
+      }
     },
     /** A decoded devices/{id}/status report, before its PUBACK: resolves once durable. */
     async status (deviceId: string, report: StatusReport): Promise<void> {
@@ -68,19 +91,10 @@ export function createPresence (deps: PresenceDeps) {
         : { battery_percent: report.battery, last_status_at: at }))
     },
     /** Writes the remembered reading times. */
-    async flush (): Promise<void> {
-      if (lastReading.size === 0) return
-      const entries = [...lastReading]
-      lastReading.clear()
-      await serial(() => deps.pool.query(
-        `INSERT INTO device_presence (device_id, last_reading_at)
-         SELECT d.id, to_timestamp(x.at / 1000.0) FROM unnest($1::uuid[], $2::float8[]) AS x(id, at) JOIN devices d ON d.id = x.id
-         ON CONFLICT (device_id) DO UPDATE SET last_reading_at = GREATEST(device_presence.last_reading_at, EXCLUDED.last_reading_at)`,
-        [entries.map((e) => e[0]), entries.map((e) => e[1])]))
-    },
+    flush,
     /** Every device assigned to a patient now, with what Vigil knows of it (never-seen devices too). */
     async presence (): Promise<DevicePresence[]> {
-      await this.flush()
+      await flush()
       await chain
       const { rows } = await deps.pool.query(
         `SELECT d.id, a.patient_id, p.connected, p.changed_at, p.last_reading_at, p.battery_percent, p.last_status_at
@@ -100,7 +114,7 @@ export function createPresence (deps: PresenceDeps) {
       }))
     },
     async close (): Promise<void> {
-      await this.flush().catch((err: Error) => log.error({ err }, 'presence flush at close failed'))
+      await flush().catch((err: Error) => log.error({ err }, 'presence flush at close failed'))
       await chain
     }
   }

@@ -120,3 +120,16 @@ t.test("a device cannot report another device's status", async (t) => {
   await closed
   t.equal((await presenceOf(b.deviceId)).batteryPercent, null)
 })
+
+t.test('a reading\'s time reaches the device list within seconds, without waiting for a no-data check', async (t) => {
+  // The worklist showed "no reading yet" beside the reading itself until the next 30 s check.
+  const patientId = await f.createPatient()
+  const device = await provisionDevice(f, patientId)
+  const client = await connect(device)
+  t.teardown(() => client.endAsync(true))
+  const readingAt = clock.now()
+  await client.publishAsync(`devices/${device.deviceId}/telemetry`, reading(), { qos: 1 })
+  const listed = async (): Promise<string | null> =>
+    (await f.app.inject({ method: 'GET', url: `/v1/devices/${device.deviceId}`, headers: f.adminHeaders })).json().presence.lastReadingAt
+  t.equal(await waitFor('the reading time in the device list', listed, { timeoutMs: 10_000 }), new Date(readingAt).toISOString())
+})
