@@ -21,19 +21,52 @@ const clockTicksPerSecond = (() => {
 export interface ProcessUsage {
   /**
    * User + system CPU time since the process started, µs, with that of its children it has
-   * waited for (cutime + cstime): Vigil's short-lived `sync -f` on the embedded default.
+   * waited for (cutime + cstime) and of its live descendants: the helper shell of Vigil's
+   * embedded default, which runs `sync -f` for it (store/filesystem-sync.ts).
    */
   cpuUs: number
+  /** The process's own resident set (VmRSS), descendants not included. */
   rssBytes: number
 }
 
-/** CPU (utime + stime + cutime + cstime from /proc/<pid>/stat) and RSS (VmRSS) of one process; null when it is gone. */
+/** utime + stime + cutime + cstime of one process (the text of its /proc/<pid>/stat), clock ticks. */
+function cpuTicks (stat: string): number {
+  // Fields after the command name (which may hold spaces) start at its closing parenthesis.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])
+}
+
+/** CPU ticks of every live descendant of `pid` (children, their children …). */
+function descendantTicks (pid: number): number {
+  const children = new Map<number, number[]>()
+  const ticks = new Map<number, number>()
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)])
+      ticks.set(Number(entry), cpuTicks(stat))
+    } catch { /* exited meanwhile */ }
+  }
+  let total = 0
+  const stack = [...(children.get(pid) ?? [])]
+  while (stack.length > 0) {
+    const next = stack.pop()!
+    total += ticks.get(next) ?? 0
+    stack.push(...(children.get(next) ?? []))
+  }
+  return total
+}
+
+/**
+ * CPU (utime + stime + cutime + cstime from /proc/<pid>/stat, plus its live descendants') and
+ * RSS (VmRSS) of one process; null when it is gone. A descendant that exits between two readings
+ * moves its CPU into its parent's cutime when reaped, so differences stay whole.
+ */
 export function processUsage (pid: number): ProcessUsage | null {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    // Fields after the command name (which may hold spaces) start at its closing parenthesis.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    const ticks = Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])
+    const ticks = cpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8')) + descendantTicks(pid)
     const status = readFileSync(`/proc/${pid}/status`, 'utf8')
     const rssKb = Number(/^VmRSS:\s+(\d+)\s+kB/m.exec(status)?.[1] ?? 0)
     return { cpuUs: ticks * 1e6 / clockTicksPerSecond, rssBytes: rssKb * 1024 }

@@ -7,6 +7,7 @@ import v8 from 'node:v8'
 import pg from 'pg'
 import type { Logger } from 'pino'
 import { makePrivate } from './data-dir-permissions.ts'
+import { createFilesystemSync } from './filesystem-sync.ts'
 
 export interface Database {
   readonly pool: pg.Pool
@@ -97,10 +98,12 @@ async function openPglite (dir: string, log: Logger): Promise<Database> {
   const url = `postgres://postgres@${server.getServerConn()}/postgres?sslmode=disable`
   const pool = new pg.Pool({ connectionString: url, max: 1 })
   pool.on('error', (err) => log.error({ err }, 'idle database connection failed'))
+  const fsync = createFilesystemSync(dir)
   const close = async (): Promise<void> => {
     await pool.end()
     await server.stop()
     await db.close()
+    await fsync.close()
     // Files PGlite made during the run follow the umask; this covers a caller without one.
     await makePrivate(dir)
   }
@@ -111,7 +114,7 @@ async function openPglite (dir: string, log: Logger): Promise<Database> {
     throw err
   }
   log.info({ dataDir: dir }, 'embedded PGlite started')
-  return { pool, kind: 'pglite', url, flushToDisk: coalesce(() => syncFilesystem(dir)), close }
+  return { pool, kind: 'pglite', url, flushToDisk: coalesce(() => fsync.sync()), close }
 }
 
 /**
@@ -153,7 +156,7 @@ async function createInChildProcess (dir: string, log: Logger): Promise<void> {
     const migration = line.startsWith('{') ? (JSON.parse(line) as { migration?: unknown }).migration : undefined
     if (typeof migration === 'string') log.info({ migration }, 'migration applied')
   }
-  await syncFilesystem(building)
+  await syncFilesystemOnce(building)
   // rename(2) replaces the empty directory an earlier start cut short may have left (openEmbedded
   // refused a non-empty one before any of this).
   await fs.rename(building, dir)
@@ -165,15 +168,14 @@ export async function createEmbeddedDatabase (dir: string, log: Logger): Promise
   await db.close()
 }
 
-/**
- * syncfs(2) on the filesystem holding `dir`, through coreutils' `sync -f` (Node exposes no
- * syncfs). It flushes PGlite's WAL and data files together, so a commit followed by this
- * survives a power cut. About 10 ms here, shared by every caller waiting on it.
- */
-async function syncFilesystem (dir: string): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    execFile('sync', ['-f', dir], (err) => { err === null ? resolve() : reject(new Error(`sync -f ${dir} failed: ${err.message}`)) })
-  })
+/** One syncfs(2) of the filesystem holding `dir`, its helper ended after (a first start's one-off). */
+async function syncFilesystemOnce (dir: string): Promise<void> {
+  const fsync = createFilesystemSync(dir)
+  try {
+    await fsync.sync()
+  } finally {
+    await fsync.close()
+  }
 }
 
 /**
