@@ -47,13 +47,14 @@ export function createPostgresReadingStore (pool: pg.Pool): ReadingStore {
     }
     const rows = [...byKey.values()]
     // One statement over unnest()ed arrays: atomic, and 7 parameters whatever the batch size.
-    await pool.query(
-      `INSERT INTO readings (patient_id, metric, ts, device_id, value, unit, seq)
+    await pool.query({
+      name: 'vigil-write-readings',
+      text: `INSERT INTO readings (patient_id, metric, ts, device_id, value, unit, seq)
        SELECT p, m, ${msToTs('t')}, d, v, u, s
        FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::uuid[], $5::float8[], $6::text[], $7::int8[]) AS r(p, m, t, d, v, u, s)
        ON CONFLICT (patient_id, metric, ts, device_id)
        DO UPDATE SET value = excluded.value, unit = excluded.unit, seq = excluded.seq`,
-      [
+      values: [
         rows.map((r) => r.patientId),
         rows.map((r) => r.metric),
         rows.map((r) => r.ts),
@@ -62,7 +63,7 @@ export function createPostgresReadingStore (pool: pg.Pool): ReadingStore {
         rows.map((r) => r.unit),
         rows.map((r) => r.seq)
       ]
-    )
+    })
   }
 
   async function query (q: ReadingQuery): Promise<StoredReading[]> {

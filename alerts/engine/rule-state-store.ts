@@ -57,13 +57,16 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: 
     const overrides = new Map<string, RuleOverride[]>()
     const scales = new Map<string, Spo2Scale>()
     if (patientIds.length === 0) return { overrides, scales }
-    const { rows } = await pool.query(
-      `SELECT patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at, NULL::smallint AS spo2_scale
+    const { rows } = await pool.query({
+      name: 'vigil-rule-settings',
+      text: `SELECT patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at, NULL::smallint AS spo2_scale
          FROM patient_rule_overrides WHERE patient_id = ANY($1::uuid[])
        UNION ALL
        SELECT patient_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, spo2_scale
          FROM patient_news2_scale WHERE patient_id = ANY($1::uuid[])
-       ORDER BY rule_id`, [patientIds])
+       ORDER BY rule_id`,
+      values: [patientIds]
+    })
     for (const row of rows) {
       if (row.rule_id === null) scales.set(row.patient_id, scaleOf(row))
       else addOverride(overrides, row)
@@ -86,8 +89,9 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: 
     async loadStates (patientIds: readonly string[], db: pg.ClientBase | pg.Pool = pool): Promise<Map<string, PatientRuleState>> {
       const out = new Map<string, PatientRuleState>()
       if (patientIds.length === 0) return out
-      const { rows } = await db.query<{ patient_id: string, rule_id: string, state: any }>(
-        'SELECT patient_id, rule_id, state FROM alert_rule_state WHERE patient_id = ANY($1::uuid[])', [patientIds])
+      const { rows } = await db.query<{ patient_id: string, rule_id: string, state: any }>({
+        name: 'vigil-load-rule-states', text: 'SELECT patient_id, rule_id, state FROM alert_rule_state WHERE patient_id = ANY($1::uuid[])', values: [patientIds]
+      })
       for (const id of patientIds) out.set(id, {})
       for (const row of rows) out.get(row.patient_id)![row.rule_id] = row.state
       return out
@@ -104,9 +108,12 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: 
     async stateVersions (patientIds: readonly string[], db: pg.ClientBase | pg.Pool = pool): Promise<Map<string, string>> {
       const out = new Map<string, string>()
       if (patientIds.length === 0) return out
-      const { rows } = await db.query<{ patient_id: string, v: string }>(
-        `SELECT patient_id, string_agg(rule_id || ' ' || ${WRITTEN}, ' ' ORDER BY rule_id COLLATE "C") AS v
-           FROM alert_rule_state WHERE patient_id = ANY($1::uuid[]) GROUP BY patient_id`, [patientIds])
+      const { rows } = await db.query<{ patient_id: string, v: string }>({
+        name: 'vigil-rule-state-versions',
+        text: `SELECT patient_id, string_agg(rule_id || ' ' || ${WRITTEN}, ' ' ORDER BY rule_id COLLATE "C") AS v
+           FROM alert_rule_state WHERE patient_id = ANY($1::uuid[]) GROUP BY patient_id`,
+        values: [patientIds]
+      })
       for (const id of patientIds) out.set(id, '')
       for (const row of rows) out.set(row.patient_id, row.v)
       return out
@@ -138,14 +145,16 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: 
       if (rows.length === 0) return null
       // One JSON parameter: pg's array literals escape every quote of every JSON string on the
       // event loop (3 % of Vigil's CPU at 8,000 readings/s); jsonb_to_recordset unpacks it in Postgres.
-      const { rows: written } = await db.query<{ v: string }>(
-        `WITH w AS (
+      const { rows: written } = await db.query<{ v: string }>({
+        name: 'vigil-save-rule-states',
+        text: `WITH w AS (
            INSERT INTO alert_rule_state (patient_id, rule_id, state, updated_at)
            SELECT u.p, u.r, u.s, now() FROM jsonb_to_recordset($1::jsonb) AS u(p uuid, r text, s jsonb)
            ON CONFLICT (patient_id, rule_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()
            RETURNING ${WRITTEN} AS v)
          SELECT DISTINCT v FROM w`,
-        [JSON.stringify(rows)])
+        values: [JSON.stringify(rows)]
+      })
       return written.length === 1 ? written[0]!.v : null
     },
 
@@ -157,7 +166,11 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: 
     async withPatientsLocked<T> (patientIds: readonly string[], task: (client: pg.ClientBase) => Promise<T>): Promise<T> {
       return await inTransaction(pool, async (client) => {
         // Volatile functions in the select list run after the sort: the locks are taken in order.
-        await client.query('SELECT pg_advisory_xact_lock($1, hashtext(id)) FROM unnest($2::text[]) AS id ORDER BY id', [PATIENT_RULE_LOCK_SPACE, [...patientIds]])
+        await client.query({
+          name: 'vigil-lock-patients',
+          text: 'SELECT pg_advisory_xact_lock($1, hashtext(id)) FROM unnest($2::text[]) AS id ORDER BY id',
+          values: [PATIENT_RULE_LOCK_SPACE, [...patientIds]]
+        })
         return await task(client)
       })
     },
