@@ -30,6 +30,17 @@ export interface CostGrowthRow {
   step: StepResult
 }
 
+/** Scenario 7's Postgres backends serving Vigil (Postgres + InfluxDB), µs a reading; null in results from before 2026-12-07. */
+function smallSitePostgresUs (row: SmallSiteRow): number | null {
+  return row.vigil?.sharedCpuUsPerReading?.PostgreSQL ?? null
+}
+
+/** Scenario 7's Vigil on Postgres + InfluxDB: its process and, where measured, its Postgres backends. */
+function smallSiteVigilUs (row: SmallSiteRow): number | null {
+  const own = row.vigil?.cpuUsPerReading ?? null
+  return own === null ? null : own + (smallSitePostgresUs(row) ?? 0)
+}
+
 /** Scenario 7: Vigil and the peer at one low total rate, from the same few devices. */
 export interface SmallSiteRow {
   rate: number
@@ -265,16 +276,18 @@ export function renderReport (r: BenchResults): string {
       '(Vigil on Postgres + InfluxDB; Vigil embedded, as `npm start` runs it; Mosquitto + consumer)')
     const held = (s: StepResult | null | undefined): string => s === undefined ? '–' : s?.held === true ? 'yes' : 'no'
     out.push(table([
-      ['rate', 'Vigil µs/reading', 'embedded µs/reading', 'peer µs/reading', 'Vigil ÷ peer', 'embedded ÷ peer', 'Vigil / embedded / peer cores',
+      ['rate', 'Vigil µs/reading (+ its Postgres)', 'embedded µs/reading', 'peer µs/reading', 'Vigil ÷ peer', 'embedded ÷ peer', 'Vigil / embedded / peer cores',
         'PUBACK p99 Vigil / embedded / peer', 'held'],
       ...ss.rows.map((row) => {
-        const v = row.vigil?.cpuUsPerReading ?? null
+        const own = row.vigil?.cpuUsPerReading ?? null
+        const postgres = smallSitePostgresUs(row)
+        const v = smallSiteVigilUs(row)
         const e = row.embedded?.cpuUsPerReading ?? null
         const p = row.peer?.cpuUsPerReading ?? null
         const cores = (us: number | null): string => us === null ? '?' : (us * row.rate / 1e6).toFixed(3)
         const p99 = (s: StepResult | null | undefined): string => s === null || s === undefined ? '–' : fmtMs(s.load.puback.p99Ms)
         return [
-          `${int(row.rate)} msg/s`, int(v), int(e), int(p), ratio(v, p), ratio(e, p), `${cores(v)} / ${cores(e)} / ${cores(p)}`,
+          `${int(row.rate)} msg/s`, postgres === null ? int(own) : `${int(v)} (${int(own)} + ${int(postgres)})`, int(e), int(p), ratio(v, p), ratio(e, p), `${cores(v)} / ${cores(e)} / ${cores(p)}`,
           `${p99(row.vigil)} / ${p99(row.embedded)} / ${p99(row.peer)}`,
           `${held(row.vigil)} / ${held(row.embedded)} / ${held(row.peer)}`
         ]
@@ -481,7 +494,7 @@ export function evaluateTargets (r: BenchResults): Target[] {
   if (ss !== null) {
     // Both ways Vigil runs must be within 2×: on Postgres + InfluxDB and on its embedded default.
     const ratios = ss.rows.flatMap((row) => (['vigil', 'embedded'] as const).filter((k) => row[k] !== undefined).map((k) => {
-      const v = row[k]?.cpuUsPerReading ?? null
+      const v = k === 'vigil' ? smallSiteVigilUs(row) : row[k]?.cpuUsPerReading ?? null
       const p = row.peer?.cpuUsPerReading ?? null
       return { rate: row.rate, key: k, ratio: v === null || p === null || p <= 0 ? null : v / p }
     }))

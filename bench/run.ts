@@ -556,12 +556,17 @@ async function main (): Promise<void> {
     const durationMs = Math.max(options.durationMs, 10_000)
     const rows: SmallSiteRow[] = options.smallSiteRates.map((rate) => ({ rate, vigil: null, embedded: null, peer: null }))
     results.smallSite = { devices: which.length, rows }
+    // Vigil on a Postgres server makes that server work for it (alert state, presence, jobs): its
+    // backends' CPU is part of Vigil's cost here, idle included (fixed costs are the point).
+    const postgresMeter = postgresBackendsMeter(postgresServerUrl, new URL(database.url).pathname.slice(1))
+    onCleanup('small-site postgres meter', () => postgresMeter.close())
     const measureAt = async (label: string, pipeline: PipelineUnderTest, key: 'vigil' | 'embedded' | 'peer'): Promise<void> => {
+      const stepCtx = { ...ctx, meters: key === 'vigil' ? [postgresMeter] : [] }
       // Every device publishes at least once before measuring (Vigil then has its assignment cached).
       await warmup(label, pipeline, options.smallSiteRates[0]!, Math.max(warmupMs, 1.2 * which.length / options.smallSiteRates[0]! * 1000))
       for (const row of rows) {
         progress(`${label}: ${row.rate} msg/s for ${durationMs / 1000} s`)
-        const step = await measureStep(ctx, pipeline, row.rate, { durationMs, sampleEvery: 0, readingsPerMessage: options.readingsPerMessage })
+        const step = await measureStep(stepCtx, pipeline, row.rate, { durationMs, sampleEvery: 0, readingsPerMessage: options.readingsPerMessage })
         row[key] = step
         progress(`${label}: ${row.rate} msg/s ${step.held ? 'held' : `NOT held (${step.reasons.join('; ')})`}, ${step.cpuUsPerReading?.toFixed(0)} µs CPU/reading`)
       }
