@@ -45,7 +45,9 @@ function descendantTicks (pid: number): number {
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
       const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)])
+      const siblings = children.get(ppid)
+      if (siblings === undefined) children.set(ppid, [Number(entry)])
+      else siblings.push(Number(entry))
       ticks.set(Number(entry), cpuTicks(stat))
     } catch { /* exited meanwhile */ }
   }

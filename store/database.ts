@@ -13,7 +13,7 @@ export interface Database {
   readonly pool: pg.Pool
   /** `postgres` when DATABASE_URL points at a server, `pglite` for the embedded default. */
   readonly kind: 'postgres' | 'pglite'
-  /** Connection string of the embedded server (tests and tools may connect to it). */
+  /** Connection string of the database; for the embedded server, whose one connection Vigil's pool holds, nothing else can connect while Vigil runs. */
   readonly url: string
   /**
    * Resolves once everything committed so far is on stable storage. A no-op for a Postgres
@@ -115,6 +115,8 @@ async function openPglite (dir: string, log: Logger): Promise<Database> {
     await pool.end()
     await server.stop()
     await db.close()
+    // Closing wrote a shutdown checkpoint into the page cache: on disk before the next start reads it.
+    await fsync.sync().catch((err: Error) => log.error({ err }, 'syncing the embedded database after closing it failed'))
     await fsync.close()
     // Files PGlite made during the run follow the umask; this covers a caller without one.
     await makePrivate(dir)

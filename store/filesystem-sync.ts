@@ -10,10 +10,22 @@ export interface FilesystemSync {
 }
 
 // One request a line on stdin, one answer a line on stdout, in order. `sync -f` runs in a
-// subshell so its error message comes back as the answer instead of on Vigil's stderr.
-const HELPER = 'while IFS= read -r _; do ' +
-  'if out=$(sync -f -- "$1" 2>&1); then echo ok; else echo "failed: $(printf %s "$out" | tr "\\n" " ")"; fi; ' +
+// subshell so its error message comes back as the answer instead of on Vigil's stderr; printf,
+// not echo, which in dash would interpret a backslash in that message (a path) and could cut the
+// line short. Signals to the process group (Ctrl-C, a service manager's SIGTERM) are left to
+// Vigil, which syncs as it shuts down: the shell ends when its input does, also when Vigil dies.
+const HELPER = "trap '' INT TERM HUP; while IFS= read -r _; do " +
+  'if out=$(sync -f -- "$1" 2>&1); then printf \'ok\\n\'; ' +
+  'else printf \'failed: %s\\n\' "$(printf %s "$out" | tr \'\\n\' \' \')"; fi; ' +
   'done'
+
+interface Waiter { resolve: () => void, reject: (err: Error) => void }
+
+interface Helper {
+  child: ChildProcessWithoutNullStreams
+  /** The calls this shell has been asked and not answered, oldest first: its own, so no other shell's answer settles them. */
+  waiting: Waiter[]
+}
 
 /**
  * syncfs(2) on the filesystem holding `dir` (Node exposes no syncfs), through coreutils'
@@ -24,16 +36,12 @@ const HELPER = 'while IFS= read -r _; do ' +
  * held, and the next call starts another.
  */
 export function createFilesystemSync (dir: string): FilesystemSync {
-  let helper: ChildProcessWithoutNullStreams | null = null
+  let current: Helper | null = null
   let closed = false
-  const waiting: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
 
-  const failAll = (err: Error): void => {
-    for (const w of waiting.splice(0)) w.reject(err)
-  }
-
-  function start (): ChildProcessWithoutNullStreams {
+  function start (): Helper {
     const child = spawn('sh', ['-c', HELPER, 'vigil-sync', dir], { stdio: ['pipe', 'pipe', 'pipe'] })
+    const helper: Helper = { child, waiting: [] }
     let buffered = ''
     let stderr = ''
     child.stdout.setEncoding('utf8')
@@ -43,61 +51,72 @@ export function createFilesystemSync (dir: string): FilesystemSync {
       while ((end = buffered.indexOf('\n')) >= 0) {
         const line = buffered.slice(0, end)
         buffered = buffered.slice(end + 1)
-        const w = waiting.shift()
+        const w = helper.waiting.shift()
         if (w === undefined) continue
         if (line === 'ok') w.resolve()
         else w.reject(new Error(`sync -f ${dir} ${line}`))
       }
-      idle(child)
+      idle(helper)
     })
     child.stderr.setEncoding('utf8')
     child.stderr.on('data', (chunk: string) => { stderr = (stderr + chunk).slice(-2000) })
-    // A write to a shell that has just died: its 'exit' below fails the calls.
+    // A write to a shell that has just died: its 'close' below fails the call.
     child.stdin.on('error', () => {})
-    const gone = (reason: string): void => {
-      if (helper === child) helper = null
-      failAll(new Error(`sync -f ${dir} failed: its helper shell ${reason}${stderr === '' ? '' : `: ${stderr.trim()}`}`))
+    let why = ''
+    const gone = (): void => {
+      if (current === helper) current = null
+      const err = new Error(`sync -f ${dir} failed: its helper shell ${why}${stderr === '' ? '' : `: ${stderr.trim()}`}`)
+      for (const w of helper.waiting.splice(0)) w.reject(err)
     }
-    child.on('error', (err) => { gone(`could not run (${err.message})`) })
-    child.on('exit', (code, signal) => { gone(`exited (${signal ?? `code ${code}`})`) })
-    return child
+    // A dead shell takes no new calls; the ones it held fail once its output is all read
+    // ('close'), so an answer it gave before dying still counts.
+    child.on('exit', (code, signal) => {
+      why = `exited (${signal ?? `code ${code}`})`
+      if (current === helper) current = null
+    })
+    child.on('error', (err) => {
+      why = `could not run (${err.message})`
+      gone()
+    })
+    child.on('close', gone)
+    return helper
   }
 
   // The shell holds the event loop open only while a call waits for it. Its stdio pipes are
   // sockets (typed as plain streams).
   const pipesOf = (child: ChildProcessWithoutNullStreams): Socket[] => [child.stdin, child.stdout, child.stderr] as unknown[] as Socket[]
-  function idle (child: ChildProcessWithoutNullStreams): void {
-    if (waiting.length > 0) return
-    child.unref()
-    for (const pipe of pipesOf(child)) pipe.unref()
+  function idle (helper: Helper): void {
+    if (helper.waiting.length > 0) return
+    helper.child.unref()
+    for (const pipe of pipesOf(helper.child)) pipe.unref()
   }
-  function busy (child: ChildProcessWithoutNullStreams): void {
-    child.ref()
-    for (const pipe of pipesOf(child)) pipe.ref()
+  function busy (helper: Helper): void {
+    helper.child.ref()
+    for (const pipe of pipesOf(helper.child)) pipe.ref()
   }
 
   return {
     sync () {
       if (closed) return Promise.reject(new Error(`sync -f ${dir}: closed`))
-      helper ??= start()
-      const child = helper
+      current ??= start()
+      const helper = current
       return new Promise<void>((resolve, reject) => {
-        waiting.push({ resolve, reject })
-        busy(child)
-        child.stdin.write('\n')
+        helper.waiting.push({ resolve, reject })
+        busy(helper)
+        helper.child.stdin.write('\n')
       })
     },
     async close () {
       closed = true
-      const child = helper
-      helper = null
-      if (child === null || child.exitCode !== null || child.signalCode !== null) return
-      const exited = new Promise<void>((resolve) => child.once('exit', () => { resolve() }))
-      busy(child)
-      // End of input ends the shell's loop after the call it is running, if any.
-      child.stdin.end()
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
-      await exited
+      const helper = current
+      current = null
+      if (helper === null || helper.child.exitCode !== null || helper.child.signalCode !== null) return
+      const ended = new Promise<void>((resolve) => helper.child.once('close', () => { resolve() }))
+      busy(helper)
+      // End of input ends the shell's loop after the calls it was asked, which are answered first.
+      helper.child.stdin.end()
+      const timer = setTimeout(() => helper.child.kill('SIGKILL'), 30_000)
+      await ended
       clearTimeout(timer)
     }
   }
