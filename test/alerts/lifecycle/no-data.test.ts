@@ -4,6 +4,7 @@ import path from 'node:path'
 import mqtt from 'mqtt'
 import { Registry } from 'prom-client'
 import t from 'tap'
+import type { Test } from 'tap'
 import { startAlertEngine } from '../../../alerts/engine/alert-engine.ts'
 import { startRulesFile } from '../../../alerts/engine/rules-file.ts'
 import { createPresence } from '../../../alerts/lifecycle/presence.ts'
@@ -40,6 +41,16 @@ const alertsOf = async (patientId: string) => (await f.app.inject({ method: 'GET
 const connect = async (d: { deviceId: string, password: string }) =>
   await mqtt.connectAsync(url, { clientId: d.deviceId, username: d.deviceId, password: d.password, protocolVersion: 4, reconnectPeriod: 0 })
 const reading = () => JSON.stringify({ seq: 1, readings: [{ metric: 'heart_rate', value: 72, unit: '/min', ts: Date.now() }] })
+/** A new patient's device, connected (closed at the test's end), that has published one reading at `readingAt`. */
+async function connectedWithOneReading (t: Test) {
+  const patientId = await f.createPatient()
+  const device = await provisionDevice(f, patientId)
+  const client = await connect(device)
+  t.teardown(() => client.endAsync(true))
+  const readingAt = clock.now()
+  await client.publishAsync(`devices/${device.deviceId}/telemetry`, reading(), { qos: 1 })
+  return { patientId, device, client, readingAt }
+}
 
 t.test('a device that connects then disconnects: one no-data alert, cause disconnected, and when', async (t) => {
   const patientId = await f.createPatient()
@@ -67,12 +78,7 @@ t.test('a device that connects then disconnects: one no-data alert, cause discon
 })
 
 t.test('connected but sending nothing: cause connected_silent, with the last reading; a reading clears it', async (t) => {
-  const patientId = await f.createPatient()
-  const device = await provisionDevice(f, patientId)
-  const client = await connect(device)
-  t.teardown(() => client.endAsync(true))
-  const readingAt = clock.now()
-  await client.publishAsync(`devices/${device.deviceId}/telemetry`, reading(), { qos: 1 })
+  const { patientId, device, client, readingAt } = await connectedWithOneReading(t)
   await waitFor('the reading time', async () => (await presenceOf(device.deviceId)).lastReadingAt === readingAt)
   clock.advance(WINDOW + MIN)
   await checks.tick()
@@ -123,12 +129,7 @@ t.test("a device cannot report another device's status", async (t) => {
 
 t.test('a reading\'s time reaches the device list within seconds, without waiting for a no-data check', async (t) => {
   // The worklist showed "no reading yet" beside the reading itself until the next 30 s check.
-  const patientId = await f.createPatient()
-  const device = await provisionDevice(f, patientId)
-  const client = await connect(device)
-  t.teardown(() => client.endAsync(true))
-  const readingAt = clock.now()
-  await client.publishAsync(`devices/${device.deviceId}/telemetry`, reading(), { qos: 1 })
+  const { device, readingAt } = await connectedWithOneReading(t)
   const listed = async (): Promise<string | null> =>
     (await f.app.inject({ method: 'GET', url: `/v1/devices/${device.deviceId}`, headers: f.adminHeaders })).json().presence.lastReadingAt
   t.equal(await waitFor('the reading time in the device list', listed, { timeoutMs: 10_000 }), new Date(readingAt).toISOString())
