@@ -29,27 +29,42 @@ export interface ProcessUsage {
   rssBytes: number
 }
 
+/**
+ * The fields of a /proc/<pid>/stat text after the command name, which may hold spaces: they start
+ * at its closing parenthesis, so [0] is field 3 (state), [1] the ppid, [11] utime (proc(5)).
+ */
+function statFields (stat: string): string[] {
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+}
+
 /** utime + stime + cutime + cstime of one process (the text of its /proc/<pid>/stat), clock ticks. */
 function cpuTicks (stat: string): number {
-  // Fields after the command name (which may hold spaces) start at its closing parenthesis.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  const fields = statFields(stat)
   return Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])
+}
+
+/** Every live process's pid and /proc/<pid>/stat text (those that exit during the scan are skipped). */
+function * liveProcesses (): Generator<{ pid: number, stat: string }> {
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    let stat: string
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+    } catch { continue /* exited meanwhile */ }
+    yield { pid: Number(entry), stat }
+  }
 }
 
 /** CPU ticks of every live descendant of `pid` (children, their children …). */
 function descendantTicks (pid: number): number {
   const children = new Map<number, number[]>()
   const ticks = new Map<number, number>()
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-      const siblings = children.get(ppid)
-      if (siblings === undefined) children.set(ppid, [Number(entry)])
-      else siblings.push(Number(entry))
-      ticks.set(Number(entry), cpuTicks(stat))
-    } catch { /* exited meanwhile */ }
+  for (const { pid: child, stat } of liveProcesses()) {
+    const ppid = Number(statFields(stat)[1])
+    const siblings = children.get(ppid)
+    if (siblings === undefined) children.set(ppid, [child])
+    else siblings.push(child)
+    ticks.set(child, cpuTicks(stat))
   }
   let total = 0
   const stack = [...(children.get(pid) ?? [])]
@@ -83,8 +98,7 @@ export function processUsage (pid: number): ProcessUsage | null {
  */
 export function mainThreadCpuUs (pid: number): number | null {
   try {
-    const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8')
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    const fields = statFields(readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8'))
     return (Number(fields[11]) + Number(fields[12])) * 1e6 / clockTicksPerSecond
   } catch {
     return null
@@ -133,14 +147,9 @@ export function totalUsage (pids: readonly number[]): ProcessUsage {
 
 /** Our direct child whose command name is `comm` (e.g. the influxd that test/helpers/influxd.ts spawned). */
 export function findChildPid (comm: string): number | null {
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
-      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-      if (name === comm && ppid === process.pid) return Number(entry)
-    } catch { /* exited meanwhile */ }
+  for (const { pid, stat } of liveProcesses()) {
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+    if (name === comm && Number(statFields(stat)[1]) === process.pid) return pid
   }
   return null
 }
