@@ -30,9 +30,9 @@ interface Helper {
 /**
  * syncfs(2) on the filesystem holding `dir` (Node exposes no syncfs), through coreutils'
  * `sync -f` run by one long-lived shell: a call writes a line to the shell and waits for its
- * answer. Spawning `sync` from Vigil itself forked the whole process for each call (~200 MB:
- * ~4 ms of its CPU and ~8 ms of wall time a call, measured in docs/performance.md); the shell
- * forks only itself. The shell starts on the first call; one that dies fails the calls it
+ * answer. Spawning `sync` from Vigil itself forked the whole process for each call (200–300 MB:
+ * 9–12 ms of its CPU, as much again in the child, 15–17 ms of wall time; through the shell 0.2
+ * ms, 4 ms and 4–5 ms: docs/performance.md); the shell forks only itself. The shell starts on the first call; one that dies fails the calls it
  * held, and the next call starts another.
  */
 export function createFilesystemSync (dir: string): FilesystemSync {
