@@ -416,3 +416,64 @@ t.test('settings kept by one process: its own writes are seen at once; several p
   t.ok(await single.deleteOverride(patient, 'tachycardia'))
   t.same(await rules(single), [], 'a delete is seen at once')
 })
+
+for (const [name, db] of [['postgres', postgres], ['pglite', pglite]] as const) {
+  t.test(`${name}: one process saves rule state at a condition change, else after the save interval, and at close`, async (t) => {
+    let registry = new Registry()
+    const changes: ConditionChange[] = []
+    let failSaves = 0
+    // The engine's pool, with saves of rule state failing while failSaves > 0.
+    const pool = new Proxy(db.pool, {
+      get (target, key, receiver) {
+        if (key !== 'query') return Reflect.get(target, key, receiver)
+        return async (config: unknown, ...rest: unknown[]) => {
+          if ((config as { name?: string }).name === 'vigil-save-rule-states' && failSaves > 0) {
+            failSaves--
+            throw new Error('database unavailable')
+          }
+          return await (target.query as (...a: unknown[]) => Promise<unknown>).call(target, config, ...rest)
+        }
+      }
+    })
+    const start = async (stateSaveIntervalMs: number): Promise<AlertEngine> => {
+      registry = new Registry() // each engine registers its metrics
+      return await startAlertEngine({
+        keyring: clinicalTextKeyring, pool, rulesFile: await rulesFileOf(db.pool), workerThreads: 1, log, registry, now: () => T0 + 10 * MIN,
+        sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}, flushIntervalMs: 5, stateSaveIntervalMs
+      })
+    }
+    const evaluated = async (): Promise<number> => await metric(registry, 'vigil_alert_readings_evaluated_total')
+    const stored = async (patientId: string): Promise<Record<string, any>> => {
+      const { rows } = await db.pool.query('SELECT rule_id, state FROM alert_rule_state WHERE patient_id = $1', [patientId])
+      return Object.fromEntries(rows.map((r: { rule_id: string, state: unknown }) => [r.rule_id, r.state]))
+    }
+    const patients = createPatientStore(db.pool)
+
+    const slow = await start(60_000)
+    const calm = (await patients.create('Calm Patient')).id
+    slow.onAccepted([reading(calm, 'heart_rate', 80, T0)])
+    await waitFor('the first batch', async () => await evaluated() === 1)
+    t.same(await stored(calm), {}, 'a batch that changes no condition: its state waits in memory')
+    slow.onAccepted([reading(calm, 'heart_rate', 165, T0 + MIN)])
+    await waitFor('the second batch', async () => await evaluated() === 2)
+    t.match(changes, [{ patientId: calm, ruleId: 'high-hr', status: 'firing' }])
+    t.match(await stored(calm), { 'high-hr': { firing: true }, tachycardia: { breachSince: T0 + MIN } },
+      'a batch that changes a condition saves before it ends, with what the batches before it left unsaved')
+    const quiet = (await patients.create('Quiet Patient')).id
+    slow.onAccepted([reading(quiet, 'heart_rate', 70, T0)])
+    await waitFor('the third batch', async () => await evaluated() === 3)
+    t.same(await stored(quiet), {}, 'unsaved again')
+    await slow.close()
+    t.match(await stored(quiet), { tachycardia: { breachSince: null } }, 'close saves what waits')
+
+    const quick = await start(100)
+    t.teardown(() => quick.close())
+    const later = (await patients.create('Later Patient')).id
+    failSaves = 1
+    quick.onAccepted([reading(later, 'heart_rate', 75, T0)])
+    await waitFor('the failed save', async () => await metric(registry, 'vigil_alert_state_save_failures_total') === 1)
+    t.same(await stored(later), {}, 'the save failed')
+    await waitFor('the state saved on the next try, after the interval', async () => (await stored(later)).tachycardia !== undefined)
+    t.equal(await evaluated(), 1, 'the batch was not evaluated again: its readings count once')
+  })
+}
