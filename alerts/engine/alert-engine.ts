@@ -50,8 +50,8 @@ export interface AlertEngineOptions {
    * One process (no sharedState): a batch that changes no condition leaves its patients' rule
    * state in memory, saved with the next batch that changes one, or at most this long after it
    * (default 1000 ms); a batch that changes one saves it before the batch ends, and flush() and
-   * close() save it. A crash loses at most this long of window updates, never a condition change
-   * (docs/durability.md). 0: every batch saves its state.
+   * close() save it. A crash loses at most this long of window updates (docs/operations.md,
+   * limits). 0: every batch saves its state.
    */
   stateSaveIntervalMs?: number
 }
@@ -62,6 +62,11 @@ export interface AlertEngine extends AlertEngineSeam {
   /** One no-data pass: the presence source's devices through evaluateNoData (what the schedule runs). */
   checkNoData (): Promise<ConditionChange[]>
   rules (): ActiveRules
+  /**
+   * Each patient's rule state as the engine last evaluated it: this process's copy where it
+   * holds one alone (it may not be saved yet), else the stored rows.
+   */
+  currentStates (patientIds: readonly string[]): Promise<Map<string, PatientRuleState>>
   readonly rulesFile: RulesFile
   readonly store: RuleStateStore
   /** Resolves once every reading queued so far is evaluated (tests, shutdown). */
@@ -432,10 +437,10 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     if (removed.length === 0) return
     // A removed rule's open conditions end: the lifecycle resolves their alerts.
     exclusive(async () => {
+      // The rows decide which open conditions end: they must hold what this process knows.
+      await saveUnsaved()
       const rows = await store.deleteStatesExcept(kept)
       for (const s of states.values()) for (const r of removed) delete s[r.id]
-      // Or a later save would write them back.
-      for (const s of unsaved.values()) for (const r of removed) delete s[r.id]
       stamps.clear()
       versions.clear()
       const changes: ConditionChange[] = []
@@ -514,6 +519,15 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     rulesFile,
     store,
     rules: () => rulesFile.current(),
+    async currentStates (patientIds) {
+      if (stateSaveIntervalMs === 0) return await store.loadStates([...patientIds])
+      // One process: its copy of a patient it evaluated is the whole current state (loaded
+      // whole, changed by every batch and pass); a patient it never evaluated has no unsaved state.
+      const held = patientIds.filter((id) => states.has(id))
+      const out = held.length === patientIds.length ? new Map<string, PatientRuleState>() : await store.loadStates(patientIds.filter((id) => !states.has(id)))
+      for (const id of held) out.set(id, states.get(id)!)
+      return out
+    },
     rulesView () {
       const active = rulesFile.current()
       return { version: active.version, escalationPolicies: active.ruleSet.escalationPolicies, webhooks: active.ruleSet.webhooks }
@@ -540,7 +554,10 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       }
       await exclusive(async () => {
         await drain(true)
-        await saveUnsaved()
+        await saveUnsaved().catch((err: unknown) => {
+          saveFailed(err)
+          throw err
+        })
       })
     },
     async close () {

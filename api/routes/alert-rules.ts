@@ -14,6 +14,8 @@ import { IdParams, Uuid, errorResponses, instantMs } from '../schemas/common.ts'
 export interface AlertRulesApi {
   rulesFile: RulesFile
   store: RuleStateStore
+  /** Rule state as the engine last evaluated it, saved or not yet (AlertEngine.currentStates). */
+  currentStates: (patientIds: readonly string[]) => Promise<Map<string, Record<string, unknown>>>
 }
 
 // An override is a temporary clinical decision: it must be renewed, not forgotten.
@@ -294,7 +296,7 @@ export function alertRuleRoutes (app: ApiInstance, deps: RouteDeps): void {
   }, async (request) => {
     const id = request.params.id
     await deps.patientAccess.require(request, id, { action: 'readings:read' })
-    const [states, scales] = await Promise.all([store.loadStates([id]), store.spo2Scales([id])])
+    const [states, scales] = await Promise.all([engine.currentStates([id]), store.spo2Scales([id])])
     const state = states.get(id) ?? {}
     const items = []
     for (const rule of rulesFile.current().ruleSet.rules) {

@@ -417,63 +417,107 @@ t.test('settings kept by one process: its own writes are seen at once; several p
   t.same(await rules(single), [], 'a delete is seen at once')
 })
 
-for (const [name, db] of [['postgres', postgres], ['pglite', pglite]] as const) {
-  t.test(`${name}: one process saves rule state at a condition change, else after the save interval, and at close`, async (t) => {
-    let registry = new Registry()
-    const changes: ConditionChange[] = []
-    let failSaves = 0
-    // The engine's pool, with saves of rule state failing while failSaves > 0.
-    const pool = new Proxy(db.pool, {
-      get (target, key, receiver) {
-        if (key !== 'query') return Reflect.get(target, key, receiver)
-        return async (config: unknown, ...rest: unknown[]) => {
-          if ((config as { name?: string }).name === 'vigil-save-rule-states' && failSaves > 0) {
-            failSaves--
-            throw new Error('database unavailable')
-          }
-          return await (target.query as (...a: unknown[]) => Promise<unknown>).call(target, config, ...rest)
+/** An engine alone on its database (no sharedState); its rule-state saves fail while `failSaves` > 0. */
+async function oneProcessEngine (t: { teardown: (fn: () => unknown) => void }, db: Database, o: { stateSaveIntervalMs: number, clock?: { now: number }, rulesFile?: RulesFile }) {
+  const registry = new Registry()
+  const changes: ConditionChange[] = []
+  const control = { failSaves: 0 }
+  const pool = new Proxy(db.pool, {
+    get (target, key, receiver) {
+      if (key !== 'query') return Reflect.get(target, key, receiver)
+      return async (config: unknown, ...rest: unknown[]) => {
+        if ((config as { name?: string }).name === 'vigil-save-rule-states' && control.failSaves > 0) {
+          control.failSaves--
+          throw new Error('database unavailable')
         }
+        return await (target.query as (...a: unknown[]) => Promise<unknown>).call(target, config, ...rest)
       }
-    })
-    const start = async (stateSaveIntervalMs: number): Promise<AlertEngine> => {
-      registry = new Registry() // each engine registers its metrics
-      return await startAlertEngine({
-        keyring: clinicalTextKeyring, pool, rulesFile: await rulesFileOf(db.pool), workerThreads: 1, log, registry, now: () => T0 + 10 * MIN,
-        sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}, flushIntervalMs: 5, stateSaveIntervalMs
-      })
     }
-    const evaluated = async (): Promise<number> => await metric(registry, 'vigil_alert_readings_evaluated_total')
-    const stored = async (patientId: string): Promise<Record<string, any>> => {
+  })
+  const clock = o.clock ?? { now: T0 + 10 * MIN }
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool, rulesFile: o.rulesFile ?? await rulesFileOf(db.pool), workerThreads: 1, log, registry, now: () => clock.now,
+    sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}, flushIntervalMs: 5, stateSaveIntervalMs: o.stateSaveIntervalMs
+  })
+  t.teardown(() => engine.close())
+  return {
+    engine,
+    changes,
+    control,
+    metric: async (name: string): Promise<number> => await metric(registry, name),
+    evaluated: async (): Promise<number> => await metric(registry, 'vigil_alert_readings_evaluated_total'),
+    stored: async (patientId: string): Promise<Record<string, any>> => {
       const { rows } = await db.pool.query('SELECT rule_id, state FROM alert_rule_state WHERE patient_id = $1', [patientId])
       return Object.fromEntries(rows.map((r: { rule_id: string, state: unknown }) => [r.rule_id, r.state]))
     }
-    const patients = createPatientStore(db.pool)
+  }
+}
 
-    const slow = await start(60_000)
+for (const [name, db] of [['postgres', postgres], ['pglite', pglite]] as const) {
+  t.test(`${name}: one process saves rule state with a condition change, and what earlier batches left unsaved; close saves the rest`, async (t) => {
+    const { engine, changes, evaluated, stored } = await oneProcessEngine(t, db, { stateSaveIntervalMs: 60_000 })
+    const patients = createPatientStore(db.pool)
     const calm = (await patients.create('Calm Patient')).id
-    slow.onAccepted([reading(calm, 'heart_rate', 80, T0)])
+    engine.onAccepted([reading(calm, 'heart_rate', 80, T0)])
     await waitFor('the first batch', async () => await evaluated() === 1)
     t.same(await stored(calm), {}, 'a batch that changes no condition: its state waits in memory')
-    slow.onAccepted([reading(calm, 'heart_rate', 165, T0 + MIN)])
+    t.match((await engine.currentStates([calm])).get(calm), { tachycardia: { breachSince: null } }, 'and is what the engine reports')
+    const racing = (await patients.create('Racing Patient')).id
+    engine.onAccepted([reading(racing, 'heart_rate', 165, T0 + MIN)])
     await waitFor('the second batch', async () => await evaluated() === 2)
-    t.match(changes, [{ patientId: calm, ruleId: 'high-hr', status: 'firing' }])
-    t.match(await stored(calm), { 'high-hr': { firing: true }, tachycardia: { breachSince: T0 + MIN } },
-      'a batch that changes a condition saves before it ends, with what the batches before it left unsaved')
+    t.match(changes, [{ patientId: racing, ruleId: 'high-hr', status: 'firing' }])
+    t.match(await stored(racing), { 'high-hr': { firing: true } }, 'a batch that changes a condition saves its state before it ends')
+    t.match(await stored(calm), { tachycardia: { breachSince: null } }, 'and the states earlier batches left unsaved')
     const quiet = (await patients.create('Quiet Patient')).id
-    slow.onAccepted([reading(quiet, 'heart_rate', 70, T0)])
+    engine.onAccepted([reading(quiet, 'heart_rate', 70, T0)])
     await waitFor('the third batch', async () => await evaluated() === 3)
     t.same(await stored(quiet), {}, 'unsaved again')
-    await slow.close()
+    await engine.close()
     t.match(await stored(quiet), { tachycardia: { breachSince: null } }, 'close saves what waits')
+  })
 
-    const quick = await start(100)
-    t.teardown(() => quick.close())
-    const later = (await patients.create('Later Patient')).id
-    failSaves = 1
-    quick.onAccepted([reading(later, 'heart_rate', 75, T0)])
-    await waitFor('the failed save', async () => await metric(registry, 'vigil_alert_state_save_failures_total') === 1)
-    t.same(await stored(later), {}, 'the save failed')
-    await waitFor('the state saved on the next try, after the interval', async () => (await stored(later)).tachycardia !== undefined)
-    t.equal(await evaluated(), 1, 'the batch was not evaluated again: its readings count once')
+  t.test(`${name}: one process: a failed save in a batch that changed a condition keeps the state and tries again; the batch is not evaluated again`, async (t) => {
+    const { engine, changes, control, metric, evaluated, stored } = await oneProcessEngine(t, db, { stateSaveIntervalMs: 100 })
+    const patient = (await createPatientStore(db.pool).create('Failed Save Patient')).id
+    control.failSaves = 1
+    engine.onAccepted([reading(patient, 'heart_rate', 165, T0)])
+    await waitFor('the failed save', async () => await metric('vigil_alert_state_save_failures_total') === 1)
+    await waitFor('the state saved on the next try, after the interval', async () => (await stored(patient))['high-hr']?.firing === true)
+    t.equal(changes.filter((c) => c.ruleId === 'high-hr').length, 1, 'the change was delivered once')
+    t.equal(await metric('vigil_alert_batch_failures_total'), 0, 'the batch did not fail')
+    t.equal(await evaluated(), 1, 'its reading was evaluated once')
+  })
+
+  t.test(`${name}: one process: a no-data pass's state is not overwritten by an older one left unsaved`, async (t) => {
+    const clock = { now: T0 + 10 * MIN }
+    const { engine, evaluated, stored } = await oneProcessEngine(t, db, { stateSaveIntervalMs: 60_000, clock })
+    const patient = (await createPatientStore(db.pool).create('Silent Unsaved Patient')).id
+    engine.onAccepted([reading(patient, 'heart_rate', 70, T0 + 10 * MIN)])
+    await waitFor('the batch', async () => await evaluated() === 1)
+    clock.now = T0 + 60 * MIN
+    const presence: DevicePresence[] = [{ deviceId, patientId: patient, connected: false, changedAt: T0 + 30 * MIN, lastReadingAt: T0 + 10 * MIN, batteryPercent: null, lastStatusAt: null }]
+    t.match(await engine.evaluateNoData(presence), [{ ruleId: 'silent', status: 'firing' }])
+    await engine.flush()
+    t.match(await stored(patient), { silent: { firing: true }, tachycardia: { breachSince: null } }, 'the pass\'s state stays; the batch\'s other rules are saved')
+  })
+
+  t.test(`${name}: one process: a rule removed while its firing state waits unsaved ends its condition`, async (t) => {
+    const path2 = path.join(dir, `rules-removal-${name}.yaml`)
+    const both = `rules:
+  - { id: high-hr-${name}, kind: threshold, metric: heart_rate, above: 150, severity: critical }
+  - { id: tachy-${name}, kind: threshold, metric: heart_rate, above: 120, for: 5m, severity: high }
+`
+    await fs.writeFile(path2, both)
+    const rulesFile = await startRulesFile({ pool: db.pool, path: path2, log })
+    t.teardown(() => rulesFile.close())
+    const { engine, changes, control, metric } = await oneProcessEngine(t, db, { stateSaveIntervalMs: 60_000, rulesFile })
+    const patient = (await createPatientStore(db.pool).create('Removed Rule Patient')).id
+    control.failSaves = 1
+    engine.onAccepted([reading(patient, 'heart_rate', 165, T0)])
+    await waitFor('the failed save', async () => await metric('vigil_alert_state_save_failures_total') === 1)
+    t.match(changes, [{ ruleId: `high-hr-${name}`, status: 'firing' }], 'firing, its state in memory only')
+    await rulesFile.replace(both.split('\n').filter((l) => !l.includes('high-hr')).join('\n'), 'test')
+    await waitFor('the condition ended', () => changes.some((c) => c.ruleId === `high-hr-${name}` && c.status === 'cleared'))
+    t.match(changes.at(-1), { patientId: patient, status: 'cleared', details: { reason: 'rule_removed' } })
   })
 }
