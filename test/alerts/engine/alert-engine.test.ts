@@ -521,3 +521,10 @@ for (const [name, db] of [['postgres', postgres], ['pglite', pglite]] as const) 
     t.match(changes.at(-1), { patientId: patient, status: 'cleared', details: { reason: 'rule_removed' } })
   })
 }
+
+for (const [name, db] of [['postgres', postgres], ['pglite', pglite]] as const) {
+  t.test(`${name}: alert_rule_state leaves half of each page for in-place (heap-only) updates`, async (t) => {
+    const { rows } = await db.pool.query<{ reloptions: string[] | null }>("SELECT reloptions FROM pg_class WHERE relname = 'alert_rule_state'")
+    t.same(rows[0]?.reloptions, ['fillfactor=50'], 'migration 011')
+  })
+}
