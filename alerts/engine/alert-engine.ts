@@ -523,9 +523,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       if (stateSaveIntervalMs === 0) return await store.loadStates([...patientIds])
       // One process: its copy of a patient it evaluated is the whole current state (loaded
       // whole, changed by every batch and pass); a patient it never evaluated has no unsaved state.
-      const held = patientIds.filter((id) => states.has(id))
-      const out = held.length === patientIds.length ? new Map<string, PatientRuleState>() : await store.loadStates(patientIds.filter((id) => !states.has(id)))
-      for (const id of held) out.set(id, states.get(id)!)
+      const out = await store.loadStates(patientIds.filter((id) => !states.has(id)))
+      for (const id of patientIds) if (states.has(id)) out.set(id, states.get(id)!)
       return out
     },
     rulesView () {
