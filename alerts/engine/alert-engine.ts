@@ -6,7 +6,7 @@ import type { Registry } from 'prom-client'
 import type { StoredReading } from '../../readings/reading.ts'
 import { createWorkerPool, taskFile } from '../../workers/pool.ts'
 import { createRuleStateStore, versionOf, marksOf } from './rule-state-store.ts'
-import type { RuleStateStore } from './rule-state-store.ts'
+import type { LockedReads, RuleStateStore } from './rule-state-store.ts'
 import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence, DevicePresenceSource, Schedule, ScheduledJob } from '../contract.ts'
 import type { EvalReading, EvaluatedTask, EvaluateTaskInput, EvaluateTaskOutput, PatientRuleState, TaskPatient } from './evaluate.ts'
 import { applyChangedStates } from './evaluate.ts'
@@ -209,8 +209,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
    * others are read, replacing the copy and dropping the stamp. Reading every state back and
    * comparing it was another ~8 %.
    */
-  async function checkedStates (patientIds: string[], client: pg.ClientBase): Promise<void> {
-    const current = await store.stateVersions(patientIds, client)
+  async function checkedStates (patientIds: string[], client: pg.ClientBase, current: Map<string, string>): Promise<void> {
     const stale = patientIds.filter((id) => !states.has(id) || versions.get(id) !== current.get(id))
     if (stale.length === 0) return
     // Under the same locks: no batch of another process writes these rows between the two reads.
@@ -249,11 +248,12 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       byPatient.set(r.patientId, list)
     }
     const ids = [...byPatient.keys()]
-    const evaluateBatch = async (client: pg.ClientBase | undefined): Promise<{ t0: number, t1: number, t2: number, tasks: number }> => {
+    const evaluateBatch = async (client: pg.ClientBase | undefined, reads: LockedReads | null): Promise<{ t0: number, t1: number, t2: number, tasks: number }> => {
       const t0 = performance.now()
       if (client === undefined) await statesFor(ids)
-      else await checkedStates(ids, client)
-      const { overrides, scales } = await store.settingsOf(ids)
+      // The versions and settings came with the locks (one round trip).
+      else await checkedStates(ids, client, reads!.versions)
+      const { overrides, scales } = reads ?? await store.settingsOf(ids)
       const rules = rulesFile.current().ruleSet.rules
       const nowMs = now()
       // A state a thread keeps (its stamp) is not sent: most batches go to the one warm thread.
@@ -316,8 +316,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       return { t0, t1, t2, tasks: chunks.length }
     }
     const { t0, t1, t2, tasks } = options.sharedState === true
-      ? await store.withPatientsLocked(ids, evaluateBatch)
-      : await evaluateBatch(undefined)
+      ? await store.withPatientsLocked(ids, evaluateBatch, { read: true })
+      : await evaluateBatch(undefined, null)
     metrics.readingsEvaluated.inc(batch.length)
     end()
     log.debug({

@@ -10,6 +10,7 @@ import { startAlertEngine } from '../../../alerts/engine/alert-engine.ts'
 import type { AlertEngine } from '../../../alerts/engine/alert-engine.ts'
 import type { ConditionChange, DevicePresence } from '../../../alerts/contract.ts'
 import { DERIVED_DEVICE_ID } from '../../../alerts/engine/evaluate.ts'
+import { createRuleStateStore, PATIENT_RULE_LOCK_SPACE } from '../../../alerts/engine/rule-state-store.ts'
 import type { StoredReading } from '../../../readings/reading.ts'
 import { openDatabase } from '../../../store/database.ts'
 import type { Database } from '../../../store/database.ts'
@@ -188,6 +189,32 @@ for (const [name, db] of [['postgres', postgres], ['pglite', pglite]] as const) 
     t.same(await store.settingsOf([]), { overrides: new Map(), scales: new Map() })
   })
 }
+
+t.test('shared state: the versions and settings read with the locks are those read apart, and read under the locks', async (t) => {
+  const patients = createPatientStore(postgres.pool)
+  const [withState, withSettings, bare] = await Promise.all(['State', 'Settings', 'Bare'].map(async (n) => (await patients.create(`Locked ${n}`)).id))
+  const store = createRuleStateStore(postgres.pool, clinicalTextKeyring)
+  await store.saveStates([{ patientId: withState!, state: { tachycardia: { firing: false }, bradycardia: { firing: true } } }])
+  await store.putOverride({ patientId: withSettings!, ruleId: 'high-hr', parameters: { above: 170 }, reason: 'athlete', setBy: 'user:doc', expiresAt: T0 + MIN })
+  await store.setSpo2Scale(withSettings!, 2, 'user:doc', 'COPD')
+  const ids = [bare!, withState!, withSettings!]
+  const apart = { versions: await store.stateVersions(ids), ...(await store.settingsOf(ids)) }
+  t.match(apart.versions.get(withState!), /^bradycardia \d+\.\d+ tachycardia \d+\.\d+$/, 'a version per stored rule')
+  const seen = await store.withPatientsLocked(ids, async (client, reads) => {
+    // The locks are held: another session cannot take one of them.
+    const other = await postgres.pool.connect()
+    try {
+      const { rows } = await other.query('SELECT pg_try_advisory_lock($1, hashtext($2)) AS got', [PATIENT_RULE_LOCK_SPACE, withState])
+      t.equal(rows[0].got, false, 'a patient\'s lock is held while the task runs')
+    } finally {
+      other.release()
+    }
+    return reads
+  }, { read: true })
+  t.same(seen, apart)
+  t.equal(await store.withPatientsLocked(ids, async (_client, reads) => reads), null, 'no reads unless asked')
+  await t.rejects(store.withPatientsLocked([withState!, "x'); SELECT 1; --"], async () => t.fail('ran')), RangeError, 'an id that is not a uuid is refused before anything is sent')
+})
 
 t.test('NEWS2 scores are stored as readings', async (t) => {
   const h = await start(postgres)
