@@ -9,7 +9,7 @@ import { createRuleStateStore, versionOf, marksOf } from './rule-state-store.ts'
 import type { LockedReads, RuleStateStore } from './rule-state-store.ts'
 import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence, DevicePresenceSource, Schedule, ScheduledJob } from '../contract.ts'
 import type { EvalReading, EvaluatedTask, EvaluateTaskInput, EvaluateTaskOutput, PatientRuleState, TaskPatient } from './evaluate.ts'
-import { applyChangedStates } from './evaluate.ts'
+import { applyChangedStates, createEvaluateTask } from './evaluate.ts'
 import { evaluateNoData } from './no-data.ts'
 import type { ActiveRules, RulesFile } from './rules-file.ts'
 
@@ -54,6 +54,12 @@ export interface AlertEngineOptions {
    * limits). 0: every batch saves its state.
    */
   stateSaveIntervalMs?: number
+  /**
+   * A batch of at most this many readings is evaluated on the event loop instead of in a worker
+   * thread (default 128; 0: always a thread). At a small site a batch is a few readings, and
+   * handing it to a thread and back cost more than evaluating it.
+   */
+  inlineReadings?: number
 }
 
 export interface AlertEngine extends AlertEngineSeam {
@@ -133,17 +139,27 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     failures: new Counter({ name: 'vigil_alert_batch_failures_total', help: 'Evaluation batches that failed and were retried', registers: [options.registry] }),
     resent: new Counter({ name: 'vigil_alert_tasks_resent_total', help: 'Evaluation tasks sent to a worker thread again with patient states it did not hold (another thread evaluated them last, or it was restarted)', registers: [options.registry] }),
     stateSaveFailures: new Counter({ name: 'vigil_alert_state_save_failures_total', help: 'Saves of rule state kept in memory since earlier batches that failed (tried again after the save interval)', registers: [options.registry] }),
-    statesSent: new Counter({ name: 'vigil_alert_states_sent_total', help: 'Patient rule states copied into evaluation tasks (the thread did not keep them: first evaluation, changed elsewhere, or a resend)', registers: [options.registry] })
+    statesSent: new Counter({ name: 'vigil_alert_states_sent_total', help: 'Patient rule states copied into evaluation tasks (the thread did not keep them: first evaluation, changed elsewhere, or a resend)', registers: [options.registry] }),
+    batches: new Counter({ name: 'vigil_alert_batches_total', help: 'Evaluation batches evaluated, by where: on the event loop (small batches) or in worker threads', labelNames: ['on'], registers: [options.registry] })
   }
 
   const rulesFile = options.rulesFile
-  // One thread from the first batch on (starting one takes a second or more under tsx, so it is
-  // kept); more only while batches are big enough to split (below), ending after a minute idle,
-  // so a quiet site does not hold WORKER_THREADS idle threads (~30 MB each). A process that has
-  // not received a reading yet holds none: the first batch waits for the thread's start.
+  // One thread from the first batch too big for the event loop on (starting one takes a second
+  // or more under tsx, so it is kept); more only while batches are big enough to split (below),
+  // ending after a minute idle, so a quiet site does not hold WORKER_THREADS idle threads (~30 MB
+  // each). A process that has received no such batch holds none: that batch waits for the
+  // thread's start.
   const workers = createWorkerPool<EvaluateTaskInput, EvaluateTaskOutput>({
     filename: taskFile(import.meta.url, 'evaluate-task'), threads: options.workerThreads, minThreads: 1, startOnFirstTask: true
   })
+
+  // Small batches: the same task as a thread's, on the event loop, keeping states as a thread
+  // would (so the stamps below hold for it too). Its input and answer are copied as a thread's
+  // are, so nothing it keeps is shared with this process's copies.
+  const inlineReadings = options.inlineReadings ?? 128
+  const inlineTask = createEvaluateTask()
+  const runInline = async (input: EvaluateTaskInput): Promise<EvaluateTaskOutput> =>
+    structuredClone(inlineTask({ ...input, patients: structuredClone(input.patients) }))
 
   const states = new Map<string, PatientRuleState>()
   // The stamp under which a worker thread may keep a patient's state (createEvaluateTask): set
@@ -229,12 +245,13 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   }
 
   /** One task, sent again with every state when the thread did not hold one it left out (another thread had it, or it restarted). */
-  async function runTask (input: EvaluateTaskInput): Promise<EvaluatedTask> {
-    const first = await workers.run(input)
+  async function runTask (input: EvaluateTaskInput, inline: boolean): Promise<EvaluatedTask> {
+    const run = inline ? runInline : async (i: EvaluateTaskInput) => await workers.run(i)
+    const first = await run(input)
     if (first.missing === undefined) return first
     metrics.resent.inc()
     metrics.statesSent.inc(input.patients.length)
-    const again = await workers.run({ ...input, patients: input.patients.map((p) => ({ ...p, state: states.get(p.patientId) ?? {} })) })
+    const again = await run({ ...input, patients: input.patients.map((p) => ({ ...p, state: states.get(p.patientId) ?? {} })) })
     if (again.missing !== undefined) throw new Error('alert worker asked for states it was sent')
     return again
   }
@@ -248,6 +265,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       byPatient.set(r.patientId, list)
     }
     const ids = [...byPatient.keys()]
+    const inline = batch.length <= inlineReadings
     const evaluateBatch = async (client: pg.ClientBase | undefined, reads: LockedReads | null): Promise<{ t0: number, t1: number, t2: number, tasks: number }> => {
       const t0 = performance.now()
       if (client === undefined) await statesFor(ids)
@@ -272,8 +290,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       metrics.statesSent.inc(patients.reduce((n, p) => n + (p.state === undefined ? 0 : 1), 0))
       // One task per thread at most: batches, not one task per reading. A thread evaluates
       // ~160,000 readings/s, so a batch is split only when each part keeps it busy for more than a
-      // millisecond or so; small batches stay on the one warm thread.
-      const parts = Math.min(workers.threads, patients.length, Math.ceil(batch.length / READINGS_PER_SPLIT))
+      // millisecond or so; small batches stay on the one warm thread, the smallest on the event loop.
+      const parts = inline ? 1 : Math.min(workers.threads, patients.length, Math.ceil(batch.length / READINGS_PER_SPLIT))
       const chunks: TaskPatient[][] = Array.from({ length: parts }, () => [])
       // A patient goes to the same part each time (by its id), and Piscina hands parts posted
       // together to its threads in the same order, so the thread holding its state usually gets it.
@@ -281,7 +299,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const t1 = performance.now()
       let results: EvaluatedTask[]
       try {
-        results = await Promise.all(chunks.map((chunk) => runTask({ rules, patients: chunk, nowMs })))
+        results = await Promise.all(chunks.map((chunk) => runTask({ rules, patients: chunk, nowMs }, inline)))
       } catch (err) {
         throw new EvaluationError(err)
       }
@@ -319,6 +337,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       ? await store.withPatientsLocked(ids, evaluateBatch, { read: true })
       : await evaluateBatch(undefined, null)
     metrics.readingsEvaluated.inc(batch.length)
+    metrics.batches.inc({ on: inline ? 'event_loop' : 'threads' })
     end()
     log.debug({
       readingCount: batch.length, patientCount: ids.length, tasks,

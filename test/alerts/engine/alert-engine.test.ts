@@ -130,6 +130,45 @@ t.test('readings are evaluated in batches in worker threads', async (t) => {
     (await metric(h.registry, 'vigil_alert_evaluation_seconds_sum') / batches * 1000).toFixed(1)} ms per batch (${Date.now() - started} ms wall for 1000 readings)`)
 })
 
+t.test('small batches on the event loop, large ones in threads: mixed, a patient\'s state follows it, as through threads alone', async (t) => {
+  const patients = createPatientStore(postgres.pool)
+  // The same readings through an engine that uses threads only and one that evaluates batches of
+  // up to 128 readings on the event loop; a patient's state moves between the two ways.
+  const run = async (inlineReadings: number): Promise<{ changes: ConditionChange[], batches: Map<string, number> }> => {
+    const patient = (await patients.create(`Mixed ${inlineReadings}`)).id
+    const filler = (await patients.create(`Filler ${inlineReadings}`)).id
+    const changes: ConditionChange[] = []
+    const registry = new Registry()
+    const engine = await startAlertEngine({
+      keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry,
+      writeDerived: async () => {}, sink: { apply: async (c) => { changes.push(...c) } }, flushIntervalMs: 600_000, batchSize: 100_000, inlineReadings
+    })
+    t.teardown(() => engine.close())
+    const step = async (value: number, at: number, fillers = 0): Promise<void> => {
+      engine.onAccepted([reading(patient, 'heart_rate', value, at), ...Array.from({ length: fillers }, (_, i) => reading(filler, 'heart_rate', 80, at + i))])
+      await engine.flush()
+    }
+    await step(130, T0) // tachycardia (above 120 for 5 min): breached since T0
+    await step(100, T0 + 2 * MIN, 200) // a large batch: back below 115, the breach ends
+    await step(130, T0 + 4 * MIN) // breached again since 4 min
+    await step(130, T0 + 6 * MIN) // 2 min: not yet (a state from before the large batch would say 6)
+    await step(130, T0 + 9.5 * MIN) // 5.5 min: fires
+    const byPlace = new Map<string, number>()
+    for (const line of (await registry.metrics()).split('\n')) {
+      const m = /^vigil_alert_batches_total\{on="(\w+)"\} (\d+)/.exec(line)
+      if (m !== null) byPlace.set(m[1]!, Number(m[2]))
+    }
+    return { changes: changes.filter((c) => c.patientId === patient).map((c) => ({ ...c, patientId: '' })), batches: byPlace }
+  }
+  const threads = await run(0)
+  const mixed = await run(128)
+  t.same(threads.batches, new Map([['threads', 5]]), 'threads only: every batch in a thread')
+  t.same(mixed.batches, new Map([['event_loop', 4], ['threads', 1]]), 'mixed: the large batch in a thread, the rest on the event loop')
+  t.match(mixed.changes.filter((c) => c.ruleId === 'tachycardia'), [{ status: 'firing', at: T0 + 9.5 * MIN }], 'fires 5 min after the breach that began after the large batch')
+  t.equal(mixed.changes.filter((c) => c.ruleId === 'tachycardia').length, 1)
+  t.same(mixed.changes, threads.changes, 'the same condition changes as through threads alone')
+})
+
 t.test('reading→condition latency on the real clock', async (t) => {
   const changes: ConditionChange[] = []
   const registry = new Registry()
