@@ -6,25 +6,19 @@
 // the database's Postgres backends (/proc, so Linux only) and wall time per batch.
 // Run: node --import tsx bench/alert-batch-round-trips.ts [patients per batch (5)] [batches (1000)]
 // against the machine's Postgres (VIGIL_TEST_PG_URL or postgres://postgres@127.0.0.1:5432/postgres).
-import fs from 'node:fs'
 import { randomUUID } from 'node:crypto'
 import pino from 'pino'
-import pg from 'pg'
 import { createRuleStateStore, PATIENT_RULE_LOCK_SPACE } from '../alerts/engine/rule-state-store.ts'
 import { openDatabase } from '../store/database.ts'
 import { createTestDatabase, serverUrl } from '../test/helpers/postgres.ts'
+import { postgresBackendsMeter } from './shared-meters.ts'
 import { testKeyring } from '../test/helpers/keys.ts'
 const n = Number(process.argv[2] ?? 5); const batches = Number(process.argv[3] ?? 1000)
 const testDb = await createTestDatabase()
+// This database's Postgres backends, as the bench counts them: CPU µs by pid.
+const backends = postgresBackendsMeter(serverUrl, new URL(testDb.url).pathname.slice(1))
+const backendsCpuMs = async (): Promise<number> => Object.values(await backends.read()).reduce((a, b) => a + b, 0) / 1000
 const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log: pino({ level: 'silent' }) })
-const admin = new pg.Client({ connectionString: serverUrl }); await admin.connect()
-const dbName = new URL(testDb.url).pathname.slice(1)
-async function backendsCpuMs (): Promise<number> {
-  const { rows } = await admin.query('SELECT pid FROM pg_stat_activity WHERE datname = $1', [dbName])
-  let ms = 0
-  for (const { pid } of rows) { try { const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' '); ms += (Number(f[11]) + Number(f[12])) * 10 } catch {} }
-  return ms
-}
 const store = createRuleStateStore(db.pool, testKeyring())
 const ids = Array.from({ length: n }, () => randomUUID())
 await db.pool.query("INSERT INTO patients (id, display_name) SELECT unnest($1::uuid[]), 'bench'", [ids])
@@ -51,4 +45,4 @@ for (let round = 0; round < 3; round++) {
     console.log(`${label}, ${n} patients: client ${((c.user + c.system) / batches).toFixed(0)} µs, postgres ${(b * 1000 / batches).toFixed(0)} µs, wall ~${(ms * 1000 / batches).toFixed(0)} µs per batch`)
   }
 }
-await db.close(); await admin.end(); await testDb.drop()
+await db.close(); await backends.close(); await testDb.drop()

@@ -7,13 +7,13 @@
 // against the machine's Postgres (VIGIL_TEST_PG_URL or postgres://postgres@127.0.0.1:5432/postgres).
 import fs from 'node:fs'
 import pino from 'pino'
-import pg from 'pg'
 import { Registry } from 'prom-client'
 import { startAlertEngine } from '../alerts/engine/alert-engine.ts'
 import { startRulesFile } from '../alerts/engine/rules-file.ts'
 import { defaultAlertRulesPath } from '../config/config.ts'
 import { openDatabase } from '../store/database.ts'
 import { createTestDatabase, serverUrl } from '../test/helpers/postgres.ts'
+import { postgresBackendsMeter } from './shared-meters.ts'
 import { testKeyring } from '../test/helpers/keys.ts'
 
 const rate = Number(process.argv[2] ?? 1000)
@@ -22,18 +22,13 @@ const shared = process.argv[4] === 'shared'
 const patients = 100
 const ids = Array.from({ length: patients }, (_, i) => `00000000-0000-4000-8000-${i.toString(16).padStart(12, '0')}`)
 const testDb = await createTestDatabase()
+// This database's Postgres backends, as the bench counts them: CPU µs by pid.
+const backends = postgresBackendsMeter(serverUrl, new URL(testDb.url).pathname.slice(1))
+const backendsCpuMs = async (): Promise<number> => Object.values(await backends.read()).reduce((a, b) => a + b, 0) / 1000
 const log = pino({ level: 'warn' })
 const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
 const rulesFile = await startRulesFile({ pool: db.pool, path: defaultAlertRulesPath, log })
 const engine = await startAlertEngine({ keyring: testKeyring(), pool: db.pool, rulesFile, workerThreads: 2, log, registry: new Registry(), writeDerived: async () => {}, sharedState: shared, inlineReadings: process.argv[5] === undefined ? undefined : Number(process.argv[5]), sink: { async apply () {} } })
-const dbName = new URL(testDb.url).pathname.slice(1)
-const admin = new pg.Client({ connectionString: serverUrl }); await admin.connect()
-async function backendsCpuMs (): Promise<number> {
-  const { rows } = await admin.query('SELECT pid FROM pg_stat_activity WHERE datname = $1', [dbName])
-  let ms = 0
-  for (const { pid } of rows) { try { const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' '); ms += (Number(f[11]) + Number(f[12])) * 10 } catch {} }
-  return ms
-}
 const metrics = ['heart_rate', 'spo2', 'resp_rate', 'body_temp', 'bp_systolic', 'bp_diastolic']
 const values = [80, 96, 16, 37, 120, 80]
 async function drive (s: number): Promise<void> {
@@ -54,4 +49,4 @@ const n = rate * seconds
 const threads = fs.readdirSync('/proc/self/task').length
 const rss = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]) / 1024
 console.log(`${shared ? 'shared' : 'single'} ${rate}/s ${seconds}s: process ${((c.user + c.system) / n).toFixed(1)} µs/reading, postgres ${(b * 1000 / n).toFixed(1)} µs/reading, threads ${threads}, rss ${rss.toFixed(0)} MB`)
-await engine.close(); await rulesFile.close(); await db.close(); await admin.end(); await testDb.drop()
+await engine.close(); await rulesFile.close(); await db.close(); await backends.close(); await testDb.drop()

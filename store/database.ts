@@ -257,18 +257,17 @@ export async function migrate (pool: pg.Pool, log: Logger): Promise<void> {
 /**
  * Runs `work` in one transaction on one pooled connection: COMMIT when it resolves, ROLLBACK
  * when it throws (the error is rethrown), the connection released either way. `begin` may add
- * statements after BEGIN, sent with it as one simple query (one round trip); `work` gets their
- * results, BEGIN's first.
+ * statements (no parameters) to run after BEGIN, sent with it as one simple query: one round trip.
  */
-export async function inTransaction<T> (pool: pg.Pool, work: (client: pg.PoolClient, begun: pg.QueryResult[]) => Promise<T>, begin: readonly string[] = []): Promise<T> {
+export async function inTransaction<T> (pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>, begin: readonly string[] = []): Promise<T> {
   const client = await pool.connect()
   // The connection can fail mid-transaction (an outage): the failing query rejects, and the
   // client's 'error' event must find a listener while it is checked out.
   const onError = (): void => {}
   client.on('error', onError)
   try {
-    const begun = begin.length === 0 ? [await client.query('BEGIN')] : await client.query(['BEGIN', ...begin].join(';\n')) as unknown as pg.QueryResult[]
-    const result = await work(client, begun)
+    await client.query(['BEGIN', ...begin].join(';\n'))
+    const result = await work(client)
     await client.query('COMMIT')
     return result
   } catch (err) {

@@ -36,14 +36,14 @@ const settingsSql = (ids: string): string =>
    ORDER BY rule_id`
 
 /**
- * versionsSql and settingsSql as one statement (a batch's reads under its locks): `k` says what a
- * row is, 'v' a patient's version, 'o' an override, 's' a SpO₂ scale.
+ * versionsSql and settingsSql as one statement (a batch's reads under its locks): `k` says which a
+ * row is, 'v' a patient's version, 's' a settings row (settingsSql's).
  */
 const lockedReadsSql = `SELECT 'v' AS k, patient_id, v, NULL AS rule_id, NULL::jsonb AS parameters, NULL AS reason, NULL AS reason_key_id,
        NULL AS set_by, NULL::timestamptz AS set_at, NULL::timestamptz AS expires_at, NULL::smallint AS spo2_scale
      FROM (${versionsSql('$1::uuid[]')}) versions
    UNION ALL
-   SELECT CASE WHEN rule_id IS NULL THEN 's' ELSE 'o' END, patient_id, NULL, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at, spo2_scale
+   SELECT 's', patient_id, NULL, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at, spo2_scale
      FROM (${settingsSql('$1::uuid[]')}) settings
    ORDER BY rule_id`
 
