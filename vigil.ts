@@ -9,7 +9,7 @@ import { createMqttAlertRelay } from './alerts/lifecycle/mqtt-relay.ts'
 import type { Schedule } from './alerts/contract.ts'
 import { createAccess } from './access/access.ts'
 import { PASSWORD_SCRYPT } from './access/passwords.ts'
-import { startAlertEngine } from './alerts/engine/alert-engine.ts'
+import { startAlertEngine, type AlertEngine } from './alerts/engine/alert-engine.ts'
 import { rulesSourceOf, startRulesFile } from './alerts/engine/rules-file.ts'
 import { createRuleStateStore } from './alerts/engine/rule-state-store.ts'
 import { buildApi } from './api/app.ts'
@@ -228,18 +228,22 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       sharedState: db.kind === 'postgres',
       writeDerived,
       log,
-      registry: metrics.registry
+      registry: metrics.registry,
+      // The spool keeps what the engine has not evaluated with its state saved (and on disk: PGlite
+      // syncs lazily), and replays it at the next start (below).
+      ...(spool === null ? {} : { onEvaluated: (through) => { void db.whenDurable().then(() => { spool.markEvaluated(through) }) } })
     })
     closers.push(() => alertEngine.close())
 
     const ingest = await startIngest({
       devices, rejections, readings, spool, metrics, log, flushToDisk: db.flushToDisk,
-      onAccepted: (stored) => {
+      onAccepted: (stored, span) => {
         alerting.presence.readingsAccepted(stored)
-        alertEngine.onAccepted(stored)
+        alertEngine.onAccepted(stored, span)
       }
     })
     closers.push(() => ingest.close())
+    if (spool !== null) await replayEvaluation(spool, alertEngine, log)
 
     const mqttTls = config.mqttTls
     const broker = await createBroker({
@@ -363,14 +367,29 @@ async function openReadings (config: Config, db: Database, metrics: ReturnType<t
     closers.push(() => influx.close())
     store = influx
   }
-  const spool = await openSpool({ dir: path.join(config.dataDir, 'spool'), maxBytes: config.spoolMaxBytes, log })
+  const spool = await openSpool({ dir: path.join(config.dataDir, 'spool'), maxBytes: config.spoolMaxBytes, log, keepForEvaluation: true })
   closers.push(() => spool.close())
   wireSpoolMetrics(spool, metrics)
   spool.startDelivery(store, delivery)
   return {
     readings: config.influx === null ? readAfterDelivery(store, spool) : store,
     spool,
-    writeDerived: (derived) => spool.append(derived)
+    writeDerived: async (derived) => { await spool.append(derived) }
+  }
+}
+
+/**
+ * Before the broker takes readings: what the spool holds past the alert engine's evaluation mark
+ * (after a crash, its last batch window and unsaved state) is evaluated. A failure is logged and
+ * start-up goes on: the readings stay stored, and the engine retries what it queued.
+ */
+async function replayEvaluation (spool: Spool, alertEngine: AlertEngine, log: Logger): Promise<void> {
+  const started = performance.now()
+  try {
+    const readings = await alertEngine.replay(spool.evaluationBacklog())
+    if (readings > 0) log.info({ readings, ms: Math.round(performance.now() - started) }, 'alert evaluation replayed from the spool')
+  } catch (err) {
+    log.error({ err }, 'replaying alert evaluation from the spool failed; readings accepted before the last stop may not be evaluated')
   }
 }
 

@@ -3,7 +3,7 @@
 // 5 s of warm-up, then `seconds` measured. Prints this process's CPU (all threads; the driver's
 // own timers included: ~160 µs a reading at 100/s, ~40 at 1,000/s), the CPU of the database's
 // Postgres backends (/proc, so Linux only), the process's threads and RSS at the end.
-// Run: node --import tsx bench/alert-engine-cost.ts [rate (1000)] [seconds (20)] [single|shared] [inline readings]
+// Run: node --import tsx bench/alert-engine-cost.ts [rate (1000)] [seconds (20)] [single|shared] [inline readings] [batch window ms (50)]
 // against the machine's Postgres (VIGIL_TEST_PG_URL or postgres://postgres@127.0.0.1:5432/postgres).
 import fs from 'node:fs'
 import pino from 'pino'
@@ -28,7 +28,7 @@ const backendsCpuMs = async (): Promise<number> => Object.values(await backends.
 const log = pino({ level: 'warn' })
 const db = await openDatabase({ databaseUrl: testDb.url, dataDir: '', log })
 const rulesFile = await startRulesFile({ pool: db.pool, path: defaultAlertRulesPath, log })
-const engine = await startAlertEngine({ keyring: testKeyring(), pool: db.pool, rulesFile, workerThreads: 2, log, registry: new Registry(), writeDerived: async () => {}, sharedState: shared, inlineReadings: process.argv[5] === undefined ? undefined : Number(process.argv[5]), sink: { async apply () {} } })
+const engine = await startAlertEngine({ keyring: testKeyring(), pool: db.pool, rulesFile, workerThreads: 2, log, registry: new Registry(), writeDerived: async () => {}, sharedState: shared, inlineReadings: process.argv[5] === undefined || process.argv[5] === '-' ? undefined : Number(process.argv[5]), flushIntervalMs: Number(process.argv[6] ?? 50), sink: { async apply () {} } })
 const metrics = ['heart_rate', 'spo2', 'resp_rate', 'body_temp', 'bp_systolic', 'bp_diastolic']
 const values = [80, 96, 16, 37, 120, 80]
 async function drive (s: number): Promise<void> {

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino'
 import type { Metrics } from '../observability/metrics.ts'
 import type { ReadingStore } from '../readings/reading-store.ts'
+import type { RecordSpan } from '../readings/spool.ts'
 import type { DeviceRegistry } from '../devices/device-registry.ts'
 import type { RejectionLog } from '../devices/rejections.ts'
 import { decodeSenml } from './decode-senml.ts'
@@ -12,7 +13,8 @@ export type TopicKind = 'telemetry' | 'senml'
 
 /** Where accepted readings go before the PUBACK: the store itself, or a durable spool in front of it. */
 export interface DurableSink {
-  append (readings: StoredReading[]): Promise<void>
+  /** A spool answers where the readings' record lies (for the alert engine's replay mark). */
+  append (readings: StoredReading[]): Promise<RecordSpan | null | void>
 }
 
 export interface IngestDeps {
@@ -29,9 +31,10 @@ export interface IngestDeps {
   now?: () => number
   /**
    * Called with each message's readings once they are durable (before the PUBACK is sent),
-   * e.g. to queue alert evaluation. Must not throw or block: it runs on the publish path.
+   * e.g. to queue alert evaluation, with where the spool put them (null without a spool). Must
+   * not throw or block: it runs on the publish path.
    */
-  onAccepted?: (readings: readonly StoredReading[]) => void
+  onAccepted?: (readings: readonly StoredReading[], span: RecordSpan | null) => void
 }
 
 export type IngestOutcome = { outcome: 'accepted', count: number } | { outcome: 'rejected', reason: PayloadRejection['reason'] }
@@ -115,18 +118,20 @@ export async function startIngest (deps: IngestDeps) {
         await recordRejection(deviceId, topic, unassignedRejection!, payload)
         return { outcome: 'rejected', reason: 'device_unassigned' }
       }
-      await sink.append(stored)
-      // Readings an assignment covers are stored; the whole payload is kept for the others,
-      // to replay once the assignment is corrected (a replay rewrites the stored ones: idempotent).
-      if (unassignedRejection !== null) await recordRejection(deviceId, topic, unassignedRejection, payload)
-      deps.metrics.readingsAccepted.inc(stored.length)
+      const span = await sink.append(stored) ?? null
+      // Handed on at once, in the order the spool wrote them (the alert engine's replay mark
+      // relies on it), before anything else is awaited.
       if (deps.onAccepted !== undefined) {
         try {
-          deps.onAccepted(stored)
+          deps.onAccepted(stored, span)
         } catch (err) {
           log.error({ err, deviceId }, 'onAccepted listener failed')
         }
       }
+      // Readings an assignment covers are stored; the whole payload is kept for the others,
+      // to replay once the assignment is corrected (a replay rewrites the stored ones: idempotent).
+      if (unassignedRejection !== null) await recordRejection(deviceId, topic, unassignedRejection, payload)
+      deps.metrics.readingsAccepted.inc(stored.length)
       deps.metrics.durableSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
       return { outcome: 'accepted', count: stored.length }
     },

@@ -11,7 +11,9 @@ import { appendedAtOfPrefix, declaredRecordLength, decodeRecordBody, recordHeade
  * numbered files, read from a delivery cursor, with a durable checkpoint behind it.
  *
  *   0000000000000001.wal …  segments, appended in order, rolled at `segmentBytes`
- *   checkpoint.json          {"segment": n, "offset": bytes}: everything before it is delivered
+ *   checkpoint.json          {"segment": n, "offset": bytes, "evaluated": {"segment": n, "offset": bytes}}:
+ *                            everything before the first position is delivered, everything before
+ *                            `evaluated` was evaluated by the alert engine with its state saved
  *
  * append() resolves once its record is durable (group commit: what queues during one
  * durable write goes out in the next; while writes follow each other closely, the next one waits
@@ -19,10 +21,28 @@ import { appendedAtOfPrefix, declaredRecordLength, decodeRecordBody, recordHeade
  * has it, so each write returns only once its data (and the file size) is on the device, as
  * write + fdatasync would, in one trip to libuv's thread pool instead of two (at a small site
  * every message pays that trip alone). The cursor marks what delivery has handed to the store;
- * the checkpoint follows it when asked, deleting the segments wholly before it first.
+ * the checkpoint follows it when asked, deleting the segments wholly before it first. A second
+ * mark, `evaluated`, says up to where the alert engine has evaluated the records and saved the
+ * state that came of them: segments are kept until both have passed them (at most
+ * `maxEvaluationLagBytes` for the engine), so after a crash the records past it are evaluated
+ * again (readEvaluationBacklog).
  */
 
 export interface Position { segment: number, offset: number }
+
+/** Where one appended record lies. */
+export interface RecordSpan { start: Position, end: Position }
+
+/** One record read back, with when it was appended. */
+export interface SpooledRecord extends RecordSpan {
+  readings: StoredReading[]
+  appendedAt: number
+}
+
+/** Negative when `a` comes before `b`. */
+export function comparePositions (a: Position, b: Position): number {
+  return a.segment - b.segment || a.offset - b.offset
+}
 
 /** Whole records read from the cursor (or a position past it) on, not yet consumed. */
 export interface RecordRun {
@@ -56,6 +76,17 @@ export interface OpenSegmentsOptions {
    * quiet spell, or behind a write that carried many, starts its write at once.
    */
   appendLingerMs?: number
+  /**
+   * Keep records until the alert engine has evaluated them (markEvaluated) as well as delivered
+   * them (default false: the evaluation mark is not kept, and delivered segments go at once).
+   */
+  keepForEvaluation?: boolean
+  /**
+   * How far (bytes) the evaluation mark may fall behind the delivery cursor before delivered
+   * segments are deleted anyway (default 64 MiB): an alert engine stalled for long (its database
+   * down) drops readings from its queue well before that (alerts/engine).
+   */
+  maxEvaluationLagBytes?: number
 }
 
 export interface Segments {
@@ -66,20 +97,26 @@ export interface Segments {
   broken (): Error | null
   /** Durable writes made by append() so far (O_DSYNC writes, or write + fdatasync). */
   appendSyncs (): number
-  /** Resolves once `record` (of `count` readings) is written durably. */
-  append (record: Buffer, count: number, appendedAt: number): Promise<void>
+  /** Resolves once `record` (of `count` readings) is written durably, with where it lies. */
+  append (record: Buffer, count: number, appendedAt: number): Promise<RecordSpan>
   /**
    * Records from `from` (default: the cursor) on, up to maxReadings (at least one record); null
    * when nothing follows. `from` must be the cursor or a run's end read since (delivery reads
    * ahead while earlier runs are still being written).
    */
   read (maxReadings: number, from?: Position): Promise<RecordRun | null>
+  /** Whole records from `from` on, each apart, up to maxReadings (at least one record); null when nothing follows. */
+  readRecords (maxReadings: number, from: Position): Promise<{ records: SpooledRecord[], end: Position } | null>
+  /** Where the alert engine's evaluation mark is (checkpointed with the cursor). */
+  evaluated (): Position
+  /** The alert engine has evaluated (and saved) everything before `pos`; a mark behind the current one is ignored. */
+  markEvaluated (pos: Position): void
   /** Moves the cursor past `run` (delivered or dead-lettered); runs are consumed in the order read, with no gap. */
   consume (run: RecordRun): Promise<void>
-  /** The cursor has moved since the checkpoint was last written. */
+  /** The cursor or the evaluation mark has moved since the checkpoint was last written. */
   checkpointBehind (): boolean
   /**
-   * Deletes the segments wholly before the cursor, then records the cursor as the checkpoint.
+   * Deletes the segments wholly before the cursor and the evaluation mark, then records both as the checkpoint.
    * Throws when the checkpoint file cannot be written (the deletions stand).
    */
   checkpoint (): Promise<void>
@@ -110,7 +147,7 @@ interface PendingAppend {
   record: Buffer
   count: number
   appendedAt: number
-  resolve: () => void
+  resolve: (span: RecordSpan) => void
   reject: (err: Error) => void
 }
 
@@ -152,7 +189,11 @@ async function readAt (handle: FileHandle, position: number, length: number): Pr
   return buf.subarray(0, read)
 }
 
-async function readCheckpoint (dir: string): Promise<Position | null> {
+function isPosition (p: Partial<Position> | undefined): p is Position {
+  return p !== undefined && p !== null && Number.isSafeInteger(p.segment) && Number.isSafeInteger(p.offset)
+}
+
+async function readCheckpoint (dir: string): Promise<{ head: Position, evaluated: Position | null } | null> {
   let text: string
   try {
     text = await fs.readFile(path.join(dir, checkpointName), 'utf8')
@@ -161,50 +202,67 @@ async function readCheckpoint (dir: string): Promise<Position | null> {
     throw err
   }
   // Written by rename of an fsync'd temp file, so it is whole or absent: garbage is corruption.
-  const parsed = JSON.parse(text) as Partial<Position>
-  if (!Number.isSafeInteger(parsed.segment) || !Number.isSafeInteger(parsed.offset)) {
+  const parsed = JSON.parse(text) as Partial<Position> & { evaluated?: Partial<Position> }
+  const evaluated = parsed.evaluated
+  if (!isPosition(parsed) || (evaluated !== undefined && !isPosition(evaluated))) {
     throw new Error(`spool checkpoint ${path.join(dir, checkpointName)} is invalid`)
   }
-  return { segment: parsed.segment!, offset: parsed.offset! }
+  // A checkpoint written before the evaluation mark existed: evaluation resumes at the cursor.
+  return { head: { segment: parsed.segment, offset: parsed.offset }, evaluated: evaluated === undefined ? null : { segment: evaluated.segment, offset: evaluated.offset } }
 }
 
-interface Recovered { head: Position, segments: Segment[], backlog: Backlog }
+interface Recovered { head: Position, evaluated: Position, segments: Segment[], backlog: Backlog }
 
 /**
- * What the files say at open: the checkpoint, the segments from it on (delivered ones deleted,
- * a torn tail of the newest cut off) and the undelivered backlog. Creates the first segment
- * of an empty spool.
+ * What the files say at open: the checkpoint, the segments from it on (delivered and evaluated
+ * ones deleted, a torn tail of the newest cut off) and the undelivered backlog. Creates the
+ * first segment of an empty spool.
  */
-async function recover (dir: string, log: Logger): Promise<Recovered> {
+async function recover (dir: string, log: Logger, keepForEvaluation: boolean): Promise<Recovered> {
   await fs.rm(path.join(dir, `${checkpointName}.tmp`), { force: true })
   const names = await fs.readdir(dir)
   let seqs = names.map((n) => segmentPattern.exec(n)?.[1]).filter((s) => s !== undefined).map(Number).sort((a, b) => a - b)
-  let head: Position = (await readCheckpoint(dir)) ?? { segment: seqs[0] ?? 1, offset: 0 }
+  const saved = await readCheckpoint(dir)
+  let head: Position = saved?.head ?? { segment: seqs[0] ?? 1, offset: 0 }
+  let evaluated: Position = (keepForEvaluation ? saved?.evaluated : null) ?? head
+  const keepFrom = Math.min(head.segment, evaluated.segment)
 
-  // Segments wholly before the checkpoint were delivered; their deletion may not have happened.
-  for (const seq of seqs.filter((s) => s < head.segment)) await fs.rm(path.join(dir, segmentName(seq)), { force: true })
-  seqs = seqs.filter((s) => s >= head.segment)
-  if (seqs[0] !== head.segment) {
-    // Delivered segments are deleted before the checkpoint moves past them (checkpoint()):
-    // a crash between the two leaves this, and the oldest segment left is where delivery resumes.
-    if (head.offset !== 0) log.info({ segment: head.segment }, 'checkpointed spool segment already deleted; resuming at the next one')
-    head = { segment: seqs[0] ?? head.segment + (head.offset === 0 ? 0 : 1), offset: 0 }
+  // Segments wholly before both marks were delivered and evaluated; their deletion may not have happened.
+  for (const seq of seqs.filter((s) => s < keepFrom)) await fs.rm(path.join(dir, segmentName(seq)), { force: true })
+  seqs = seqs.filter((s) => s >= keepFrom)
+  // Segments are deleted before the checkpoint moves past them (checkpoint()): a crash between
+  // the two leaves a mark naming a deleted segment, and the oldest segment after it is where
+  // that mark resumes.
+  const resume = (p: Position): Position => {
+    if (seqs.includes(p.segment)) return p
+    const later = seqs.find((s) => s > p.segment)
+    return { segment: later ?? p.segment + (p.offset === 0 ? 0 : 1), offset: 0 }
   }
+  if (!seqs.includes(head.segment) && head.offset !== 0) log.info({ segment: head.segment }, 'checkpointed spool segment already deleted; resuming at the next one')
+  head = resume(head)
+  evaluated = resume(evaluated)
 
   const segments: Segment[] = []
   const backlog: Backlog = { readings: 0, bytes: 0, oldestAppendedAt: null }
   for (const [i, seq] of seqs.entries()) {
     const file = path.join(dir, segmentName(seq))
-    const buf = await fs.readFile(file)
     const last = i === seqs.length - 1
+    if (seq < head.segment && !last) {
+      // Delivered, kept for the evaluation backlog only: read (and checked) when it is replayed.
+      segments.push({ seq, size: (await fs.stat(file)).size })
+      continue
+    }
+    const buf = await fs.readFile(file)
     let offset = seq === head.segment ? head.offset : 0
     if (offset > buf.length) throw new Error(`spool checkpoint points past the end of ${file}`)
     while (offset < buf.length) {
       const scan = scanRecord(buf, offset)
       if (scan.kind === 'record') {
-        backlog.bytes += scan.length
-        backlog.readings += scan.count
-        backlog.oldestAppendedAt ??= scan.appendedAt
+        if (seq >= head.segment) {
+          backlog.bytes += scan.length
+          backlog.readings += scan.count
+          backlog.oldestAppendedAt ??= scan.appendedAt
+        }
         offset += scan.length
         continue
       }
@@ -229,20 +287,28 @@ async function recover (dir: string, log: Logger): Promise<Recovered> {
     await fsyncDir(dir)
     segments.push({ seq: head.segment, size: 0 })
   }
-  return { head, segments, backlog }
+  // A mark past a torn tail that was cut off (it cannot be: it follows durable records) stops at the end.
+  const at = segments.find((s) => s.seq === evaluated.segment)
+  if (at !== undefined && evaluated.offset > at.size) evaluated = { segment: at.seq, offset: at.size }
+  return { head, evaluated, segments, backlog }
 }
 
 /** Opens (and recovers) the segment files in `dir`, which must exist. */
 export async function openSegments (options: OpenSegmentsOptions): Promise<Segments> {
   const { dir, segmentBytes, log, throttled, onChange } = options
   const appendLingerMs = options.appendLingerMs ?? 1
-  const recovered = await recover(dir, log)
+  const maxEvaluationLagBytes = options.maxEvaluationLagBytes ?? 64 * 1024 * 1024
+  const keepForEvaluation = options.keepForEvaluation === true
+  const recovered = await recover(dir, log, keepForEvaluation)
   const segments = recovered.segments
   const backlog = recovered.backlog
   // The checkpoint on disk.
   let head = recovered.head
+  let headEvaluated = recovered.evaluated
   // Delivered up to here; the checkpoint follows it when asked.
   let cursor: Position = head
+  // Evaluated (state saved) up to here; checkpointed with the cursor.
+  let evaluated: Position = headEvaluated
   let active = segments[segments.length - 1]!
   let writeHandle = await fs.open(path.join(dir, segmentName(active.seq)), openWriteFlags)
   const readHandles = new Map<number, FileHandle>()
@@ -283,7 +349,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     segments.push(active)
   }
 
-  async function writeBatch (batch: PendingAppend[]): Promise<void> {
+  async function writeBatch (batch: PendingAppend[]): Promise<RecordSpan[]> {
     if (active.size >= segmentBytes) await roll()
     const buf = Buffer.concat(batch.map((p) => p.record))
     const start = active.size
@@ -303,11 +369,18 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
       }
       throw err
     }
+    const spans: RecordSpan[] = []
+    let offset = start
+    for (const p of batch) {
+      spans.push({ start: { segment: active.seq, offset }, end: { segment: active.seq, offset: offset + p.record.length } })
+      offset += p.record.length
+    }
     active.size += buf.length
     backlog.bytes += buf.length
     backlog.readings += batch.reduce((n, p) => n + p.count, 0)
     backlog.oldestAppendedAt ??= batch[0]!.appendedAt
     onChange()
+    return spans
   }
 
   /** Group commit: whatever queued while one durable write ran goes out in the next. */
@@ -319,8 +392,8 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
         const bytes = batch.reduce((n, p) => n + p.record.length, 0)
         try {
           if (broken !== null) throw broken
-          await writeBatch(batch)
-          for (const p of batch) p.resolve()
+          const spans = await writeBatch(batch)
+          for (const [i, p] of batch.entries()) p.resolve(spans[i]!)
         } catch (err) {
           const error = err instanceof Error ? err : new Error(String(err))
           const code = ioCode(err)
@@ -352,11 +425,11 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     })
   }
 
-  async function append (record: Buffer, count: number, appendedAt: number): Promise<void> {
+  async function append (record: Buffer, count: number, appendedAt: number): Promise<RecordSpan> {
     if (closing) throw new Error('spool is closed')
     if (broken !== null) throw broken
     pendingBytes += record.length
-    const done = new Promise<void>((resolve, reject) => {
+    const done = new Promise<RecordSpan>((resolve, reject) => {
       queue.push({ record, count, appendedAt, resolve, reject })
     })
     // Started on the next microtask (or after the linger) so `writing` is set before drainQueue
@@ -371,7 +444,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
       // Company came: a busy event loop may run the timer much later than 1 ms.
       endLinger()
     }
-    await done
+    return await done
   }
 
   // --- reading ----------------------------------------------------------------------------
@@ -397,10 +470,20 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
   }
 
   async function read (maxReadings: number, from: Position = cursor): Promise<RecordRun | null> {
-    const readings: StoredReading[] = []
+    const run = await readRecords(maxReadings, from)
+    if (run === null) return null
+    const { records } = run
+    const readings = records.length === 1 ? records[0]!.readings : records.flatMap((r) => r.readings)
+    // (No records but an end further on: the run crosses into the next segment.)
+    return { readings, bytes: records.reduce((n, r) => n + (r.end.offset - r.start.offset), 0), start: from, end: run.end }
+  }
+
+  async function readRecords (maxReadings: number, from: Position): Promise<{ records: SpooledRecord[], end: Position } | null> {
+    const records: SpooledRecord[] = []
+    let count = 0
     let bytes = 0
     let pos = { ...from }
-    while (readings.length < maxReadings) {
+    while (count < maxReadings) {
       const at = segmentAt(pos.segment)
       if (at === null) throw new Error(`spool segment ${segmentName(pos.segment)} is missing`)
       if (pos.offset >= at.segment.size) {
@@ -412,7 +495,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
       let chunk = await readAt(handle, pos.offset, Math.min(at.segment.size - pos.offset, readChunkBytes))
       let offset = 0
       let progressed = false
-      while (readings.length < maxReadings) {
+      while (count < maxReadings) {
         let scan = scanRecord(chunk, offset)
         if (scan.kind === 'incomplete' && !progressed && chunk.length >= recordHeaderBytes) {
           // One record larger than the read chunk: read exactly that record.
@@ -421,7 +504,10 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
         }
         if (scan.kind === 'incomplete') break
         if (scan.kind === 'corrupt') throw new Error(`spool segment ${segmentName(pos.segment)} is corrupt at byte ${pos.offset + offset} (${scan.reason})`)
-        readings.push(...decodeRecordBody(scan.body))
+        const readings = decodeRecordBody(scan.body)
+        const start = pos.offset + offset
+        records.push({ readings, appendedAt: scan.appendedAt, start: { segment: pos.segment, offset: start }, end: { segment: pos.segment, offset: start + scan.length } })
+        count += readings.length
         bytes += scan.length
         offset += scan.length
         progressed = true
@@ -430,7 +516,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
       if (!progressed) throw new Error(`spool segment ${segmentName(pos.segment)} ends inside a record at byte ${pos.offset}`)
     }
     if (bytes === 0 && pos.segment === from.segment && pos.offset === from.offset) return null
-    return { readings, bytes, start: from, end: pos }
+    return { records, end: pos }
   }
 
   /** appendedAt of the first undelivered record, for stats. */
@@ -470,12 +556,14 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
    */
   async function checkpoint (): Promise<void> {
     const pos = cursor
-    for (const s of segments.filter((s) => s.seq < pos.segment)) {
+    const ev = boundedEvaluated()
+    const keepFrom = Math.min(pos.segment, startOfNext(ev).segment)
+    for (const s of segments.filter((s) => s.seq < keepFrom)) {
       await closeReadHandle(s.seq)
       try {
         await fs.rm(path.join(dir, segmentName(s.seq)), { force: true })
       } catch (err) {
-        throttled.log('warn', `rm:${ioCode(err)}`, { code: ioCode(err), segment: segmentName(s.seq) }, 'spool: could not delete a delivered segment; retried at the next checkpoint')
+        throttled.log('warn', `rm:${ioCode(err)}`, { code: ioCode(err), segment: segmentName(s.seq) }, 'spool: could not delete a delivered and evaluated segment; retried at the next checkpoint')
         break
       }
       segments.splice(segments.indexOf(s), 1)
@@ -484,7 +572,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     const tmp = path.join(dir, `${checkpointName}.tmp`)
     const handle = await fs.open(tmp, 'w', 0o600)
     try {
-      await handle.writeFile(JSON.stringify(pos))
+      await handle.writeFile(JSON.stringify(keepForEvaluation ? { segment: pos.segment, offset: pos.offset, evaluated: ev } : pos))
       await handle.sync()
     } finally {
       await handle.close()
@@ -492,6 +580,25 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     await fs.rename(tmp, path.join(dir, checkpointName))
     await fsyncDir(dir)
     head = pos
+    headEvaluated = ev
+  }
+
+  /** A position at the end of a segment that has a successor is that successor's start. */
+  function startOfNext (p: Position): Position {
+    const at = segmentAt(p.segment)
+    return at !== null && at.next !== undefined && p.offset >= at.segment.size ? { segment: at.next.seq, offset: 0 } : p
+  }
+
+  /** The evaluation mark, moved up to the cursor when it lags it by more than maxEvaluationLagBytes. */
+  function boundedEvaluated (): Position {
+    if (!keepForEvaluation) evaluated = cursor
+    if (comparePositions(evaluated, cursor) >= 0) return evaluated
+    let lag = cursor.offset - evaluated.offset
+    for (const s of segments) if (s.seq >= evaluated.segment && s.seq < cursor.segment) lag += s.size
+    if (lag <= maxEvaluationLagBytes) return evaluated
+    throttled.log('warn', 'evaluation-lag', { lagBytes: lag, maxEvaluationLagBytes }, 'spool: alert evaluation is far behind delivery; delivered segments are deleted without waiting for it')
+    evaluated = cursor
+    return evaluated
   }
 
   /**
@@ -528,8 +635,13 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     appendSyncs: () => appendSyncs,
     append,
     read,
+    readRecords,
     consume,
-    checkpointBehind: () => cursor !== head,
+    evaluated: () => evaluated,
+    markEvaluated (pos: Position): void {
+      if (keepForEvaluation && comparePositions(pos, evaluated) > 0) evaluated = pos
+    },
+    checkpointBehind: () => cursor !== head || (keepForEvaluation && evaluated !== headEvaluated),
     checkpoint,
     reclaim,
     async stopAppends () {

@@ -10,6 +10,7 @@ import { createAppendSignal, startDelivery } from './spool-delivery.ts'
 import type { Delivery, DeliveryEvents, DeliveryOptions } from './spool-delivery.ts'
 import { encodeRecord } from './spool-record.ts'
 import { openSegments } from './spool-segments.ts'
+import type { Position, RecordSpan, SpooledRecord } from './spool-segments.ts'
 
 /*
  * A write-ahead log in front of the reading store (InfluxDB, or the embedded PGlite). append()
@@ -32,6 +33,7 @@ export { crc32, crc32Fallback, decodeRecordBody, encodeRecord, scanRecord } from
 export type { RecordScan } from './spool-record.ts'
 export { deadLetterName } from './spool-dead-letter.ts'
 export type { DeliveryOptions } from './spool-delivery.ts'
+export type { Position, RecordSpan, SpooledRecord } from './spool-segments.ts'
 
 export class SpoolFullError extends Error {
   constructor (readonly depthBytes: number, readonly maxBytes: number) {
@@ -47,6 +49,11 @@ export interface OpenSpoolOptions {
   log: Logger
   /** Rotate to a new segment file past this size. */
   segmentBytes?: number
+  /**
+   * Keep records until the alert engine has evaluated them (markEvaluated), for its replay after a
+   * crash (evaluationBacklog); default false: delivered records go at once.
+   */
+  keepForEvaluation?: boolean
   /**
    * How long close() waits for an in-flight store write (default 2000 ms). Past it the write is
    * abandoned: its readings stay spooled and are replayed at the next start.
@@ -73,7 +80,8 @@ export interface SpoolStats {
 export type SpoolEvents = DeliveryEvents
 
 export interface Spool extends EventEmitter<SpoolEvents> {
-  append (readings: StoredReading[]): Promise<void>
+  /** Resolves once the readings are durable, with where their record lies (null: no readings, nothing written). */
+  append (readings: StoredReading[]): Promise<RecordSpan | null>
   startDelivery (store: ReadingStore, options?: DeliveryOptions): void
   stats (): SpoolStats
   /**
@@ -82,6 +90,17 @@ export interface Spool extends EventEmitter<SpoolEvents> {
    * delivery has not started or stopped: for readers that must see what was acknowledged.
    */
   caughtUp (maxWaitMs: number): Promise<boolean>
+  /**
+   * The alert engine evaluated every record before `pos` and its state is saved durably: the
+   * checkpoint records it, and a restart replays only what follows (evaluationBacklog).
+   */
+  markEvaluated (pos: Position): void
+  /**
+   * The records from the evaluation mark on as they were at open, `maxReadings` a batch: what the
+   * alert engine may not have evaluated before the last stop (a crash: its last batch window and
+   * its last unsaved state). Read once at start, before the broker takes readings.
+   */
+  evaluationBacklog (maxReadings?: number): AsyncGenerator<SpooledRecord[]>
   /**
    * Appends the readings of the dead-letter file to the spool again (after the store was fixed:
    * a longer retention policy …) and removes the file. Idempotent: rewriting a point is
@@ -105,7 +124,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
   // Errors that repeat for one cause (a full disk, a store refusing every write): a line per interval.
   const throttled = createLogThrottle(log)
   const appended = createAppendSignal()
-  const segments = await openSegments({ dir, segmentBytes: options.segmentBytes ?? 16 * 1024 * 1024, log, throttled, onChange: appended.notify })
+  const segments = await openSegments({ dir, segmentBytes: options.segmentBytes ?? 16 * 1024 * 1024, log, throttled, onChange: appended.notify, keepForEvaluation: options.keepForEvaluation === true })
   const deadLetters = openDeadLetterFile(dir, log)
   const emitter = new EventEmitter<SpoolEvents>()
   let delivery: Delivery | null = null
@@ -116,16 +135,27 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     if (closed) throw new Error('spool is closed')
   }
 
-  async function append (readings: StoredReading[]): Promise<void> {
+  async function append (readings: StoredReading[]): Promise<RecordSpan | null> {
     assertOpen()
     const broken = segments.broken()
     if (broken !== null) throw broken
-    if (readings.length === 0) return
+    if (readings.length === 0) return null
     const appendedAt = Date.now()
     const record = encodeRecord(readings, appendedAt)
     const queued = segments.backlog().bytes + segments.pendingBytes()
     if (queued + record.length > options.maxBytes) throw new SpoolFullError(queued, options.maxBytes)
-    await segments.append(record, readings.length, appendedAt)
+    return await segments.append(record, readings.length, appendedAt)
+  }
+
+  async function * evaluationBacklog (maxReadings = 5000): AsyncGenerator<SpooledRecord[]> {
+    let from = segments.evaluated()
+    for (;;) {
+      assertOpen()
+      const run = await segments.readRecords(maxReadings, from)
+      if (run === null) return
+      from = run.end
+      if (run.records.length > 0) yield run.records
+    }
   }
 
   function safeEmit<K extends keyof SpoolEvents> (event: K, ...args: SpoolEvents[K]): void {
@@ -165,7 +195,9 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
       }
     },
     caughtUp: async (maxWaitMs: number): Promise<boolean> => await delivery?.caughtUp(maxWaitMs) ?? segments.backlog().readings === 0,
-    replayDeadLetters: () => deadLetters.replay(append, assertOpen),
+    markEvaluated: (pos: Position): void => { segments.markEvaluated(pos) },
+    evaluationBacklog,
+    replayDeadLetters: () => deadLetters.replay(async (readings) => { await append(readings) }, assertOpen),
     close (): Promise<void> {
       // A second caller waits for the same shutdown rather than returning while it runs.
       closing ??= shutdown()

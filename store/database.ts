@@ -21,6 +21,13 @@ export interface Database {
    * has no fsync, so a commit there sits in the OS page cache until this runs.
    */
   flushToDisk (): Promise<void>
+  /**
+   * Resolves once everything committed before the call is on stable storage, riding on the next
+   * flushToDisk another caller runs (PGlite: the spool's delivery runs one about twice a second
+   * while readings arrive), or running one itself after `durableWithinMs` without. At once for a
+   * Postgres server. For what may wait: the alert engine's evaluation mark.
+   */
+  whenDurable (): Promise<void>
   close (): Promise<void>
 }
 
@@ -52,7 +59,7 @@ export async function openDatabase (options: OpenDatabaseOptions): Promise<Datab
       await pool.end()
       throw err
     }
-    return { pool, kind: 'postgres', url: options.databaseUrl, flushToDisk: async () => {}, close: () => pool.end() }
+    return { pool, kind: 'postgres', url: options.databaseUrl, flushToDisk: async () => {}, whenDurable: async () => {}, close: () => pool.end() }
   }
   return await openEmbedded(options.dataDir, log)
 }
@@ -111,7 +118,9 @@ async function openPglite (dir: string, log: Logger): Promise<Database> {
   })
   pool.on('error', (err) => log.error({ err }, 'idle database connection failed'))
   const fsync = createFilesystemSync(dir)
+  const flushes = trackFlushes(coalesce(() => fsync.sync()), 2000)
   const close = async (): Promise<void> => {
+    flushes.stop()
     await pool.end()
     await server.stop()
     await db.close()
@@ -128,7 +137,7 @@ async function openPglite (dir: string, log: Logger): Promise<Database> {
     throw err
   }
   log.info({ dataDir: dir }, 'embedded PGlite started')
-  return { pool, kind: 'pglite', url, flushToDisk: coalesce(() => fsync.sync()), close }
+  return { pool, kind: 'pglite', url, flushToDisk: flushes.flushToDisk, whenDurable: flushes.whenDurable, close }
 }
 
 /**
@@ -196,6 +205,51 @@ async function syncFilesystemOnce (dir: string): Promise<void> {
  * Callers that arrive while a flush runs share the next one (a flush already under way may
  * have started before their commit), so N concurrent commits cost at most two flushes.
  */
+/**
+ * flushToDisk (a coalesced flush: a call made while one runs waits for the next, so each call's
+ * flush starts after it) with whenDurable beside it: a waiter is released by the first call made
+ * after it that completes, or by one it makes itself after `maxWaitMs` (again after a failure).
+ */
+export function trackFlushes (flush: () => Promise<void>, maxWaitMs: number): { flushToDisk: () => Promise<void>, whenDurable: () => Promise<void>, stop: () => void } {
+  let calls = 0
+  let completed = 0
+  let stopped = false
+  const waiters = new Set<{ after: number, resolve: () => void, timer: NodeJS.Timeout | null }>()
+  const flushToDisk = async (): Promise<void> => {
+    const call = ++calls
+    await flush()
+    completed = Math.max(completed, call)
+    for (const w of waiters) {
+      if (completed <= w.after) continue
+      if (w.timer !== null) clearTimeout(w.timer)
+      waiters.delete(w)
+      w.resolve()
+    }
+  }
+  const arm = (w: { timer: NodeJS.Timeout | null }): void => {
+    w.timer = setTimeout(() => {
+      w.timer = null
+      if (!stopped) flushToDisk().catch(() => { if (!stopped) arm(w) })
+    }, maxWaitMs)
+    w.timer.unref()
+  }
+  return {
+    flushToDisk,
+    whenDurable: () => new Promise<void>((resolve) => {
+      if (stopped) return
+      const w = { after: calls, resolve, timer: null }
+      waiters.add(w)
+      arm(w)
+    }),
+    stop () {
+      // Waiters are never released: what they wait for is not known to be on disk.
+      stopped = true
+      for (const w of waiters) if (w.timer !== null) clearTimeout(w.timer)
+      waiters.clear()
+    }
+  }
+}
+
 export function coalesce (flush: () => Promise<void>): () => Promise<void> {
   let running: Promise<void> | null = null
   let next: Promise<void> | null = null

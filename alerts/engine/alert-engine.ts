@@ -4,12 +4,13 @@ import type { Logger } from 'pino'
 import { Counter, Histogram } from 'prom-client'
 import type { Registry } from 'prom-client'
 import type { StoredReading } from '../../readings/reading.ts'
+import type { Position, RecordSpan, SpooledRecord } from '../../readings/spool.ts'
 import { createWorkerPool, taskFile } from '../../workers/pool.ts'
 import { createRuleStateStore, versionOf, marksOf } from './rule-state-store.ts'
 import type { LockedReads, RuleStateStore } from './rule-state-store.ts'
 import type { AlertEngineSeam, ConditionChange, ConditionSink, DevicePresence, DevicePresenceSource, Schedule, ScheduledJob } from '../contract.ts'
 import type { EvalReading, EvaluatedTask, EvaluateTaskInput, EvaluateTaskOutput, PatientRuleState, TaskPatient } from './evaluate.ts'
-import { applyChangedStates, createEvaluateTask } from './evaluate.ts'
+import { applyChangedStates, createEvaluateTask, DERIVED_DEVICE_ID } from './evaluate.ts'
 import { evaluateNoData } from './no-data.ts'
 import type { ActiveRules, RulesFile } from './rules-file.ts'
 
@@ -60,11 +61,31 @@ export interface AlertEngineOptions {
    * handing it to a thread and back cost more than evaluating it.
    */
   inlineReadings?: number
+  /**
+   * Readings handed over with their spool record (onAccepted's `span`): called with a position
+   * before which every such record was evaluated and the state that came of it saved (the state
+   * is committed, not yet necessarily synced: the caller makes it durable before the spool may
+   * record the mark). After a crash the spool replays what follows it (replay).
+   */
+  onEvaluated?: (through: Position) => void
 }
 
 export interface AlertEngine extends AlertEngineSeam {
-  /** ingest's onAccepted hook: queues readings for evaluation; never blocks or throws. */
-  onAccepted (readings: readonly StoredReading[]): void
+  /**
+   * ingest's onAccepted hook: queues readings for evaluation; never blocks or throws. `span`:
+   * where the spool put them (records must come in the order the spool wrote them);
+   * `receivedAt`: when they were accepted (default now).
+   */
+  onAccepted (readings: readonly StoredReading[], span?: RecordSpan | null, receivedAt?: number): void
+  /**
+   * Evaluates the spool's records that were not evaluated (or their state not saved) before the
+   * last stop, as when they were accepted, then resolves with how many readings it read. Derived
+   * readings in them (NEWS2 scores) are not evaluated. Readings whose rules had seen them (the
+   * state was saved after them) are skipped by every rule, as any reading not newer than the
+   * last one is; so a condition change is handed over again at most (the lifecycle takes a
+   * change twice as once). Run before the broker takes readings.
+   */
+  replay (backlog: AsyncIterable<SpooledRecord[]>): Promise<number>
   /** One no-data pass: the presence source's devices through evaluateNoData (what the schedule runs). */
   checkNoData (): Promise<ConditionChange[]>
   rules (): ActiveRules
@@ -80,7 +101,8 @@ export interface AlertEngine extends AlertEngineSeam {
   close (): Promise<void>
 }
 
-type Queued = EvalReading & { patientId: string }
+/** `from`: the start of the reading's spool record (null: not spooled). */
+type Queued = EvalReading & { patientId: string, from: Position | null }
 
 /** Every 30 s: no-data windows are minutes long. */
 export const NO_DATA_CRON = '*/30 * * * * *'
@@ -140,7 +162,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     resent: new Counter({ name: 'vigil_alert_tasks_resent_total', help: 'Evaluation tasks sent to a worker thread again with patient states it did not hold (another thread evaluated them last, or it was restarted)', registers: [options.registry] }),
     stateSaveFailures: new Counter({ name: 'vigil_alert_state_save_failures_total', help: 'Saves of rule state kept in memory since earlier batches that failed (tried again after the save interval)', registers: [options.registry] }),
     statesSent: new Counter({ name: 'vigil_alert_states_sent_total', help: 'Patient rule states copied into evaluation tasks (the thread did not keep them: first evaluation, changed elsewhere, or a resend)', registers: [options.registry] }),
-    batches: new Counter({ name: 'vigil_alert_batches_total', help: 'Evaluation batches evaluated, by where: on the event loop (small batches) or in worker threads', labelNames: ['on'], registers: [options.registry] })
+    batches: new Counter({ name: 'vigil_alert_batches_total', help: 'Evaluation batches evaluated, by where: on the event loop (small batches) or in worker threads', labelNames: ['on'], registers: [options.registry] }),
+    replayed: new Counter({ name: 'vigil_alert_readings_replayed_total', help: 'Readings evaluated again at start from the spool (accepted before a stop whose evaluation was not saved, or may not have been)', registers: [options.registry] })
   }
 
   const rulesFile = options.rulesFile
@@ -176,6 +199,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     versions.delete(patientId)
   }
   let queue: Queued[] = []
+  // The end of the last spool record handed over (onAccepted's span).
+  let handedEnd: Position | null = null
   let timer: NodeJS.Timeout | null = null
   // Rule states evaluated but not saved yet (stateSaveIntervalMs): by patient, each rule whose
   // state changed since the last save, as it is now.
@@ -190,6 +215,24 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     const run = chain.then(task)
     chain = run.then(() => {}, () => {})
     return run
+  }
+
+  /**
+   * Where the spool may resume evaluation after a crash once everything evaluated so far is
+   * saved: the record of the oldest reading still queued, else the end of the last record handed
+   * over (records come in the order the spool wrote them). Null for readings without a spool.
+   */
+  function evaluatedThrough (): Position | null {
+    return queue.length > 0 ? queue[0]!.from : handedEnd
+  }
+
+  function reportEvaluated (through: Position | null): void {
+    if (through === null || options.onEvaluated === undefined) return
+    try {
+      options.onEvaluated(through)
+    } catch (err) {
+      log.error({ err }, 'onEvaluated listener failed')
+    }
   }
 
   async function deliver (changes: ConditionChange[], triggeredAt: number[] | null): Promise<void> {
@@ -388,16 +431,20 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       clearTimeout(saveTimer)
       saveTimer = null
     }
-    if (unsaved.size === 0) return
-    const taken = unsaved
-    unsaved = new Map()
-    try {
-      await store.saveStates([...taken].map(([patientId, state]) => ({ patientId, state })))
-    } catch (err) {
-      // Nothing was evaluated meanwhile (batches and saves run one at a time): put them back.
-      unsaved = taken
-      throw err
+    // What is evaluated now is what this save stores (batches wait for it).
+    const through = evaluatedThrough()
+    if (unsaved.size > 0) {
+      const taken = unsaved
+      unsaved = new Map()
+      try {
+        await store.saveStates([...taken].map(([patientId, state]) => ({ patientId, state })))
+      } catch (err) {
+        // Nothing was evaluated meanwhile (batches and saves run one at a time): put them back.
+        unsaved = taken
+        throw err
+      }
     }
+    reportEvaluated(through)
   }
 
   /**
@@ -415,6 +462,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       try {
         await runBatch(batch)
         failuresInRow = 0
+        // Nothing waits unsaved (a shared-state batch saves in its transaction): the mark moves.
+        if (unsaved.size === 0) reportEvaluated(evaluatedThrough())
       } catch (err) {
         if (err instanceof EvaluationError) {
           // Evaluation is pure: the same batch would fail the same way, and retrying it would
@@ -520,6 +569,37 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     })
   }
 
+  function onAccepted (readings: readonly StoredReading[], span: RecordSpan | null = null, receivedAt: number = now()): void {
+    if (closed) return
+    // A record with nothing to evaluate (all derived readings) moves the mark as well.
+    if (span !== null) handedEnd = span.end
+    if (readings.length === 0) return
+    const from = span?.start ?? null
+    for (const r of readings) queue.push({ patientId: r.patientId, metric: r.metric, value: r.value, ts: r.ts, deviceId: r.deviceId, receivedAt, from })
+    if (queue.length > maxQueued) {
+      // A tenth at a time: one splice per many messages while evaluation is stalled.
+      const dropped = queue.length - Math.floor(maxQueued * 0.9)
+      queue.splice(0, dropped)
+      metrics.dropped.inc(dropped)
+      log.error({ dropped, queued: queue.length }, 'alert evaluation queue full: oldest readings not evaluated')
+    }
+    schedule(queue.length >= batchSize ? 0 : flushIntervalMs)
+  }
+
+  async function flush (): Promise<void> {
+    if (timer !== null) {
+      clearTimeout(timer)
+      timer = null
+    }
+    await exclusive(async () => {
+      await drain(true)
+      await saveUnsaved().catch((err: unknown) => {
+        saveFailed(err)
+        throw err
+      })
+    })
+  }
+
   let checking: Promise<ConditionChange[]> | null = null
   function checkNoData (): Promise<ConditionChange[]> {
     if (options.presence === undefined) return Promise.resolve([])
@@ -550,34 +630,24 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const active = rulesFile.current()
       return { version: active.version, escalationPolicies: active.ruleSet.escalationPolicies, webhooks: active.ruleSet.webhooks }
     },
-    onAccepted (readings) {
-      if (closed || readings.length === 0) return
-      const receivedAt = now()
-      for (const r of readings) queue.push({ patientId: r.patientId, metric: r.metric, value: r.value, ts: r.ts, deviceId: r.deviceId, receivedAt })
-      if (queue.length > maxQueued) {
-        // A tenth at a time: one splice per many messages while evaluation is stalled.
-        const dropped = queue.length - Math.floor(maxQueued * 0.9)
-        queue.splice(0, dropped)
-        metrics.dropped.inc(dropped)
-        log.error({ dropped, queued: queue.length }, 'alert evaluation queue full: oldest readings not evaluated')
+    onAccepted,
+    async replay (backlog) {
+      let count = 0
+      for await (const records of backlog) {
+        for (const record of records) {
+          const own = record.readings.filter((r) => r.deviceId !== DERIVED_DEVICE_ID)
+          count += own.length
+          onAccepted(own, record, record.appendedAt)
+        }
+        // A batch at a time: the queue never overflows, and the mark follows.
+        await flush()
       }
-      schedule(queue.length >= batchSize ? 0 : flushIntervalMs)
+      metrics.replayed.inc(count)
+      return count
     },
     evaluateNoData: noDataPass,
     checkNoData,
-    async flush () {
-      if (timer !== null) {
-        clearTimeout(timer)
-        timer = null
-      }
-      await exclusive(async () => {
-        await drain(true)
-        await saveUnsaved().catch((err: unknown) => {
-          saveFailed(err)
-          throw err
-        })
-      })
-    },
+    flush,
     async close () {
       closed = true
       await noDataJob?.stop()

@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import mqtt from 'mqtt'
 import t, { type Test } from 'tap'
 import { startInfluxd } from '../helpers/influxd.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
@@ -13,10 +14,12 @@ import { spawnVigil, type VigilProcess } from '../helpers/vigil-process.ts'
 const token = 'crash-test-admin-token-0123456789abcdef'
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
-async function spoolDepth (p: VigilProcess): Promise<number> {
+async function metric (p: VigilProcess, name: string): Promise<number> {
   const text = await fetch(`http://127.0.0.1:${p.httpPort}/metrics`).then((r) => r.text())
-  return Number(/^vigil_spool_depth_readings (\S+)/m.exec(text)?.[1] ?? 0)
+  return Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? 0)
 }
+
+const spoolDepth = (p: VigilProcess): Promise<number> => metric(p, 'vigil_spool_depth_readings')
 
 async function storedSeqs (p: VigilProcess, patientId: string): Promise<number[]> {
   const seqs: number[] = []
@@ -97,4 +100,57 @@ for (const [name, setup] of modes) {
       t.equal(await second.exited, 0)
     })
   }
+}
+
+// Alert evaluation across a crash: a reading acknowledged just before a SIGKILL, inside the alert
+// engine's batch window, is stored; the spool keeps it past the engine's evaluation mark, so the
+// restarted process evaluates it before it takes new readings.
+for (const [name, setup] of modes) {
+  t.test(`${name}: a reading acknowledged just before SIGKILL is evaluated after the restart`, async (t) => {
+    const { env, cleanup } = await setup()
+    t.teardown(cleanup)
+    const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-crash-eval-'))
+    t.teardown(() => fs.rm(dataDir, { recursive: true, force: true }))
+    const rulesPath = path.join(dataDir, 'alert-rules.yaml')
+    await fs.writeFile(rulesPath, `
+escalationPolicies:
+  - id: standard
+    tiers:
+      - { notify: [nurse], escalateAfter: 5m }
+rules:
+  - { id: high-hr, kind: threshold, metric: heart_rate, above: 150, severity: critical, escalation: standard }
+`)
+    const fullEnv = { ...env, VIGIL_ADMIN_TOKEN: token, VIGIL_ALERT_RULES: rulesPath }
+    const first = await spawnVigil(fullEnv, dataDir)
+    t.teardown(() => { first.child.kill('SIGKILL') })
+    const device = await provisionDevice(`http://127.0.0.1:${first.httpPort}`, token)
+    const client = await mqtt.connectAsync({ host: '127.0.0.1', port: first.mqttPort, clientId: device.deviceId, username: device.deviceId, password: device.password, protocolVersion: 4, reconnectPeriod: 0 })
+    t.teardown(() => client.endAsync(true).catch(() => {}))
+    const publish = (seq: number, value: number, ts: number): Promise<unknown> => client.publishAsync(`devices/${device.deviceId}/telemetry`,
+      JSON.stringify({ seq, readings: [{ metric: 'heart_rate', value, unit: '/min', ts }] }), { qos: 1 })
+
+    // One reading evaluated (and its state saved) first, then the breach: killed at its PUBACK.
+    const ts = Date.now() - 60_000
+    await publish(1, 80, ts)
+    const deadline = Date.now() + 20_000
+    while (await metric(first, 'vigil_alert_readings_evaluated_total') < 1 && Date.now() < deadline) await sleep(50)
+    await publish(2, 170, ts + 1000)
+    first.child.kill('SIGKILL')
+    await first.exited
+    await client.endAsync(true).catch(() => {})
+
+    const second = await spawnVigil(fullEnv, dataDir)
+    t.teardown(() => { second.child.kill('SIGKILL') })
+    let alerts: Array<{ ruleId: string, status: string }> = []
+    const until = Date.now() + 20_000
+    while (alerts.length === 0 && Date.now() < until) {
+      const res = await fetch(`http://127.0.0.1:${second.httpPort}/v1/alerts?patientId=${device.patientId}`, { headers: { authorization: `Bearer ${token}` } })
+      alerts = (await res.json() as { items: typeof alerts }).items
+      if (alerts.length === 0) await sleep(100)
+    }
+    t.match(alerts.map((a) => [a.ruleId, a.status]), [['high-hr', 'open']], 'the breach acknowledged before the crash opened its alert')
+    t.ok(await metric(second, 'vigil_alert_readings_replayed_total') >= 1, 'it was evaluated from the spool at start')
+    second.child.kill('SIGTERM')
+    t.equal(await second.exited, 0)
+  })
 }

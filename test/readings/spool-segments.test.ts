@@ -9,7 +9,7 @@ import { createLogThrottle } from '../../observability/log-throttle.ts'
 import type { StoredReading } from '../../readings/reading.ts'
 import { encodeRecord } from '../../readings/spool-record.ts'
 import { openSegments } from '../../readings/spool-segments.ts'
-import type { Segments } from '../../readings/spool-segments.ts'
+import type { OpenSegmentsOptions, RecordSpan, Segments } from '../../readings/spool-segments.ts'
 
 // The spool's segment files alone (readings/spool-segments.ts), without delivery.
 
@@ -19,9 +19,9 @@ function readings (count: number, start: number): StoredReading[] {
   return Array.from({ length: count }, (_, i) => ({ patientId: 'p', deviceId: 'd', metric: 'heart_rate', value: 60, unit: '/min', ts: start + i, seq: null }))
 }
 
-async function open (t: Test, dir: string, segmentBytes: number, appendLingerMs?: number): Promise<Segments> {
+async function open (t: Test, dir: string, segmentBytes: number, appendLingerMs?: number, more: Partial<OpenSegmentsOptions> = {}): Promise<Segments> {
   const throttled = createLogThrottle(log)
-  const segments = await openSegments({ dir, segmentBytes, log, throttled, onChange: () => {}, ...(appendLingerMs === undefined ? {} : { appendLingerMs }) })
+  const segments = await openSegments({ dir, segmentBytes, log, throttled, onChange: () => {}, ...(appendLingerMs === undefined ? {} : { appendLingerMs }), ...more })
   t.teardown(async () => {
     await segments.stopAppends()
     await segments.close()
@@ -56,6 +56,58 @@ t.test('delivered segments are deleted before the checkpoint file is written, so
   t.strictSame(JSON.parse(await fs.readFile(path.join(dir, 'checkpoint.json'), 'utf8')), { segment: 4, offset: (await fs.stat(path.join(dir, '0000000000000004.wal'))).size })
 })
 
+t.test('the evaluation mark: delivered segments are kept until the alert engine passed them, and it is checkpointed and read back at open', async (t) => {
+  const dir = await tempDir(t)
+  const first = await open(t, dir, 64, undefined, { keepForEvaluation: true })
+  const spans: RecordSpan[] = []
+  for (let i = 0; i < 4; i++) spans.push(await first.append(encodeRecord(readings(2, i * 10), 1000 + i), 2, 1000 + i))
+  t.strictSame(spans.map((s) => s.start), [1, 2, 3, 4].map((segment) => ({ segment, offset: 0 })), 'each record at the start of its own segment')
+  t.ok(spans.every((s) => s.end.offset > 0 && s.end.segment === s.start.segment), 'and ends in it')
+  for (let run = await first.read(3); run !== null; run = await first.read(3)) await first.consume(run)
+  await first.checkpoint()
+  t.equal((await walFiles(dir)).length, 4, 'all delivered, none evaluated: every segment kept')
+
+  first.markEvaluated(spans[1]!.end)
+  first.markEvaluated(spans[0]!.end)
+  t.strictSame(first.evaluated(), spans[1]!.end, 'a mark behind the current one is ignored')
+  t.ok(first.checkpointBehind(), 'a moved mark is a checkpoint to write')
+  await first.checkpoint()
+  t.strictSame(await walFiles(dir), ['0000000000000003.wal', '0000000000000004.wal'], 'segments wholly before the mark deleted')
+  t.strictSame(JSON.parse(await fs.readFile(path.join(dir, 'checkpoint.json'), 'utf8')).evaluated, spans[1]!.end)
+  await first.stopAppends()
+  await first.close()
+
+  // Reopened: the mark names the deleted segment 2, so evaluation resumes at the start of 3.
+  const second = await open(t, dir, 64, undefined, { keepForEvaluation: true })
+  t.strictSame(second.evaluated(), { segment: 3, offset: 0 })
+  t.equal(second.backlog().readings, 0, 'nothing undelivered')
+  const run = await second.readRecords(100, second.evaluated())
+  t.strictSame(run?.records.map((r) => [r.appendedAt, r.readings.map((x) => x.ts), r.start, r.end]),
+    [2, 3].map((i) => [1000 + i, [i * 10, i * 10 + 1], spans[i]!.start, spans[i]!.end]), 'the records past the mark, each with when it was appended')
+  await second.stopAppends()
+  await second.close()
+
+  // A spool opened without keepForEvaluation ignores the mark: delivered segments go.
+  const third = await open(t, dir, 64)
+  await third.checkpoint()
+  t.strictSame(await walFiles(dir), ['0000000000000004.wal'])
+  t.strictSame(JSON.parse(await fs.readFile(path.join(dir, 'checkpoint.json'), 'utf8')), { segment: 4, offset: spans[3]!.end.offset })
+})
+
+t.test('the evaluation mark holds delivered segments back by at most maxEvaluationLagBytes', async (t) => {
+  const dir = await tempDir(t)
+  const segments = await open(t, dir, 64, undefined, { keepForEvaluation: true, maxEvaluationLagBytes: 300 })
+  for (let i = 0; i < 2; i++) await segments.append(encodeRecord(readings(2, i * 10), i), 2, i)
+  for (let run = await segments.read(3); run !== null; run = await segments.read(3)) await segments.consume(run)
+  await segments.checkpoint()
+  t.equal((await walFiles(dir)).length, 2, 'within the bound: kept')
+  for (let i = 2; i < 6; i++) await segments.append(encodeRecord(readings(2, i * 10), i), 2, i)
+  for (let run = await segments.read(3); run !== null; run = await segments.read(3)) await segments.consume(run)
+  await segments.checkpoint()
+  t.strictSame(await walFiles(dir), ['0000000000000006.wal'], 'past it: deleted as delivered')
+  t.strictSame(segments.evaluated(), { segment: 6, offset: (await fs.stat(path.join(dir, '0000000000000006.wal'))).size }, 'and the mark moved up to the cursor')
+})
+
 t.test('open: a torn tail of the newest segment is cut off; a corrupt older segment refuses to open', async (t) => {
   const dir = await tempDir(t)
   const first = encodeRecord(readings(2, 0), 1)
@@ -79,7 +131,7 @@ t.test('appends soon after a durable write wait for company: one write for two; 
   // timers fire in the order they expire.
   const lingerMs = 200
   const segments = await open(t, await tempDir(t), 1024 * 1024, lingerMs)
-  const append = (i: number): Promise<void> => segments.append(encodeRecord(readings(1, i), i), 1, i)
+  const append = async (i: number): Promise<void> => { await segments.append(encodeRecord(readings(1, i), i), 1, i) }
   await append(0)
   t.equal(segments.appendSyncs(), 1, 'the first append after opening is written at once')
 
@@ -113,7 +165,7 @@ t.test('stopAppends writes a lingering append at once and waits for it', async (
 t.test('a lingering write starts at once when enough appends wait', async (t) => {
   // A linger no test would wait for: the eight appends are durable long before it ends.
   const segments = await open(t, await tempDir(t), 1024 * 1024, 10_000)
-  const append = (i: number): Promise<void> => segments.append(encodeRecord(readings(1, i), i), 1, i)
+  const append = async (i: number): Promise<void> => { await segments.append(encodeRecord(readings(1, i), i), 1, i) }
   await append(0)
   const eight = Promise.all(Array.from({ length: 8 }, (_, i) => append(i + 1)))
   const outcome = await Promise.race([eight.then(() => 'written'), sleep(5_000).then(() => 'still lingering')])

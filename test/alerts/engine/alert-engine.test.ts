@@ -12,6 +12,8 @@ import type { ConditionChange, DevicePresence } from '../../../alerts/contract.t
 import { DERIVED_DEVICE_ID } from '../../../alerts/engine/evaluate.ts'
 import { createRuleStateStore, PATIENT_RULE_LOCK_SPACE } from '../../../alerts/engine/rule-state-store.ts'
 import type { StoredReading } from '../../../readings/reading.ts'
+import { comparePositions } from '../../../readings/spool-segments.ts'
+import type { Position, RecordSpan, SpooledRecord } from '../../../readings/spool.ts'
 import { openDatabase } from '../../../store/database.ts'
 import type { Database } from '../../../store/database.ts'
 import { createPatientStore } from '../../../patients/patients.ts'
@@ -364,6 +366,86 @@ t.test('a full evaluation queue drops the oldest readings from evaluation, count
   t.ok(dropped > 0, `${dropped} dropped`)
   t.equal(dropped + evaluated, 25, 'every reading either evaluated or counted as dropped')
   t.ok(evaluated <= 10)
+})
+
+t.test('the evaluation mark: reported once the state that came of the readings is saved, never past a queued reading', async (t) => {
+  const registry = new Registry()
+  const changes: ConditionChange[] = []
+  const marks: Position[] = []
+  const control = { failSaves: 0 }
+  const pool = new Proxy(postgres.pool, {
+    get (target, key, receiver) {
+      if (key !== 'query') return Reflect.get(target, key, receiver)
+      return async (config: unknown, ...rest: unknown[]) => {
+        if ((config as { name?: string }).name === 'vigil-save-rule-states' && control.failSaves > 0) {
+          control.failSaves--
+          throw new Error('database unavailable')
+        }
+        return await (target.query as (...a: unknown[]) => Promise<unknown>).call(target, config, ...rest)
+      }
+    }
+  })
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry,
+    sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {},
+    flushIntervalMs: 600_000, batchSize: 2, stateSaveIntervalMs: 300, onEvaluated: (p) => { marks.push(p) }
+  })
+  t.teardown(() => engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Mark Patient')
+  const span = (i: number): RecordSpan => ({ start: { segment: 1, offset: i * 100 }, end: { segment: 1, offset: (i + 1) * 100 } })
+  const evaluated = async (): Promise<number> => await metric(registry, 'vigil_alert_readings_evaluated_total')
+
+  // Two readings make a batch at once; its state waits unsaved (no condition changed).
+  engine.onAccepted([reading(patient.id, 'heart_rate', 80, T0)], span(0))
+  engine.onAccepted([reading(patient.id, 'heart_rate', 81, T0 + 1000)], span(1))
+  await waitFor('the first batch', async () => await evaluated() === 2)
+  t.same(marks, [], 'evaluated, not saved: no mark')
+  // A third waits in the queue (a long window) while the state is saved.
+  engine.onAccepted([reading(patient.id, 'heart_rate', 82, T0 + 2000)], span(2))
+  await waitFor('the save', () => marks.length > 0)
+  t.strictSame(marks, [span(2).start], 'saved: the mark stops at the record of the oldest queued reading')
+  await engine.flush()
+  t.strictSame(marks.at(-1), span(2).end, 'all evaluated and saved: the end of the last record')
+
+  // A breach changes a condition: its state is saved with the batch, but that save fails.
+  control.failSaves = 1
+  engine.onAccepted([reading(patient.id, 'heart_rate', 165, T0 + 3000)], span(3))
+  engine.onAccepted([reading(patient.id, 'heart_rate', 166, T0 + 4000)], span(4))
+  await waitFor('the breach handed over', () => changes.some((c) => c.ruleId === 'high-hr'))
+  await waitFor('the failed save', async () => await metric(registry, 'vigil_alert_state_save_failures_total') === 1)
+  t.strictSame(marks.at(-1), span(2).end, 'a failed save does not move the mark')
+  await engine.flush()
+  t.strictSame(marks.at(-1), span(4).end, 'the next save does')
+  t.ok(marks.every((m, i) => i === 0 || comparePositions(marks[i - 1]!, m) <= 0), 'the mark never goes back')
+})
+
+t.test('replay: spooled records are evaluated as when accepted, derived readings left out, and skipped where the saved state had them', async (t) => {
+  const registry = new Registry()
+  const changes: ConditionChange[] = []
+  const marks: Position[] = []
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry,
+    sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {}, onEvaluated: (p) => { marks.push(p) }
+  })
+  t.teardown(() => engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Replay Patient')
+  // Evaluated and saved before the "crash": the first breach.
+  engine.onAccepted([reading(patient.id, 'heart_rate', 160, T0)])
+  await engine.flush()
+  t.equal(changes.filter((c) => c.ruleId === 'high-hr').length, 1)
+  const record = (i: number, readings: StoredReading[]): SpooledRecord => ({ readings, appendedAt: T0 + i * 1000, start: { segment: 3, offset: i * 100 }, end: { segment: 3, offset: (i + 1) * 100 } })
+  async function * backlog (): AsyncGenerator<SpooledRecord[]> {
+    // The spool holds that reading too (the mark was behind it), then a derived score and the clearing.
+    yield [record(0, [reading(patient.id, 'heart_rate', 160, T0)])]
+    yield [record(1, [{ ...reading(patient.id, 'heart_rate', 20, T0 + 500), deviceId: DERIVED_DEVICE_ID }]), record(2, [reading(patient.id, 'heart_rate', 70, T0 + 1000)])]
+  }
+  t.equal(await engine.replay(backlog()), 2, 'two readings replayed; the derived one is not evaluated')
+  t.same(changes.filter((c) => c.ruleId === 'high-hr').map((c) => c.status), ['firing', 'cleared'],
+    'the reading the saved state had seen is skipped (no second firing); the new one clears')
+  t.same(changes.filter((c) => c.ruleId === 'bradycardia'), [], 'the derived reading was not evaluated')
+  t.equal(changes.find((c) => c.status === 'cleared')!.at, T0 + 1000)
+  t.strictSame(marks.at(-1), record(2, []).end, 'the mark follows the replay')
+  t.equal(await metric(registry, 'vigil_alert_readings_replayed_total'), 2)
 })
 
 /** An engine as one of several processes on one Postgres (sharedState), a new patient, and how many states its tasks have carried. */
