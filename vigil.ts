@@ -392,7 +392,7 @@ async function replayEvaluation (spool: Spool, alertEngine: AlertEngine, log: Lo
   const started = performance.now()
   try {
     const readings = await alertEngine.replay(spool.evaluationBacklog())
-    if (readings > 0) log.info({ readings, ms: Math.round(performance.now() - started) }, 'alert evaluation replayed from the spool')
+    if (readings > 0) log.info({ readingCount: readings, ms: Math.round(performance.now() - started) }, 'alert evaluation replayed from the spool')
   } catch (err) {
     log.error({ err }, 'replaying alert evaluation from the spool failed; readings accepted before the last stop may not be evaluated')
   }
