@@ -368,12 +368,10 @@ t.test('a full evaluation queue drops the oldest readings from evaluation, count
   t.ok(evaluated <= 10)
 })
 
-t.test('the evaluation mark: reported once the state that came of the readings is saved, never past a queued reading', async (t) => {
-  const registry = new Registry()
-  const changes: ConditionChange[] = []
-  const marks: Position[] = []
+/** `pool`, whose next `control.failSaves` rule-state saves fail as if the database were down. */
+function failingSaves (base: pg.Pool): { pool: pg.Pool, control: { failSaves: number } } {
   const control = { failSaves: 0 }
-  const pool = new Proxy(postgres.pool, {
+  const pool = new Proxy(base, {
     get (target, key, receiver) {
       if (key !== 'query') return Reflect.get(target, key, receiver)
       return async (config: unknown, ...rest: unknown[]) => {
@@ -385,6 +383,14 @@ t.test('the evaluation mark: reported once the state that came of the readings i
       }
     }
   })
+  return { pool, control }
+}
+
+t.test('the evaluation mark: reported once the state that came of the readings is saved, never past a queued reading', async (t) => {
+  const registry = new Registry()
+  const changes: ConditionChange[] = []
+  const marks: Position[] = []
+  const { pool, control } = failingSaves(postgres.pool)
   const engine = await startAlertEngine({
     keyring: clinicalTextKeyring, pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry,
     sink: { apply: async (c) => { changes.push(...c) } }, writeDerived: async () => {},
@@ -569,19 +575,7 @@ t.test('settings kept by one process: its own writes are seen at once; several p
 async function oneProcessEngine (t: { teardown: (fn: () => unknown) => void }, db: Database, o: { stateSaveIntervalMs: number, clock?: { now: number }, rulesFile?: RulesFile }) {
   const registry = new Registry()
   const changes: ConditionChange[] = []
-  const control = { failSaves: 0 }
-  const pool = new Proxy(db.pool, {
-    get (target, key, receiver) {
-      if (key !== 'query') return Reflect.get(target, key, receiver)
-      return async (config: unknown, ...rest: unknown[]) => {
-        if ((config as { name?: string }).name === 'vigil-save-rule-states' && control.failSaves > 0) {
-          control.failSaves--
-          throw new Error('database unavailable')
-        }
-        return await (target.query as (...a: unknown[]) => Promise<unknown>).call(target, config, ...rest)
-      }
-    }
-  })
+  const { pool, control } = failingSaves(db.pool)
   const clock = o.clock ?? { now: T0 + 10 * MIN }
   const engine = await startAlertEngine({
     keyring: clinicalTextKeyring, pool, rulesFile: o.rulesFile ?? await rulesFileOf(db.pool), workerThreads: 1, log, registry, now: () => clock.now,
