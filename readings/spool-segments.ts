@@ -67,7 +67,10 @@ export interface OpenSegmentsOptions {
   log: Logger
   /** For errors that repeat with one cause (a full disk). */
   throttled: LogThrottle
-  /** After records were made durable, and after an append failed for lack of space. */
+  /**
+   * After records were made durable, after an append failed for lack of space, and after the
+   * evaluation mark moved (so an idle delivery loop wakes to checkpoint it).
+   */
   onChange: () => void
   /**
    * How long a durable write waits for more appends to join it when the last write ended less
@@ -639,7 +642,9 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     consume,
     evaluated: () => evaluated,
     markEvaluated (pos: Position): void {
-      if (keepForEvaluation && comparePositions(pos, evaluated) > 0) evaluated = pos
+      if (!keepForEvaluation || comparePositions(pos, evaluated) <= 0) return
+      evaluated = pos
+      onChange()
     },
     checkpointBehind: () => cursor !== head || (keepForEvaluation && evaluated !== headEvaluated),
     checkpoint,

@@ -929,3 +929,25 @@ t.test('close after the earlier write failed waits for the later one still in fl
   const reopened = await open(t, dir)
   t.equal(reopened.stats().depthReadings, 20, 'nothing checkpointed past the failed first batch')
 })
+
+t.test('the evaluation mark: checkpointed once delivery is idle too, and what follows it is read back after a reopen', async (t) => {
+  const dir = await tempDir(t)
+  const spool = await open(t, dir, { keepForEvaluation: true })
+  const store = recordingStore()
+  spool.startDelivery(store, { lingerMs: 0, checkpointIntervalMs: 10 })
+  const first = await spool.append(readings(2))
+  const second = await spool.append(readings(3))
+  await waitFor('delivered', () => store.all().length === 5)
+  const checkpoint = async (): Promise<{ evaluated?: unknown }> => JSON.parse(await fs.readFile(path.join(dir, 'checkpoint.json'), 'utf8'))
+  await waitFor('the delivery checkpoint', async () => (await checkpoint().catch(() => ({ evaluated: undefined }))).evaluated !== undefined)
+  t.strictSame((await checkpoint()).evaluated, first!.start, 'delivered, not evaluated: the mark stays at the start')
+  // No append follows: the mark alone must wake the idle delivery loop to checkpoint it.
+  spool.markEvaluated(first!.end)
+  await waitFor('the mark checkpointed', async () => JSON.stringify((await checkpoint()).evaluated) === JSON.stringify(first!.end), { timeoutMs: 2000 })
+  await spool.close()
+
+  const reopened = await open(t, dir, { keepForEvaluation: true })
+  const backlog: Array<{ count: number, start: unknown }> = []
+  for await (const records of reopened.evaluationBacklog()) backlog.push(...records.map((r) => ({ count: r.readings.length, start: r.start })))
+  t.strictSame(backlog, [{ count: 3, start: second!.start }], 'only the record after the mark is read back')
+})
