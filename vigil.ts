@@ -386,7 +386,8 @@ async function openReadings (config: Config, db: Database, metrics: ReturnType<t
 /**
  * Before the broker takes readings: what the spool holds past the alert engine's evaluation mark
  * (after a crash, its last batch window and unsaved state) is evaluated. A failure is logged and
- * start-up goes on: the readings stay stored, and the engine retries what it queued.
+ * start-up goes on: the readings stay stored, the engine retries what it queued, and the mark
+ * stays put so the next start replays the rest.
  */
 async function replayEvaluation (spool: Spool, alertEngine: AlertEngine, log: Logger): Promise<void> {
   const started = performance.now()
@@ -394,7 +395,7 @@ async function replayEvaluation (spool: Spool, alertEngine: AlertEngine, log: Lo
     const readings = await alertEngine.replay(spool.evaluationBacklog())
     if (readings > 0) log.info({ readingCount: readings, ms: Math.round(performance.now() - started) }, 'alert evaluation replayed from the spool')
   } catch (err) {
-    log.error({ err }, 'replaying alert evaluation from the spool failed; readings accepted before the last stop may not be evaluated')
+    log.error({ err }, 'replaying alert evaluation from the spool stopped; the evaluation mark stays where it is until the next start replays the rest')
   }
 }
 

@@ -112,6 +112,8 @@ export interface Segments {
   readRecords (maxReadings: number, from: Position): Promise<{ records: SpooledRecord[], end: Position } | null>
   /** Where the alert engine's evaluation mark is (checkpointed with the cursor). */
   evaluated (): Position
+  /** While pinned (the evaluation backlog is being read) the mark is not moved up to the cursor by the lag bound. */
+  pinEvaluation (pinned: boolean): void
   /** The alert engine has evaluated (and saved) everything before `pos`; a mark behind the current one is ignored. */
   markEvaluated (pos: Position): void
   /** Moves the cursor past `run` (delivered or dead-lettered); runs are consumed in the order read, with no gap. */
@@ -314,7 +316,12 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
   let evaluated: Position = headEvaluated
   let active = segments[segments.length - 1]!
   let writeHandle = await fs.open(path.join(dir, segmentName(active.seq)), openWriteFlags)
-  const readHandles = new Map<number, FileHandle>()
+  // The opening, not the handle: two readers (delivery, the start-up evaluation replay) asking at
+  // once share one open.
+  const readHandles = new Map<number, Promise<FileHandle>>()
+  // While the evaluation backlog is read at start, the mark is not moved up to the cursor (the
+  // lag bound) under the reader's feet.
+  let evaluationPinned = false
   let closing = false
   let broken: Error | null = null
   let queue: PendingAppend[] = []
@@ -453,18 +460,20 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
   // --- reading ----------------------------------------------------------------------------
 
   async function readHandle (seq: number): Promise<FileHandle> {
-    let handle = readHandles.get(seq)
-    if (handle === undefined) {
-      handle = await fs.open(path.join(dir, segmentName(seq)), 'r')
-      readHandles.set(seq, handle)
+    let opening = readHandles.get(seq)
+    if (opening === undefined) {
+      opening = fs.open(path.join(dir, segmentName(seq)), 'r')
+      readHandles.set(seq, opening)
+      // A failed open is not kept: the next read tries again.
+      opening.catch(() => { if (readHandles.get(seq) === opening) readHandles.delete(seq) })
     }
-    return handle
+    return await opening
   }
 
   async function closeReadHandle (seq: number): Promise<void> {
-    const handle = readHandles.get(seq)
+    const opening = readHandles.get(seq)
     readHandles.delete(seq)
-    await handle?.close().catch(() => {})
+    await opening?.then((handle) => handle.close()).catch(() => {})
   }
 
   function segmentAt (seq: number): { segment: Segment, next: Segment | undefined } | null {
@@ -595,7 +604,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
   /** The evaluation mark, moved up to the cursor when it lags it by more than maxEvaluationLagBytes. */
   function boundedEvaluated (): Position {
     if (!keepForEvaluation) evaluated = cursor
-    if (comparePositions(evaluated, cursor) >= 0) return evaluated
+    if (evaluationPinned || comparePositions(evaluated, cursor) >= 0) return evaluated
     let lag = cursor.offset - evaluated.offset
     for (const s of segments) if (s.seq >= evaluated.segment && s.seq < cursor.segment) lag += s.size
     if (lag <= maxEvaluationLagBytes) return evaluated
@@ -641,6 +650,9 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     readRecords,
     consume,
     evaluated: () => evaluated,
+    pinEvaluation (pinned: boolean): void {
+      evaluationPinned = pinned
+    },
     markEvaluated (pos: Position): void {
       if (!keepForEvaluation || comparePositions(pos, evaluated) <= 0) return
       evaluated = pos

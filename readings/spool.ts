@@ -149,12 +149,18 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
 
   async function * evaluationBacklog (maxReadings = 5000): AsyncGenerator<SpooledRecord[]> {
     let from = segments.evaluated()
-    for (;;) {
-      assertOpen()
-      const run = await segments.readRecords(maxReadings, from)
-      if (run === null) return
-      from = run.end
-      if (run.records.length > 0) yield run.records
+    // Delivery checkpoints meanwhile: it must not delete what is still to be read.
+    segments.pinEvaluation(true)
+    try {
+      for (;;) {
+        assertOpen()
+        const run = await segments.readRecords(maxReadings, from)
+        if (run === null) return
+        from = run.end
+        if (run.records.length > 0) yield run.records
+      }
+    } finally {
+      segments.pinEvaluation(false)
     }
   }
 

@@ -84,7 +84,9 @@ export interface AlertEngine extends AlertEngineSeam {
    * readings in them (NEWS2 scores) are not evaluated. Readings whose rules had seen them (the
    * state was saved after them) are skipped by every rule, as any reading not newer than the
    * last one is; so a condition change is handed over again at most (the lifecycle takes a
-   * change twice as once). Run before the broker takes readings.
+   * change twice as once). Run before the broker takes readings. When it throws (a batch failed,
+   * the spool could not be read) no evaluation mark is reported again until the next start, which
+   * replays from the same place.
    */
   replay (backlog: AsyncIterable<SpooledRecord[]>): Promise<number>
   /** One no-data pass: the presence source's devices through evaluateNoData (what the schedule runs). */
@@ -202,6 +204,9 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   let queue: Queued[] = []
   // The end of the last spool record handed over (onAccepted's span).
   let handedEnd: Position | null = null
+  // A start-up replay that did not finish: the records it did not reach lie behind readings
+  // accepted since, so no mark is reported until the next start replays them.
+  let markHeld = false
   let timer: NodeJS.Timeout | null = null
   // Rule states evaluated but not saved yet (stateSaveIntervalMs): by patient, each rule whose
   // state changed since the last save, as it is now.
@@ -228,7 +233,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   }
 
   function reportEvaluated (through: Position | null): void {
-    if (through === null || options.onEvaluated === undefined) return
+    if (through === null || markHeld || options.onEvaluated === undefined) return
     try {
       options.onEvaluated(through)
     } catch (err) {
@@ -634,14 +639,23 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     onAccepted,
     async replay (backlog) {
       let count = 0
-      for await (const records of backlog) {
-        for (const record of records) {
-          const own = record.readings.filter((r) => r.deviceId !== DERIVED_DEVICE_ID)
-          count += own.length
-          onAccepted(own, record, record.appendedAt)
+      try {
+        for await (const records of backlog) {
+          for (const record of records) {
+            const own = record.readings.filter((r) => r.deviceId !== DERIVED_DEVICE_ID)
+            count += own.length
+            onAccepted(own, record, record.appendedAt)
+          }
+          // A batch at a time: the queue never overflows, and the mark follows.
+          await flush()
+          // A batch failed (its database is down): it waits in the queue for its retry; reading
+          // on would only fill the queue until it drops readings.
+          if (failuresInRow > 0) throw new Error('alert evaluation failed while replaying the spool')
         }
-        // A batch at a time: the queue never overflows, and the mark follows.
-        await flush()
+      } catch (err) {
+        markHeld = true
+        metrics.replayed.inc(count)
+        throw err
       }
       metrics.replayed.inc(count)
       return count

@@ -454,6 +454,31 @@ t.test('replay: spooled records are evaluated as when accepted, derived readings
   t.equal(await metric(registry, 'vigil_alert_readings_replayed_total'), 2)
 })
 
+t.test('replay: a batch that fails stops it, and no mark is reported again until the next start', async (t) => {
+  const marks: Position[] = []
+  let failing = true
+  const engine = await startAlertEngine({
+    keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry: new Registry(),
+    sink: { apply: async () => { if (failing) throw new Error('lifecycle unavailable') } }, writeDerived: async () => {}, onEvaluated: (p) => { marks.push(p) }
+  })
+  t.teardown(() => engine.close())
+  const patient = await createPatientStore(postgres.pool).create('Failed Replay Patient')
+  let read = 0
+  async function * backlog (): AsyncGenerator<SpooledRecord[]> {
+    for (let i = 0; i < 3; i++) {
+      read++
+      yield [{ readings: [reading(patient.id, 'heart_rate', 165 + i, T0 + i * 1000)], appendedAt: T0, start: { segment: 1, offset: i * 100 }, end: { segment: 1, offset: (i + 1) * 100 } }]
+    }
+  }
+  await t.rejects(engine.replay(backlog()), /failed while replaying/)
+  t.equal(read, 1, 'it read no further than the batch that failed')
+  failing = false
+  engine.onAccepted([reading(patient.id, 'heart_rate', 80, T0 + 10_000)], { start: { segment: 1, offset: 300 }, end: { segment: 1, offset: 400 } })
+  await engine.flush()
+  t.ok(marks.length > 0 ? marks.every((m) => comparePositions(m, { segment: 1, offset: 0 }) <= 0) : true,
+    `readings evaluated since do not move the mark past the record whose batch failed (${JSON.stringify(marks)})`)
+})
+
 /** An engine as one of several processes on one Postgres (sharedState), a new patient, and how many states its tasks have carried. */
 async function sharedStateEngine (t: { teardown: (fn: () => unknown) => void }, patientName: string) {
   const registry = new Registry()
