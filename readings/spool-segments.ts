@@ -25,7 +25,7 @@ import { appendedAtOfPrefix, declaredRecordLength, decodeRecordBody, recordHeade
  * mark, `evaluated`, says up to where the alert engine has evaluated the records and saved the
  * state that came of them: segments are kept until both have passed them (at most
  * `maxEvaluationLagBytes` for the engine), so after a crash the records past it are evaluated
- * again (readEvaluationBacklog).
+ * again (spool.ts evaluationBacklog).
  */
 
 export interface Position { segment: number, offset: number }
@@ -109,7 +109,7 @@ export interface Segments {
    */
   read (maxReadings: number, from?: Position): Promise<RecordRun | null>
   /** Whole records from `from` on, each apart, up to maxReadings (at least one record); null when nothing follows. */
-  readRecords (maxReadings: number, from: Position): Promise<{ records: SpooledRecord[], end: Position } | null>
+  readRecords (maxReadings: number, from: Position): Promise<{ records: SpooledRecord[], bytes: number, end: Position } | null>
   /** Where the alert engine's evaluation mark is (checkpointed with the cursor). */
   evaluated (): Position
   /** While pinned (the evaluation backlog is being read) the mark is not moved up to the cursor by the lag bound. */
@@ -487,10 +487,10 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     const { records } = run
     const readings = records.length === 1 ? records[0]!.readings : records.flatMap((r) => r.readings)
     // (No records but an end further on: the run crosses into the next segment.)
-    return { readings, bytes: records.reduce((n, r) => n + (r.end.offset - r.start.offset), 0), start: from, end: run.end }
+    return { readings, bytes: run.bytes, start: from, end: run.end }
   }
 
-  async function readRecords (maxReadings: number, from: Position): Promise<{ records: SpooledRecord[], end: Position } | null> {
+  async function readRecords (maxReadings: number, from: Position): Promise<{ records: SpooledRecord[], bytes: number, end: Position } | null> {
     const records: SpooledRecord[] = []
     let count = 0
     let bytes = 0
@@ -528,7 +528,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
       if (!progressed) throw new Error(`spool segment ${segmentName(pos.segment)} ends inside a record at byte ${pos.offset}`)
     }
     if (bytes === 0 && pos.segment === from.segment && pos.offset === from.offset) return null
-    return { records, end: pos }
+    return { records, bytes, end: pos }
   }
 
   /** appendedAt of the first undelivered record, for stats. */

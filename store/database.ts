@@ -24,7 +24,7 @@ export interface Database {
   /**
    * Resolves once everything committed before the call is on stable storage, riding on the next
    * flushToDisk another caller runs (PGlite: the spool's delivery runs one about twice a second
-   * while readings arrive), or running one itself after `durableWithinMs` without. At once for a
+   * while readings arrive), or running one itself after 2 s without. At once for a
    * Postgres server. For what may wait: the alert engine's evaluation mark.
    */
   whenDurable (): Promise<void>
@@ -205,6 +205,23 @@ async function syncFilesystemOnce (dir: string): Promise<void> {
  * Callers that arrive while a flush runs share the next one (a flush already under way may
  * have started before their commit), so N concurrent commits cost at most two flushes.
  */
+export function coalesce (flush: () => Promise<void>): () => Promise<void> {
+  let running: Promise<void> | null = null
+  let next: Promise<void> | null = null
+  const start = (): Promise<void> => {
+    running = flush().finally(() => { running = null })
+    return running
+  }
+  return () => {
+    if (running === null) return start()
+    next ??= running.catch(() => {}).then(() => {
+      next = null
+      return start()
+    })
+    return next
+  }
+}
+
 /**
  * flushToDisk (a coalesced flush: a call made while one runs waits for the next, so each call's
  * flush starts after it) with whenDurable beside it: a waiter is released by the first call made
@@ -247,23 +264,6 @@ export function trackFlushes (flush: () => Promise<void>, maxWaitMs: number): { 
       for (const w of waiters) if (w.timer !== null) clearTimeout(w.timer)
       waiters.clear()
     }
-  }
-}
-
-export function coalesce (flush: () => Promise<void>): () => Promise<void> {
-  let running: Promise<void> | null = null
-  let next: Promise<void> | null = null
-  const start = (): Promise<void> => {
-    running = flush().finally(() => { running = null })
-    return running
-  }
-  return () => {
-    if (running === null) return start()
-    next ??= running.catch(() => {}).then(() => {
-      next = null
-      return start()
-    })
-    return next
   }
 }
 

@@ -654,10 +654,10 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         }
       } catch (err) {
         markHeld = true
-        metrics.replayed.inc(count)
         throw err
+      } finally {
+        metrics.replayed.inc(count)
       }
-      metrics.replayed.inc(count)
       return count
     },
     evaluateNoData: noDataPass,

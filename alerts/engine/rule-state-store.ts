@@ -22,17 +22,15 @@ const SETTINGS_CACHE_PATIENTS = 100_000
 const WRITTEN = `xmin::text || '.' || (extract(epoch FROM updated_at) * 1000000)::bigint::text`
 
 /** Each patient's rule ids with their rows' WRITTEN marks, in rule-id order: stateVersions. */
-const versionsSql = (ids: string): string =>
-  `SELECT patient_id, string_agg(rule_id || ' ' || ${WRITTEN}, ' ' ORDER BY rule_id COLLATE "C") AS v
-     FROM alert_rule_state WHERE patient_id = ANY(${ids}) GROUP BY patient_id`
+const versionsSql = `SELECT patient_id, string_agg(rule_id || ' ' || ${WRITTEN}, ' ' ORDER BY rule_id COLLATE "C") AS v
+     FROM alert_rule_state WHERE patient_id = ANY($1::uuid[]) GROUP BY patient_id`
 
 /** Overrides and SpO₂ scales in one result (a scale's row has a null rule_id): readSettings. */
-const settingsSql = (ids: string): string =>
-  `SELECT patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at, NULL::smallint AS spo2_scale
-     FROM patient_rule_overrides WHERE patient_id = ANY(${ids})
+const settingsSql = `SELECT patient_id, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at, NULL::smallint AS spo2_scale
+     FROM patient_rule_overrides WHERE patient_id = ANY($1::uuid[])
    UNION ALL
    SELECT patient_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, spo2_scale
-     FROM patient_news2_scale WHERE patient_id = ANY(${ids})
+     FROM patient_news2_scale WHERE patient_id = ANY($1::uuid[])
    ORDER BY rule_id`
 
 /**
@@ -41,10 +39,10 @@ const settingsSql = (ids: string): string =>
  */
 const lockedReadsSql = `SELECT 'v' AS k, patient_id, v, NULL AS rule_id, NULL::jsonb AS parameters, NULL AS reason, NULL AS reason_key_id,
        NULL AS set_by, NULL::timestamptz AS set_at, NULL::timestamptz AS expires_at, NULL::smallint AS spo2_scale
-     FROM (${versionsSql('$1::uuid[]')}) versions
+     FROM (${versionsSql}) versions
    UNION ALL
    SELECT 's', patient_id, NULL, rule_id, parameters, reason, reason_key_id, set_by, set_at, expires_at, spo2_scale
-     FROM (${settingsSql('$1::uuid[]')}) settings
+     FROM (${settingsSql}) settings
    ORDER BY rule_id`
 
 /** Volatile functions in the select list run after the sort: the locks are taken in id order. */
@@ -103,7 +101,7 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: 
   /** overridesOf and spo2Scales in one round trip (settingsOf without its cache). */
   async function readSettings (patientIds: readonly string[]): Promise<{ overrides: Map<string, RuleOverride[]>, scales: Map<string, Spo2Scale> }> {
     if (patientIds.length === 0) return { overrides: new Map(), scales: new Map() }
-    const { rows } = await pool.query({ name: 'vigil-rule-settings', text: settingsSql('$1::uuid[]'), values: [patientIds] })
+    const { rows } = await pool.query({ name: 'vigil-rule-settings', text: settingsSql, values: [patientIds] })
     return settingsFrom(rows)
   }
   const versionsFrom = (patientIds: readonly string[], rows: Array<{ patient_id: string, v: string }>): Map<string, string> => {
@@ -146,7 +144,7 @@ export function createRuleStateStore (pool: pg.Pool, keyring: Keyring, options: 
      */
     async stateVersions (patientIds: readonly string[], db: pg.ClientBase | pg.Pool = pool): Promise<Map<string, string>> {
       if (patientIds.length === 0) return new Map()
-      const { rows } = await db.query<{ patient_id: string, v: string }>({ name: 'vigil-rule-state-versions', text: versionsSql('$1::uuid[]'), values: [patientIds] })
+      const { rows } = await db.query<{ patient_id: string, v: string }>({ name: 'vigil-rule-state-versions', text: versionsSql, values: [patientIds] })
       return versionsFrom(patientIds, rows)
     },
 
