@@ -20,6 +20,8 @@ export interface BenchOptions {
   allocProfile: boolean
   /** Extra Node.js flags for Vigil's process (e.g. a V8 heap setting to compare against the default). */
   vigilNodeArgs: string[]
+  /** --vigil-env: environment variables for every Vigil of the run (after the bench's own). */
+  vigilEnv: Record<string, string>
   /** Readings per message: 1 (default), 6 (the simulator's shape), 50 (a backlog upload). */
   readingsPerMessage: number
   /**
@@ -60,6 +62,8 @@ this machine and prints a table (and writes bench/results/<timestamp>.json).
                       50 a backlog upload): rates stay in msg/s, "readings/s stored" counts readings
   --profile           CPU-profile Vigil during scenarios 1 and 5 and print where its time goes
   --vigil-node-arg F  a Node.js flag for Vigil's process (repeatable), e.g. --vigil-node-arg=--max-semi-space-size=8
+  --vigil-env K=V     an environment variable for every Vigil of the run (repeatable), e.g.
+                      --vigil-env INFLUX_WRITE_GZIP=true (the bench sets ports, stores and data dirs itself)
   --alloc-profile     sample Vigil's allocations (freed ones too) during scenario 1's measured
                       steps and print which functions allocate how much a message (not with --profile)
   --instances N       scale-out: after scenario 1 (1 process), the same search through N Vigil
@@ -107,6 +111,7 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
       profile: { type: 'boolean', default: false },
       'alloc-profile': { type: 'boolean', default: false },
       'vigil-node-arg': { type: 'string', multiple: true },
+      'vigil-env': { type: 'string', multiple: true },
       'readings-per-message': { type: 'string' },
       instances: { type: 'string' },
       'redis-url': { type: 'string' },
@@ -135,6 +140,15 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
   const vigilNodeArgs = values['vigil-node-arg'] ?? []
   const badFlag = vigilNodeArgs.find((a) => !/^--[a-z]/.test(a))
   if (badFlag !== undefined) throw new Error(`--vigil-node-arg takes one Node.js flag such as --max-semi-space-size=8 (got "${badFlag}")`)
+  const vigilEnv: Record<string, string> = {}
+  for (const pair of values['vigil-env'] ?? []) {
+    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/s.exec(pair)
+    if (m === null) throw new Error(`--vigil-env takes NAME=VALUE, e.g. INFLUX_WRITE_GZIP=true (got "${pair}")`)
+    if (/^(HTTP_PORT|MQTT_PORT|INFLUX_URL|INFLUX_BUCKET|DATABASE_URL|VIGIL_DATA_DIR|VIGIL_ADMIN_TOKEN|REDIS_URL|REDIS_PREFIX)$/.test(m[1]!)) {
+      throw new Error(`--vigil-env: the bench sets ${m[1]!} itself`)
+    }
+    vigilEnv[m[1]!] = m[2]!
+  }
   return {
     mode: full ? 'full' : 'quick',
     durationMs: positive('duration', values.duration, full ? 20 : 4) * 1000,
@@ -149,6 +163,7 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
     profile: values.profile,
     allocProfile: values['alloc-profile'],
     vigilNodeArgs,
+    vigilEnv,
     readingsPerMessage: positive('readings-per-message', values['readings-per-message'], 1, true),
     instances,
     redisUrl: values['redis-url'] ?? null,

@@ -240,6 +240,7 @@ async function main (): Promise<void> {
     `${options.readingsPerMessage === 1 ? 'one reading' : `${options.readingsPerMessage} readings`} per message; a "held" rate had every message sent on schedule, at most 0.5 s of load (or 3 %) un-PUBACKed when the ` +
     'window ended and all PUBACKed within 3 s, none lost, and every acknowledged reading counted in InfluxDB within 1 s + 10 % of the window after it')
   if (options.vigilNodeArgs.length > 0) results.caveats.push(`Vigil ran with node ${options.vigilNodeArgs.join(' ')}`)
+  if (Object.keys(options.vigilEnv).length > 0) results.caveats.push(`Vigil ran with ${Object.entries(options.vigilEnv).map(([k, v]) => `${k}=${v}`).join(' ')}`)
   if (options.profile) results.caveats.push('--profile: Vigil ran under the V8 sampling profiler in scenarios 1 and 5, which costs it some CPU')
 
   const vigilDataDir = path.join(root, 'vigil-data')
@@ -250,7 +251,10 @@ async function main (): Promise<void> {
     const { profileDir, inspectPort, embeddedDataDir } = o
     vigilInstance++
     const started = await startVigil({
-      env: embeddedDataDir === undefined ? clusterEnv : {},
+      // The embedded Vigil has no InfluxDB: an INFLUX_ setting would stop it at start.
+      env: embeddedDataDir === undefined
+        ? { ...clusterEnv, ...options.vigilEnv }
+        : Object.fromEntries(Object.entries(options.vigilEnv).filter(([k]) => !k.startsWith('INFLUX_'))),
       dataDir: embeddedDataDir ?? vigilDataDir,
       databaseUrl: embeddedDataDir === undefined ? database.url : null,
       influxUrl: embeddedDataDir === undefined ? influxd.url : null,
@@ -417,7 +421,7 @@ async function main (): Promise<void> {
     // One after the other: they share the database and its migrations.
     for (let i = 1; i <= n; i++) {
       const member = await startVigil({
-        env: clusterEnv,
+        env: { ...clusterEnv, ...options.vigilEnv },
         dataDir: path.join(root, `vigil-data-${i}`),
         databaseUrl: database.url,
         influxUrl: influxd.url,

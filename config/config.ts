@@ -134,6 +134,8 @@ export interface InfluxConfig {
   bucket: string
   /** v2: `/api/v2/write` (InfluxDB 1.8+, 2.x, 3.x). v1: `/write` for InfluxDB before 1.8. auto: ask `/ping`. */
   api: 'auto' | 'v1' | 'v2'
+  /** Gzip write bodies over 4 KiB (INFLUX_WRITE_GZIP). Default false: CPU matters more than bytes on a LAN. */
+  gzipWrites?: boolean
 }
 
 export class ConfigError extends Error {
@@ -326,9 +328,9 @@ export function loadConfig (env: Env = process.env, cpuCount = 2): Config {
   const s = parseEnvironment(env)
   let influx: InfluxConfig | null = null
   if (s.INFLUX_URL !== undefined) {
-    influx = { url: s.INFLUX_URL.replace(/\/+$/, ''), token: s.INFLUX_TOKEN, org: s.INFLUX_ORG, bucket: s.INFLUX_BUCKET, api: s.INFLUX_API }
+    influx = { url: s.INFLUX_URL.replace(/\/+$/, ''), token: s.INFLUX_TOKEN, org: s.INFLUX_ORG, bucket: s.INFLUX_BUCKET, api: s.INFLUX_API, gzipWrites: s.INFLUX_WRITE_GZIP === 'true' }
   } else {
-    for (const name of ['INFLUX_TOKEN', 'INFLUX_ORG', 'INFLUX_BUCKET', 'INFLUX_API']) {
+    for (const name of ['INFLUX_TOKEN', 'INFLUX_ORG', 'INFLUX_BUCKET', 'INFLUX_API', 'INFLUX_WRITE_GZIP']) {
       if (read(env, name) !== undefined) throw new ConfigError(name, `${name} is set but INFLUX_URL is not: set INFLUX_URL to use InfluxDB`)
     }
   }

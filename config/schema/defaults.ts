@@ -49,6 +49,7 @@ export const defaults = {
   INFLUX_ORG: 'vigil',
   INFLUX_BUCKET: 'vigil',
   INFLUX_API: 'auto',
+  INFLUX_WRITE_GZIP: 'false',
   VIGIL_DATA_DIR: './data',
   VIGIL_SPOOL_MAX_BYTES: 1024 * MiB,
   // PGlite (like Postgres) writes its WAL in 16 MB segments: two of them (the one being filled

@@ -58,7 +58,8 @@ t.test('port 0 is allowed (pick a free port)', async (t) => {
 
 t.test('InfluxDB settings', async (t) => {
   const c = loadConfig({ INFLUX_URL: 'http://127.0.0.1:8086/', INFLUX_TOKEN: 'tok', INFLUX_BUCKET: 'b' })
-  t.same(c.influx, { url: 'http://127.0.0.1:8086', token: 'tok', org: 'vigil', bucket: 'b', api: 'auto' })
+  t.same(c.influx, { url: 'http://127.0.0.1:8086', token: 'tok', org: 'vigil', bucket: 'b', api: 'auto', gzipWrites: false })
+  t.equal(loadConfig({ INFLUX_URL: 'http://127.0.0.1:8086', INFLUX_WRITE_GZIP: 'true' }).influx?.gzipWrites, true)
 })
 
 const bad: Array<[Record<string, string>, string]> = [
@@ -76,6 +77,8 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ INFLUX_URL: 'ftp://x' }, 'INFLUX_URL'],
   [{ INFLUX_TOKEN: 'x' }, 'INFLUX_TOKEN'],
   [{ INFLUX_URL: 'http://x', INFLUX_API: 'v3' }, 'INFLUX_API'],
+  [{ INFLUX_URL: 'http://x', INFLUX_WRITE_GZIP: 'yes' }, 'INFLUX_WRITE_GZIP'],
+  [{ INFLUX_WRITE_GZIP: 'true' }, 'INFLUX_WRITE_GZIP'],
   [{ VIGIL_ADMIN_TOKEN: 'short' }, 'VIGIL_ADMIN_TOKEN'],
   [{ VIGIL_ACCESS_TOKEN_TTL_SECONDS: '10' }, 'VIGIL_ACCESS_TOKEN_TTL_SECONDS'],
   [{ VIGIL_SESSION_IDLE_SECONDS: 'soon' }, 'VIGIL_SESSION_IDLE_SECONDS'],

@@ -1,5 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import fs from 'node:fs/promises'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import pino from 'pino'
@@ -285,10 +287,11 @@ readingStoreContract(t, 'postgres readings store on PostgreSQL', async (t) => {
   return { store, arbitraryIds: false }
 })
 
-for (const api of ['auto', 'v1'] as const) {
-  readingStoreContract(t, `influx readings store on influxd 1.6 (api ${api})`, async (t) => {
+// The second also gzips its write bodies (INFLUX_WRITE_GZIP=true), so both bodies meet a real influxd.
+for (const [api, gzipWrites] of [['auto', false], ['v1', true]] as const) {
+  readingStoreContract(t, `influx readings store on influxd 1.6 (api ${api}${gzipWrites ? ', gzip' : ''})`, async (t) => {
     const influxd = await influxdStarting
-    const store = await createInfluxReadingStore({ url: influxd.url, token: '', org: 'vigil', bucket: `vigil_${api}`, api }, log)
+    const store = await createInfluxReadingStore({ url: influxd.url, token: '', org: 'vigil', bucket: `vigil_${api}`, api, gzipWrites }, log)
     t.teardown(() => store.close())
     return { store, arbitraryIds: true }
   })
@@ -320,6 +323,41 @@ t.test('influx store: errors are mapped and carry no reading data', async (t) =>
   t.match(e.message, /field type conflict/)
   t.notMatch(e.message, /secret-patient|123\.456|heart_rate/, 'no reading data in the message')
   t.equal(e.retriable, false)
+})
+
+t.test('influx store: write bodies are gzipped only with gzipWrites, and both are stored', async (t) => {
+  // A forwarding proxy in front of the real influxd notes each write's Content-Encoding.
+  const encodings: string[] = []
+  const proxy = http.createServer((req, res) => {
+    if (req.url?.startsWith('/write') === true || req.url?.startsWith('/api/v2/write') === true) encodings.push(req.headers['content-encoding'] ?? 'identity')
+    const upstream = http.request(new URL(req.url!, influxd.url), { method: req.method, headers: req.headers }, (answer) => {
+      res.writeHead(answer.statusCode!, answer.headers)
+      answer.pipe(res)
+    })
+    upstream.on('error', (err) => res.destroy(err))
+    req.pipe(upstream)
+  })
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => proxy.close(() => resolve())))
+  const url = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`
+  for (const gzipWrites of [false, true]) {
+    encodings.length = 0
+    const store = await createInfluxReadingStore({ url, token: '', org: 'vigil', bucket: `gzip_${String(gzipWrites)}`, api: 'auto', gzipWrites }, log)
+    t.teardown(() => store.close())
+    const patientId = randomUUID()
+    // 100 lines: ~15 KB, past the 4 KiB below which nothing is compressed.
+    const readings = Array.from({ length: 100 }, (_, i) => reading(patientId, { ts: base + i, value: 60 + i }))
+    await store.write(readings)
+    t.same(encodings, [gzipWrites ? 'gzip' : 'identity'], `gzipWrites ${String(gzipWrites)}: one write, ${gzipWrites ? 'gzipped' : 'as it is'}`)
+    const { rows } = await allPages(store, { patientId, limit: 1000 })
+    t.same(sorted(rows), sorted(readings), `gzipWrites ${String(gzipWrites)}: every reading stored`)
+  }
+  // Small bodies are not worth compressing either way.
+  encodings.length = 0
+  const store = await createInfluxReadingStore({ url, token: '', org: 'vigil', bucket: 'gzip_small', api: 'auto', gzipWrites: true }, log)
+  t.teardown(() => store.close())
+  await store.write([reading(randomUUID())])
+  t.same(encodings, ['identity'], 'one line: not gzipped')
 })
 
 t.test('influx store: write and ping reject while InfluxDB is down', async (t) => {
