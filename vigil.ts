@@ -39,7 +39,7 @@ import type { ReencryptionProgress } from './patients/patient-records.ts'
 import { createPatientStore } from './patients/patients.ts'
 import { createPostgresReadingStore } from './readings/postgres-store.ts'
 import type { StoredReading } from './readings/reading.ts'
-import type { ReadingStore } from './readings/reading-store.ts'
+import { timedReads, type ReadingStore } from './readings/reading-store.ts'
 import type { Database } from './store/database.ts'
 import { startReencryption, type Reencryption } from './crypto/reencryption.ts'
 import { startLeadership, type LeaderTask } from './store/leadership.ts'
@@ -287,7 +287,9 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // /healthz checks Postgres and the reading store; the spool's state is in the metrics
     // (depth, oldest unwritten age), where an alert on age says more than a 503 would.
     const api = await buildApi({
-      log, db, patients, devices, tokens, rejections, keptReplay: ingest, readings, metrics, patientRecords, access, alerts: alerting.api, alertRules: alertEngine,
+      log, db, patients, devices, tokens, rejections, keptReplay: ingest, metrics, patientRecords, access, alerts: alerting.api, alertRules: alertEngine,
+      // Its reads timed (vigil_reading_store_read_seconds): how much of an answer's time the store took.
+      readings: timedReads(readings, (read, seconds) => { metrics.readingStoreReadSeconds.observe({ read }, seconds) }),
       jobs: jobs.queue,
       voiceNotes: jobs.voiceNotes,
       researchExports,

@@ -31,6 +31,7 @@ import { deviceRoutes } from './routes/devices.ts'
 import { healthRoutes } from './routes/health.ts'
 import { jobRoutes } from './routes/jobs.ts'
 import { metricsRoutes } from './routes/metrics.ts'
+import { registerRequestMetrics } from './plugins/request-metrics.ts'
 import { patientRecordRoutes } from './routes/patient-records.ts'
 import { patientRoutes } from './routes/patients.ts'
 import { loginBudgetFor, sessionRoutes } from './routes/sessions.ts'
@@ -98,6 +99,7 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
   // refusals (URL length, load shedding, the address budget) before any route work.
   await registerSecurityHeaders(app)
   registerRequestIds(app)
+  registerRequestMetrics(app, (timing, seconds) => { deps.metrics.httpRequestSeconds.observe({ ...timing }, seconds) })
   registerUrlLengthLimit(app)
   registerLoadShedding(app, {
     maxEventLoopDelayMs: limits.maxEventLoopDelayMs,

@@ -51,11 +51,19 @@ export interface SmallSiteRow {
   peer: StepResult | null
 }
 
+/** Means inside Vigil over the query step (its metrics): the answer (arrival to sent) and the reading store's read in it. */
+export interface QueryInside {
+  answerMs: number | null
+  storeMs: number | null
+}
+
 export interface QuerySide {
   rate: number
   ingestOnly: StepResult
   withQueries: StepResult
   queries: QueryLoadResult
+  /** Absent in results from before Vigil timed its answers. */
+  inside?: { latest: QueryInside, aggregate24h: QueryInside }
 }
 
 export interface Target {
@@ -307,6 +315,11 @@ export function renderReport (r: BenchResults): string {
       ['GET …/readings/latest', pair(q.queries.latest.p50Ms, q.queries.latest.p99Ms), q.queries.latest.perSecond.toFixed(0)],
       ['GET …/readings/aggregate (24 h, 1 h mean)', pair(q.queries.aggregate24h.p50Ms, q.queries.aggregate24h.p99Ms), q.queries.aggregate24h.perSecond.toFixed(0)]
     ]))
+    if (q.inside !== undefined) {
+      const one = (name: string, i: QueryInside): string => `${name} ${fmtMs(i.answerMs)} (the store's read ${fmtMs(i.storeMs)})`
+      out.push(`  Inside Vigil, mean: ${one('latest', q.inside.latest)}, ${one('aggregate', q.inside.aggregate24h)}; the rest of a query's time is the client's`,
+        '  and the network\'s, and the wait before Vigil read the request.')
+    }
     if (q.queries.refused > 0) out.push(`  ${q.queries.refused} queries refused with 429/503 (Vigil's rate limit or load shedding)`)
     if (q.queries.errors > 0) out.push(`  ${q.queries.errors} query errors, first: ${q.queries.firstError}`)
     if (!q.ingestOnly.held || !q.withQueries.held) {

@@ -21,9 +21,11 @@ import { measureInfluxWriteCeiling } from './influx-write-ceiling.ts'
 import { provisionDevices, type ProvisionedDevice } from './provision-devices.ts'
 import { runQueryLoad } from './query-load.ts'
 import { findMaxRate, measureIdle, measureStep, waitForIdle, type PipelineUnderTest, type SearchResult, type SharedCpuMeter, type StepContext } from './rate-search.ts'
-import { evaluateTargets, projectFromRun, renderReport, type BenchResults, type CostGrowthRow, type MachineInfo, type SmallSiteRow } from './report.ts'
+import { evaluateTargets, projectFromRun, renderReport, type BenchResults, type CostGrowthRow, type MachineInfo, type QueryInside, type SmallSiteRow } from './report.ts'
 import { postgresBackendsMeter, startBenchRedis, type BenchRedis } from './shared-meters.ts'
-import { scrapeVigilMetrics } from './vigil-metrics.ts'
+import { meanBetween, scrapeVigilMetrics, scrapeVigilSeries } from './vigil-metrics.ts'
+
+const msOrNull = (seconds: number | null): number | null => seconds === null ? null : seconds * 1000
 
 /*
  * npm run bench [-- --full | --duration S | --devices N | --rates R1,R2 | --instances N | --help]
@@ -384,11 +386,22 @@ async function main (): Promise<void> {
       const ingestOnly = await measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 50, readingsPerMessage: options.readingsPerMessage })
       progress(`scenario 5 · query side: ingest at ${rate} msg/s with readings/latest and 24 h aggregate queries on 100 patients`)
       const patientIds = devices.slice(0, 100).map((d) => d.patientId)
+      const series = async (): Promise<Map<string, number>> => new Map([
+        ...await scrapeVigilSeries(current.baseUrl, 'vigil_http_request_seconds_'),
+        ...await scrapeVigilSeries(current.baseUrl, 'vigil_reading_store_read_seconds_')
+      ])
+      const before = await series()
       const [withQueries, queries] = await Promise.all([
         measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 50, readingsPerMessage: options.readingsPerMessage }),
         runQueryLoad(current.baseUrl, adminToken, patientIds, { durationMs: options.durationMs, concurrency: 2 })
       ])
-      results.querySide = { rate, ingestOnly, withQueries, queries }
+      const after = await series()
+      // Where a query's time went: Vigil's own answer time (arrival to answer sent) and, inside it, the store's read.
+      const inside = (route: string, read: string): QueryInside => ({
+        answerMs: msOrNull(meanBetween(before, after, 'vigil_http_request_seconds', `method="GET",route="/v1/patients/:id/readings/${route}",status="2xx"`)),
+        storeMs: msOrNull(meanBetween(before, after, 'vigil_reading_store_read_seconds', `read="${read}"`))
+      })
+      results.querySide = { rate, ingestOnly, withQueries, queries, inside: { latest: inside('latest', 'latest'), aggregate24h: inside('aggregate', 'aggregate') } }
       progress(`scenario 5 · query side: latest p99 ${queries.latest.p99Ms?.toFixed(1)} ms, aggregate p99 ${queries.aggregate24h.p99Ms?.toFixed(1)} ms, ` +
         `PUBACK p99 ${ingestOnly.load.puback.p99Ms?.toFixed(1)} ms alone, ${withQueries.load.puback.p99Ms?.toFixed(1)} ms with queries`)
     }

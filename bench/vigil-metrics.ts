@@ -33,3 +33,24 @@ export function metricDeltas (before: Map<string, number>, after: Map<string, nu
   for (const [name, value] of after) deltas.set(name, value - (before.get(name) ?? 0))
   return deltas
 }
+
+/** Vigil's /metrics series whose name starts with `prefix`, each keyed by its whole name with labels (`name{a="b"}`). */
+export async function scrapeVigilSeries (baseUrl: string, prefix: string): Promise<Map<string, number>> {
+  const res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(10_000) })
+  if (!res.ok) throw new Error(`GET /metrics → HTTP ${res.status}`)
+  const out = new Map<string, number>()
+  for (const line of (await res.text()).split('\n')) {
+    if (!line.startsWith(prefix)) continue
+    const space = line.lastIndexOf(' ')
+    const value = Number(line.slice(space + 1))
+    if (Number.isFinite(value)) out.set(line.slice(0, space), value)
+  }
+  return out
+}
+
+/** Mean seconds of one histogram series between two scrapes (`series` is the part in braces), null when none was observed. */
+export function meanBetween (before: Map<string, number>, after: Map<string, number>, name: string, series: string): number | null {
+  const delta = (suffix: string): number => (after.get(`${name}_${suffix}{${series}}`) ?? 0) - (before.get(`${name}_${suffix}{${series}}`) ?? 0)
+  const count = delta('count')
+  return count > 0 ? delta('sum') / count : null
+}

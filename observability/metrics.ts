@@ -92,6 +92,20 @@ export function createMetrics () {
       help: 'Failed batch writes to the reading store (retried; nothing acknowledged is dropped)',
       registers: [registry]
     }),
+    httpRequestSeconds: new Histogram({
+      name: 'vigil_http_request_seconds',
+      help: 'API requests, from arrival to the answer sent, by method, route template (ids are `:id`; `unmatched` for unknown paths) and status class',
+      labelNames: ['method', 'route', 'status'] as const,
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry]
+    }),
+    readingStoreReadSeconds: new Histogram({
+      name: 'vigil_reading_store_read_seconds',
+      help: 'Reads of the reading store made for the API (InfluxDB or Postgres; on the embedded default including the wait for delivery of what was acknowledged), by read',
+      labelNames: ['read'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry]
+    }),
     durableSeconds: new Histogram({
       name: 'vigil_ingest_durable_seconds',
       help: 'From PUBLISH received to reading durable (the moment PUBACK may be sent)',

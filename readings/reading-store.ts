@@ -104,3 +104,32 @@ export function isUuid (value: string): boolean {
 export function canonicalId (id: string): string {
   return isUuid(id) ? id.toLowerCase() : id
 }
+
+/** The reads of a ReadingStore, by name (the label of vigil_reading_store_read_seconds). */
+export type ReadingStoreRead = 'query' | 'latest' | 'latestForPatients' | 'recentForPatients' | 'aggregate'
+
+/**
+ * `store` with each read timed: `observe(read, seconds)` once it settles, answered or failed.
+ * Writes, ping and close pass through.
+ */
+export function timedReads (store: ReadingStore, observe: (read: ReadingStoreRead, seconds: number) => void): ReadingStore {
+  const timed = async <T>(read: ReadingStoreRead, run: () => Promise<T>): Promise<T> => {
+    const started = performance.now()
+    try {
+      return await run()
+    } finally {
+      observe(read, (performance.now() - started) / 1000)
+    }
+  }
+  return {
+    kind: store.kind,
+    write: async (readings) => { await store.write(readings) },
+    query: async (q) => await timed('query', async () => await store.query(q)),
+    latest: async (patientId) => await timed('latest', async () => await store.latest(patientId)),
+    latestForPatients: async (ids) => await timed('latestForPatients', async () => await store.latestForPatients(ids)),
+    recentForPatients: async (ids, metric, limit) => await timed('recentForPatients', async () => await store.recentForPatients(ids, metric, limit)),
+    aggregate: async (q) => await timed('aggregate', async () => await store.aggregate(q)),
+    ping: async () => { await store.ping() },
+    close: async () => { await store.close() }
+  }
+}

@@ -31,8 +31,19 @@ t.test('embedded default: publish over MQTT, read back over HTTP', async (t) => 
   const latest = await vigil.api('GET', `/v1/patients/${patientId}/readings/latest`)
   t.same(latest.body.items.map((r: any) => r.metric).sort(), ['body_temp', 'heart_rate', 'spo2'])
 
+  const missing = await fetch(`http://127.0.0.1:${vigil.httpPort}/v1/no-such-thing/${patientId}`)
+  t.equal(missing.status, 404)
+  await missing.arrayBuffer()
+
   const metrics = await fetch(`http://127.0.0.1:${vigil.httpPort}/metrics`).then((r) => r.text())
   t.match(metrics, /vigil_readings_stored_total 3/)
+  // Answers and store reads are timed by route template and read, never by a path with ids in it.
+  t.match(metrics, /^vigil_http_request_seconds_count\{method="GET",route="\/v1\/patients\/:id\/readings\/latest",status="2xx"\} 1$/m)
+  t.match(metrics, /^vigil_http_request_seconds_count\{method="GET",route="\/v1\/patients\/:id\/readings",status="2xx"\} 1$/m)
+  t.match(metrics, /^vigil_http_request_seconds_count\{method="GET",route="unmatched",status="4xx"\} 1$/m)
+  t.match(metrics, /^vigil_reading_store_read_seconds_count\{read="latest"\} 1$/m)
+  t.match(metrics, /^vigil_reading_store_read_seconds_count\{read="query"\} 1$/m)
+  t.notMatch(metrics, new RegExp(`${patientId}|${deviceId}|no-such-thing`), 'no id or path in any label')
 })
 
 t.test('embedded data survives a restart', async (t) => {

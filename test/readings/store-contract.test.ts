@@ -14,7 +14,7 @@ import {
   influxqlIdentifier, influxqlString, InfluxStoreError, readingsWhere
 } from '../../readings/influx-store.ts'
 import { createPostgresReadingStore } from '../../readings/postgres-store.ts'
-import { aggregateBuckets, compareReadingPositions } from '../../readings/reading-store.ts'
+import { aggregateBuckets, compareReadingPositions, timedReads } from '../../readings/reading-store.ts'
 import type { ReadingQuery, ReadingStore } from '../../readings/reading-store.ts'
 import { startInfluxd } from '../helpers/influxd.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
@@ -454,4 +454,31 @@ t.test('aggregate buckets and reading order (pure)', async (t) => {
     { ts: 1, deviceId: 'b', metric: 'b' }
   ]
   t.strictSame([...order].reverse().sort(compareReadingPositions), order)
+})
+
+t.test('timedReads times each read once it settles, answered or failed, and passes writes through', async (t) => {
+  const observed: string[] = []
+  let written = 0
+  const failing = new Error('store down')
+  const inner: ReadingStore = {
+    kind: 'influxdb',
+    write: async (r) => { written += r.length },
+    query: async () => [],
+    latest: async () => { await new Promise((resolve) => setTimeout(resolve, 20)); return [] },
+    latestForPatients: async () => new Map(),
+    recentForPatients: async () => new Map(),
+    aggregate: async () => { throw failing },
+    ping: async () => {},
+    close: async () => {}
+  }
+  const seconds: number[] = []
+  const store = timedReads(inner, (read, s) => { observed.push(read); seconds.push(s) })
+  await store.latest('p')
+  await t.rejects(store.aggregate({ patientId: 'p', metric: 'heart_rate', from: base, to: base + minute, everyMs: minute, fn: 'mean' }), failing)
+  await store.write([reading('p')])
+  await store.latestForPatients(['p'])
+  t.same(observed, ['latest', 'aggregate', 'latestForPatients'])
+  t.ok(seconds[0]! >= 0.015, `latest took its 20 ms (${seconds[0]} s)`)
+  t.equal(written, 1)
+  t.equal(store.kind, 'influxdb')
 })
