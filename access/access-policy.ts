@@ -91,21 +91,41 @@ export function createPatientAccessPolicy ({ people, patients, audit, now = () =
     return denied
   }
 
+  async function decideFor (request: FastifyRequest, patientId: string): Promise<Decision> {
+    const principal = request.principal
+    return principal === null ? { allowed: false, breakGlassReason: null } : await decide(principal, patientId)
+  }
+
+  async function auditDecision (request: FastifyRequest, patientId: string, access: PatientAccessRequest, decision: Decision): Promise<void> {
+    await audit.record({
+      ...auditActor(request),
+      patientId,
+      action: access.action,
+      fields: access.fields ?? [],
+      outcome: decision.allowed ? 'allowed' : 'denied',
+      breakGlassReason: decision.breakGlassReason,
+      details: access.details ?? null
+    })
+  }
+
   return {
     decide,
     async require (request: FastifyRequest, patientId: string, access: PatientAccessRequest): Promise<void> {
-      const principal = request.principal
-      const decision = principal === null ? { allowed: false, breakGlassReason: null } : await decide(principal, patientId)
-      await audit.record({
-        ...auditActor(request),
-        patientId,
-        action: access.action,
-        fields: access.fields ?? [],
-        outcome: decision.allowed ? 'allowed' : 'denied',
-        breakGlassReason: decision.breakGlassReason,
-        details: access.details ?? null
-      })
+      const decision = await decideFor(request, patientId)
+      await auditDecision(request, patientId, access, decision)
       if (!decision.allowed) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
+    },
+    async requireAnd<T> (request: FastifyRequest, patientId: string, access: PatientAccessRequest, read: () => Promise<T>): Promise<T> {
+      const decision = await decideFor(request, patientId)
+      if (!decision.allowed) {
+        await auditDecision(request, patientId, access, decision)
+        throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
+      }
+      // Both settle before anything is answered: a read's failure does not leave the row's write running unobserved.
+      const [recorded, result] = await Promise.allSettled([auditDecision(request, patientId, access, decision), read()])
+      if (recorded.status === 'rejected') throw recorded.reason
+      if (result.status === 'rejected') throw result.reason
+      return result.value
     },
     async visiblePatients (principal: Principal): Promise<ReadonlySet<string> | null> {
       const s = principal.patientScopes

@@ -25,6 +25,13 @@ export interface PatientAccessPolicy {
    * access and each refusal in the audit log.
    */
   require (request: FastifyRequest, patientId: string, access: PatientAccessRequest): Promise<void>
+  /**
+   * `require`, then `read`, with one round trip fewer: once the principal is allowed, `read`
+   * runs while the audit row is written, and this resolves with what it read only when both
+   * are done, so nothing is answered without its row (a failed write fails the request). A
+   * refused request reads nothing. For reads only: a write must not happen before its row.
+   */
+  requireAnd<T> (request: FastifyRequest, patientId: string, access: PatientAccessRequest, read: () => Promise<T>): Promise<T>
   /** The patients `principal` may see; null means every patient. */
   visiblePatients (principal: Principal): Promise<ReadonlySet<string> | null>
   /** The decision `require` makes, without a request and without an audit row (MQTT, stream fan-out). */

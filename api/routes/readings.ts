@@ -56,8 +56,8 @@ export function readingRoutes (app: ApiInstance, { patientAccess, readings }: Pi
     const { metric, limit, cursor } = request.query
     const { from, to } = range(request.query.from, request.query.to)
     const after = cursor === undefined ? undefined : decodeReadingCursor(cursor)
-    await patientAccess.require(request, request.params.id, { action: 'readings:read' })
-    const rows = await readings.query({ patientId: request.params.id, metric, from, to, limit: limit + 1, after })
+    const rows = await patientAccess.requireAnd(request, request.params.id, { action: 'readings:read' },
+      async () => await readings.query({ patientId: request.params.id, metric, from, to, limit: limit + 1, after }))
     const { items, nextCursor } = pageOf(rows, limit, (last) => encodeReadingCursor(last))
     return { items: items.map(toReading), nextCursor }
   })
@@ -71,8 +71,8 @@ export function readingRoutes (app: ApiInstance, { patientAccess, readings }: Pi
       response: { 200: Type.Object({ items: Type.Array(Reading) }), ...errorResponses(404) }
     }
   }, async (request) => {
-    await patientAccess.require(request, request.params.id, { action: 'readings:read' })
-    return { items: (await readings.latest(request.params.id)).map(toReading) }
+    const latest = await patientAccess.requireAnd(request, request.params.id, { action: 'readings:read' }, async () => await readings.latest(request.params.id))
+    return { items: latest.map(toReading) }
   })
 
   app.get('/patients/:id/readings/aggregate', {
@@ -95,8 +95,8 @@ export function readingRoutes (app: ApiInstance, { patientAccess, readings }: Pi
       throw invalid('querystring/every',
         `gives ${buckets} buckets over from–to; at most ${MAX_BUCKETS} are allowed: use every=${suggestEvery(to - from, MAX_BUCKETS)} or more, or a shorter range`)
     }
-    await patientAccess.require(request, request.params.id, { action: 'readings:read' })
-    const rows = await readings.aggregate({ patientId: request.params.id, metric, from, to, everyMs, fn })
+    const rows = await patientAccess.requireAnd(request, request.params.id, { action: 'readings:read' },
+      async () => await readings.aggregate({ patientId: request.params.id, metric, from, to, everyMs, fn }))
     return { metric, fn, every, items: rows.map((b) => ({ ts: new Date(b.ts).toISOString(), value: b.value })) }
   })
 }

@@ -4,6 +4,8 @@ import os from 'node:os'
 import path from 'node:path'
 import pino from 'pino'
 import t from 'tap'
+import type { FastifyRequest } from 'fastify'
+import type { AuditEntry } from '../../access/audit-log.ts'
 import { buildApi } from '../../api/app.ts'
 import { openDatabase } from '../../store/database.ts'
 import { apiDepsFor } from '../helpers/api-deps.ts'
@@ -138,4 +140,49 @@ t.test('no PHI or credentials in the logs', async (t) => {
   for (const secret of ['Grace', 'Auditwatch', 'Henrietta', 'grace@example.org', 'audit.nurse@example.org', 'correct horse', 'wrong password', 'vga_', 'vgr_', token]) {
     t.notOk(all.includes(secret), `logs do not contain ${secret.startsWith('vg') ? secret.slice(0, 4) + '…' : secret}`)
   }
+})
+
+t.test('requireAnd reads only once allowed, and answers only once the audit row is written', async (t) => {
+  const { createPatientAccessPolicy } = await import('../../access/access-policy.ts')
+  const principal = (await deps.access.authenticate(token))!
+  const request = (id: string) => ({ principal, ip: '127.0.0.1', id, clientRequestId: null }) as unknown as FastifyRequest
+  let writes = 0
+  let failWrite = false
+  let finishWrite: () => void = () => {}
+  const audit = {
+    ...deps.access.audit,
+    async record (entry: AuditEntry): Promise<void> {
+      writes++
+      // Held until the test lets it finish, so the read is seen to run meanwhile.
+      await new Promise<void>((resolve) => { finishWrite = resolve })
+      if (failWrite) throw new Error('audit write failed')
+      await deps.access.audit.record(entry)
+    }
+  }
+  const policy = createPatientAccessPolicy({ people: deps.access.people, patients: deps.patients, audit })
+
+  let reads = 0
+  const answered = policy.requireAnd(request('r1'), mine, { action: 'readings:read' }, async () => { reads++; return 'the readings' })
+  let settled = false
+  void answered.then(() => { settled = true }, () => { settled = true })
+  while (writes === 0) await new Promise((resolve) => setImmediate(resolve))
+  for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve))
+  t.equal(reads, 1, 'the read ran while the audit row was being written')
+  t.notOk(settled, 'nothing answered before the row is written')
+  finishWrite()
+  t.equal(await answered, 'the readings')
+
+  failWrite = true
+  const failed = policy.requireAnd(request('r2'), mine, { action: 'readings:read' }, async () => 'the readings')
+  while (writes === 1) await new Promise((resolve) => setImmediate(resolve))
+  finishWrite()
+  await t.rejects(failed, /audit write failed/, 'a failed audit write fails the request: its data is not answered')
+
+  failWrite = false
+  const unknown = '00000000-0000-4000-8000-000000000000'
+  const refused = policy.requireAnd(request('r3'), unknown, { action: 'readings:read' }, async () => { reads++; return 'the readings' })
+  while (writes === 2) await new Promise((resolve) => setImmediate(resolve))
+  finishWrite()
+  await t.rejects(refused, { code: 'VIGIL_ERR_UNKNOWN_PATIENT' })
+  t.equal(reads, 1, 'a refused request reads nothing')
 })

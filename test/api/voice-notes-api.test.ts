@@ -233,6 +233,7 @@ t.test('bad uploads get clear 4xx answers with stable codes', async (t) => {
 t.test('a job is visible only to whoever may see its patient', async (t) => {
   const hidden: PatientAccessPolicy = {
     async require () { throw new (await import('../../errors/catalogue.ts')).VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id') },
+    async requireAnd () { throw new (await import('../../errors/catalogue.ts')).VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id') },
     async visiblePatients () { return new Set() },
     async canSee () { return false }
   }

@@ -36,6 +36,10 @@ export function testAccess (deps: ApiDeps) {
       if (seen !== undefined && !seen.has(patientId)) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
       if (await deps.patients.get(patientId) === null) throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
     },
+    async requireAnd (request, patientId, access, read) {
+      await policy.require(request, patientId, access)
+      return await read()
+    },
     async visiblePatients (principal) { return scoped.get(principal.tokenId) ?? null },
     async canSee (principal, patientId) { return (scoped.get(principal.tokenId)?.has(patientId) ?? true) && await deps.patients.get(patientId) !== null }
   }
