@@ -80,14 +80,18 @@ export function createPatientAccessPolicy ({ people, patients, audit, now = () =
     const denied: Decision = { allowed: false, breakGlassReason: null }
     const s = principal.patientScopes
     if (s.size === 0) return denied
-    if (await patients.get(patientId) === null) return denied
-    if (s.has('all')) return { allowed: true, breakGlassReason: null }
-    if (s.has('self') && principal.userId === patientId) return { allowed: true, breakGlassReason: null }
-    if (s.has('care-team') && principal.userId !== null) {
-      const { careTeam, breakGlassReason } = await people.relationship(principal.userId, patientId, now())
-      if (careTeam) return { allowed: true, breakGlassReason: null }
-      if (breakGlassReason !== null) return { allowed: true, breakGlassReason }
-    }
+    const self = s.has('self') && principal.userId === patientId
+    // A clinician's relationship is read alongside the patient's existence (one round trip, not two);
+    // it decides nothing for a patient that does not exist.
+    const [patient, relationship] = await Promise.all([
+      patients.get(patientId),
+      !s.has('all') && !self && s.has('care-team') && principal.userId !== null ? people.relationship(principal.userId, patientId, now()) : null
+    ])
+    if (patient === null) return denied
+    if (s.has('all') || self) return { allowed: true, breakGlassReason: null }
+    if (relationship === null) return denied
+    if (relationship.careTeam) return { allowed: true, breakGlassReason: null }
+    if (relationship.breakGlassReason !== null) return { allowed: true, breakGlassReason: relationship.breakGlassReason }
     return denied
   }
 
