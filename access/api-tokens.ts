@@ -11,6 +11,11 @@ export interface TokenPrincipal {
   role: TokenRole
   /** Who created it: a user id, `token:<id>`, or null (VIGIL_ADMIN_TOKEN, tokens older than migration 003). */
   createdBy: string | null
+  /**
+   * Its role's category and permissions as they stand, read with the token by `authenticate`
+   * (one round trip for both); null when no such role exists. Absent where not read.
+   */
+  roleGrant?: { category: string, permissions: string[] } | null
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
@@ -66,7 +71,9 @@ export function createApiTokenStore (pool: pg.Pool) {
 
     async authenticate (token: string): Promise<TokenPrincipal | null> {
       const { rows } = await pool.query(
-        'SELECT id, name, role, created_by, last_used_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL',
+        `SELECT t.id, t.name, t.role, t.created_by, t.last_used_at, d.category AS role_category, d.permissions AS role_permissions
+           FROM api_tokens t LEFT JOIN role_definitions d ON d.id = t.role
+          WHERE t.token_hash = $1 AND t.revoked_at IS NULL`,
         [sha256(token)])
       const row = rows[0]
       if (row === undefined) return null
@@ -74,7 +81,8 @@ export function createApiTokenStore (pool: pg.Pool) {
       if (row.last_used_at === null || Date.now() - (row.last_used_at as Date).getTime() > 60_000) {
         await pool.query('UPDATE api_tokens SET last_used_at = now() WHERE id = $1', [row.id])
       }
-      return { tokenId: row.id, name: row.name, role: row.role, createdBy: row.created_by }
+      const roleGrant = row.role_category === null ? null : { category: row.role_category as string, permissions: row.role_permissions as string[] }
+      return { tokenId: row.id, name: row.name, role: row.role, createdBy: row.created_by, roleGrant }
     },
 
     /** A live (unrevoked) token by id: for following a token's chain of creators. */
