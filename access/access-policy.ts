@@ -71,7 +71,7 @@ export interface AccessPolicyDeps {
  *
  * A refusal is 404 VIGIL_ERR_UNKNOWN_PATIENT, the answer for a patient that does not exist,
  * so patient ids cannot be probed; a principal whose role lacks the route's permission gets
- * 403 from the auth hook before this runs. Every `require` appends exactly one audit row.
+ * 403 from the auth hook before this runs. Every `require` and `requireAnd` appends exactly one audit row.
  */
 export function createPatientAccessPolicy ({ people, patients, audit, now = () => new Date() }: AccessPolicyDeps): PatientAccessPolicy & {
   decide (principal: Principal, patientId: string): Promise<Decision>
@@ -81,11 +81,12 @@ export function createPatientAccessPolicy ({ people, patients, audit, now = () =
     const s = principal.patientScopes
     if (s.size === 0) return denied
     const self = s.has('self') && principal.userId === patientId
+    const clinician = !s.has('all') && !self && s.has('care-team') ? principal.userId : null
     // A clinician's relationship is read alongside the patient's existence (one round trip, not two);
     // it decides nothing for a patient that does not exist.
     const [patient, relationship] = await Promise.all([
       patients.get(patientId),
-      !s.has('all') && !self && s.has('care-team') && principal.userId !== null ? people.relationship(principal.userId, patientId, now()) : null
+      clinician === null ? null : people.relationship(clinician, patientId, now())
     ])
     if (patient === null) return denied
     if (s.has('all') || self) return { allowed: true, breakGlassReason: null }
@@ -126,7 +127,7 @@ export function createPatientAccessPolicy ({ people, patients, audit, now = () =
         throw new VigilError('VIGIL_ERR_UNKNOWN_PATIENT', 'no patient with this id')
       }
       // Both settle before anything is answered: a read's failure does not leave the row's write running unobserved.
-      const [recorded, result] = await Promise.allSettled([auditDecision(request, patientId, access, decision), read()])
+      const [recorded, result] = await Promise.allSettled([auditDecision(request, patientId, access, decision), Promise.resolve().then(read)])
       if (recorded.status === 'rejected') throw recorded.reason
       if (result.status === 'rejected') throw result.reason
       return result.value

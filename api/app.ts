@@ -12,6 +12,7 @@ import { answerMalformedRequest, answerRouterError } from './plugins/malformed-r
 import { registerOpenApi } from './plugins/openapi.ts'
 import { registerRequestBudgets } from './plugins/rate-limits.ts'
 import { registerRequestIds, requestIdOptions } from './plugins/request-ids.ts'
+import { registerRequestMetrics } from './plugins/request-metrics.ts'
 import { registerSecurityHeaders } from './plugins/security-headers.ts'
 import { createSerializerCompiler } from './plugins/serializer.ts'
 import { createValidatorCompiler } from './plugins/validator.ts'
@@ -31,7 +32,6 @@ import { deviceRoutes } from './routes/devices.ts'
 import { healthRoutes } from './routes/health.ts'
 import { jobRoutes } from './routes/jobs.ts'
 import { metricsRoutes } from './routes/metrics.ts'
-import { registerRequestMetrics } from './plugins/request-metrics.ts'
 import { patientRecordRoutes } from './routes/patient-records.ts'
 import { patientRoutes } from './routes/patients.ts'
 import { loginBudgetFor, sessionRoutes } from './routes/sessions.ts'
@@ -99,7 +99,6 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
   // refusals (URL length, load shedding, the address budget) before any route work.
   await registerSecurityHeaders(app)
   registerRequestIds(app)
-  registerRequestMetrics(app, (timing, seconds) => { deps.metrics.httpRequestSeconds.observe({ ...timing }, seconds) })
   registerUrlLengthLimit(app)
   registerLoadShedding(app, {
     maxEventLoopDelayMs: limits.maxEventLoopDelayMs,
@@ -118,6 +117,8 @@ export async function buildApi (deps: ApiDeps): Promise<FastifyInstance> {
     if (request.routeOptions.config.permission === undefined) await budgets.chargeAddress(request, reply)
   })
   app.setNotFoundHandler(answerNotFound)
+  // An onResponse hook: every answer is timed, refusals by the hooks above included.
+  registerRequestMetrics(app, (timing, seconds) => { deps.metrics.httpRequestSeconds.observe({ ...timing }, seconds) })
   // Embedded: a successful write's answer waits for the data directory's sync (PGlite runs with fsync off).
   if (deps.db.kind === 'pglite') registerDurableWrites(app, deps.db.flushToDisk)
 

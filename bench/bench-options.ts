@@ -144,7 +144,7 @@ export function parseBenchOptions (argv: string[]): BenchOptions | 'help' {
   for (const pair of values['vigil-env'] ?? []) {
     const m = /^([A-Z][A-Z0-9_]*)=(.*)$/s.exec(pair)
     if (m === null) throw new Error(`--vigil-env takes NAME=VALUE, e.g. INFLUX_WRITE_GZIP=true (got "${pair}")`)
-    if (/^(HTTP_PORT|MQTT_PORT|INFLUX_URL|INFLUX_BUCKET|DATABASE_URL|VIGIL_DATA_DIR|VIGIL_ADMIN_TOKEN|REDIS_URL|REDIS_PREFIX)$/.test(m[1]!)) {
+    if (/^(HTTP_PORT|MQTT_PORT|INFLUX_URL|INFLUX_BUCKET|DATABASE_URL|VIGIL_DATA_DIR|VIGIL_ADMIN_TOKEN|VIGIL_SECRET_KEY|REDIS_URL|REDIS_PREFIX)$/.test(m[1]!)) {
       throw new Error(`--vigil-env: the bench sets ${m[1]!} itself`)
     }
     vigilEnv[m[1]!] = m[2]!

@@ -25,8 +25,6 @@ import { evaluateTargets, projectFromRun, renderReport, type BenchResults, type 
 import { postgresBackendsMeter, startBenchRedis, type BenchRedis } from './shared-meters.ts'
 import { meanBetween, scrapeVigilMetrics, scrapeVigilSeries } from './vigil-metrics.ts'
 
-const msOrNull = (seconds: number | null): number | null => seconds === null ? null : seconds * 1000
-
 /*
  * npm run bench [-- --full | --duration S | --devices N | --rates R1,R2 | --instances N | --help]
  *
@@ -242,7 +240,9 @@ async function main (): Promise<void> {
     `${options.readingsPerMessage === 1 ? 'one reading' : `${options.readingsPerMessage} readings`} per message; a "held" rate had every message sent on schedule, at most 0.5 s of load (or 3 %) un-PUBACKed when the ` +
     'window ended and all PUBACKed within 3 s, none lost, and every acknowledged reading counted in InfluxDB within 1 s + 10 % of the window after it')
   if (options.vigilNodeArgs.length > 0) results.caveats.push(`Vigil ran with node ${options.vigilNodeArgs.join(' ')}`)
-  if (Object.keys(options.vigilEnv).length > 0) results.caveats.push(`Vigil ran with ${Object.entries(options.vigilEnv).map(([k, v]) => `${k}=${v}`).join(' ')}`)
+  if (Object.keys(options.vigilEnv).length > 0) {
+    results.caveats.push(`Vigil ran with ${Object.entries(options.vigilEnv).map(([k, v]) => `${k}=${v}`).join(' ')} (the embedded one without INFLUX_ settings)`)
+  }
   if (options.profile) results.caveats.push('--profile: Vigil ran under the V8 sampling profiler in scenarios 1 and 5, which costs it some CPU')
 
   const vigilDataDir = path.join(root, 'vigil-data')
@@ -386,10 +386,8 @@ async function main (): Promise<void> {
       const ingestOnly = await measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 50, readingsPerMessage: options.readingsPerMessage })
       progress(`scenario 5 · query side: ingest at ${rate} msg/s with readings/latest and 24 h aggregate queries on 100 patients`)
       const patientIds = devices.slice(0, 100).map((d) => d.patientId)
-      const series = async (): Promise<Map<string, number>> => new Map([
-        ...await scrapeVigilSeries(current.baseUrl, 'vigil_http_request_seconds_'),
-        ...await scrapeVigilSeries(current.baseUrl, 'vigil_reading_store_read_seconds_')
-      ])
+      const series = async (): Promise<Map<string, number>> =>
+        await scrapeVigilSeries(current.baseUrl, ['vigil_http_request_seconds_', 'vigil_reading_store_read_seconds_'])
       const before = await series()
       const [withQueries, queries] = await Promise.all([
         measureStep(ctx, pipeline, rate, { durationMs: options.durationMs, sampleEvery: 50, readingsPerMessage: options.readingsPerMessage }),
@@ -397,6 +395,7 @@ async function main (): Promise<void> {
       ])
       const after = await series()
       // Where a query's time went: Vigil's own answer time (arrival to answer sent) and, inside it, the store's read.
+      const msOrNull = (seconds: number | null): number | null => seconds === null ? null : seconds * 1000
       const inside = (route: string, read: string): QueryInside => ({
         answerMs: msOrNull(meanBetween(before, after, 'vigil_http_request_seconds', `method="GET",route="/v1/patients/:id/readings/${route}",status="2xx"`)),
         storeMs: msOrNull(meanBetween(before, after, 'vigil_reading_store_read_seconds', `read="${read}"`))

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
  * Vigil's /metrics (Prometheus text) as name → value, labelled series summed per name: enough
  * for the bench's spool-depth polling and per-step deltas.
  */
-export async function scrapeVigilMetrics (baseUrl: string): Promise<Map<string, number>> {
+async function metricsText (baseUrl: string): Promise<string> {
   let res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(10_000) })
   // Under full load Vigil may shed HTTP requests (503) or rate-limit them (429): ask again soon.
   for (let attempt = 0; (res.status === 503 || res.status === 429) && attempt < 100; attempt++) {
@@ -13,8 +13,12 @@ export async function scrapeVigilMetrics (baseUrl: string): Promise<Map<string, 
     res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(10_000) })
   }
   if (!res.ok) throw new Error(`GET /metrics → HTTP ${res.status}`)
+  return await res.text()
+}
+
+export async function scrapeVigilMetrics (baseUrl: string): Promise<Map<string, number>> {
   const values = new Map<string, number>()
-  for (const line of (await res.text()).split('\n')) {
+  for (const line of (await metricsText(baseUrl)).split('\n')) {
     if (line === '' || line.startsWith('#')) continue
     const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)/.exec(line)
     if (match === null) continue
@@ -34,13 +38,11 @@ export function metricDeltas (before: Map<string, number>, after: Map<string, nu
   return deltas
 }
 
-/** Vigil's /metrics series whose name starts with `prefix`, each keyed by its whole name with labels (`name{a="b"}`). */
-export async function scrapeVigilSeries (baseUrl: string, prefix: string): Promise<Map<string, number>> {
-  const res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(10_000) })
-  if (!res.ok) throw new Error(`GET /metrics → HTTP ${res.status}`)
+/** Vigil's /metrics series whose name starts with one of `prefixes`, each keyed by its whole name with labels (`name{a="b"}`). */
+export async function scrapeVigilSeries (baseUrl: string, prefixes: readonly string[]): Promise<Map<string, number>> {
   const out = new Map<string, number>()
-  for (const line of (await res.text()).split('\n')) {
-    if (!line.startsWith(prefix)) continue
+  for (const line of (await metricsText(baseUrl)).split('\n')) {
+    if (!prefixes.some((prefix) => line.startsWith(prefix))) continue
     const space = line.lastIndexOf(' ')
     const value = Number(line.slice(space + 1))
     if (Number.isFinite(value)) out.set(line.slice(0, space), value)

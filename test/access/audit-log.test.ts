@@ -5,6 +5,7 @@ import path from 'node:path'
 import pino from 'pino'
 import t from 'tap'
 import type { FastifyRequest } from 'fastify'
+import { createPatientAccessPolicy } from '../../access/access-policy.ts'
 import type { AuditEntry } from '../../access/audit-log.ts'
 import { buildApi } from '../../api/app.ts'
 import { openDatabase } from '../../store/database.ts'
@@ -12,6 +13,7 @@ import { apiDepsFor } from '../helpers/api-deps.ts'
 import { newPatient, onCareTeam, patientWithLogin, userWithLogin } from '../helpers/people.ts'
 import { createTestDatabase } from '../helpers/postgres.ts'
 import { seedEmbeddedDatabase } from '../helpers/pglite-template.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 // Every log line the API writes, to check that no PHI reaches the logs.
 const logLines: string[] = []
@@ -49,7 +51,9 @@ t.test('N patient-data calls, some refused, append exactly N rows', async (t) =>
     [`/v1/patients/${stranger}`, 'denied'],
     [`/v1/patients/${stranger}/readings`, 'denied'],
     ['/v1/patients/00000000-0000-4000-8000-000000000000', 'denied'],
-    [`/v1/patients/${mine}/care-team`, 'allowed']
+    [`/v1/patients/${mine}/care-team`, 'allowed'],
+    [`/v1/patients/${mine}/readings/aggregate?metric=heart_rate&from=2025-01-01T00:00:00Z&to=2025-01-02T00:00:00Z&every=1h&fn=mean`, 'allowed'],
+    [`/v1/patients/${stranger}/readings/latest`, 'denied']
   ]
   for (const [url] of calls) await app.inject({ method: 'GET', url, headers: nurse.headers })
   t.equal(await rowsOf(nurse.id) - before, calls.length, 'one row per call')
@@ -142,8 +146,7 @@ t.test('no PHI or credentials in the logs', async (t) => {
   }
 })
 
-t.test('requireAnd reads only once allowed, and answers only once the audit row is written', async (t) => {
-  const { createPatientAccessPolicy } = await import('../../access/access-policy.ts')
+t.test('requireAnd reads only once allowed, and answers only once its one audit row is written', async (t) => {
   const principal = (await deps.access.authenticate(token))!
   const request = (id: string) => ({ principal, ip: '127.0.0.1', id, clientRequestId: null }) as unknown as FastifyRequest
   let writes = 0
@@ -160,29 +163,39 @@ t.test('requireAnd reads only once allowed, and answers only once the audit row 
     }
   }
   const policy = createPatientAccessPolicy({ people: deps.access.people, patients: deps.patients, audit })
+  const rowsFor = async (requestId: string): Promise<number> =>
+    (await db.pool.query('SELECT count(*)::int AS n FROM audit_log WHERE request_id = $1', [requestId])).rows[0].n
 
   let reads = 0
-  const answered = policy.requireAnd(request('r1'), mine, { action: 'readings:read' }, async () => { reads++; return 'the readings' })
   let settled = false
+  const answered = policy.requireAnd(request('require-and-1'), mine, { action: 'readings:read' }, async () => { reads++; return 'the readings' })
   void answered.then(() => { settled = true }, () => { settled = true })
-  while (writes === 0) await new Promise((resolve) => setImmediate(resolve))
-  for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve))
-  t.equal(reads, 1, 'the read ran while the audit row was being written')
+  await waitFor('the audit write to start', () => writes === 1)
+  await waitFor('the read to run while the row is written', () => reads === 1)
   t.notOk(settled, 'nothing answered before the row is written')
   finishWrite()
   t.equal(await answered, 'the readings')
+  t.equal(await rowsFor('require-and-1'), 1, 'one row')
+
+  // The read fails, the row is written: the request fails, its row stays (an access that was allowed).
+  const readFailed = policy.requireAnd(request('require-and-2'), mine, { action: 'readings:read' }, async () => { throw new Error('store down') })
+  await waitFor('the second audit write to start', () => writes === 2)
+  finishWrite()
+  await t.rejects(readFailed, /store down/)
+  t.equal(await rowsFor('require-and-2'), 1, 'one row for a read that failed')
 
   failWrite = true
-  const failed = policy.requireAnd(request('r2'), mine, { action: 'readings:read' }, async () => 'the readings')
-  while (writes === 1) await new Promise((resolve) => setImmediate(resolve))
+  const failed = policy.requireAnd(request('require-and-3'), mine, { action: 'readings:read' }, async () => 'the readings')
+  await waitFor('the third audit write to start', () => writes === 3)
   finishWrite()
   await t.rejects(failed, /audit write failed/, 'a failed audit write fails the request: its data is not answered')
 
   failWrite = false
   const unknown = '00000000-0000-4000-8000-000000000000'
-  const refused = policy.requireAnd(request('r3'), unknown, { action: 'readings:read' }, async () => { reads++; return 'the readings' })
-  while (writes === 2) await new Promise((resolve) => setImmediate(resolve))
+  const refused = policy.requireAnd(request('require-and-4'), unknown, { action: 'readings:read' }, async () => { reads++; return 'the readings' })
+  await waitFor('the refusal\'s audit write to start', () => writes === 4)
   finishWrite()
   await t.rejects(refused, { code: 'VIGIL_ERR_UNKNOWN_PATIENT' })
   t.equal(reads, 1, 'a refused request reads nothing')
+  t.equal(await rowsFor('require-and-4'), 1, 'one row for the refusal')
 })
