@@ -212,6 +212,13 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     const alertRelay = createMqttAlertRelay()
     const alerting = await startAlerting({ pool: db.pool, keyring, log, metrics, ...rulesSourceOf(rulesFile), mqtt: alertRelay, schedule: leaderSchedule('escalation'), ...(cluster === null ? {} : { peers: alertPeers(cluster) }) })
     closers.push(() => alerting.close())
+    // One process on this database (no REDIS_URL): a device still marked connected was connected to
+    // this process's last run, which ended without recording it (a crash). In a cluster another
+    // process may hold it, so the marks stay (docs/operations.md, limits).
+    if (cluster === null) {
+      const stale = await alerting.presence.disconnectAll()
+      if (stale > 0) log.info({ deviceCount: stale }, 'devices still marked connected by the last run marked disconnected')
+    }
     // Webhook deliveries a dead process left in the outbox are picked up by the housekeeping
     // leader (each process drains after its own events; claims are SKIP LOCKED with a lease).
     const outboxSweep = leaderSchedule('housekeeping')('*/15 * * * * *', () => alerting.notifier.drain())

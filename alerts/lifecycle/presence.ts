@@ -69,6 +69,16 @@ export function createPresence (deps: PresenceDeps) {
       const at = new Date(now())
       return serial(() => upsert(deviceId, { connected: true, changed_at: at }))
     },
+    /**
+     * At start, before the broker takes connections, for a process that is the only one on its
+     * database: no connection outlives its process, so a device still marked connected lost it
+     * when the last run ended without its disconnects (a crash, a power cut). Marks them
+     * disconnected as of now (the moment it is known) and answers how many.
+     */
+    async disconnectAll (): Promise<number> {
+      const { rowCount } = await deps.pool.query('UPDATE device_presence SET connected = false, changed_at = $1 WHERE connected', [new Date(now())])
+      return rowCount ?? 0
+    },
     /** Broker clientDisconnect for a device session. */
     disconnected (deviceId: string): Promise<void> {
       const at = new Date(now())

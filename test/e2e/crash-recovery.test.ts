@@ -139,6 +139,7 @@ rules:
     await first.exited
     await client.endAsync(true).catch(() => {})
 
+    const startedAgain = Date.now()
     const second = await spawnVigil(fullEnv, dataDir)
     t.teardown(() => { second.child.kill('SIGKILL') })
     let alerts: Array<{ ruleId: string, status: string }> = []
@@ -150,6 +151,12 @@ rules:
     }
     t.match(alerts.map((a) => [a.ruleId, a.status]), [['high-hr', 'open']], 'the breach acknowledged before the crash opened its alert')
     t.ok(await metric(second, 'vigil_alert_readings_replayed_total') >= 1, 'it was evaluated from the spool at start')
+    // The device was connected when the process died, and no connection outlives its process:
+    // until it reconnects it is disconnected (the worklist and no-data causes read this).
+    const shown = await fetch(`http://127.0.0.1:${second.httpPort}/v1/devices/${device.deviceId}`, { headers: { authorization: `Bearer ${token}` } })
+    const { presence } = await shown.json() as { presence: { connected: boolean, since: string | null } }
+    t.equal(presence.connected, false, 'a device connected at the crash is not shown connected after the restart')
+    t.ok(presence.since !== null && Date.parse(presence.since) >= startedAgain, 'disconnected since the restart found it so')
     second.child.kill('SIGTERM')
     t.equal(await second.exited, 0)
   })
