@@ -120,7 +120,10 @@ export function fhirObservationRoutes (app: ApiInstance, deps: FhirRouteDeps): v
       }
     }
 
-    await patientAccess.require(request, patientId, { action: 'readings:read' })
+    const limit = count + 2
+    // Read while the audit row is written (requireAnd); a code that names no metric reads nothing.
+    const rows = await patientAccess.requireAnd(request, patientId, { action: 'readings:read' }, async () =>
+      metrics !== undefined && metrics.length === 0 ? [] : await queryMetrics(readings, { patientId, metrics, from, to, limit, after }))
 
     const base = fhirBase(request)
     const link = (extra: Record<string, string>) => {
@@ -135,8 +138,6 @@ export function fhirObservationRoutes (app: ApiInstance, deps: FhirRouteDeps): v
     const self = link(cursor === undefined ? {} : { _cursor: cursor })
     if (metrics !== undefined && metrics.length === 0) return searchsetOf({ self, base, resources: [] })
 
-    const limit = count + 2
-    const rows = await queryMetrics(readings, { patientId, metrics, from, to, limit, after })
     const { groups, last } = pageOfGroups(rows, count, rows.length === limit)
     const observations = (await observationsOf(groups, patientId))
       .filter((o) => keep === undefined || keep.has(`${o.code.coding![0]!.system!}|${o.code.coding![0]!.code!}`))
@@ -154,9 +155,9 @@ export function fhirObservationRoutes (app: ApiInstance, deps: FhirRouteDeps): v
   }, async (request: FastifyRequest) => {
     const key = parseObservationId((request.params as { id: string }).id)
     if (key === null) throw new VigilError('VIGIL_ERR_NOT_FOUND', 'no Observation with this id')
-    await patientAccess.require(request, key.patientId, { action: 'readings:read' })
     const metrics = key.metric === 'bp' || key.metric === 'bp_systolic' || key.metric === 'bp_diastolic' ? ['bp_diastolic', 'bp_systolic'] : [key.metric]
-    const rows = (await queryMetrics(readings, { patientId: key.patientId, metrics, from: key.ts, to: key.ts + 1, limit: 1000 }))
+    const rows = (await patientAccess.requireAnd(request, key.patientId, { action: 'readings:read' },
+      async () => await queryMetrics(readings, { patientId: key.patientId, metrics, from: key.ts, to: key.ts + 1, limit: 1000 })))
       .filter((r) => r.deviceId === key.deviceId)
     const { groups } = pageOfGroups(rows, rows.length, false)
     const id = (request.params as { id: string }).id

@@ -291,6 +291,19 @@ t.test('FHIR reads are audited like /v1 reads', async (t) => {
   t.ok(audit.body.items.some((e: any) => e.action === 'readings:read' && e.outcome === 'denied' && e.actorId === nurse.id), 'refusal audited')
   const own = await get(`/v1/audit?patientId=${patient.id}&limit=1000`)
   t.ok(own.body.items.some((e: any) => e.action === 'phi:read' && e.actorId === nurse.id && e.outcome === 'allowed'), 'record read audited as phi:read')
+
+  // One row per Observation read, allowed or not, whether or not it read anything (a code naming no metric).
+  const readingsRows = async (patientId: string): Promise<number> =>
+    (await get(`/v1/audit?patientId=${patientId}&actorId=${nurse.id}&action=readings:read&limit=1000`)).body.items.length
+  const [ownBefore, otherBefore] = [await readingsRows(patient.id), await readingsRows(other.id)]
+  const searched = await get(`/fhir/R4/Observation?patient=${patient.id}`, nurse.headers)
+  t.equal(searched.status, 200)
+  const first = searched.body.entry?.[0]?.resource?.id as string | undefined
+  if (first !== undefined) t.equal((await get(`/fhir/R4/Observation/${first}`, nurse.headers)).status, 200)
+  t.equal((await get(`/fhir/R4/Observation?patient=${patient.id}&code=http://loinc.org|0000-0`, nurse.headers)).status, 200)
+  t.equal((await get(`/fhir/R4/Observation?patient=${other.id}`, nurse.headers)).status, 404)
+  t.equal(await readingsRows(patient.id) - ownBefore, first === undefined ? 2 : 3, 'one allowed row per read')
+  t.equal(await readingsRows(other.id) - otherBefore, 1, 'one denied row')
 })
 
 t.test('roles × FHIR interactions: the permissions and relationships of /v1', async (t) => {
