@@ -109,27 +109,31 @@ export function canonicalId (id: string): string {
 export type ReadingStoreRead = 'query' | 'latest' | 'latestForPatients' | 'recentForPatients' | 'aggregate'
 
 /**
- * `store` with each read timed: `observe(read, seconds)` once it settles, answered or failed.
- * Writes, ping and close pass through.
+ * `store` with each read run through `around(read, run)` (which must call `run` and answer what it
+ * answers): the one list of reads a wrapper needs. Writes, ping and close pass through.
  */
+export function aroundReads (store: ReadingStore, around: <T>(read: ReadingStoreRead, run: () => Promise<T>) => Promise<T>): ReadingStore {
+  return {
+    kind: store.kind,
+    write: async (readings) => { await store.write(readings) },
+    query: async (q) => await around('query', async () => await store.query(q)),
+    latest: async (patientId) => await around('latest', async () => await store.latest(patientId)),
+    latestForPatients: async (ids) => await around('latestForPatients', async () => await store.latestForPatients(ids)),
+    recentForPatients: async (ids, metric, limit) => await around('recentForPatients', async () => await store.recentForPatients(ids, metric, limit)),
+    aggregate: async (q) => await around('aggregate', async () => await store.aggregate(q)),
+    ping: async () => { await store.ping() },
+    close: async () => { await store.close() }
+  }
+}
+
+/** `store` with each read timed: `observe(read, seconds)` once it settles, answered or failed. */
 export function timedReads (store: ReadingStore, observe: (read: ReadingStoreRead, seconds: number) => void): ReadingStore {
-  const timed = async <T>(read: ReadingStoreRead, run: () => Promise<T>): Promise<T> => {
+  return aroundReads(store, async (read, run) => {
     const started = performance.now()
     try {
       return await run()
     } finally {
       observe(read, (performance.now() - started) / 1000)
     }
-  }
-  return {
-    kind: store.kind,
-    write: async (readings) => { await store.write(readings) },
-    query: async (q) => await timed('query', async () => await store.query(q)),
-    latest: async (patientId) => await timed('latest', async () => await store.latest(patientId)),
-    latestForPatients: async (ids) => await timed('latestForPatients', async () => await store.latestForPatients(ids)),
-    recentForPatients: async (ids, metric, limit) => await timed('recentForPatients', async () => await store.recentForPatients(ids, metric, limit)),
-    aggregate: async (q) => await timed('aggregate', async () => await store.aggregate(q)),
-    ping: async () => { await store.ping() },
-    close: async () => { await store.close() }
-  }
+  })
 }

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import type { Logger } from 'pino'
 import { createLogThrottle } from '../observability/log-throttle.ts'
-import type { ReadingStore } from './reading-store.ts'
+import { aroundReads, type ReadingStore } from './reading-store.ts'
 import type { StoredReading } from './reading.ts'
 import { openDeadLetterFile } from './spool-dead-letter.ts'
 import { createAppendSignal, startDelivery } from './spool-delivery.ts'
@@ -219,18 +219,8 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
  * reads: its delivery is local and quick; InfluxDB's readers keep their delivery delay.
  */
 export function readAfterDelivery (store: ReadingStore, spool: Pick<Spool, 'caughtUp' | 'stats'>, maxWaitMs = 1000): ReadingStore {
-  const delivered = async (): Promise<void> => {
+  return aroundReads(store, async (_read, run) => {
     if (!spool.stats().deliveryBlocked) await spool.caughtUp(maxWaitMs)
-  }
-  return {
-    kind: store.kind,
-    write: async (readings) => { await store.write(readings) },
-    query: async (q) => { await delivered(); return await store.query(q) },
-    latest: async (patientId) => { await delivered(); return await store.latest(patientId) },
-    latestForPatients: async (ids) => { await delivered(); return await store.latestForPatients(ids) },
-    recentForPatients: async (ids, metric, limit) => { await delivered(); return await store.recentForPatients(ids, metric, limit) },
-    aggregate: async (q) => { await delivered(); return await store.aggregate(q) },
-    ping: async () => { await store.ping() },
-    close: async () => { await store.close() }
-  }
+    return await run()
+  })
 }
