@@ -37,12 +37,12 @@ export interface AlertEngineOptions {
   now?: () => number
   /** Readings wait at most this long for a batch (default 50 ms)… */
   flushIntervalMs?: number
-  /** …or until this many are queued (default 500). */
+  /** …or until this many are queued (default 2,500). */
   batchSize?: number
   /** Readings queued beyond this (evaluation stalled, e.g. database down) are dropped from evaluation, oldest first; they stay stored. */
   maxQueued?: number
   /**
-   * Several processes may evaluate readings of one patient (a Postgres server, not PGlite):
+   * Several processes may evaluate readings of one patient (a Postgres server with REDIS_URL):
    * each batch loads its patients' rule state from the database under their advisory locks and
    * saves it before they are released, instead of trusting this process's cache.
    */
@@ -51,8 +51,9 @@ export interface AlertEngineOptions {
    * One process (no sharedState): a batch that changes no condition leaves its patients' rule
    * state in memory, saved with the next batch that changes one, or at most this long after it
    * (default 1000 ms); a batch that changes one saves it before the batch ends, and flush() and
-   * close() save it. A crash loses at most this long of window updates (docs/operations.md,
-   * limits). 0: every batch saves its state.
+   * close() save it. With a spool (onEvaluated) a crash loses none of it: the evaluation mark
+   * moves only with a save, and the spool replays what follows. Without one a crash loses at
+   * most this long of window updates, so vigil.ts passes 0 there: every batch saves its state.
    */
   stateSaveIntervalMs?: number
   /**
@@ -110,8 +111,8 @@ type Queued = EvalReading & { patientId: string, from: Position | null }
 /** Every 30 s: no-data windows are minutes long. */
 export const NO_DATA_CRON = '*/30 * * * * *'
 
-/** Readings per task below which a batch is not split across threads. */
-const READINGS_PER_SPLIT = 250
+/** The holder (alert-engine's `holders`) of a state the event loop's task keeps, beside the lanes 0, 1, … */
+const INLINE = -1
 
 /** Which of `parts` parts a patient's readings go to: the same one for as long as `parts` is the same. */
 export function partOf (patientId: string, parts: number): number {
@@ -132,14 +133,14 @@ class EvaluationError extends Error {
 /**
  * The alert engine: queues accepted readings, evaluates them in batches in worker threads
  * (pure rules: alerts/engine/evaluate.ts), hands condition changes to the sink, stores derived NEWS2
- * readings, and persists rule state after each batch so a restart resumes windows and
- * sustained-since times. Batches run one at a time, so no two evaluations of one patient overlap.
+ * readings, and persists rule state (each batch, or once a second: stateSaveIntervalMs) so a
+ * restart resumes windows and sustained-since times. Batches run one at a time, so no two evaluations of one patient overlap.
  */
 export async function startAlertEngine (options: AlertEngineOptions): Promise<AlertEngine> {
   const log = options.log.child({ component: 'alert-engine' })
   const now = options.now ?? Date.now
   const flushIntervalMs = options.flushIntervalMs ?? 50
-  const batchSize = options.batchSize ?? 500
+  const batchSize = options.batchSize ?? 2500
   const maxQueued = options.maxQueued ?? 100_000
   // Under sharedState another process reads the state under the patients' locks: saved each batch.
   const stateSaveIntervalMs = options.sharedState === true ? 0 : options.stateSaveIntervalMs ?? 1000
@@ -170,14 +171,18 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   }
 
   const rulesFile = options.rulesFile
-  // One thread from the first batch too big for the event loop on (starting one takes a second
-  // or more under tsx, so it is kept); more only while batches are big enough to split (below),
-  // ending after a minute idle, so a quiet site does not hold WORKER_THREADS idle threads (~30 MB
-  // each). A process that has received no such batch holds none: that batch waits for the
-  // thread's start.
-  const workers = createWorkerPool<EvaluateTaskInput, EvaluateTaskOutput>({
-    filename: taskFile(import.meta.url, 'evaluate-task'), threads: options.workerThreads, minThreads: 1, startOnFirstTask: true
-  })
+  // One lane per thread (WORKER_THREADS), each its own one-thread pool: a patient's readings
+  // always go to the same lane (partOf its id), so the thread asked for a state it keeps is the
+  // one keeping it. One pool of N threads handed a task to whichever thread was free, and a state
+  // kept by the other was sent again (`vigil_alert_tasks_resent_total`). A lane starts its thread
+  // with the first batch too big for the event loop (starting one takes a second or more under
+  // tsx); the first lane keeps it, the others end after a minute idle, so a quiet site does not
+  // hold WORKER_THREADS idle threads (~30 MB each). A process that has received no such batch
+  // holds none: that batch waits for the threads' start.
+  const lanes = Array.from({ length: Math.max(1, Math.floor(options.workerThreads)) }, (_, i) =>
+    createWorkerPool<EvaluateTaskInput, EvaluateTaskOutput>({
+      filename: taskFile(import.meta.url, 'evaluate-task'), threads: 1, minThreads: i === 0 ? 1 : 0, startOnFirstTask: true
+    }))
 
   // Small batches: the same task as a thread's, on the event loop, keeping states as a thread
   // would (so the stamps below hold for it too). Its input and answer are copied as a thread's
@@ -192,6 +197,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   // when a batch's new state is stored, deleted whenever the state here changes any other way
   // (loaded, a no-data pass, a rule removed), so the next task sends the state again.
   const stamps = new Map<string, number>()
+  // Who keeps the state under that stamp: a lane's index, or INLINE for the event loop's task.
+  const holders = new Map<string, number>()
   let lastStamp = 0
   // Under sharedState: the version (stateVersions) of each patient's rows that this process's
   // copy in `states` equals. Dropped with the stamp whenever the copy changes any other way.
@@ -294,8 +301,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   }
 
   /** One task, sent again with every state when the thread did not hold one it left out (another thread had it, or it restarted). */
-  async function runTask (input: EvaluateTaskInput, inline: boolean): Promise<EvaluatedTask> {
-    const run = inline ? runInline : async (i: EvaluateTaskInput) => await workers.run(i)
+  async function runTask (input: EvaluateTaskInput, lane: number | null): Promise<EvaluatedTask> {
+    const run = lane === null ? runInline : async (i: EvaluateTaskInput) => await lanes[lane]!.run(i)
     const first = await run(input)
     if (first.missing === undefined) return first
     metrics.resent.inc()
@@ -323,9 +330,11 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const { overrides, scales } = reads ?? await store.settingsOf(ids)
       const rules = rulesFile.current().ruleSet.rules
       const nowMs = now()
-      // A state a thread keeps (its stamp) is not sent: most batches go to the one warm thread.
+      // A state its task keeps (its stamp, with the same holder) is not sent: a patient always goes
+      // to the same lane, and to the event loop's task only in small batches.
+      const holderOf = (id: string): number => inline ? INLINE : partOf(id, lanes.length)
       const patients: TaskPatient[] = ids.map((id) => {
-        const stamp = stamps.get(id) ?? null
+        const stamp = holders.get(id) === holderOf(id) ? stamps.get(id) ?? null : null
         return {
           patientId: id,
           ...(stamp === null ? { state: states.get(id) ?? {} } : {}),
@@ -337,18 +346,14 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         }
       })
       metrics.statesSent.inc(patients.reduce((n, p) => n + (p.state === undefined ? 0 : 1), 0))
-      // One task per thread at most: batches, not one task per reading. A thread evaluates
-      // ~160,000 readings/s, so a batch is split only when each part keeps it busy for more than a
-      // millisecond or so; small batches stay on the one warm thread, the smallest on the event loop.
-      const parts = inline ? 1 : Math.min(workers.threads, patients.length, Math.ceil(batch.length / READINGS_PER_SPLIT))
-      const chunks: TaskPatient[][] = Array.from({ length: parts }, () => [])
-      // A patient goes to the same part each time (by its id), and Piscina hands parts posted
-      // together to its threads in the same order, so the thread holding its state usually gets it.
-      for (const p of patients) chunks[partOf(p.patientId, chunks.length)]!.push(p)
+      // One task per lane at most (batches, not one task per reading), each patient in its own
+      // lane; a small batch is one task on the event loop.
+      const chunks: TaskPatient[][] = Array.from({ length: inline ? 1 : lanes.length }, () => [])
+      for (const p of patients) chunks[inline ? 0 : holderOf(p.patientId)]!.push(p)
       const t1 = performance.now()
       let results: EvaluatedTask[]
       try {
-        results = await Promise.all(chunks.map((chunk) => runTask({ rules, patients: chunk, nowMs }, inline)))
+        results = await Promise.all(chunks.flatMap((chunk, lane) => chunk.length === 0 ? [] : [runTask({ rules, patients: chunk, nowMs }, inline ? null : lane)]))
       } catch (err) {
         throw new EvaluationError(err)
       }
@@ -373,6 +378,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         states.set(patientId, kept)
         // The thread that evaluated it keeps the same state under this stamp.
         stamps.set(patientId, nextStamp.get(patientId)!)
+        holders.set(patientId, holderOf(patientId))
         if (client !== undefined) {
           const version = versionAfterSave(versions.get(patientId), Object.keys(changed), mark, kept)
           if (version === null) versions.delete(patientId)
@@ -380,7 +386,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         }
       }
       if (stateSaveIntervalMs > 0) await keepUnsaved(changedStates, changes.length > 0)
-      return { t0, t1, t2, tasks: chunks.length }
+      return { t0, t1, t2, tasks: results.length }
     }
     const { t0, t1, t2, tasks } = options.sharedState === true
       ? await store.withPatientsLocked(ids, evaluateBatch, { read: true })
@@ -674,7 +680,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       closedHard = true
       await exclusive(saveUnsaved).catch((err) => log.error({ err, patientCount: unsaved.size }, 'saving alert rule state at shutdown failed: the last window updates are lost'))
       await chain
-      await workers.close()
+      await Promise.all(lanes.map(async (lane) => { await lane.close() }))
     }
   }
 }

@@ -135,14 +135,15 @@ t.test('readings are evaluated in batches in worker threads', async (t) => {
 t.test('small batches on the event loop, large ones in threads: mixed, a patient\'s state follows it, as through threads alone', async (t) => {
   const patients = createPatientStore(postgres.pool)
   // The same readings through an engine that uses threads only and one that evaluates batches of
-  // up to 128 readings on the event loop; a patient's state moves between the two ways.
-  const run = async (inlineReadings: number): Promise<{ changes: ConditionChange[], batches: Map<string, number> }> => {
+  // up to 128 readings on the event loop; a patient's state moves between the two ways. Two
+  // threads: each patient has its lane.
+  const run = async (inlineReadings: number): Promise<{ changes: ConditionChange[], batches: Map<string, number>, resent: number, sent: number }> => {
     const patient = (await patients.create(`Mixed ${inlineReadings}`)).id
     const filler = (await patients.create(`Filler ${inlineReadings}`)).id
     const changes: ConditionChange[] = []
     const registry = new Registry()
     const engine = await startAlertEngine({
-      keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 1, log, registry,
+      keyring: clinicalTextKeyring, pool: postgres.pool, rulesFile: await rulesFileOf(postgres.pool), workerThreads: 2, log, registry,
       writeDerived: async () => {}, sink: { apply: async (c) => { changes.push(...c) } }, flushIntervalMs: 600_000, batchSize: 100_000, inlineReadings
     })
     t.teardown(() => engine.close())
@@ -160,7 +161,12 @@ t.test('small batches on the event loop, large ones in threads: mixed, a patient
       const m = /^vigil_alert_batches_total\{on="(\w+)"\} (\d+)/.exec(line)
       if (m !== null) byPlace.set(m[1]!, Number(m[2]))
     }
-    return { changes: changes.filter((c) => c.patientId === patient).map((c) => ({ ...c, patientId: '' })), batches: byPlace }
+    return {
+      changes: changes.filter((c) => c.patientId === patient).map((c) => ({ ...c, patientId: '' })),
+      batches: byPlace,
+      resent: await metric(registry, 'vigil_alert_tasks_resent_total'),
+      sent: await metric(registry, 'vigil_alert_states_sent_total')
+    }
   }
   const threads = await run(0)
   const mixed = await run(128)
@@ -169,6 +175,12 @@ t.test('small batches on the event loop, large ones in threads: mixed, a patient
   t.match(mixed.changes.filter((c) => c.ruleId === 'tachycardia'), [{ status: 'firing', at: T0 + 9.5 * MIN }], 'fires 5 min after the breach that began after the large batch')
   t.equal(mixed.changes.filter((c) => c.ruleId === 'tachycardia').length, 1)
   t.same(mixed.changes, threads.changes, 'the same condition changes as through threads alone')
+  // The engine knows who keeps a state: moving between the event loop and a thread, it is sent
+  // with the task, never asked for and sent again.
+  t.equal(mixed.resent, 0, 'no task sent again for a state its thread did not keep')
+  t.equal(threads.resent, 0, 'threads only: each patient stays in its lane')
+  t.equal(threads.sent, 2, 'threads only: each state sent once (the first batch of each patient)')
+  t.ok(mixed.sent >= 4, `mixed: the patient's state sent each time it moved (${mixed.sent} states sent)`)
 })
 
 t.test('reading→condition latency on the real clock', async (t) => {
