@@ -4,6 +4,7 @@ import https from 'node:https'
 import path from 'node:path'
 import cron from 'node-cron'
 import type { Logger } from 'pino'
+import type pg from 'pg'
 import { startAlerting } from './alerts/lifecycle/alerting.ts'
 import { createMqttAlertRelay } from './alerts/lifecycle/mqtt-relay.ts'
 import type { Schedule } from './alerts/contract.ts'
@@ -107,6 +108,7 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // of heap at start for nothing.
     const cluster = config.cluster === null ? null : await (await import('./cluster/cluster.ts')).startCluster({ redisUrl: config.cluster.redisUrl, prefix: config.cluster.prefix, log, registry: metrics.registry })
     if (cluster !== null) closers.push(() => cluster.close())
+    if (cluster === null && db.kind === 'postgres') await warnIfNotAlone(db.pool, log)
     const devices = createDeviceRegistry(db.pool, {
       earlyReadingToleranceMs: config.assignmentToleranceMs,
       ...(cluster === null
@@ -231,8 +233,13 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
       sink: alerting.sink,
       presence: alerting.presence,
       schedule: leaderSchedule('no-data'),
-      // Other processes may share this database: rule state is read and written under per-patient locks.
-      sharedState: db.kind === 'postgres',
+      // Several processes (REDIS_URL) share this database: rule state is read and written under
+      // per-patient locks, saved by every batch. One process (no REDIS_URL: docs/operations.md)
+      // holds it alone, on a Postgres server as on the embedded default: in memory, saved with a
+      // condition change or once a second, the spool replaying what a crash left unsaved.
+      sharedState: db.kind === 'postgres' && cluster !== null,
+      // Without a spool nothing replays a lost window: each batch saves its state.
+      ...(spool === null ? { stateSaveIntervalMs: 0 } : {}),
       // With a spool, a batch window lost in a crash is evaluated again at the next start (below),
       // so batches gather 250 ms of readings: at 100 msg/s on a Postgres server each batch's
       // transaction cost the engine ~830 µs a reading at 50 ms and ~435 at 250 (docs/performance.md).
@@ -405,6 +412,25 @@ async function replayEvaluation (spool: Spool, alertEngine: AlertEngine, log: Lo
     if (readings > 0) log.info({ readingCount: readings, ms: Math.round(performance.now() - started) }, 'alert evaluation replayed from the spool')
   } catch (err) {
     log.error({ err }, 'replaying alert evaluation from the spool stopped; the evaluation mark stays where it is until the next start replays the rest')
+  }
+}
+
+/**
+ * A process without REDIS_URL takes itself for the only one on its database (it keeps alert rule
+ * state in memory between saves, and caches assignments without invalidation): another Vigil
+ * there (its leadership connection, vigil-leadership) is worth an error in the log, not a refusal
+ * to start, since a single instance's rolling update runs the old and the new one for a moment.
+ */
+async function warnIfNotAlone (pool: pg.Pool, log: Logger): Promise<void> {
+  try {
+    const { rows } = await pool.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'vigil-leadership'")
+    // This process's own leadership connection is one of them.
+    if (rows[0]!.n > 1) {
+      log.error({ processCount: rows[0]!.n }, 'another Vigil process uses this database and REDIS_URL is unset: several processes must all run with REDIS_URL (docs/operations.md#running-several-processes); without it each evaluates alerts from its own copy of the rule state')
+    }
+  } catch (err) {
+    log.warn({ err }, 'could not check for other Vigil processes on this database')
   }
 }
 

@@ -161,3 +161,62 @@ rules:
     t.equal(await second.exited, 0)
   })
 }
+
+// One process keeps its patients' rule state in memory, saved once a second (or with a condition
+// change), on a Postgres server as on the embedded default: a window evaluated but not saved when
+// the process dies is rebuilt from the spool, so a breach that began before the crash still
+// counts toward its `for` after it.
+for (const [name, setup] of modes) {
+  t.test(`${name}: a window evaluated but not saved before SIGKILL carries on after the restart`, async (t) => {
+    const { env, cleanup } = await setup()
+    t.teardown(cleanup)
+    const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-crash-window-'))
+    t.teardown(() => fs.rm(dataDir, { recursive: true, force: true }))
+    const rulesPath = path.join(dataDir, 'alert-rules.yaml')
+    await fs.writeFile(rulesPath, `
+escalationPolicies:
+  - id: standard
+    tiers:
+      - { notify: [nurse], escalateAfter: 5m }
+rules:
+  - { id: high-hr, kind: threshold, metric: heart_rate, above: 150, for: 30s, severity: critical, escalation: standard }
+`)
+    const fullEnv = { ...env, VIGIL_ADMIN_TOKEN: token, VIGIL_ALERT_RULES: rulesPath }
+    const first = await spawnVigil(fullEnv, dataDir)
+    t.teardown(() => { first.child.kill('SIGKILL') })
+    const device = await provisionDevice(`http://127.0.0.1:${first.httpPort}`, token)
+    const connect = (p: VigilProcess): Promise<mqtt.MqttClient> => mqtt.connectAsync({ host: '127.0.0.1', port: p.mqttPort, clientId: device.deviceId, username: device.deviceId, password: device.password, protocolVersion: 4, reconnectPeriod: 0 })
+    const publish = (client: mqtt.MqttClient, seq: number, value: number, ts: number): Promise<unknown> => client.publishAsync(`devices/${device.deviceId}/telemetry`,
+      JSON.stringify({ seq, readings: [{ metric: 'heart_rate', value, unit: '/min', ts }] }), { qos: 1 })
+
+    // The breach begins and is evaluated (no alert: 30 s not held yet); killed before its state's save.
+    const ts = Date.now() - 120_000
+    const client = await connect(first)
+    t.teardown(() => client.endAsync(true).catch(() => {}))
+    await publish(client, 1, 170, ts)
+    const deadline = Date.now() + 20_000
+    while (await metric(first, 'vigil_alert_readings_evaluated_total') < 1 && Date.now() < deadline) await sleep(10)
+    first.child.kill('SIGKILL')
+    await first.exited
+    await client.endAsync(true).catch(() => {})
+
+    const second = await spawnVigil(fullEnv, dataDir)
+    t.teardown(() => { second.child.kill('SIGKILL') })
+    t.ok(await metric(second, 'vigil_alert_readings_replayed_total') >= 1, 'the unsaved window was evaluated again from the spool at start')
+    const again = await connect(second)
+    t.teardown(() => again.endAsync(true).catch(() => {}))
+    // 40 s into the breach: only the reading from before the crash makes it 30 s held.
+    await publish(again, 2, 172, ts + 40_000)
+    let alerts: Array<{ ruleId: string, status: string }> = []
+    const until = Date.now() + 20_000
+    while (alerts.length === 0 && Date.now() < until) {
+      const res = await fetch(`http://127.0.0.1:${second.httpPort}/v1/alerts?patientId=${device.patientId}`, { headers: { authorization: `Bearer ${token}` } })
+      alerts = (await res.json() as { items: typeof alerts }).items
+      if (alerts.length === 0) await sleep(100)
+    }
+    t.match(alerts.map((a) => [a.ruleId, a.status]), [['high-hr', 'open']], 'the breach held across the crash opened its alert')
+    await again.endAsync(true).catch(() => {})
+    second.child.kill('SIGTERM')
+    t.equal(await second.exited, 0)
+  })
+}

@@ -2,14 +2,17 @@ import { randomBytes } from 'node:crypto'
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import { redisPrefix, sharedRedisUrl } from './cluster.ts'
 import { createTestDatabase } from './postgres.ts'
 import { spawnVigil, type VigilProcess } from './vigil-process.ts'
 import { adminToken } from './vigil.ts'
 
 /**
  * Several real Vigil processes (`node main.ts`) on one Postgres database, each with its own
- * data directory, as docs/operations.md#running-several-processes describes: no Redis, so
- * only what Postgres alone gives a cluster (leadership, jobs, alert state) is under test.
+ * data directory, as docs/operations.md#running-several-processes describes: what Postgres gives
+ * a cluster (leadership, jobs, alert state) is under test. They run with REDIS_URL (the machine's
+ * Redis, a prefix of their own), as several processes must: one without it takes itself for the
+ * only one on its database (alert rule state kept in memory between saves).
  */
 export interface PostgresCluster {
   readonly databaseUrl: string
@@ -34,12 +37,13 @@ export async function startPostgresCluster (size: number, env: Record<string, st
   const members: ClusterMember[] = []
   // One key set for all: a record written by one process is read by another.
   const secretKey = randomBytes(32).toString('base64')
+  const redis = redisPrefix()
   const add = async (): Promise<ClusterMember> => {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-cluster-'))
     dirs.push(dir)
     const name = `vigil-${dirs.length}`
     const proc = await spawnVigil({
-      DATABASE_URL: db.url, VIGIL_ADMIN_TOKEN: adminToken, VIGIL_SECRET_KEY: secretKey, WORKER_THREADS: '1', ...env
+      DATABASE_URL: db.url, REDIS_URL: sharedRedisUrl, REDIS_PREFIX: redis.prefix, VIGIL_ADMIN_TOKEN: adminToken, VIGIL_SECRET_KEY: secretKey, WORKER_THREADS: '1', ...env
     }, dir, { startTimeoutMs: 120_000 })
     const base = `http://127.0.0.1:${proc.httpPort}`
     const member: ClusterMember = {
@@ -76,6 +80,7 @@ export async function startPostgresCluster (size: number, env: Record<string, st
   } catch (err) {
     for (const m of members) m.child.kill('SIGKILL')
     await db.drop().catch(() => {})
+    await redis.deleteKeys().catch(() => {})
     throw err
   }
   return {
@@ -90,6 +95,7 @@ export async function startPostgresCluster (size: number, env: Record<string, st
         clearTimeout(timer)
       }))
       await db.drop()
+      await redis.deleteKeys().catch(() => {})
       for (const d of dirs) await fs.rm(d, { recursive: true, force: true })
     }
   }
