@@ -100,6 +100,8 @@ t.test('Redis down: ingest acknowledged, one log line and a metric, degraded hea
 
   await startRedis()
   for (const m of [a, b]) await waitFor('Redis back', async () => await m.metric('vigil_cluster_redis_up') === 1)
+  // The log line comes through A's stdout pipe, which a busy machine may deliver after the metric's answer.
+  await waitFor('A to log that Redis is back', () => lines(a, 'Redis reachable again') > 0)
   t.equal(lines(a, 'Redis reachable again'), 1)
   // What was missed is caught up: the revoked session on A is closed after the recovery.
   await within('the session revoked during the outage to close', lostRevoked, 5000)
