@@ -100,8 +100,12 @@ export interface Segments {
   broken (): Error | null
   /** Durable writes made by append() so far (O_DSYNC writes, or write + fdatasync). */
   appendSyncs (): number
-  /** Resolves once `record` (of `count` readings) is written durably, with where it lies. */
-  append (record: Buffer, count: number, appendedAt: number): Promise<RecordSpan>
+  /**
+   * Resolves once `record` (of `count` readings) is written durably, with where it lies.
+   * `readings`, the record's readings as encoded: kept in memory once written, so the next read of
+   * that record takes them instead of reading and decoding it back (RECENT_READINGS at most).
+   */
+  append (record: Buffer, count: number, appendedAt: number, readings?: readonly StoredReading[]): Promise<RecordSpan>
   /**
    * Records from `from` (default: the cursor) on, up to maxReadings (at least one record); null
    * when nothing follows. `from` must be the cursor or a run's end read since (delivery reads
@@ -152,6 +156,8 @@ interface PendingAppend {
   record: Buffer
   count: number
   appendedAt: number
+  /** The record's readings as appended: kept after the write, for delivery to take instead of reading them back. */
+  readings: readonly StoredReading[] | undefined
   resolve: (span: RecordSpan) => void
   reject: (err: Error) => void
 }
@@ -181,6 +187,14 @@ async function writeAll (handle: FileHandle, buf: Buffer, position: number): Pro
     const { bytesWritten } = await handle.write(buf, written, buf.length - written, position + written)
     written += bytesWritten
   }
+}
+
+/** Records kept in memory after their write (openSegments' `recent`), at most: ~10–20 MB. */
+const RECENT_READINGS = 100_000
+
+/** A record's position as one number (segments stay far below 2²¹, offsets below 2³²). */
+function recordKey (segment: number, offset: number): number {
+  return segment * 0x1_0000_0000 + offset
 }
 
 async function readAt (handle: FileHandle, position: number, length: number): Promise<Buffer> {
@@ -326,6 +340,21 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
   let broken: Error | null = null
   let queue: PendingAppend[] = []
   let pendingBytes = 0
+  // Records written and not read since, by where they start (recordKey): delivery usually reads a
+  // record a few milliseconds after it was written, and taking its readings from here spares the
+  // read, the checksum and the JSON decode (~4 % of the event loop at 8,500 msg/s). A record is
+  // dropped from here when it is read, from here or from the file; past RECENT_READINGS (a
+  // backlog: the store is down or slow) new records are not kept, and are read from the file.
+  const recent = new Map<number, { readings: readonly StoredReading[], appendedAt: number, length: number }>()
+  let recentReadings = 0
+  const takeRecent = (key: number): { readings: readonly StoredReading[], appendedAt: number, length: number } | undefined => {
+    const hit = recent.get(key)
+    if (hit !== undefined) {
+      recent.delete(key)
+      recentReadings -= hit.readings.length
+    }
+    return hit
+  }
   let writing: Promise<void> | null = null
   // When the last durable write ended (performance.now()): appends soon after it linger.
   let lastWriteEndedAt = Number.NEGATIVE_INFINITY
@@ -383,6 +412,10 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     let offset = start
     for (const p of batch) {
       spans.push({ start: { segment: active.seq, offset }, end: { segment: active.seq, offset: offset + p.record.length } })
+      if (p.readings !== undefined && recentReadings + p.count <= RECENT_READINGS) {
+        recent.set(recordKey(active.seq, offset), { readings: p.readings, appendedAt: p.appendedAt, length: p.record.length })
+        recentReadings += p.count
+      }
       offset += p.record.length
     }
     active.size += buf.length
@@ -435,12 +468,12 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     })
   }
 
-  async function append (record: Buffer, count: number, appendedAt: number): Promise<RecordSpan> {
+  async function append (record: Buffer, count: number, appendedAt: number, readings?: readonly StoredReading[]): Promise<RecordSpan> {
     if (closing) throw new Error('spool is closed')
     if (broken !== null) throw broken
     pendingBytes += record.length
     const done = new Promise<RecordSpan>((resolve, reject) => {
-      queue.push({ record, count, appendedAt, resolve, reject })
+      queue.push({ record, count, appendedAt, readings, resolve, reject })
     })
     // Started on the next microtask (or after the linger) so `writing` is set before drainQueue
     // can clear it; stopAppends waits for it either way.
@@ -503,6 +536,15 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
         pos = { segment: at.next.seq, offset: 0 }
         continue
       }
+      const kept = takeRecent(recordKey(pos.segment, pos.offset))
+      if (kept !== undefined) {
+        const end = { segment: pos.segment, offset: pos.offset + kept.length }
+        records.push({ readings: kept.readings as StoredReading[], appendedAt: kept.appendedAt, start: pos, end })
+        count += kept.readings.length
+        bytes += kept.length
+        pos = end
+        continue
+      }
       const handle = await readHandle(pos.segment)
       let chunk = await readAt(handle, pos.offset, Math.min(at.segment.size - pos.offset, readChunkBytes))
       let offset = 0
@@ -518,6 +560,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
         if (scan.kind === 'corrupt') throw new Error(`spool segment ${segmentName(pos.segment)} is corrupt at byte ${pos.offset + offset} (${scan.reason})`)
         const readings = decodeRecordBody(scan.body)
         const start = pos.offset + offset
+        if (recent.size > 0) takeRecent(recordKey(pos.segment, start))
         records.push({ readings, appendedAt: scan.appendedAt, start: { segment: pos.segment, offset: start }, end: { segment: pos.segment, offset: start + scan.length } })
         count += readings.length
         bytes += scan.length
@@ -541,6 +584,8 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
       at = segmentAt(at.next.seq)
     }
     if (at === null) return null
+    const kept = recent.get(recordKey(at.segment.seq, offset))
+    if (kept !== undefined) return kept.appendedAt
     const handle = await readHandle(at.segment.seq)
     return appendedAtOfPrefix(await readAt(handle, offset, recordPrefixBytes))
   }

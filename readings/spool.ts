@@ -144,7 +144,7 @@ export async function openSpool (options: OpenSpoolOptions): Promise<Spool> {
     const record = encodeRecord(readings, appendedAt)
     const queued = segments.backlog().bytes + segments.pendingBytes()
     if (queued + record.length > options.maxBytes) throw new SpoolFullError(queued, options.maxBytes)
-    return await segments.append(record, readings.length, appendedAt)
+    return await segments.append(record, readings.length, appendedAt, readings)
   }
 
   async function * evaluationBacklog (maxReadings = 5000): AsyncGenerator<SpooledRecord[]> {

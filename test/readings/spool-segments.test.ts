@@ -112,6 +112,31 @@ t.test('the evaluation mark holds delivered segments back by at most maxEvaluati
   t.strictSame(segments.evaluated(), { segment: 6, offset: (await fs.stat(path.join(dir, '0000000000000006.wal'))).size }, 'and the mark moved up to the cursor')
 })
 
+t.test('a record read soon after its write is taken from memory, as the file has it; read again, from the file', async (t) => {
+  const dir = await tempDir(t)
+  const segments = await open(t, dir, 160)
+  const appended = [readings(2, 0), readings(1, 10), readings(3, 20), readings(2, 30)]
+  const spans: RecordSpan[] = []
+  for (const [i, r] of appended.entries()) spans.push(await segments.append(encodeRecord(r, 100 + i), r.length, 100 + i, r))
+  t.ok(new Set(spans.map((s) => s.start.segment)).size > 1, 'the records span segments')
+  const first = await segments.readRecords(5, spans[0]!.start)
+  t.equal(first?.records.length, 3, 'as many records as maxReadings allows (2 + 1 + 3)')
+  t.ok(first!.records.every((r, i) => r.readings === appended[i]), 'the readings appended, not decoded again')
+  t.strictSame(first!.records.map((r) => [r.appendedAt, r.start, r.end]), spans.slice(0, 3).map((s, i) => [100 + i, s.start, s.end]), 'at their positions')
+  // A second read of the same records (a failed delivery retried) finds them in the file.
+  const again = await segments.readRecords(5, spans[0]!.start)
+  t.ok(again!.records.every((r, i) => r.readings !== appended[i]), 'read back from the file')
+  t.strictSame(again, first, 'the same records, readings, positions and end')
+  // The fourth was never read: still in memory; and a reopened spool reads the same from the file.
+  const rest = await segments.readRecords(100, first!.end)
+  t.equal(rest!.records[0]!.readings, appended[3])
+  await segments.stopAppends()
+  await segments.close()
+  const reopened = await open(t, dir, 160)
+  const all = await reopened.readRecords(100, spans[0]!.start)
+  t.strictSame(all!.records, [...first!.records, ...rest!.records], 'what memory gave is what the files hold')
+})
+
 t.test('open: a torn tail of the newest segment is cut off; a corrupt older segment refuses to open', async (t) => {
   const dir = await tempDir(t)
   const first = encodeRecord(readings(2, 0), 1)
