@@ -108,7 +108,10 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // of heap at start for nothing.
     const cluster = config.cluster === null ? null : await (await import('./cluster/cluster.ts')).startCluster({ redisUrl: config.cluster.redisUrl, prefix: config.cluster.prefix, log, registry: metrics.registry })
     if (cluster !== null) closers.push(() => cluster.close())
-    if (cluster === null && db.kind === 'postgres') await warnIfNotAlone(db.pool, log)
+    if (cluster === null && db.kind === 'postgres') {
+      const watch = await watchForOtherProcesses(db.pool, log)
+      closers.push(async () => { watch.stop() })
+    }
     const devices = createDeviceRegistry(db.pool, {
       earlyReadingToleranceMs: config.assignmentToleranceMs,
       ...(cluster === null
@@ -415,23 +418,39 @@ async function replayEvaluation (spool: Spool, alertEngine: AlertEngine, log: Lo
   }
 }
 
+/** How often a process without REDIS_URL looks for another Vigil on its database. */
+const OTHER_PROCESSES_CHECK_MS = 60_000
+
 /**
  * A process without REDIS_URL takes itself for the only one on its database (it keeps alert rule
- * state in memory between saves, and caches assignments without invalidation): another Vigil
- * there (its leadership connection, vigil-leadership) is worth an error in the log, not a refusal
- * to start, since a single instance's rolling update runs the old and the new one for a moment.
+ * state and settings in memory between saves, and caches assignments without invalidation):
+ * another Vigil there (its leadership connection, vigil-leadership) is worth an error in the log,
+ * at start and then once a minute (so the first of two says it too), once each time it appears,
+ * not a refusal to start, since a single instance's rolling update runs the old and the new one
+ * for a moment. Best effort: a session of a process just killed may count until Postgres drops it.
  */
-async function warnIfNotAlone (pool: pg.Pool, log: Logger): Promise<void> {
-  try {
-    const { rows } = await pool.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'vigil-leadership'")
-    // This process's own leadership connection is one of them.
-    if (rows[0]!.n > 1) {
-      log.error({ processCount: rows[0]!.n }, 'another Vigil process uses this database and REDIS_URL is unset: several processes must all run with REDIS_URL (docs/operations.md#running-several-processes); without it each evaluates alerts from its own copy of the rule state')
+async function watchForOtherProcesses (pool: pg.Pool, log: Logger): Promise<{ stop: () => void }> {
+  let others = false
+  const check = async (): Promise<void> => {
+    try {
+      const { rows } = await pool.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'vigil-leadership'")
+      // This process's own leadership connection is one of them.
+      const n = rows[0]!.n
+      if (n > 1 && !others) {
+        log.error({ processCount: n }, 'another Vigil process uses this database and REDIS_URL is unset: several processes must all run with REDIS_URL (docs/operations.md#running-several-processes); without it each evaluates alerts from its own copy of the rule state and settings')
+      } else if (n <= 1 && others) {
+        log.info('no other Vigil process uses this database now')
+      }
+      others = n > 1
+    } catch (err) {
+      log.warn({ err }, 'could not check for other Vigil processes on this database')
     }
-  } catch (err) {
-    log.warn({ err }, 'could not check for other Vigil processes on this database')
   }
+  await check()
+  const timer = setInterval(() => { void check() }, OTHER_PROCESSES_CHECK_MS)
+  timer.unref()
+  return { stop: () => { clearInterval(timer) } }
 }
 
 /** Alert event ids over the cluster's control channel. */

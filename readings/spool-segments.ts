@@ -192,10 +192,8 @@ async function writeAll (handle: FileHandle, buf: Buffer, position: number): Pro
 /** Records kept in memory after their write (openSegments' `recent`), at most: ~10–20 MB. */
 const RECENT_READINGS = 100_000
 
-/** A record's position as one number (segments stay far below 2²¹, offsets below 2³²). */
-function recordKey (segment: number, offset: number): number {
-  return segment * 0x1_0000_0000 + offset
-}
+/** A record's readings kept after its write (openSegments' `recent`), with what its read would give. */
+interface KeptRecord { readings: readonly StoredReading[], appendedAt: number, length: number }
 
 async function readAt (handle: FileHandle, position: number, length: number): Promise<Buffer> {
   const buf = Buffer.allocUnsafe(length)
@@ -340,17 +338,26 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
   let broken: Error | null = null
   let queue: PendingAppend[] = []
   let pendingBytes = 0
-  // Records written and not read since, by where they start (recordKey): delivery usually reads a
+  // Records written and not read since, by where they start: delivery usually reads a
   // record a few milliseconds after it was written, and taking its readings from here spares the
   // read, the checksum and the JSON decode (~4 % of the event loop at 8,500 msg/s). A record is
   // dropped from here when it is read, from here or from the file; past RECENT_READINGS (a
   // backlog: the store is down or slow) new records are not kept, and are read from the file.
-  const recent = new Map<number, { readings: readonly StoredReading[], appendedAt: number, length: number }>()
+  // By segment, then by offset in it.
+  const recent = new Map<number, Map<number, KeptRecord>>()
   let recentReadings = 0
-  const takeRecent = (key: number): { readings: readonly StoredReading[], appendedAt: number, length: number } | undefined => {
-    const hit = recent.get(key)
+  const keepRecent = (segment: number, offset: number, kept: KeptRecord): void => {
+    let inSegment = recent.get(segment)
+    if (inSegment === undefined) recent.set(segment, inSegment = new Map())
+    inSegment.set(offset, kept)
+    recentReadings += kept.readings.length
+  }
+  const takeRecent = (segment: number, offset: number): KeptRecord | undefined => {
+    const inSegment = recent.get(segment)
+    const hit = inSegment?.get(offset)
     if (hit !== undefined) {
-      recent.delete(key)
+      inSegment!.delete(offset)
+      if (inSegment!.size === 0) recent.delete(segment)
       recentReadings -= hit.readings.length
     }
     return hit
@@ -412,9 +419,8 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     let offset = start
     for (const p of batch) {
       spans.push({ start: { segment: active.seq, offset }, end: { segment: active.seq, offset: offset + p.record.length } })
-      if (p.readings !== undefined && recentReadings + p.count <= RECENT_READINGS) {
-        recent.set(recordKey(active.seq, offset), { readings: p.readings, appendedAt: p.appendedAt, length: p.record.length })
-        recentReadings += p.count
+      if (p.readings !== undefined && recentReadings + p.readings.length <= RECENT_READINGS) {
+        keepRecent(active.seq, offset, { readings: p.readings, appendedAt: p.appendedAt, length: p.record.length })
       }
       offset += p.record.length
     }
@@ -536,7 +542,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
         pos = { segment: at.next.seq, offset: 0 }
         continue
       }
-      const kept = takeRecent(recordKey(pos.segment, pos.offset))
+      const kept = takeRecent(pos.segment, pos.offset)
       if (kept !== undefined) {
         const end = { segment: pos.segment, offset: pos.offset + kept.length }
         records.push({ readings: kept.readings as StoredReading[], appendedAt: kept.appendedAt, start: pos, end })
@@ -560,7 +566,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
         if (scan.kind === 'corrupt') throw new Error(`spool segment ${segmentName(pos.segment)} is corrupt at byte ${pos.offset + offset} (${scan.reason})`)
         const readings = decodeRecordBody(scan.body)
         const start = pos.offset + offset
-        if (recent.size > 0) takeRecent(recordKey(pos.segment, start))
+        if (recent.size > 0) takeRecent(pos.segment, start)
         records.push({ readings, appendedAt: scan.appendedAt, start: { segment: pos.segment, offset: start }, end: { segment: pos.segment, offset: start + scan.length } })
         count += readings.length
         bytes += scan.length
@@ -584,7 +590,7 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
       at = segmentAt(at.next.seq)
     }
     if (at === null) return null
-    const kept = recent.get(recordKey(at.segment.seq, offset))
+    const kept = recent.get(at.segment.seq)?.get(offset)
     if (kept !== undefined) return kept.appendedAt
     const handle = await readHandle(at.segment.seq)
     return appendedAtOfPrefix(await readAt(handle, offset, recordPrefixBytes))

@@ -111,6 +111,9 @@ type Queued = EvalReading & { patientId: string, from: Position | null }
 /** Every 30 s: no-data windows are minutes long. */
 export const NO_DATA_CRON = '*/30 * * * * *'
 
+/** Readings a lane's task gets at least before a batch is split across one more lane. */
+const READINGS_PER_LANE = 250
+
 /** The holder (alert-engine's `holders`) of a state the event loop's task keeps, beside the lanes 0, 1, … */
 const INLINE = -1
 
@@ -171,9 +174,9 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   }
 
   const rulesFile = options.rulesFile
-  // One lane per thread (WORKER_THREADS), each its own one-thread pool: a patient's readings
-  // always go to the same lane (partOf its id), so the thread asked for a state it keeps is the
-  // one keeping it. One pool of N threads handed a task to whichever thread was free, and a state
+  // One lane per thread (WORKER_THREADS), each its own one-thread pool: while a batch uses the
+  // same number of lanes, a patient's readings go to the same one (partOf its id), so the thread
+  // asked for a state it keeps is the one keeping it. One pool of N threads handed a task to whichever thread was free, and a state
   // kept by the other was sent again (`vigil_alert_tasks_resent_total`). A lane starts its thread
   // with the first batch too big for the event loop (starting one takes a second or more under
   // tsx); the first lane keeps it, the others end after a minute idle, so a quiet site does not
@@ -330,9 +333,12 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const { overrides, scales } = reads ?? await store.settingsOf(ids)
       const rules = rulesFile.current().ruleSet.rules
       const nowMs = now()
-      // A state its task keeps (its stamp, with the same holder) is not sent: a patient always goes
-      // to the same lane, and to the event loop's task only in small batches.
-      const holderOf = (id: string): number => inline ? INLINE : partOf(id, lanes.length)
+      // As many lanes as keep each busy for a millisecond or so (a thread evaluates ~160,000
+      // readings/s): on a many-core host a batch of 300 is not cut into 32 tasks of 10. While that
+      // number stays the same (batches of about one size), a patient goes to the same lane each
+      // time; a state its task keeps (its stamp, with the same holder) is not sent.
+      const used = inline ? 1 : Math.min(lanes.length, Math.ceil(batch.length / READINGS_PER_LANE))
+      const holderOf = (id: string): number => inline ? INLINE : partOf(id, used)
       const patients: TaskPatient[] = ids.map((id) => {
         const stamp = holders.get(id) === holderOf(id) ? stamps.get(id) ?? null : null
         return {
@@ -348,7 +354,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       metrics.statesSent.inc(patients.reduce((n, p) => n + (p.state === undefined ? 0 : 1), 0))
       // One task per lane at most (batches, not one task per reading), each patient in its own
       // lane; a small batch is one task on the event loop.
-      const chunks: TaskPatient[][] = Array.from({ length: inline ? 1 : lanes.length }, () => [])
+      const chunks: TaskPatient[][] = Array.from({ length: used }, () => [])
       for (const p of patients) chunks[inline ? 0 : holderOf(p.patientId)]!.push(p)
       const t1 = performance.now()
       let results: EvaluatedTask[]
