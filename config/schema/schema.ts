@@ -88,7 +88,7 @@ export const configSchema = Type.Object({
 
   // Alerts and workers
   VIGIL_ALERT_RULES: Type.Optional(file({ section: 'Alerts and workers', defaultText: '`config/alert-rules.yaml` (shipped, next to `config/config.ts`)', description: 'alert rules file (YAML, see [Alert rules](alerts.md#alert-rules)); must be readable; watched and hot-reloaded' })),
-  WORKER_THREADS: Type.Optional(integer(1, 256, { section: 'Alerts and workers', defaultText: 'CPU count', description: 'worker threads per pool: alert evaluation (a lane per thread, each patient always in the same one; they start with the first batch too large for the event loop, all but one end after a minute idle), and the background jobs (transcriptions) one process runs at once' })),
+  WORKER_THREADS: Type.Optional(integer(1, 256, { section: 'Alerts and workers', defaultText: 'CPU count', description: 'worker threads per pool: alert evaluation (a lane per thread, one lane per 250 readings of a batch, a patient in the same lane while that number holds; they start with the first batch too large for the event loop, all but one end after a minute idle), and the background jobs (transcriptions) one process runs at once' })),
 
   // Voice notes and jobs
   VOICE_NOTE_MAX_BYTES: integer(1024, 256 * MiB, { section: 'Voice notes and jobs', default: defaults.VOICE_NOTE_MAX_BYTES, defaultText: '`26214400` (25 MiB)', description: 'largest voice note upload (413 beyond; refused before it is read when Content-Length says so)' }),
