@@ -4,7 +4,6 @@ import https from 'node:https'
 import path from 'node:path'
 import cron from 'node-cron'
 import type { Logger } from 'pino'
-import type pg from 'pg'
 import { startAlerting } from './alerts/lifecycle/alerting.ts'
 import { createMqttAlertRelay } from './alerts/lifecycle/mqtt-relay.ts'
 import type { Schedule } from './alerts/contract.ts'
@@ -97,7 +96,9 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     closers.push(() => db.close())
     // Work that runs once across several processes sharing this database (escalation, no-data
     // checks, housekeeping, re-encryption): only where this process holds the task's lock.
-    const leadership = await startLeadership({ databaseUrl: config.databaseUrl, takeoverMs: config.leaderTakeoverSeconds * 1000, log })
+    // Without REDIS_URL this process takes itself for the only one on its database: leadership's
+    // checks say so in the log when another Vigil is there.
+    const leadership = await startLeadership({ databaseUrl: config.databaseUrl, takeoverMs: config.leaderTakeoverSeconds * 1000, log, expectAlone: config.cluster === null })
     closers.push(() => leadership.close())
     leadership.onChange((task, leading) => metrics.clusterLeader.set({ task }, leading ? 1 : 0))
     const leaderSchedule = (task: LeaderTask): Schedule => (expression, run) =>
@@ -108,10 +109,6 @@ export async function startVigil (config: Config, log: Logger): Promise<Vigil> {
     // of heap at start for nothing.
     const cluster = config.cluster === null ? null : await (await import('./cluster/cluster.ts')).startCluster({ redisUrl: config.cluster.redisUrl, prefix: config.cluster.prefix, log, registry: metrics.registry })
     if (cluster !== null) closers.push(() => cluster.close())
-    if (cluster === null && db.kind === 'postgres') {
-      const watch = await watchForOtherProcesses(db.pool, log)
-      closers.push(async () => { watch.stop() })
-    }
     const devices = createDeviceRegistry(db.pool, {
       earlyReadingToleranceMs: config.assignmentToleranceMs,
       ...(cluster === null
@@ -416,41 +413,6 @@ async function replayEvaluation (spool: Spool, alertEngine: AlertEngine, log: Lo
   } catch (err) {
     log.error({ err }, 'replaying alert evaluation from the spool stopped; the evaluation mark stays where it is until the next start replays the rest')
   }
-}
-
-/** How often a process without REDIS_URL looks for another Vigil on its database. */
-const OTHER_PROCESSES_CHECK_MS = 60_000
-
-/**
- * A process without REDIS_URL takes itself for the only one on its database (it keeps alert rule
- * state and settings in memory between saves, and caches assignments without invalidation):
- * another Vigil there (its leadership connection, vigil-leadership) is worth an error in the log,
- * at start and then once a minute (so the first of two says it too), once each time it appears,
- * not a refusal to start, since a single instance's rolling update runs the old and the new one
- * for a moment. Best effort: a session of a process just killed may count until Postgres drops it.
- */
-async function watchForOtherProcesses (pool: pg.Pool, log: Logger): Promise<{ stop: () => void }> {
-  let others = false
-  const check = async (): Promise<void> => {
-    try {
-      const { rows } = await pool.query<{ n: number }>(
-        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'vigil-leadership'")
-      // This process's own leadership connection is one of them.
-      const n = rows[0]!.n
-      if (n > 1 && !others) {
-        log.error({ processCount: n }, 'another Vigil process uses this database and REDIS_URL is unset: several processes must all run with REDIS_URL (docs/operations.md#running-several-processes); without it each evaluates alerts from its own copy of the rule state and settings')
-      } else if (n <= 1 && others) {
-        log.info('no other Vigil process uses this database now')
-      }
-      others = n > 1
-    } catch (err) {
-      log.warn({ err }, 'could not check for other Vigil processes on this database')
-    }
-  }
-  await check()
-  const timer = setInterval(() => { void check() }, OTHER_PROCESSES_CHECK_MS)
-  timer.unref()
-  return { stop: () => { clearInterval(timer) } }
 }
 
 /** Alert event ids over the cluster's control channel. */

@@ -8,6 +8,9 @@ import type { Logger } from 'pino'
 export const LEADER_TASKS = ['escalation', 'no-data', 'housekeeping', 'reencryption'] as const
 export type LeaderTask = typeof LEADER_TASKS[number]
 
+/** The leadership connection's application_name: one session per live Vigil process on the database. */
+const APPLICATION_NAME = 'vigil-leadership'
+
 /** First key of every Vigil advisory lock (`pg_try_advisory_lock(int, int)`): "VgLd". */
 export const LEADER_LOCK_SPACE = 0x56674c64
 
@@ -31,6 +34,15 @@ export interface LeadershipOptions {
   takeoverMs: number
   log: Logger
   tasks?: readonly LeaderTask[]
+  /**
+   * This process takes itself for the only Vigil on its database (no REDIS_URL: it keeps alert
+   * rule state and settings in memory, caches assignments without invalidation). Each check then
+   * also counts the other processes' leadership sessions and logs an error when one appears (and
+   * a line when none is left): not a refusal, since a single instance's rolling update runs the
+   * old and the new process for a moment. A session of a machine that vanished counts until the
+   * server drops it (the keepalives below).
+   */
+  expectAlone?: boolean
 }
 
 /**
@@ -75,6 +87,15 @@ export async function startLeadership (options: LeadershipOptions): Promise<Lead
   let closed = false
   let timer: NodeJS.Timeout | null = null
   let running: Promise<void> | null = null
+  let othersSeen = false
+  const noteOthers = (others: number): void => {
+    if (others > 0 && !othersSeen) {
+      log.error({ processCount: others + 1 }, 'another Vigil process uses this database and REDIS_URL is unset: several processes must all run with REDIS_URL (docs/operations.md#running-several-processes); without it each evaluates alerts from its own copy of the rule state and settings')
+    } else if (others === 0 && othersSeen) {
+      log.info('no other Vigil process uses this database now')
+    }
+    othersSeen = others > 0
+  }
 
   const dropConnection = (reason: string, err?: unknown): void => {
     const held = tasks.filter((t) => leading.get(t) === true)
@@ -88,7 +109,7 @@ export async function startLeadership (options: LeadershipOptions): Promise<Lead
   async function connect (): Promise<pg.Client> {
     const c = new pg.Client({
       connectionString: databaseUrl,
-      application_name: 'vigil-leadership',
+      application_name: APPLICATION_NAME,
       keepAlive: true,
       keepAliveInitialDelayMillis: keepaliveSeconds * 1000,
       connectionTimeoutMillis: answerWithinMs,
@@ -111,16 +132,20 @@ export async function startLeadership (options: LeadershipOptions): Promise<Lead
       }
       const c = client
       const wanted = tasks.filter((t) => leading.get(t) !== true)
-      // One round trip: try the locks not held, and confirm the ones held are still this session's.
-      const { rows } = await c.query<{ task: string, held: boolean }>(
+      // One round trip: try the locks not held, and confirm the ones held are still this session's
+      // (and, expectAlone, count the other processes' sessions).
+      const { rows } = await c.query<{ task: string, held: boolean, others: number | null }>(
         `SELECT t.task, CASE WHEN t.task = ANY($4::text[]) THEN pg_try_advisory_lock($1, t.n)
            ELSE EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
-                        AND l.classid = $1::int::oid AND l.objid = t.n::oid AND l.objsubid = 2 AND l.granted) END AS held
+                        AND l.classid = $1::int::oid AND l.objid = t.n::oid AND l.objsubid = 2 AND l.granted) END AS held,
+           CASE WHEN $5::bool THEN (SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database()
+                                      AND application_name = '${APPLICATION_NAME}' AND pid <> pg_backend_pid()) END AS others
          FROM unnest($2::text[], $3::int[]) AS t(task, n)`,
-        [LEADER_LOCK_SPACE, tasks, tasks.map((t) => LEADER_TASKS.indexOf(t) + 1), wanted])
+        [LEADER_LOCK_SPACE, tasks, tasks.map((t) => LEADER_TASKS.indexOf(t) + 1), wanted, options.expectAlone === true])
       if (client !== c || closed) return
       lastConfirmed = Date.now()
       for (const r of rows) set(r.task as LeaderTask, r.held)
+      if (options.expectAlone === true && rows[0] !== undefined) noteOthers(rows[0].others ?? 0)
     } catch (err) {
       if (closed) return
       dropConnection('check failed', err)
