@@ -114,7 +114,7 @@ export const NO_DATA_CRON = '*/30 * * * * *'
 /** Readings a lane's task gets at least before a batch is split across one more lane. */
 const READINGS_PER_LANE = 250
 
-/** The holder (alert-engine's `holders`) of a state the event loop's task keeps, beside the lanes 0, 1, … */
+/** The holder (alert-engine's `stamps`) of a state the event loop's task keeps, beside the lanes 0, 1, … */
 const INLINE = -1
 
 /** Which of `parts` parts a patient's readings go to: the same one for as long as `parts` is the same. */
@@ -196,12 +196,11 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
     structuredClone(inlineTask({ ...input, patients: structuredClone(input.patients) }))
 
   const states = new Map<string, PatientRuleState>()
-  // The stamp under which a worker thread may keep a patient's state (createEvaluateTask): set
-  // when a batch's new state is stored, deleted whenever the state here changes any other way
-  // (loaded, a no-data pass, a rule removed), so the next task sends the state again.
-  const stamps = new Map<string, number>()
-  // Who keeps the state under that stamp: a lane's index, or INLINE for the event loop's task.
-  const holders = new Map<string, number>()
+  // The stamp under which a task may keep a patient's state (createEvaluateTask), and who keeps it
+  // (a lane's index, or INLINE for the event loop's task): set when a batch's new state is stored,
+  // deleted whenever the state here changes any other way (loaded, a no-data pass, a rule
+  // removed), so the next task sends the state again.
+  const stamps = new Map<string, { stamp: number, holder: number }>()
   let lastStamp = 0
   // Under sharedState: the version (stateVersions) of each patient's rows that this process's
   // copy in `states` equals. Dropped with the stamp whenever the copy changes any other way.
@@ -340,7 +339,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       const used = inline ? 1 : Math.min(lanes.length, Math.ceil(batch.length / READINGS_PER_LANE))
       const holderOf = (id: string): number => inline ? INLINE : partOf(id, used)
       const patients: TaskPatient[] = ids.map((id) => {
-        const stamp = holders.get(id) === holderOf(id) ? stamps.get(id) ?? null : null
+        const kept = stamps.get(id)
+        const stamp = kept !== undefined && kept.holder === holderOf(id) ? kept.stamp : null
         return {
           patientId: id,
           ...(stamp === null ? { state: states.get(id) ?? {} } : {}),
@@ -383,8 +383,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
         const kept = applyChangedStates(states.get(patientId) ?? {}, changed, ruleIds)
         states.set(patientId, kept)
         // The thread that evaluated it keeps the same state under this stamp.
-        stamps.set(patientId, nextStamp.get(patientId)!)
-        holders.set(patientId, holderOf(patientId))
+        stamps.set(patientId, { stamp: nextStamp.get(patientId)!, holder: holderOf(patientId) })
         if (client !== undefined) {
           const version = versionAfterSave(versions.get(patientId), Object.keys(changed), mark, kept)
           if (version === null) versions.delete(patientId)
