@@ -55,6 +55,59 @@ async function verify (t: Test, p: VigilProcess, fleet: Fleet, devices: Array<{ 
   t.equal(duplicated, 0, 'none stored twice')
 }
 
+/**
+ * A process (of `setup`'s mode) whose rules file holds one heart-rate rule (`rule`: its fields
+ * after the id, as YAML flow), with one provisioned device; data directory and store cleaned up.
+ */
+async function startWithRule (t: Test, setup: () => Promise<{ env: Record<string, string>, cleanup: () => Promise<void> }>, dirPrefix: string, rule: string) {
+  const { env, cleanup } = await setup()
+  t.teardown(cleanup)
+  const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), dirPrefix))
+  t.teardown(() => fs.rm(dataDir, { recursive: true, force: true }))
+  const rulesPath = path.join(dataDir, 'alert-rules.yaml')
+  await fs.writeFile(rulesPath, `
+escalationPolicies:
+  - id: standard
+    tiers:
+      - { notify: [nurse], escalateAfter: 5m }
+rules:
+  - { id: high-hr, ${rule}, severity: critical, escalation: standard }
+`)
+  const fullEnv = { ...env, VIGIL_ADMIN_TOKEN: token, VIGIL_ALERT_RULES: rulesPath }
+  const first = await spawnVigil(fullEnv, dataDir)
+  t.teardown(() => { first.child.kill('SIGKILL') })
+  const device = await provisionDevice(`http://127.0.0.1:${first.httpPort}`, token)
+  return { fullEnv, dataDir, first, device }
+}
+
+/** The device's MQTT connection to `p`, ended at teardown. */
+async function connectDevice (t: Test, p: VigilProcess, device: { deviceId: string, password: string }): Promise<mqtt.MqttClient> {
+  const client = await mqtt.connectAsync({ host: '127.0.0.1', port: p.mqttPort, clientId: device.deviceId, username: device.deviceId, password: device.password, protocolVersion: 4, reconnectPeriod: 0 })
+  t.teardown(() => client.endAsync(true).catch(() => {}))
+  return client
+}
+
+const publishHeartRate = (client: mqtt.MqttClient, deviceId: string, seq: number, value: number, ts: number): Promise<unknown> =>
+  client.publishAsync(`devices/${deviceId}/telemetry`, JSON.stringify({ seq, readings: [{ metric: 'heart_rate', value, unit: '/min', ts }] }), { qos: 1 })
+
+/** The patient's alerts once it has one (empty after 20 s without). */
+async function alertsOnceAny (p: VigilProcess, patientId: string): Promise<Array<{ ruleId: string, status: string }>> {
+  let alerts: Array<{ ruleId: string, status: string }> = []
+  const until = Date.now() + 20_000
+  while (alerts.length === 0 && Date.now() < until) {
+    const res = await fetch(`http://127.0.0.1:${p.httpPort}/v1/alerts?patientId=${patientId}`, { headers: { authorization: `Bearer ${token}` } })
+    alerts = (await res.json() as { items: typeof alerts }).items
+    if (alerts.length === 0) await sleep(100)
+  }
+  return alerts
+}
+
+/** Waits (20 s at most) until `p` has evaluated `n` readings. */
+async function evaluated (p: VigilProcess, n: number, everyMs: number): Promise<void> {
+  const deadline = Date.now() + 20_000
+  while (await metric(p, 'vigil_alert_readings_evaluated_total') < n && Date.now() < deadline) await sleep(everyMs)
+}
+
 const modes: Array<[string, () => Promise<{ env: Record<string, string>, cleanup: () => Promise<void> }>]> = [
   ['embedded PGlite', async () => ({ env: {}, cleanup: async () => {} })],
   ['Postgres + InfluxDB (spool)', async () => {
@@ -107,34 +160,14 @@ for (const [name, setup] of modes) {
 // restarted process evaluates it before it takes new readings.
 for (const [name, setup] of modes) {
   t.test(`${name}: a reading acknowledged just before SIGKILL is evaluated after the restart`, async (t) => {
-    const { env, cleanup } = await setup()
-    t.teardown(cleanup)
-    const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-crash-eval-'))
-    t.teardown(() => fs.rm(dataDir, { recursive: true, force: true }))
-    const rulesPath = path.join(dataDir, 'alert-rules.yaml')
-    await fs.writeFile(rulesPath, `
-escalationPolicies:
-  - id: standard
-    tiers:
-      - { notify: [nurse], escalateAfter: 5m }
-rules:
-  - { id: high-hr, kind: threshold, metric: heart_rate, above: 150, severity: critical, escalation: standard }
-`)
-    const fullEnv = { ...env, VIGIL_ADMIN_TOKEN: token, VIGIL_ALERT_RULES: rulesPath }
-    const first = await spawnVigil(fullEnv, dataDir)
-    t.teardown(() => { first.child.kill('SIGKILL') })
-    const device = await provisionDevice(`http://127.0.0.1:${first.httpPort}`, token)
-    const client = await mqtt.connectAsync({ host: '127.0.0.1', port: first.mqttPort, clientId: device.deviceId, username: device.deviceId, password: device.password, protocolVersion: 4, reconnectPeriod: 0 })
-    t.teardown(() => client.endAsync(true).catch(() => {}))
-    const publish = (seq: number, value: number, ts: number): Promise<unknown> => client.publishAsync(`devices/${device.deviceId}/telemetry`,
-      JSON.stringify({ seq, readings: [{ metric: 'heart_rate', value, unit: '/min', ts }] }), { qos: 1 })
+    const { fullEnv, dataDir, first, device } = await startWithRule(t, setup, 'vigil-crash-eval-', 'kind: threshold, metric: heart_rate, above: 150')
+    const client = await connectDevice(t, first, device)
 
     // One reading evaluated (and its state saved) first, then the breach: killed at its PUBACK.
     const ts = Date.now() - 60_000
-    await publish(1, 80, ts)
-    const deadline = Date.now() + 20_000
-    while (await metric(first, 'vigil_alert_readings_evaluated_total') < 1 && Date.now() < deadline) await sleep(50)
-    await publish(2, 170, ts + 1000)
+    await publishHeartRate(client, device.deviceId, 1, 80, ts)
+    await evaluated(first, 1, 50)
+    await publishHeartRate(client, device.deviceId, 2, 170, ts + 1000)
     first.child.kill('SIGKILL')
     await first.exited
     await client.endAsync(true).catch(() => {})
@@ -142,13 +175,7 @@ rules:
     const startedAgain = Date.now()
     const second = await spawnVigil(fullEnv, dataDir)
     t.teardown(() => { second.child.kill('SIGKILL') })
-    let alerts: Array<{ ruleId: string, status: string }> = []
-    const until = Date.now() + 20_000
-    while (alerts.length === 0 && Date.now() < until) {
-      const res = await fetch(`http://127.0.0.1:${second.httpPort}/v1/alerts?patientId=${device.patientId}`, { headers: { authorization: `Bearer ${token}` } })
-      alerts = (await res.json() as { items: typeof alerts }).items
-      if (alerts.length === 0) await sleep(100)
-    }
+    const alerts = await alertsOnceAny(second, device.patientId)
     t.match(alerts.map((a) => [a.ruleId, a.status]), [['high-hr', 'open']], 'the breach acknowledged before the crash opened its alert')
     t.ok(await metric(second, 'vigil_alert_readings_replayed_total') >= 1, 'it was evaluated from the spool at start')
     // The device was connected when the process died, and no connection outlives its process:
@@ -168,34 +195,13 @@ rules:
 // counts toward its `for` after it.
 for (const [name, setup] of modes) {
   t.test(`${name}: a window evaluated but not saved before SIGKILL carries on after the restart`, async (t) => {
-    const { env, cleanup } = await setup()
-    t.teardown(cleanup)
-    const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vigil-crash-window-'))
-    t.teardown(() => fs.rm(dataDir, { recursive: true, force: true }))
-    const rulesPath = path.join(dataDir, 'alert-rules.yaml')
-    await fs.writeFile(rulesPath, `
-escalationPolicies:
-  - id: standard
-    tiers:
-      - { notify: [nurse], escalateAfter: 5m }
-rules:
-  - { id: high-hr, kind: threshold, metric: heart_rate, above: 150, for: 30s, severity: critical, escalation: standard }
-`)
-    const fullEnv = { ...env, VIGIL_ADMIN_TOKEN: token, VIGIL_ALERT_RULES: rulesPath }
-    const first = await spawnVigil(fullEnv, dataDir)
-    t.teardown(() => { first.child.kill('SIGKILL') })
-    const device = await provisionDevice(`http://127.0.0.1:${first.httpPort}`, token)
-    const connect = (p: VigilProcess): Promise<mqtt.MqttClient> => mqtt.connectAsync({ host: '127.0.0.1', port: p.mqttPort, clientId: device.deviceId, username: device.deviceId, password: device.password, protocolVersion: 4, reconnectPeriod: 0 })
-    const publish = (client: mqtt.MqttClient, seq: number, value: number, ts: number): Promise<unknown> => client.publishAsync(`devices/${device.deviceId}/telemetry`,
-      JSON.stringify({ seq, readings: [{ metric: 'heart_rate', value, unit: '/min', ts }] }), { qos: 1 })
+    const { fullEnv, dataDir, first, device } = await startWithRule(t, setup, 'vigil-crash-window-', 'kind: threshold, metric: heart_rate, above: 150, for: 30s')
 
     // The breach begins and is evaluated (no alert: 30 s not held yet); killed before its state's save.
     const ts = Date.now() - 120_000
-    const client = await connect(first)
-    t.teardown(() => client.endAsync(true).catch(() => {}))
-    await publish(client, 1, 170, ts)
-    const deadline = Date.now() + 20_000
-    while (await metric(first, 'vigil_alert_readings_evaluated_total') < 1 && Date.now() < deadline) await sleep(10)
+    const client = await connectDevice(t, first, device)
+    await publishHeartRate(client, device.deviceId, 1, 170, ts)
+    await evaluated(first, 1, 10)
     first.child.kill('SIGKILL')
     await first.exited
     await client.endAsync(true).catch(() => {})
@@ -203,17 +209,10 @@ rules:
     const second = await spawnVigil(fullEnv, dataDir)
     t.teardown(() => { second.child.kill('SIGKILL') })
     t.ok(await metric(second, 'vigil_alert_readings_replayed_total') >= 1, 'the unsaved window was evaluated again from the spool at start')
-    const again = await connect(second)
-    t.teardown(() => again.endAsync(true).catch(() => {}))
+    const again = await connectDevice(t, second, device)
     // 40 s into the breach: only the reading from before the crash makes it 30 s held.
-    await publish(again, 2, 172, ts + 40_000)
-    let alerts: Array<{ ruleId: string, status: string }> = []
-    const until = Date.now() + 20_000
-    while (alerts.length === 0 && Date.now() < until) {
-      const res = await fetch(`http://127.0.0.1:${second.httpPort}/v1/alerts?patientId=${device.patientId}`, { headers: { authorization: `Bearer ${token}` } })
-      alerts = (await res.json() as { items: typeof alerts }).items
-      if (alerts.length === 0) await sleep(100)
-    }
+    await publishHeartRate(again, device.deviceId, 2, 172, ts + 40_000)
+    const alerts = await alertsOnceAny(second, device.patientId)
     t.match(alerts.map((a) => [a.ruleId, a.status]), [['high-hr', 'open']], 'the breach held across the crash opened its alert')
     await again.endAsync(true).catch(() => {})
     second.child.kill('SIGTERM')
