@@ -16,8 +16,8 @@ import { appendedAtOfPrefix, declaredRecordLength, decodeRecordBody, recordHeade
  *                            `evaluated` was evaluated by the alert engine with its state saved
  *
  * append() resolves once its record is durable (group commit: what queues during one
- * durable write goes out in the next; while writes follow each other closely, the next one waits
- * `appendLingerMs` for company first). The active segment is open with O_DSYNC where the platform
+ * durable write goes out in the next; a write that would start less than `appendLingerMs` after
+ * the last one ended waits out the rest of that time for company first). The active segment is open with O_DSYNC where the platform
  * has it, so each write returns only once its data (and the file size) is on the device, as
  * write + fdatasync would, in one trip to libuv's thread pool instead of two (at a small site
  * every message pays that trip alone). The cursor marks what delivery has handed to the store;
@@ -73,10 +73,12 @@ export interface OpenSegmentsOptions {
    */
   onChange: () => void
   /**
-   * How long a durable write waits for more appends to join it when the last write ended less
-   * than twice this long ago and carried few (default 1 ms; 0: never). Each O_DSYNC write costs
-   * ~100 µs of CPU in the kernel; at 1,000 msg/s messages went one a write. An append after a
-   * quiet spell, or behind a write that carried many, starts its write at once.
+   * The least time from the end of one durable write to the start of the next, unless
+   * `lingerEnoughAppends` appends wait (default 4 ms; 0: none). Each O_DSYNC write costs 100–160 µs
+   * of CPU (the kernel's, and libuv's thread hand-off); at 1,000 msg/s a 1 ms wait still made
+   * ~440 writes a second, 4 ms ~200. An append after a quiet spell that long starts its write at
+   * once, so a lone message at a small site never waits; one that finds a write in flight goes in
+   * the next, at once behind it, as always.
    */
   appendLingerMs?: number
   /**
@@ -144,11 +146,8 @@ const segmentPattern = /^(\d{16})\.wal$/
 const segmentName = (seq: number): string => `${String(seq).padStart(16, '0')}.wal`
 const checkpointName = 'checkpoint.json'
 const readChunkBytes = 4 * 1024 * 1024
-/**
- * A lingering write starts at once when this many appends wait, and a write that carried this
- * many is not followed by a linger: the rate is past what the linger is for.
- */
-const lingerEnoughAppends = 8
+/** A lingering write starts at once when this many appends wait. */
+const lingerEnoughAppends = 16
 
 interface Segment { seq: number, size: number }
 
@@ -313,7 +312,7 @@ async function recover (dir: string, log: Logger, keepForEvaluation: boolean): P
 /** Opens (and recovers) the segment files in `dir`, which must exist. */
 export async function openSegments (options: OpenSegmentsOptions): Promise<Segments> {
   const { dir, segmentBytes, log, throttled, onChange } = options
-  const appendLingerMs = options.appendLingerMs ?? 1
+  const appendLingerMs = options.appendLingerMs ?? 4
   const maxEvaluationLagBytes = options.maxEvaluationLagBytes ?? 64 * 1024 * 1024
   const keepForEvaluation = options.keepForEvaluation === true
   const recovered = await recover(dir, log, keepForEvaluation)
@@ -363,9 +362,8 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     return hit
   }
   let writing: Promise<void> | null = null
-  // When the last durable write ended (performance.now()): appends soon after it linger.
+  // When the last durable write ended (performance.now()): the next starts appendLingerMs later.
   let lastWriteEndedAt = Number.NEGATIVE_INFINITY
-  let lastWriteAppends = 0
   // Ends a lingering write's wait early, once enough appends joined it; null while none lingers.
   let endLinger: (() => void) | null = null
   let appendSyncs = 0
@@ -456,7 +454,6 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
         } finally {
           pendingBytes -= bytes
           lastWriteEndedAt = performance.now()
-          lastWriteAppends = batch.length
         }
       }
     } finally {
@@ -466,10 +463,10 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     }
   }
 
-  /** Resolves after appendLingerMs, or as soon as endLinger is called. */
-  function linger (): Promise<void> {
+  /** Resolves after `ms`, or as soon as endLinger is called. */
+  function linger (ms: number): Promise<void> {
     return new Promise<void>((resolve) => {
-      const timer = setTimeout(() => { endLinger = null; resolve() }, appendLingerMs)
+      const timer = setTimeout(() => { endLinger = null; resolve() }, ms)
       endLinger = () => { clearTimeout(timer); endLinger = null; resolve() }
     })
   }
@@ -484,13 +481,13 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     // Started on the next microtask (or after the linger) so `writing` is set before drainQueue
     // can clear it; stopAppends waits for it either way.
     if (writing === null) {
-      // Only between the rates it is for: writes following each other closely but carrying few
-      // appends each. Past them every write has company anyway and starts at once, as before.
-      const lightlyBusy = appendLingerMs > 0 && lastWriteAppends < lingerEnoughAppends &&
-        performance.now() - lastWriteEndedAt < 2 * appendLingerMs
-      writing = lightlyBusy ? linger().then(drainQueue) : Promise.resolve().then(drainQueue)
+      // Writes at most one per appendLingerMs while they come few at a time (a small site's
+      // rates); after a quiet spell at once. Past those rates a write is in flight whenever an
+      // append comes, and the queue goes out right behind it, without this wait.
+      const wait = appendLingerMs > 0 ? lastWriteEndedAt + appendLingerMs - performance.now() : 0
+      writing = wait > 0 ? linger(wait).then(drainQueue) : Promise.resolve().then(drainQueue)
     } else if (endLinger !== null && queue.length >= lingerEnoughAppends) {
-      // Company came: a busy event loop may run the timer much later than 1 ms.
+      // Company came: no need to wait out the rest (a busy event loop may run the timer late).
       endLinger()
     }
     return await done

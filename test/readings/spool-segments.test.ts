@@ -171,15 +171,29 @@ t.test('appends soon after a durable write wait for company: one write for two; 
   await Promise.all([first, second])
   t.equal(segments.appendSyncs(), 2, 'two appends, one durable write')
 
-  // After a quiet spell (more than twice the linger since the last write), no linger: the append
+  // After a quiet spell (longer than the linger since the last write), no linger: the append
   // 5 ms later finds the first one's write started (or done) and goes in a write of its own.
-  await sleep(2 * lingerMs + 50)
+  await sleep(lingerMs + 50)
   const third = append(3)
   await sleep(5)
   const fourth = append(4)
   await Promise.all([third, fourth])
   t.equal(segments.appendSyncs(), 4, 'an append after a quiet spell is not held back')
   t.equal(segments.backlog().readings, 5, 'every append is durable')
+})
+
+t.test('a write waits only for what is left of the linger since the last write ended', async (t) => {
+  // 2 s of linger, the append 1.6 s after the last write: it waits the remaining ~0.4 s, not 2 s
+  // (the bound leaves over a second for a slow disk's write).
+  const lingerMs = 2_000
+  const segments = await open(t, await tempDir(t), 1024 * 1024, lingerMs)
+  await segments.append(encodeRecord(readings(1, 0), 0), 1, 0)
+  await sleep(1_600)
+  const started = performance.now()
+  await segments.append(encodeRecord(readings(1, 1), 1), 1, 1)
+  const waited = performance.now() - started
+  t.ok(waited < 1_500, `written ${Math.round(waited)} ms after its append, within the rest of the linger`)
+  t.equal(segments.appendSyncs(), 2)
 })
 
 t.test('stopAppends writes a lingering append at once and waits for it', async (t) => {
@@ -192,15 +206,12 @@ t.test('stopAppends writes a lingering append at once and waits for it', async (
 })
 
 t.test('a lingering write starts at once when enough appends wait', async (t) => {
-  // A linger no test would wait for: the eight appends are durable long before it ends.
+  // A linger no test would wait for: the sixteen appends are durable long before it ends.
   const segments = await open(t, await tempDir(t), 1024 * 1024, 10_000)
   const append = async (i: number): Promise<void> => { await segments.append(encodeRecord(readings(1, i), i), 1, i) }
   await append(0)
-  const eight = Promise.all(Array.from({ length: 8 }, (_, i) => append(i + 1)))
-  const outcome = await Promise.race([eight.then(() => 'written'), sleep(5_000).then(() => 'still lingering')])
-  t.equal(outcome, 'written', 'eight waiting appends end the linger')
-  t.equal(segments.appendSyncs(), 2, 'the eight went in one write')
-  // Behind a write that carried eight, the rate is past the linger's: the next append goes at once.
-  const next = await Promise.race([append(9).then(() => 'written'), sleep(5_000).then(() => 'still lingering')])
-  t.equal(next, 'written', 'no linger behind a full write')
+  const sixteen = Promise.all(Array.from({ length: 16 }, (_, i) => append(i + 1)))
+  const outcome = await Promise.race([sixteen.then(() => 'written'), sleep(5_000).then(() => 'still lingering')])
+  t.equal(outcome, 'written', 'sixteen waiting appends end the linger')
+  t.equal(segments.appendSyncs(), 2, 'the sixteen went in one write')
 })
