@@ -301,6 +301,19 @@ export function renderReport (r: BenchResults): string {
         ]
       })
     ]))
+    // The embedded default's store (PGlite) runs inside its process, so its figure counts it;
+    // influxd, the store of the other two, is a process of its own that the figures above leave out.
+    const withStore = ss.rows.map((row) => {
+      const v = smallSiteVigilUs(row)
+      const vi = row.vigil?.influxdCpuUsPerReading ?? null
+      const e = row.embedded?.cpuUsPerReading ?? null
+      const p = row.peer?.cpuUsPerReading ?? null
+      const pi = row.peer?.influxdCpuUsPerReading ?? null
+      const vs = v === null || vi === null ? null : v + vi
+      const ps = p === null || pi === null ? null : p + pi
+      return `${int(row.rate)} msg/s: Vigil ${int(vs)}, embedded ${int(e)}, peer ${int(ps)} µs (${ratio(vs, ps)}, ${ratio(e, ps)})`
+    })
+    out.push('  With each pipeline\'s store counted (the embedded default\'s PGlite is inside its process; influxd serves the other two and is', `  left out above): ${withStore.join('; ')}`)
   }
 
   const q = r.querySide
