@@ -17,15 +17,15 @@ import { appendedAtOfPrefix, declaredRecordLength, decodeRecordBody, recordHeade
  *
  * append() resolves once its record is durable (group commit: what queues during one
  * durable write goes out in the next; a write that would start less than `appendLingerMs` after
- * the last one ended waits out the rest of that time for company first). The active segment is open with O_DSYNC where the platform
- * has it, so each write returns only once its data (and the file size) is on the device, as
- * write + fdatasync would, in one trip to libuv's thread pool instead of two (at a small site
- * every message pays that trip alone). The cursor marks what delivery has handed to the store;
- * the checkpoint follows it when asked, deleting the segments wholly before it first. A second
- * mark, `evaluated`, says up to where the alert engine has evaluated the records and saved the
- * state that came of them: segments are kept until both have passed them (at most
- * `maxEvaluationLagBytes` for the engine), so after a crash the records past it are evaluated
- * again (spool.ts evaluationBacklog).
+ * the last one ended waits out the rest of that time for company first). The active segment is
+ * open with O_DSYNC where the platform has it, so each write returns only once its data (and the
+ * file size) is on the device, as write + fdatasync would, in one trip to libuv's thread pool
+ * instead of two (at a small site every message pays that trip alone). The cursor marks what
+ * delivery has handed to the store; the checkpoint follows it when asked, deleting the segments
+ * wholly before it first. A second mark, `evaluated`, says up to where the alert engine has
+ * evaluated the records and saved the state that came of them: segments are kept until both
+ * have passed them (at most `maxEvaluationLagBytes` for the engine), so after a crash the records
+ * past it are evaluated again (spool.ts evaluationBacklog).
  */
 
 export interface Position { segment: number, offset: number }
@@ -75,10 +75,10 @@ export interface OpenSegmentsOptions {
   /**
    * The least time from the end of one durable write to the start of the next, unless
    * `lingerEnoughAppends` appends wait (default 4 ms; 0: none). Each O_DSYNC write costs 100–160 µs
-   * of CPU (the kernel's, and libuv's thread hand-off); at 1,000 msg/s a 1 ms wait still made
-   * ~440 writes a second, 4 ms ~200. An append after a quiet spell that long starts its write at
-   * once, so a lone message at a small site never waits; one that finds a write in flight goes in
-   * the next, at once behind it, as always.
+   * of CPU (the kernel's, and libuv's thread hand-off); at 1,000 msg/s the earlier rule (a 1 ms
+   * wait) made ~440 writes a second, this one ~260. An append after a quiet spell that long starts
+   * its write at once, so a lone message at a small site never waits; one that finds a write in
+   * flight goes in the next, at once behind it, as always.
    */
   appendLingerMs?: number
   /**
@@ -482,8 +482,9 @@ export async function openSegments (options: OpenSegmentsOptions): Promise<Segme
     // can clear it; stopAppends waits for it either way.
     if (writing === null) {
       // Writes at most one per appendLingerMs while they come few at a time (a small site's
-      // rates); after a quiet spell at once. Past those rates a write is in flight whenever an
-      // append comes, and the queue goes out right behind it, without this wait.
+      // rates); after a quiet spell at once. Past those rates a write is mostly in flight when an
+      // append comes and the queue goes out right behind it; when one does wait here, 16 appends
+      // come within a few milliseconds and end the wait.
       const wait = appendLingerMs > 0 ? lastWriteEndedAt + appendLingerMs - performance.now() : 0
       writing = wait > 0 ? linger(wait).then(drainQueue) : Promise.resolve().then(drainQueue)
     } else if (endLinger !== null && queue.length >= lingerEnoughAppends) {
