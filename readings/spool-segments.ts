@@ -188,7 +188,7 @@ async function writeAll (handle: FileHandle, buf: Buffer, position: number): Pro
   }
 }
 
-/** Records kept in memory after their write (openSegments' `recent`), at most: ~10–20 MB. */
+/** Readings kept in memory after their records' write (openSegments' `recent`), at most: ~10–20 MB. */
 const RECENT_READINGS = 100_000
 
 /** A record's readings kept after its write (openSegments' `recent`), with what its read would give. */

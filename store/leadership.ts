@@ -139,9 +139,9 @@ export async function startLeadership (options: LeadershipOptions): Promise<Lead
            ELSE EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
                         AND l.classid = $1::int::oid AND l.objid = t.n::oid AND l.objsubid = 2 AND l.granted) END AS held,
            CASE WHEN $5::bool THEN (SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database()
-                                      AND application_name = '${APPLICATION_NAME}' AND pid <> pg_backend_pid()) END AS others
+                                      AND application_name = $6 AND pid <> pg_backend_pid()) END AS others
          FROM unnest($2::text[], $3::int[]) AS t(task, n)`,
-        [LEADER_LOCK_SPACE, tasks, tasks.map((t) => LEADER_TASKS.indexOf(t) + 1), wanted, options.expectAlone === true])
+        [LEADER_LOCK_SPACE, tasks, tasks.map((t) => LEADER_TASKS.indexOf(t) + 1), wanted, options.expectAlone === true, APPLICATION_NAME])
       if (client !== c || closed) return
       lastConfirmed = Date.now()
       for (const r of rows) set(r.task as LeaderTask, r.held)

@@ -137,7 +137,8 @@ class EvaluationError extends Error {
  * The alert engine: queues accepted readings, evaluates them in batches in worker threads
  * (pure rules: alerts/engine/evaluate.ts), hands condition changes to the sink, stores derived NEWS2
  * readings, and persists rule state (each batch, or once a second: stateSaveIntervalMs) so a
- * restart resumes windows and sustained-since times. Batches run one at a time, so no two evaluations of one patient overlap.
+ * restart resumes windows and sustained-since times. Batches run one at a time, so no two
+ * evaluations of one patient overlap.
  */
 export async function startAlertEngine (options: AlertEngineOptions): Promise<AlertEngine> {
   const log = options.log.child({ component: 'alert-engine' })
@@ -176,8 +177,9 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
   const rulesFile = options.rulesFile
   // One lane per thread (WORKER_THREADS), each its own one-thread pool: while a batch uses the
   // same number of lanes, a patient's readings go to the same one (partOf its id), so the thread
-  // asked for a state it keeps is the one keeping it. One pool of N threads handed a task to whichever thread was free, and a state
-  // kept by the other was sent again (`vigil_alert_tasks_resent_total`). A lane starts its thread
+  // asked for a state it keeps is the one keeping it. One pool of N threads handed a task to
+  // whichever thread was free, and a state kept by the other was sent again
+  // (`vigil_alert_tasks_resent_total`). A lane starts its thread
   // with the first batch too big for the event loop (starting one takes a second or more under
   // tsx); the first lane keeps it, the others end after a minute idle, so a quiet site does not
   // hold WORKER_THREADS idle threads (~30 MB each). A process that has received no such batch
@@ -337,7 +339,8 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       // number stays the same (batches of about one size), a patient goes to the same lane each
       // time; a state its task keeps (its stamp, with the same holder) is not sent.
       const used = inline ? 1 : Math.min(lanes.length, Math.ceil(batch.length / READINGS_PER_LANE))
-      const holderOf = (id: string): number => inline ? INLINE : partOf(id, used)
+      const laneOf = (id: string): number => inline ? 0 : partOf(id, used)
+      const holderOf = (id: string): number => inline ? INLINE : laneOf(id)
       const patients: TaskPatient[] = ids.map((id) => {
         const kept = stamps.get(id)
         const stamp = kept !== undefined && kept.holder === holderOf(id) ? kept.stamp : null
@@ -355,7 +358,7 @@ export async function startAlertEngine (options: AlertEngineOptions): Promise<Al
       // One task per lane at most (batches, not one task per reading), each patient in its own
       // lane; a small batch is one task on the event loop.
       const chunks: TaskPatient[][] = Array.from({ length: used }, () => [])
-      for (const p of patients) chunks[inline ? 0 : holderOf(p.patientId)]!.push(p)
+      for (const p of patients) chunks[laneOf(p.patientId)]!.push(p)
       const t1 = performance.now()
       let results: EvaluatedTask[]
       try {
